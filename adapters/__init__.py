@@ -1,0 +1,1 @@
+"""Platform adapters: translate platform traffic to the neutral chat model and back."""

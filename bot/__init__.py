@@ -1,0 +1,1 @@
+"""byokbot's behaviour: router, flows, texts, composition root and command line."""

@@ -1,0 +1,1 @@
+"""The domain of byokbot: tenants, plans, vault, intake, agents. Platform-free."""

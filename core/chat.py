@@ -1,0 +1,168 @@
+"""The neutral chat model: what adapters translate platform traffic into, and replies out of.
+
+Every platform speaks these types to the router and flows; no platform SDK type crosses this line.
+IDs are ``str`` everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from core.secret import Secret
+
+
+class Platform(StrEnum):
+    """A chat platform byokbot serves."""
+
+    CONSOLE = "console"
+    TELEGRAM = "telegram"
+    DISCORD = "discord"
+    SLACK = "slack"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    """A person on one platform."""
+
+    platform: Platform
+    id: str
+    name: str = ""
+
+    @property
+    def identity(self) -> str:
+        """The stable ``platform:user_id`` string used for tenants and admin lists."""
+        return f"{self.platform.value}:{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRef:
+    """A conversation: a DM (``is_direct``), a group, a channel, or a thread within one."""
+
+    platform: Platform
+    id: str
+    is_direct: bool
+    thread_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """A message the bot sent, so it can be edited or deleted later."""
+
+    chat: ChatRef
+    id: str
+
+
+class EventKind(StrEnum):
+    """What a person did."""
+
+    MESSAGE = "message"
+    COMMAND = "command"
+    BUTTON = "button"
+    SECRET = "secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing a person did, translated from a platform update.
+
+    ``text`` is a plain message or the raw command text; ``command``/``args`` a parsed command
+    (lower-case, without the slash or bot name); ``payload`` a button's payload; ``secret`` and
+    ``intake_token`` a secret submitted through a private form (modal, hidden prompt).
+    ``addressed`` is true where the bot is meant: always in a DM, in a group only for a mention
+    or a reply to the bot. ``via_modal`` says a refused secret is shown inside the form.
+    """
+
+    kind: EventKind
+    user: UserRef
+    chat: ChatRef
+    text: str = ""
+    command: str = ""
+    args: tuple[str, ...] = ()
+    payload: str = ""
+    secret: Secret | None = field(default=None, repr=False)
+    intake_token: str = field(default="", repr=False)
+    message_id: str | None = None
+    addressed: bool = True
+    via_modal: bool = False
+    event_id: str = ""
+
+    @property
+    def conversation_key(self) -> str:
+        """The key of the per-conversation lock and persisted flow state."""
+        return f"{self.user.identity}@{self.chat.id}"
+
+
+class ButtonStyle(StrEnum):
+    """How prominent a button is, where the platform can show it."""
+
+    DEFAULT = "default"
+    PRIMARY = "primary"
+    DANGER = "danger"
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """A button; ``payload`` comes back in an ``Event`` of kind BUTTON (at most 64 bytes)."""
+
+    label: str
+    payload: str
+    style: ButtonStyle = ButtonStyle.DEFAULT
+
+
+class TextFormat(StrEnum):
+    """How ``Reply.text`` is to be read by the adapter."""
+
+    PLAIN = "plain"
+    MARKDOWN = "markdown"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRequest:
+    """Ask the person for a secret through the platform's most private channel.
+
+    ``token`` is the intake session's one-time token; adapters carry it inside the form (modal
+    custom id) and return it in the SECRET event; it is not a secret on its own (useless
+    without the bound user) but is never shown in chat.
+    """
+
+    token: str = field(repr=False)
+    provider: str
+    title: str
+    prompt: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Something to show a person.
+
+    ``sensitive`` marks personal information: ephemeral where the platform has it, otherwise
+    sent only to a DM by the flow. ``buttons`` are rows of buttons. ``image`` is a PNG the
+    adapter may attach where the platform shows images.
+    """
+
+    text: str
+    buttons: tuple[tuple[Button, ...], ...] = ()
+    sensitive: bool = False
+    format: TextFormat = TextFormat.PLAIN
+    image: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the router tells an adapter about one event, beyond the replies it sent.
+
+    ``secret_error`` is set when a submitted secret was refused: modal adapters show it inside
+    the form (Slack ``response_action: errors``) instead of a message.
+    """
+
+    handled: bool = True
+    secret_error: str | None = None
+
+
+def button_owner_tag(user: UserRef) -> str:
+    """A short tag bound to one person, prefixed to button payloads so others cannot press them."""
+    return hashlib.sha256(user.identity.encode()).hexdigest()[:8]

@@ -1,0 +1,435 @@
+"""Typed, frozen configuration loaded from TOML and validated at start.
+
+Secrets never live in the file: it names the environment variables that hold them
+(``token_env = "TELEGRAM_BOT_TOKEN"``). ``BYOKBOT_CONFIG`` selects the file; without one the
+defaults below apply, which run the bot on SQLite with a locally generated master key.
+Every error names the file, the table and the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+from core.errors import ConfigError
+
+T = TypeVar("T")
+
+PROVIDER_KINDS: Final = ("anthropic", "openai-compatible")
+KEY_SHAPES: Final = ("anthropic", "openai", "moonshot", "generic")
+PLATFORM_SECTIONS: Final = ("telegram", "discord", "slack")
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSettings:
+    """``[core]``: storage, master key, operators and chat limits."""
+
+    database_url: str = "sqlite+aiosqlite:///data/byokbot.db"
+    master_key_file: str = "data/master.key"
+    master_key_env: str = "BYOKBOT_MASTER_KEY"
+    admins: tuple[str, ...] = ()
+    intake_ttl_seconds: int = 600
+    intake_max_attempts: int = 3
+    verify_keys_live: bool = True
+    messages_per_minute: int = 30
+    max_message_chars: int = 8000
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """``[plans.<id>]``: one plan of the catalog."""
+
+    id: str
+    name: str
+    price_usd: float
+    byok: bool
+    models: tuple[str, ...] = ()
+    requests_per_minute: int = 30
+    monthly_token_cap: int | None = None
+    monthly_usd_cap: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """``[providers.<id>]``: an LLM provider the operator allows."""
+
+    id: str
+    name: str
+    kind: str
+    base_url: str
+    key_shape: str
+    default_model: str
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """``[agent]``: the per-tenant agent processes."""
+
+    idle_timeout_seconds: int = 900
+    max_live_agents: int = 500
+    memory_limit_mb: int = 512
+    max_open_files: int = 256
+    request_timeout_seconds: int = 120
+    context_tokens: int = 32000
+    max_reply_tokens: int = 1024
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformSettings:
+    """``[telegram]``, ``[discord]``, ``[slack]``: common switches plus the adapter's own table.
+
+    Each adapter's ``config.py`` reads ``options`` and reports its own precise errors.
+    """
+
+    name: str
+    enabled: bool = False
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def _default_plans() -> dict[str, PlanSettings]:
+    return {
+        "byok": PlanSettings(
+            id="byok",
+            name="BYOK",
+            price_usd=15.0,
+            byok=True,
+            requests_per_minute=30,
+            description="Your own Anthropic, OpenAI or Moonshot key; you pay the provider.",
+        ),
+        "managed": PlanSettings(
+            id="managed",
+            name="Managed",
+            price_usd=39.0,
+            byok=False,
+            models=("claude-sonnet-4-5", "gpt-4.1-mini"),
+            requests_per_minute=20,
+            monthly_token_cap=5_000_000,
+            monthly_usd_cap=30.0,
+            description="Curated models through our metered proxy; no key needed.",
+        ),
+    }
+
+
+def _default_providers() -> dict[str, ProviderSettings]:
+    return {
+        "anthropic": ProviderSettings(
+            id="anthropic",
+            name="Anthropic",
+            kind="anthropic",
+            base_url="https://api.anthropic.com",
+            key_shape="anthropic",
+            default_model="claude-sonnet-4-5",
+        ),
+        "openai": ProviderSettings(
+            id="openai",
+            name="OpenAI",
+            kind="openai-compatible",
+            base_url="https://api.openai.com/v1",
+            key_shape="openai",
+            default_model="gpt-4.1-mini",
+        ),
+        "moonshot": ProviderSettings(
+            id="moonshot",
+            name="Moonshot",
+            kind="openai-compatible",
+            base_url="https://api.moonshot.ai/v1",
+            key_shape="moonshot",
+            default_model="kimi-k2-0905-preview",
+        ),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration. ``source`` is the file it came from (for error messages)."""
+
+    core: CoreSettings = field(default_factory=CoreSettings)
+    plans: Mapping[str, PlanSettings] = field(default_factory=_default_plans)
+    providers: Mapping[str, ProviderSettings] = field(default_factory=_default_providers)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    platforms: Mapping[str, PlatformSettings] = field(
+        default_factory=lambda: {n: PlatformSettings(name=n) for n in PLATFORM_SECTIONS}
+    )
+    source: str = "(defaults)"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the file, relative to the file's folder (or the working directory)."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path resolved against ``base_dir``."""
+        url = self.core.database_url
+        prefix = "sqlite+aiosqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str(self.resolve_path(url[len(prefix) :]))
+        return url
+
+
+class _Table:
+    """Reads one TOML table with precise, typed errors and rejects unknown settings."""
+
+    def __init__(self, source: str, name: str, data: Mapping[str, Any]) -> None:
+        self.source, self.name, self.data = source, name, data
+        self.used: set[str] = set()
+
+    def fail(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.source}: [{self.name}] {key} {what}")
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is not bool and isinstance(value, bool):
+            raise self.fail(key, f"must be {_kind_name(kind)}")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"must be {_kind_name(kind)}")
+        return value
+
+    def positive_int(self, key: str, default: int) -> int:
+        value = self.get(key, int, default)
+        if value <= 0:
+            raise self.fail(key, "must be a positive integer")
+        return value
+
+    def optional_positive(self, key: str, kind: type[T]) -> T | None:
+        if key not in self.data:
+            self.used.add(key)
+            return None
+        value = self.get(key, kind, kind())
+        if not isinstance(value, int | float) or value <= 0:
+            noun = "integer" if kind is int else "number"
+            raise self.fail(key, f"must be a positive {noun}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, list(default))
+        if not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+    def url(self, key: str, default: str) -> str:
+        value = self.get(key, str, default)
+        if not value.startswith(("http://", "https://")):
+            raise self.fail(key, "must be an http:// or https:// URL")
+        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise self.fail(key, "must not carry credentials; name an environment variable")
+        return value.rstrip("/")
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], "is not a known setting")
+
+
+def _kind_name(kind: type[Any]) -> str:
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(kind, kind.__name__)
+
+
+def _parse_core(src: str, data: Mapping[str, Any]) -> CoreSettings:
+    t = _Table(src, "core", data)
+    d = CoreSettings()
+    admins = t.strings("admins", d.admins)
+    for a in admins:
+        platform, _, uid = a.partition(":")
+        if platform not in ("console", *PLATFORM_SECTIONS) or not uid:
+            raise t.fail("admins", f'entries must look like "telegram:12345" (got {a!r})')
+    level = t.choice("log_level", ("DEBUG", "INFO", "WARNING", "ERROR"), d.log_level)
+    db = t.get("database_url", str, d.database_url)
+    if not db.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise t.fail("database_url", "must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    out = CoreSettings(
+        database_url=db,
+        master_key_file=t.get("master_key_file", str, d.master_key_file),
+        master_key_env=t.get("master_key_env", str, d.master_key_env),
+        admins=admins,
+        intake_ttl_seconds=t.positive_int("intake_ttl_seconds", d.intake_ttl_seconds),
+        intake_max_attempts=t.positive_int("intake_max_attempts", d.intake_max_attempts),
+        verify_keys_live=t.get("verify_keys_live", bool, d.verify_keys_live),
+        messages_per_minute=t.positive_int("messages_per_minute", d.messages_per_minute),
+        max_message_chars=t.positive_int("max_message_chars", d.max_message_chars),
+        log_level=level,
+    )
+    t.finish()
+    return out
+
+
+def _parse_plans(src: str, data: Mapping[str, Any]) -> dict[str, PlanSettings]:
+    plans: dict[str, PlanSettings] = {}
+    defaults = _default_plans()
+    for pid, raw in data.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{src}: [plans.{pid}] must be a table")
+        t = _Table(src, f"plans.{pid}", raw)
+        d = defaults.get(pid) or PlanSettings(id=pid, name=pid, price_usd=0.0, byok=True)
+        price = t.get("price_usd", float, d.price_usd)
+        if price < 0:
+            raise t.fail("price_usd", "must not be negative")
+        byok = t.get("byok", bool, d.byok)
+        plan = PlanSettings(
+            id=pid,
+            name=t.get("name", str, d.name),
+            price_usd=price,
+            byok=byok,
+            models=t.strings("models", d.models),
+            requests_per_minute=t.positive_int("requests_per_minute", d.requests_per_minute),
+            monthly_token_cap=(
+                t.optional_positive("monthly_token_cap", int)
+                if "monthly_token_cap" in raw
+                else d.monthly_token_cap
+            ),
+            monthly_usd_cap=(
+                t.optional_positive("monthly_usd_cap", float)
+                if "monthly_usd_cap" in raw
+                else d.monthly_usd_cap
+            ),
+            description=t.get("description", str, d.description),
+        )
+        if not byok and not plan.models:
+            raise t.fail("models", "must list at least one model for a managed plan")
+        t.finish()
+        plans[pid] = plan
+    if not plans:
+        raise ConfigError(f"{src}: [plans] must define at least one plan")
+    return plans
+
+
+def _parse_providers(src: str, data: Mapping[str, Any]) -> dict[str, ProviderSettings]:
+    providers: dict[str, ProviderSettings] = {}
+    defaults = _default_providers()
+    for pid, raw in data.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{src}: [providers.{pid}] must be a table")
+        t = _Table(src, f"providers.{pid}", raw)
+        d = defaults.get(pid)
+        if d is None and "base_url" not in raw:
+            raise t.fail("base_url", "is required for a provider byokbot does not know")
+        if d is None and "default_model" not in raw:
+            raise t.fail("default_model", "is required for a provider byokbot does not know")
+        kind_default = d.kind if d else "openai-compatible"
+        p = ProviderSettings(
+            id=pid,
+            name=t.get("name", str, d.name if d else pid),
+            kind=t.choice("kind", PROVIDER_KINDS, kind_default),
+            base_url=t.url("base_url", d.base_url if d else ""),
+            key_shape=t.choice("key_shape", KEY_SHAPES, d.key_shape if d else "generic"),
+            default_model=t.get("default_model", str, d.default_model if d else ""),
+            models=t.strings("models", d.models if d else ()),
+        )
+        t.finish()
+        providers[pid] = p
+    if not providers:
+        raise ConfigError(f"{src}: [providers] must define at least one provider")
+    return providers
+
+
+def _parse_agent(src: str, data: Mapping[str, Any]) -> AgentSettings:
+    t = _Table(src, "agent", data)
+    d = AgentSettings()
+    out = AgentSettings(
+        idle_timeout_seconds=t.positive_int("idle_timeout_seconds", d.idle_timeout_seconds),
+        max_live_agents=t.positive_int("max_live_agents", d.max_live_agents),
+        memory_limit_mb=t.positive_int("memory_limit_mb", d.memory_limit_mb),
+        max_open_files=t.positive_int("max_open_files", d.max_open_files),
+        request_timeout_seconds=t.positive_int(
+            "request_timeout_seconds", d.request_timeout_seconds
+        ),
+        context_tokens=t.positive_int("context_tokens", d.context_tokens),
+        max_reply_tokens=t.positive_int("max_reply_tokens", d.max_reply_tokens),
+        command=t.strings("command", d.command),
+    )
+    t.finish()
+    return out
+
+
+def _parse_platform(src: str, name: str, data: Mapping[str, Any]) -> PlatformSettings:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: [{name}] must be a table")
+    t = _Table(src, name, data)
+    enabled = t.get("enabled", bool, False)
+    options = {k: v for k, v in data.items() if k != "enabled"}
+    return PlatformSettings(name=name, enabled=enabled, options=MappingProxyType(options))
+
+
+_TOP_LEVEL: Final = ("core", "plans", "providers", "agent", *PLATFORM_SECTIONS)
+
+
+def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Config:
+    """Validate parsed TOML into a ``Config``; raises ``ConfigError`` naming the setting."""
+    for key, value in data.items():
+        if key not in _TOP_LEVEL:
+            raise ConfigError(f"{source}: [{key}] is not a known section")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: [{key}] must be a table")
+    plans = _parse_plans(source, data["plans"]) if "plans" in data else _default_plans()
+    providers = (
+        _parse_providers(source, data["providers"]) if "providers" in data else _default_providers()
+    )
+    for plan in plans.values():
+        if plan.byok:
+            continue
+        if plan.monthly_token_cap is None and plan.monthly_usd_cap is None:
+            raise ConfigError(
+                f"{source}: [plans.{plan.id}] a managed plan needs monthly_token_cap "
+                "or monthly_usd_cap"
+            )
+    return Config(
+        core=_parse_core(source, data.get("core", {})),
+        plans=MappingProxyType(plans),
+        providers=MappingProxyType(providers),
+        agent=_parse_agent(source, data.get("agent", {})),
+        platforms=MappingProxyType(
+            {n: _parse_platform(source, n, data.get(n, {})) for n in PLATFORM_SECTIONS}
+        ),
+        source=source,
+        base_dir=base_dir,
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the file named by ``path``, else ``$BYOKBOT_CONFIG``, else ``./config.toml`` if present.
+
+    With no file at all the defaults apply, rooted in the working directory.
+    """
+    chosen = path or os.environ.get("BYOKBOT_CONFIG") or None
+    if chosen is None:
+        if not Path("config.toml").exists():
+            return Config()
+        chosen = "config.toml"
+    file = Path(chosen)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the configuration file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML ({exc})") from None
+    return parse_config(data, source=file.name, base_dir=file.resolve().parent)

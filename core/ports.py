@@ -1,0 +1,95 @@
+"""Protocols the core needs from the outside world, with in-memory implementations beside them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from core.chat import ChatRef, Event, MessageRef, Outcome, Platform, Reply, SecretRequest, UserRef
+
+EventHandler = Callable[[Event], Awaitable[Outcome]]
+"""What an adapter calls for every translated event (the router's ``dispatch``)."""
+
+
+@runtime_checkable
+class Messenger(Protocol):
+    """What the core asks of a platform adapter. Every method is safe to call concurrently.
+
+    - ``respond`` answers in the context of an event: the same chat (a thread where it came
+      from one), ephemeral for a ``sensitive`` reply where the platform has ephemeral
+      messages (Discord interactions, Slack), and as the interaction's own response where the
+      platform demands one.
+    - ``send`` posts to a chat with no event to answer (alerts, broadcasts, a moved intake).
+    - ``open_dm`` returns the DM with a person, or None when the platform will not let the bot
+      start one (a Telegram user who never started the bot).
+    - ``ask_secret`` collects a secret privately: Telegram a ForceReply DM, Discord/Slack a
+      modal opened from the event's interaction, the console hidden input. The secret comes
+      back as a later ``Event`` of kind SECRET (or a DM message while the flow waits for it).
+    - ``stream`` shows a reply that arrives in chunks, editing one message at the platform's
+      pace and splitting at its length limit; returns the last message. If the iterator
+      raises, what was shown stays and the exception propagates to the flow, which tells
+      the person what happened.
+    - ``delete`` returns False when the platform refused (too old, no permission).
+    """
+
+    platform: Platform
+
+    async def respond(self, event: Event, reply: Reply) -> MessageRef | None: ...
+
+    async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None: ...
+
+    async def edit(self, message: MessageRef, reply: Reply) -> None: ...
+
+    async def delete(self, chat: ChatRef, message_id: str) -> bool: ...
+
+    async def open_dm(self, user: UserRef) -> ChatRef | None: ...
+
+    async def ask_secret(self, event: Event, request: SecretRequest) -> None: ...
+
+    async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None: ...
+
+    async def typing(self, chat: ChatRef) -> None: ...
+
+
+class Clock(Protocol):
+    """Where the time comes from, so flows and jobs are testable without waiting."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The real clock, in UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        from datetime import timedelta
+
+        self._now += timedelta(seconds=seconds)
+
+
+class ChatAdapter(Protocol):
+    """A platform adapter's lifecycle, as the composition root drives it."""
+
+    platform: Platform
+    messenger: Messenger
+
+    async def start(self, handler: EventHandler) -> None:
+        """Connect and begin delivering events to ``handler``; returns once serving."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop taking events and release connections; idempotent."""
+        ...
