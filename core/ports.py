@@ -93,3 +93,53 @@ class ChatAdapter(Protocol):
     async def stop(self) -> None:
         """Stop taking events and release connections; idempotent."""
         ...
+
+
+class Agents(Protocol):
+    """The tenant's hosted agent, as flows see it.
+
+    ``reply`` streams the agent's answer to one message as text chunks; it raises
+    ``core.errors.AgentUnavailable`` (with a short ``reason`` code that ``bot/texts.py``
+    turns into words) when the agent cannot answer. ``conversation`` is the neutral chat's
+    conversation key, so each chat keeps its own memory.
+    """
+
+    def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]: ...
+
+    async def cancel(self, tenant_id: str, conversation: str) -> bool:
+        """Stop a reply in progress; False when none was running."""
+        ...
+
+    async def reset(self, tenant_id: str, conversation: str) -> None:
+        """Forget the conversation's memory."""
+        ...
+
+    async def reconfigure(self, tenant_id: str) -> None:
+        """The tenant's key, model, persona or plan changed: new requests use the new settings."""
+        ...
+
+    async def forget(self, tenant_id: str) -> None:
+        """The tenant paused, was suspended or deleted: stop its agent now."""
+        ...
+
+
+class UnavailableAgents:
+    """The agent port when no agent runtime is configured: every message gets a clear answer."""
+
+    async def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]:
+        from core.errors import AgentUnavailable
+
+        raise AgentUnavailable("not_configured")
+        yield ""  # pragma: no cover - makes this an async generator
+
+    async def cancel(self, tenant_id: str, conversation: str) -> bool:
+        return False
+
+    async def reset(self, tenant_id: str, conversation: str) -> None:
+        return None
+
+    async def reconfigure(self, tenant_id: str) -> None:
+        return None
+
+    async def forget(self, tenant_id: str) -> None:
+        return None
