@@ -3,11 +3,11 @@
 Why httpx and our own SSE parser rather than the official ``anthropic``/``openai`` SDKs: the
 agent runs as one process per tenant, forked from a pre-loaded template, with targets of 10 ms
 cold start and 5 MiB unique memory when idle. httpx is already a dependency of the bot and is
-imported once, in the template (~110 ms cold here), so a forked worker pays nothing for it. Both
-SDKs are built on httpx *plus* pydantic models and their own client layers, so they can only
-add import time and resident memory to every template and worker (they are not installed here,
-so that extra cost is not measured); they also duplicate retry logic we want under our control (a 429 must reach the person with
-its retry-after, not be retried silently while a chat waits), and neither is installed here.
+imported once, in the template (~110 ms cold here), so a forked worker pays nothing for it.
+Both SDKs are built on httpx *plus* pydantic models and their own client layers, so they can
+only add import time and resident memory to every template and worker (they are not installed
+here, so that extra cost is not measured). They also retry on their own, and we want a 429 to
+reach the person with its retry-after rather than be retried silently while a chat waits.
 Both wire protocols are small and stable: one POST with an SSE body each.
 
 One ``httpx.AsyncClient`` per worker carries the tenant's key only in a header
