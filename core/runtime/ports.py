@@ -81,6 +81,9 @@ class InMemoryProfiles:
         self._profiles[profile.tenant_id] = profile
         self._unavailable.pop(profile.tenant_id, None)
 
+    def get(self, tenant_id: str) -> AgentProfile | None:
+        return self._profiles.get(tenant_id)
+
     def make_unavailable(self, tenant_id: str, reason: str) -> None:
         self._unavailable[tenant_id] = reason
 

@@ -11,7 +11,7 @@ Lifecycle of a tenant's agent:
 - **crash** (the pipe closes while not stopping): requests in flight raise
   ``ReplyFailed("crashed")``; the next message restarts it at once the first time, then with
   a back-off of 1, 2, 4 ... 60 s between repeated crashes (``ReplyFailed("restarting")`` with
-  ``retry_after`` meanwhile); a clean answer resets the back-off;
+  ``retry_after`` meanwhile); a worker that ran a minute before crashing resets the back-off;
 - **rotation** (``reconfigure``, or a request noticing a changed key/provider): a new worker
   takes every new request; the old one gets end-of-input, finishes what it has, and exits;
 - **idle stop** (``stop_idle``, run by the ``idle_job`` APScheduler job) and the **live
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT: Final = 10.0
 STOP_GRACE: Final = 5.0
 BACKOFF_MAX: Final = 60.0
+BACKOFF_RESET: Final = 60.0
+"""A worker that lived this long before crashing resets the back-off."""
 
 
 class _Crashed:
@@ -102,6 +104,7 @@ class _Worker:
         self.profile = profile
         self.handle = handle
         self.pending: dict[str, asyncio.Queue[_Event]] = {}
+        self.started = now
         self.last_used = now
         self.stopping = False
         self.draining = False
@@ -221,7 +224,6 @@ class AgentSupervisor:
                         )
                     elif isinstance(event, protocol.Done):
                         finished = True
-                        tenant.crashes = 0
                         break
                     elif isinstance(event, protocol.Error):
                         await self._failed(tenant, worker, event)
@@ -426,6 +428,8 @@ class AgentSupervisor:
         tenant = self._tenants.get(worker.tenant_id)
         if tenant is not None and tenant.current is worker:
             tenant.current = None
+            if self._clock() - worker.started >= BACKOFF_RESET:
+                tenant.crashes = 0  # it ran fine for a while: this is a fresh failure
             self._crashed(tenant)
 
     def _crashed(self, tenant: _Tenant) -> None:

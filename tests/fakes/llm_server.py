@@ -58,6 +58,7 @@ class FakeLLMServer:
     requests: list[Recorded] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     gate: asyncio.Event | None = None
+    gate_keys: set[str] | None = None  # when set, only these keys wait at the gate
     mid_stream: asyncio.Event = field(default_factory=asyncio.Event)
     disconnects: int = 0
     _runner: web.AppRunner | None = None
@@ -201,6 +202,7 @@ class FakeLLMServer:
             request,
             events(),
             3,
+            key,
             error_event=lambda f: _sse(
                 "error", {"type": "error", "error": {"type": f.error_type, "message": f.message}}
             ),
@@ -249,6 +251,7 @@ class FakeLLMServer:
             request,
             out,
             1,
+            key,
             error_event=lambda f: _data(
                 {"error": {"type": f.error_type, "message": f.message, "code": f.error_type}}
             ),
@@ -259,6 +262,7 @@ class FakeLLMServer:
         request: web.Request,
         events: list[bytes],
         first_text: int,
+        key: str,
         *,
         error_event: Callable[[Failure], bytes],
     ) -> web.StreamResponse:
@@ -280,7 +284,8 @@ class FakeLLMServer:
                 return response
             for i, event in enumerate(events):
                 await response.write(event)
-                if i == first_text and self.gate is not None:
+                held = self.gate_keys is None or key in self.gate_keys
+                if i == first_text and self.gate is not None and held:
                     self.mid_stream.set()
                     await self.gate.wait()
                 if i == first_text and failure is not None and failure.mode == "stall_mid":
