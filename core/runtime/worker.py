@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import functools
+import importlib
 import os
 import resource
 import socket
@@ -45,13 +45,33 @@ def ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+# httpx imports its transport stack lazily, on the first client and the first request.
+_LAZY_IMPORTS: Final = (
+    "httpcore",
+    "httpcore._backends.anyio",
+    "h11",
+    "anyio",
+    "anyio._backends._asyncio",
+    "anyio.streams.tls",
+    "anyio.streams.memory",
+    "anyio.streams.stapled",
+    "anyio.to_thread",
+    "importlib.resources",
+)
+
+
 def warm() -> None:
     """Pay one-time costs in the fork-server template so every forked worker starts warm."""
+    for name in _LAZY_IMPORTS:
+        importlib.import_module(name)
     ssl_context()
+    _libc()
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # The running program's own symbols include libc's; find_library would spawn ldconfig.
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def set_dumpable(flag: bool) -> None:
