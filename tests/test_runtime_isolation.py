@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,17 +12,20 @@ from pathlib import Path
 import pytest
 
 from core.runtime.launch import CommandLauncher
-from tests.fakes.agents import rig
+from tests.fakes.agents import proc_file, rig
 
 NOBODY = 65534
 KEY = "sk-ant-api03-" + "IsoL4t3d" * 11 + "xyzab" + "AA"
 AS_USER = str(Path(__file__).parent / "fakes" / "as_user.py")
 
 
-def _read_as(uid: int, path: str) -> subprocess.CompletedProcess[str]:
-    """``cat`` the file as ``uid`` (a process of that uid that is not the agent)."""
+RUNUSER, CAT = shutil.which("runuser") or "runuser", shutil.which("cat") or "cat"
+
+
+def _read_as_nobody(path: str) -> subprocess.CompletedProcess[str]:
+    """``cat`` the file as nobody (a process of that uid that is not the agent)."""
     return subprocess.run(
-        ["runuser", "-u", "nobody", "--", "cat", path] if uid == NOBODY else ["cat", path],
+        [RUNUSER, "-u", "nobody", "--", CAT, path],
         capture_output=True,
         text=True,
         check=False,
@@ -36,7 +40,7 @@ def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path.mkdir(mode=0o711)
     path.chmod(0o711)
     yield path
-    subprocess.run(["rm", "-rf", str(path)], check=True)
+    shutil.rmtree(path)
 
 
 async def test_forked_agent_holds_no_key_in_cmdline_or_environ_and_applies_limits(
@@ -46,17 +50,16 @@ async def test_forked_agent_holds_no_key_in_cmdline_or_environ_and_applies_limit
         r.tenant("t1", KEY)
         await r.say("t1", "hi")
         [pid] = r.pids("t1")
-        proc = Path(f"/proc/{pid}")
-        cmdline = (proc / "cmdline").read_bytes()
-        environ = (proc / "environ").read_bytes()  # readable here only because we are root
-        limits = (proc / "limits").read_text()
-        cwd = os.readlink(proc / "cwd")
+        cmdline = proc_file(pid, "cmdline")
+        environ = proc_file(pid, "environ")  # readable here only because we are root
+        limits = proc_file(pid, "limits").decode()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
         assert KEY.encode() not in cmdline
         assert environ.strip(b"\0") == b""  # cleared, and the kernel's copy zeroed
         assert _limit(limits, "Max core file size") == ("0", "0")
         assert _limit(limits, "Max open files") == ("256", "256")
         assert _limit(limits, "Max address space") == (str(512 * 1024 * 1024),) * 2
-        assert (Path(cwd).parent, Path(cwd).stat().st_mode & 0o777) == (runtime_dir, 0o700)
+        assert (Path(cwd).parent, os.stat(cwd).st_mode & 0o777) == (runtime_dir, 0o700)
         assert r.fake.keys() == [KEY]
 
 
@@ -64,22 +67,19 @@ async def test_unprivileged_process_cannot_read_the_agents_environ_or_mem(
     runtime_dir: Path,
 ) -> None:
     command = [sys.executable, AS_USER, str(NOBODY), "worker"]
-    control = subprocess.Popen(
-        [sys.executable, AS_USER, str(NOBODY), "sleep"], stdout=subprocess.PIPE, text=True
-    )
+    control = _start_control()
     try:
-        assert control.stdout is not None and control.stdout.readline() == "ready\n"
         async with rig(runtime_dir, launcher=lambda: CommandLauncher(command)) as r:
             r.tenant("t1", KEY)
             assert await r.say("t1", "hi") == "echo: hi"
             [pid] = r.pids("t1")
-            status = Path(f"/proc/{pid}/status").read_text()
+            status = proc_file(pid, "status").decode()
             assert f"Uid:\t{NOBODY}\t{NOBODY}" in status  # same uid as the reader below
-            agent_env = _read_as(NOBODY, f"/proc/{pid}/environ")
-            agent_mem = _read_as(NOBODY, f"/proc/{pid}/mem")
-            control_env = _read_as(NOBODY, f"/proc/{control.pid}/environ")
-            control_mem = _read_as(NOBODY, f"/proc/{control.pid}/mem")
-            cmdline = _read_as(NOBODY, f"/proc/{pid}/cmdline")
+            agent_env = _read_as_nobody(f"/proc/{pid}/environ")
+            agent_mem = _read_as_nobody(f"/proc/{pid}/mem")
+            control_env = _read_as_nobody(f"/proc/{control.pid}/environ")
+            control_mem = _read_as_nobody(f"/proc/{control.pid}/mem")
+            cmdline = _read_as_nobody(f"/proc/{pid}/cmdline")
         # The control (same uid, not hardened) is readable, so the refusals are the agent's own.
         assert (control_env.returncode, "PATH=" in control_env.stdout) == (0, True)
         assert "Permission denied" not in control_mem.stderr
@@ -108,6 +108,16 @@ print(worker.is_dumpable(), resource.getrlimit(resource.RLIMIT_CORE),
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.split("\n")[0] == f"False (0, 0) (64, 64) {tmp_path / 'w'} {{}}"
+
+
+def _start_control() -> subprocess.Popen[str]:
+    """A process of the same uid that did not harden itself: its /proc must be readable."""
+    control = subprocess.Popen(
+        [sys.executable, AS_USER, str(NOBODY), "sleep"], stdout=subprocess.PIPE, text=True
+    )
+    assert control.stdout is not None
+    assert control.stdout.readline() == "ready\n"
+    return control
 
 
 def _limit(limits: str, name: str) -> tuple[str, str]:

@@ -14,8 +14,7 @@ from core.errors import AgentUnavailable
 from core.runtime.errors import ReplyFailed
 from core.runtime.ports import Turn, UsageRecord
 from core.runtime.supervisor import trim_turns
-from tests.fakes.agents import Rig, eventually, rig
-from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.agents import eventually, rig
 
 
 @pytest.fixture(autouse=True)
@@ -357,8 +356,3 @@ async def _gone(pid: int) -> bool:
 
     await eventually(dead)
     return dead()
-
-
-async def test_fake_server_fixture_is_isolated(tmp_path: Path) -> None:
-    async with FakeLLMServer() as fake, rig(tmp_path, fake=fake) as r:
-        assert isinstance(r, Rig) and r.fake is fake

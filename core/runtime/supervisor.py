@@ -395,8 +395,8 @@ class AgentSupervisor:
                 raise ProtocolError("the agent did not answer configure with ready")
         except (TimeoutError, ProtocolError, ConnectionError, RuntimeError) as exc:
             log.warning("agent for %s did not start (%s)", tenant_id, type(exc).__name__)
-            handle.kill()
-            await handle.wait()
+            # A hung agent is killed now; one that is exiting gets to finish writing its log.
+            await _end(handle, grace=0.0 if isinstance(exc, TimeoutError) else STOP_GRACE)
             raise ReplyFailed("start_failed") from None
         log.info("agent for %s started (pid %d, key %s)", tenant_id, handle.pid, profile.key_id)
         worker.reader_task = asyncio.create_task(self._read(worker))
@@ -464,12 +464,7 @@ class AgentSupervisor:
             asyncio.get_running_loop().create_task(self._reap(worker))
 
     async def _reap(self, worker: _Worker) -> None:
-        try:
-            async with asyncio.timeout(STOP_GRACE):
-                await worker.handle.wait()
-        except TimeoutError:
-            worker.handle.kill()
-            await worker.handle.wait()
+        await _end(worker.handle, grace=STOP_GRACE)
         self._draining.discard(worker)
         log.info("agent for %s (pid %d) drained and exited", worker.tenant_id, worker.handle.pid)
 
@@ -479,12 +474,7 @@ class AgentSupervisor:
         if kill:
             worker.handle.kill()
         worker.close_input()
-        try:
-            async with asyncio.timeout(STOP_GRACE):
-                await worker.handle.wait()
-        except TimeoutError:
-            worker.handle.kill()
-            await worker.handle.wait()
+        await _end(worker.handle, grace=STOP_GRACE)
         if worker.reader_task is not None:
             await worker.reader_task
 
@@ -501,3 +491,15 @@ class AgentSupervisor:
             self._detach(worker)
             log.info("stopping agent for %s to stay within max_live_agents", worker.tenant_id)
         await asyncio.gather(*(self._stop(w) for w in victims))
+
+
+async def _end(handle: WorkerHandle, *, grace: float) -> None:
+    """Wait up to ``grace`` seconds for the process to exit, then kill it."""
+    try:
+        async with asyncio.timeout(grace):
+            await handle.wait()
+            return
+    except TimeoutError:
+        pass  # still running after the grace period: kill below
+    handle.kill()
+    await handle.wait()

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import encodings.idna  # noqa: E402,F401 - loaded before the uid can no longer read /root
+import encodings.idna  # noqa: F401 - loaded before the uid can no longer read /root
 
-from core.runtime import worker  # noqa: E402
+from core.runtime import worker
 
 worker.warm()
 
