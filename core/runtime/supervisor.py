@@ -226,6 +226,7 @@ class AgentSupervisor:
                         finished = True
                         break
                     elif isinstance(event, protocol.Error):
+                        finished = True  # the agent closed this id; nothing to cancel
                         await self._failed(tenant, worker, event)
                     else:
                         raise ReplyFailed("stopped" if worker.stopping else "crashed")
