@@ -294,6 +294,10 @@ class AgentSupervisor:
 
     # --- maintenance ------------------------------------------------------------------------
 
+    async def warm(self) -> None:
+        """Start the agent template now (call once at bot start-up), so no agent pays for it."""
+        await self._launcher.warm()
+
     async def stop_idle(self, now: float | None = None) -> int:
         """Stop agents idle for ``idle_timeout_seconds``; returns how many stopped."""
         now = self._clock() if now is None else now

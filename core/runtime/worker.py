@@ -210,6 +210,11 @@ async def _serve_socket(sock: socket.socket) -> int:
         writer.close()
 
 
+def probe_template() -> None:
+    """Fork-server target that exits 0 when the template preloaded the worker, else 3."""
+    sys.exit(0 if "core.runtime.template" in sys.modules else 3)
+
+
 def run_forked(sock: socket.socket) -> None:
     """Fork-server target: serve the protocol on ``sock`` and exit with its status."""
     code = asyncio.run(_serve_socket(sock))
