@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
@@ -356,3 +357,12 @@ async def _gone(pid: int) -> bool:
 
     await eventually(dead)
     return dead()
+
+
+async def test_warm_preloads_the_template(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    async with rig(tmp_path) as r:
+        await r.sup.warm()
+        r.tenant("t1", "sk-one")
+        assert await r.say("t1", "warm") == "echo: warm"
+    assert caplog.records == []
