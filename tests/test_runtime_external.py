@@ -74,7 +74,13 @@ async def test_external_agent_errors_crashes_and_garbage(tmp_path: Path) -> None
             await r.say("t1", "x")
         assert (failed.value.reason, failed.value.retry_after) == ("rate_limited", 5.0)
         assert (first, crashed.value.reason, recovered) == ("partial ", "crashed", "b a")
-        assert garbage.value.reason == "crashed"
+        _behave(r, "")
+        with pytest.raises(ReplyFailed) as backing_off:  # the second crash in a row
+            await r.say("t1", "x")
+        r.now[0] += 1.0
+        assert garbage.value.reason == "protocol"
+        assert (backing_off.value.reason, backing_off.value.retry_after) == ("restarting", 1.0)
+        assert await r.say("t1", "c d") == "d c"
 
 
 async def test_cancel_reaches_the_external_agent(tmp_path: Path) -> None:

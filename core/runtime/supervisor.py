@@ -108,6 +108,7 @@ class _Worker:
         self.last_used = now
         self.stopping = False
         self.draining = False
+        self.broken = False  # killed for breaking the protocol
         self.dead = asyncio.Event()
         self.reader_task: asyncio.Task[None] | None = None
 
@@ -228,8 +229,10 @@ class AgentSupervisor:
                     elif isinstance(event, protocol.Error):
                         finished = True  # the agent closed this id; nothing to cancel
                         await self._failed(tenant, worker, event)
+                    elif worker.stopping:
+                        raise ReplyFailed("stopped")
                     else:
-                        raise ReplyFailed("stopped" if worker.stopping else "crashed")
+                        raise ReplyFailed("protocol" if worker.broken else "crashed")
             except (ConnectionError, RuntimeError) as exc:
                 # Writing to a pipe whose process just died.
                 log.warning("agent %s: pipe broke (%s)", tenant_id, type(exc).__name__)
@@ -421,6 +424,7 @@ class AgentSupervisor:
         except (ProtocolError, ValueError, ConnectionError) as exc:
             # ValueError: a line over MAX_LINE. Either way the agent is no longer trustworthy.
             log.warning("agent %s broke the protocol (%s)", worker.tenant_id, exc)
+            worker.broken = True
             worker.handle.kill()
         worker.dead.set()
         for queue in worker.pending.values():
