@@ -427,19 +427,21 @@ class AgentSupervisor:
             worker.broken = True
             worker.handle.kill()
         worker.dead.set()
+        crashed = not worker.stopping
+        if crashed:
+            # Book the crash before anyone waits on the exit, so the next message sees it.
+            tenant = self._tenants.get(worker.tenant_id)
+            if tenant is not None and tenant.current is worker:
+                tenant.current = None
+                if self._clock() - worker.started >= BACKOFF_RESET:
+                    tenant.crashes = 0  # it ran fine for a while: this is a fresh failure
+                self._crashed(tenant)
         for queue in worker.pending.values():
             queue.put_nowait(_CRASHED)
         code = await worker.handle.wait()
         self._draining.discard(worker)
-        if worker.stopping:
-            return
-        log.warning("agent for %s exited unexpectedly (code %s)", worker.tenant_id, code)
-        tenant = self._tenants.get(worker.tenant_id)
-        if tenant is not None and tenant.current is worker:
-            tenant.current = None
-            if self._clock() - worker.started >= BACKOFF_RESET:
-                tenant.crashes = 0  # it ran fine for a while: this is a fresh failure
-            self._crashed(tenant)
+        if crashed:
+            log.warning("agent for %s exited unexpectedly (code %s)", worker.tenant_id, code)
 
     def _crashed(self, tenant: _Tenant) -> None:
         delay = 0.0 if tenant.crashes == 0 else min(2.0 ** (tenant.crashes - 1), BACKOFF_MAX)
