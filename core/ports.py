@@ -26,6 +26,9 @@ class Messenger(Protocol):
     - ``ask_secret`` collects a secret privately: Telegram a ForceReply DM, Discord/Slack a
       modal opened from the event's interaction, the console hidden input. The secret comes
       back as a later ``Event`` of kind SECRET (or a DM message while the flow waits for it).
+      It always collects from ``event.user`` privately, whatever chat the event came from,
+      and returns False when it cannot reach the person privately (a Telegram user who never
+      started the bot); the flow then offers an ``OPEN_DM_PAYLOAD`` button.
     - ``stream`` shows a reply that arrives in chunks, editing one message at the platform's
       pace and splitting at its length limit; returns the last message. If the iterator
       raises, what was shown stays and the exception propagates to the flow, which tells
@@ -45,7 +48,7 @@ class Messenger(Protocol):
 
     async def open_dm(self, user: UserRef) -> ChatRef | None: ...
 
-    async def ask_secret(self, event: Event, request: SecretRequest) -> None: ...
+    async def ask_secret(self, event: Event, request: SecretRequest) -> bool: ...
 
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None: ...
 
