@@ -17,7 +17,6 @@ Logging: the SDK prints raw payloads (including a submitted key) at DEBUG, so it
 from __future__ import annotations
 
 import asyncio
-import importlib
 import itertools
 import logging
 import re
@@ -56,6 +55,7 @@ from core.chat import (
 )
 from core.config import PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.logs import register_secret
 from core.ports import ChatAdapter, EventHandler, Messenger
 
 _log = logging.getLogger("adapters.slack")
@@ -96,18 +96,6 @@ class _Context:
     home_replies: list[Reply] = field(default_factory=list)
 
 
-def _register_token(value: str, label: str) -> None:
-    # core.logs (the redacting log filter) arrives with the vault branch; until it is on main the
-    # tokens still never reach a log here: they travel only in Authorization headers, which the
-    # SDK redacts, and the SDK logger is pinned above DEBUG.
-    try:
-        logs = importlib.import_module("core.logs")
-    except ModuleNotFoundError:
-        _log.debug("core.logs not available; %s not registered for redaction", label)
-        return
-    logs.register_secret(value, label=label)
-
-
 class SlackAdapter:
     """``ChatAdapter`` and ``Messenger`` for Slack (its ``messenger`` is itself)."""
 
@@ -140,6 +128,8 @@ class SlackAdapter:
         self._home_channels: dict[str, str] = {}
         self._refresh_ids = itertools.count(1)
         self.bot_user_id = ""
+        self.team_id = ""
+        self.app_id = ""
         self.http_port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -164,6 +154,7 @@ class SlackAdapter:
         except (aiohttp.ClientError, TimeoutError, SlackRequestError) as exc:
             raise SlackStartError(f"cannot reach Slack at {cfg.api_base_url}: {exc}") from None
         self.bot_user_id = str(auth.get("user_id", ""))
+        self.team_id = str(auth.get("team_id", ""))
         self._app = self._build_app(self._client)
         if cfg.mode == "socket":
             app_token = cfg.app_token.reveal() if cfg.app_token else ""
@@ -225,6 +216,7 @@ class SlackAdapter:
             process_before_response=False,
             request_verification_enabled=True,
         )
+        app.use(self._note_app_id)
         app.command(cfg.command)(self._on_command)
         app.action(re.compile(r"^byok"))(self._on_action)
         app.view_submission(translate.SECRET_CALLBACK)(self._on_view_submission)
@@ -263,6 +255,18 @@ class SlackAdapter:
 
     # ------------------------------------------------------------------ listeners
 
+    async def _note_app_id(self, body: dict[str, Any], next: Callable[[], Any]) -> Any:
+        # Every payload names the app; the "open the DM" link needs its id.
+        if not self.app_id and body.get("api_app_id"):
+            self.app_id = str(body["api_app_id"])
+        return await next()
+
+    @property
+    def _dm_url(self) -> str:
+        if not self.app_id or not self.team_id:
+            return ""
+        return translate.dm_link(team_id=self.team_id, app_id=self.app_id)
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -296,7 +300,7 @@ class SlackAdapter:
         action_id = str(((body.get("actions") or [{}])[0]).get("action_id", ""))
         if action_id == translate.SECRET_OPEN_ACTION:
             self._spawn(self._open_secret_from_button(body))
-        else:
+        elif not action_id.startswith(translate.LINK_ACTION):  # a link press needs no answer
             self._spawn(self._handle_action(body))
 
     async def _handle_action(self, body: Mapping[str, Any]) -> None:
@@ -485,12 +489,16 @@ class SlackAdapter:
     ) -> Mapping[str, Any]:
         """Send rendered blocks; if Slack refuses the formatting, send the text literally."""
         try:
-            return await self._call(method, send(translate.message_kwargs(reply)))
+            return await self._call(
+                method, send(translate.message_kwargs(reply, dm_url=self._dm_url))
+            )
         except SlackDeliveryError as exc:
             if exc.error not in _BLOCK_ERRORS or reply.format is not TextFormat.MARKDOWN:
                 raise
             _log.info("Slack refused a formatted reply (%s); sending plain text", exc.error)
-        return await self._call(method, send(translate.message_kwargs(reply, plain=True)))
+        return await self._call(
+            method, send(translate.message_kwargs(reply, plain=True, dm_url=self._dm_url))
+        )
 
     async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
         """Answer in the event's chat; ephemeral for sensitive replies outside the app's DM.
@@ -535,7 +543,7 @@ class SlackAdapter:
                 return response
 
             try:
-                await via_hook(translate.message_kwargs(reply))
+                await via_hook(translate.message_kwargs(reply, dm_url=self._dm_url))
             except aiohttp.ClientError as exc:
                 raise SlackDeliveryError("response_url", type(exc).__name__) from None
             return
@@ -550,7 +558,9 @@ class SlackAdapter:
     async def _publish_home(self, user_id: str, replies: list[Reply]) -> None:
         await self._call(
             "views.publish",
-            self._web.views_publish(user_id=user_id, view=translate.home_view(replies)),
+            self._web.views_publish(
+                user_id=user_id, view=translate.home_view(replies, dm_url=self._dm_url)
+            ),
         )
 
     async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
@@ -602,8 +612,11 @@ class SlackAdapter:
             self._dm_channels[user.id] = cached
         return ChatRef(platform=Platform.SLACK, id=cached, is_direct=True)
 
-    async def ask_secret(self, event: Event, request: SecretRequest) -> None:
-        """Open the key modal from the event's trigger; without one, DM a button that opens it."""
+    async def ask_secret(self, event: Event, request: SecretRequest) -> bool:
+        """Open the key modal from the event's trigger; without one, DM a button that opens it.
+
+        Returns False only when Slack will not let the app open a DM with the person.
+        """
         ctx = self._contexts.get(event.event_id)
         if ctx is not None and ctx.trigger_id:
             try:
@@ -613,16 +626,17 @@ class SlackAdapter:
                         trigger_id=ctx.trigger_id, view=translate.secret_modal(request)
                     ),
                 )
-                return
+                return True
             except SlackDeliveryError as exc:
                 _log.info("Slack views.open failed (%s); offering the form in a DM", exc.error)
         dm = await self.open_dm(event.user)
         if dm is None:
-            raise SlackDeliveryError("conversations.open", "cannot_open_dm")
+            return False
         await self._call(
             "chat.postMessage",
             self._web.chat_postMessage(channel=dm.id, **translate.secret_open_message(request)),
         )
+        return True
 
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
         """Post a "thinking" placeholder, then edit it at most once per ``edit_interval``.
@@ -707,5 +721,5 @@ def build(settings: PlatformSettings, env: Mapping[str, str]) -> ChatAdapter | N
         ("slack user token", config.user_token),
     ):
         if secret is not None:
-            _register_token(secret.reveal(), label)
+            register_secret(secret.reveal(), label=label)
     return SlackAdapter(config)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from core.chat import (
+    OPEN_DM_PAYLOAD,
     Button,
     ButtonStyle,
     ChatRef,
@@ -32,6 +33,8 @@ BUTTON_PREFIX: Final = "byok:"
 """Action ids of buttons that came from a ``Reply``; their value is the button payload."""
 SHORTCUT_PREFIX: Final = "byok_cmd:"
 """Action ids of the App Home shortcut buttons; their value is a command line."""
+LINK_ACTION: Final = "byok_link"
+"""A URL button (the link to the app's DM); Slack still reports the press, which is ignored."""
 SECRET_OPEN_ACTION: Final = "byok_secret_open"  # noqa: S105 - an id
 """The DM button that opens the key modal when no trigger id was at hand."""
 SECRET_CALLBACK: Final = "byok_secret"  # noqa: S105 - an id
@@ -308,20 +311,34 @@ def split_text(text: str, limit: int) -> list[str]:
     return parts
 
 
-def button_element(button: Button, action_id: str) -> dict[str, Any]:
+def dm_link(*, team_id: str, app_id: str) -> str:
+    """A link that opens the person's DM with the app (``app_redirect``)."""
+    return f"https://slack.com/app_redirect?app={app_id}&team={team_id}"
+
+
+def button_element(button: Button, action_id: str, *, dm_url: str = "") -> dict[str, Any]:
+    """A Block Kit button; the ``OPEN_DM_PAYLOAD`` button becomes a link to the app's DM."""
     element: dict[str, Any] = {
         "type": "button",
         "action_id": action_id,
         "text": {"type": "plain_text", "text": button.label[:_BUTTON_LABEL_LIMIT], "emoji": True},
-        "value": button.payload,
     }
+    if button.payload == OPEN_DM_PAYLOAD and dm_url:
+        element["action_id"] = f"{LINK_ACTION}:{action_id}"
+        element["url"] = dm_url
+    else:
+        element["value"] = button.payload
     if button.style is not ButtonStyle.DEFAULT:
         element["style"] = button.style.value
     return element
 
 
 def button_blocks(
-    rows: Sequence[Sequence[Button]], *, prefix: str = BUTTON_PREFIX, tag: str = "r"
+    rows: Sequence[Sequence[Button]],
+    *,
+    prefix: str = BUTTON_PREFIX,
+    tag: str = "r",
+    dm_url: str = "",
 ) -> list[dict[str, Any]]:
     """One ``actions`` block per row (Slack caps a block at 25 elements)."""
     blocks: list[dict[str, Any]] = []
@@ -334,7 +351,7 @@ def button_blocks(
                     "type": "actions",
                     "block_id": block_id,
                     "elements": [
-                        button_element(b, f"{prefix}{tag}{i}:{start + j}")
+                        button_element(b, f"{prefix}{tag}{i}:{start + j}", dm_url=dm_url)
                         for j, b in enumerate(chunk)
                     ],
                 }
@@ -357,12 +374,14 @@ def text_blocks(text: str, fmt: TextFormat) -> list[dict[str, Any]]:
     ]
 
 
-def reply_blocks(reply: Reply, *, plain: bool = False, tag: str = "r") -> list[dict[str, Any]]:
+def reply_blocks(
+    reply: Reply, *, plain: bool = False, tag: str = "r", dm_url: str = ""
+) -> list[dict[str, Any]]:
     fmt = TextFormat.PLAIN if plain else reply.format
-    return text_blocks(reply.text, fmt) + button_blocks(reply.buttons, tag=tag)
+    return text_blocks(reply.text, fmt) + button_blocks(reply.buttons, tag=tag, dm_url=dm_url)
 
 
-def message_kwargs(reply: Reply, *, plain: bool = False) -> dict[str, Any]:
+def message_kwargs(reply: Reply, *, plain: bool = False, dm_url: str = "") -> dict[str, Any]:
     """Keyword arguments for ``chat.postMessage``/``chat.update``/``chat.postEphemeral``.
 
     ``plain`` renders Markdown as literal text: the fallback when Slack refuses the blocks.
@@ -370,7 +389,7 @@ def message_kwargs(reply: Reply, *, plain: bool = False) -> dict[str, Any]:
     fmt = TextFormat.PLAIN if plain else reply.format
     return {
         "text": render_text(reply.text, fmt) or " ",
-        "blocks": reply_blocks(reply, plain=plain),
+        "blocks": reply_blocks(reply, plain=plain, dm_url=dm_url),
     }
 
 
@@ -471,13 +490,13 @@ def modal_errors(message: str) -> dict[str, Any]:
     return {"response_action": "errors", "errors": {SECRET_BLOCK: message}}
 
 
-def home_view(replies: Sequence[Reply]) -> dict[str, Any]:
+def home_view(replies: Sequence[Reply], *, dm_url: str = "") -> dict[str, Any]:
     """The App Home tab: the answers to ``status`` followed by shortcut buttons."""
     blocks: list[dict[str, Any]] = []
     for n, reply in enumerate(replies):
         if n:
             blocks.append({"type": "divider"})
-        blocks.extend(reply_blocks(reply, tag=f"h{n}_"))
+        blocks.extend(reply_blocks(reply, tag=f"h{n}_", dm_url=dm_url))
     shortcuts = tuple(Button(label=label, payload=line) for label, line in HOME_SHORTCUTS)
     blocks.append({"type": "divider"})
     blocks.extend(button_blocks((shortcuts,), prefix=SHORTCUT_PREFIX, tag="s"))
