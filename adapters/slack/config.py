@@ -139,7 +139,7 @@ def parse(settings: PlatformSettings, env: Mapping[str, str]) -> SlackConfig:
     host = r.string("listen_host", d.listen_host)
     if not host:
         raise r.fail("listen_host", "must not be empty")
-    port = r.integer("listen_port", d.listen_port, 1, 65535)
+    port = r.integer("listen_port", d.listen_port, 0, 65535)  # 0: any free port
     path = r.string("path", d.path)
     if not path.startswith("/"):
         raise r.fail("path", f"must start with / (got {path!r})")
