@@ -11,7 +11,8 @@ Errors::
     └── SlackDeliveryError      Slack refused a Web API call (``method``, ``error`` code)
 
 Logging: the SDK prints raw payloads (including a submitted key) at DEBUG, so its logger
-``adapters.slack.sdk`` is pinned at INFO whatever the root level is.
+``adapters.slack.sdk`` is set to INFO unless the operator configured it explicitly; then the
+redacting filter of ``core.logs`` is what hides key shapes and the registered tokens.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ class SlackAdapter:
         cfg = self.config
         if cfg.bot_token is None or (cfg.mode == "socket" and cfg.app_token is None):
             raise SlackStartError(f"a Slack token is missing: {cfg.missing_env()}")
-        if _sdk_log.getEffectiveLevel() < logging.INFO:
+        if _sdk_log.level == logging.NOTSET:
+            # Unless the operator set it on purpose, root DEBUG must not turn on payload dumps.
             _sdk_log.setLevel(logging.INFO)
         self._handler = handler
         self._client = self._web_client(cfg.bot_token.reveal())
