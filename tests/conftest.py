@@ -57,7 +57,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def master_key_env() -> Iterator[dict[str, str]]:
-    yield {"BYOKBOT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+    return {"BYOKBOT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
 
 
 def make_config(url: str, tmp_path: Path, **core: object) -> Config:
