@@ -654,3 +654,26 @@ def test_write_file_replaces_atomically_with_mode_0600(tmp_path: Path) -> None:
     assert loaded.versions == (1, 2)
     assert loaded.primary_version == 2
     assert loaded.key(2) == grown.key(2)
+
+
+def test_load_names_a_configured_environment_variable(tmp_path: Path) -> None:
+    with pytest.raises(MasterKeyError, match=r"^MY_MASTER_KEY: master key is missing or empty$"):
+        MasterKeyRing.load(
+            env_value=" ", file=tmp_path / "k", create=True, env_name="MY_MASTER_KEY"
+        )
+
+
+def test_load_refuses_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "master.key").mkdir()
+
+    with pytest.raises(MasterKeyError, match="not a regular file"):
+        MasterKeyRing.load(env_value=None, file=tmp_path / "master.key", create=True)
+
+
+def test_load_never_overwrites_an_empty_existing_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "master.key"
+    key_file.touch(mode=0o600)
+
+    with pytest.raises(MasterKeyError, match="master key is missing or empty"):
+        MasterKeyRing.load(env_value=None, file=key_file, create=True)
+    assert key_file.read_text() == ""
