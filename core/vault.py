@@ -227,13 +227,13 @@ class MasterKeyRing:
         except FileNotFoundError:
             if not create:
                 raise MasterKeyError(
-                    f"{path}: master key file not found (set BYOKBOT_MASTER_KEY or create it)"
+                    f"{path}: master key file not found (set {env_name} or create it)"
                 ) from None
             return cls._create(path)
         except OSError as exc:
             raise MasterKeyError(f"{path}: cannot read master key file ({exc.strerror})") from None
-        with os.fdopen(fd, "r", encoding="utf-8") as handle:
-            info = os.fstat(handle.fileno())
+        try:
+            info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise MasterKeyError(f"{path}: master key file is not a regular file")
             mode = stat.S_IMODE(info.st_mode)
@@ -242,10 +242,12 @@ class MasterKeyRing:
                     f"{path}: master key file must be mode 0600 (is {mode:04o}); "
                     "run chmod 600 on it"
                 )
-            try:
+            with os.fdopen(fd, "r", encoding="utf-8", closefd=False) as handle:
                 text = handle.read()
-            except UnicodeDecodeError:
-                raise MasterKeyError(f"{path}: master key file is not text") from None
+        except UnicodeDecodeError:
+            raise MasterKeyError(f"{path}: master key file is not text") from None
+        finally:
+            os.close(fd)
         return cls.parse(text, source=str(path))
 
     @classmethod

@@ -677,3 +677,12 @@ def test_load_never_overwrites_an_empty_existing_file(tmp_path: Path) -> None:
     with pytest.raises(MasterKeyError, match="master key is missing or empty"):
         MasterKeyRing.load(env_value=None, file=key_file, create=True)
     assert key_file.read_text() == ""
+
+
+def test_load_reports_a_binary_key_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "master.key"
+    key_file.write_bytes(os.urandom(8) + b"\xff\xfe")
+    key_file.chmod(0o600)
+
+    with pytest.raises(MasterKeyError, match="master key file is not text"):
+        MasterKeyRing.load(env_value=None, file=key_file, create=False)
