@@ -140,8 +140,8 @@ def configure_logging(level: str = "INFO", *, stream: IO[str] | None = None) -> 
 
     The filter sits on the handler, not a logger, so records propagated from every logger
     (third-party ones included) pass through it. The handler also drops SDK records below
-    INFO (see ``SDK_LOGGERS``), and uncaught exceptions in the main and other threads are
-    logged through it instead of printed raw.
+    INFO (see ``SDK_LOGGERS``); uncaught exceptions (main and other threads) and warnings
+    are logged through it instead of printed raw.
     """
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
@@ -164,6 +164,8 @@ def configure_logging(level: str = "INFO", *, stream: IO[str] | None = None) -> 
     # token in their text (python-telegram-bot's InvalidToken does).
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
+    # Warnings print object reprs to stderr (python-telegram-bot's Bot repr holds the token).
+    logging.captureWarnings(True)
 
 
 _crash_log = logging.getLogger("byokbot.crash")

@@ -6,7 +6,7 @@ Layout of every stored value (all integers big-endian)::
     secret       b"BS" | format u8 | nonce[12] | AES-256-GCM(plaintext) + tag[16]
     blob         b"BB" | format u8 | nonce[12] | AES-256-GCM(data) + tag[16]
 
-Associated data is a length-prefixed list of secret-free fields:
+Associated data is a length-prefixed list of secret-free fields::
 
     DEK layer     (format, "dek", tenant id, KEK version)
     secret layer  (format, "secret", tenant id, secret id, provider, secret version)

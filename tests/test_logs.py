@@ -7,6 +7,7 @@ import logging
 import secrets
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 
 import httpx
@@ -39,10 +40,12 @@ def clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # configure_logging replaces both hooks; monkeypatch puts the originals back.
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     quiet = {name: logging.getLogger(name).level for name in logs.QUIET_LOGGERS}
     yield
+    logging.captureWarnings(False)
     for handler in root.handlers:
         if handler not in handlers:
             root.removeHandler(handler)
@@ -343,3 +346,15 @@ def test_uncaught_exceptions_are_logged_redacted_not_printed_raw(
     assert "uncaught exception in thread worker-1" in output
     assert "ValueError: worker saw [REDACTED telegram]" in output
     assert_clean(output + capsys.readouterr().err, token)
+
+
+def test_warnings_go_through_the_redacting_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    token = telegram_token()
+    configure_logging("INFO", stream=stream)
+
+    warnings.showwarning(UserWarning(f"unclosed Bot[token={token}]"), UserWarning, __file__, 1)
+
+    assert "py.warnings:" in stream.getvalue()
+    assert "UserWarning: unclosed Bot[token=[REDACTED telegram]]" in stream.getvalue()
+    assert_clean(stream.getvalue() + capsys.readouterr().err, token)
