@@ -120,6 +120,20 @@ def test_flipped_bit_by_region_fails(vault: Vault, region: str) -> None:
         vault.decrypt(dek, flip(blob, index, 7), **SECRET_AD)
 
 
+def test_invalid_tag_never_escapes_and_is_not_chained(vault: Vault) -> None:
+    dek, wrapped = vault.new_data_key("t")
+    blob = vault.encrypt(dek, b"payload", **SECRET_AD)
+
+    with pytest.raises(DecryptionError) as secret_error:
+        vault.decrypt(dek, flip(blob, 20), **SECRET_AD)
+    with pytest.raises(DecryptionError) as dek_error:
+        vault.unwrap("t", flip(wrapped, 30))
+
+    for caught in (secret_error, dek_error):
+        assert str(caught.value).endswith("failed authentication")
+        assert caught.value.__suppress_context__
+
+
 def test_every_flipped_bit_in_a_wrapped_dek_fails(vault: Vault) -> None:
     _, wrapped = vault.new_data_key("t")
     assert len(wrapped) == 7 + 12 + 32 + 16
@@ -148,12 +162,15 @@ def test_unversioned_plaintext_is_refused_not_returned(vault: Vault) -> None:
     dek, _ = vault.new_data_key("t")
     plain = anthropic_key().encode()
 
-    with pytest.raises(DecryptionError):
+    with pytest.raises(DecryptionError) as secret_error:
         vault.decrypt(dek, plain, **SECRET_AD)
-    with pytest.raises(DecryptionError):
+    with pytest.raises(DecryptionError) as dek_error:
         vault.unwrap("t", plain)
-    with pytest.raises(DecryptionError):
+    with pytest.raises(DecryptionError) as blob_error:
         decrypt_blob(dek, plain, purpose="memory", object_id="m1")
+    for caught in (secret_error, dek_error, blob_error):
+        assert plain.decode()[-20:] not in repr(caught.value)
+        assert caught.value.__cause__ is None
 
 
 def test_unknown_format_version_is_refused(vault: Vault) -> None:
