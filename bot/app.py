@@ -85,7 +85,8 @@ class App:
             tenants=Tenants(self.db, credentials, plans, self.clock),
             credentials=credentials,
             intake=Intake(
-                self.db, self.clock,
+                self.db,
+                self.clock,
                 ttl_seconds=self.config.core.intake_ttl_seconds,
                 max_attempts=self.config.core.intake_max_attempts,
             ),
@@ -139,10 +140,15 @@ class App:
         for adapter in self.adapters:
             messengers[adapter.platform] = adapter.messenger
         services = self.services
-        self.scheduler = Scheduler([
-            Job("expire-intake", 30, lambda: expire_intake_sessions(services.intake,
-                                                                    services.flow_states)),
-        ])
+        self.scheduler = Scheduler(
+            [
+                Job(
+                    "expire-intake",
+                    30,
+                    lambda: expire_intake_sessions(services.intake, services.flow_states),
+                ),
+            ]
+        )
         self.scheduler.start()
         for adapter in self.adapters:
             await adapter.start(self.router.dispatch)
@@ -171,4 +177,3 @@ class App:
         finally:
             for w in waiters:
                 w.cancel()
-

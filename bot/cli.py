@@ -32,7 +32,9 @@ CLI_OPERATOR = UserRef(Platform.CONSOLE, "cli", "operator")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="byokbot", description=__doc__)
-    p.add_argument("--config", help="configuration file (default: $BYOKBOT_CONFIG or ./config.toml)")
+    p.add_argument(
+        "--config", help="configuration file (default: $BYOKBOT_CONFIG or ./config.toml)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="serve every enabled platform (the console when none is configured)")
     sub.add_parser("chat", help="chat with byokbot in this terminal")
@@ -40,10 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade"])
     mk = sub.add_parser("master-key", help="master key maintenance")
     mk.add_argument("action", choices=["rotate", "status"])
-    mk.add_argument("--retire", action="store_true",
-                    help="after rotating, drop master key versions no data key uses")
+    mk.add_argument(
+        "--retire",
+        action="store_true",
+        help="after rotating, drop master key versions no data key uses",
+    )
     sub.add_parser("config", help="validate the configuration").add_argument(
-        "action", choices=["check"])
+        "action", choices=["check"]
+    )
     admin = sub.add_parser("admin", help="operator commands, as in chat: byokbot admin stats")
     admin.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -116,10 +122,16 @@ async def _admin(config: Config, args: Sequence[str]) -> int:
     app.services.messengers[Platform.CONSOLE] = messenger  # type: ignore[index]
     try:
         text = " ".join(["/admin", *args])
-        outcome = await app.router.dispatch(Event(
-            EventKind.COMMAND, CLI_OPERATOR, ChatRef(Platform.CONSOLE, "cli", True),
-            text=text, command="admin", args=tuple(args),
-        ))
+        outcome = await app.router.dispatch(
+            Event(
+                EventKind.COMMAND,
+                CLI_OPERATOR,
+                ChatRef(Platform.CONSOLE, "cli", True),
+                text=text,
+                command="admin",
+                args=tuple(args),
+            )
+        )
     finally:
         await app.db.dispose()
     return 1 if outcome.refused else 0
@@ -135,8 +147,10 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
             used = await app.services.credentials.kek_versions_in_use()
         finally:
             await app.db.dispose()
-        print(f"primary: v{ring.primary_version}; loaded: "
-              + ", ".join(f"v{v}" for v in ring.versions))
+        print(
+            f"primary: v{ring.primary_version}; loaded: "
+            + ", ".join(f"v{v}" for v in ring.versions)
+        )
         for version, count in sorted(used.items()):
             print(f"v{version}: {count} data key(s)")
         return 0

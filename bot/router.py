@@ -137,7 +137,9 @@ class Router:
             # deliberately not logged.
             log.exception(
                 "turn failed: platform=%s kind=%s command=%s",
-                event.user.platform.value, event.kind.value, event.command,
+                event.user.platform.value,
+                event.kind.value,
+                event.command,
             )
             await self._answer_safely(event, texts.OOPS)
             return Outcome(refused=True)

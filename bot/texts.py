@@ -20,7 +20,9 @@ TOO_LONG = (
 )
 SLOW_DOWN = "You're sending messages faster than I can take them. Please wait a few seconds."
 NOT_ADMIN = "Only operators can use /admin."
-STALE_BUTTON = "That button is from an older message and no longer does anything. Send /help to start again."
+STALE_BUTTON = (
+    "That button is from an older message and no longer does anything. Send /help to start again."
+)
 NOT_YOUR_BUTTON = "That button belongs to someone else's conversation."
 NEED_ACCOUNT = "You don't have an agent yet. Send /start to set one up."
 EMPTY_MESSAGE = "I can only read text messages for now."
@@ -50,8 +52,7 @@ ADMIN_HELP = """Operator commands:
 # -- onboarding and plans -----------------------------------------------------------------
 
 WELCOME = (
-    "Hi! I'm byokbot. I run your own AI agent, right here in chat.\n"
-    "Pick a plan to get started:"
+    "Hi! I'm byokbot. I run your own AI agent, right here in chat.\nPick a plan to get started:"
 )
 WELCOME_BACK = "Welcome back! You're on the {plan} plan. Send /help to see what I can do."
 
@@ -68,7 +69,9 @@ def plan_button(plan: PlanSettings) -> str:
 PLAN_CHOOSE = "Choose a plan:\n{lines}"
 PLAN_CURRENT = "You're on the {plan} plan. Choose another to switch:\n{lines}"
 PLAN_SAME = "You're already on the {plan} plan."
-PLAN_CHANGED = "Done — you're now on the {plan} plan. Your keys, conversations and settings are kept."
+PLAN_CHANGED = (
+    "Done — you're now on the {plan} plan. Your keys, conversations and settings are kept."
+)
 PLAN_UNKNOWN = "There's no plan called “{plan}”. Available: {plans}."
 SIGNED_UP = "Welcome aboard — you're on the {plan} plan."
 BYOK_NEEDS_KEY = "The {plan} plan runs on your own key. Which provider is it from?"
@@ -85,8 +88,12 @@ KEY_ASK_PROMPT = (
     "Paste your {provider} API key as a reply to this message. I'll delete your message "
     "the moment I've read it and keep the key encrypted. This request expires in {minutes} minutes."
 )
-KEY_ASK_PROMPT_MODAL = "Paste your {provider} API key. It is encrypted at rest and never shown in chat."
-KEY_MOVED_TO_DM = "I've sent you a private message to collect the key — keys never belong in a group."
+KEY_ASK_PROMPT_MODAL = (
+    "Paste your {provider} API key. It is encrypted at rest and never shown in chat."
+)
+KEY_MOVED_TO_DM = (
+    "I've sent you a private message to collect the key — keys never belong in a group."
+)
 KEY_DM_NEEDED = (
     "I can't message you privately yet. Open a private chat with me, press Start, "
     "then send /key add {provider} there."
@@ -102,16 +109,20 @@ KEY_DELETE_FAILED = (
 )
 KEY_BAD_SHAPE = "That doesn't look like a {provider} key ({reason}). {attempts_left}"
 KEY_REJECTED_LIVE = "{provider} refused that key ({reason}). {attempts_left}"
-KEY_CHECK_FAILED = (
-    "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
-)
+KEY_CHECK_FAILED = "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
 ATTEMPTS_LEFT = "You can try {n} more time(s) — send it again."
 ATTEMPTS_NONE = "That was the last attempt; send /key add {provider} to start over."
 INTAKE_EXPIRED = "That key request has expired. Send /key add {provider} to start a new one."
-INTAKE_EXPIRED_GENERIC = "That key request has expired or was already used. Send /key add <provider> to start a new one."
-INTAKE_NOT_YOURS = "That key request belongs to someone else. Send /key add <provider> to start your own."
+INTAKE_EXPIRED_GENERIC = (
+    "That key request has expired or was already used. Send /key add <provider> to start a new one."
+)
+INTAKE_NOT_YOURS = (
+    "That key request belongs to someone else. Send /key add <provider> to start your own."
+)
 INTAKE_LOCKED = "Too many attempts for that key request. Send /key add <provider> to start over."
-INTAKE_USED = "That key request was already used. Send /key add <provider> if you want to change the key."
+INTAKE_USED = (
+    "That key request was already used. Send /key add <provider> if you want to change the key."
+)
 INTAKE_PRIVATE_ONLY = "Keys can only be handed over in a private chat with me."
 KEY_LIST_EMPTY = "You have no keys stored. Add one with /key add <provider>."
 KEY_LIST = "Your keys:\n{lines}"
@@ -148,7 +159,9 @@ DELETE_CONFIRM = (
 )
 DELETE_YES = "Yes, erase everything"
 DELETE_NO = "No, keep it"
-DELETED = "Your account and everything in it has been erased. Send /start if you ever want to come back."
+DELETED = (
+    "Your account and everything in it has been erased. Send /start if you ever want to come back."
+)
 DELETE_CANCELLED = "Nothing was deleted."
 SENT_TO_DM = "I've sent you the details in a private message."
 DM_NEEDED = "That's private, and I can't message you privately yet. Open a private chat with me, press Start, then ask again."
@@ -179,7 +192,9 @@ NOTHING_TO_STOP = "There's no reply in progress."
 RESET_DONE = "I've forgotten this conversation. Let's start fresh."
 PERSONA_SET = "Persona saved. Your agent will behave like this from the next message."
 PERSONA_CLEARED = "Persona cleared — your agent is back to its default behaviour."
-PERSONA_SHOW = "Your persona:\n{persona}\n\nChange it with /persona <text>, or clear it with /persona clear."
+PERSONA_SHOW = (
+    "Your persona:\n{persona}\n\nChange it with /persona <text>, or clear it with /persona clear."
+)
 PERSONA_NONE = "You have no persona set. Set one with /persona <text>, e.g. /persona You are a concise assistant."
 PERSONA_TOO_LONG = "A persona can be at most {limit} characters (that one has {length})."
 MODEL_CHOOSE = "Current model: {current}. Choose one:"

@@ -66,6 +66,4 @@ async def read(
     if tenant_id is not None:
         q = q.where(AuditRow.tenant_id == tenant_id)
     rows = (await session.scalars(q)).all()
-    return [
-        AuditEntry(r.id, r.at, r.actor, r.tenant_id, r.action, dict(r.detail)) for r in rows
-    ]
+    return [AuditEntry(r.id, r.at, r.actor, r.tenant_id, r.action, dict(r.detail)) for r in rows]

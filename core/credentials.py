@@ -66,8 +66,8 @@ class Credentials:
     async def load_wrap_counts(self) -> dict[int, int]:
         """Persisted wraps per master key version, to seed the vault at start."""
         async with self._db.session() as s:
-            rows = (await s.execute(select(KekUsageRow.version, KekUsageRow.wraps))).tuples()
-            return dict(rows.all())
+            rows = await s.execute(select(KekUsageRow.version, KekUsageRow.wraps))
+            return {v: w for v, w in rows.all()}
 
     async def _count_wrap(self, s: AsyncSession, version: int) -> None:
         updated = await s.execute(
@@ -95,7 +95,9 @@ class Credentials:
 
     async def data_key(self, s: AsyncSession, tenant_id: str) -> DataKey:
         """Unwrap a tenant's data key; a shredded tenant has none."""
-        wrapped = await s.scalar(select(DataKeyRow.wrapped).where(DataKeyRow.tenant_id == tenant_id))
+        wrapped = await s.scalar(
+            select(DataKeyRow.wrapped).where(DataKeyRow.tenant_id == tenant_id)
+        )
         if wrapped is None:
             raise TenantDeleted(tenant_id)
         return self.vault.unwrap(tenant_id, wrapped)
@@ -132,7 +134,10 @@ class Credentials:
                 provider=provider,
                 version=version,
                 ciphertext=self.vault.encrypt(
-                    dek, key.reveal().encode(), secret_id=key_id, provider=provider,
+                    dek,
+                    key.reveal().encode(),
+                    secret_id=key_id,
+                    provider=provider,
                     secret_version=version,
                 ),
                 fingerprint=fingerprint(key),
@@ -145,9 +150,13 @@ class Credentials:
             )
             s.add(row)
             audit.record(
-                s, at=now, actor=actor, tenant_id=tenant_id,
+                s,
+                at=now,
+                actor=actor,
+                tenant_id=tenant_id,
                 action="key.rotated" if old else "key.added",
-                provider=provider, fingerprint=row.fingerprint,
+                provider=provider,
+                fingerprint=row.fingerprint,
             )
         return _info(row, same=same)
 
@@ -175,8 +184,13 @@ class Credentials:
             info = _info(row)
             await s.delete(row)
             audit.record(
-                s, at=now, actor=actor, tenant_id=tenant_id, action="key.removed",
-                provider=provider, fingerprint=row.fingerprint,
+                s,
+                at=now,
+                actor=actor,
+                tenant_id=tenant_id,
+                action="key.removed",
+                provider=provider,
+                fingerprint=row.fingerprint,
             )
             return info
 
@@ -194,7 +208,10 @@ class Credentials:
                 return None
             dek = await self.data_key(s, tenant_id)
             plain = self.vault.decrypt(
-                dek, row.ciphertext, secret_id=row.id, provider=row.provider,
+                dek,
+                row.ciphertext,
+                secret_id=row.id,
+                provider=row.provider,
                 secret_version=row.version,
             )
             return _info(row), Secret(plain.decode())
@@ -214,8 +231,15 @@ class Credentials:
             )
             if res.rowcount == 0:  # type: ignore[attr-defined]
                 return False
-            audit.record(s, at=now, actor="system", tenant_id=tenant_id, action="key.dead",
-                         key_id=key_id, reason=reason)
+            audit.record(
+                s,
+                at=now,
+                actor="system",
+                tenant_id=tenant_id,
+                action="key.dead",
+                key_id=key_id,
+                reason=reason,
+            )
             return True
 
     async def kek_versions_in_use(self) -> dict[int, int]:
@@ -224,7 +248,7 @@ class Credentials:
             rows = await s.execute(
                 select(DataKeyRow.kek_version, func.count()).group_by(DataKeyRow.kek_version)
             )
-            return dict(rows.tuples().all())
+            return dict(rows.all())
 
     async def rewrap_all(self, *, batch: int = 200) -> int:
         """Lift every data key to the primary master key, in committed batches.
@@ -253,5 +277,11 @@ class Credentials:
                     row.rewrapped_at = now
                     await self._count_wrap(s, row.kek_version)
                 done += len(rows)
-                audit.record(s, at=now, actor="system", action="master_key.rewrap",
-                             count=len(rows), version=primary)
+                audit.record(
+                    s,
+                    at=now,
+                    actor="system",
+                    action="master_key.rewrap",
+                    count=len(rows),
+                    version=primary,
+                )

@@ -44,7 +44,12 @@ class FlowStates:
         return FlowState(row.flow, row.step, dict(row.data), expires)
 
     async def set(
-        self, identity: str, flow: str, step: str, *, data: Mapping[str, Any] | None = None,
+        self,
+        identity: str,
+        flow: str,
+        step: str,
+        *,
+        data: Mapping[str, Any] | None = None,
         ttl: timedelta | None = None,
     ) -> None:
         now = self._clock.now()

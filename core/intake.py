@@ -81,9 +81,7 @@ def _aware(dt: datetime) -> datetime:
 class Intake:
     """Opens, checks, consumes and expires intake sessions."""
 
-    def __init__(
-        self, db: Database, clock: Clock, *, ttl_seconds: int, max_attempts: int
-    ) -> None:
+    def __init__(self, db: Database, clock: Clock, *, ttl_seconds: int, max_attempts: int) -> None:
         self._db = db
         self._clock = clock
         self.ttl = timedelta(seconds=ttl_seconds)
@@ -125,8 +123,13 @@ class Intake:
             )
             s.add(row)
             audit.record(
-                s, at=now, actor=user.identity, tenant_id=tenant_id, action="intake.opened",
-                provider=provider, purpose=purpose.value,
+                s,
+                at=now,
+                actor=user.identity,
+                tenant_id=tenant_id,
+                action="intake.opened",
+                provider=provider,
+                purpose=purpose.value,
             )
         return token, _ticket(row)
 
@@ -145,7 +148,9 @@ class Intake:
         """The session a token opens, if it is still usable by this person and tenant."""
         digest = _hash(token)
         async with self._db.session() as s:
-            row = await s.scalar(select(IntakeSessionRow).where(IntakeSessionRow.token_hash == digest))
+            row = await s.scalar(
+                select(IntakeSessionRow).where(IntakeSessionRow.token_hash == digest)
+            )
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             raise IntakeExpired("unknown")
         return self._check(row, user, tenant_id)
@@ -183,8 +188,12 @@ class Intake:
             if left <= 0:
                 row.status = IntakeStatus.LOCKED.value
                 audit.record(
-                    s, at=self._clock.now(), actor=row.identity, tenant_id=row.tenant_id,
-                    action="intake.locked", provider=row.provider,
+                    s,
+                    at=self._clock.now(),
+                    actor=row.identity,
+                    tenant_id=row.tenant_id,
+                    action="intake.locked",
+                    provider=row.provider,
                 )
             return max(left, 0)
 

@@ -42,8 +42,14 @@ class Scheduler:
     def start(self) -> None:
         for job in self.jobs:
             self._scheduler.add_job(
-                job.run, "interval", seconds=job.seconds, id=job.name, name=job.name,
-                coalesce=True, max_instances=1, misfire_grace_time=int(job.seconds),
+                job.run,
+                "interval",
+                seconds=job.seconds,
+                id=job.name,
+                name=job.name,
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=int(job.seconds),
             )
         self._scheduler.start()
 

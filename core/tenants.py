@@ -6,6 +6,7 @@ encrypted memory cannot be read again even from a backup.
 
 from __future__ import annotations
 
+import builtins
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,7 +154,11 @@ class Tenants:
             )
             await self._credentials.create_data_key(s, tenant_id)
             audit.record(
-                s, at=now, actor=user.identity, action="tenant.created", tenant_id=tenant_id,
+                s,
+                at=now,
+                actor=user.identity,
+                action="tenant.created",
+                tenant_id=tenant_id,
                 plan=plan.id,
             )
         return _view(row)
@@ -181,7 +186,12 @@ class Tenants:
             return [(t, p, c) for t, p, c in rows.all() if c is not None]
 
     async def _change(
-        self, tenant_id: str, *, actor: str, action: str, detail: dict[str, str] | None = None,
+        self,
+        tenant_id: str,
+        *,
+        actor: str,
+        action: str,
+        detail: dict[str, str] | None = None,
         **values: object,
     ) -> TenantView:
         now = self._clock.now()
@@ -194,15 +204,19 @@ class Tenants:
             for k, v in values.items():
                 setattr(row, k, v)
             row.updated_at = now
-            audit.record(s, at=now, actor=actor, action=action, tenant_id=tenant_id,
-                         **(detail or {}))
+            audit.record(
+                s, at=now, actor=actor, action=action, tenant_id=tenant_id, **(detail or {})
+            )
             return _view(row)
 
     async def set_plan(self, tenant_id: str, plan_id: str, *, actor: str) -> TenantView:
         """Change plan; keys, memory, persona and model stay (SPEC: nothing is lost)."""
         plan = self._plans.get(plan_id)
         return await self._change(
-            tenant_id, actor=actor, action="tenant.plan_changed", detail={"plan": plan.id},
+            tenant_id,
+            actor=actor,
+            action="tenant.plan_changed",
+            detail={"plan": plan.id},
             plan=plan.id,
         )
 
@@ -217,32 +231,50 @@ class Tenants:
 
     async def set_paused(self, tenant_id: str, paused: bool, *, actor: str) -> TenantView:
         return await self._change(
-            tenant_id, actor=actor, action="tenant.paused" if paused else "tenant.unpaused",
+            tenant_id,
+            actor=actor,
+            action="tenant.paused" if paused else "tenant.unpaused",
             paused=paused,
         )
 
     async def suspend(self, tenant_id: str, *, actor: str, reason: str) -> TenantView:
         return await self._change(
-            tenant_id, actor=actor, action="tenant.suspended", detail={"reason": reason},
-            status=TenantStatus.SUSPENDED.value, status_reason=reason[:200],
+            tenant_id,
+            actor=actor,
+            action="tenant.suspended",
+            detail={"reason": reason},
+            status=TenantStatus.SUSPENDED.value,
+            status_reason=reason[:200],
         )
 
     async def resume(self, tenant_id: str, *, actor: str) -> TenantView:
         return await self._change(
-            tenant_id, actor=actor, action="tenant.resumed",
-            status=TenantStatus.ACTIVE.value, status_reason="",
+            tenant_id,
+            actor=actor,
+            action="tenant.resumed",
+            status=TenantStatus.ACTIVE.value,
+            status_reason="",
         )
 
-    async def set_model(self, tenant_id: str, provider: str, model: str, *, actor: str) -> TenantView:
+    async def set_model(
+        self, tenant_id: str, provider: str, model: str, *, actor: str
+    ) -> TenantView:
         return await self._change(
-            tenant_id, actor=actor, action="tenant.model_changed",
-            detail={"provider": provider, "model": model}, provider=provider, model=model,
+            tenant_id,
+            actor=actor,
+            action="tenant.model_changed",
+            detail={"provider": provider, "model": model},
+            provider=provider,
+            model=model,
         )
 
     async def set_persona(self, tenant_id: str, persona: str, *, actor: str) -> TenantView:
         return await self._change(
-            tenant_id, actor=actor, action="tenant.persona_changed",
-            detail={"chars": str(len(persona))}, persona=persona,
+            tenant_id,
+            actor=actor,
+            action="tenant.persona_changed",
+            detail={"chars": str(len(persona))},
+            persona=persona,
         )
 
     async def delete(self, tenant_id: str, *, actor: str) -> None:
@@ -273,7 +305,7 @@ class Tenants:
 
     async def list(
         self, *, offset: int = 0, limit: int = 20, include_deleted: bool = False
-    ) -> Sequence[tuple[TenantView, list[str]]]:
+    ) -> Sequence[tuple[TenantView, builtins.list[str]]]:
         """Tenants with their identities, newest first."""
         async with self._db.session() as s:
             q = select(TenantRow).order_by(TenantRow.created_at.desc()).offset(offset).limit(limit)
@@ -286,16 +318,18 @@ class Tenants:
                 out.append((_view(r), ids))
             return out
 
-    async def identities(self, tenant_id: str) -> list[str]:
+    async def identities(self, tenant_id: str) -> builtins.list[str]:
         async with self._db.session() as s:
             return await _identities(s, tenant_id)
 
     async def stats(self) -> TenantStats:
         async with self._db.session() as s:
             by_status = dict(
-                (await s.execute(select(TenantRow.status, func.count()).group_by(TenantRow.status)))
-                .tuples()
-                .all()
+                (
+                    await s.execute(
+                        select(TenantRow.status, func.count()).group_by(TenantRow.status)
+                    )
+                ).all()
             )
             by_plan = dict(
                 (
@@ -304,9 +338,7 @@ class Tenants:
                         .where(TenantRow.status != TenantStatus.DELETED.value)
                         .group_by(TenantRow.plan)
                     )
-                )
-                .tuples()
-                .all()
+                ).all()
             )
             keys = await s.scalar(
                 select(func.count())

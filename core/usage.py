@@ -31,11 +31,17 @@ class UsageLedger:
         self._db = db
         self._clock = clock
 
-    async def record(self, tenant_id: str, model: str, input_tokens: int, output_tokens: int) -> None:
+    async def record(
+        self, tenant_id: str, model: str, input_tokens: int, output_tokens: int
+    ) -> None:
         insert = sqlite_insert if self._db.is_sqlite else pg_insert
         stmt = insert(UsageRow).values(
-            tenant_id=tenant_id, day=self._clock.now().date(), model=model[:200],
-            input_tokens=input_tokens, output_tokens=output_tokens, requests=1,
+            tenant_id=tenant_id,
+            day=self._clock.now().date(),
+            model=model[:200],
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            requests=1,
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=["tenant_id", "day", "model"],

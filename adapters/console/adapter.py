@@ -92,11 +92,16 @@ class ConsoleAdapter:
                     if value is None:
                         break
                     self._seq += 1
-                    await handler(Event(
-                        EventKind.SECRET, self.user, self.chat,
-                        secret=Secret(value.rstrip("\r\n")), intake_token=request.token,
-                        event_id=f"console:{self._seq}",
-                    ))
+                    await handler(
+                        Event(
+                            EventKind.SECRET,
+                            self.user,
+                            self.chat,
+                            secret=Secret(value.rstrip("\r\n")),
+                            intake_token=request.token,
+                            event_id=f"console:{self._seq}",
+                        )
+                    )
                     continue
                 line = await self._readline("you> ", hidden=False)
                 if line is None:

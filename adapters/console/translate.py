@@ -8,8 +8,11 @@ from core.chat import Button, ChatRef, Event, EventKind, Reply, UserRef
 def to_event(
     line: str, *, user: UserRef, chat: ChatRef, buttons: list[Button], seq: int
 ) -> Event | None:
-    """A typed line becomes a command (``/cmd args``), a button choice (a number while buttons
-    are shown), or a message; blank lines are ignored."""
+    """Translate one typed line; blank lines give None.
+
+    ``/cmd args`` is a command, a number while buttons are shown presses one, anything else is
+    a message.
+    """
     text = line.rstrip("\r\n")
     stripped = text.strip()
     if not stripped:
@@ -18,12 +21,26 @@ def to_event(
     if stripped.isdigit() and buttons:
         index = int(stripped) - 1
         if 0 <= index < len(buttons):
-            return Event(EventKind.BUTTON, user, chat, payload=buttons[index].payload,
-                         event_id=event_id, message_id=str(seq))
+            return Event(
+                EventKind.BUTTON,
+                user,
+                chat,
+                payload=buttons[index].payload,
+                event_id=event_id,
+                message_id=str(seq),
+            )
     if stripped.startswith("/") and len(stripped) > 1:
         head, *args = stripped[1:].split()
-        return Event(EventKind.COMMAND, user, chat, text=stripped, command=head.lower(),
-                     args=tuple(args), event_id=event_id, message_id=str(seq))
+        return Event(
+            EventKind.COMMAND,
+            user,
+            chat,
+            text=stripped,
+            command=head.lower(),
+            args=tuple(args),
+            event_id=event_id,
+            message_id=str(seq),
+        )
     return Event(EventKind.MESSAGE, user, chat, text=text, event_id=event_id, message_id=str(seq))
 
 

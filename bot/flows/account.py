@@ -52,7 +52,9 @@ async def handle_plan(turn: Turn) -> Outcome | None:
     if args:
         return await choose_plan(turn, args[0].lower())
     if turn.tenant is None:
-        await turn.say(texts.PLAN_CHOOSE.format(lines=_plan_lines(turn)), buttons=_plan_buttons(turn))
+        await turn.say(
+            texts.PLAN_CHOOSE.format(lines=_plan_lines(turn)), buttons=_plan_buttons(turn)
+        )
         return None
     plan = turn.services.plans.get(turn.tenant.plan)
     await turn.say(
@@ -150,14 +152,17 @@ async def handle_resume(turn: Turn) -> Outcome | None:
 
 async def handle_delete(turn: Turn) -> Outcome | None:
     tenant = turn.require_tenant()
-    await turn.services.flow_states.set(turn.user.identity, "account", "confirm_delete",
-                                        data={"tenant": tenant.id})
+    await turn.services.flow_states.set(
+        turn.user.identity, "account", "confirm_delete", data={"tenant": tenant.id}
+    )
     await turn.say(
         texts.DELETE_CONFIRM,
-        buttons=[[
-            button(texts.DELETE_YES, "del:yes", style=ButtonStyle.DANGER),
-            button(texts.DELETE_NO, "del:no"),
-        ]],
+        buttons=[
+            [
+                button(texts.DELETE_YES, "del:yes", style=ButtonStyle.DANGER),
+                button(texts.DELETE_NO, "del:no"),
+            ]
+        ],
     )
     return None
 

@@ -132,8 +132,9 @@ async def _suspend(turn: Turn, args: list[str]) -> Outcome | None:
     except TenantError:
         raise Refusal(texts.ADMIN_NO_TENANT.format(ref=args[0][:80])) from None
     await turn.services.agents.forget(t.id)
-    await _notify(turn, t.id, texts.TENANT_SUSPENDED_NOTICE.format(
-        reason=f" ({reason})" if reason else ""))
+    await _notify(
+        turn, t.id, texts.TENANT_SUSPENDED_NOTICE.format(reason=f" ({reason})" if reason else "")
+    )
     await turn.say(texts.ADMIN_SUSPENDED.format(id=t.id), sensitive=True)
     return None
 
@@ -157,7 +158,9 @@ async def _setplan(turn: Turn, args: list[str]) -> Outcome | None:
     try:
         await s.tenants.set_plan(t.id, args[1].lower(), actor=turn.actor)
     except PlanError:
-        raise Refusal(texts.PLAN_UNKNOWN.format(plan=args[1][:40], plans=texts.join(s.plans.ids))) from None
+        raise Refusal(
+            texts.PLAN_UNKNOWN.format(plan=args[1][:40], plans=texts.join(s.plans.ids))
+        ) from None
     except TenantError:
         raise Refusal(texts.ADMIN_NO_TENANT.format(ref=args[0][:80])) from None
     await s.agents.reconfigure(t.id)
@@ -174,7 +177,9 @@ async def _audit(turn: Turn, args: list[str]) -> Outcome | None:
         return None
     lines = [
         texts.ADMIN_AUDIT_LINE.format(
-            at=e.at.strftime("%Y-%m-%d %H:%M:%S"), actor=e.actor, action=e.action,
+            at=e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            actor=e.actor,
+            action=e.action,
             tenant=e.tenant_id or "-",
             detail=" ".join(f"{k}={v}" for k, v in e.detail.items()),
         ).rstrip()
@@ -196,10 +201,12 @@ async def _broadcast(turn: Turn, args: list[str]) -> Outcome | None:
     for tid, platform, chat_id in targets:
         if await _send(turn, platform, chat_id, texts.ADMIN_BROADCAST.format(text=message)):
             reached.add(tid)
-    await turn.services.audit("admin.broadcast", actor=turn.actor, tenant_id=None,
-                              sent=len(reached), chars=len(message))
-    await turn.say(texts.ADMIN_BROADCAST_DONE.format(sent=len(reached), total=len(tenants)),
-                   sensitive=True)
+    await turn.services.audit(
+        "admin.broadcast", actor=turn.actor, tenant_id=None, sent=len(reached), chars=len(message)
+    )
+    await turn.say(
+        texts.ADMIN_BROADCAST_DONE.format(sent=len(reached), total=len(tenants)), sensitive=True
+    )
     return None
 
 

@@ -7,12 +7,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from core import audit
 from core.chat import (
+    OPEN_DM_PAYLOAD,
     Button,
     ButtonStyle,
     ChatRef,
     Event,
-    OPEN_DM_PAYLOAD,
     MessageRef,
     Platform,
     Reply,
@@ -20,10 +21,9 @@ from core.chat import (
     UserRef,
     button_owner_tag,
 )
-from core import audit
 from core.config import Config
-from core.db import Database
 from core.credentials import Credentials
+from core.db import Database
 from core.flowstate import FlowStates
 from core.intake import Intake
 from core.plans import PlanCatalog
@@ -49,7 +49,7 @@ class KeyVerifier(Protocol):
     async def __call__(self, provider: str, key: Secret) -> Sequence[str]: ...
 
 
-class KeyRejected(Exception):  # noqa: N818 - reads as a verdict
+class KeyRejected(Exception):
     """The provider refused the key; ``reason`` is short and secret-free."""
 
     def __init__(self, reason: str) -> None:
@@ -57,7 +57,7 @@ class KeyRejected(Exception):  # noqa: N818 - reads as a verdict
         self.reason = reason
 
 
-class KeyCheckFailed(Exception):  # noqa: N818
+class KeyCheckFailed(Exception):
     """The provider could not be asked (network, timeout); ``reason`` is short."""
 
     def __init__(self, reason: str) -> None:
@@ -65,7 +65,7 @@ class KeyCheckFailed(Exception):  # noqa: N818
         self.reason = reason
 
 
-class Refusal(Exception):  # noqa: N818 - a turn that ends with an explanation, not an error
+class Refusal(Exception):
     """Raised by a flow for bad input: the router answers ``text`` and marks the turn refused."""
 
     def __init__(self, text: str, *, sensitive: bool = False) -> None:
@@ -95,16 +95,20 @@ class Services:
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
         """Write an audit row that is not part of a larger change."""
         async with self.db.session() as session, session.begin():
-            audit.record(session, at=self.clock.now(), actor=actor, action=action,
-                         tenant_id=tenant_id, **detail)
+            audit.record(
+                session,
+                at=self.clock.now(),
+                actor=actor,
+                action=action,
+                tenant_id=tenant_id,
+                **detail,
+            )
 
     def is_admin(self, user: UserRef) -> bool:
         return user.identity in self.config.core.admins
 
 
-def tag_buttons(
-    rows: Sequence[Sequence[Button]], owner: UserRef
-) -> tuple[tuple[Button, ...], ...]:
+def tag_buttons(rows: Sequence[Sequence[Button]], owner: UserRef) -> tuple[tuple[Button, ...], ...]:
     """Prefix each payload with the owner's tag so nobody else can press the button."""
     tag = button_owner_tag(owner)
     return tuple(
@@ -159,11 +163,7 @@ class Turn:
             sensitive=sensitive,
             format=TextFormat.MARKDOWN if markdown else TextFormat.PLAIN,
         )
-        if (
-            sensitive
-            and not self.chat.is_direct
-            and self.user.platform not in EPHEMERAL_PLATFORMS
-        ):
+        if sensitive and not self.chat.is_direct and self.user.platform not in EPHEMERAL_PLATFORMS:
             from bot import texts
 
             dm = await self.messenger.open_dm(self.user)

@@ -21,7 +21,6 @@ from core.chat import OPEN_DM_PAYLOAD, Button, Outcome, SecretRequest
 from core.config import ProviderSettings
 from core.errors import (
     IntakeError,
-    IntakeExpired,
     IntakeLocked,
     IntakeNotYours,
     IntakeUsed,
@@ -48,9 +47,7 @@ def _provider(turn: Turn, name: str) -> ProviderSettings:
     found = providers.get(name.lower())
     if found is None:
         raise Refusal(
-            texts.KEY_UNKNOWN_PROVIDER.format(
-                provider=name[:40], providers=texts.join(providers)
-            )
+            texts.KEY_UNKNOWN_PROVIDER.format(provider=name[:40], providers=texts.join(providers))
         )
     return found
 
@@ -101,12 +98,18 @@ async def start_intake(
     s = turn.services
     tenant = _account(turn)
     token, ticket = await s.intake.open(
-        tenant_id=tenant.id, user=turn.user, provider=provider.id, purpose=purpose,
+        tenant_id=tenant.id,
+        user=turn.user,
+        provider=provider.id,
+        purpose=purpose,
         origin_chat_id=turn.chat.id,
     )
     await s.flow_states.set(
-        turn.user.identity, "keys", "await_secret",
-        data={"ticket": ticket.id, "provider": provider.id}, ttl=s.intake.ttl,
+        turn.user.identity,
+        "keys",
+        "await_secret",
+        data={"ticket": ticket.id, "provider": provider.id},
+        ttl=s.intake.ttl,
     )
     modal = turn.user.platform in MODAL_PLATFORMS
     minutes = max(1, int(s.intake.ttl.total_seconds() // 60))
@@ -138,7 +141,8 @@ async def start_intake(
 
 def _attempts_text(left: int, provider: str) -> str:
     return (
-        texts.ATTEMPTS_LEFT.format(n=left) if left > 0
+        texts.ATTEMPTS_LEFT.format(n=left)
+        if left > 0
         else texts.ATTEMPTS_NONE.format(provider=provider)
     )
 
@@ -167,16 +171,23 @@ async def _accept(turn: Turn, ticket: IntakeTicket, secret: Secret, note: str = 
     s = turn.services
     provider = s.config.providers.get(ticket.provider)
     if provider is None:  # the operator removed the provider while the session was open
-        raise Refusal(texts.KEY_UNKNOWN_PROVIDER.format(
-            provider=ticket.provider, providers=texts.join(s.config.providers)))
+        raise Refusal(
+            texts.KEY_UNKNOWN_PROVIDER.format(
+                provider=ticket.provider, providers=texts.join(s.config.providers)
+            )
+        )
     key = normalize(secret)
     prefix = f"{note}\n" if note else ""
     try:
         check_shape(provider.key_shape, key)
     except KeyShapeError as exc:
         left = await _failed(turn, ticket)
-        raise Refusal(prefix + texts.KEY_BAD_SHAPE.format(
-            provider=provider.name, reason=exc.reason, attempts_left=left), sensitive=True
+        raise Refusal(
+            prefix
+            + texts.KEY_BAD_SHAPE.format(
+                provider=provider.name, reason=exc.reason, attempts_left=left
+            ),
+            sensitive=True,
         ) from None
     models: list[str] = []
     if s.config.core.verify_keys_live and s.verify_key is not None:
@@ -184,15 +195,25 @@ async def _accept(turn: Turn, ticket: IntakeTicket, secret: Secret, note: str = 
             models = list(await s.verify_key(provider.id, key))
         except KeyRejected as exc:
             left = await _failed(turn, ticket)
-            raise Refusal(prefix + texts.KEY_REJECTED_LIVE.format(
-                provider=provider.name, reason=exc.reason, attempts_left=left), sensitive=True
+            raise Refusal(
+                prefix
+                + texts.KEY_REJECTED_LIVE.format(
+                    provider=provider.name, reason=exc.reason, attempts_left=left
+                ),
+                sensitive=True,
             ) from None
         except KeyCheckFailed as exc:
             # Not the person's fault: no attempt is counted.
-            raise Refusal(prefix + texts.KEY_CHECK_FAILED.format(
-                provider=provider.name, reason=exc.reason,
-                attempts_left=texts.ATTEMPTS_LEFT.format(
-                    n=s.intake.max_attempts - ticket.attempts)), sensitive=True
+            raise Refusal(
+                prefix
+                + texts.KEY_CHECK_FAILED.format(
+                    provider=provider.name,
+                    reason=exc.reason,
+                    attempts_left=texts.ATTEMPTS_LEFT.format(
+                        n=s.intake.max_attempts - ticket.attempts
+                    ),
+                ),
+                sensitive=True,
             ) from None
     await s.intake.consume(ticket)
     info = await s.credentials.store(
@@ -252,13 +273,21 @@ async def on_leak(turn: Turn) -> Outcome | None:
         deleted = await turn.messenger.delete(turn.chat, turn.event.message_id)
     s = turn.services
     await s.audit(
-        "leak.detected", actor=turn.actor, tenant_id=turn.tenant.id if turn.tenant else None,
-        platform=turn.user.platform.value, direct=turn.chat.is_direct, deleted=deleted,
+        "leak.detected",
+        actor=turn.actor,
+        tenant_id=turn.tenant.id if turn.tenant else None,
+        platform=turn.user.platform.value,
+        direct=turn.chat.is_direct,
+        deleted=deleted,
     )
-    log.warning("key shape seen in an ordinary message on %s (deleted=%s)",
-                turn.user.platform.value, deleted)
-    await turn.say(texts.LEAK_WARNING.format(
-        deleted=texts.LEAK_DELETED if deleted else texts.LEAK_NOT_DELETED))
+    log.warning(
+        "key shape seen in an ordinary message on %s (deleted=%s)",
+        turn.user.platform.value,
+        deleted,
+    )
+    await turn.say(
+        texts.LEAK_WARNING.format(deleted=texts.LEAK_DELETED if deleted else texts.LEAK_NOT_DELETED)
+    )
     return Outcome(refused=True)
 
 
@@ -284,7 +313,9 @@ async def _list(turn: Turn) -> Outcome | None:
         return None
     lines = "\n".join(
         texts.KEY_LINE.format(
-            provider=k.provider, fingerprint=k.fingerprint, status=k.status.value,
+            provider=k.provider,
+            fingerprint=k.fingerprint,
+            status=k.status.value,
             date=texts.day(k.created_at),
         )
         for k in stored

@@ -1,4 +1,4 @@
-"""Tables. Secrets live only as AES-GCM ciphertext (``LargeBinary``); nothing else holds key text."""
+"""Tables. Secrets live only as AES-GCM ciphertext; no other column holds key text."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Loopback fakes of the chat platforms and providers, for tests."""
+"""Loopback fakes and recording test doubles."""
