@@ -11,7 +11,7 @@ import pytest
 
 from adapters.slack import SlackAdapter
 from adapters.slack.config import parse
-from core.chat import EventKind
+from core.chat import OPEN_DM_PAYLOAD, Button, ChatRef, EventKind, Platform, Reply
 from core.config import PlatformSettings
 from tests.fakes.slack_server import (
     APP_TOKEN,
@@ -358,3 +358,19 @@ async def test_rate_limited_calls_are_retried_after_retry_after(
     posts = fake.calls_to("chat.postMessage")
     assert len(posts) == 2
     assert posts[1]["text"] == "Welcome! Pick a plan:"
+
+
+async def test_the_open_dm_button_links_to_the_app_dm(
+    fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter
+) -> None:
+    await fake.envelope("slash_commands", slash("help", channel="DUALICE"))  # names the app
+    await adapter.drain()
+    reply = Reply(text="Open our DM", buttons=((Button("Open DM", OPEN_DM_PAYLOAD),),))
+    await adapter.send(ChatRef(platform=Platform.SLACK, id="C0GENERAL", is_direct=False), reply)
+    [link] = fake.calls_to("chat.postMessage")[-1]["blocks"][1]["elements"]
+    assert link["url"] == "https://slack.com/app_redirect?app=A0BYOK&team=T0TEST"
+    # Slack reports the press of a link button too; it is acknowledged and not an event
+    ack = await fake.envelope("interactive", block_action("", action_id=link["action_id"]))
+    await adapter.drain()
+    assert ack == {}
+    assert [e.command for e in bot.events] == ["help"]

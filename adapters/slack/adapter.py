@@ -505,8 +505,9 @@ class SlackAdapter:
     async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
         """Answer in the event's chat; ephemeral for sensitive replies outside the app's DM.
 
-        Slash commands used in a channel are answered ephemerally too: nobody else saw the
-        command. Answers to an App Home event become the Home tab.
+        Slash commands used in a channel, buttons on ephemeral messages and posts not
+        addressed to the bot are answered ephemerally too. Answers to an App Home event
+        become the Home tab.
         """
         ctx = self._contexts.get(event.event_id)
         if ctx is not None and ctx.home:
@@ -519,10 +520,12 @@ class SlackAdapter:
             if found is None:
                 raise SlackDeliveryError("conversations.open", "cannot_open_dm")
             chat = found
+        # Private where nobody else saw the question: a slash command, an ephemeral message's
+        # button, a post not addressed to the bot (the leak guard's warning).
         private = (
             reply.sensitive
-            or (ctx is not None and ctx.origin == "command")
-            or (ctx is not None and ctx.ephemeral)
+            or (ctx is not None and (ctx.origin == "command" or ctx.ephemeral))
+            or (event.kind is EventKind.MESSAGE and not event.addressed)
         )
         if private and not chat.is_direct:
             await self._ephemeral(event, chat, reply, ctx)
