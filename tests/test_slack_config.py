@@ -132,3 +132,17 @@ def test_build_registers_every_token_for_redaction() -> None:
     assert adapter.messenger is adapter
     for value in (bot, app, signing, user):
         assert value not in redact_text(f"token={value} end")
+
+
+def test_the_documented_section_parses_to_the_defaults() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from core.config import parse_config
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config-slack.toml"
+    data = tomllib.loads(doc.read_text())
+    config = parse_config(data, source="config.toml", base_dir=doc.parent)
+    section = config.platforms["slack"]
+    assert section.enabled is False
+    assert parse(section, {}) == SlackConfig()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from types import MappingProxyType
@@ -9,9 +10,18 @@ from typing import Any
 
 import pytest
 
-from adapters.slack import SlackAdapter
+from adapters.slack import SlackAdapter, SlackStartError
 from adapters.slack.config import parse
-from core.chat import OPEN_DM_PAYLOAD, Button, ChatRef, EventKind, Platform, Reply
+from core.chat import (
+    OPEN_DM_PAYLOAD,
+    Button,
+    ChatRef,
+    Event,
+    EventKind,
+    Outcome,
+    Platform,
+    Reply,
+)
 from core.config import PlatformSettings
 from tests.fakes.slack_server import (
     APP_TOKEN,
@@ -374,3 +384,40 @@ async def test_the_open_dm_button_links_to_the_app_dm(
     await adapter.drain()
     assert ack == {}
     assert [e.command for e in bot.events] == ["help"]
+
+
+async def test_a_refused_app_token_stops_start_up_instead_of_retrying_forever(
+    fake: FakeSlack, bot: ScriptedBot
+) -> None:
+    fake.fail("apps.connections.open", "invalid_auth")
+    slack = make_adapter(fake, bot)
+    with pytest.raises(SlackStartError) as caught:
+        await slack.start(bot)
+    assert str(caught.value) == "Slack refused the app token in SLACK_APP_TOKEN: invalid_auth"
+    assert fake.methods() == ["auth.test", "apps.connections.open"]
+    await slack.stop()
+
+
+async def test_every_request_is_acknowledged_before_the_work_is_done(
+    fake: FakeSlack, bot: ScriptedBot
+) -> None:
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def slow(event: Event) -> Outcome:
+        seen.append(event.command)
+        await release.wait()  # the handler is still busy when Slack gets its ack
+        return Outcome()
+
+    slack = make_adapter(fake, bot)
+    await slack.start(slow)
+    try:
+        ack = await fake.envelope("slash_commands", slash("status"))
+        assert ack == {}
+        assert seen == ["status"]
+        assert len(slack._tasks) == 1
+        release.set()
+        await slack.drain()
+        assert slack._tasks == set()
+    finally:
+        await slack.stop()

@@ -64,6 +64,7 @@ _sdk_log = logging.getLogger("adapters.slack.sdk")
 
 _BLOCK_ERRORS: Final = frozenset({"invalid_blocks", "invalid_blocks_format", "invalid_attachments"})
 _RETRY_LIMIT: Final = 3
+_CONNECT_TIMEOUT: Final = 30.0
 _ACK_BUDGET: Final = 2.5
 """Seconds the key check may take before the modal is acknowledged with a "checking" view."""
 
@@ -163,13 +164,24 @@ class SlackAdapter:
             self._socket = AsyncSocketModeHandler(
                 self._app, app_token, logger=_sdk_log, web_client=self._client
             )
+            # The SDK retries a refused app token forever; ask once here so start-up fails
+            # clearly, and hand it the URL this call returned.
             try:
-                await self._socket.connect_async()  # type: ignore[no-untyped-call]
+                opened = await self._client.apps_connections_open(app_token=app_token)
             except SlackApiError as exc:
                 await self._socket.close_async()  # type: ignore[no-untyped-call]
                 raise SlackStartError(
                     f"Slack refused the app token in {cfg.app_token_env}: {_code(exc)}"
                 ) from None
+            self._socket.client.wss_uri = str(opened.get("url", "")) or None
+            try:
+                await asyncio.wait_for(
+                    self._socket.connect_async(),  # type: ignore[no-untyped-call]
+                    _CONNECT_TIMEOUT,
+                )
+            except TimeoutError:
+                await self._socket.close_async()  # type: ignore[no-untyped-call]
+                raise SlackStartError("cannot open the Socket Mode connection") from None
             _log.info("Slack connected in socket mode as %s", self.bot_user_id)
         else:
             await self._listen()
