@@ -172,6 +172,18 @@ def test_an_edit_reaches_the_leak_guard_but_not_the_agent() -> None:
     assert t.message_dedup_key(edit) == "slack:message:D0PNCRP9N:1.2:edit:1515449600.000200"
 
 
+def test_the_bots_own_streamed_edits_are_not_events() -> None:
+    own_edit = {
+        "type": "message",
+        "subtype": "message_changed",
+        "channel": "D0PNCRP9N",
+        "channel_type": "im",
+        "event_ts": "1.3",
+        "message": {"type": "message", "user": BOT, "bot_id": "B1", "text": "Hello", "ts": "1.2"},
+    }
+    assert t.message_event(own_edit, bot_user_id=BOT, event_id="Ev6") is None
+
+
 def test_bot_posts_and_system_messages_are_not_events() -> None:
     assert t.message_event({**MESSAGE_IM, "bot_id": "B1"}, bot_user_id=BOT, event_id="x") is None
     assert t.message_event({**MESSAGE_IM, "user": BOT}, bot_user_id=BOT, event_id="x") is None
