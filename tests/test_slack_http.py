@@ -26,6 +26,7 @@ from tests.fakes.slack_server import (
     block_action,
     event_callback,
     form_body,
+    home_opened,
     message,
     payload_body,
     signed_headers,
@@ -204,3 +205,21 @@ async def test_a_mention_streams_into_a_thread_over_http(
     await adapter.drain()
     assert [c["thread_ts"] for c in fake.calls_to("chat.postMessage")] == [ts]
     assert [u["text"] for u in fake.calls_to("chat.update")] == ["Hello", "Hello there, friend."]
+
+
+async def test_home_tab_and_leak_guard_over_http(
+    fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter, slack_http: Poster
+) -> None:
+    await slack_http.event(event_callback(home_opened()))
+    await adapter.drain()
+    [published] = fake.calls_to("views.publish")
+    assert published["view"]["blocks"][0]["text"]["text"] == "Plan: none\nKey: none"
+    canary = anthropic_key("K")
+    leak = message(f"key: {canary}", channel="C0GENERAL", channel_type="channel")
+    status, _ = await slack_http.event(event_callback(leak))
+    await adapter.drain()
+    assert status == 200
+    assert [c["ts"] for c in fake.calls_to("chat.delete")] == ["1700000100.000100"]
+    [warning] = fake.calls_to("chat.postEphemeral")
+    assert warning["text"] == "That was an API key: I deleted it. Rotate it now."
+    assert canary not in fake.outgoing_text()

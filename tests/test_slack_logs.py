@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from types import MappingProxyType
 
+import aiohttp
 import pytest
 
 from adapters.slack import SlackAdapter, build
@@ -18,7 +19,10 @@ from tests.fakes.slack_server import (
     FakeSlack,
     ScriptedBot,
     event_callback,
+    form_body,
     message,
+    payload_body,
+    signed_headers,
     slash,
     view_submission,
 )
@@ -131,3 +135,47 @@ async def test_with_sdk_payload_logging_forced_on_the_filter_redacts(
     assert "REDACTED" in caplog.text
     for label, value in secrets.all().items():
         assert value not in caplog.text, label
+
+
+async def test_http_mode_keeps_the_signing_secret_and_keys_out_of_the_logs(
+    fake: FakeSlack, secrets: Canaries, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in LOUD:
+        caplog.set_level(logging.DEBUG, logger=name or None)
+    caplog.set_level(logging.INFO, logger="httpx")
+    signing = canaries.slack_bot_token().removeprefix("xoxb-")
+    env = {"SLACK_BOT_TOKEN": secrets.bot, "SLACK_SIGNING_SECRET": signing}
+    options = {"api_base_url": fake.base_url, "mode": "http", "listen_port": 0}
+    settings = PlatformSettings(name="slack", enabled=True, options=MappingProxyType(options))
+    adapter = build(settings, env)
+    assert isinstance(adapter, SlackAdapter)
+    bot = ScriptedBot()
+    bot.messenger = adapter
+    await adapter.start(bot)
+    url = f"http://127.0.0.1:{adapter.http_port}/slack/events"
+
+    async def post(body: str, content_type: str, secret: str = signing) -> int:
+        headers = signed_headers(secret, body, content_type=content_type)
+        async with (
+            aiohttp.ClientSession(trust_env=False) as session,
+            session.post(url, data=body.encode(), headers=headers) as response,
+        ):
+            return response.status
+
+    form = "application/x-www-form-urlencoded"
+    try:
+        assert await post(form_body(slash("key add anthropic")), form) == 200
+        await adapter.drain()
+        view = fake.calls_to("views.open")[0]["view"]
+        assert await post(payload_body(view_submission(view, secrets.anthropic)), form) == 200
+        assert (
+            await post(payload_body(view_submission(view, secrets.openai)), form, "x" * 32) == 401
+        )
+        await adapter.drain()
+    finally:
+        await adapter.stop()
+    assert bot.fingerprint == f"sk-ant-…{secrets.anthropic[-6:-2]}"
+    logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    for label, value in {**secrets.all(), "signing secret": signing}.items():
+        assert value not in logged, label
+        assert value not in fake.outgoing_text(), label

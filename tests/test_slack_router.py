@@ -152,6 +152,11 @@ async def test_onboarding_key_modal_home_and_chat(
     )
     assert canary[-4:] in confirmation
     assert canary not in fake.outgoing_text()
+    tenant = await app.services.tenants.find("slack:UALICE")
+    assert tenant is not None
+    [stored] = await app.services.credentials.list(tenant.id)
+    assert (stored.provider, stored.status.value) == ("anthropic", "active")
+    assert stored.fingerprint in confirmation
 
     # The Home tab shows her plan and key
     await fake.envelope("events_api", event_callback(home_opened()))
