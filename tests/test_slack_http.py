@@ -21,6 +21,7 @@ from tests.fakes.slack_server import (
     PROXY_VARS,
     SIGNING_SECRET,
     FakeSlack,
+    ManualSleep,
     ScriptedBot,
     anthropic_key,
     block_action,
@@ -67,7 +68,7 @@ async def adapter(fake: FakeSlack, bot: ScriptedBot) -> AsyncIterator[SlackAdapt
             {"api_base_url": fake.base_url, "mode": "http", "listen_port": 0, "path": "/slack"}
         ),
     )
-    slack = SlackAdapter(parse(settings, slack_env()), monotonic=bot.now)
+    slack = SlackAdapter(parse(settings, slack_env()), monotonic=bot.now, sleep=ManualSleep())
     bot.messenger = slack
     await slack.start(bot)
     yield slack

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -24,7 +25,7 @@ from core.chat import (
 )
 from core.config import PlatformSettings
 from core.ports import ChatAdapter, Messenger
-from tests.fakes.slack_server import PROXY_VARS, FakeSlack, ScriptedBot, slack_env
+from tests.fakes.slack_server import PROXY_VARS, FakeSlack, ManualSleep, ScriptedBot, slack_env
 
 ALICE = UserRef(platform=Platform.SLACK, id="UALICE")
 DM = ChatRef(platform=Platform.SLACK, id="DUALICE", is_direct=True)
@@ -58,13 +59,17 @@ def clock() -> Clock:
     return Clock()
 
 
-async def started(fake: FakeSlack, clock: Clock, **options: Any) -> SlackAdapter:
+async def started(
+    fake: FakeSlack, clock: Clock, *, sleep: ManualSleep | None = None, **options: Any
+) -> SlackAdapter:
     settings = PlatformSettings(
         name="slack",
         enabled=True,
         options=MappingProxyType({"api_base_url": fake.base_url, **options}),
     )
-    slack = SlackAdapter(parse(settings, slack_env()), monotonic=clock)
+    slack = SlackAdapter(
+        parse(settings, slack_env()), monotonic=clock, sleep=sleep or ManualSleep()
+    )
     await slack.start(ScriptedBot())
     fake.calls.clear()
     return slack
@@ -124,6 +129,32 @@ async def test_stream_paces_edits_by_the_interval(
     await slack.stream(message_event(), ticking(clock, chunks, 0.3))
     # t=0.3 first text at once; t=1.5 is the first chunk a full second later; then the final edit
     assert [u["text"] for u in fake.calls_to("chat.update")] == ["a", "abcde", "abcdefg"]
+
+
+async def test_text_held_back_by_pacing_is_shown_when_the_interval_is_up(
+    fake: FakeSlack, clock: Clock
+) -> None:
+    sleep = ManualSleep()
+    slack = await started(fake, clock, sleep=sleep)
+
+    async def pausing() -> AsyncIterator[str]:
+        clock.t = 0.1
+        yield "a"  # shown at once
+        clock.t = 0.3
+        yield "b"  # too soon: a timer is set for the rest of the second
+        sleep.release()  # the second is up while the agent is still thinking
+        for _ in range(100):
+            if len(fake.calls_to("chat.update")) == 2:
+                break
+            await asyncio.sleep(0)
+        yield "c"
+
+    try:
+        await slack.stream(message_event(), pausing())
+    finally:
+        await slack.stop()
+    assert [u["text"] for u in fake.calls_to("chat.update")] == ["a", "ab", "abc"]
+    assert sleep.delays == [pytest.approx(0.8)]
 
 
 async def test_a_failing_stream_keeps_what_was_shown_and_reraises(

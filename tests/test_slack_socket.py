@@ -30,6 +30,7 @@ from tests.fakes.slack_server import (
     PROXY_VARS,
     USER_TOKEN,
     FakeSlack,
+    ManualSleep,
     ScriptedBot,
     anthropic_key,
     block_action,
@@ -69,7 +70,7 @@ def make_adapter(fake: FakeSlack, bot: ScriptedBot, **options: Any) -> SlackAdap
             {"api_base_url": fake.base_url, "user_token_env": "SLACK_USER_TOKEN", **options}
         ),
     )
-    adapter = SlackAdapter(parse(settings, slack_env()), monotonic=bot.now)
+    adapter = SlackAdapter(parse(settings, slack_env()), monotonic=bot.now, sleep=ManualSleep())
     bot.messenger = adapter
     return adapter
 

@@ -22,7 +22,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -98,6 +98,20 @@ class _Context:
     home_replies: list[Reply] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Stream:
+    """One reply being streamed: the message being written and what it shows."""
+
+    chat: ChatRef
+    current: MessageRef
+    previous: MessageRef | None = None
+    pending: str = ""
+    shown: str = ""
+    last_edit: float | None = None
+    timer: asyncio.Future[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class SlackAdapter:
     """``ChatAdapter`` and ``Messenger`` for Slack (its ``messenger`` is itself)."""
 
@@ -109,6 +123,7 @@ class SlackAdapter:
         *,
         dedup: Deduplicator | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         ack_budget: float = _ACK_BUDGET,
     ) -> None:
         if config.bot_token is None:
@@ -117,6 +132,7 @@ class SlackAdapter:
         self.messenger: Messenger = self
         self._dedup: Deduplicator = dedup or InMemoryDeduplicator()
         self._monotonic = monotonic
+        self._sleep = sleep
         self._ack_budget = ack_budget
         self._handler: EventHandler | None = None
         self._client: AsyncWebClient | None = None
@@ -658,43 +674,82 @@ class SlackAdapter:
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
         """Post a "thinking" placeholder, then edit it at most once per ``edit_interval``.
 
-        The first text is shown at once; later edits wait for the interval; a message that
-        reaches ``max_message_chars`` is closed and the text continues in a new one.
+        The first text is shown at once. Text that arrives before the interval is up is shown
+        when it is (a timer flushes it even if the agent pauses); a message that reaches
+        ``max_message_chars`` is closed and the text continues in a new one.
         """
         chat = event.chat if event.chat.id else await self.open_dm(event.user)
         if chat is None:
             raise SlackDeliveryError("conversations.open", "cannot_open_dm")
-        current = await self._post_stream(chat, "")
-        interval, limit = self.config.edit_interval, self.config.max_message_chars
-        pending = shown = ""
-        last_edit: float | None = None
+        s = _Stream(chat=chat, current=await self._post_stream(chat, ""))
+        limit = self.config.max_message_chars
         try:
             async for delta in chunks:
-                pending += delta
-                parts = translate.split_text(pending, limit)
+                s.pending += delta
+                parts = translate.split_text(s.pending, limit)
                 if len(parts) > 1:
-                    await self._update_stream(current, parts[0])
-                    for middle in parts[1:-1]:
-                        await self._post_stream(chat, middle)
-                    pending = shown = parts[-1]
-                    current = await self._post_stream(chat, pending)
-                    last_edit = self._monotonic()
+                    await self._stop_timer(s)
+                    async with s.lock:
+                        await self._update_stream(s.current, parts[0])
+                        for middle in parts[1:-1]:
+                            await self._post_stream(chat, middle)
+                        s.previous = s.current
+                        s.pending = s.shown = parts[-1]
+                        s.current = await self._post_stream(chat, s.pending)
+                        s.last_edit = self._monotonic()
                     continue
-                now = self._monotonic()
-                if pending != shown and (last_edit is None or now - last_edit >= interval):
-                    await self._update_stream(current, pending)
-                    shown, last_edit = pending, now
+                await self._flush_if_due(s)
         except Exception:
-            await self._close_stream(current, pending, shown)
+            await self._stop_timer(s)
+            await self._close_stream(s)
             raise
-        await self._close_stream(current, pending, shown)
-        return current if pending else None
+        await self._stop_timer(s)
+        await self._close_stream(s)
+        return s.current if s.pending else s.previous
 
-    async def _close_stream(self, current: MessageRef, pending: str, shown: str) -> None:
-        if not pending:
-            await self.delete(current.chat, current.id)  # nothing arrived: drop "thinking"
-        elif pending != shown:
-            await self._update_stream(current, pending)
+    async def _flush_if_due(self, s: _Stream) -> None:
+        if s.pending == s.shown:
+            return
+        now = self._monotonic()
+        waited = None if s.last_edit is None else now - s.last_edit
+        if waited is None or waited >= self.config.edit_interval:
+            await self._flush(s)
+        elif s.timer is None:
+            s.timer = asyncio.ensure_future(
+                self._flush_later(s, self.config.edit_interval - waited)
+            )
+
+    async def _flush(self, s: _Stream) -> None:
+        """Show the newest text; the lock keeps an older edit from landing after a newer one."""
+        async with s.lock:
+            if s.pending == s.shown:
+                return
+            text = s.pending
+            await self._update_stream(s.current, text)
+            s.shown, s.last_edit = text, self._monotonic()
+
+    async def _flush_later(self, s: _Stream, delay: float) -> None:
+        await self._sleep(delay)
+        s.timer = None  # from here on the edit runs to completion; _stop_timer leaves it be
+        try:
+            await self._flush(s)
+        except SlackAdapterError as exc:
+            # The next chunk or the final edit shows the text; nothing is lost.
+            _log.info("Slack refused a paced stream edit (%s)", exc)
+
+    async def _stop_timer(self, s: _Stream) -> None:
+        timer, s.timer = s.timer, None
+        if timer is not None:
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
+
+    async def _close_stream(self, s: _Stream) -> None:
+        async with s.lock:
+            if not s.pending:
+                await self.delete(s.current.chat, s.current.id)  # nothing to show: no "thinking"
+            elif s.pending != s.shown:
+                await self._update_stream(s.current, s.pending)
+                s.shown = s.pending
 
     async def _post_stream(self, chat: ChatRef, text: str) -> MessageRef:
         data = await self._call(

@@ -498,3 +498,22 @@ def slack_env() -> dict[str, str]:
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
         "SLACK_USER_TOKEN": USER_TOKEN,
     }
+
+
+class ManualSleep:
+    """An injectable ``sleep`` that returns only when the test says so, recording each delay.
+
+    Scenario tests use it so the stream's pacing timer never fires on its own: which edits
+    happen then depends only on the (fake) clock, never on how fast the machine is.
+    """
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self._release = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await self._release.wait()
+
+    def release(self) -> None:
+        self._release.set()
