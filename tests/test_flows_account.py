@@ -34,7 +34,11 @@ async def test_status_pause_resume(world: World) -> None:
     await ada.command("/plan managed")
     await ada.command("/status")
     assert ada.last == texts.STATUS.format(
-        plan="Managed", price="$39/month", status="active", paused="", model="default",
+        plan="Managed",
+        price="$39/month",
+        status="active",
+        paused="",
+        model="default",
         keys="none",
     )
     await ada.command("/resume")
@@ -177,7 +181,9 @@ async def test_bad_input_gets_clear_answers(world: World) -> None:
     await ada.command("/plan managed")
     long = "x" * (world.config.core.max_message_chars + 1)
     await ada.say(long)
-    assert ada.last == texts.TOO_LONG.format(length=len(long), limit=world.config.core.max_message_chars)
+    assert ada.last == texts.TOO_LONG.format(
+        length=len(long), limit=world.config.core.max_message_chars
+    )
     await ada.say("   ")
     assert ada.last == texts.EMPTY_MESSAGE
     await ada.say("こんにちは 👋 — ünïcödé")
