@@ -83,8 +83,13 @@ def _restore_logging() -> Iterator[None]:
     import warnings
 
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level, sys.excepthook, threading.excepthook,
-             warnings.showwarning)
+    saved = (
+        list(root.handlers),
+        root.level,
+        sys.excepthook,
+        threading.excepthook,
+        warnings.showwarning,
+    )
     yield
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
