@@ -422,3 +422,18 @@ async def test_every_request_is_acknowledged_before_the_work_is_done(
         assert slack._tasks == set()
     finally:
         await slack.stop()
+
+
+async def test_a_refused_response_url_is_reported_not_swallowed(
+    fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.respond_status = 404  # response URLs expire after 30 minutes
+    caplog.set_level(logging.ERROR, logger="adapters.slack")
+    await fake.envelope(
+        "slash_commands", slash("help", channel="C0GENERAL", response_url=fake.response_url("x"))
+    )
+    await adapter.drain()
+    assert len(fake.responses) == 1
+    [record] = caplog.records
+    assert record.getMessage() == "Slack event handling failed: SlackDeliveryError"
+    assert "Slack response_url failed: http_404" in caplog.text  # the traceback's last line

@@ -577,7 +577,7 @@ class SlackAdapter:
 
             try:
                 await via_hook(translate.message_kwargs(reply, dm_url=self._dm_url))
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise SlackDeliveryError("response_url", type(exc).__name__) from None
             return
         await self._with_fallback(

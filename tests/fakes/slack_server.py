@@ -53,6 +53,7 @@ class FakeSlack:
     calls: list[Call] = field(default_factory=list)
     responses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     port: int = 0
+    respond_status: int = 200
     _failures: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = field(
         default_factory=dict
     )
@@ -169,6 +170,8 @@ class FakeSlack:
 
     async def _respond(self, request: web.Request) -> web.Response:
         self.responses.append((request.match_info["name"], await request.json()))
+        if self.respond_status != 200:
+            return web.Response(text="expired_url", status=self.respond_status)
         return web.Response(text="ok")
 
     # -------------------------------------------------------------- Socket Mode
