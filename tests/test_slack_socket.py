@@ -235,12 +235,18 @@ async def test_without_a_trigger_the_key_form_is_offered_by_a_dm_button(
 async def test_app_home_is_published_and_refreshed_after_a_change(
     fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter
 ) -> None:
-    await fake.envelope("events_api", event_callback(home_opened()))
+    opened = event_callback(home_opened(), event_id="Ev0HOME")
+    await fake.envelope("events_api", opened)
     await adapter.drain()
-    [first] = fake.calls_to("views.publish")
+    assert [(e.command, e.chat.id) for e in bot.events] == [
+        ("status", "DUALICE"),
+        ("usage", "DUALICE"),
+    ]
+    [first] = fake.calls_to("views.publish")  # one view with every answer
     assert first["user_id"] == "UALICE"
     assert first["view"]["type"] == "home"
-    assert first["view"]["blocks"][0]["text"]["text"] == "Plan: none\nKey: none"
+    sections = [b["text"]["text"] for b in first["view"]["blocks"] if b["type"] == "section"]
+    assert sections == ["Plan: none\nKey: none", "Usage: 0 tokens this month"]
     shortcuts = first["view"]["blocks"][-1]["elements"]
     assert [s["value"] for s in shortcuts] == ["plan", "key add", "model", "usage", "help"]
     # A plan button pressed in the DM changes the plan; the Home tab follows
@@ -249,6 +255,10 @@ async def test_app_home_is_published_and_refreshed_after_a_change(
     publishes = fake.calls_to("views.publish")
     assert len(publishes) == 2
     assert publishes[1]["view"]["blocks"][0]["text"]["text"] == "Plan: managed\nKey: none"
+    # A redelivered app_home_opened is not answered twice
+    await fake.envelope("events_api", opened)
+    await adapter.drain()
+    assert len(fake.calls_to("views.publish")) == 2
 
 
 async def test_a_home_shortcut_opens_the_key_modal_from_the_home_tab(

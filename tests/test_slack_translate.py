@@ -245,12 +245,15 @@ def test_a_modal_submission_becomes_a_secret_event() -> None:
     assert t.secret_event(other, chat=DM) is None
 
 
-def test_home_opened_asks_for_status_only_on_the_home_tab() -> None:
+def test_home_opened_asks_for_status_and_usage_only_on_the_home_tab() -> None:
     opened = {"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "home"}
-    event = t.home_event(opened, event_id="Ev9")
-    assert event is not None
-    assert (event.kind, event.command, event.chat.id) == (EventKind.COMMAND, "status", "D1")
-    assert t.home_event({**opened, "tab": "messages"}, event_id="Ev9") is None
+    assert t.home_opened(opened) == ("U1", "D1")
+    assert t.home_opened({**opened, "tab": "messages"}) is None
+    events = t.home_events("U1", "D1", event_id="Ev9")
+    assert [(e.kind, e.command, e.chat.id, e.chat.is_direct, e.event_id) for e in events] == [
+        (EventKind.COMMAND, "status", "D1", True, "Ev9:status"),
+        (EventKind.COMMAND, "usage", "D1", True, "Ev9:usage"),
+    ]
 
 
 def test_reply_renders_text_and_buttons() -> None:
@@ -339,9 +342,14 @@ def test_the_dm_fallback_button_can_rebuild_the_modal() -> None:
 
 
 def test_the_home_view_lists_status_and_shortcuts() -> None:
-    view = t.home_view([Reply(text="Plan: byok", buttons=((Button("Change", "t|plan"),),))])
+    status = Reply(text="Plan: byok", buttons=((Button("Change", "t|plan"),),))
+    usage = Reply(text="Usage: 12 tokens")
+    view = t.home_view([status, usage])
     assert view["type"] == "home"
-    assert [b["type"] for b in view["blocks"]] == ["section", "actions", "divider", "actions"]
+    kinds = [b["type"] for b in view["blocks"]]
+    assert kinds == ["section", "actions", "divider", "section", "divider", "actions"]
+    refused = Reply(text="You need an account first.")
+    assert len(t.home_view([refused, refused])["blocks"]) == 3  # shown once
     assert [e["value"] for e in view["blocks"][-1]["elements"]] == [
         "plan",
         "key add",

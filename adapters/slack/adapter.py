@@ -440,13 +440,28 @@ class SlackAdapter:
     async def _on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         if not self.config.home_tab:
             return
-        event_id = str(body.get("event_id", ""))
-        translated = translate.home_event(event, event_id=event_id)
-        if translated is None:
+        opened = translate.home_opened(event)
+        if opened is None:
             return
-        self._home_channels[translated.user.id] = translated.chat.id
-        keys = (f"slack:event:{event_id}",)
-        self._spawn(self._deliver(translated, _Context(origin="home", home=True), keys))
+        user_id, channel = opened
+        self._home_channels[user_id] = channel
+        event_id = str(body.get("event_id", ""))
+        if await self._dedup.first_time(f"slack:event:{event_id}"):
+            self._spawn(self._show_home(user_id, channel, event_id))
+
+    async def _show_home(self, user_id: str, channel: str, event_id: str) -> None:
+        """Ask the handler the Home commands for this person and publish the answers as one tab."""
+        ctx = _Context(origin="home", home=True)
+        for event in translate.home_events(user_id, channel, event_id=event_id):
+            await self._deliver(event, ctx, ())
+        if ctx.home_replies:
+            await self._call(
+                "views.publish",
+                self._web.views_publish(
+                    user_id=user_id,
+                    view=translate.home_view(ctx.home_replies, dm_url=self._dm_url),
+                ),
+            )
 
     async def _deliver(
         self, event: Event, ctx: _Context, dedup_keys: Iterable[str]
@@ -474,14 +489,7 @@ class SlackAdapter:
 
     async def _refresh_home(self, user: UserRef) -> None:
         channel = self._home_channels.get(user.id, "")
-        event = Event(
-            kind=EventKind.COMMAND,
-            user=user,
-            chat=ChatRef(platform=Platform.SLACK, id=channel, is_direct=True),
-            command="status",
-            event_id=f"home-refresh:{next(self._refresh_ids)}",
-        )
-        await self._deliver(event, _Context(origin="home", home=True), ())
+        await self._show_home(user.id, channel, f"home-refresh:{next(self._refresh_ids)}")
 
     async def _is_app_dm(self, user_id: str, channel_id: str) -> bool:
         """True when ``channel_id`` is this app's DM with the person (not any other DM)."""
@@ -539,8 +547,7 @@ class SlackAdapter:
         """
         ctx = self._contexts.get(event.event_id)
         if ctx is not None and ctx.home:
-            ctx.home_replies.append(reply)
-            await self._publish_home(event.user.id, ctx.home_replies)
+            ctx.home_replies.append(reply)  # published as one view once every answer is in
             return None
         chat = event.chat
         if not chat.id:
@@ -585,14 +592,6 @@ class SlackAdapter:
             reply,
             lambda kw: self._web.chat_postEphemeral(
                 channel=chat.id, user=event.user.id, thread_ts=chat.thread_id, **kw
-            ),
-        )
-
-    async def _publish_home(self, user_id: str, replies: list[Reply]) -> None:
-        await self._call(
-            "views.publish",
-            self._web.views_publish(
-                user_id=user_id, view=translate.home_view(replies, dm_url=self._dm_url)
             ),
         )
 

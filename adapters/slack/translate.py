@@ -48,6 +48,8 @@ MODAL_LABEL: Final = "API key"
 MODAL_CHECKING: Final = "Checking your key…"
 MODAL_DONE: Final = "Done. You can close this window."
 OPEN_MODAL_LABEL: Final = "Enter key privately"
+HOME_COMMANDS: Final = ("status", "usage")
+"""Asked on the person's behalf when they open the Home tab; the answers are the tab."""
 HOME_SHORTCUTS: Final = (
     ("Plan", "plan"),
     ("Add key", "key add"),
@@ -180,16 +182,25 @@ def message_dedup_key(event: Mapping[str, Any]) -> str:
     return f"slack:message:{event.get('channel', '')}:{ts}{suffix}"
 
 
-def home_event(event: Mapping[str, Any], *, event_id: str) -> Event | None:
-    """``app_home_opened`` on the Home tab becomes a ``status`` command whose answer is the tab."""
+def home_opened(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(user, channel)`` when ``app_home_opened`` is about the Home tab, else None."""
     if event.get("tab") != "home" or not event.get("user"):
         return None
-    return Event(
-        kind=EventKind.COMMAND,
-        user=_user(str(event["user"])),
-        chat=ChatRef(platform=Platform.SLACK, id=str(event.get("channel", "")), is_direct=True),
-        command="status",
-        event_id=event_id,
+    return str(event["user"]), str(event.get("channel", ""))
+
+
+def home_events(user_id: str, channel: str, *, event_id: str) -> tuple[Event, ...]:
+    """The commands whose answers make up the Home tab (``HOME_COMMANDS``), in order."""
+    return tuple(
+        Event(
+            kind=EventKind.COMMAND,
+            user=_user(user_id),
+            chat=ChatRef(platform=Platform.SLACK, id=channel, is_direct=True),
+            text=command,
+            command=command,
+            event_id=f"{event_id}:{command}",
+        )
+        for command in HOME_COMMANDS
     )
 
 
@@ -491,11 +502,15 @@ def modal_errors(message: str) -> dict[str, Any]:
 
 
 def home_view(replies: Sequence[Reply], *, dm_url: str = "") -> dict[str, Any]:
-    """The App Home tab: the answers to ``status`` followed by shortcut buttons."""
+    """The App Home tab: the answers to ``HOME_COMMANDS`` followed by shortcut buttons."""
     blocks: list[dict[str, Any]] = []
+    shown: list[Reply] = []
     for n, reply in enumerate(replies):
-        if n:
+        if reply in shown:  # e.g. "you need an account" from both status and usage
+            continue
+        if shown:
             blocks.append({"type": "divider"})
+        shown.append(reply)
         blocks.extend(reply_blocks(reply, tag=f"h{n}_", dm_url=dm_url))
     shortcuts = tuple(Button(label=label, payload=line) for label, line in HOME_SHORTCUTS)
     blocks.append({"type": "divider"})

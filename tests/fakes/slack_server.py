@@ -456,6 +456,8 @@ class ScriptedBot:
                         buttons=((Button("Change plan", "plan:menu"),),),
                     ),
                 )
+            elif event.command == "usage":
+                await m.respond(event, Reply("Usage: 0 tokens this month", sensitive=True))
             else:
                 await m.respond(event, Reply("*Commands*: `start`, `key add`", sensitive=True))
         elif event.kind is EventKind.BUTTON:
