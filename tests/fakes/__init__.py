@@ -1,0 +1,1 @@
+"""Loopback fakes of the platforms and providers the tests drive the real libraries against."""
