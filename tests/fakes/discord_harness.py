@@ -52,12 +52,18 @@ async def running(
     fake: FakeDiscord,
     *,
     catalog: CommandCatalog | None = None,
+    clock: Callable[[], float] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[tuple[DiscordAdapter, Script]]:
     """A started adapter wired to a ``Script``; stopped on exit."""
     script = Script()
+    extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
     adapter = DiscordAdapter(
-        make_config(fake, **overrides), catalog=catalog, guild_ready_timeout=0.05, ready_timeout=10
+        make_config(fake, **overrides),
+        catalog=catalog,
+        guild_ready_timeout=0.05,
+        ready_timeout=10,
+        **extra,
     )
     script.adapter = adapter
     await adapter.start(script)
