@@ -15,9 +15,19 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.discord.adapter import CommandCatalog, DiscordAdapter
-from core.chat import Button, ButtonStyle, Event, EventKind, Outcome, Reply, SecretRequest
+from core.chat import (
+    Button,
+    ButtonStyle,
+    ChatRef,
+    Event,
+    EventKind,
+    Outcome,
+    Platform,
+    Reply,
+    SecretRequest,
+)
 from tests.fakes.discord_harness import CANARY_TOKEN, running
-from tests.fakes.discord_server import APP_ID, GUILD_CHANNEL_ID, GUILD_ID, FakeDiscord
+from tests.fakes.discord_server import APP_ID, BOT_ID, GUILD_CHANNEL_ID, GUILD_ID, FakeDiscord
 
 EPHEMERAL = 64
 
@@ -149,7 +159,7 @@ async def test_onboarding_with_buttons_and_ephemeral_choice(fake: FakeDiscord) -
         elif event.kind is EventKind.BUTTON:
             await adapter.respond(event, Reply(text="You are on BYOK.", sensitive=True))
 
-    async with running(fake) as (adapter, script):
+    async with running(fake) as (_adapter, script):
         script.behaviour = behaviour
         await fake.dispatch(
             "INTERACTION_CREATE", fake.slash(alice, "start", channel_id=GUILD_CHANNEL_ID)
@@ -190,7 +200,7 @@ async def test_key_add_modal_round_trip_never_posts_the_key(
             received.append(event.secret.reveal())
             await adapter.respond(event, Reply(text="Saved sk-ant-…" + key[-4:], sensitive=True))
 
-    async with running(fake) as (adapter, script):
+    async with running(fake) as (_adapter, script):
         script.behaviour = behaviour
         await fake.dispatch(
             "INTERACTION_CREATE",
@@ -253,3 +263,268 @@ async def test_expired_intake_gets_an_ephemeral_answer(fake: FakeDiscord) -> Non
         "That form expired. Run /key add again.",
         EPHEMERAL,
     )
+
+
+async def test_slow_flow_is_deferred_then_answered_by_follow_up(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    release = asyncio.Event()
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await release.wait()
+        await adapter.respond(event, Reply(text="Status: all good", sensitive=True))
+
+    async with running(fake, defer_after=0.05) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch(
+            "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
+        )
+        await fake.wait_for(lambda: len(callbacks(fake)) == 1)
+        release.set()
+        await fake.wait_for(lambda: len(fake.find("POST", r"^/webhooks/")) == 1)
+    assert callbacks(fake) == [{"type": 5, "data": {"flags": EPHEMERAL}}]
+    follow_up = fake.find("POST", rf"^/webhooks/{APP_ID}/itok-\d+$")[0]
+    assert (follow_up.body["content"], follow_up.body["flags"]) == ("Status: all good", EPHEMERAL)
+
+
+async def test_quick_flow_is_not_deferred(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await adapter.respond(event, Reply(text="Help text"))
+        await adapter.respond(event, Reply(text="More help"))
+
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch("INTERACTION_CREATE", fake.slash(alice, "help"))
+        await fake.wait_for(lambda: len(fake.find("POST", r"^/webhooks/")) == 1)
+    assert [b["type"] for b in callbacks(fake)] == [4]
+    assert callbacks(fake)[0]["data"]["content"] == "Help text"
+    assert fake.find("POST", r"^/webhooks/")[0].body["content"] == "More help"
+
+
+async def test_key_request_after_deferral_offers_a_button_that_opens_the_modal(
+    fake: FakeDiscord,
+) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    release = asyncio.Event()
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await release.wait()
+        await adapter.ask_secret(event, request("tok-late"))
+
+    async with running(fake, defer_after=0.05) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch(
+            "INTERACTION_CREATE",
+            fake.slash(
+                alice,
+                "key",
+                [{"type": 1, "name": "add", "options": []}],
+                channel_id=GUILD_CHANNEL_ID,
+            ),
+        )
+        await fake.wait_for(lambda: len(callbacks(fake)) == 1)
+        release.set()
+        await fake.wait_for(lambda: len(fake.find("POST", r"^/webhooks/")) == 1)
+        offer = fake.find("POST", r"^/webhooks/")[0].body
+        assert offer["flags"] == EPHEMERAL
+        button = offer["components"][0]["components"][0]
+        assert (button["custom_id"], button["label"]) == ("s:tok-late", "Anthropic key")
+        await fake.dispatch(
+            "INTERACTION_CREATE", fake.button(alice, "s:tok-late", channel_id=GUILD_CHANNEL_ID)
+        )
+        await fake.wait_for(lambda: len(callbacks(fake)) == 2)
+    modal = callbacks(fake)[1]
+    assert (modal["type"], modal["data"]["custom_id"], modal["data"]["title"]) == (
+        9,
+        "k:tok-late",
+        "Anthropic key",
+    )
+    assert len(script.events) == 1  # opening the form is the adapter's job, not an event
+
+
+async def test_key_request_from_a_channel_message_goes_to_dm(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await adapter.ask_secret(event, request("tok-dm"))
+
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch(
+            "MESSAGE_CREATE",
+            fake.message(
+                alice,
+                f"<@{BOT_ID}> add my key",
+                channel_id=GUILD_CHANNEL_ID,
+                mentions=[fake.user(BOT_ID, "byokbot")],
+            ),
+        )
+        await fake.wait_for(lambda: len(fake.find("POST", r"^/channels/\d+/messages$")) == 1)
+    dm = fake.dm_channels[ALICE_ID]
+    assert [c.path for c in fake.calls if c.method == "POST"] == [
+        "/users/@me/channels",
+        f"/channels/{dm}/messages",
+    ]
+    body = fake.find("POST", rf"^/channels/{dm}/messages$")[0].body
+    assert body["content"] == "Paste your Anthropic API key"
+    assert body["components"][0]["components"][0]["custom_id"] == "s:tok-dm"
+
+
+async def test_leak_guard_deletes_and_warns_by_dm(fake: FakeDiscord) -> None:
+    """A key pasted in a channel: the router deletes it and warns Alice privately."""
+    alice = fake.user(ALICE_ID, "alice")
+    key = anthropic_canary()
+    deleted: list[bool] = []
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        assert event.message_id is not None
+        deleted.append(await adapter.delete(event.chat, event.message_id))
+        await adapter.respond(event, Reply(text="Rotate that key now.", sensitive=True))
+
+    async with running(fake) as (adapter, script):
+        script.behaviour = behaviour
+        leak = fake.message(alice, f"my key is {key}", channel_id=GUILD_CHANNEL_ID)
+        await fake.dispatch("MESSAGE_CREATE", leak)
+        await fake.wait_for(
+            lambda: (
+                ALICE_ID in fake.dm_channels
+                and len(fake.find("POST", r"^/channels/\d+/messages$")) == 1
+            )
+        )
+        dm = fake.dm_channels[ALICE_ID]
+        # Where the bot lacks the permission, delete reports it.
+        fake.forbidden_deletes.add("42")
+        assert await adapter.delete(script.events[0].chat, "42") is False
+    assert deleted == [True]
+    assert script.events[0].addressed is False
+    assert [c.path for c in fake.find("DELETE", r"^/channels/")] == [
+        f"/channels/{GUILD_CHANNEL_ID}/messages/{leak['id']}",
+        f"/channels/{GUILD_CHANNEL_ID}/messages/42",
+    ]
+    assert posted(fake, dm) == ["Rotate that key now."]
+    assert posted(fake, GUILD_CHANNEL_ID) == []
+    assert key not in everything_sent(fake)
+
+
+async def test_duplicate_interaction_after_resume_is_processed_once(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await adapter.respond(event, Reply(text=f"ok {event.command}"))
+
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        usage = fake.slash(alice, "usage")
+        await fake.dispatch("INTERACTION_CREATE", usage)
+        await fake.wait_for(lambda: len(callbacks(fake)) == 1)
+        await fake.request_reconnect()
+        async with asyncio.timeout(5):
+            await fake.resumed.wait()
+        await fake.dispatch("INTERACTION_CREATE", usage)  # replayed after the resume
+        await fake.dispatch("INTERACTION_CREATE", fake.slash(alice, "status"))
+        await fake.wait_for(lambda: len(callbacks(fake)) == 2)
+    assert [f["op"] for f in fake.gateway_frames if f["op"] in (2, 6)] == [2, 6]
+    assert [e.command for e in script.events] == ["usage", "status"]
+    assert [b["data"]["content"] for b in callbacks(fake)] == ["ok usage", "ok status"]
+
+
+async def test_autocomplete_offers_configured_models(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    catalog = CommandCatalog(models=("claude-sonnet-4-5", "gpt-4.1-mini", "o4-mini"))
+    async with running(fake, catalog=catalog) as (_, script):
+        await fake.dispatch(
+            "INTERACTION_CREATE",
+            fake.autocomplete(
+                alice, "model", [{"type": 3, "name": "name", "value": "mini", "focused": True}]
+            ),
+        )
+        await fake.wait_for(lambda: len(callbacks(fake)) == 1)
+    assert callbacks(fake)[0] == {
+        "type": 8,
+        "data": {
+            "choices": [
+                {"name": "gpt-4.1-mini", "value": "gpt-4.1-mini"},
+                {"name": "o4-mini", "value": "o4-mini"},
+            ]
+        },
+    }
+    assert script.events == []
+
+
+async def test_unknown_button_is_acknowledged_silently(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    async with running(fake) as (_, script):
+        await fake.dispatch("INTERACTION_CREATE", fake.button(alice, "legacy-view:42"))
+        await fake.wait_for(lambda: len(callbacks(fake)) == 1)
+    assert callbacks(fake) == [{"type": 6}]
+    assert script.events == []
+
+
+async def test_command_without_answer_clears_the_thinking_state(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    async with running(fake) as (_, script):
+        await fake.dispatch(
+            "INTERACTION_CREATE", fake.slash(alice, "pause", channel_id=GUILD_CHANNEL_ID)
+        )
+        await fake.wait_for(lambda: len(fake.find("DELETE", r"^/webhooks/")) == 1)
+    assert callbacks(fake) == [{"type": 5, "data": {"flags": EPHEMERAL}}]
+    assert [e.command for e in script.events] == ["pause"]
+
+
+async def test_answers_after_the_interaction_token_expired_use_the_channel(
+    fake: FakeDiscord,
+) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    now = [1000.0]
+    release = asyncio.Event()
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await release.wait()
+        now[0] += 15 * 60  # the flow took 15 minutes
+        await adapter.respond(event, Reply(text="Done at last"))
+        await adapter.respond(event, Reply(text="Your usage", sensitive=True))
+
+    async with running(fake, defer_after=0.05, clock=lambda: now[0]) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch(
+            "INTERACTION_CREATE", fake.slash(alice, "usage", channel_id=GUILD_CHANNEL_ID)
+        )
+        await fake.wait_for(lambda: len(callbacks(fake)) == 1)
+        release.set()
+        await fake.wait_for(
+            lambda: (
+                ALICE_ID in fake.dm_channels
+                and len(fake.find("POST", r"^/channels/\d+/messages$")) == 2
+            )
+        )
+    assert fake.find("POST", r"^/webhooks/") == []
+    assert posted(fake, GUILD_CHANNEL_ID) == ["Done at last"]
+    assert posted(fake, fake.dm_channels[ALICE_ID]) == ["Your usage"]
+
+
+async def test_rate_limited_edit_is_retried_by_the_library(fake: FakeDiscord) -> None:
+    async with running(fake) as (adapter, _):
+        chat = ChatRef(platform=Platform.DISCORD, id=GUILD_CHANNEL_ID, is_direct=False)
+        ref = await adapter.send(chat, Reply(text="v1"))
+        assert ref is not None
+        fake.fail_next(
+            "PATCH",
+            r"^/channels/\d+/messages/\d+$",
+            429,
+            {"message": "You are being rate limited.", "retry_after": 0.05, "global": False},
+        )
+        await adapter.edit(ref, Reply(text="v2"))
+    edits = fake.find("PATCH", rf"^/channels/{GUILD_CHANNEL_ID}/messages/{ref.id}$")
+    assert [c.body["content"] for c in edits] == ["v2", "v2"]
+
+
+async def test_long_replies_are_split_with_buttons_on_the_last_piece(fake: FakeDiscord) -> None:
+    text = " ".join(f"w{i:03d}" for i in range(600))  # 2999 characters
+    async with running(fake) as (adapter, _):
+        chat = ChatRef(platform=Platform.DISCORD, id=GUILD_CHANNEL_ID, is_direct=False)
+        await adapter.send(chat, Reply(text=text, buttons=((Button("OK", "ok"),),)))
+    bodies = [c.body for c in fake.find("POST", rf"^/channels/{GUILD_CHANNEL_ID}/messages$")]
+    assert [len(b["content"]) <= 2000 for b in bodies] == [True, True]
+    assert " ".join(b["content"] for b in bodies) == text
+    assert [bool(b.get("components")) for b in bodies] == [False, True]

@@ -325,7 +325,12 @@ class FakeDiscord:
                 del self.failures[i]
                 headers = {"Content-Type": "application/json"}
                 if status == 429:
-                    headers |= {"X-RateLimit-Scope": "user", "Retry-After": "0.05"}
+                    # discord.py treats a 429 without "Via" as a Cloudflare ban, not a rate limit.
+                    headers |= {
+                        "X-RateLimit-Scope": "user",
+                        "Retry-After": "0.05",
+                        "Via": "1.1 google",
+                    }
                 return web.Response(status=status, body=json.dumps(fbody).encode(), headers=headers)
         return self._route(request.method, path, body)
 
@@ -383,7 +388,7 @@ class FakeDiscord:
             content = (body or {}).get("content", "")
             return self._json(self._bot_message(mid, "0", content))
         if parts[0] == "users" and path == "/users/@me/channels":
-            uid = body["recipient_id"]
+            uid = str(body["recipient_id"])
             cid = self.dm_channels.setdefault(uid, self.next_id())
             return self._json({"id": cid, "type": 1, "recipients": [_user(uid, "someone")]})
         if parts[0] == "channels":
