@@ -34,6 +34,7 @@ class Call:
     query: dict[str, str]
     body: Any
     headers: dict[str, str] = field(repr=False, default_factory=dict)
+    result: Any = None
 
 
 def _user(uid: str, name: str, *, bot: bool = False) -> dict[str, Any]:
@@ -317,9 +318,8 @@ class FakeDiscord:
             raw = form.get("payload_json")
             body = json.loads(str(raw)) if raw is not None else {}
             body["_files"] = sorted(k for k in form if k != "payload_json")
-        self.calls.append(
-            Call(request.method, path, dict(request.query), body, dict(request.headers))
-        )
+        call = Call(request.method, path, dict(request.query), body, dict(request.headers))
+        self.calls.append(call)
         for i, (method, rx, status, fbody) in enumerate(self.failures):
             if method == request.method and rx.search(path):
                 del self.failures[i]
@@ -332,7 +332,10 @@ class FakeDiscord:
                         "Via": "1.1 google",
                     }
                 return web.Response(status=status, body=json.dumps(fbody).encode(), headers=headers)
-        return self._route(request.method, path, body)
+        response = self._route(request.method, path, body)
+        if response.content_type == "application/json" and isinstance(response.body, bytes):
+            call.result = json.loads(response.body)
+        return response
 
     def _route(self, method: str, path: str, body: Any) -> web.Response:
         parts = path.strip("/").split("/")
