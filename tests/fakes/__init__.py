@@ -1,1 +1,1 @@
-"""Loopback fakes of the platforms and providers the tests drive the real libraries against."""
+"""Loopback fakes and recording test doubles."""
