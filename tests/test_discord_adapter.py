@@ -346,8 +346,10 @@ async def test_key_request_after_deferral_offers_a_button_that_opens_the_modal(
 async def test_key_request_from_a_channel_message_goes_to_dm(fake: FakeDiscord) -> None:
     alice = fake.user(ALICE_ID, "alice")
 
+    reached: list[bool] = []
+
     async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
-        await adapter.ask_secret(event, request("tok-dm"))
+        reached.append(await adapter.ask_secret(event, request("tok-dm")))
 
     async with running(fake) as (_, script):
         script.behaviour = behaviour
@@ -369,6 +371,34 @@ async def test_key_request_from_a_channel_message_goes_to_dm(fake: FakeDiscord) 
     body = fake.find("POST", rf"^/channels/{dm}/messages$")[0].body
     assert body["content"] == "Paste your Anthropic API key"
     assert body["components"][0]["components"][0]["custom_id"] == "s:tok-dm"
+    assert reached == [True]
+
+
+async def test_key_request_reports_when_no_dm_can_be_opened(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    reached: list[bool] = []
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        reached.append(await adapter.ask_secret(event, request("tok-closed")))
+
+    fake.fail_next(
+        "POST",
+        r"^/users/@me/channels$",
+        403,
+        {"code": 50007, "message": "Cannot send messages to this user"},
+    )
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        bot = fake.user(BOT_ID, "byokbot")
+        await fake.dispatch(
+            "MESSAGE_CREATE",
+            fake.message(
+                alice, f"<@{BOT_ID}> key please", channel_id=GUILD_CHANNEL_ID, mentions=[bot]
+            ),
+        )
+        await fake.wait_for(lambda: len(reached) == 1)
+    assert reached == [False]
+    assert fake.find("POST", r"^/channels/") == []
 
 
 async def test_leak_guard_deletes_and_warns_by_dm(fake: FakeDiscord) -> None:

@@ -390,3 +390,19 @@ def test_focused_option_and_autocomplete_choices() -> None:
 
 def test_button_styles_map_to_discord() -> None:
     assert translate._STYLES[ButtonStyle.DEFAULT] is discord.ButtonStyle.secondary
+
+
+def test_open_dm_button_is_a_link_to_the_bot() -> None:
+    from core.chat import OPEN_DM_PAYLOAD
+
+    view = translate.to_view(((Button("Open a DM", OPEN_DM_PAYLOAD),),), bot_id=BOT)
+    assert view is not None
+    assert view.to_components()[0]["components"] == [
+        {
+            "type": 2,
+            "style": 5,
+            "label": "Open a DM",
+            "url": f"https://discord.com/users/{BOT}",
+            "disabled": False,
+        }
+    ]

@@ -15,7 +15,6 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import importlib
 import io
 import logging
 import re
@@ -45,6 +44,7 @@ from core.chat import (
     UserRef,
 )
 from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.logs import register_secret
 from core.ports import EventHandler
 
 _log = logging.getLogger(__name__)
@@ -157,17 +157,6 @@ def install_log_filter() -> None:
             logger.addFilter(_LOG_FILTER)
 
 
-def _register_token(value: str) -> None:
-    """Tell the process-wide log redaction about the bot token."""
-    # core.logs arrives with the vault branch; until it is merged the call is looked up late.
-    try:
-        logs = importlib.import_module("core.logs")
-    except ModuleNotFoundError:
-        _log.debug("discord: core.logs not available; bot token not registered for redaction")
-        return
-    logs.register_secret(value, label="discord bot token")
-
-
 # -- the client ---------------------------------------------------------------------------
 
 
@@ -232,6 +221,11 @@ class DiscordAdapter:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
+    def _bot_id(self) -> str:
+        user = self._client.user if self._client is not None else None
+        return str(user.id) if user is not None else ""
+
+    @property
     def client(self) -> discord.Client:
         if self._client is None:
             raise DiscordError("the Discord adapter is not started")
@@ -242,7 +236,7 @@ class DiscordAdapter:
         if self._client is not None:
             raise DiscordError("the Discord adapter is already started")
         install_log_filter()
-        _register_token(self._cfg.token.reveal())
+        register_secret(self._cfg.token.reveal(), label="discord bot token")
         # discord.py keeps its endpoints on classes: one Discord adapter per process.
         Route.BASE = self._cfg.api_base_url
         DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._cfg.gateway_url)
@@ -460,7 +454,7 @@ class DiscordAdapter:
         first: MessageRef | None = None
         for n, piece in enumerate(pieces):
             last = n == len(pieces) - 1
-            view = translate.to_view(reply.buttons) if last else None
+            view = translate.to_view(reply.buttons, bot_id=self._bot_id) if last else None
             file = _file(reply) if last else None
             if live is not None and self._alive(live):
                 async with live.lock:
@@ -537,7 +531,7 @@ class DiscordAdapter:
         first: MessageRef | None = None
         for n, piece in enumerate(pieces):
             last = n == len(pieces) - 1
-            view = translate.to_view(reply.buttons) if last else None
+            view = translate.to_view(reply.buttons, bot_id=self._bot_id) if last else None
             ref = await self._post(chat, piece, view, _file(reply) if last else None)
             first = first or ref
         return first
@@ -545,7 +539,7 @@ class DiscordAdapter:
     async def edit(self, message: MessageRef, reply: Reply) -> None:
         """Replace a message's text and buttons (text beyond 2000 characters is cut)."""
         text = translate.split_text(translate.render(reply))[0]
-        view = translate.to_view(reply.buttons)
+        view = translate.to_view(reply.buttons, bot_id=self._bot_id)
         record = self._webhook_messages.get(message.id)
         try:
             if record is not None and self._clock() - record.created < INTERACTION_TOKEN_LIFETIME:
@@ -595,12 +589,13 @@ class DiscordAdapter:
             self.client.http.send_typing(int(chat.thread_id or chat.id)), "typing indicator"
         )
 
-    async def ask_secret(self, event: Event, request: SecretRequest) -> None:
+    async def ask_secret(self, event: Event, request: SecretRequest) -> bool:
         """Open the key modal from the event's interaction, or offer a button that opens it.
 
         A modal can only be the first answer to a command or button press; otherwise (already
         deferred, a modal submission, a plain message) the person gets a button, ephemeral
-        under the interaction or in their DM, and the modal opens from that.
+        under the interaction or in their DM, and the modal opens from that. False when the
+        person cannot be reached privately (no interaction and no DM).
         """
         self._pending_secrets[request.token] = request
         while len(self._pending_secrets) > _REMEMBERED:
@@ -622,16 +617,22 @@ class DiscordAdapter:
                     except discord.HTTPException as exc:
                         raise DiscordSendError(f"modal refused: HTTP {exc.status}") from exc
                     live.answered = True
-                    return
+                    return True
                 button = translate.secret_button(request)
                 await self._via_interaction(
                     live, Reply(prompt, sensitive=True), prompt, button, None
                 )
-                return
+                return True
         dm = event.chat if event.chat.is_direct else await self.open_dm(event.user)
         if dm is None:
-            raise DiscordSendError("cannot open a DM to ask for the key")
-        await self._post(dm, prompt, translate.secret_button(request), None)
+            return False
+        try:
+            await self._post(dm, prompt, translate.secret_button(request), None)
+        except DiscordSendError:
+            # Discord refuses DMs to people who closed them to server members.
+            _log.info("discord: cannot DM %s the key form", event.user.id)
+            return False
+        return True
 
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
         """Show a streamed reply: typing first, then one message edited at the channel's pace.

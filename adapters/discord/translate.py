@@ -19,6 +19,7 @@ from typing import Any, Final
 import discord
 
 from core.chat import (
+    OPEN_DM_PAYLOAD,
     Button,
     ButtonStyle,
     ChatRef,
@@ -364,21 +365,31 @@ class SecretModal(discord.ui.Modal):
         return True
 
 
-def to_view(buttons: Sequence[Sequence[Button]]) -> StaticView | None:
-    """Button rows as a view (Discord shows at most 5 rows of 5 buttons)."""
+def to_view(buttons: Sequence[Sequence[Button]], *, bot_id: str = "") -> StaticView | None:
+    """Button rows as a view (Discord shows at most 5 rows of 5 buttons).
+
+    The ``OPEN_DM_PAYLOAD`` button becomes a link to the bot's profile, where "Message"
+    opens the DM.
+    """
     if not buttons:
         return None
     view = StaticView(timeout=None)
     for row_number, row in enumerate(buttons[:5]):
         for button in row[:5]:
-            view.add_item(
-                discord.ui.Button(
-                    label=_truncate(button.label, 80),
+            label = _truncate(button.label, 80)
+            item: discord.ui.Button[StaticView]
+            if button.payload == OPEN_DM_PAYLOAD:
+                item = discord.ui.Button(
+                    label=label, url=f"https://discord.com/users/{bot_id}", row=row_number
+                )
+            else:
+                item = discord.ui.Button(
+                    label=label,
                     custom_id=BUTTON_PREFIX + button.payload,
                     style=_STYLES[button.style],
                     row=row_number,
                 )
-            )
+            view.add_item(item)
     return view
 
 
