@@ -116,3 +116,16 @@ def test_build_with_token_returns_adapter() -> None:
 def test_bad_settings_raise_even_without_token() -> None:
     with pytest.raises(ConfigError):
         build(settings(colour="blue"), {})
+
+
+def test_documented_section_parses_to_the_defaults() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from core.config import parse_config
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "config-discord.toml"
+    config = parse_config(tomllib.loads(doc.read_text()), source="x.toml", base_dir=doc.parent)
+    assert parse(config.platforms["discord"], {"DISCORD_BOT_TOKEN": "t"}) == DiscordConfig(
+        token=Secret("t")
+    )
