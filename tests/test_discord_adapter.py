@@ -558,3 +558,40 @@ async def test_long_replies_are_split_with_buttons_on_the_last_piece(fake: FakeD
     assert [len(b["content"]) <= 2000 for b in bodies] == [True, True]
     assert " ".join(b["content"] for b in bodies) == text
     assert [bool(b.get("components")) for b in bodies] == [False, True]
+
+
+async def test_failing_handler_is_logged_without_its_message_and_acknowledged(
+    fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    key = anthropic_canary()
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        raise RuntimeError(f"flow broke on {key}")
+
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch(
+            "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
+        )
+        await fake.wait_for(lambda: len(fake.find("DELETE", r"^/webhooks/")) == 1)
+    assert callbacks(fake) == [{"type": 5, "data": {"flags": EPHEMERAL}}]
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert failures == [f"discord: handler failed for {script.events[0].event_id}: RuntimeError"]
+    assert key not in caplog.text
+
+
+async def test_without_message_content_intent(fake: FakeDiscord) -> None:
+    async with running(fake, message_content_intent=False):
+        pass
+    identify = next(f for f in fake.gateway_frames if f["op"] == 2)
+    assert identify["d"]["intents"] == (1 << 0) | (1 << 9) | (1 << 12)
+
+
+async def test_image_is_attached_to_the_reply(fake: FakeDiscord) -> None:
+    png = b"\x89PNG\r\n\x1a\nfake"
+    async with running(fake) as (adapter, _):
+        chat = ChatRef(platform=Platform.DISCORD, id=GUILD_CHANNEL_ID, is_direct=False)
+        await adapter.send(chat, Reply(text="Your usage", image=png))
+    body = fake.find("POST", rf"^/channels/{GUILD_CHANNEL_ID}/messages$")[0].body
+    assert (body["content"], body["_files"]) == ("Your usage", ["files[0]"])
