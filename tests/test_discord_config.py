@@ -129,3 +129,18 @@ def test_documented_section_parses_to_the_defaults() -> None:
     assert parse(config.platforms["discord"], {"DISCORD_BOT_TOKEN": "t"}) == DiscordConfig(
         token=Secret("t")
     )
+
+
+def test_build_takes_choices_from_the_configuration() -> None:
+    from core.config import Config
+
+    adapter = build(settings(), {"DISCORD_BOT_TOKEN": "tok"}, config=Config())
+    assert adapter is not None
+    catalog = adapter._catalog
+    assert catalog.providers == ("anthropic", "openai", "moonshot")
+    assert catalog.plans == ("byok", "managed")
+    assert catalog.models == (
+        "claude-sonnet-4-5",
+        "gpt-4.1-mini",
+        "kimi-k2-0905-preview",
+    )

@@ -11,9 +11,10 @@ from adapters.discord.adapter import (
     DiscordError,
     DiscordLoginError,
     DiscordSendError,
+    catalog_from_config,
 )
 from adapters.discord.config import DiscordConfig, parse
-from core.config import PlatformSettings
+from core.config import Config, PlatformSettings
 
 __all__ = [
     "CommandCatalog",
@@ -23,6 +24,7 @@ __all__ = [
     "DiscordLoginError",
     "DiscordSendError",
     "build",
+    "catalog_from_config",
 ]
 
 _log = logging.getLogger(__name__)
@@ -32,19 +34,22 @@ def build(
     settings: PlatformSettings,
     env: Mapping[str, str],
     *,
+    config: Config | None = None,
     catalog: CommandCatalog | None = None,
 ) -> DiscordAdapter | None:
     """The adapter for ``[discord]``; None (one WARNING) when the token variable is unset.
 
-    ``catalog`` lists the providers, plans and models slash commands offer; the composition
-    root passes the configured ones.
+    Slash command choices and autocomplete offer the providers, plans and models of
+    ``config`` (or an explicit ``catalog``); without either, the built-in provider names.
 
     Raises:
         ConfigError: a bad value or unknown setting in ``[discord]``.
     """
-    config = parse(settings, env)
-    if config is None:
+    parsed = parse(settings, env)
+    if parsed is None:
         name = settings.options.get("token_env", "DISCORD_BOT_TOKEN")
         _log.warning("discord: enabled but $%s is not set; Discord stays off", name)
         return None
-    return DiscordAdapter(config, catalog=catalog)
+    if catalog is None and config is not None:
+        catalog = catalog_from_config(config)
+    return DiscordAdapter(parsed, catalog=catalog)

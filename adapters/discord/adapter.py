@@ -43,6 +43,7 @@ from core.chat import (
     TextFormat,
     UserRef,
 )
+from core.config import Config
 from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.logs import register_secret
 from core.ports import EventHandler
@@ -75,6 +76,20 @@ class CommandCatalog:
     providers: tuple[str, ...] = ("anthropic", "openai", "moonshot")
     plans: tuple[str, ...] = ("byok", "managed")
     models: tuple[str, ...] = ()
+
+
+def catalog_from_config(config: Config) -> CommandCatalog:
+    """Providers, plans and every model the configuration names, for choices and autocomplete."""
+    models: dict[str, None] = {}
+    for provider in config.providers.values():
+        for model in (provider.default_model, *provider.models):
+            models.setdefault(model, None)
+    for plan in config.plans.values():
+        for model in plan.models:
+            models.setdefault(model, None)
+    return CommandCatalog(
+        providers=tuple(config.providers), plans=tuple(config.plans), models=tuple(models)
+    )
 
 
 @dataclass(slots=True)
@@ -412,7 +427,10 @@ class DiscordAdapter:
     async def _answer_ephemeral(self, live: _Live, text: str) -> None:
         reply = Reply(text=text, sensitive=True)
         async with live.lock:
-            await self._via_interaction(live, reply, translate.render(reply), None, None)
+            try:
+                await self._via_interaction(live, reply, translate.render(reply), None, None)
+            except DiscordSendError as exc:
+                _log.warning("discord: could not show a refused secret's reason: %s", exc)
 
     async def _autocomplete(self, interaction: discord.Interaction[Any], data: Any) -> None:
         focused = translate.focused_option(data)
