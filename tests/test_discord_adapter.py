@@ -25,6 +25,7 @@ from core.chat import (
     Platform,
     Reply,
     SecretRequest,
+    UserRef,
 )
 from tests.fakes.discord_harness import CANARY_TOKEN, running
 from tests.fakes.discord_server import APP_ID, BOT_ID, GUILD_CHANNEL_ID, GUILD_ID, FakeDiscord
@@ -595,3 +596,27 @@ async def test_image_is_attached_to_the_reply(fake: FakeDiscord) -> None:
         await adapter.send(chat, Reply(text="Your usage", image=png))
     body = fake.find("POST", rf"^/channels/{GUILD_CHANNEL_ID}/messages$")[0].body
     assert (body["content"], body["_files"]) == ("Your usage", ["files[0]"])
+
+
+async def test_buttons_and_key_form_buttons_work_after_a_restart(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    chat = ChatRef(platform=Platform.DISCORD, id=GUILD_CHANNEL_ID, is_direct=False)
+    async with running(fake) as (adapter, _):
+        await adapter.send(
+            chat, Reply(text="Pick", buttons=((Button("Managed", "t9|plan:managed"),),))
+        )
+        reached = await adapter.ask_secret(
+            Event(kind=EventKind.MESSAGE, user=UserRef(Platform.DISCORD, ALICE_ID), chat=chat),
+            request("tok-before-restart"),
+        )
+        assert reached is True
+    async with running(fake) as (_, script):  # a new process: nothing in memory
+        await fake.dispatch(
+            "INTERACTION_CREATE",
+            fake.button(alice, "b:t9|plan:managed", channel_id=GUILD_CHANNEL_ID),
+        )
+        await fake.dispatch("INTERACTION_CREATE", fake.button(alice, "s:tok-before-restart"))
+        await fake.wait_for(lambda: len(callbacks(fake)) == 2 and len(script.events) == 1)
+    assert [(e.kind, e.payload) for e in script.events] == [(EventKind.BUTTON, "t9|plan:managed")]
+    modal = next(b for b in callbacks(fake) if b["type"] == 9)
+    assert modal["data"]["custom_id"] == "k:tok-before-restart"
