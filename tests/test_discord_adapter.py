@@ -620,3 +620,28 @@ async def test_buttons_and_key_form_buttons_work_after_a_restart(fake: FakeDisco
     assert [(e.kind, e.payload) for e in script.events] == [(EventKind.BUTTON, "t9|plan:managed")]
     modal = next(b for b in callbacks(fake) if b["type"] == 9)
     assert modal["data"]["custom_id"] == "k:tok-before-restart"
+
+
+async def test_a_key_pasted_by_editing_reaches_the_leak_guard_once(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    key = anthropic_canary()
+    async with running(fake) as (_, script):
+        original = fake.message(alice, "my key is coming", channel_id=GUILD_CHANNEL_ID)
+        await fake.dispatch("MESSAGE_CREATE", original)
+        edit = {
+            **original,
+            "content": f"my key is {key}",
+            "edited_timestamp": "2026-01-01T00:01:00+00:00",
+        }
+        await fake.dispatch("MESSAGE_UPDATE", edit)
+        await fake.dispatch("MESSAGE_UPDATE", edit)  # the same edit delivered again
+        await fake.dispatch("MESSAGE_UPDATE", {**original, "edited_timestamp": None})  # a preview
+        await fake.dispatch(
+            "MESSAGE_CREATE", fake.message(alice, "marker", channel_id=GUILD_CHANNEL_ID)
+        )
+        await fake.wait_for(lambda: any(e.text == "marker" for e in script.events))
+    assert [(e.text, e.addressed, e.message_id) for e in script.events] == [
+        ("my key is coming", False, original["id"]),
+        (f"my key is {key}", False, original["id"]),
+        ("marker", False, script.events[-1].message_id),
+    ]

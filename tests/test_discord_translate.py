@@ -406,3 +406,19 @@ def test_open_dm_button_is_a_link_to_the_bot() -> None:
             "disabled": False,
         }
     ]
+
+
+def test_edits_are_delivered_unaddressed_for_the_leak_guard() -> None:
+    edited = message(
+        f"<@{BOT}> oops sk-ant-api03-leak", edited_timestamp="2026-01-01T00:01:00+00:00"
+    )
+    event = translate.edit_to_event(edited, bot_id=BOT)
+    assert event is not None
+    assert (event.addressed, event.text, event.event_id) == (
+        False,
+        "oops sk-ant-api03-leak",
+        "discord:edit:1700000000000000001:2026-01-01T00:01:00+00:00",
+    )
+    assert (
+        translate.edit_to_event(message("link preview", edited_timestamp=None), bot_id=BOT) is None
+    )

@@ -188,6 +188,9 @@ class _Client(discord.Client):
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         await self._adapter._on_interaction(interaction)
 
+    async def on_raw_message_edit(self, update: discord.RawMessageUpdateEvent) -> None:
+        await self._adapter._on_edit(update.message)
+
 
 def _intents(cfg: DiscordConfig) -> discord.Intents:
     intents = discord.Intents.none()
@@ -353,6 +356,13 @@ class DiscordAdapter:
             agent_channels=self._cfg.agent_channels,
         )
         if event is not None:
+            await self._dispatch(event)
+
+    async def _on_edit(self, message: discord.Message) -> None:
+        if self._handler is None or self._client is None or self._client.user is None:
+            return
+        event = translate.edit_to_event(message_payload(message), bot_id=str(self._client.user.id))
+        if event is not None and await self._dedup.first_time(event.event_id):
             await self._dispatch(event)
 
     async def _on_interaction(self, interaction: discord.Interaction[Any]) -> None:
@@ -785,6 +795,7 @@ def message_payload(message: discord.Message) -> dict[str, Any]:
         "type": message.type.value,
         "channel_id": str(message.channel.id),
         "content": message.content,
+        "edited_timestamp": message.edited_at.isoformat() if message.edited_at else None,
         "author": {
             "id": str(author.id),
             "username": author.name,

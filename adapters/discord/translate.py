@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 import discord
@@ -315,6 +316,21 @@ def message_to_event(
         addressed=addressed,
         event_id=f"discord:message:{payload['id']}",
     )
+
+
+def edit_to_event(payload: Mapping[str, Any], *, bot_id: str) -> Event | None:
+    """A MESSAGE_UPDATE as a MESSAGE event that is never ``addressed``.
+
+    An edit is not a new message for the agent; it is delivered so the leak guard sees a key
+    pasted by editing. Updates without ``edited_timestamp`` (link previews) are not edits.
+    """
+    edited = payload.get("edited_timestamp")
+    if not edited:
+        return None
+    event = message_to_event(payload, bot_id=bot_id)
+    if event is None:
+        return None
+    return replace(event, addressed=False, event_id=f"discord:edit:{payload['id']}:{edited}")
 
 
 # -- outbound ---------------------------------------------------------------------------------
