@@ -14,7 +14,7 @@ import pytest
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from adapters.discord.adapter import CommandCatalog, DiscordAdapter
+from adapters.discord.adapter import CommandCatalog, DiscordAdapter, DiscordLoginError
 from core.chat import (
     Button,
     ButtonStyle,
@@ -27,7 +27,7 @@ from core.chat import (
     SecretRequest,
     UserRef,
 )
-from tests.fakes.discord_harness import CANARY_TOKEN, running
+from tests.fakes.discord_harness import CANARY_TOKEN, make_config, running
 from tests.fakes.discord_server import APP_ID, BOT_ID, GUILD_CHANNEL_ID, GUILD_ID, FakeDiscord
 
 EPHEMERAL = 64
@@ -645,3 +645,47 @@ async def test_a_key_pasted_by_editing_reaches_the_leak_guard_once(fake: FakeDis
         (f"my key is {key}", False, original["id"]),
         ("marker", False, script.events[-1].message_id),
     ]
+
+
+async def test_ephemeral_answers_are_edited_through_the_interaction_webhook(
+    fake: FakeDiscord,
+) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    refs: list[Any] = []
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        first = await adapter.respond(event, Reply(text="Usage: 1 request", sensitive=True))
+        second = await adapter.respond(event, Reply(text="Cap: 100", sensitive=True))
+        assert first is not None
+        assert second is not None
+        await adapter.edit(first, Reply(text="Usage: 2 requests", sensitive=True))
+        await adapter.edit(second, Reply(text="Cap: 200", sensitive=True))
+        refs.extend([first, second])
+
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch(
+            "INTERACTION_CREATE", fake.slash(alice, "usage", channel_id=GUILD_CHANNEL_ID)
+        )
+        await fake.wait_for(lambda: len(refs) == 2)
+    follow_up_id = fake.find("POST", r"^/webhooks/")[0].result["id"]
+    assert [
+        (c.path.split("/")[-1], c.body["content"]) for c in fake.find("PATCH", r"^/webhooks/")
+    ] == [
+        ("@original", "Usage: 2 requests"),
+        (follow_up_id, "Cap: 200"),
+    ]
+    assert fake.find("PATCH", r"^/channels/") == []  # ephemeral messages have no channel edit
+
+
+async def test_a_gateway_that_never_gets_ready_stops_start_up(fake: FakeDiscord) -> None:
+    fake.send_ready = False
+    adapter = DiscordAdapter(make_config(fake), guild_ready_timeout=0.05, ready_timeout=0.3)
+
+    async def handler(event: Event) -> Outcome:
+        return Outcome()
+
+    with pytest.raises(DiscordLoginError) as info:
+        await adapter.start(handler)
+    assert str(info.value) == "Discord gateway connection failed (no READY in time)"
+    await adapter.stop()

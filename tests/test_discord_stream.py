@@ -199,3 +199,55 @@ async def test_pacing_keeps_edits_an_interval_apart_per_channel() -> None:
         await adapter.pace("chan-a")  # long after: no wait
         await adapter.pace("chan-a")  # back to back: a full interval
     assert time.sleeps == [0.7, 1.0]
+
+
+async def test_typing_is_refreshed_while_the_first_chunk_is_awaited(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    done: list[bool] = []
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        typing = rf"^/channels/{event.chat.id}/typing$"
+
+        async def slow() -> AsyncIterator[str]:
+            await fake.wait_for(lambda: len(fake.find("POST", typing)) == 3)
+            yield "Finally."
+
+        await adapter.stream(event, slow())
+        done.append(True)
+
+    async with running(fake, typing_refresh=0.05) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch("MESSAGE_CREATE", fake.message(alice, "think hard"))
+        await fake.wait_for(lambda: done == [True])
+    dm = fake.dm_channels[ALICE_ID]
+    kinds = [c.path.rsplit("/", 1)[1] for c in fake.calls if c.path.startswith(f"/channels/{dm}/")]
+    assert kinds == ["typing", "typing", "typing", "messages"]
+
+
+async def test_stream_answering_a_slash_command_edits_through_the_interaction(
+    fake: FakeDiscord,
+) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    done: list[bool] = []
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        async def chunks() -> AsyncIterator[str]:
+            yield "Thinking"
+            await fake.wait_for(lambda: len(fake.find("POST", r"^/interactions/")) == 1)
+            yield " done."
+
+        await adapter.stream(event, chunks())
+        done.append(True)
+
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch(
+            "INTERACTION_CREATE", fake.slash(alice, "usage", channel_id=GUILD_CHANNEL_ID)
+        )
+        await fake.wait_for(lambda: done == [True])
+    first = fake.find("POST", r"^/interactions/")[0].body
+    assert (first["type"], first["data"]["content"]) == (4, "Thinking")
+    edits = fake.find("PATCH", r"^/webhooks/")
+    assert [(c.path.rsplit("/", 1)[1], c.body["content"]) for c in edits] == [
+        ("@original", "Thinking done.")
+    ]

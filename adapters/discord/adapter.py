@@ -218,6 +218,7 @@ class DiscordAdapter:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         guild_ready_timeout: float = 2.0,
         ready_timeout: float = 60.0,
+        typing_refresh: float = TYPING_REFRESH,
     ) -> None:
         self._cfg = config
         self._catalog = catalog or CommandCatalog()
@@ -226,6 +227,7 @@ class DiscordAdapter:
         self._sleep = sleep
         self._guild_ready_timeout = guild_ready_timeout
         self._ready_timeout = ready_timeout
+        self.typing_refresh = typing_refresh
         self._client: _Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._handler: EventHandler | None = None
@@ -705,7 +707,7 @@ class _Stream:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(TYPING_REFRESH):
+                    async with asyncio.timeout(self.adapter.typing_refresh):
                         await self.changed.wait()
                 except TimeoutError:
                     if self.current is None and not reader.done():

@@ -53,6 +53,7 @@ async def running(
     *,
     catalog: CommandCatalog | None = None,
     clock: Callable[[], float] | None = None,
+    typing_refresh: float = 8.0,
     **overrides: Any,
 ) -> AsyncIterator[tuple[DiscordAdapter, Script]]:
     """A started adapter wired to a ``Script``; stopped on exit."""
@@ -63,6 +64,7 @@ async def running(
         catalog=catalog,
         guild_ready_timeout=0.05,
         ready_timeout=10,
+        typing_refresh=typing_refresh,
         **extra,
     )
     script.adapter = adapter

@@ -67,6 +67,7 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.dm_channels: dict[str, str] = {}
+        self.send_ready = True  # False: a gateway that never says READY
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -427,7 +428,7 @@ class FakeDiscord:
             op = frame["op"]
             if op == 1:
                 await self._send({"op": 11, "d": None})
-            elif op == 2:
+            elif op == 2 and self.send_ready:
                 await self._ready()
             elif op == 6:
                 self._seq = max(self._seq, frame["d"].get("seq") or 0)
