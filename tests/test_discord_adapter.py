@@ -689,3 +689,76 @@ async def test_a_gateway_that_never_gets_ready_stops_start_up(fake: FakeDiscord)
         await adapter.start(handler)
     assert str(info.value) == "Discord gateway connection failed (no READY in time)"
     await adapter.stop()
+
+
+async def test_answers_in_servers_quote_the_message_they_answer(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    bot = fake.user(BOT_ID, "byokbot")
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await adapter.respond(event, Reply(text="Here I am"))
+
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        question = fake.message(
+            alice, f"<@{BOT_ID}> you there?", channel_id=GUILD_CHANNEL_ID, mentions=[bot]
+        )
+        await fake.dispatch("MESSAGE_CREATE", question)
+        await fake.wait_for(lambda: len(posted(fake, GUILD_CHANNEL_ID)) == 1)
+    body = fake.find("POST", rf"^/channels/{GUILD_CHANNEL_ID}/messages$")[0].body
+    reference = body["message_reference"]
+    assert (reference["message_id"], reference["fail_if_not_exists"]) == (
+        int(question["id"]),
+        False,
+    )
+    assert body["allowed_mentions"] == {"parse": []}  # replies do not ping by default
+
+
+async def test_an_interaction_discord_forgot_is_answered_in_the_chat_instead(
+    fake: FakeDiscord,
+) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    done: list[bool] = []
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await adapter.respond(event, Reply(text="Public answer"))
+        await adapter.respond(event, Reply(text="Private answer", sensitive=True))
+        done.append(True)
+
+    fake.fail_next("POST", CALLBACK, 404, {"code": 10062, "message": "Unknown interaction"})
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch(
+            "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
+        )
+        await fake.wait_for(lambda: done == [True])
+    assert posted(fake, GUILD_CHANNEL_ID) == ["Public answer"]
+    assert posted(fake, fake.dm_channels[ALICE_ID]) == ["Private answer"]
+    assert len(fake.find("POST", CALLBACK)) == 1  # no second try on a dead interaction
+
+
+async def test_key_form_falls_back_to_dm_when_the_interaction_is_gone(fake: FakeDiscord) -> None:
+    alice = fake.user(ALICE_ID, "alice")
+    reached: list[bool] = []
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        reached.append(await adapter.ask_secret(event, request("tok-gone")))
+
+    fake.fail_next("POST", CALLBACK, 404, {"code": 10062, "message": "Unknown interaction"})
+    async with running(fake) as (_, script):
+        script.behaviour = behaviour
+        await fake.dispatch(
+            "INTERACTION_CREATE",
+            fake.slash(
+                alice,
+                "key",
+                [{"type": 1, "name": "add", "options": []}],
+                channel_id=GUILD_CHANNEL_ID,
+            ),
+        )
+        await fake.wait_for(lambda: len(reached) == 1)
+    assert reached == [True]
+    dm = fake.dm_channels[ALICE_ID]
+    offer = fake.find("POST", rf"^/channels/{dm}/messages$")[0].body
+    assert offer["components"][0]["components"][0]["custom_id"] == "s:tok-gone"
+    assert posted(fake, GUILD_CHANNEL_ID) == []

@@ -10,6 +10,7 @@ Errors::
     DiscordError               root of everything this package raises
     ├── DiscordLoginError      the token was refused or the gateway could not be reached
     └── DiscordSendError       Discord refused to show, edit or deliver something
+        └── _InteractionGone   (internal) the interaction is unknown, expired or answered
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from adapters.discord.config import DiscordConfig
 from core.chat import (
     ChatRef,
     Event,
+    EventKind,
     MessageRef,
     Outcome,
     Platform,
@@ -69,6 +71,14 @@ class DiscordSendError(DiscordError):
     """Discord refused to show, edit or deliver something."""
 
 
+class _InteractionGone(DiscordSendError):
+    """The interaction can no longer be answered (unknown, expired or already answered)."""
+
+
+# Unknown interaction, unknown webhook, invalid webhook token, already acknowledged.
+_GONE_CODES: Final = frozenset({10062, 10015, 50027, 40060})
+
+
 @dataclass(frozen=True, slots=True)
 class CommandCatalog:
     """What slash command choices and autocomplete offer; the composition root fills it in."""
@@ -99,6 +109,7 @@ class _Live:
     interaction: discord.Interaction[Any]
     created: float
     answered: bool = False
+    gone: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -397,7 +408,7 @@ class DiscordAdapter:
             if outcome is not None and outcome.secret_error:
                 await self._answer_ephemeral(live, outcome.secret_error)
             async with live.lock:
-                if not live.answered:
+                if not live.answered and not live.gone:
                     # Nothing was said: acknowledge so Discord shows no failure.
                     await self._defer(live, event)
                     if interaction.type is discord.InteractionType.application_command:
@@ -410,7 +421,7 @@ class DiscordAdapter:
         done, _ = await asyncio.wait({task}, timeout=self._cfg.defer_after)
         if not done:
             async with live.lock:
-                if not live.answered:
+                if not live.answered and not live.gone:
                     await self._defer(live, event)
         return await task
 
@@ -475,10 +486,19 @@ class DiscordAdapter:
     # -- Messenger ---------------------------------------------------------------------------
 
     def _alive(self, live: _Live | None) -> bool:
-        return live is not None and self._clock() - live.created < INTERACTION_TOKEN_LIFETIME
+        return (
+            live is not None
+            and not live.gone
+            and self._clock() - live.created < INTERACTION_TOKEN_LIFETIME
+        )
 
     async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
-        """Answer an event: through its interaction (ephemeral when sensitive) or its chat."""
+        """Answer an event: through its interaction (ephemeral when sensitive) or its chat.
+
+        Without a usable interaction (a message event, a token past its 15 minutes, an
+        interaction Discord no longer knows), personal replies go to the DM and the others to
+        the chat, as a reply to the person's message in servers.
+        """
         live = self._live.get(event.event_id)
         pieces = translate.split_text(translate.render(reply))
         first: MessageRef | None = None
@@ -486,18 +506,27 @@ class DiscordAdapter:
             last = n == len(pieces) - 1
             view = translate.to_view(reply.buttons, bot_id=self._bot_id) if last else None
             file = _file(reply) if last else None
+            ref: MessageRef | None = None
             if live is not None and self._alive(live):
-                async with live.lock:
-                    ref = await self._via_interaction(live, reply, piece, view, file)
-            elif reply.sensitive and not event.chat.is_direct:
-                # No ephemeral message outside interactions: personal replies go to the DM.
-                dm = await self.open_dm(event.user)
-                if dm is None:
-                    _log.info("discord: no DM with %s for a personal reply", event.user.id)
-                    return None
-                ref = await self._post(dm, piece, view, file)
-            else:
-                ref = await self._post(event.chat, piece, view, file)
+                try:
+                    async with live.lock:
+                        ref = await self._via_interaction(live, reply, piece, view, file)
+                except _InteractionGone as exc:
+                    _log.info("discord: interaction unusable (%s); answering in the chat", exc)
+                    live.gone = True
+            if ref is None:
+                if reply.sensitive and not event.chat.is_direct:
+                    # No ephemeral message outside interactions: personal replies go to the DM.
+                    dm = await self.open_dm(event.user)
+                    if dm is None:
+                        _log.info("discord: no DM with %s for a personal reply", event.user.id)
+                        return None
+                    ref = await self._post(dm, piece, view, file)
+                else:
+                    quote = event.message_id if n == 0 and not event.chat.is_direct else None
+                    if event.kind is not EventKind.MESSAGE:
+                        quote = None
+                    ref = await self._post(event.chat, piece, view, file, reply_to=quote)
             first = first or ref
         return first
 
@@ -526,6 +555,8 @@ class DiscordAdapter:
                 return MessageRef(chat=chat, id=mid)
             message = await interaction.followup.send(piece, wait=True, **kwargs)
         except discord.HTTPException as exc:
+            if exc.code in _GONE_CODES:
+                raise _InteractionGone(f"HTTP {exc.status} code {exc.code}") from exc
             raise DiscordSendError(f"interaction answer refused: HTTP {exc.status}") from exc
         mid = str(message.id)
         self._remember(mid, _WebhookMessage(interaction, live.created, original=False))
@@ -542,13 +573,20 @@ class DiscordAdapter:
         text: str,
         view: discord.ui.View | None,
         file: discord.File | None,
+        *,
+        reply_to: str | None = None,
     ) -> MessageRef:
         kwargs: dict[str, Any] = {}
         if view is not None:
             kwargs["view"] = view
         if file is not None:
             kwargs["file"] = file
-        channel = self.client.get_partial_messageable(int(chat.thread_id or chat.id))
+        channel_id = int(chat.thread_id or chat.id)
+        if reply_to is not None:
+            kwargs["reference"] = discord.MessageReference(
+                message_id=int(reply_to), channel_id=channel_id, fail_if_not_exists=False
+            )
+        channel = self.client.get_partial_messageable(channel_id)
         try:
             message = await channel.send(text, **kwargs)
         except discord.HTTPException as exc:
@@ -633,26 +671,13 @@ class DiscordAdapter:
         live = self._live.get(event.event_id)
         prompt = discord.utils.escape_markdown(request.prompt)
         if live is not None and self._alive(live):
-            async with live.lock:
-                modal_ok = live.interaction.type in (
-                    discord.InteractionType.application_command,
-                    discord.InteractionType.component,
-                )
-                if modal_ok and not live.answered:
-                    modal = translate.secret_modal(
-                        request.token, title=request.title, prompt=request.prompt
-                    )
-                    try:
-                        await live.interaction.response.send_modal(modal)
-                    except discord.HTTPException as exc:
-                        raise DiscordSendError(f"modal refused: HTTP {exc.status}") from exc
-                    live.answered = True
+            try:
+                async with live.lock:
+                    await self._secret_via_interaction(live, request, prompt)
                     return True
-                button = translate.secret_button(request)
-                await self._via_interaction(
-                    live, Reply(prompt, sensitive=True), prompt, button, None
-                )
-                return True
+            except _InteractionGone as exc:
+                _log.info("discord: interaction unusable (%s); offering the key form by DM", exc)
+                live.gone = True
         dm = event.chat if event.chat.is_direct else await self.open_dm(event.user)
         if dm is None:
             return False
@@ -663,6 +688,29 @@ class DiscordAdapter:
             _log.info("discord: cannot DM %s the key form", event.user.id)
             return False
         return True
+
+    async def _secret_via_interaction(
+        self, live: _Live, request: SecretRequest, prompt: str
+    ) -> None:
+        """The modal as the first answer, else a private button; caller holds ``live.lock``."""
+        modal_ok = live.interaction.type in (
+            discord.InteractionType.application_command,
+            discord.InteractionType.component,
+        )
+        if modal_ok and not live.answered:
+            modal = translate.secret_modal(
+                request.token, title=request.title, prompt=request.prompt
+            )
+            try:
+                await live.interaction.response.send_modal(modal)
+            except discord.HTTPException as exc:
+                if exc.code in _GONE_CODES:
+                    raise _InteractionGone(f"HTTP {exc.status} code {exc.code}") from exc
+                raise DiscordSendError(f"modal refused: HTTP {exc.status}") from exc
+            live.answered = True
+            return
+        button = translate.secret_button(request)
+        await self._via_interaction(live, Reply(prompt, sensitive=True), prompt, button, None)
 
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
         """Show a streamed reply: typing first, then one message edited at the channel's pace.
