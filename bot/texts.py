@@ -36,6 +36,7 @@ HELP = """Here's what I can do:
 /reset — forget this conversation · /stop — stop a reply in progress
 /usage — tokens used this month
 /pause · /resume — pause or resume your agent
+/link — use the same agent from another chat app
 /delete — erase your account and everything in it
 Anything else you write goes to your agent."""
 
@@ -163,6 +164,20 @@ DELETED = (
     "Your account and everything in it has been erased. Send /start if you ever want to come back."
 )
 DELETE_CANCELLED = "Nothing was deleted."
+LINK_CODE = (
+    "To use this agent from another chat app, send this there within {minutes} minutes:\n"
+    "/link {code}\nThe code works once."
+)
+LINKED = "Linked! This account now talks to the same agent, with the same plan and keys."
+LINK_ALREADY_SAME = "This account is already linked to that agent."
+LINK_HAS_OWN = (
+    "This account already has its own agent. To link it to another one, erase this one "
+    "with /delete first (its keys and memory are destroyed)."
+)
+LINK_PRIVATE_ONLY = "Send /link with your code in a private chat with me, not in a group."
+LINK_BAD_CODE = (
+    "That link code is unknown, used or expired. Send /link on your other app for a new one."
+)
 SENT_TO_DM = "I've sent you the details in a private message."
 DM_NEEDED = "That's private, and I can't message you privately yet. Open a private chat with me, press Start, then ask again."
 OPEN_DM_BUTTON = "Open a private chat"

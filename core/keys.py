@@ -199,7 +199,8 @@ _LEAK_PATTERNS: Final = (
     ("openai", r"(?<![A-Za-z0-9])sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}(?![A-Za-z0-9])"),
     # Moonshot, DeepSeek, OpenRouter (sk-or-v1-…) and other "sk-" keys.
     ("api-key", r"(?<![A-Za-z0-9])sk-(?:[A-Za-z0-9]{1,12}-){0,2}[A-Za-z0-9]{32,}"),
-    ("slack", r"(?:xox[abposer](?:\.xox[bp])?|xapp)-[A-Za-z0-9-]{10,}"),
+    # Every Slack token continues with a digit after its prefix; "xoxo-hugs" is not a token.
+    ("slack", r"(?:xox[abposer](?:\.xox[bp])?|xapp)-[0-9][A-Za-z0-9-]{9,}"),
     ("telegram", r"(?<![0-9])[0-9]{6,12}:[A-Za-z0-9_-]{35,}"),
     (
         "discord",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from types import TracebackType
 from typing import IO, Final
 
 from core.keys import redact
 
 __all__ = [
     "QUIET_LOGGERS",
+    "SDK_LOGGERS",
     "RedactingFilter",
     "configure_logging",
     "install_filter",
@@ -20,6 +22,14 @@ __all__ = [
 
 # httpx logs every request URL at INFO, and Telegram puts the bot token in the URL.
 QUIET_LOGGERS: Final = ("httpx", "httpcore")
+# Below INFO the platform SDKs log whole updates, gateway events and request bodies, which
+# carry what people type, including keys of shapes we cannot recognise. The root handler
+# drops those records whatever level the operator picks.
+SDK_LOGGERS: Final = ("telegram", "discord", "slack_bolt", "slack_sdk", "aiohttp", "tornado")
+_FLOORS: Final = (
+    *((name, logging.WARNING) for name in QUIET_LOGGERS),
+    *((name, logging.INFO) for name in SDK_LOGGERS),
+)
 _MIN_SECRET_CHARS: Final = 8
 _FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -86,20 +96,33 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact_text(record.stack_info)
         for name, value in list(record.__dict__.items()):
-            if name not in _STANDARD_ATTRS and isinstance(value, str):
-                setattr(record, name, redact_text(value))
+            if name not in _STANDARD_ATTRS:
+                setattr(record, name, _redact_extra(value))
         return True
 
 
-class _QuietFilter(logging.Filter):
-    """Drops records below WARNING from the quiet loggers even if someone lowers their level."""
+def _redact_extra(value: object) -> object:
+    """Redact an ``extra=`` value; non-strings are replaced by text only if they leak."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if value is None or isinstance(value, int | float):
+        return value
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - a filter must never raise; an unprintable value cannot leak
+        return value
+    cleaned = redact_text(text)
+    return value if cleaned == text else cleaned
+
+
+class _FloorFilter(logging.Filter):
+    """Drops records below a per-logger floor, even if someone lowers that logger's level."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        return not any(
-            record.name == name or record.name.startswith(name + ".") for name in QUIET_LOGGERS
-        )
+        for name, floor in _FLOORS:
+            if record.name == name or record.name.startswith(name + "."):
+                return record.levelno >= floor
+        return True
 
 
 class _ByokbotHandler(logging.StreamHandler[IO[str]]):
@@ -116,7 +139,9 @@ def configure_logging(level: str = "INFO", *, stream: IO[str] | None = None) -> 
     """Install one redacting root handler and keep httpx/httpcore at WARNING. Idempotent.
 
     The filter sits on the handler, not a logger, so records propagated from every logger
-    (third-party ones included) pass through it.
+    (third-party ones included) pass through it. The handler also drops SDK records below
+    INFO (see ``SDK_LOGGERS``); uncaught exceptions (main and other threads) and warnings
+    are logged through it instead of printed raw.
     """
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
@@ -127,7 +152,7 @@ def configure_logging(level: str = "INFO", *, stream: IO[str] | None = None) -> 
     if handler is None:
         handler = _ByokbotHandler(target)
         handler.setFormatter(logging.Formatter(_FORMAT))
-        handler.addFilter(_QuietFilter())
+        handler.addFilter(_FloorFilter())
         install_filter(handler)
         root.addHandler(handler)
     elif handler.stream is not target:
@@ -135,3 +160,32 @@ def configure_logging(level: str = "INFO", *, stream: IO[str] | None = None) -> 
     root.setLevel(numeric)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Uncaught exceptions would otherwise print straight to stderr, unredacted; some carry a
+    # token in their text (python-telegram-bot's InvalidToken does).
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+    # Warnings print object reprs to stderr (python-telegram-bot's Bot repr holds the token).
+    logging.captureWarnings(True)
+
+
+_crash_log = logging.getLogger("byokbot.crash")
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    _crash_log.critical("uncaught exception", exc_info=(exc_type, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _crash_log.critical(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

@@ -6,7 +6,7 @@ Layout of every stored value (all integers big-endian)::
     secret       b"BS" | format u8 | nonce[12] | AES-256-GCM(plaintext) + tag[16]
     blob         b"BB" | format u8 | nonce[12] | AES-256-GCM(data) + tag[16]
 
-Associated data is a length-prefixed list of secret-free fields:
+Associated data is a length-prefixed list of secret-free fields::
 
     DEK layer     (format, "dek", tenant id, KEK version)
     secret layer  (format, "secret", tenant id, secret id, provider, secret version)
@@ -206,35 +206,48 @@ class MasterKeyRing:
         return cls(keys, primary=max(keys))
 
     @classmethod
-    def load(cls, *, env_value: str | None, file: Path, create: bool) -> MasterKeyRing:
+    def load(
+        cls,
+        *,
+        env_value: str | None,
+        file: Path,
+        create: bool,
+        env_name: str = "BYOKBOT_MASTER_KEY",
+    ) -> MasterKeyRing:
         """Load the ring from the environment value if set (even empty), else from ``file``.
 
         A missing file is created (mode 0600, one fresh key) only when ``create`` is true.
+        ``env_name`` only names the variable in error messages.
         """
         if env_value is not None:
-            return cls.parse(env_value, source="BYOKBOT_MASTER_KEY")
+            return cls.parse(env_value, source=env_name)
         path = Path(file)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             if not create:
                 raise MasterKeyError(
-                    f"{path}: master key file not found (set BYOKBOT_MASTER_KEY or create it)"
+                    f"{path}: master key file not found (set {env_name} or create it)"
                 ) from None
             return cls._create(path)
         except OSError as exc:
             raise MasterKeyError(f"{path}: cannot read master key file ({exc.strerror})") from None
-        with os.fdopen(fd, "r", encoding="utf-8") as handle:
-            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise MasterKeyError(f"{path}: master key file is not a regular file")
+            mode = stat.S_IMODE(info.st_mode)
             if mode & 0o077:
                 raise MasterKeyError(
                     f"{path}: master key file must be mode 0600 (is {mode:04o}); "
                     "run chmod 600 on it"
                 )
-            try:
+            with os.fdopen(fd, "r", encoding="utf-8", closefd=False) as handle:
                 text = handle.read()
-            except UnicodeDecodeError:
-                raise MasterKeyError(f"{path}: master key file is not text") from None
+        except UnicodeDecodeError:
+            raise MasterKeyError(f"{path}: master key file is not text") from None
+        finally:
+            os.close(fd)
         return cls.parse(text, source=str(path))
 
     @classmethod
@@ -366,6 +379,8 @@ class Vault:
         """Hot-swap the ring after a rotation; later wraps use its primary."""
         with self._lock:
             self._ring = ring
+            # Drop cached ciphers of retired versions so their keys leave memory with the ring.
+            self._aeads = {v: a for v, a in self._aeads.items() if v in ring.versions}
 
     @property
     def wrap_counts(self) -> dict[int, int]:

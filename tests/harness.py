@@ -119,7 +119,7 @@ class Person:
 
     def buttons(self) -> list[tuple[str, str]]:
         """(label, payload) of the buttons on the newest message that has any."""
-        for sent in reversed(self.messenger.sent):
+        for sent in reversed(self.sent):
             if sent.reply.buttons:
                 return [(b.label, b.payload) for row in sent.reply.buttons for b in row]
         return []
@@ -160,11 +160,13 @@ class Person:
 
     @property
     def sent(self) -> list[Sent]:
-        return self.messenger.sent
+        """What this person could see: their DM, and shared chats (groups, channels)."""
+        mine = self.dm.id
+        return [s for s in self.messenger.sent if s.chat.id == mine or not s.chat.is_direct]
 
     @property
     def last(self) -> str:
-        return self.messenger.sent[-1].reply.text
+        return self.sent[-1].reply.text
 
     def transcript(self) -> list[str]:
-        return self.messenger.texts()
+        return [s.reply.text for s in self.sent]

@@ -44,7 +44,7 @@ async def test_onboarding_to_byok_with_a_key(world: World) -> None:
         texts.BYOK_NEEDS_KEY.format(plan="BYOK"),
     ]
     await ada.press("Anthropic")
-    event, request = ada.messenger.secret_requests[-1]
+    _event, request = ada.messenger.secret_requests[-1]
     assert request.provider == "anthropic"
     assert "10 minutes" in request.prompt
 
@@ -75,7 +75,7 @@ async def test_modal_submission_and_in_form_errors(world: World) -> None:
     await bob.command("/start")
     await bob.press("BYOK ($15/mo)")
     await bob.command("/key add openai", chat=bob.group("C1"))
-    event, request = bob.messenger.secret_requests[-1]
+    event, _request = bob.messenger.secret_requests[-1]
     assert event.chat.id == "C1"  # modal opened from the channel: private by itself
     assert texts.KEY_MOVED_TO_DM not in bob.transcript()
 

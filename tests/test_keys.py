@@ -333,6 +333,8 @@ ORDINARY = [
     "Keys look like sk-ant-api03-… or sk-proj-…, never paste them here.",
     "My bot id is 123456789 and the time is 12:30:45 on 2026-11-27.",
     "xoxb is the Slack bot token prefix and xapp the app-level one.",
+    "see you soon, xoxo-hugs-and-kisses-to-everyone-at-home",
+    "a byok-plan is a bring-your-own-key plan",
     "Room 4B at 10:00; call +1 (555) 010-9999 or mail someone@example.com",
     "base64 SGVsbG8gV29ybGQhIFRoaXMgaXMgYSB0ZXN0IG9mIHRoZSBlbWVyZ2VuY3k=",
     "JWT eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."

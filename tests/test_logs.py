@@ -7,6 +7,7 @@ import logging
 import secrets
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 
 import httpx
@@ -36,10 +37,15 @@ log = logging.getLogger("byokbot.test_logs")
 def clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Restore the root handlers, levels and the secret registry after each test."""
     monkeypatch.setattr(logs, "_registered", ())
+    # configure_logging replaces both hooks; monkeypatch puts the originals back.
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     quiet = {name: logging.getLogger(name).level for name in logs.QUIET_LOGGERS}
     yield
+    logging.captureWarnings(False)
     for handler in root.handlers:
         if handler not in handlers:
             root.removeHandler(handler)
@@ -279,3 +285,76 @@ def test_default_stream_is_stderr() -> None:
 
     (ours,) = [h for h in logging.getLogger().handlers if isinstance(h, logs._ByokbotHandler)]
     assert ours.stream is sys.stderr
+
+
+def test_sdk_debug_records_are_dropped_but_info_passes_redacted() -> None:
+    stream = io.StringIO()
+    unknown_shape = "custom-" + secrets.token_hex(20)  # no pattern can recognise this one
+    token = telegram_token()
+    configure_logging("DEBUG", stream=stream)
+
+    logging.getLogger("telegram.ext.Application").debug("Processing update %s", unknown_shape)
+    logging.getLogger("discord.gateway").debug("WebSocket Event: %s", unknown_shape)
+    logging.getLogger("slack_sdk.web.base_client").debug("Sending a request %s", unknown_shape)
+    logging.getLogger("telegram.ext.Application").info("Application started with %s", token)
+    logging.getLogger("byokbot.flows").debug("our own debug line")
+
+    output = stream.getvalue()
+    assert unknown_shape not in output
+    assert "telegram.ext.Application: Application started with [REDACTED telegram]" in output
+    assert "byokbot.flows: our own debug line" in output
+    assert_clean(output, token)
+
+
+def test_extra_objects_are_replaced_only_when_they_leak() -> None:
+    key = anthropic_key()
+    harmless = {"tenant": "t-1"}
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
+    record.payload = {"api_key": key}
+    record.context = harmless
+    record.count = 3
+
+    RedactingFilter().filter(record)
+
+    assert record.payload == "{'api_key': '[REDACTED anthropic]'}"
+    assert record.context is harmless
+    assert record.count == 3
+
+
+def test_uncaught_exceptions_are_logged_redacted_not_printed_raw(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stream = io.StringIO()
+    token = telegram_token()
+    configure_logging("INFO", stream=stream)
+
+    try:
+        raise RuntimeError(f"The token `{token}` was rejected by the server.")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+
+    def crash() -> None:
+        raise ValueError(f"worker saw {token}")
+
+    thread = threading.Thread(target=crash, name="worker-1")
+    thread.start()
+    thread.join()
+
+    output = stream.getvalue()
+    assert "byokbot.crash: uncaught exception\n" in output
+    assert "RuntimeError: The token `[REDACTED telegram]` was rejected" in output
+    assert "uncaught exception in thread worker-1" in output
+    assert "ValueError: worker saw [REDACTED telegram]" in output
+    assert_clean(output + capsys.readouterr().err, token)
+
+
+def test_warnings_go_through_the_redacting_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    token = telegram_token()
+    configure_logging("INFO", stream=stream)
+
+    warnings.showwarning(UserWarning(f"unclosed Bot[token={token}]"), UserWarning, __file__, 1)
+
+    assert "py.warnings:" in stream.getvalue()
+    assert "UserWarning: unclosed Bot[token=[REDACTED telegram]]" in stream.getvalue()
+    assert_clean(stream.getvalue() + capsys.readouterr().err, token)

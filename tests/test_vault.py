@@ -120,6 +120,20 @@ def test_flipped_bit_by_region_fails(vault: Vault, region: str) -> None:
         vault.decrypt(dek, flip(blob, index, 7), **SECRET_AD)
 
 
+def test_invalid_tag_never_escapes_and_is_not_chained(vault: Vault) -> None:
+    dek, wrapped = vault.new_data_key("t")
+    blob = vault.encrypt(dek, b"payload", **SECRET_AD)
+
+    with pytest.raises(DecryptionError) as secret_error:
+        vault.decrypt(dek, flip(blob, 20), **SECRET_AD)
+    with pytest.raises(DecryptionError) as dek_error:
+        vault.unwrap("t", flip(wrapped, 30))
+
+    for caught in (secret_error, dek_error):
+        assert str(caught.value).endswith("failed authentication")
+        assert caught.value.__suppress_context__
+
+
 def test_every_flipped_bit_in_a_wrapped_dek_fails(vault: Vault) -> None:
     _, wrapped = vault.new_data_key("t")
     assert len(wrapped) == 7 + 12 + 32 + 16
@@ -148,12 +162,15 @@ def test_unversioned_plaintext_is_refused_not_returned(vault: Vault) -> None:
     dek, _ = vault.new_data_key("t")
     plain = anthropic_key().encode()
 
-    with pytest.raises(DecryptionError):
+    with pytest.raises(DecryptionError) as secret_error:
         vault.decrypt(dek, plain, **SECRET_AD)
-    with pytest.raises(DecryptionError):
+    with pytest.raises(DecryptionError) as dek_error:
         vault.unwrap("t", plain)
-    with pytest.raises(DecryptionError):
+    with pytest.raises(DecryptionError) as blob_error:
         decrypt_blob(dek, plain, purpose="memory", object_id="m1")
+    for caught in (secret_error, dek_error, blob_error):
+        assert plain.decode()[-20:] not in repr(caught.value)
+        assert caught.value.__cause__ is None
 
 
 def test_unknown_format_version_is_refused(vault: Vault) -> None:
@@ -654,3 +671,35 @@ def test_write_file_replaces_atomically_with_mode_0600(tmp_path: Path) -> None:
     assert loaded.versions == (1, 2)
     assert loaded.primary_version == 2
     assert loaded.key(2) == grown.key(2)
+
+
+def test_load_names_a_configured_environment_variable(tmp_path: Path) -> None:
+    with pytest.raises(MasterKeyError, match=r"^MY_MASTER_KEY: master key is missing or empty$"):
+        MasterKeyRing.load(
+            env_value=" ", file=tmp_path / "k", create=True, env_name="MY_MASTER_KEY"
+        )
+
+
+def test_load_refuses_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "master.key").mkdir()
+
+    with pytest.raises(MasterKeyError, match="not a regular file"):
+        MasterKeyRing.load(env_value=None, file=tmp_path / "master.key", create=True)
+
+
+def test_load_never_overwrites_an_empty_existing_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "master.key"
+    key_file.touch(mode=0o600)
+
+    with pytest.raises(MasterKeyError, match="master key is missing or empty"):
+        MasterKeyRing.load(env_value=None, file=key_file, create=True)
+    assert key_file.read_text() == ""
+
+
+def test_load_reports_a_binary_key_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "master.key"
+    key_file.write_bytes(os.urandom(8) + b"\xff\xfe")
+    key_file.chmod(0o600)
+
+    with pytest.raises(MasterKeyError, match="master key file is not text"):
+        MasterKeyRing.load(env_value=None, file=key_file, create=False)
