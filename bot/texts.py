@@ -200,6 +200,12 @@ AGENT_UNAVAILABLE = {
     "busy": "Your agent is still answering your previous message. Send /stop to cancel it.",
     "cap_reached": "You've used this month's allowance on your plan. It resets on the 1st; you can also /plan to switch to BYOK.",
     "model_not_in_plan": "That model isn't included in your plan. Pick another with /model.",
+    "restarting": "Your agent is restarting after a problem. Please try again {retry}.",
+    "stopped": "Your agent was stopped while answering (paused or removed).",
+    "start_failed": "Your agent couldn't start just now. Please try again in a minute; if it keeps happening, tell an operator.",
+    "protocol": "Your agent sent something I couldn't understand. An operator has been told; please try again later.",
+    "bad_response": "Your provider sent a reply I couldn't read. Please try again.",
+    "deleted": "This account has been erased. Send /start to set up a new agent.",
 }
 AGENT_GENERIC = "Your agent couldn't answer ({reason}). Please try again."
 STOPPED = "Stopped."
