@@ -85,3 +85,11 @@ def test_redact_masks_custom_ids_and_interaction_tokens() -> None:
     )
     assert redact("/interactions/55/aW50ZXJh/callback") == "/interactions/55/***/callback"
     assert redact("https://example.com/docs: fine") == "https://example.com/docs: fine"
+
+
+async def test_start_registers_the_token_with_the_log_redaction(fake: FakeDiscord) -> None:
+    from core.logs import redact_text
+
+    async with running(fake):
+        pass
+    assert redact_text(f"token={CANARY_TOKEN}") == "token=[REDACTED discord bot token]"
