@@ -88,8 +88,15 @@ def test_redact_masks_custom_ids_and_interaction_tokens() -> None:
 
 
 async def test_start_registers_the_token_with_the_log_redaction(fake: FakeDiscord) -> None:
-    from core.logs import redact_text
+    import secrets
 
-    async with running(fake):
+    from core.logs import redact_text
+    from core.secret import Secret
+
+    token = (
+        f"MTk{secrets.token_urlsafe(20)}.Gx{secrets.token_urlsafe(4)}.{secrets.token_urlsafe(28)}"
+    )
+    assert redact_text(f"token={token}") == f"token={token}"
+    async with running(fake, token=Secret(token)):
         pass
-    assert redact_text(f"token={CANARY_TOKEN}") == "token=[REDACTED discord bot token]"
+    assert redact_text(f"token={token}") == "token=[REDACTED discord bot token]"
