@@ -251,3 +251,15 @@ async def test_stream_answering_a_slash_command_edits_through_the_interaction(
     assert [(c.path.rsplit("/", 1)[1], c.body["content"]) for c in edits] == [
         ("@original", "Thinking done.")
     ]
+
+
+async def test_pacing_memory_forgets_idle_channels() -> None:
+    async with FakeDiscord() as fake:
+        time = FakeTime()
+        adapter = DiscordAdapter(make_config(fake, edit_interval=1.0), clock=time, sleep=time.sleep)
+        for n in range(2001):
+            await adapter.pace(f"chan-{n}")
+        time.now += 5
+        await adapter.pace("chan-new")
+    assert adapter._last_op == {"chan-new": 105.0}
+    assert list(adapter._pace_locks) == ["chan-new"]

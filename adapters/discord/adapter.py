@@ -725,6 +725,14 @@ class DiscordAdapter:
 
     async def pace(self, channel_id: str) -> None:
         """Wait until this channel may take another streamed edit (``edit_interval`` apart)."""
+        if len(self._last_op) > _REMEMBERED:
+            # Forget channels whose last edit is older than the interval: they owe no wait.
+            horizon = self._clock() - self._cfg.edit_interval
+            for stale in [c for c, at in self._last_op.items() if at < horizon]:
+                del self._last_op[stale]
+                lock = self._pace_locks.get(stale)
+                if lock is not None and not lock.locked():
+                    del self._pace_locks[stale]
         lock = self._pace_locks.setdefault(channel_id, asyncio.Lock())
         async with lock:
             last = self._last_op.get(channel_id)
