@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -63,12 +64,14 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
         yield server
 
 
-def app_config(tmp_path: Path, fake: FakeDiscord, *, enabled: bool) -> Config:
+def app_config(
+    tmp_path: Path, fake: FakeDiscord, *, enabled: bool, verify_live: bool = False
+) -> Config:
     data: dict[str, Any] = {
         "core": {
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'byokbot.db'}",
             "master_key_file": str(tmp_path / "master.key"),
-            "verify_keys_live": False,
+            "verify_keys_live": verify_live,
         },
         "discord": {
             "enabled": enabled,
@@ -126,13 +129,18 @@ class Discordland:
 
 
 @pytest.fixture
+def verify_live() -> bool:
+    return False
+
+
+@pytest.fixture
 async def land(
-    fake: FakeDiscord, tmp_path: Path, master_key_env: dict[str, str]
+    fake: FakeDiscord, tmp_path: Path, master_key_env: dict[str, str], verify_live: bool
 ) -> AsyncIterator[Discordland]:
     agents = ScriptedAgents(["Hello", " Alice,", " how can", " I help?"])
-    adapter = DiscordAdapter(make_config(fake), guild_ready_timeout=0.05)
+    adapter = DiscordAdapter(make_config(fake, defer_after=0.2), guild_ready_timeout=0.05)
     app = App(
-        app_config(tmp_path, fake, enabled=False),
+        app_config(tmp_path, fake, enabled=False, verify_live=verify_live),
         env=master_key_env,
         clock=ManualClock(datetime(2026, 1, 1, tzinfo=UTC)),
         agents=agents,
@@ -279,3 +287,41 @@ async def test_enabled_discord_is_built_from_config_and_serves(
     body = fake.find("POST", CALLBACK)[0].body
     assert body["type"] == 4
     assert fake.find("PUT", rf"^/applications/{APP_ID}/commands$") != []
+
+
+class SlowVerifier:
+    """A live key check that takes as long as the test wants."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, provider: str, key: Secret) -> list[str]:
+        await self.release.wait()
+        return ["claude-sonnet-4-5"]
+
+
+@pytest.mark.parametrize("verify_live", [True])
+async def test_slow_key_check_is_deferred_then_confirmed_privately(land: Discordland) -> None:
+    """Verifying the key with the provider takes long: "thinking", then an ephemeral answer."""
+    fake = land.fake
+    verifier = SlowVerifier()
+    land.app.services.verify_key = verifier
+    alice = fake.user(ALICE_ID, "alice")
+    key = anthropic_key()
+    await land.interact(fake.slash(alice, "start", channel_id=GUILD_CHANNEL_ID), answers=1)
+    byok = land.button_ids()["BYOK ($15/mo)"]
+    await land.interact(fake.button(alice, byok, channel_id=GUILD_CHANNEL_ID), answers=3)
+    anthropic = land.button_ids()["Anthropic"]
+    await land.interact(fake.button(alice, anthropic, channel_id=GUILD_CHANNEL_ID), answers=4)
+    token_id = land.callbacks()[-1]["data"]["custom_id"]
+    submit = fake.modal_submit(alice, token_id, {"secret": key}, channel_id=GUILD_CHANNEL_ID)
+    await land.interact(submit, answers=5)
+    assert land.callbacks()[-1] == {"type": 5, "data": {"flags": EPHEMERAL}}  # thinking…
+    verifier.release.set()
+    await fake.wait_for(lambda: len(land.follow_ups()) == 3)
+    assert land.answers()[-1] == (
+        texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic"),
+        True,
+    )
+    assert [b["type"] for b in land.callbacks()] == [4, 4, 9, 5]
+    assert fake.find("POST", r"^/channels/") == []
