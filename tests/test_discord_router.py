@@ -318,7 +318,7 @@ async def test_slow_key_check_is_deferred_then_confirmed_privately(land: Discord
     await land.interact(submit, answers=5)
     assert land.callbacks()[-1] == {"type": 5, "data": {"flags": EPHEMERAL}}  # thinking…
     verifier.release.set()
-    await fake.wait_for(lambda: len(land.follow_ups()) == 3)
+    await fake.wait_for(lambda: len(land.follow_ups()) == 2)
     assert land.answers()[-1] == (
         texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic"),
         True,
