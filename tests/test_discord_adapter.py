@@ -762,3 +762,13 @@ async def test_key_form_falls_back_to_dm_when_the_interaction_is_gone(fake: Fake
     offer = fake.find("POST", rf"^/channels/{dm}/messages$")[0].body
     assert offer["components"][0]["components"][0]["custom_id"] == "s:tok-gone"
     assert posted(fake, GUILD_CHANNEL_ID) == []
+
+
+async def test_refused_command_sync_is_logged_and_the_bot_still_serves(
+    fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.fail_next("PUT", r"/commands$", 400, {"code": 50035, "message": "Invalid Form Body"})
+    async with running(fake) as (adapter, _):
+        assert adapter.client.is_ready()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["discord: slash command sync refused: HTTP 400 code 50035"]

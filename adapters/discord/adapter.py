@@ -284,8 +284,6 @@ class DiscordAdapter:
         self._client = client
         try:
             await client.login(self._cfg.token.reveal())
-            if self._cfg.sync_commands:
-                await self.sync_commands()
         except discord.LoginFailure:
             await self._close()
             raise DiscordLoginError(
@@ -294,6 +292,14 @@ class DiscordAdapter:
         except discord.HTTPException as exc:
             await self._close()
             raise DiscordLoginError(f"Discord login failed: HTTP {exc.status}") from None
+        if self._cfg.sync_commands:
+            try:
+                await self.sync_commands()
+            except discord.HTTPException as exc:
+                # The commands registered before keep working; serve rather than stay down.
+                _log.error(
+                    "discord: slash command sync refused: HTTP %s code %s", exc.status, exc.code
+                )
         self._task = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(client.wait_until_ready())
         done, _ = await asyncio.wait(
