@@ -134,11 +134,21 @@ def verify_live() -> bool:
 
 
 @pytest.fixture
+def defer_after() -> float:
+    # Long enough that a loaded CI machine never defers a quick flow by accident.
+    return 2.0
+
+
+@pytest.fixture
 async def land(
-    fake: FakeDiscord, tmp_path: Path, master_key_env: dict[str, str], verify_live: bool
+    fake: FakeDiscord,
+    tmp_path: Path,
+    master_key_env: dict[str, str],
+    verify_live: bool,
+    defer_after: float,
 ) -> AsyncIterator[Discordland]:
     agents = ScriptedAgents(["Hello", " Alice,", " how can", " I help?"])
-    adapter = DiscordAdapter(make_config(fake, defer_after=0.2), guild_ready_timeout=0.05)
+    adapter = DiscordAdapter(make_config(fake, defer_after=defer_after), guild_ready_timeout=0.05)
     app = App(
         app_config(tmp_path, fake, enabled=False, verify_live=verify_live),
         env=master_key_env,
@@ -300,7 +310,7 @@ class SlowVerifier:
         return ["claude-sonnet-4-5"]
 
 
-@pytest.mark.parametrize("verify_live", [True])
+@pytest.mark.parametrize(("verify_live", "defer_after"), [(True, 1.0)])
 async def test_slow_key_check_is_deferred_then_confirmed_privately(land: Discordland) -> None:
     """Verifying the key with the provider takes long: "thinking", then an ephemeral answer."""
     fake = land.fake
