@@ -232,8 +232,8 @@ async def test_someone_elses_button_is_refused(land: Discordland) -> None:
     await land.interact(fake.slash(alice, "start", channel_id=GUILD_CHANNEL_ID), answers=1)
     byok = land.button_ids()["BYOK ($15/mo)"]
     await land.interact(fake.button(bob, byok, channel_id=GUILD_CHANNEL_ID), answers=2)
-    # The router's refusal is not marked sensitive, so it is not ephemeral (see the report).
-    assert land.answers()[-1] == (texts.NOT_YOUR_BUTTON, False)
+    # Only Bob sees the refusal (ephemeral): the channel is not told about his mistake.
+    assert land.answers()[-1] == (texts.NOT_YOUR_BUTTON, True)
     assert await land.app.services.tenants.find(f"discord:{BOB_ID}") is None
 
 

@@ -54,7 +54,7 @@ from core.chat import (
     TextFormat,
     UserRef,
 )
-from core.config import PlatformSettings
+from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.logs import register_secret
 from core.ports import ChatAdapter, EventHandler, Messenger
@@ -778,19 +778,26 @@ def _code(exc: SlackApiError) -> str:
     return str(error or "unknown_error")
 
 
-def build(settings: PlatformSettings, env: Mapping[str, str]) -> ChatAdapter | None:
-    """The Slack adapter, or None (with one WARNING) when a token it needs is not set."""
-    config = parse(settings, env)
-    missing = config.missing_env()
+def build(
+    settings: PlatformSettings, env: Mapping[str, str], *, config: Config | None = None
+) -> ChatAdapter | None:
+    """The Slack adapter, or None (with one WARNING) when a token it needs is not set.
+
+    ``config`` (the whole configuration) is accepted like every adapter's ``build``; Slack
+    needs nothing from it beyond its own table.
+    """
+    del config
+    slack = parse(settings, env)
+    missing = slack.missing_env()
     if missing is not None:
         _log.warning("Slack is enabled but %s is not set; Slack stays off", missing)
         return None
     for label, secret in (
-        ("slack bot token", config.bot_token),
-        ("slack app token", config.app_token),
-        ("slack signing secret", config.signing_secret),
-        ("slack user token", config.user_token),
+        ("slack bot token", slack.bot_token),
+        ("slack app token", slack.app_token),
+        ("slack signing secret", slack.signing_secret),
+        ("slack user token", slack.user_token),
     ):
         if secret is not None:
             register_secret(secret.reveal(), label=label)
-    return SlackAdapter(config)
+    return SlackAdapter(slack)
