@@ -1,0 +1,1 @@
+"""Loopback fakes and recording test doubles."""
