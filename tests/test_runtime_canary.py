@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from core.runtime.errors import ReplyFailed
+from tests import canaries
 from tests.fakes.agents import agent_logs, rig
 
-CANARY = "sk-ant-api03-" + "CanaryKey0" * 9 + "xyz" + "AA"
-OPENAI_CANARY = "sk-proj-" + "c4n4ry" * 4 + "T3BlbkFJ" + "c4n4ry" * 4
+CANARY = canaries.anthropic_key()
+OPENAI_CANARY = canaries.openai_key()
 
 
 async def test_canary_never_leaks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
