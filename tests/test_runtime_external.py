@@ -107,3 +107,12 @@ async def test_a_command_that_never_says_ready_fails_to_start(tmp_path: Path) ->
         with pytest.raises(ReplyFailed) as info:
             await r.say("t1", "hi")
         assert info.value.reason == "start_failed"
+
+
+async def test_a_missing_command_fails_to_start(tmp_path: Path) -> None:
+    settings = AgentSettings(command=(str(tmp_path / "no-such-agent"),))
+    async with rig(tmp_path / "rt", settings=settings) as r:
+        r.tenant("t1", KEY)
+        with pytest.raises(ReplyFailed) as info:
+            await r.say("t1", "hi")
+        assert (info.value.reason, r.sup.status()) == ("start_failed", [])

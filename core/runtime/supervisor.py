@@ -137,7 +137,22 @@ class _Tenant:
     crashes: int = 0
     next_start: float = 0.0
     active: dict[str, tuple[_Worker, str]] = field(default_factory=dict)
-    conversation_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def conversation(self, conversation: str) -> AsyncIterator[None]:
+        """One reply at a time per conversation (memory is read, extended, then saved)."""
+        lock, users = self.locks.get(conversation, (asyncio.Lock(), 0))
+        self.locks[conversation] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self.locks[conversation]
+            if users == 1:
+                del self.locks[conversation]  # nobody else holds or waits for it
+            else:
+                self.locks[conversation] = (lock, users - 1)
 
 
 class AgentSupervisor:
@@ -190,8 +205,7 @@ class AgentSupervisor:
         """Stream the agent's answer to ``text``; raises ``AgentUnavailable`` (``ReplyFailed``)."""
         profile = await self._profiles.profile(tenant_id)
         tenant = self._tenant(tenant_id)
-        lock = tenant.conversation_locks.setdefault(conversation, asyncio.Lock())
-        async with lock:
+        async with tenant.conversation(conversation):
             history = await self._memory.load(tenant_id, conversation)
             budget = (
                 profile.context_tokens - profile.max_reply_tokens - estimate_tokens(profile.persona)
@@ -204,16 +218,20 @@ class AgentSupervisor:
             tenant.active[conversation] = (worker, rid)
             parts: list[str] = []
             finished = False
+            request = protocol.Request(
+                id=rid,
+                messages=tuple(ChatMessage(t.role, t.content) for t in turns),
+                model=profile.model,
+                system=profile.persona,
+                max_tokens=profile.max_reply_tokens,
+            )
             try:
-                await worker.send(
-                    protocol.Request(
-                        id=rid,
-                        messages=tuple(ChatMessage(t.role, t.content) for t in turns),
-                        model=profile.model,
-                        system=profile.persona,
-                        max_tokens=profile.max_reply_tokens,
-                    )
-                )
+                try:
+                    await worker.send(request)
+                except ConnectionError as exc:
+                    # The process died between being chosen and being written to.
+                    log.warning("agent %s: pipe broke (%s)", tenant_id, type(exc).__name__)
+                    raise ReplyFailed("crashed") from None
                 while True:
                     event = await queue.get()
                     if isinstance(event, protocol.Chunk):
@@ -233,10 +251,6 @@ class AgentSupervisor:
                         raise ReplyFailed("stopped")
                     else:
                         raise ReplyFailed("protocol" if worker.broken else "crashed")
-            except (ConnectionError, RuntimeError) as exc:
-                # Writing to a pipe whose process just died.
-                log.warning("agent %s: pipe broke (%s)", tenant_id, type(exc).__name__)
-                raise ReplyFailed("crashed") from None
             finally:
                 worker.last_used = self._clock()
                 worker.pending.pop(rid, None)
@@ -244,7 +258,7 @@ class AgentSupervisor:
                     del tenant.active[conversation]
                 if not finished and not worker.dead.is_set():
                     # The reader went away (the flow was cancelled): stop paying for tokens.
-                    with contextlib.suppress(ConnectionError, RuntimeError):
+                    with contextlib.suppress(ConnectionError):
                         await worker.send(protocol.Cancel(rid))
                 self._maybe_drained(worker)
             answer = "".join(parts)
@@ -262,7 +276,7 @@ class AgentSupervisor:
         worker, rid = entry
         try:
             await worker.send(protocol.Cancel(rid))
-        except (ConnectionError, RuntimeError):
+        except ConnectionError:
             return False
         return True
 
@@ -381,7 +395,12 @@ class AgentSupervisor:
             raise ReplyFailed("stopped")
         self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         workdir = self._runtime_dir / hashlib.sha256(tenant_id.encode()).hexdigest()[:24]
-        handle = await self._launcher.launch(workdir)
+        try:
+            handle = await self._launcher.launch(workdir)
+        except OSError as exc:
+            # fork/exec refused: out of memory or processes, a missing agent command.
+            log.error("agent for %s could not be launched (%s)", tenant_id, exc.strerror)
+            raise ReplyFailed("start_failed") from None
         worker = _Worker(tenant_id, profile, handle, self._clock())
         s = self._settings
         try:
@@ -401,7 +420,7 @@ class AgentSupervisor:
             ready = protocol.decode(line) if line else None
             if not isinstance(ready, protocol.Ready):
                 raise ProtocolError("the agent did not answer configure with ready")
-        except (TimeoutError, ProtocolError, ConnectionError, RuntimeError) as exc:
+        except (TimeoutError, ProtocolError, ConnectionError, ValueError) as exc:
             log.warning("agent for %s did not start (%s)", tenant_id, type(exc).__name__)
             # A hung agent is killed now; one that is exiting gets to finish writing its log.
             await _end(handle, grace=0.0 if isinstance(exc, TimeoutError) else STOP_GRACE)
