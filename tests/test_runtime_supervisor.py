@@ -366,3 +366,18 @@ async def test_warm_preloads_the_template(tmp_path: Path, caplog: pytest.LogCapt
         r.tenant("t1", "sk-one")
         assert await r.say("t1", "warm") == "echo: warm"
     assert caplog.records == []
+
+
+async def test_messages_in_one_conversation_are_answered_in_turn(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        r.fake.chunk_delay = 0.01
+        r.tenant("t1", "sk-one")
+        first, second = await asyncio.gather(r.say("t1", "one"), r.say("t1", "two"))
+        assert (first, second) == ("echo: one", "echo: two")
+        assert r.memory.turns[("t1", "chat")] == [
+            Turn("user", "one"),
+            Turn("assistant", "echo: one"),
+            Turn("user", "two"),
+            Turn("assistant", "echo: two"),
+        ]
+        assert [len(req.body["messages"]) for req in r.fake.requests] == [1, 3]
