@@ -1,0 +1,697 @@
+"""The Telegram adapter: python-telegram-bot's ``Application`` wired to the neutral chat model.
+
+It translates and delivers; it decides nothing. Errors from the SDK are wrapped::
+
+    TelegramAdapterError          anything the Telegram side refused or could not do
+    ├── TelegramLoginError        the token was rejected at start (getMe)
+    ├── TelegramUnavailable       network trouble, timeouts, server errors
+    ├── TelegramRateLimited       429 still answered after the configured retries
+    ├── TelegramRequestRejected   400: Telegram refused the request (bad chat, bad markup...)
+    └── ChatUnreachable           403: the person blocked the bot or never started it
+
+``send``/``respond`` do not raise ``ChatUnreachable``: they mark the chat unreachable, log it
+and return None, because a blocked bot is an expected, permanent condition of one chat and must
+not break a broadcast or a flow. A later update from that chat clears the mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from telegram import BotCommand, ReplyParameters, Update
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import (
+    BadRequest,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
+
+from adapters.telegram import translate
+from adapters.telegram.config import TelegramConfig, parse
+from core.chat import ChatRef, Event, EventKind, MessageRef, Platform, Reply, SecretRequest, UserRef
+from core.config import PlatformSettings
+from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.ports import EventHandler
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+COMMANDS: Final[tuple[tuple[str, str], ...]] = (
+    ("start", "Sign up or resume"),
+    ("help", "What I can do"),
+    ("plan", "Choose or change your plan"),
+    ("key", "Add, replace or remove your API key"),
+    ("model", "Pick the model"),
+    ("persona", "Set your agent's persona"),
+    ("reset", "Forget this conversation"),
+    ("stop", "Stop the reply in progress"),
+    ("status", "Your plan, key and agent"),
+    ("usage", "Usage this month"),
+    ("pause", "Pause your agent"),
+    ("resume", "Resume your agent"),
+    ("link", "Link another chat account"),
+    ("delete", "Delete your account and data"),
+    ("admin", "Operator commands"),
+)
+"""The command menu sent with ``setMyCommands`` (the composition root may pass its own)."""
+
+ALLOWED_UPDATES: Final = ("message", "edited_message", "callback_query")
+_TYPING_REFRESH: Final = 4.5  # Telegram shows "typing..." for about 5 s per chat action.
+
+
+# ----- errors ------------------------------------------------------------------------------
+
+
+class TelegramAdapterError(Exception):
+    """Root of the Telegram adapter's errors. Messages never contain the token or user text."""
+
+
+class TelegramLoginError(TelegramAdapterError):
+    """Telegram rejected the bot token."""
+
+
+class TelegramUnavailable(TelegramAdapterError):
+    """The Bot API could not be reached or timed out."""
+
+
+class TelegramRateLimited(TelegramAdapterError):
+    """Flood control outlasted the configured retries."""
+
+
+class TelegramRequestRejected(TelegramAdapterError):
+    """Telegram answered 400 Bad Request."""
+
+
+class ChatUnreachable(TelegramAdapterError):
+    """The bot may not write to this chat (blocked, never started, removed from the group)."""
+
+    def __init__(self, chat_id: str, reason: str) -> None:
+        super().__init__(f"chat {chat_id} is unreachable: {reason}")
+        self.chat_id = chat_id
+
+
+# ----- token redaction ---------------------------------------------------------------------
+
+
+class _Redactor(logging.Filter):
+    """Rewrites log records so registered values (the bot token) never reach a handler."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, str] = {}
+
+    def _clean(self, text: str) -> str:
+        for value, mask in self.values.items():
+            text = text.replace(value, mask)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.values:
+            return True
+        message = record.getMessage()
+        cleaned = self._clean(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+        return True
+
+
+_REDACTOR: Final = _Redactor()
+
+
+def register_secret(value: str, *, label: str) -> None:
+    """Keep ``value`` out of every log line the SDK and its HTTP client can write.
+
+    Stand-in with the signature of ``core.logs.register_secret`` (branch ``vault``), which will
+    replace it at merge. Filters sit on the loggers that print request URLs or ``repr(bot)``:
+    ``httpx``, ``httpcore``, every ``telegram.*`` logger and this adapter's own.
+    """
+    if len(value) < 8:
+        return
+    mask = f"<{label}>"
+    _REDACTOR.values[value] = mask
+    # A bot token is "<bot id>:<secret>"; the secret half alone is a secret as well.
+    secret_half = value.partition(":")[2]
+    if len(secret_half) >= 20:
+        _REDACTOR.values[secret_half] = mask
+    names = ["httpx", "httpcore", "telegram", __name__]
+    names += [n for n in logging.root.manager.loggerDict if n.startswith(("telegram", "httpcore"))]
+    for name in names:
+        logger = logging.getLogger(name)
+        if _REDACTOR not in logger.filters:
+            logger.addFilter(_REDACTOR)
+
+
+# ----- the adapter -------------------------------------------------------------------------
+
+
+@dataclass
+class _PendingCallback:
+    """A callback query not yet answered; the handler may answer it with an alert."""
+
+    query_id: str
+    answered: bool = False
+
+
+class TelegramAdapter:
+    """Serves one Telegram bot (polling or webhook) and implements ``Messenger`` on it.
+
+    Args:
+        config: the parsed ``[telegram]`` table; ``config.token`` must be set.
+        clock: monotonic seconds, for stream pacing (tests pass a manual clock).
+        dedup: remembers processed ``update_id`` values (one per process by default).
+        commands: the ``setMyCommands`` menu as ``(command, description)`` pairs.
+        callback_grace: how long a button press waits for an alert before it is answered
+            with no text (Telegram shows a spinner until it is answered).
+    """
+
+    platform = Platform.TELEGRAM
+
+    def __init__(
+        self,
+        config: TelegramConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        dedup: Deduplicator | None = None,
+        commands: Sequence[tuple[str, str]] = COMMANDS,
+        callback_grace: float = 1.5,
+    ) -> None:
+        if config.token is None:
+            raise ValueError(f"{config.token_env} is not set")
+        self.config = config
+        self.messenger = self
+        self._clock = clock
+        self._dedup = dedup or InMemoryDeduplicator()
+        self._commands = tuple(commands)
+        self._callback_grace = callback_grace
+        self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._handler: EventHandler | None = None
+        self._bot_id = 0
+        self._bot_username = ""
+        self._unreachable: set[str] = set()
+        self._callbacks: dict[str, _PendingCallback] = {}
+        self._next_edit: dict[str, float] = {}
+        self._drafts_ok = config.stream_drafts
+        self._draft_seq = 0
+        register_secret(config.token.reveal(), label="telegram-bot-token")
+
+    def __repr__(self) -> str:
+        # python-telegram-bot's Bot repr shows the token; ours must not.
+        return f"TelegramAdapter(mode={self.config.mode!r}, bot={self._bot_username!r})"
+
+    # ----- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def bot_username(self) -> str:
+        return self._bot_username
+
+    @property
+    def unreachable_chats(self) -> frozenset[str]:
+        """Chats that answered 403 (blocked or never started) since their last update."""
+        return frozenset(self._unreachable)
+
+    def deep_link(self, start: str = "") -> str:
+        """The link that opens the bot's DM, sending ``/start <start>`` on first use."""
+        return translate.deep_link(self._bot_username, start)
+
+    def _build_app(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        cfg = self.config
+        if cfg.token is None:
+            raise TelegramLoginError(f"{cfg.token_env} is not set")
+        builder = (
+            ApplicationBuilder()
+            .token(cfg.token.reveal())
+            .base_url(cfg.api_base_url)
+            .base_file_url(cfg.file_base_url)
+            .rate_limiter(AIORateLimiter(max_retries=cfg.rate_limit_retries))
+            .concurrent_updates(True)
+            .get_updates_read_timeout(cfg.poll_timeout + 10.0)
+            .job_queue(None)
+        )
+        app = builder.build()
+        app.add_handler(TypeHandler(Update, self._on_update))
+        app.add_error_handler(self._on_error)
+        return app
+
+    async def start(self, handler: EventHandler) -> None:
+        """Log in (getMe), publish the command menu, then poll or serve the webhook."""
+        if self._app is not None:
+            return
+        cfg = self.config
+        self._handler = handler
+        app = self._build_app()
+        try:
+            await app.initialize()
+        except InvalidToken:
+            raise TelegramLoginError(
+                f"Telegram rejected the bot token in {cfg.token_env}"
+            ) from None
+        except TelegramError as exc:
+            raise TelegramUnavailable(f"cannot reach the Bot API: {type(exc).__name__}") from None
+        self._app = app
+        try:
+            self._bot_id = app.bot.id
+            self._bot_username = app.bot.username
+            if cfg.sync_commands and self._commands:
+                await app.bot.set_my_commands([BotCommand(c, d) for c, d in self._commands])
+            await app.start()
+            updater = app.updater
+            if updater is None:
+                raise TelegramAdapterError("python-telegram-bot built no updater")
+            if cfg.mode == "webhook":
+                if cfg.webhook_secret is None:
+                    raise TelegramAdapterError(f"{cfg.webhook_secret_env} is not set")
+                await updater.start_webhook(
+                    listen=cfg.webhook_listen,
+                    port=cfg.webhook_port,
+                    url_path=cfg.webhook_path,
+                    webhook_url=cfg.webhook_public_url,
+                    secret_token=cfg.webhook_secret.reveal(),
+                    allowed_updates=ALLOWED_UPDATES,
+                    drop_pending_updates=cfg.drop_pending_updates,
+                )
+            else:
+                await updater.start_polling(
+                    poll_interval=0,
+                    timeout=cfg.poll_timeout,
+                    allowed_updates=ALLOWED_UPDATES,
+                    drop_pending_updates=cfg.drop_pending_updates,
+                )
+        except (TelegramError, TelegramAdapterError) as exc:
+            await self.stop()
+            if isinstance(exc, TelegramAdapterError):
+                raise
+            raise self._wrap(exc, "start-up") from None
+        log.info("telegram: serving @%s by %s", self._bot_username, cfg.mode)
+
+    async def stop(self) -> None:
+        """Stop polling or the webhook server, then the application; safe to call twice."""
+        app, self._app = self._app, None
+        if app is None:
+            return
+        if app.updater is not None and app.updater.running:
+            await app.updater.stop()
+        if app.running:
+            await app.stop()
+        await app.shutdown()
+
+    @property
+    def _bot(self) -> Any:
+        if self._app is None:
+            raise TelegramUnavailable("the Telegram adapter is not started")
+        return self._app.bot
+
+    # ----- incoming ------------------------------------------------------------------------
+
+    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not await self._dedup.first_time(translate.event_id(update.update_id)):
+            log.info("telegram: update %s was delivered again; ignored", update.update_id)
+            return
+        event = translate.to_event(update, bot_id=self._bot_id, bot_username=self._bot_username)
+        if event is None:
+            return
+        self._unreachable.discard(event.chat.id)
+        handler = self._handler
+        if handler is None:  # stop() raced with a last update
+            return
+        log.debug("telegram: update %s -> %s", update.update_id, event.kind.value)
+        if update.callback_query is None:
+            await handler(event)
+            return
+        pending = _PendingCallback(update.callback_query.id)
+        self._callbacks[event.event_id] = pending
+        timer = asyncio.create_task(self._answer_later(pending))
+        try:
+            await handler(event)
+        finally:
+            timer.cancel()
+            self._callbacks.pop(event.event_id, None)
+            await self._answer_callback(pending)
+
+    async def _answer_later(self, pending: _PendingCallback) -> None:
+        await asyncio.sleep(self._callback_grace)
+        await self._answer_callback(pending)
+
+    async def _answer_callback(
+        self, pending: _PendingCallback, text: str | None = None, *, alert: bool = False
+    ) -> bool:
+        if pending.answered:
+            return False
+        pending.answered = True
+        try:
+            await self._bot.answer_callback_query(pending.query_id, text=text, show_alert=alert)
+        except TelegramError as exc:
+            # Too late (older than ~15 s) or already answered: the press was still handled.
+            log.info("telegram: callback answer refused: %s", type(exc).__name__)
+            return False
+        return True
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        uid = update.update_id if isinstance(update, Update) else None
+        log.error("telegram: handling update %s failed", uid, exc_info=context.error)
+
+    # ----- calls ---------------------------------------------------------------------------
+
+    def _wrap(self, exc: TelegramError, what: str, chat_id: str | None = None) -> Exception:
+        if isinstance(exc, Forbidden):
+            if chat_id is not None:
+                self._unreachable.add(chat_id)
+                return ChatUnreachable(chat_id, exc.message)
+            return TelegramRequestRejected(f"{what}: {exc.message}")
+        if isinstance(exc, RetryAfter):
+            return TelegramRateLimited(f"{what}: flood control ({exc.retry_after}s)")
+        if isinstance(exc, BadRequest):
+            return TelegramRequestRejected(f"{what}: {exc.message}")
+        if isinstance(exc, InvalidToken):
+            return TelegramLoginError(f"{what}: the bot token was rejected")
+        if isinstance(exc, NetworkError):
+            return TelegramUnavailable(f"{what}: {type(exc).__name__}")
+        return TelegramAdapterError(f"{what}: {type(exc).__name__}")
+
+    async def _call(self, what: str, chat_id: str | None, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except TelegramError as exc:
+            raise self._wrap(exc, what, chat_id) from None
+
+    async def _send_text(self, chat: ChatRef, out: translate.Outgoing, **extra: Any) -> MessageRef:
+        """Send one part; if Telegram cannot parse our HTML, send the plain text instead."""
+        kwargs = {**out.kwargs, **extra}
+        if chat.thread_id is not None:
+            kwargs["message_thread_id"] = int(chat.thread_id)
+        try:
+            msg = await self._bot.send_message(chat_id=chat.id, **kwargs)
+        except BadRequest as exc:
+            if "parse_mode" not in kwargs or "entities" not in exc.message.lower():
+                raise self._wrap(exc, "sendMessage", chat.id) from None
+            log.info("telegram: formatting refused (%s); sending plain text", exc.message)
+            kwargs.pop("parse_mode")
+            kwargs["text"] = out.plain
+            msg = await self._call(
+                "sendMessage", chat.id, self._bot.send_message(chat.id, **kwargs)
+            )
+        except TelegramError as exc:
+            raise self._wrap(exc, "sendMessage", chat.id) from None
+        return MessageRef(chat, str(msg.message_id))
+
+    async def _edit_text(self, message: MessageRef, out: translate.Outgoing) -> None:
+        kwargs = {k: v for k, v in out.kwargs.items() if k != "protect_content"}
+        chat_id, mid = message.chat.id, int(message.id)
+        try:
+            await self._bot.edit_message_text(chat_id=chat_id, message_id=mid, **kwargs)
+        except BadRequest as exc:
+            text = exc.message.lower()
+            if "not modified" in text:
+                return
+            if "parse_mode" not in kwargs or "entities" not in text:
+                raise self._wrap(exc, "editMessageText", chat_id) from None
+            log.info("telegram: formatting refused (%s); editing in plain text", exc.message)
+            kwargs.pop("parse_mode")
+            kwargs["text"] = out.plain
+            await self._call(
+                "editMessageText",
+                chat_id,
+                self._bot.edit_message_text(chat_id=chat_id, message_id=mid, **kwargs),
+            )
+        except TelegramError as exc:
+            raise self._wrap(exc, "editMessageText", chat_id) from None
+
+    # ----- Messenger -----------------------------------------------------------------------
+
+    async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
+        """Answer in the event's chat (replying to the person's message in a group).
+
+        A short ``sensitive`` reply without buttons to a button press is shown as an alert only
+        the presser sees (Telegram's one ephemeral surface), e.g. "this button is not yours".
+        """
+        pending = self._callbacks.get(event.event_id)
+        if (
+            pending is not None
+            and not pending.answered
+            and reply.sensitive
+            and not reply.buttons
+            and reply.image is None
+            and 0 < translate.utf16_len(reply.text) <= translate.ALERT_LIMIT
+        ):
+            await self._answer_callback(pending, reply.text, alert=True)
+            return None
+        quote: Any = None
+        if (
+            not event.chat.is_direct
+            and event.message_id is not None
+            and event.kind in (EventKind.MESSAGE, EventKind.COMMAND)
+        ):
+            quote = ReplyParameters(int(event.message_id), allow_sending_without_reply=True)
+        return await self._deliver(event.chat, reply, quote=quote)
+
+    async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
+        """Post to a chat; None (logged) when the chat is unreachable (403)."""
+        return await self._deliver(chat, reply)
+
+    async def _deliver(
+        self, chat: ChatRef, reply: Reply, *, quote: Any = None
+    ) -> MessageRef | None:
+        parts = translate.outgoing(reply, bot_username=self._bot_username)
+        last: MessageRef | None = None
+        try:
+            if reply.image is not None:
+                last = await self._send_photo(chat, reply)
+            for i, part in enumerate(parts):
+                if reply.image is not None and i == 0 and not part.plain and len(parts) == 1:
+                    break  # the photo said it all
+                extra = {"reply_parameters": quote} if quote is not None and i == 0 else {}
+                last = await self._send_text(chat, part, **extra)
+        except ChatUnreachable as exc:
+            log.info("telegram: %s; marked unreachable", exc)
+            return None
+        return last
+
+    async def _send_photo(self, chat: ChatRef, reply: Reply) -> MessageRef:
+        kwargs: dict[str, Any] = {"protect_content": True} if reply.sensitive else {}
+        if chat.thread_id is not None:
+            kwargs["message_thread_id"] = int(chat.thread_id)
+        msg = await self._call(
+            "sendPhoto", chat.id, self._bot.send_photo(chat.id, photo=reply.image, **kwargs)
+        )
+        return MessageRef(chat, str(msg.message_id))
+
+    async def edit(self, message: MessageRef, reply: Reply) -> None:
+        """Replace a message's text and buttons; overflow beyond 4096 goes to new messages."""
+        parts = translate.outgoing(reply, bot_username=self._bot_username)
+        await self._edit_text(message, parts[0])
+        for part in parts[1:]:
+            await self._send_text(message.chat, part)
+
+    async def delete(self, chat: ChatRef, message_id: str) -> bool:
+        """Delete a message; False (logged without content) when Telegram refuses."""
+        try:
+            await self._bot.delete_message(chat_id=chat.id, message_id=int(message_id))
+        except (BadRequest, Forbidden) as exc:
+            log.info(
+                "telegram: could not delete message %s in chat %s: %s",
+                message_id,
+                chat.id,
+                exc.message,
+            )
+            return False
+        except TelegramError as exc:
+            log.warning(
+                "telegram: deleting message %s in chat %s failed: %s",
+                message_id,
+                chat.id,
+                type(exc).__name__,
+            )
+            return False
+        return True
+
+    async def open_dm(self, user: UserRef) -> ChatRef | None:
+        """The person's DM, or None if they never started the bot or blocked it.
+
+        Telegram has no side-effect-free check, so this sends a "typing" action, which the
+        person sees only as the bot getting ready to write to them.
+        """
+        chat = ChatRef(Platform.TELEGRAM, user.id, is_direct=True)
+        try:
+            await self._bot.send_chat_action(chat_id=user.id, action=ChatAction.TYPING)
+        except (Forbidden, BadRequest) as exc:
+            self._unreachable.add(user.id)
+            log.info("telegram: no DM with user %s: %s", user.id, exc.message)
+            return None
+        except TelegramError as exc:
+            raise self._wrap(exc, "sendChatAction", user.id) from None
+        self._unreachable.discard(user.id)
+        return chat
+
+    async def ask_secret(self, event: Event, request: SecretRequest) -> None:
+        """Ask in the person's DM with ForceReply and ``protect_content``.
+
+        The answer arrives as an ordinary DM message; the flow, knowing a secret is awaited,
+        deletes it. Raises ``ChatUnreachable`` when the DM is closed (call ``open_dm`` first).
+        """
+        chat = ChatRef(Platform.TELEGRAM, event.user.id, is_direct=True)
+        await self._call(
+            "sendMessage",
+            chat.id,
+            self._bot.send_message(chat_id=chat.id, **translate.secret_prompt(request)),
+        )
+
+    async def typing(self, chat: ChatRef) -> None:
+        """Show "typing..." for a few seconds; failures are logged, never raised."""
+        kwargs: dict[str, Any] = {}
+        if chat.thread_id is not None:
+            kwargs["message_thread_id"] = int(chat.thread_id)
+        try:
+            await self._bot.send_chat_action(chat_id=chat.id, action=ChatAction.TYPING, **kwargs)
+        except Forbidden as exc:
+            self._unreachable.add(chat.id)
+            log.info("telegram: typing in chat %s refused: %s", chat.id, exc.message)
+        except TelegramError as exc:
+            log.info("telegram: typing in chat %s failed: %s", chat.id, type(exc).__name__)
+
+    async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
+        """Show a reply as it arrives; see ``_Stream``. Returns the last message sent."""
+        chat = event.chat
+        use_drafts = chat.is_direct and self._drafts_ok and chat.thread_id is None
+        stream = _Stream(self, chat, use_drafts=use_drafts)
+        await self.typing(chat)
+        keep_typing = asyncio.create_task(self._keep_typing(chat, stream.started))
+        try:
+            async for delta in chunks:
+                await stream.feed(delta)
+        except Exception:
+            keep_typing.cancel()
+            # Keep what was shown (drafts vanish, so persist them) and let the flow explain.
+            with contextlib.suppress(TelegramAdapterError):
+                await stream.finish()
+            raise
+        finally:
+            keep_typing.cancel()
+        return await stream.finish()
+
+    async def _keep_typing(self, chat: ChatRef, started: asyncio.Event) -> None:
+        while not started.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(started.wait(), _TYPING_REFRESH)
+                return
+            await self.typing(chat)
+
+    def _interval(self, chat: ChatRef) -> float:
+        cfg = self.config
+        return cfg.edit_interval if chat.is_direct else cfg.group_edit_interval
+
+    def _new_draft_id(self) -> int:
+        self._draft_seq += 1
+        return self._draft_seq
+
+
+class _Stream:
+    """One streamed reply: paced drafts (private chats) or edits of one message per part.
+
+    The text is split at Telegram's limit between words: a full part is committed as its own
+    message and the stream continues in a new one. Intermediate states are shown at most once
+    per ``interval`` per chat; the final state of every part is always shown.
+    """
+
+    def __init__(self, adapter: TelegramAdapter, chat: ChatRef, *, use_drafts: bool) -> None:
+        self.a, self.chat, self.use_drafts = adapter, chat, use_drafts
+        self.buf = ""
+        self.shown = ""
+        self.message: MessageRef | None = None
+        self.last: MessageRef | None = None
+        self.draft_id = adapter._new_draft_id()
+        self.started = asyncio.Event()
+
+    def _part(self, text: str) -> translate.Outgoing:
+        return translate.Outgoing(
+            {"text": translate.render_markdown(text), "parse_mode": ParseMode.HTML}, text
+        )
+
+    async def feed(self, delta: str) -> None:
+        self.buf += delta
+        while translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
+            head, self.buf = translate.split_once(self.buf)
+            await self._commit(head)
+        now = self.a._clock()
+        due = self.a._next_edit.get(self.chat.id, 0.0)
+        if now >= due and self.buf.strip() and self.buf != self.shown:
+            await self._show(self.buf)
+            self.a._next_edit[self.chat.id] = now + self.a._interval(self.chat)
+
+    async def finish(self) -> MessageRef | None:
+        if self.buf.strip():
+            await self._commit(self.buf)
+        self.buf = ""
+        return self.last
+
+    async def _show(self, text: str) -> None:
+        self.started.set()
+        if self.use_drafts:
+            try:
+                await self._draft(text)
+                self.shown = text
+                return
+            except TelegramRequestRejected as exc:
+                # An older self-hosted Bot API server, or drafts refused: edit messages instead.
+                log.info("telegram: drafts unavailable (%s); streaming by edits", exc)
+                self.a._drafts_ok = False
+                self.use_drafts = False
+        if self.message is None:
+            self.message = await self.a._send_text(self.chat, self._part(text))
+        else:
+            await self.a._edit_text(self.message, self._part(text))
+        self.shown = text
+
+    async def _draft(self, text: str) -> None:
+        bot, cid = self.a._bot, int(self.chat.id)
+        html = translate.render_markdown(text)
+        try:
+            await bot.send_message_draft(cid, self.draft_id, text=html, parse_mode=ParseMode.HTML)
+        except BadRequest as exc:
+            if "entities" not in exc.message.lower():
+                raise self.a._wrap(exc, "sendMessageDraft", self.chat.id) from None
+            await self.a._call(
+                "sendMessageDraft", self.chat.id, bot.send_message_draft(cid, self.draft_id, text)
+            )
+        except TelegramError as exc:
+            raise self.a._wrap(exc, "sendMessageDraft", self.chat.id) from None
+
+    async def _commit(self, text: str) -> None:
+        """Show ``text`` as the final state of the current part and start a new part."""
+        self.started.set()
+        if self.use_drafts or self.message is None:
+            self.last = await self.a._send_text(self.chat, self._part(text))
+        else:
+            if text != self.shown:
+                await self.a._edit_text(self.message, self._part(text))
+            self.last = self.message
+        self.message, self.shown = None, ""
+        self.draft_id = self.a._new_draft_id()
+
+
+def build(settings: PlatformSettings, env: Mapping[str, str]) -> TelegramAdapter | None:
+    """The adapter for ``[telegram]``, or None (with one WARNING) when the token is unset.
+
+    Raises:
+        ConfigError: a bad setting in ``[telegram]``.
+    """
+    config = parse(settings, env)
+    if config.token is None:
+        log.warning(
+            "telegram: %s is not set; the Telegram adapter is not started", config.token_env
+        )
+        return None
+    return TelegramAdapter(config)

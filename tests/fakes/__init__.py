@@ -1,0 +1,1 @@
+"""Loopback fakes of platform servers and other test doubles."""
