@@ -261,8 +261,11 @@ def split_once(text: str, limit: int = MESSAGE_LIMIT) -> tuple[str, str]:
     """
     if utf16_len(text) <= limit:
         return text, ""
-    reserve = 8 + (len(_open_fence(text[: _fit(text, limit)]) or "") if "```" in text else 0)
-    window = _fit(text, max(1, limit - reserve))
+    # Room to close a code fence at the cut ("\n```") and to reopen it in the rest.
+    reserve = 0
+    if "```" in text:
+        reserve = 8 + len(_open_fence(text[: _fit(text, limit)]) or "")
+    window = max(1, _fit(text, max(1, limit - reserve)))
     floor = window // 2
     cut = -1
     for sep in ("\n\n", "\n", " "):
