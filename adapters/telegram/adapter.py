@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ from core.ports import EventHandler
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+# Opt in to python-telegram-bot 23's timedelta durations now: without it every RetryAfter (a
+# 429) emits a PTBDeprecationWarning, which the test suite turns into an error.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("start", "Sign up or resume"),
@@ -353,7 +358,9 @@ class TelegramAdapter:
             return False
         pending.answered = True
         try:
-            await self._bot.answer_callback_query(pending.query_id, text=text, show_alert=alert)
+            await self._bot.answer_callback_query(
+                pending.query_id, text=text, show_alert=True if alert else None
+            )
         except TelegramError as exc:
             # Too late (older than ~15 s) or already answered: the press was still handled.
             log.info("telegram: callback answer refused: %s", type(exc).__name__)
@@ -373,7 +380,7 @@ class TelegramAdapter:
                 return ChatUnreachable(chat_id, exc.message)
             return TelegramRequestRejected(f"{what}: {exc.message}")
         if isinstance(exc, RetryAfter):
-            return TelegramRateLimited(f"{what}: flood control ({exc.retry_after}s)")
+            return TelegramRateLimited(f"{what}: flood control ({exc})")
         if isinstance(exc, BadRequest):
             return TelegramRequestRejected(f"{what}: {exc.message}")
         if isinstance(exc, InvalidToken):

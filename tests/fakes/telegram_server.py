@@ -56,12 +56,14 @@ class FakeTelegramServer:
     failures: list[Failure] = field(default_factory=list)
     chats: dict[str, dict[int, str]] = field(default_factory=dict)
     _updates: list[dict[str, Any]] = field(default_factory=list)
+    _forced: list[dict[str, Any]] = field(default_factory=list)
     _next_update_id: int = 1000
     _next_message_id: int = 500
     _changed: asyncio.Condition | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
     port: int = 0
+    max_hold: float = 0.2
 
     @property
     def base_url(self) -> str:
@@ -98,6 +100,12 @@ class FakeTelegramServer:
         self._arrived.set()
         self._notify()
         return self._next_update_id
+
+    def redeliver(self, update_id: int, update: dict[str, Any]) -> None:
+        """Send an update again although it was confirmed (what a redelivery looks like)."""
+        self._forced.append({"update_id": update_id, **update})
+        self._arrived.set()
+        self._notify()
 
     def fail(
         self,
@@ -210,14 +218,16 @@ class FakeTelegramServer:
 
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(params.get("offset", 0) or 0)
-        timeout = min(float(params.get("timeout", 0) or 0), 1.0)
+        # Hold long polls briefly only, so stopping the updater in teardown is quick.
+        timeout = min(float(params.get("timeout", 0) or 0), self.max_hold)
         # Confirmed updates are gone for good, as on the real server.
         self._updates = [u for u in self._updates if u["update_id"] >= offset]
-        if not self._updates:
+        if not self._updates and not self._forced:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
-        return list(self._updates)
+        forced, self._forced = self._forced, []
+        return forced + list(self._updates)
 
     def _user(self) -> dict[str, Any]:
         return {
@@ -342,3 +352,50 @@ def callback(
             },
         }
     }
+
+
+# ----- a scripted stand-in for the router --------------------------------------------------
+
+
+class Script:
+    """The ``handler`` given to ``adapter.start``: records events and runs ``on(event)``.
+
+    Exceptions from ``on`` are kept in ``errors`` (the real router has a catch-all too).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.errors: list[BaseException] = []
+        self.done = 0
+        self.on: Callable[[Any], Any] | None = None
+        self._cond = asyncio.Condition()
+
+    async def __call__(self, event: Any) -> Any:
+        from core.chat import Outcome
+
+        self.events.append(event)
+        try:
+            if self.on is not None:
+                await self.on(event)
+        except Exception as exc:
+            self.errors.append(exc)
+        finally:
+            async with self._cond:
+                self.done += 1
+                self._cond.notify_all()
+        return Outcome()
+
+    async def handled(self, count: int, within: float = 5.0) -> None:
+        """Wait until ``count`` events have been fully handled."""
+        async with self._cond:
+            await asyncio.wait_for(self._cond.wait_for(lambda: self.done >= count), within)
+
+
+class TickingClock:
+    """A monotonic clock the test moves by hand, for stream pacing."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
