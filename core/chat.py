@@ -61,7 +61,7 @@ class EventKind(StrEnum):
     MESSAGE = "message"
     COMMAND = "command"
     BUTTON = "button"
-    SECRET = "secret"
+    SECRET = "secret"  # noqa: S105 - an event kind, not a password
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +156,17 @@ class Outcome:
     """What the router tells an adapter about one event, beyond the replies it sent.
 
     ``secret_error`` is set when a submitted secret was refused: modal adapters show it inside
-    the form (Slack ``response_action: errors``) instead of a message.
+    the form (Slack ``response_action: errors``) instead of a message. ``refused`` says the
+    event was bad input and was answered with an explanation (the CLI exits non-zero on it).
     """
 
     handled: bool = True
     secret_error: str | None = None
+    refused: bool = False
+
+
+OPEN_DM_PAYLOAD = "@open-dm"
+"""A button with this payload is rendered as a link that opens a DM with the bot."""
 
 
 def button_owner_tag(user: UserRef) -> str:

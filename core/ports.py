@@ -26,6 +26,9 @@ class Messenger(Protocol):
     - ``ask_secret`` collects a secret privately: Telegram a ForceReply DM, Discord/Slack a
       modal opened from the event's interaction, the console hidden input. The secret comes
       back as a later ``Event`` of kind SECRET (or a DM message while the flow waits for it).
+      It always collects from ``event.user`` privately, whatever chat the event came from,
+      and returns False when it cannot reach the person privately (a Telegram user who never
+      started the bot); the flow then offers an ``OPEN_DM_PAYLOAD`` button.
     - ``stream`` shows a reply that arrives in chunks, editing one message at the platform's
       pace and splitting at its length limit; returns the last message. If the iterator
       raises, what was shown stays and the exception propagates to the flow, which tells
@@ -45,7 +48,7 @@ class Messenger(Protocol):
 
     async def open_dm(self, user: UserRef) -> ChatRef | None: ...
 
-    async def ask_secret(self, event: Event, request: SecretRequest) -> None: ...
+    async def ask_secret(self, event: Event, request: SecretRequest) -> bool: ...
 
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None: ...
 
@@ -84,7 +87,11 @@ class ChatAdapter(Protocol):
     """A platform adapter's lifecycle, as the composition root drives it."""
 
     platform: Platform
-    messenger: Messenger
+
+    @property
+    def messenger(self) -> Messenger:
+        """Where the core sends replies for this platform (often the adapter itself)."""
+        ...
 
     async def start(self, handler: EventHandler) -> None:
         """Connect and begin delivering events to ``handler``; returns once serving."""
@@ -129,8 +136,9 @@ class UnavailableAgents:
     async def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]:
         from core.errors import AgentUnavailable
 
-        raise AgentUnavailable("not_configured")
-        yield ""  # pragma: no cover - makes this an async generator
+        if tenant_id:  # always true; the yield below makes this an async generator
+            raise AgentUnavailable("not_configured")
+        yield ""  # pragma: no cover
 
     async def cancel(self, tenant_id: str, conversation: str) -> bool:
         return False

@@ -1,1 +1,1 @@
-"""Loopback fakes of platform servers and other test doubles."""
+"""Loopback fakes and recording test doubles."""

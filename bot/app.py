@@ -1,0 +1,179 @@
+"""The composition root: builds storage, vault, services, router, adapters and jobs, and runs them.
+
+This is the only module that imports ``adapters``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from adapters.console import ConsoleAdapter
+from bot.flows.base import Services
+from bot.router import Router
+from core.chat import Platform
+from core.config import Config
+from core.credentials import Credentials
+from core.db import Database, upgrade
+from core.errors import ConfigError
+from core.flowstate import FlowStates
+from core.intake import Intake
+from core.plans import PlanCatalog
+from core.ports import Agents, ChatAdapter, Clock, Messenger, SystemClock, UnavailableAgents
+from core.scheduler import Job, Scheduler, expire_intake_sessions
+from core.tenants import Tenants
+from core.usage import UsageLedger
+from core.vault import MasterKeyRing, Vault
+
+log = logging.getLogger("byokbot.app")
+
+PLATFORM_MODULES: Mapping[str, str] = {
+    "telegram": "adapters.telegram",
+    "discord": "adapters.discord",
+    "slack": "adapters.slack",
+}
+
+
+def load_master_keys(config: Config, env: Mapping[str, str], *, create: bool) -> MasterKeyRing:
+    """The master key ring from the environment variable, else the key file (made if allowed)."""
+    return MasterKeyRing.load(
+        env_value=env.get(config.core.master_key_env),
+        file=config.resolve_path(config.core.master_key_file),
+        create=create,
+    )
+
+
+@dataclass
+class App:
+    """A running byokbot: call ``start`` then ``stop``; ``router.dispatch`` takes events."""
+
+    config: Config
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    clock: Clock = field(default_factory=SystemClock)
+    console: ConsoleAdapter | None = None
+    agents: Agents | None = None
+    extra_adapters: list[ChatAdapter] = field(default_factory=list)
+    platforms: bool = True
+
+    db: Database = field(init=False)
+    vault: Vault = field(init=False)
+    services: Services = field(init=False)
+    router: Router = field(init=False)
+    adapters: list[ChatAdapter] = field(init=False, default_factory=list)
+    scheduler: Scheduler = field(init=False)
+
+    async def open(self) -> None:
+        """Storage, vault and services, without any adapter (the CLI's admin commands use this)."""
+        ring = load_master_keys(self.config, self.env, create=True)
+        url = self.config.database_url
+        await upgrade(url)
+        self.db = Database(url)
+        credentials = Credentials(self.db, Vault(ring), self.clock)
+        credentials.vault = Vault(ring, wrap_counts=await credentials.load_wrap_counts())
+        self.vault = credentials.vault
+        plans = PlanCatalog(self.config.plans)
+        messengers: dict[Platform, Messenger] = {}
+        self.services = Services(
+            config=self.config,
+            db=self.db,
+            plans=plans,
+            tenants=Tenants(self.db, credentials, plans, self.clock),
+            credentials=credentials,
+            intake=Intake(
+                self.db,
+                self.clock,
+                ttl_seconds=self.config.core.intake_ttl_seconds,
+                max_attempts=self.config.core.intake_max_attempts,
+            ),
+            flow_states=FlowStates(self.db, self.clock),
+            agents=self.agents or UnavailableAgents(),
+            clock=self.clock,
+            messengers=messengers,
+            usage=UsageLedger(self.db, self.clock),
+            rotate_master_key=self._rotate_master_key if self._key_from_file else None,
+        )
+        self.router = Router(self.services)
+
+    @property
+    def _key_from_file(self) -> bool:
+        return self.env.get(self.config.core.master_key_env) is None
+
+    async def _rotate_master_key(self) -> tuple[int, int]:
+        """New primary master key in the key file, then rewrap every data key under it."""
+        path = self.config.resolve_path(self.config.core.master_key_file)
+        ring, version = self.vault.ring.with_new_primary()
+        MasterKeyRing.write_file(path, ring)
+        self.vault.set_ring(ring)
+        count = await self.services.credentials.rewrap_all()
+        return version, count
+
+    def _build_adapters(self) -> list[ChatAdapter]:
+        built: list[ChatAdapter] = []
+        if self.platforms:
+            for name, settings in self.config.platforms.items():
+                if not settings.enabled:
+                    continue
+                module = importlib.import_module(PLATFORM_MODULES[name])
+                adapter = module.build(settings, self.env)
+                if adapter is not None:
+                    built.append(adapter)
+        built.extend(self.extra_adapters)
+        if self.console is not None:
+            built.append(self.console)
+        return built
+
+    async def start(self) -> None:
+        """Open everything, start the adapters and the scheduler."""
+        await self.open()
+        self.adapters = self._build_adapters()
+        if not self.adapters:
+            raise ConfigError(
+                f"{self.config.source}: no platform is enabled and configured, and no console"
+            )
+        messengers = self.services.messengers
+        assert isinstance(messengers, dict)  # noqa: S101 - built as a dict in open()
+        for adapter in self.adapters:
+            messengers[adapter.platform] = adapter.messenger
+        services = self.services
+        self.scheduler = Scheduler(
+            [
+                Job(
+                    "expire-intake",
+                    30,
+                    lambda: expire_intake_sessions(services.intake, services.flow_states),
+                ),
+            ]
+        )
+        self.scheduler.start()
+        for adapter in self.adapters:
+            await adapter.start(self.router.dispatch)
+            log.info("%s adapter started", adapter.platform.value)
+
+    async def stop(self) -> None:
+        """Stop adapters and jobs and close storage; safe to call more than once."""
+        for adapter in reversed(self.adapters):
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("stopping the %s adapter failed", adapter.platform.value)
+        self.adapters = []
+        with contextlib.suppress(AttributeError):
+            self.scheduler.stop()
+        with contextlib.suppress(AttributeError):
+            await self.db.dispose()
+
+    async def run_until_stopped(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set (a signal) or the console reaches end of input."""
+        waiters = [asyncio.create_task(stop.wait())]
+        if self.console is not None:
+            waiters.append(asyncio.create_task(self.console.finished.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()

@@ -1,0 +1,226 @@
+"""The ``byokbot`` command: run the bot, chat in the console, migrate, rotate keys, administer."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import io
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+from bot.app import App, load_master_keys
+from core.chat import (
+    ChatRef,
+    Event,
+    EventKind,
+    MessageRef,
+    Platform,
+    Reply,
+    SecretRequest,
+    UserRef,
+)
+from core.config import Config, load_config
+from core.db import Database, upgrade
+from core.errors import ConfigError, CoreError
+from core.logs import configure_logging
+
+CLI_OPERATOR = UserRef(Platform.CONSOLE, "cli", "operator")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="byokbot", description=__doc__)
+    p.add_argument(
+        "--config", help="configuration file (default: $BYOKBOT_CONFIG or ./config.toml)"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="serve every enabled platform (the console when none is configured)")
+    sub.add_parser("chat", help="chat with byokbot in this terminal")
+    db = sub.add_parser("db", help="database maintenance")
+    db.add_argument("action", choices=["upgrade"])
+    mk = sub.add_parser("master-key", help="master key maintenance")
+    mk.add_argument("action", choices=["rotate", "status"])
+    mk.add_argument(
+        "--retire",
+        action="store_true",
+        help="after rotating, drop master key versions no data key uses",
+    )
+    sub.add_parser("config", help="validate the configuration").add_argument(
+        "action", choices=["check"]
+    )
+    admin = sub.add_parser("admin", help="operator commands, as in chat: byokbot admin stats")
+    admin.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+class _PrintingMessenger:
+    """Prints what the admin flows answer; remembers whether the command was refused."""
+
+    platform = Platform.CONSOLE
+
+    def __init__(self, out: io.TextIOBase | None = None) -> None:
+        self.out = out or sys.stdout
+
+    def _print(self, reply: Reply) -> MessageRef:
+        print(reply.text, file=self.out)
+        return MessageRef(ChatRef(Platform.CONSOLE, "cli", True), "0")
+
+    async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
+        return self._print(reply)
+
+    async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
+        return self._print(reply)
+
+    async def edit(self, message: MessageRef, reply: Reply) -> None:
+        self._print(reply)
+
+    async def delete(self, chat: ChatRef, message_id: str) -> bool:
+        return False
+
+    async def open_dm(self, user: UserRef) -> ChatRef | None:
+        return ChatRef(Platform.CONSOLE, "cli", True)
+
+    async def ask_secret(self, event: Event, request: SecretRequest) -> bool:
+        return False
+
+    async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
+        async for _ in chunks:
+            pass
+        return None
+
+    async def typing(self, chat: ChatRef) -> None:
+        return None
+
+
+async def _serve(config: Config, *, console_only: bool) -> int:
+    from adapters.console import ConsoleAdapter
+
+    any_platform = any(p.enabled for p in config.platforms.values())
+    console = ConsoleAdapter() if console_only or not any_platform else None
+    app = App(config, console=console, platforms=not console_only)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+        if console is not None:
+            print("byokbot console — type /start to begin, /help for commands, Ctrl-D to quit.")
+        await app.run_until_stopped(stop)
+    finally:
+        await app.stop()
+    return 0
+
+
+async def _admin(config: Config, args: Sequence[str]) -> int:
+    core = dataclasses.replace(config.core, admins=(*config.core.admins, CLI_OPERATOR.identity))
+    app = App(dataclasses.replace(config, core=core), platforms=False)
+    await app.open()
+    messenger = _PrintingMessenger()
+    app.services.messengers[Platform.CONSOLE] = messenger  # type: ignore[index]
+    try:
+        text = " ".join(["/admin", *args])
+        outcome = await app.router.dispatch(
+            Event(
+                EventKind.COMMAND,
+                CLI_OPERATOR,
+                ChatRef(Platform.CONSOLE, "cli", True),
+                text=text,
+                command="admin",
+                args=tuple(args),
+            )
+        )
+    finally:
+        await app.db.dispose()
+    return 1 if outcome.refused else 0
+
+
+async def _master_key(config: Config, action: str, *, retire: bool) -> int:
+    if action == "status":
+        ring = load_master_keys(config, os.environ, create=False)
+        await upgrade(config.database_url)
+        app = App(config, platforms=False)
+        await app.open()
+        try:
+            used = await app.services.credentials.kek_versions_in_use()
+        finally:
+            await app.db.dispose()
+        print(
+            f"primary: v{ring.primary_version}; loaded: "
+            + ", ".join(f"v{v}" for v in ring.versions)
+        )
+        for version, count in sorted(used.items()):
+            print(f"v{version}: {count} data key(s)")
+        return 0
+    if os.environ.get(config.core.master_key_env) is not None:
+        raise ConfigError(
+            f"{config.core.master_key_env} is set: rotate by adding a new version to it "
+            '("v1:<old>,v2:<new>") and running byokbot master-key rotate without it set'
+        )
+    app = App(config, platforms=False)
+    await app.open()
+    try:
+        assert app.services.rotate_master_key is not None  # noqa: S101 - key comes from a file
+        version, count = await app.services.rotate_master_key()
+        print(f"master key v{version} is primary; {count} data key(s) rewrapped")
+        if retire:
+            used = await app.services.credentials.kek_versions_in_use()
+            ring = app.vault.ring
+            for old in ring.versions:
+                if old != ring.primary_version and not used.get(old):
+                    ring = ring.without(old)
+                    print(f"retired master key v{old}")
+            from core.vault import MasterKeyRing
+
+            MasterKeyRing.write_file(config.resolve_path(config.core.master_key_file), ring)
+            app.vault.set_ring(ring)
+    finally:
+        await app.db.dispose()
+    return 0
+
+
+async def _main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.core.log_level)
+    if args.command == "run":
+        return await _serve(config, console_only=False)
+    if args.command == "chat":
+        return await _serve(config, console_only=True)
+    if args.command == "db":
+        load_master_keys(config, os.environ, create=True)
+        await upgrade(config.database_url)
+        print("database is up to date")
+        return 0
+    if args.command == "master-key":
+        return await _master_key(config, args.action, retire=args.retire)
+    if args.command == "config":
+        load_master_keys(config, os.environ, create=False) if _key_exists(config) else None
+        print(f"{config.source}: configuration is valid")
+        return 0
+    if args.command == "admin":
+        return await _admin(config, args.args)
+    raise AssertionError(args.command)  # argparse restricts the choices
+
+
+def _key_exists(config: Config) -> bool:
+    return (
+        os.environ.get(config.core.master_key_env) is not None
+        or config.resolve_path(config.core.master_key_file).exists()
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(_main(args))
+    except (ConfigError, CoreError) as exc:
+        print(f"byokbot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["Database", "main"]

@@ -1,0 +1,1 @@
+"""Flows: one module per feature area, each an explicit, persisted state machine."""

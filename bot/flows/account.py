@@ -1,0 +1,190 @@
+"""Onboarding, plans and the account itself: start, help, plan, status, pause, resume, delete."""
+
+from __future__ import annotations
+
+from bot import texts
+from bot.flows import keys
+from bot.flows.base import Refusal, Turn, button
+from core.chat import Button, ButtonStyle, Outcome
+from core.errors import PlanError
+from core.tenants import TenantStatus, TenantView
+
+
+def _plan_buttons(turn: Turn) -> list[list[Button]]:
+    return [[button(texts.plan_button(p), f"plan:{p.id}")] for p in turn.services.plans]
+
+
+def _plan_lines(turn: Turn) -> str:
+    return "\n".join(texts.plan_line(p) for p in turn.services.plans)
+
+
+def _require_usable_account(turn: Turn) -> TenantView:
+    tenant = turn.require_tenant()
+    if tenant.status is TenantStatus.SUSPENDED:
+        reason = f" ({tenant.status_reason})" if tenant.status_reason else ""
+        raise Refusal(texts.SUSPENDED.format(reason=reason))
+    return tenant
+
+
+async def handle_start(turn: Turn) -> Outcome | None:
+    tenant = turn.tenant
+    if tenant is not None:
+        if turn.event.args and turn.event.args[0].startswith("key"):
+            # Deep link from a group ("open a private chat to add your key").
+            return await keys.ask_provider(turn)
+        plan = turn.services.plans.get(tenant.plan)
+        await turn.say(texts.WELCOME_BACK.format(plan=plan.name))
+        return None
+    await turn.say(f"{texts.WELCOME}\n{_plan_lines(turn)}", buttons=_plan_buttons(turn))
+    return None
+
+
+async def handle_help(turn: Turn) -> Outcome | None:
+    text = texts.HELP
+    if turn.services.is_admin(turn.user):
+        text = f"{text}\n\n{texts.ADMIN_HELP}"
+    await turn.say(text)
+    return None
+
+
+async def handle_plan(turn: Turn) -> Outcome | None:
+    args = turn.event.args
+    if args:
+        return await choose_plan(turn, args[0].lower())
+    if turn.tenant is None:
+        await turn.say(
+            texts.PLAN_CHOOSE.format(lines=_plan_lines(turn)), buttons=_plan_buttons(turn)
+        )
+        return None
+    plan = turn.services.plans.get(turn.tenant.plan)
+    await turn.say(
+        texts.PLAN_CURRENT.format(plan=plan.name, lines=_plan_lines(turn)),
+        buttons=_plan_buttons(turn),
+    )
+    return None
+
+
+async def on_plan_button(turn: Turn, args: list[str]) -> Outcome | None:
+    if len(args) != 1:
+        raise Refusal(texts.STALE_BUTTON)
+    return await choose_plan(turn, args[0])
+
+
+async def choose_plan(turn: Turn, plan_id: str) -> Outcome | None:
+    s = turn.services
+    try:
+        plan = s.plans.get(plan_id)
+    except PlanError:
+        raise Refusal(
+            texts.PLAN_UNKNOWN.format(plan=plan_id[:40], plans=texts.join(s.plans.ids))
+        ) from None
+    tenant = turn.tenant
+    if tenant is None:
+        dm = turn.chat.id if turn.chat.is_direct else None
+        tenant = await s.tenants.sign_up(turn.user, plan.id, dm_chat_id=dm)
+        turn.tenant = tenant
+        await turn.say(texts.SIGNED_UP.format(plan=plan.name))
+    else:
+        _require_usable_account(turn)
+        if tenant.plan == plan.id:
+            await turn.say(texts.PLAN_SAME.format(plan=plan.name))
+            return None
+        tenant = await s.tenants.set_plan(tenant.id, plan.id, actor=turn.actor)
+        turn.tenant = tenant
+        await s.agents.reconfigure(tenant.id)
+        await turn.say(texts.PLAN_CHANGED.format(plan=plan.name))
+    if plan.byok:
+        active = [k for k in await s.credentials.list(tenant.id) if k.status.value == "active"]
+        if not active:
+            await turn.say(
+                texts.BYOK_NEEDS_KEY.format(plan=plan.name), buttons=keys.provider_buttons(turn)
+            )
+            return None
+        await s.tenants.activate(tenant.id, actor=turn.actor)
+        await turn.say(texts.ALL_SET)
+        return None
+    await s.tenants.activate(tenant.id, actor=turn.actor)
+    await turn.say(texts.MANAGED_READY)
+    return None
+
+
+async def handle_status(turn: Turn) -> Outcome | None:
+    tenant = turn.require_tenant()
+    s = turn.services
+    plan = s.plans.get(tenant.plan)
+    stored = await s.credentials.list(tenant.id)
+    key_text = (
+        texts.join(f"{k.provider} {k.fingerprint} ({k.status.value})" for k in stored) or "none"
+    )
+    reason = f" — {tenant.status_reason}" if tenant.status_reason else ""
+    await turn.say(
+        texts.STATUS.format(
+            plan=plan.name,
+            price=f"${plan.price_usd:g}/month",
+            status=f"{tenant.status.value}{reason}",
+            paused=" (paused)" if tenant.paused else "",
+            model=f"{tenant.provider}/{tenant.model}" if tenant.model else "default",
+            keys=key_text,
+        ),
+        sensitive=True,
+    )
+    return None
+
+
+async def handle_pause(turn: Turn) -> Outcome | None:
+    tenant = _require_usable_account(turn)
+    if tenant.paused:
+        raise Refusal(texts.ALREADY_PAUSED)
+    await turn.services.tenants.set_paused(tenant.id, True, actor=turn.actor)
+    await turn.services.agents.forget(tenant.id)
+    await turn.say(texts.PAUSED)
+    return None
+
+
+async def handle_resume(turn: Turn) -> Outcome | None:
+    tenant = _require_usable_account(turn)
+    if not tenant.paused:
+        raise Refusal(texts.NOT_PAUSED)
+    await turn.services.tenants.set_paused(tenant.id, False, actor=turn.actor)
+    await turn.say(texts.RESUMED)
+    return None
+
+
+async def handle_delete(turn: Turn) -> Outcome | None:
+    tenant = turn.require_tenant()
+    await turn.services.flow_states.set(
+        turn.user.identity, "account", "confirm_delete", data={"tenant": tenant.id}
+    )
+    await turn.say(
+        texts.DELETE_CONFIRM,
+        buttons=[
+            [
+                button(texts.DELETE_YES, "del:yes", style=ButtonStyle.DANGER),
+                button(texts.DELETE_NO, "del:no"),
+            ]
+        ],
+    )
+    return None
+
+
+async def on_delete_button(turn: Turn, args: list[str]) -> Outcome | None:
+    s = turn.services
+    state = await s.flow_states.get(turn.user.identity)
+    tenant = turn.tenant
+    if (
+        tenant is None
+        or state is None
+        or (state.flow, state.step) != ("account", "confirm_delete")
+        or state.data.get("tenant") != tenant.id
+        or args not in (["yes"], ["no"])
+    ):
+        raise Refusal(texts.STALE_BUTTON)
+    await s.flow_states.clear(turn.user.identity)
+    if args == ["no"]:
+        await turn.say(texts.DELETE_CANCELLED)
+        return None
+    await s.agents.forget(tenant.id)
+    await s.tenants.delete(tenant.id, actor=turn.actor)
+    turn.tenant = None
+    await turn.say(texts.DELETED)
+    return None

@@ -1,0 +1,232 @@
+"""Operators' commands, behind the admin gate: stats, tenants, suspend, plans, audit, broadcast."""
+
+from __future__ import annotations
+
+import logging
+
+from bot import texts
+from bot.flows.base import Refusal, Turn
+from core import audit
+from core.chat import ChatRef, Outcome, Platform, Reply
+from core.errors import PlanError, TenantError, TenantNotFound
+from core.tenants import TenantView
+
+log = logging.getLogger("byokbot.flows.admin")
+
+
+async def handle_admin(turn: Turn) -> Outcome | None:
+    s = turn.services
+    if not s.is_admin(turn.user):
+        await s.audit("admin.denied", actor=turn.actor, tenant_id=None)
+        raise Refusal(texts.NOT_ADMIN)
+    args = list(turn.event.args)
+    sub = args.pop(0).lower() if args else ""
+    handler = _SUBCOMMANDS.get(sub)
+    if handler is None:
+        if not sub:
+            await turn.say(texts.ADMIN_HELP, sensitive=True)
+            return None
+        raise Refusal(texts.ADMIN_UNKNOWN.format(sub=sub[:40]))
+    return await handler(turn, args)
+
+
+async def _tenant(turn: Turn, ref: str) -> TenantView:
+    try:
+        return await turn.services.tenants.resolve(ref)
+    except TenantNotFound:
+        raise Refusal(texts.ADMIN_NO_TENANT.format(ref=ref[:80])) from None
+
+
+def _need(args: list[str], n: int, sub: str, usage: str) -> None:
+    if len(args) < n:
+        raise Refusal(texts.ADMIN_USAGE.format(sub=sub, args=usage))
+
+
+async def _stats(turn: Turn, args: list[str]) -> Outcome | None:
+    st = await turn.services.tenants.stats()
+    await turn.say(
+        texts.ADMIN_STATS.format(
+            total=st.total,
+            by_status=texts.join(f"{k} {v}" for k, v in sorted(st.by_status.items())) or "none",
+            by_plan=texts.join(f"{k} {v}" for k, v in sorted(st.by_plan.items())) or "none",
+            keys=st.active_keys,
+        ),
+        sensitive=True,
+    )
+    return None
+
+
+async def _tenants(turn: Turn, args: list[str]) -> Outcome | None:
+    page = int(args[0]) if args and args[0].isdigit() and int(args[0]) > 0 else 1
+    rows = await turn.services.tenants.list(offset=(page - 1) * 20, limit=20)
+    if not rows:
+        await turn.say(texts.ADMIN_TENANTS_EMPTY, sensitive=True)
+        return None
+    lines = [
+        texts.ADMIN_TENANT_LINE.format(
+            id=t.id, plan=t.plan, status=t.status.value, identities=texts.join(ids) or "—"
+        )
+        for t, ids in rows
+    ]
+    await turn.say("\n".join(lines), sensitive=True)
+    return None
+
+
+async def _tenant_detail(turn: Turn, args: list[str]) -> Outcome | None:
+    _need(args, 1, "tenant", "<id | platform:user>")
+    t = await _tenant(turn, args[0])
+    s = turn.services
+    ids = await s.tenants.identities(t.id)
+    stored = await s.credentials.list(t.id)
+    await turn.say(
+        texts.ADMIN_TENANT.format(
+            id=t.id,
+            identities=texts.join(ids) or "—",
+            plan=t.plan,
+            status=t.status.value,
+            reason=f" ({t.status_reason})" if t.status_reason else "",
+            paused=" · paused" if t.paused else "",
+            model=f"{t.provider}/{t.model}" if t.model else "default",
+            keys=texts.join(f"{k.provider} {k.fingerprint} ({k.status.value})" for k in stored)
+            or "none",
+            created=texts.day(t.created_at),
+        ),
+        sensitive=True,
+    )
+    return None
+
+
+async def _notify(turn: Turn, tenant_id: str, text: str) -> int:
+    """DM every identity of a tenant that we can reach; returns how many got it."""
+    sent = 0
+    for tid, platform, chat_id in await turn.services.tenants.dm_targets():
+        if tid != tenant_id:
+            continue
+        if await _send(turn, platform, chat_id, text):
+            sent += 1
+    return sent
+
+
+async def _send(turn: Turn, platform: str, chat_id: str, text: str) -> bool:
+    try:
+        p = Platform(platform)
+    except ValueError:
+        return False
+    messenger = turn.services.messengers.get(p)
+    if messenger is None:
+        return False
+    try:
+        await messenger.send(ChatRef(platform=p, id=chat_id, is_direct=True), Reply(text=text))
+    except Exception:  # one unreachable person must not stop the rest
+        log.warning("could not deliver a notice on %s", platform, exc_info=True)
+        return False
+    return True
+
+
+async def _suspend(turn: Turn, args: list[str]) -> Outcome | None:
+    _need(args, 1, "suspend", "<tenant> [reason]")
+    t = await _tenant(turn, args[0])
+    reason = " ".join(args[1:])[:200]
+    try:
+        await turn.services.tenants.suspend(t.id, actor=turn.actor, reason=reason)
+    except TenantError:
+        raise Refusal(texts.ADMIN_NO_TENANT.format(ref=args[0][:80])) from None
+    await turn.services.agents.forget(t.id)
+    await _notify(
+        turn, t.id, texts.TENANT_SUSPENDED_NOTICE.format(reason=f" ({reason})" if reason else "")
+    )
+    await turn.say(texts.ADMIN_SUSPENDED.format(id=t.id), sensitive=True)
+    return None
+
+
+async def _resume(turn: Turn, args: list[str]) -> Outcome | None:
+    _need(args, 1, "resume", "<tenant>")
+    t = await _tenant(turn, args[0])
+    try:
+        await turn.services.tenants.resume(t.id, actor=turn.actor)
+    except TenantError:
+        raise Refusal(texts.ADMIN_NO_TENANT.format(ref=args[0][:80])) from None
+    await _notify(turn, t.id, texts.TENANT_RESUMED_NOTICE)
+    await turn.say(texts.ADMIN_RESUMED.format(id=t.id), sensitive=True)
+    return None
+
+
+async def _setplan(turn: Turn, args: list[str]) -> Outcome | None:
+    _need(args, 2, "setplan", "<tenant> <plan>")
+    t = await _tenant(turn, args[0])
+    s = turn.services
+    try:
+        await s.tenants.set_plan(t.id, args[1].lower(), actor=turn.actor)
+    except PlanError:
+        raise Refusal(
+            texts.PLAN_UNKNOWN.format(plan=args[1][:40], plans=texts.join(s.plans.ids))
+        ) from None
+    except TenantError:
+        raise Refusal(texts.ADMIN_NO_TENANT.format(ref=args[0][:80])) from None
+    await s.agents.reconfigure(t.id)
+    await turn.say(texts.ADMIN_PLAN_SET.format(id=t.id, plan=args[1].lower()), sensitive=True)
+    return None
+
+
+async def _audit(turn: Turn, args: list[str]) -> Outcome | None:
+    tenant_id = (await _tenant(turn, args[0])).id if args else None
+    async with turn.services.db.session() as session:
+        entries = await audit.read(session, tenant_id=tenant_id, limit=20)
+    if not entries:
+        await turn.say(texts.ADMIN_AUDIT_EMPTY, sensitive=True)
+        return None
+    lines = [
+        texts.ADMIN_AUDIT_LINE.format(
+            at=e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            actor=e.actor,
+            action=e.action,
+            tenant=e.tenant_id or "-",
+            detail=" ".join(f"{k}={v}" for k, v in e.detail.items()),
+        ).rstrip()
+        for e in entries
+    ]
+    await turn.say("\n".join(lines), sensitive=True)
+    return None
+
+
+async def _broadcast(turn: Turn, args: list[str]) -> Outcome | None:
+    _, _, rest = turn.event.text.strip().partition(" ")
+    _, _, message = rest.strip().partition(" ")
+    message = message.strip()
+    if not message:
+        raise Refusal(texts.ADMIN_USAGE.format(sub="broadcast", args="<text>"))
+    targets = await turn.services.tenants.dm_targets()
+    tenants = {t for t, _, _ in targets}
+    reached: set[str] = set()
+    for tid, platform, chat_id in targets:
+        if await _send(turn, platform, chat_id, texts.ADMIN_BROADCAST.format(text=message)):
+            reached.add(tid)
+    await turn.services.audit(
+        "admin.broadcast", actor=turn.actor, tenant_id=None, sent=len(reached), chars=len(message)
+    )
+    await turn.say(
+        texts.ADMIN_BROADCAST_DONE.format(sent=len(reached), total=len(tenants)), sensitive=True
+    )
+    return None
+
+
+async def _rotate_master_key(turn: Turn, args: list[str]) -> Outcome | None:
+    rotate = turn.services.rotate_master_key
+    if rotate is None:
+        raise Refusal(texts.ADMIN_ROTATE_ENV.format(env=turn.services.config.core.master_key_env))
+    version, count = await rotate()
+    await turn.say(texts.ADMIN_REWRAP_DONE.format(version=version, count=count), sensitive=True)
+    return None
+
+
+_SUBCOMMANDS = {
+    "stats": _stats,
+    "tenants": _tenants,
+    "tenant": _tenant_detail,
+    "suspend": _suspend,
+    "resume": _resume,
+    "setplan": _setplan,
+    "audit": _audit,
+    "broadcast": _broadcast,
+    "rotate-master-key": _rotate_master_key,
+}

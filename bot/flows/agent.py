@@ -1,0 +1,178 @@
+"""Talking to the agent: plain messages, model, persona, reset, stop and usage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from bot import texts
+from bot.flows.base import Refusal, Turn, button
+from core.chat import Button, Outcome
+from core.errors import AgentUnavailable
+from core.tenants import TenantStatus, TenantView
+
+PERSONA_LIMIT = 2000
+
+
+def conversation_of(turn: Turn) -> str:
+    """Memory is kept per chat (and per thread where the platform has them)."""
+    chat = turn.chat
+    thread = f":{chat.thread_id}" if chat.thread_id else ""
+    return f"{chat.platform.value}:{chat.id}{thread}"
+
+
+def unavailable_text(exc: AgentUnavailable, *, model: str | None = None) -> str:
+    template = texts.AGENT_UNAVAILABLE.get(exc.reason)
+    if template is None:
+        return texts.AGENT_GENERIC.format(reason=exc.reason)
+    retry_after = getattr(exc, "retry_after", None)
+    retry = f"in {int(retry_after)} seconds" if retry_after else "in a minute"
+    return template.format(retry=retry, model=model or "you chose")
+
+
+def _usable(turn: Turn) -> TenantView:
+    tenant = turn.require_tenant()
+    if tenant.status is TenantStatus.SUSPENDED:
+        raise Refusal(texts.AGENT_UNAVAILABLE["suspended"])
+    if tenant.paused:
+        raise Refusal(texts.PAUSED)
+    return tenant
+
+
+async def handle_message(turn: Turn) -> Outcome | None:
+    tenant = _usable(turn)
+    agents = turn.services.agents
+    await turn.messenger.typing(turn.chat)
+    stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text)
+    try:
+        # The first chunk decides between a streamed reply and a clear refusal.
+        first = await anext(stream)
+    except StopAsyncIteration:
+        return None
+    except AgentUnavailable as exc:
+        raise Refusal(unavailable_text(exc, model=tenant.model)) from None
+
+    async def chunks() -> AsyncIterator[str]:
+        yield first
+        async for chunk in stream:
+            yield chunk
+
+    try:
+        await turn.messenger.stream(turn.event, chunks())
+    except AgentUnavailable as exc:
+        await turn.say(unavailable_text(exc, model=tenant.model))
+    return None
+
+
+async def _byok_choices(turn: Turn, tenant: TenantView) -> list[tuple[str, str]]:
+    s = turn.services
+    out: list[tuple[str, str]] = []
+    for key in await s.credentials.list(tenant.id):
+        if key.status.value != "active":
+            continue
+        provider = s.config.providers.get(key.provider)
+        if provider is None:
+            continue
+        names = key.models or provider.models or (provider.default_model,)
+        out.extend((provider.id, m) for m in names)
+    return out
+
+
+async def _choices(turn: Turn, tenant: TenantView) -> list[tuple[str, str]]:
+    plan = turn.services.plans.get(tenant.plan)
+    if not plan.byok:
+        return [("managed", m) for m in plan.models]
+    return await _byok_choices(turn, tenant)
+
+
+async def handle_model(turn: Turn) -> Outcome | None:
+    tenant = _usable(turn)
+    choices = await _choices(turn, tenant)
+    if not choices:
+        raise Refusal(texts.MODEL_NONE)
+    if turn.event.args:
+        wanted = turn.event.args[0]
+        for i, (_, model) in enumerate(choices):
+            if model == wanted:
+                return await _set_model(turn, tenant, choices, i)
+        raise Refusal(texts.AGENT_UNAVAILABLE["model_not_in_plan"])
+    current = tenant.model or "default"
+    rows: list[list[Button]] = [
+        [button(f"{model} ({provider})", f"model:{i}")]
+        for i, (provider, model) in enumerate(choices[:25])
+    ]
+    await turn.say(texts.MODEL_CHOOSE.format(current=current), buttons=rows)
+    return None
+
+
+async def on_model_button(turn: Turn, args: list[str]) -> Outcome | None:
+    tenant = _usable(turn)
+    choices = await _choices(turn, tenant)
+    if len(args) != 1 or not args[0].isdigit() or int(args[0]) >= len(choices):
+        raise Refusal(texts.STALE_BUTTON)
+    return await _set_model(turn, tenant, choices, int(args[0]))
+
+
+async def _set_model(
+    turn: Turn, tenant: TenantView, choices: list[tuple[str, str]], index: int
+) -> Outcome | None:
+    provider, model = choices[index]
+    await turn.services.tenants.set_model(tenant.id, provider, model, actor=turn.actor)
+    await turn.services.agents.reconfigure(tenant.id)
+    await turn.say(texts.MODEL_SET.format(model=model))
+    return None
+
+
+async def handle_persona(turn: Turn) -> Outcome | None:
+    tenant = _usable(turn)
+    _, _, rest = turn.event.text.strip().partition(" ")
+    persona = rest.strip()
+    if not persona:
+        if tenant.persona:
+            await turn.say(texts.PERSONA_SHOW.format(persona=tenant.persona), sensitive=True)
+        else:
+            await turn.say(texts.PERSONA_NONE)
+        return None
+    if persona.lower() == "clear":
+        persona = ""
+    if len(persona) > PERSONA_LIMIT:
+        raise Refusal(texts.PERSONA_TOO_LONG.format(limit=PERSONA_LIMIT, length=len(persona)))
+    await turn.services.tenants.set_persona(tenant.id, persona, actor=turn.actor)
+    await turn.services.agents.reconfigure(tenant.id)
+    await turn.say(texts.PERSONA_SET if persona else texts.PERSONA_CLEARED)
+    return None
+
+
+async def handle_reset(turn: Turn) -> Outcome | None:
+    tenant = turn.require_tenant()
+    await turn.services.agents.reset(tenant.id, conversation_of(turn))
+    await turn.say(texts.RESET_DONE)
+    return None
+
+
+async def handle_stop(turn: Turn) -> Outcome | None:
+    tenant = turn.require_tenant()
+    stopped = await turn.services.agents.cancel(tenant.id, conversation_of(turn))
+    await turn.say(texts.STOPPED if stopped else texts.NOTHING_TO_STOP)
+    return None
+
+
+async def handle_usage(turn: Turn) -> Outcome | None:
+    tenant = turn.require_tenant()
+    days = await turn.services.usage.month(tenant.id)
+    if not days:
+        await turn.say(texts.USAGE_NONE, sensitive=True)
+        return None
+    lines = "\n".join(
+        f"{d.day:%m-%d}: {d.input_tokens + d.output_tokens} tokens ({d.requests} requests)"
+        for d in days
+    )
+    await turn.say(
+        texts.USAGE.format(
+            input=sum(d.input_tokens for d in days),
+            output=sum(d.output_tokens for d in days),
+            requests=sum(d.requests for d in days),
+            lines=lines,
+        ),
+        sensitive=True,
+    )
+    return None

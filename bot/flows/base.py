@@ -1,0 +1,186 @@
+"""What every flow gets: the services, the turn's event, and ways to answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from core import audit
+from core.chat import (
+    OPEN_DM_PAYLOAD,
+    Button,
+    ButtonStyle,
+    ChatRef,
+    Event,
+    MessageRef,
+    Platform,
+    Reply,
+    TextFormat,
+    UserRef,
+    button_owner_tag,
+)
+from core.config import Config
+from core.credentials import Credentials
+from core.db import Database
+from core.flowstate import FlowStates
+from core.intake import Intake
+from core.plans import PlanCatalog
+from core.ports import Agents, Clock, Messenger
+from core.secret import Secret
+from core.tenants import Tenants, TenantView
+from core.usage import UsageLedger
+
+log = logging.getLogger("byokbot.flows")
+
+# Platforms whose answers to an event can be private to one person in a shared channel.
+EPHEMERAL_PLATFORMS = frozenset({Platform.DISCORD, Platform.SLACK})
+# Platforms with a private form (modal) that can be opened from a shared channel.
+MODAL_PLATFORMS = frozenset({Platform.DISCORD, Platform.SLACK})
+
+
+class KeyVerifier(Protocol):
+    """Checks a key with a cheap live call; returns the models it reaches.
+
+    Raises ``KeyRejected`` (the provider refused it) or ``KeyCheckFailed`` (could not ask).
+    """
+
+    async def __call__(self, provider: str, key: Secret) -> Sequence[str]: ...
+
+
+class KeyRejected(Exception):
+    """The provider refused the key; ``reason`` is short and secret-free."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class KeyCheckFailed(Exception):
+    """The provider could not be asked (network, timeout); ``reason`` is short."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Refusal(Exception):
+    """Raised by a flow for bad input: the router answers ``text`` and marks the turn refused."""
+
+    def __init__(self, text: str, *, sensitive: bool = False) -> None:
+        super().__init__(text)
+        self.text = text
+        self.sensitive = sensitive
+
+
+@dataclass(slots=True)
+class Services:
+    """Everything flows may use. Built once by the composition root."""
+
+    config: Config
+    db: Database
+    plans: PlanCatalog
+    tenants: Tenants
+    credentials: Credentials
+    intake: Intake
+    flow_states: FlowStates
+    agents: Agents
+    clock: Clock
+    messengers: Mapping[Platform, Messenger]
+    usage: UsageLedger
+    verify_key: KeyVerifier | None = None
+    rotate_master_key: Callable[[], Awaitable[tuple[int, int]]] | None = None
+
+    async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
+        """Write an audit row that is not part of a larger change."""
+        async with self.db.session() as session, session.begin():
+            audit.record(
+                session,
+                at=self.clock.now(),
+                actor=actor,
+                action=action,
+                tenant_id=tenant_id,
+                **detail,
+            )
+
+    def is_admin(self, user: UserRef) -> bool:
+        return user.identity in self.config.core.admins
+
+
+def tag_buttons(rows: Sequence[Sequence[Button]], owner: UserRef) -> tuple[tuple[Button, ...], ...]:
+    """Prefix each payload with the owner's tag so nobody else can press the button."""
+    tag = button_owner_tag(owner)
+    return tuple(
+        tuple(
+            b if b.payload.startswith("@") else Button(b.label, f"{tag}|{b.payload}", b.style)
+            for b in row
+        )
+        for row in rows
+    )
+
+
+class Turn:
+    """One event being handled: the person, where they are, and how to answer them."""
+
+    def __init__(self, event: Event, services: Services, tenant: TenantView | None) -> None:
+        self.event = event
+        self.services = services
+        self.tenant = tenant
+        self.messenger = services.messengers[event.user.platform]
+
+    @property
+    def user(self) -> UserRef:
+        return self.event.user
+
+    @property
+    def chat(self) -> ChatRef:
+        return self.event.chat
+
+    @property
+    def actor(self) -> str:
+        return self.event.user.identity
+
+    def require_tenant(self) -> TenantView:
+        from bot import texts
+
+        if self.tenant is None:
+            raise Refusal(texts.NEED_ACCOUNT)
+        return self.tenant
+
+    async def say(
+        self,
+        text: str,
+        *,
+        buttons: Sequence[Sequence[Button]] = (),
+        sensitive: bool = False,
+        markdown: bool = False,
+    ) -> MessageRef | None:
+        """Answer the event. Sensitive answers stay private: ephemeral, or moved to a DM."""
+        reply = Reply(
+            text=text,
+            buttons=tag_buttons(buttons, self.user),
+            sensitive=sensitive,
+            format=TextFormat.MARKDOWN if markdown else TextFormat.PLAIN,
+        )
+        if sensitive and not self.chat.is_direct and self.user.platform not in EPHEMERAL_PLATFORMS:
+            from bot import texts
+
+            dm = await self.messenger.open_dm(self.user)
+            if dm is None:
+                # Personal details never fall back to the group.
+                return await self.messenger.respond(
+                    self.event,
+                    Reply(
+                        text=texts.DM_NEEDED,
+                        buttons=((Button(texts.OPEN_DM_BUTTON, OPEN_DM_PAYLOAD),),),
+                    ),
+                )
+            sent = await self.messenger.send(dm, reply)
+            await self.messenger.respond(self.event, Reply(text=texts.SENT_TO_DM))
+            return sent
+        return await self.messenger.respond(self.event, reply)
+
+
+def button(label: str, payload: str, *, style: ButtonStyle = ButtonStyle.DEFAULT) -> Button:
+    return Button(label=label, payload=payload, style=style)

@@ -1,0 +1,231 @@
+"""The router: every event passes here, one conversation at a time, into exactly one flow.
+
+It owns the cross-cutting rules: the leak guard runs first on every message, then the
+per-person rate limit, then the per-conversation lock, the admin gate, and the one catch-all
+that logs (redacted) and answers with a friendly text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from bot import texts
+from bot.flows import account, admin, agent, keys
+from bot.flows.base import Refusal, Services, Turn
+from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
+from core.keys import find_leaks
+
+log = logging.getLogger("byokbot.router")
+
+Handler = Callable[[Turn], Awaitable[Outcome | None]]
+ButtonHandler = Callable[[Turn, list[str]], Awaitable[Outcome | None]]
+
+COMMANDS: dict[str, Handler] = {
+    "start": account.handle_start,
+    "help": account.handle_help,
+    "plan": account.handle_plan,
+    "status": account.handle_status,
+    "pause": account.handle_pause,
+    "resume": account.handle_resume,
+    "delete": account.handle_delete,
+    "key": keys.handle_key,
+    "model": agent.handle_model,
+    "persona": agent.handle_persona,
+    "reset": agent.handle_reset,
+    "stop": agent.handle_stop,
+    "usage": agent.handle_usage,
+    "admin": admin.handle_admin,
+}
+
+LOCK_FREE_COMMANDS = frozenset({"stop"})
+
+BUTTONS: dict[str, ButtonHandler] = {
+    "plan": account.on_plan_button,
+    "del": account.on_delete_button,
+    "prov": keys.on_provider_button,
+    "model": agent.on_model_button,
+}
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+    warned: bool = False
+
+
+@dataclass(slots=True)
+class RateLimiter:
+    """A token bucket per person: ``per_minute`` messages, bursting up to the same number."""
+
+    per_minute: int
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    def allow(self, key: str) -> tuple[bool, bool]:
+        """(allowed, first refusal since the bucket ran dry)."""
+        now = time.monotonic()
+        rate = self.per_minute / 60.0
+        b = self._buckets.get(key)
+        if b is None:
+            if len(self._buckets) > 100_000:  # bound memory: forget idle people
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v.at < 60}
+            b = self._buckets[key] = _Bucket(tokens=float(self.per_minute), at=now)
+        b.tokens = min(float(self.per_minute), b.tokens + (now - b.at) * rate)
+        b.at = now
+        if b.tokens >= 1.0:
+            b.tokens -= 1.0
+            b.warned = False
+            return True, False
+        first = not b.warned
+        b.warned = True
+        return False, first
+
+
+class _Locks:
+    """One asyncio lock per conversation, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def __call__(self, key: str) -> _Held:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        await lock.acquire()
+        return _Held(self, key, lock)
+
+    def _release(self, key: str, lock: asyncio.Lock) -> None:
+        lock.release()
+        _, users = self._locks[key]
+        if users <= 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
+
+
+@dataclass(slots=True)
+class _Held:
+    owner: _Locks
+    key: str
+    lock: asyncio.Lock
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.owner._release(self.key, self.lock)
+
+
+class Router:
+    """Maps events to flows. ``dispatch`` is what every adapter calls."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._rate = RateLimiter(services.config.core.messages_per_minute)
+        self._locks = _Locks()
+        self._dm_noted: set[str] = set()
+
+    async def dispatch(self, event: Event) -> Outcome:
+        """Handle one event; never raises (the catch-all answers the person)."""
+        try:
+            return await self._dispatch(event)
+        except Exception:
+            # The one catch-all: the record passes the redaction filter; the event's text is
+            # deliberately not logged.
+            log.exception(
+                "turn failed: platform=%s kind=%s command=%s",
+                event.user.platform.value,
+                event.kind.value,
+                event.command,
+            )
+            await self._answer_safely(event, texts.OOPS)
+            return Outcome(refused=True)
+
+    async def _answer_safely(self, event: Event, text: str) -> None:
+        messenger = self.services.messengers.get(event.user.platform)
+        if messenger is None:
+            return
+        try:
+            await messenger.respond(event, Reply(text=text))
+        except Exception:
+            log.exception("could not deliver the error answer on %s", event.user.platform.value)
+
+    async def _dispatch(self, event: Event) -> Outcome:
+        if event.kind is EventKind.MESSAGE and not event.addressed and not find_leaks(event.text):
+            return Outcome(handled=False)  # group chatter not meant for us
+        allowed, first_refusal = self._rate.allow(event.user.identity)
+        if not allowed and event.kind is not EventKind.SECRET:
+            if first_refusal:
+                await self._answer_safely(event, texts.SLOW_DOWN)
+            return Outcome(refused=True)
+        if event.kind is EventKind.COMMAND and event.command in LOCK_FREE_COMMANDS:
+            # /stop must reach a reply that is streaming under the conversation's lock.
+            return await self._turn(event)
+        lock = await self._locks(event.conversation_key)
+        async with lock:
+            return await self._turn(event)
+
+    async def _turn(self, event: Event) -> Outcome:
+        tenant = await self.services.tenants.find(event.user.identity)
+        turn = Turn(event, self.services, tenant)
+        try:
+            result = await self._route(turn)
+        except Refusal as r:
+            if event.kind is EventKind.SECRET and event.via_modal:
+                return Outcome(secret_error=r.text, refused=True)
+            await turn.say(r.text, sensitive=r.sensitive)
+            return Outcome(refused=True)
+        return result or Outcome()
+
+    async def _route(self, turn: Turn) -> Outcome | None:
+        event = turn.event
+        s = self.services
+        if turn.tenant is not None and event.chat.is_direct:
+            await self._note_dm(turn)
+        if event.kind is EventKind.SECRET:
+            return await keys.on_secret_event(turn)
+        if event.kind is EventKind.BUTTON:
+            return await self._route_button(turn)
+        limit = s.config.core.max_message_chars
+        if event.kind is EventKind.MESSAGE:
+            if event.chat.is_direct:
+                state = await s.flow_states.get(event.user.identity)
+                if state is not None and state.flow == "keys" and state.step == "await_secret":
+                    return await keys.on_dm_secret(turn, state)
+            if find_leaks(event.text):
+                return await keys.on_leak(turn)
+            if len(event.text) > limit:
+                raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))
+            if not event.text.strip():
+                raise Refusal(texts.EMPTY_MESSAGE)
+            return await agent.handle_message(turn)
+        # COMMAND
+        if find_leaks(event.text) or any(find_leaks(a) for a in event.args):
+            return await keys.on_leak(turn)
+        if len(event.text) > limit:
+            raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))
+        handler = COMMANDS.get(event.command)
+        if handler is None:
+            raise Refusal(texts.UNKNOWN_COMMAND.format(command=event.command[:40]))
+        return await handler(turn)
+
+    async def _route_button(self, turn: Turn) -> Outcome | None:
+        tag, sep, payload = turn.event.payload.partition("|")
+        if not sep:
+            raise Refusal(texts.STALE_BUTTON)
+        if tag != button_owner_tag(turn.user):
+            raise Refusal(texts.NOT_YOUR_BUTTON)
+        action, *args = payload.split(":")
+        handler = BUTTONS.get(action)
+        if handler is None:
+            raise Refusal(texts.STALE_BUTTON)
+        return await handler(turn, args)
+
+    async def _note_dm(self, turn: Turn) -> None:
+        identity = turn.user.identity
+        if identity not in self._dm_noted:
+            await self.services.tenants.note_dm(turn.user, turn.chat.id)
+            self._dm_noted.add(identity)

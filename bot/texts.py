@@ -1,0 +1,242 @@
+"""Every user-facing string. Tests assert against these, so wording lives in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from core.config import PlanSettings
+
+# -- general -----------------------------------------------------------------------------
+
+OOPS = (
+    "Sorry — something went wrong on our side while handling that. Nothing was lost; "
+    "please try again in a moment."
+)
+UNKNOWN_COMMAND = "I don't know the command /{command}. Send /help to see what I can do."
+TOO_LONG = (
+    "That message is too long for me ({length} characters; the limit is {limit}). "
+    "Please send it in shorter parts."
+)
+SLOW_DOWN = "You're sending messages faster than I can take them. Please wait a few seconds."
+NOT_ADMIN = "Only operators can use /admin."
+STALE_BUTTON = (
+    "That button is from an older message and no longer does anything. Send /help to start again."
+)
+NOT_YOUR_BUTTON = "That button belongs to someone else's conversation."
+NEED_ACCOUNT = "You don't have an agent yet. Send /start to set one up."
+EMPTY_MESSAGE = "I can only read text messages for now."
+
+HELP = """Here's what I can do:
+/start — set up your agent
+/plan — see or change your plan
+/key add <provider> — hand over an API key privately (also: rotate, remove, list)
+/status — your plan, keys and agent
+/model — choose the model · /persona <text> — set how your agent behaves
+/reset — forget this conversation · /stop — stop a reply in progress
+/usage — tokens used this month
+/pause · /resume — pause or resume your agent
+/delete — erase your account and everything in it
+Anything else you write goes to your agent."""
+
+ADMIN_HELP = """Operator commands:
+/admin stats — totals
+/admin tenants [page] — list tenants
+/admin tenant <id | platform:user> — one tenant
+/admin suspend <tenant> [reason] · /admin resume <tenant>
+/admin setplan <tenant> <plan>
+/admin audit [tenant] — recent audit entries
+/admin broadcast <text> — message every tenant
+/admin rotate-master-key — rewrap every data key under a new master key"""
+
+# -- onboarding and plans -----------------------------------------------------------------
+
+WELCOME = (
+    "Hi! I'm byokbot. I run your own AI agent, right here in chat.\nPick a plan to get started:"
+)
+WELCOME_BACK = "Welcome back! You're on the {plan} plan. Send /help to see what I can do."
+
+
+def plan_line(plan: PlanSettings) -> str:
+    """One plan in a list."""
+    return f"• {plan.name} — ${plan.price_usd:g}/month: {plan.description}"
+
+
+def plan_button(plan: PlanSettings) -> str:
+    return f"{plan.name} (${plan.price_usd:g}/mo)"
+
+
+PLAN_CHOOSE = "Choose a plan:\n{lines}"
+PLAN_CURRENT = "You're on the {plan} plan. Choose another to switch:\n{lines}"
+PLAN_SAME = "You're already on the {plan} plan."
+PLAN_CHANGED = (
+    "Done — you're now on the {plan} plan. Your keys, conversations and settings are kept."
+)
+PLAN_UNKNOWN = "There's no plan called “{plan}”. Available: {plans}."
+SIGNED_UP = "Welcome aboard — you're on the {plan} plan."
+BYOK_NEEDS_KEY = "The {plan} plan runs on your own key. Which provider is it from?"
+MANAGED_READY = "You're all set: just write to me and your agent will answer."
+ALL_SET = "Your agent is ready: just write to me and it will answer."
+
+# -- keys -----------------------------------------------------------------------------
+
+KEY_USAGE = "Use /key add <provider>, /key rotate <provider>, /key remove <provider> or /key list.\nProviders: {providers}."
+KEY_WHICH_PROVIDER = "Which provider is the key from?"
+KEY_UNKNOWN_PROVIDER = "I don't know the provider “{provider}”. Available: {providers}."
+KEY_ASK_TITLE = "Your {provider} API key"
+KEY_ASK_PROMPT = (
+    "Paste your {provider} API key as a reply to this message. I'll delete your message "
+    "the moment I've read it and keep the key encrypted. This request expires in {minutes} minutes."
+)
+KEY_ASK_PROMPT_MODAL = (
+    "Paste your {provider} API key. It is encrypted at rest and never shown in chat."
+)
+KEY_MOVED_TO_DM = (
+    "I've sent you a private message to collect the key — keys never belong in a group."
+)
+KEY_DM_NEEDED = (
+    "I can't message you privately yet. Open a private chat with me, press Start, "
+    "then send /key add {provider} there."
+)
+KEY_SECRET_ASKED = "Waiting for your key — use the private prompt I just opened."
+KEY_STORED = "Key saved: {fingerprint} ({provider}). Your agent will use it from the next message."
+KEY_ROTATED = "Key rotated: {fingerprint} ({provider}). Replies in progress finish on the old key; new ones use the new key."
+KEY_SAME_AS_BEFORE = "Note: that is the same key you had before."
+KEY_MESSAGE_DELETED = "I deleted your message with the key from this chat."
+KEY_DELETE_FAILED = (
+    "I couldn't delete your message with the key (the platform didn't allow it). Please "
+    "delete it yourself, and consider rotating the key at your provider."
+)
+KEY_BAD_SHAPE = "That doesn't look like a {provider} key ({reason}). {attempts_left}"
+KEY_REJECTED_LIVE = "{provider} refused that key ({reason}). {attempts_left}"
+KEY_CHECK_FAILED = "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
+ATTEMPTS_LEFT = "You can try {n} more time(s) — send it again."
+ATTEMPTS_NONE = "That was the last attempt; send /key add {provider} to start over."
+INTAKE_EXPIRED = "That key request has expired. Send /key add {provider} to start a new one."
+INTAKE_EXPIRED_GENERIC = (
+    "That key request has expired or was already used. Send /key add <provider> to start a new one."
+)
+INTAKE_NOT_YOURS = (
+    "That key request belongs to someone else. Send /key add <provider> to start your own."
+)
+INTAKE_LOCKED = "Too many attempts for that key request. Send /key add <provider> to start over."
+INTAKE_USED = (
+    "That key request was already used. Send /key add <provider> if you want to change the key."
+)
+INTAKE_PRIVATE_ONLY = "Keys can only be handed over in a private chat with me."
+KEY_LIST_EMPTY = "You have no keys stored. Add one with /key add <provider>."
+KEY_LIST = "Your keys:\n{lines}"
+KEY_LINE = "• {provider}: {fingerprint} — {status}, added {date}"
+KEY_REMOVED = "Removed your {provider} key ({fingerprint})."
+KEY_NONE_FOR = "You have no {provider} key stored."
+KEY_DEAD = (
+    "Your {provider} key ({fingerprint}) was refused by the provider — it may have been "
+    "revoked. Send /key rotate {provider} to replace it."
+)
+
+LEAK_WARNING = (
+    "That message looked like it contained an API key, so I did not read or keep it. "
+    "{deleted} Treat the key as exposed: revoke it at the provider and add a new one with "
+    "/key rotate in a private chat with me."
+)
+LEAK_DELETED = "I deleted the message."
+LEAK_NOT_DELETED = "I couldn't delete the message — please delete it yourself."
+
+# -- account ----------------------------------------------------------------------------
+
+STATUS = """Plan: {plan} ({price})
+Account: {status}{paused}
+Model: {model}
+Keys: {keys}"""
+PAUSED = "Your agent is paused. Send /resume when you want it back."
+RESUMED = "Your agent is back. Write to it any time."
+ALREADY_PAUSED = "Your agent is already paused."
+NOT_PAUSED = "Your agent isn't paused."
+SUSPENDED = "Your account is suspended by an operator{reason}. Contact support to resume it."
+DELETE_CONFIRM = (
+    "This erases your account: keys, conversations and settings are destroyed and cannot be "
+    "recovered. Are you sure?"
+)
+DELETE_YES = "Yes, erase everything"
+DELETE_NO = "No, keep it"
+DELETED = (
+    "Your account and everything in it has been erased. Send /start if you ever want to come back."
+)
+DELETE_CANCELLED = "Nothing was deleted."
+SENT_TO_DM = "I've sent you the details in a private message."
+DM_NEEDED = "That's private, and I can't message you privately yet. Open a private chat with me, press Start, then ask again."
+OPEN_DM_BUTTON = "Open a private chat"
+
+# -- agent --------------------------------------------------------------------------------
+
+AGENT_UNAVAILABLE = {
+    "not_configured": "Your agent isn't available on this server yet. An operator has to enable the agent runtime.",
+    "no_key": "Your agent has no API key to use. Add one with /key add <provider> in a private chat with me.",
+    "paused": PAUSED,
+    "suspended": "Your account is suspended, so your agent can't answer.",
+    "invalid_key": "Your provider refused the API key — it may have been revoked. Send /key rotate <provider> to replace it.",
+    "rate_limited": "Your provider is rate-limiting your key. Please try again {retry}.",
+    "out_of_credit": "Your provider says the key is out of credit or quota. Top it up with the provider, or switch keys with /key rotate.",
+    "overloaded": "Your provider is overloaded right now. Please try again in a minute.",
+    "model_not_found": "Your provider doesn't offer the model {model}. Pick another with /model.",
+    "network": "I couldn't reach your provider just now. Please try again in a minute.",
+    "timeout": "Your provider took too long to answer. Please try again.",
+    "crashed": "Your agent stopped unexpectedly while answering. It has been restarted — please send your message again.",
+    "busy": "Your agent is still answering your previous message. Send /stop to cancel it.",
+    "cap_reached": "You've used this month's allowance on your plan. It resets on the 1st; you can also /plan to switch to BYOK.",
+    "model_not_in_plan": "That model isn't included in your plan. Pick another with /model.",
+}
+AGENT_GENERIC = "Your agent couldn't answer ({reason}). Please try again."
+STOPPED = "Stopped."
+NOTHING_TO_STOP = "There's no reply in progress."
+RESET_DONE = "I've forgotten this conversation. Let's start fresh."
+PERSONA_SET = "Persona saved. Your agent will behave like this from the next message."
+PERSONA_CLEARED = "Persona cleared — your agent is back to its default behaviour."
+PERSONA_SHOW = (
+    "Your persona:\n{persona}\n\nChange it with /persona <text>, or clear it with /persona clear."
+)
+PERSONA_NONE = "You have no persona set. Set one with /persona <text>, e.g. /persona You are a concise assistant."
+PERSONA_TOO_LONG = "A persona can be at most {limit} characters (that one has {length})."
+MODEL_CHOOSE = "Current model: {current}. Choose one:"
+MODEL_SET = "Model set to {model}."
+MODEL_NONE = "There are no models to choose from yet: add a key with /key add <provider> first."
+USAGE_NONE = "No usage recorded this month yet."
+USAGE = "This month: {input} input and {output} output tokens over {requests} requests.\n{lines}"
+
+# -- admin ------------------------------------------------------------------------------
+
+ADMIN_STATS = "Tenants: {total} ({by_status})\nPlans: {by_plan}\nActive keys: {keys}"
+ADMIN_TENANTS_EMPTY = "No tenants yet."
+ADMIN_TENANT_LINE = "• {id} — {plan}, {status} — {identities}"
+ADMIN_TENANT = """Tenant {id}
+Identities: {identities}
+Plan: {plan} · Status: {status}{reason}{paused}
+Model: {model}
+Keys: {keys}
+Created: {created}"""
+ADMIN_NO_TENANT = "No tenant matches “{ref}”."
+ADMIN_USAGE = "Usage: /admin {sub} {args}"
+ADMIN_UNKNOWN = "Unknown admin command “{sub}”.\n" + ADMIN_HELP
+ADMIN_SUSPENDED = "Suspended {id}."
+ADMIN_RESUMED = "Resumed {id}."
+ADMIN_PLAN_SET = "Tenant {id} is now on the {plan} plan."
+ADMIN_AUDIT_EMPTY = "No audit entries."
+ADMIN_AUDIT_LINE = "{at} {actor} {action} {tenant} {detail}"
+ADMIN_BROADCAST_DONE = "Broadcast sent to {sent} of {total} tenants."
+ADMIN_BROADCAST = "📢 {text}"
+ADMIN_REWRAP_DONE = "Master key rotated to v{version}: {count} data keys rewrapped."
+ADMIN_ROTATE_ENV = (
+    "The master key comes from an environment variable, so it can't be rotated from chat: "
+    "add the new version to {env} and run byokbot master-key rotate."
+)
+TENANT_SUSPENDED_NOTICE = "An operator has suspended your account{reason}."
+TENANT_RESUMED_NOTICE = "Your account has been resumed. Welcome back!"
+
+
+def join(items: Iterable[str]) -> str:
+    """Comma-separated list for prose."""
+    return ", ".join(items)
+
+
+def day(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%d")

@@ -1,0 +1,74 @@
+"""Persisted flow state: where each person is in a multi-step flow, surviving restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete
+
+from core.db import Database
+from core.db.models import FlowStateRow
+from core.ports import Clock
+
+
+@dataclass(frozen=True, slots=True)
+class FlowState:
+    """A person's current step; ``data`` holds ids and choices, never a secret."""
+
+    flow: str
+    step: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None
+
+
+class FlowStates:
+    """Reads and writes one state per person (identity)."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def get(self, identity: str) -> FlowState | None:
+        async with self._db.session() as s:
+            row = await s.get(FlowStateRow, identity)
+        if row is None:
+            return None
+        expires = row.expires_at
+        if expires is not None:
+            expires = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+            if expires <= self._clock.now():
+                return None
+        return FlowState(row.flow, row.step, dict(row.data), expires)
+
+    async def set(
+        self,
+        identity: str,
+        flow: str,
+        step: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        ttl: timedelta | None = None,
+    ) -> None:
+        now = self._clock.now()
+        async with self._db.session() as s, s.begin():
+            row = await s.get(FlowStateRow, identity)
+            if row is None:
+                row = FlowStateRow(identity=identity, flow=flow, step=step, updated_at=now)
+                s.add(row)
+            row.flow, row.step, row.data = flow, step, dict(data or {})
+            row.expires_at = now + ttl if ttl is not None else None
+            row.updated_at = now
+
+    async def clear(self, identity: str) -> None:
+        async with self._db.session() as s, s.begin():
+            await s.execute(delete(FlowStateRow).where(FlowStateRow.identity == identity))
+
+    async def expire_due(self) -> int:
+        async with self._db.session() as s, s.begin():
+            res = await s.execute(
+                delete(FlowStateRow).where(FlowStateRow.expires_at <= self._clock.now())
+            )
+            return int(res.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,361 @@
+"""Tenants: one per person, their identities, plan and subscription state, and deletion.
+
+Deleting a tenant crypto-shreds it: the wrapped data key is destroyed, so its stored keys and
+encrypted memory cannot be read again even from a backup.
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import audit
+from core.chat import UserRef
+from core.credentials import Credentials
+from core.db import Database
+from core.db.models import (
+    DataKeyRow,
+    FlowStateRow,
+    IdentityRow,
+    IntakeSessionRow,
+    MemoryRow,
+    ProviderKeyRow,
+    TenantRow,
+)
+from core.errors import TenantDeleted, TenantNotFound
+from core.plans import PlanCatalog
+from core.ports import Clock
+
+
+class TenantStatus(StrEnum):
+    """Subscription state."""
+
+    TRIAL = "trial"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantView:
+    """A tenant as flows see it."""
+
+    id: str
+    plan: str
+    status: TenantStatus
+    status_reason: str
+    paused: bool
+    provider: str | None
+    model: str | None
+    persona: str
+    created_at: datetime
+
+    @property
+    def usable(self) -> bool:
+        """Whether the agent may answer for this tenant."""
+        return self.status in (TenantStatus.TRIAL, TenantStatus.ACTIVE) and not self.paused
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStats:
+    """Totals for operators."""
+
+    total: int
+    by_status: dict[str, int]
+    by_plan: dict[str, int]
+    active_keys: int
+
+
+def _view(row: TenantRow) -> TenantView:
+    return TenantView(
+        id=row.id,
+        plan=row.plan,
+        status=TenantStatus(row.status),
+        status_reason=row.status_reason,
+        paused=row.paused,
+        provider=row.provider,
+        model=row.model,
+        persona=row.persona,
+        created_at=row.created_at,
+    )
+
+
+class Tenants:
+    """Creates, changes and erases tenants; every change is audited in the same transaction."""
+
+    def __init__(
+        self, db: Database, credentials: Credentials, plans: PlanCatalog, clock: Clock
+    ) -> None:
+        self._db = db
+        self._credentials = credentials
+        self._plans = plans
+        self._clock = clock
+
+    async def find(self, identity: str) -> TenantView | None:
+        """The live tenant an identity belongs to, if any."""
+        async with self._db.session() as s:
+            row = await s.scalar(
+                select(TenantRow)
+                .join(IdentityRow, IdentityRow.tenant_id == TenantRow.id)
+                .where(IdentityRow.identity == identity)
+            )
+            return _view(row) if row is not None else None
+
+    async def get(self, tenant_id: str) -> TenantView:
+        async with self._db.session() as s:
+            row = await s.get(TenantRow, tenant_id)
+            if row is None:
+                raise TenantNotFound(tenant_id)
+            return _view(row)
+
+    async def resolve(self, ref: str) -> TenantView:
+        """A tenant by id or by ``platform:user_id`` (what operators type)."""
+        if ":" in ref:
+            found = await self.find(ref)
+            if found is None:
+                raise TenantNotFound(ref)
+            return found
+        return await self.get(ref)
+
+    async def sign_up(self, user: UserRef, plan_id: str, *, dm_chat_id: str | None) -> TenantView:
+        """Create a tenant for a person, with its own data key."""
+        plan = self._plans.get(plan_id)
+        now = self._clock.now()
+        tenant_id = secrets.token_hex(16)
+        async with self._db.session() as s, s.begin():
+            row = TenantRow(
+                id=tenant_id,
+                plan=plan.id,
+                status=TenantStatus.TRIAL.value,
+                status_reason="",
+                paused=False,
+                persona="",
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(row)
+            await s.flush()
+            s.add(
+                IdentityRow(
+                    identity=user.identity,
+                    tenant_id=tenant_id,
+                    platform=user.platform.value,
+                    display_name=user.name[:200],
+                    dm_chat_id=dm_chat_id,
+                    created_at=now,
+                )
+            )
+            await self._credentials.create_data_key(s, tenant_id)
+            audit.record(
+                s,
+                at=now,
+                actor=user.identity,
+                action="tenant.created",
+                tenant_id=tenant_id,
+                plan=plan.id,
+            )
+        return _view(row)
+
+    async def note_dm(self, user: UserRef, chat_id: str) -> None:
+        """Remember the DM chat of a known identity, for alerts and broadcasts."""
+        async with self._db.session() as s, s.begin():
+            await s.execute(
+                update(IdentityRow)
+                .where(IdentityRow.identity == user.identity, IdentityRow.dm_chat_id.is_(None))
+                .values(dm_chat_id=chat_id)
+            )
+
+    async def dm_targets(self) -> list[tuple[str, str, str]]:
+        """(tenant id, platform, DM chat id) of every live tenant reachable by DM."""
+        async with self._db.session() as s:
+            rows = await s.execute(
+                select(IdentityRow.tenant_id, IdentityRow.platform, IdentityRow.dm_chat_id)
+                .join(TenantRow, TenantRow.id == IdentityRow.tenant_id)
+                .where(
+                    IdentityRow.dm_chat_id.is_not(None),
+                    TenantRow.status != TenantStatus.DELETED.value,
+                )
+            )
+            return [(t, p, c) for t, p, c in rows.all() if c is not None]
+
+    async def _change(
+        self,
+        tenant_id: str,
+        *,
+        actor: str,
+        action: str,
+        detail: dict[str, str] | None = None,
+        **values: object,
+    ) -> TenantView:
+        now = self._clock.now()
+        async with self._db.session() as s, s.begin():
+            row = await s.get(TenantRow, tenant_id, with_for_update=True)
+            if row is None:
+                raise TenantNotFound(tenant_id)
+            if row.status == TenantStatus.DELETED.value:
+                raise TenantDeleted(tenant_id)
+            for k, v in values.items():
+                setattr(row, k, v)
+            row.updated_at = now
+            audit.record(
+                s, at=now, actor=actor, action=action, tenant_id=tenant_id, **(detail or {})
+            )
+            return _view(row)
+
+    async def set_plan(self, tenant_id: str, plan_id: str, *, actor: str) -> TenantView:
+        """Change plan; keys, memory, persona and model stay (SPEC: nothing is lost)."""
+        plan = self._plans.get(plan_id)
+        return await self._change(
+            tenant_id,
+            actor=actor,
+            action="tenant.plan_changed",
+            detail={"plan": plan.id},
+            plan=plan.id,
+        )
+
+    async def activate(self, tenant_id: str, *, actor: str) -> TenantView:
+        """A trial tenant whose setup is complete (a key, or a managed plan) becomes active."""
+        t = await self.get(tenant_id)
+        if t.status is not TenantStatus.TRIAL:
+            return t
+        return await self._change(
+            tenant_id, actor=actor, action="tenant.activated", status=TenantStatus.ACTIVE.value
+        )
+
+    async def set_paused(self, tenant_id: str, paused: bool, *, actor: str) -> TenantView:
+        return await self._change(
+            tenant_id,
+            actor=actor,
+            action="tenant.paused" if paused else "tenant.unpaused",
+            paused=paused,
+        )
+
+    async def suspend(self, tenant_id: str, *, actor: str, reason: str) -> TenantView:
+        return await self._change(
+            tenant_id,
+            actor=actor,
+            action="tenant.suspended",
+            detail={"reason": reason},
+            status=TenantStatus.SUSPENDED.value,
+            status_reason=reason[:200],
+        )
+
+    async def resume(self, tenant_id: str, *, actor: str) -> TenantView:
+        return await self._change(
+            tenant_id,
+            actor=actor,
+            action="tenant.resumed",
+            status=TenantStatus.ACTIVE.value,
+            status_reason="",
+        )
+
+    async def set_model(
+        self, tenant_id: str, provider: str, model: str, *, actor: str
+    ) -> TenantView:
+        return await self._change(
+            tenant_id,
+            actor=actor,
+            action="tenant.model_changed",
+            detail={"provider": provider, "model": model},
+            provider=provider,
+            model=model,
+        )
+
+    async def set_persona(self, tenant_id: str, persona: str, *, actor: str) -> TenantView:
+        return await self._change(
+            tenant_id,
+            actor=actor,
+            action="tenant.persona_changed",
+            detail={"chars": str(len(persona))},
+            persona=persona,
+        )
+
+    async def delete(self, tenant_id: str, *, actor: str) -> None:
+        """Erase a tenant: destroy its data key, keys, memory, sessions and identities."""
+        now = self._clock.now()
+        async with self._db.session() as s, s.begin():
+            row = await s.get(TenantRow, tenant_id, with_for_update=True)
+            if row is None:
+                raise TenantNotFound(tenant_id)
+            identities = (
+                await s.scalars(
+                    select(IdentityRow.identity).where(IdentityRow.tenant_id == tenant_id)
+                )
+            ).all()
+            await s.execute(delete(FlowStateRow).where(FlowStateRow.identity.in_(identities)))
+            await s.execute(delete(IntakeSessionRow).where(IntakeSessionRow.tenant_id == tenant_id))
+            await s.execute(delete(ProviderKeyRow).where(ProviderKeyRow.tenant_id == tenant_id))
+            await s.execute(delete(MemoryRow).where(MemoryRow.tenant_id == tenant_id))
+            await s.execute(delete(DataKeyRow).where(DataKeyRow.tenant_id == tenant_id))
+            await s.execute(delete(IdentityRow).where(IdentityRow.tenant_id == tenant_id))
+            row.status = TenantStatus.DELETED.value
+            row.persona = ""
+            row.model = None
+            row.provider = None
+            row.paused = False
+            row.updated_at = now
+            audit.record(s, at=now, actor=actor, action="tenant.deleted", tenant_id=tenant_id)
+
+    async def list(
+        self, *, offset: int = 0, limit: int = 20, include_deleted: bool = False
+    ) -> Sequence[tuple[TenantView, builtins.list[str]]]:
+        """Tenants with their identities, newest first."""
+        async with self._db.session() as s:
+            q = select(TenantRow).order_by(TenantRow.created_at.desc()).offset(offset).limit(limit)
+            if not include_deleted:
+                q = q.where(TenantRow.status != TenantStatus.DELETED.value)
+            rows = (await s.scalars(q)).all()
+            out = []
+            for r in rows:
+                ids = await _identities(s, r.id)
+                out.append((_view(r), ids))
+            return out
+
+    async def identities(self, tenant_id: str) -> builtins.list[str]:
+        async with self._db.session() as s:
+            return await _identities(s, tenant_id)
+
+    async def stats(self) -> TenantStats:
+        async with self._db.session() as s:
+            by_status = dict(
+                (
+                    await s.execute(
+                        select(TenantRow.status, func.count()).group_by(TenantRow.status)
+                    )
+                ).all()
+            )
+            by_plan = dict(
+                (
+                    await s.execute(
+                        select(TenantRow.plan, func.count())
+                        .where(TenantRow.status != TenantStatus.DELETED.value)
+                        .group_by(TenantRow.plan)
+                    )
+                ).all()
+            )
+            keys = await s.scalar(
+                select(func.count())
+                .select_from(ProviderKeyRow)
+                .where(ProviderKeyRow.status == "active")
+            )
+        total = sum(v for k, v in by_status.items() if k != TenantStatus.DELETED.value)
+        return TenantStats(total=total, by_status=by_status, by_plan=by_plan, active_keys=keys or 0)
+
+
+async def _identities(s: AsyncSession, tenant_id: str) -> list[str]:
+    return list(
+        (
+            await s.scalars(
+                select(IdentityRow.identity)
+                .where(IdentityRow.tenant_id == tenant_id)
+                .order_by(IdentityRow.identity)
+            )
+        ).all()
+    )

@@ -1,0 +1,73 @@
+"""Token usage per tenant, day and model: recorded after each reply, summarised for ``usage``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from core.db import Database
+from core.db.models import UsageRow
+from core.ports import Clock
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    """Tokens on one day."""
+
+    day: date
+    input_tokens: int
+    output_tokens: int
+    requests: int
+
+
+class UsageLedger:
+    """Upserts one row per (tenant, day, model); one statement per reply."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def record(
+        self, tenant_id: str, model: str, input_tokens: int, output_tokens: int
+    ) -> None:
+        insert = sqlite_insert if self._db.is_sqlite else pg_insert
+        stmt = insert(UsageRow).values(
+            tenant_id=tenant_id,
+            day=self._clock.now().date(),
+            model=model[:200],
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            requests=1,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "day", "model"],
+            set_={
+                "input_tokens": UsageRow.input_tokens + stmt.excluded.input_tokens,
+                "output_tokens": UsageRow.output_tokens + stmt.excluded.output_tokens,
+                "requests": UsageRow.requests + 1,
+            },
+        )
+        async with self._db.session() as s, s.begin():
+            await s.execute(stmt)
+
+    async def month(self, tenant_id: str) -> list[DayUsage]:
+        """Per-day totals for the current calendar month, oldest first."""
+        today = self._clock.now().date()
+        start = today.replace(day=1)
+        async with self._db.session() as s:
+            rows = await s.execute(
+                select(
+                    UsageRow.day,
+                    func.sum(UsageRow.input_tokens),
+                    func.sum(UsageRow.output_tokens),
+                    func.sum(UsageRow.requests),
+                )
+                .where(UsageRow.tenant_id == tenant_id, UsageRow.day >= start)
+                .group_by(UsageRow.day)
+                .order_by(UsageRow.day)
+            )
+            return [DayUsage(d, int(i or 0), int(o or 0), int(r or 0)) for d, i, o, r in rows.all()]

@@ -1,0 +1,74 @@
+"""Shared fixtures: databases (SQLite always, PostgreSQL when .ci/run provides one), the app."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from core.config import Config, parse_config
+
+PG_ENV = "BYOKBOT_TEST_PG_URL"
+
+for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ.pop(_var, None)
+
+
+def _pg_admin_url() -> str | None:
+    return os.environ.get(PG_ENV) or None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database of each kind (PostgreSQL: a new database per test)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'byokbot.db'}"
+        return
+    admin = _pg_admin_url()
+    if admin is None:
+        pytest.skip(f"{PG_ENV} is not set (.ci/run starts a throwaway PostgreSQL and sets it)")
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    plain = admin.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(plain)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, _ = admin.rpartition("/")
+    yield f"{base}/{name}"
+    conn = await asyncpg.connect(plain)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'byokbot.db'}"
+
+
+@pytest.fixture
+def master_key_env() -> Iterator[dict[str, str]]:
+    return {"BYOKBOT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+
+
+def make_config(url: str, tmp_path: Path, **core: object) -> Config:
+    """A config rooted in tmp_path, with an admin on every platform for admin tests."""
+    data: dict[str, object] = {
+        "core": {
+            "database_url": url,
+            "master_key_file": str(tmp_path / "master.key"),
+            "admins": ["telegram:900", "console:local"],
+            "verify_keys_live": False,
+            **core,
+        }
+    }
+    return parse_config(data, source="test.toml", base_dir=tmp_path)

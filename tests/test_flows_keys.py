@@ -1,0 +1,303 @@
+"""Scenario transcripts: onboarding, the key exchange, rotation, removal, leaks, restarts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from bot import texts
+from core.chat import OPEN_DM_PAYLOAD, Platform
+from core.db.models import IntakeSessionRow, ProviderKeyRow
+from core.keys import fingerprint
+from core.ports import ManualClock
+from core.secret import Secret
+from tests.canaries import anthropic_key, openai_key
+from tests.harness import World
+
+
+@pytest.fixture
+async def world(
+    db_url: str, tmp_path: Path, master_key_env: dict[str, str]
+) -> AsyncIterator[World]:
+    w = await World.create(db_url, tmp_path, master_key_env)
+    yield w
+    await w.close()
+
+
+async def _stored_keys(world: World) -> int:
+    async with world.app.db.session() as s:
+        return int(await s.scalar(select(func.count()).select_from(ProviderKeyRow)) or 0)
+
+
+async def test_onboarding_to_byok_with_a_key(world: World) -> None:
+    ada = world.person()
+    await ada.command("/start")
+    assert ada.last.startswith(texts.WELCOME)
+    assert [label for label, _ in ada.buttons()] == ["BYOK ($15/mo)", "Managed ($39/mo)"]
+
+    await ada.press("BYOK ($15/mo)")
+    assert ada.transcript()[-2:] == [
+        texts.SIGNED_UP.format(plan="BYOK"),
+        texts.BYOK_NEEDS_KEY.format(plan="BYOK"),
+    ]
+    await ada.press("Anthropic")
+    _event, request = ada.messenger.secret_requests[-1]
+    assert request.provider == "anthropic"
+    assert "10 minutes" in request.prompt
+
+    key = anthropic_key()
+    # Telegram: the key arrives as the person's DM reply; it must be deleted at once.
+    outcome = await ada.say(key)
+    assert outcome.refused is False
+    assert len(ada.messenger.deleted) == 1
+    fp = fingerprint(Secret(key))
+    assert ada.last == (
+        texts.KEY_MESSAGE_DELETED
+        + "\n"
+        + texts.KEY_STORED.format(fingerprint=fp, provider="Anthropic")
+    )
+    assert key not in ada.messenger.all_text()
+    tenant = await world.app.services.tenants.find(ada.user.identity)
+    assert tenant is not None and tenant.status.value == "active"
+    revealed = await world.app.services.credentials.reveal(tenant.id, "anthropic")
+    assert revealed is not None and revealed[1].reveal() == key
+
+    # The next plain message goes to the agent port: no runtime configured -> a clear answer.
+    await ada.say("hello agent")
+    assert ada.last == texts.AGENT_UNAVAILABLE["not_configured"]
+
+
+async def test_modal_submission_and_in_form_errors(world: World) -> None:
+    bob = world.person(Platform.SLACK, "U1", "Bob")
+    await bob.command("/start")
+    await bob.press("BYOK ($15/mo)")
+    await bob.command("/key add openai", chat=bob.group("C1"))
+    event, _request = bob.messenger.secret_requests[-1]
+    assert event.chat.id == "C1"  # modal opened from the channel: private by itself
+    assert texts.KEY_MOVED_TO_DM not in bob.transcript()
+
+    before = len(bob.sent)
+    bad = await bob.submit_secret("not-a-key", via_modal=True)
+    assert bad.refused and bad.secret_error is not None
+    assert bad.secret_error.startswith("That doesn't look like a OpenAI key")
+    assert len(bob.sent) == before  # the error is shown in the modal, not as a message
+
+    key = openai_key()
+    ok = await bob.submit_secret(key, via_modal=True)
+    assert ok.secret_error is None
+    assert bob.last == texts.KEY_STORED.format(
+        fingerprint=fingerprint(Secret(key)), provider="OpenAI"
+    )
+    assert bob.sent[-1].reply.sensitive is True
+    again = await bob.submit_secret(openai_key(), via_modal=True)
+    assert again.secret_error == texts.INTAKE_USED
+
+
+async def test_switching_plans_keeps_keys(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    await ada.command("/key add anthropic")
+    await ada.say(anthropic_key())
+    await ada.command("/plan managed")
+    assert ada.last == texts.MANAGED_READY
+    assert texts.PLAN_CHANGED.format(plan="Managed") in ada.transcript()
+    await ada.command("/plan managed")
+    assert ada.last == texts.PLAN_SAME.format(plan="Managed")
+    await ada.command("/plan byok")
+    assert ada.last == texts.ALL_SET  # the key was kept: no new key needed
+    assert await _stored_keys(world) == 1
+    await ada.command("/plan gold")
+    assert ada.last == texts.PLAN_UNKNOWN.format(plan="gold", plans="byok, managed")
+
+
+async def test_rotate_and_remove_keys(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    await ada.command("/key add anthropic")
+    first = anthropic_key()
+    await ada.say(first)
+    await ada.command("/key rotate anthropic")
+    second = anthropic_key()
+    await ada.say(second)
+    assert ada.last.endswith(
+        texts.KEY_ROTATED.format(fingerprint=fingerprint(Secret(second)), provider="Anthropic")
+    )
+    tenant = await world.app.services.tenants.find(ada.user.identity)
+    assert tenant is not None
+    revealed = await world.app.services.credentials.reveal(tenant.id, "anthropic")
+    assert revealed is not None and revealed[1].reveal() == second
+    assert await _stored_keys(world) == 1
+
+    await ada.command("/key rotate anthropic")
+    await ada.say(second)
+    assert ada.last.endswith(texts.KEY_SAME_AS_BEFORE)
+
+    await ada.command("/key list")
+    assert fingerprint(Secret(second)) in ada.last
+    await ada.command("/key remove anthropic")
+    assert ada.last == texts.KEY_REMOVED.format(
+        provider="Anthropic", fingerprint=fingerprint(Secret(second))
+    )
+    assert await _stored_keys(world) == 0
+    await ada.command("/key remove anthropic")
+    assert ada.last == texts.KEY_NONE_FOR.format(provider="Anthropic")
+    await ada.command("/key list")
+    assert ada.last == texts.KEY_LIST_EMPTY
+
+
+async def test_key_pasted_in_a_group_is_deleted_and_never_stored(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    key = anthropic_key()
+    group = ada.group()
+    outcome = await ada.say(f"here is my key {key} can someone check", chat=group, addressed=False)
+    assert outcome.refused
+    assert ada.messenger.deleted[-1][0] == group.id
+    assert ada.last == texts.LEAK_WARNING.format(deleted=texts.LEAK_DELETED)
+    assert await _stored_keys(world) == 0
+    assert key not in ada.messenger.all_text()
+
+    # Where deletion is refused, the person is told to delete it themselves.
+    ada.messenger.can_delete = False
+    await ada.say(key, chat=group)
+    assert ada.last == texts.LEAK_WARNING.format(deleted=texts.LEAK_NOT_DELETED)
+    # A key inside a command is caught too (and never reaches the command's flow).
+    await ada.command(f"/persona {key}")
+    assert ada.last == texts.LEAK_WARNING.format(deleted=texts.LEAK_NOT_DELETED)
+    tenant = await world.app.services.tenants.find(ada.user.identity)
+    assert tenant is not None and tenant.persona == ""
+
+
+async def test_key_in_a_normal_dm_message_is_not_forwarded(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan managed")
+    key = openai_key()
+    await ada.say(f"my key is `{key}`")
+    assert ada.last == texts.LEAK_WARNING.format(deleted=texts.LEAK_DELETED)
+    assert texts.AGENT_UNAVAILABLE["not_configured"] not in ada.transcript()
+
+
+async def test_intake_requested_in_a_group_moves_to_dm(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    await ada.command("/key add anthropic", chat=ada.group())
+    assert ada.last == texts.KEY_MOVED_TO_DM
+    assert ada.sent[-1].chat.id == "group-1"
+    assert len(ada.messenger.secret_requests) == 1
+
+    # Someone who never opened a DM with the bot gets a button to do so instead.
+    eve = world.person(uid="2", name="Eve")
+    await eve.command("/plan byok")
+    eve.messenger.can_dm = False
+    before = len(eve.messenger.secret_requests)
+    await eve.command("/key add anthropic", chat=eve.group())
+    assert eve.last == texts.KEY_DM_NEEDED.format(provider="anthropic")
+    assert [p for _, p in eve.buttons()] == [OPEN_DM_PAYLOAD]
+    assert len(eve.messenger.secret_requests) == before
+    async with world.app.db.session() as s:
+        open_rows = await s.scalar(
+            select(func.count())
+            .select_from(IntakeSessionRow)
+            .where(
+                IntakeSessionRow.identity == eve.user.identity, IntakeSessionRow.status == "open"
+            )
+        )
+    assert open_rows == 0
+
+
+async def test_restart_in_the_middle_of_adding_a_key(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    await ada.command("/key add anthropic")
+    await world.restart()
+    ada = world.person()
+    key = anthropic_key()
+    await ada.say(key)  # the reply still completes the exchange after the restart
+    assert ada.last.endswith(
+        texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic")
+    )
+
+    # And a new intake can be started after a restart; it replaces the open one.
+    await ada.command("/key rotate anthropic")
+    old_token = ada.last_secret_token()
+    await world.restart()
+    ada = world.person()
+    await ada.command("/key rotate anthropic")
+    assert ada.last_secret_token() != old_token
+    refused = await ada.submit_secret(anthropic_key(), token=old_token)
+    assert refused.refused and ada.last == texts.INTAKE_EXPIRED_GENERIC
+    newest = anthropic_key()
+    await ada.say(newest)
+    assert ada.last.endswith(
+        texts.KEY_ROTATED.format(fingerprint=fingerprint(Secret(newest)), provider="Anthropic")
+    )
+
+
+async def test_malformed_key_attempts_then_lock(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    await ada.command("/key add anthropic")
+    await ada.say("sk-ant-short")
+    assert "That doesn't look like a Anthropic key" in ada.last
+    assert texts.ATTEMPTS_LEFT.format(n=2) in ada.last
+    await ada.say("hello")
+    assert texts.ATTEMPTS_LEFT.format(n=1) in ada.last
+    await ada.say(openai_key())
+    assert texts.ATTEMPTS_NONE.format(provider="anthropic") in ada.last
+    assert await _stored_keys(world) == 0
+    # After the lock, ordinary messages go to the agent again.
+    await ada.say("hello")
+    assert ada.last == texts.AGENT_UNAVAILABLE["not_configured"]
+
+
+async def test_expired_intake(db_url: str, tmp_path: Path, master_key_env: dict[str, str]) -> None:
+    clock = ManualClock()
+    world = await World.create(db_url, tmp_path, master_key_env, clock=clock)
+    try:
+        ada = world.person()
+        await ada.command("/plan byok")
+        await ada.command("/key add anthropic")
+        token = ada.last_secret_token()
+        clock.advance(601)
+        key = anthropic_key()
+        outcome = await ada.submit_secret(key, token=token)
+        assert outcome.refused
+        assert ada.last == texts.INTAKE_EXPIRED_GENERIC
+        assert await _stored_keys(world) == 0
+        # The persisted "awaiting a key" state expired with it: a DM is an agent message again.
+        await ada.say("hi")
+        assert ada.last == texts.AGENT_UNAVAILABLE["not_configured"]
+    finally:
+        await world.close()
+
+
+async def test_unknown_provider_and_missing_arguments(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    await ada.command("/key add acme")
+    assert ada.last == texts.KEY_UNKNOWN_PROVIDER.format(
+        provider="acme", providers="anthropic, openai, moonshot"
+    )
+    await ada.command("/key")
+    assert ada.last == texts.KEY_USAGE.format(providers="anthropic, openai, moonshot")
+    await ada.command("/key remove")
+    assert ada.last == texts.KEY_USAGE.format(providers="anthropic, openai, moonshot")
+    await ada.command("/key add")
+    assert ada.last == texts.KEY_WHICH_PROVIDER
+    assert await _stored_keys(world) == 0
+
+
+async def test_secret_for_someone_else_is_refused(world: World) -> None:
+    ada = world.person()
+    bob = world.person(uid="2", name="Bob")
+    await ada.command("/plan byok")
+    await bob.command("/plan byok")
+    await ada.command("/key add anthropic")
+    token = ada.last_secret_token()
+    outcome = await bob.submit_secret(anthropic_key(), token=token)
+    assert outcome.refused
+    assert bob.last == texts.INTAKE_NOT_YOURS
+    assert await _stored_keys(world) == 0
