@@ -42,6 +42,7 @@ from adapters.telegram.config import TelegramConfig, parse
 from core.chat import ChatRef, Event, EventKind, MessageRef, Platform, Reply, SecretRequest, UserRef
 from core.config import PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.logs import RedactingFilter, register_secret
 from core.ports import EventHandler
 
 T = TypeVar("T")
@@ -108,57 +109,22 @@ class ChatUnreachable(TelegramAdapterError):
 
 # ----- token redaction ---------------------------------------------------------------------
 
-
-class _Redactor(logging.Filter):
-    """Rewrites log records so registered values (the bot token) never reach a handler."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: dict[str, str] = {}
-
-    def _clean(self, text: str) -> str:
-        for value, mask in self.values.items():
-            text = text.replace(value, mask)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.values:
-            return True
-        message = record.getMessage()
-        cleaned = self._clean(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self._clean(record.exc_text)
-        return True
+# The loggers that can print the token: httpx logs request URLs (".../bot<TOKEN>/sendMessage"),
+# python-telegram-bot's Bot repr and InvalidToken message contain it. ``configure_logging``
+# redacts at the root handler; these logger-level filters also cover an embedding application
+# (or a test) that set up its own handlers.
+_SDK_FILTER: Final = RedactingFilter()
 
 
-_REDACTOR: Final = _Redactor()
-
-
-def register_secret(value: str, *, label: str) -> None:
-    """Keep ``value`` out of every log line the SDK and its HTTP client can write.
-
-    Stand-in with the signature of ``core.logs.register_secret`` (branch ``vault``), which will
-    replace it at merge. Filters sit on the loggers that print request URLs or ``repr(bot)``:
-    ``httpx``, ``httpcore``, every ``telegram.*`` logger and this adapter's own.
-    """
-    if len(value) < 8:
-        return
-    mask = f"<{label}>"
-    _REDACTOR.values[value] = mask
-    # A bot token is "<bot id>:<secret>"; the secret half alone is a secret as well.
-    secret_half = value.partition(":")[2]
-    if len(secret_half) >= 20:
-        _REDACTOR.values[secret_half] = mask
+def _guard_loggers() -> None:
     names = ["httpx", "httpcore", "telegram", __name__]
-    names += [n for n in logging.root.manager.loggerDict if n.startswith(("telegram", "httpcore"))]
+    names += [
+        n for n in logging.root.manager.loggerDict if n.startswith(("telegram.", "httpcore."))
+    ]
     for name in names:
         logger = logging.getLogger(name)
-        if _REDACTOR not in logger.filters:
-            logger.addFilter(_REDACTOR)
+        if _SDK_FILTER not in logger.filters:
+            logger.addFilter(_SDK_FILTER)
 
 
 # ----- the adapter -------------------------------------------------------------------------
@@ -212,7 +178,10 @@ class TelegramAdapter:
         self._next_edit: dict[str, float] = {}
         self._drafts_ok = config.stream_drafts
         self._draft_seq = 0
-        register_secret(config.token.reveal(), label="telegram-bot-token")
+        register_secret(config.token.reveal(), label="telegram bot token")
+        if config.webhook_secret is not None:
+            register_secret(config.webhook_secret.reveal(), label="telegram webhook secret")
+        _guard_loggers()
 
     def __repr__(self) -> str:
         # python-telegram-bot's Bot repr shows the token; ours must not.
