@@ -7,6 +7,7 @@ stand-in for the router) does, and what the fake server recorded the bot doing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -623,3 +624,47 @@ async def test_redelivered_update_is_processed_once(
     await script.handled(2)
     await server.wait_calls("getUpdates", len(server.calls_to("getUpdates")) + 1)
     assert [e.text for e in script.events] == ["once", "twice"]
+
+
+# ----- the token never shows -----------------------------------------------------------------
+
+
+async def test_token_never_appears_in_logs_or_messages(
+    make: Factory, server: FakeTelegramServer, script: Script, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("httpx").setLevel(logging.INFO)
+
+    async def on(event: Event) -> None:
+        await adapter.respond(event, Reply(f"you said {event.text}"))
+        raise RuntimeError(f"handler blew up with {adapter!r}")
+
+    script.on = on
+    adapter = await make()
+    server.fail("sendMessage", 429, "Too Many Requests", retry_after=0.05)
+    server.push_update(message(42, ADA, "hello", message_id=1))
+    await script.handled(1)
+    server.fail("sendMessage", 403, "Forbidden: bot was blocked by the user", chat_id=77)
+    assert await adapter.send(ChatRef(Platform.TELEGRAM, "77", is_direct=True), Reply("x")) is None
+    server.fail("deleteMessage", 400, "Bad Request: message to delete not found")
+    assert await adapter.delete(ChatRef(Platform.TELEGRAM, "42", is_direct=True), "1") is False
+    logging.getLogger("telegram.ext.ExtBot").debug("bot is %r", adapter._bot)
+    await adapter.stop()
+
+    # A rejected token: python-telegram-bot's InvalidToken message quotes it.
+    wrong = "5550001234:AAE-other-canary-token-rejected-0123"
+    settings = PlatformSettings("telegram", True, {"api_base_url": server.base_url})
+    rejected = TelegramAdapter(parse(settings, {"TELEGRAM_BOT_TOKEN": wrong}))
+    with pytest.raises(TelegramLoginError) as info:
+        await rejected.start(script)
+    assert wrong not in str(info.value)
+
+    assert "/getUpdates" in caplog.text  # httpx request lines were captured
+    assert "Retrying after" in caplog.text  # so was the rate limiter's retry
+    outgoing = str([c.params for c in server.calls])
+    for canary in (TOKEN, TOKEN.partition(":")[2], wrong, wrong.partition(":")[2]):
+        assert canary not in caplog.text
+        assert canary not in outgoing
+    assert [str(e).startswith("handler blew up with TelegramAdapter(") for e in script.errors] == [
+        True
+    ]
