@@ -10,6 +10,7 @@ from telegram import Update
 
 from adapters.telegram import translate
 from core.chat import (
+    OPEN_DM_PAYLOAD,
     Button,
     ButtonStyle,
     ChatRef,
@@ -252,7 +253,8 @@ def test_buttons_become_an_inline_keyboard() -> None:
         "Pick a plan",
         buttons=(
             (Button("BYOK", "t:plan:byok", ButtonStyle.PRIMARY), Button("Managed", "t:plan:m")),
-            (Button("Open DM", "open_dm:key"), Button("Docs", "https://example.org/docs")),
+            (Button("Open DM", "@open-dm:key"), Button("Docs", "https://example.org/docs")),
+            (Button("Start", OPEN_DM_PAYLOAD),),
         ),
     )
     (out,) = translate.outgoing(reply, bot_username=BOT)
@@ -267,6 +269,7 @@ def test_buttons_become_an_inline_keyboard() -> None:
                 {"text": "Open DM", "url": "https://t.me/byok_test_bot?start=key"},
                 {"text": "Docs", "url": "https://example.org/docs"},
             ],
+            [{"text": "Start", "url": "https://t.me/byok_test_bot"}],
         ]
     }
     assert out.kwargs["text"] == "Pick a plan"

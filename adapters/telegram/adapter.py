@@ -22,7 +22,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from telegram import BotCommand, ReplyParameters, Update
@@ -130,14 +129,6 @@ def _guard_loggers() -> None:
 # ----- the adapter -------------------------------------------------------------------------
 
 
-@dataclass
-class _PendingCallback:
-    """A callback query not yet answered; the handler may answer it with an alert."""
-
-    query_id: str
-    answered: bool = False
-
-
 class TelegramAdapter:
     """Serves one Telegram bot (polling or webhook) and implements ``Messenger`` on it.
 
@@ -146,8 +137,6 @@ class TelegramAdapter:
         clock: monotonic seconds, for stream pacing (tests pass a manual clock).
         dedup: remembers processed ``update_id`` values (one per process by default).
         commands: the ``setMyCommands`` menu as ``(command, description)`` pairs.
-        callback_grace: how long a button press waits for an alert before it is answered
-            with no text (Telegram shows a spinner until it is answered).
     """
 
     platform = Platform.TELEGRAM
@@ -159,22 +148,18 @@ class TelegramAdapter:
         clock: Callable[[], float] = time.monotonic,
         dedup: Deduplicator | None = None,
         commands: Sequence[tuple[str, str]] = COMMANDS,
-        callback_grace: float = 1.5,
     ) -> None:
         if config.token is None:
             raise ValueError(f"{config.token_env} is not set")
         self.config = config
-        self.messenger = self
         self._clock = clock
         self._dedup = dedup or InMemoryDeduplicator()
         self._commands = tuple(commands)
-        self._callback_grace = callback_grace
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._handler: EventHandler | None = None
         self._bot_id = 0
         self._bot_username = ""
         self._unreachable: set[str] = set()
-        self._callbacks: dict[str, _PendingCallback] = {}
         self._next_edit: dict[str, float] = {}
         self._drafts_ok = config.stream_drafts
         self._draft_seq = 0
@@ -188,6 +173,10 @@ class TelegramAdapter:
         return f"TelegramAdapter(mode={self.config.mode!r}, bot={self._bot_username!r})"
 
     # ----- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def messenger(self) -> TelegramAdapter:
+        return self
 
     @property
     def bot_username(self) -> str:
@@ -303,38 +292,15 @@ class TelegramAdapter:
         if handler is None:  # stop() raced with a last update
             return
         log.debug("telegram: update %s -> %s", update.update_id, event.kind.value)
-        if update.callback_query is None:
-            await handler(event)
-            return
-        pending = _PendingCallback(update.callback_query.id)
-        self._callbacks[event.event_id] = pending
-        timer = asyncio.create_task(self._answer_later(pending))
-        try:
-            await handler(event)
-        finally:
-            timer.cancel()
-            self._callbacks.pop(event.event_id, None)
-            await self._answer_callback(pending)
-
-    async def _answer_later(self, pending: _PendingCallback) -> None:
-        await asyncio.sleep(self._callback_grace)
-        await self._answer_callback(pending)
-
-    async def _answer_callback(
-        self, pending: _PendingCallback, text: str | None = None, *, alert: bool = False
-    ) -> bool:
-        if pending.answered:
-            return False
-        pending.answered = True
-        try:
-            await self._bot.answer_callback_query(
-                pending.query_id, text=text, show_alert=True if alert else None
-            )
-        except TelegramError as exc:
-            # Too late (older than ~15 s) or already answered: the press was still handled.
-            log.info("telegram: callback answer refused: %s", type(exc).__name__)
-            return False
-        return True
+        query = update.callback_query
+        if query is not None:
+            # Answer first: the person's spinner stops at once, whatever the handler does.
+            try:
+                await query.answer()
+            except TelegramError as exc:
+                # Too late (older than ~15 s) or already answered; the press still counts.
+                log.info("telegram: callback answer refused: %s", type(exc).__name__)
+        await handler(event)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         uid = update.update_id if isinstance(update, Update) else None
@@ -409,22 +375,7 @@ class TelegramAdapter:
     # ----- Messenger -----------------------------------------------------------------------
 
     async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
-        """Answer in the event's chat (replying to the person's message in a group).
-
-        A short ``sensitive`` reply without buttons to a button press is shown as an alert only
-        the presser sees (Telegram's one ephemeral surface), e.g. "this button is not yours".
-        """
-        pending = self._callbacks.get(event.event_id)
-        if (
-            pending is not None
-            and not pending.answered
-            and reply.sensitive
-            and not reply.buttons
-            and reply.image is None
-            and 0 < translate.utf16_len(reply.text) <= translate.ALERT_LIMIT
-        ):
-            await self._answer_callback(pending, reply.text, alert=True)
-            return None
+        """Answer in the event's chat, quoting the person's message in a group."""
         quote: Any = None
         if (
             not event.chat.is_direct
@@ -512,18 +463,22 @@ class TelegramAdapter:
         self._unreachable.discard(user.id)
         return chat
 
-    async def ask_secret(self, event: Event, request: SecretRequest) -> None:
-        """Ask in the person's DM with ForceReply and ``protect_content``.
+    async def ask_secret(self, event: Event, request: SecretRequest) -> bool:
+        """Ask in the person's DM with ForceReply and ``protect_content``, from any chat.
 
         The answer arrives as an ordinary DM message; the flow, knowing a secret is awaited,
-        deletes it. Raises ``ChatUnreachable`` when the DM is closed (call ``open_dm`` first).
+        deletes it. False when the DM is closed (never started, or blocked).
         """
-        chat = ChatRef(Platform.TELEGRAM, event.user.id, is_direct=True)
-        await self._call(
-            "sendMessage",
-            chat.id,
-            self._bot.send_message(chat_id=chat.id, **translate.secret_prompt(request)),
-        )
+        chat_id = event.user.id
+        try:
+            await self._bot.send_message(chat_id=chat_id, **translate.secret_prompt(request))
+        except (Forbidden, BadRequest) as exc:
+            self._unreachable.add(chat_id)
+            log.info("telegram: cannot ask user %s privately: %s", chat_id, exc.message)
+            return False
+        except TelegramError as exc:
+            raise self._wrap(exc, "sendMessage", chat_id) from None
+        return True
 
     async def typing(self, chat: ChatRef) -> None:
         """Show "typing..." for a few seconds; failures are logged, never raised."""

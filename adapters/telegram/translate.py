@@ -25,6 +25,7 @@ from telegram import (
 from telegram.constants import ChatType, KeyboardButtonStyle, ParseMode
 
 from core.chat import (
+    OPEN_DM_PAYLOAD,
     Button,
     ButtonStyle,
     ChatRef,
@@ -41,10 +42,6 @@ MESSAGE_LIMIT: Final = 4096
 """Telegram's message length, in UTF-16 code units after entity parsing."""
 CAPTION_LIMIT: Final = 1024
 CALLBACK_DATA_LIMIT: Final = 64
-ALERT_LIMIT: Final = 200
-"""The longest text ``answerCallbackQuery`` shows."""
-OPEN_DM_PAYLOAD: Final = "open_dm"
-"""A button payload ``open_dm`` or ``open_dm:<start>`` becomes a link that opens the bot's DM."""
 
 _COMMAND: Final = re.compile(r"/([A-Za-z0-9_]{1,32})(?:@([A-Za-z0-9_]+))?(?:\s+(.*))?", re.DOTALL)
 _STYLES: Final = {
@@ -167,6 +164,8 @@ def deep_link(bot_username: str, start: str = "") -> str:
 
 
 def _button(button: Button, *, bot_username: str) -> InlineKeyboardButton:
+    # ``OPEN_DM_PAYLOAD`` (optionally ``:<start parameter>``) opens the bot's DM; an https
+    # payload is a plain link. Everything else is callback data.
     style = _STYLES.get(button.style)
     payload = button.payload
     if payload == OPEN_DM_PAYLOAD or payload.startswith(OPEN_DM_PAYLOAD + ":"):
