@@ -605,8 +605,10 @@ async def test_redelivered_update_is_processed_once(
 async def test_token_never_appears_in_logs_or_messages(
     make: Factory, server: FakeTelegramServer, script: Script, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # httpx at INFO (it prints request URLs), everything else at DEBUG; the handler level
+    # follows the last call, so DEBUG comes last.
+    caplog.set_level(logging.INFO, logger="httpx")
     caplog.set_level(logging.DEBUG)
-    logging.getLogger("httpx").setLevel(logging.INFO)
 
     async def on(event: Event) -> None:
         await adapter.respond(event, Reply(f"you said {event.text}"))
@@ -632,7 +634,8 @@ async def test_token_never_appears_in_logs_or_messages(
         await rejected.start(script)
     assert wrong not in str(info.value)
 
-    assert "/getUpdates" in caplog.text  # httpx request lines were captured
+    assert '/getUpdates "HTTP/1.1 200 OK"' in caplog.text  # httpx request lines captured
+    assert "Calling Bot API endpoint `getMe`" in caplog.text  # and the SDK DEBUG lines
     assert "Retrying after" in caplog.text  # so was the rate limiter's retry
     outgoing = str([c.params for c in server.calls])
     for canary in (TOKEN, TOKEN.partition(":")[2], wrong, wrong.partition(":")[2]):
