@@ -43,6 +43,7 @@ def load_master_keys(config: Config, env: Mapping[str, str], *, create: bool) ->
     """The master key ring from the environment variable, else the key file (made if allowed)."""
     return MasterKeyRing.load(
         env_value=env.get(config.core.master_key_env),
+        env_name=config.core.master_key_env,
         file=config.resolve_path(config.core.master_key_file),
         create=create,
     )

@@ -23,7 +23,7 @@ from core.chat import (
     UserRef,
 )
 from core.config import Config, load_config
-from core.db import Database, upgrade
+from core.db import upgrade
 from core.errors import ConfigError, CoreError
 from core.logs import configure_logging
 
@@ -183,7 +183,13 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
 
 async def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    configure_logging(config.core.log_level)
+    level = config.core.log_level
+    console = args.command == "chat" or (
+        args.command == "run" and not any(p.enabled for p in config.platforms.values())
+    )
+    if console and level == "INFO":
+        level = "WARNING"  # the terminal is the chat: keep routine log lines out of it
+    configure_logging(level)
     if args.command == "run":
         return await _serve(config, console_only=False)
     if args.command == "chat":
@@ -196,7 +202,8 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "master-key":
         return await _master_key(config, args.action, retire=args.retire)
     if args.command == "config":
-        load_master_keys(config, os.environ, create=False) if _key_exists(config) else None
+        if _key_exists(config):
+            load_master_keys(config, os.environ, create=False)
         print(f"{config.source}: configuration is valid")
         return 0
     if args.command == "admin":
@@ -221,6 +228,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-__all__ = ["Database", "main"]

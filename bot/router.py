@@ -32,6 +32,7 @@ COMMANDS: dict[str, Handler] = {
     "pause": account.handle_pause,
     "resume": account.handle_resume,
     "delete": account.handle_delete,
+    "link": account.handle_link,
     "key": keys.handle_key,
     "model": agent.handle_model,
     "persona": agent.handle_persona,

@@ -163,6 +163,35 @@ class Tenants:
             )
         return _view(row)
 
+    async def attach_identity(
+        self, tenant_id: str, user: UserRef, *, dm_chat_id: str | None
+    ) -> TenantView:
+        """Link another platform account to a tenant (``link``): same agent, keys and plan."""
+        now = self._clock.now()
+        async with self._db.session() as s, s.begin():
+            row = await s.get(TenantRow, tenant_id)
+            if row is None or row.status == TenantStatus.DELETED.value:
+                raise TenantNotFound(tenant_id)
+            s.add(
+                IdentityRow(
+                    identity=user.identity,
+                    tenant_id=tenant_id,
+                    platform=user.platform.value,
+                    display_name=user.name[:200],
+                    dm_chat_id=dm_chat_id,
+                    created_at=now,
+                )
+            )
+            audit.record(
+                s,
+                at=now,
+                actor=user.identity,
+                action="identity.linked",
+                tenant_id=tenant_id,
+                platform=user.platform.value,
+            )
+            return _view(row)
+
     async def note_dm(self, user: UserRef, chat_id: str) -> None:
         """Remember the DM chat of a known identity, for alerts and broadcasts."""
         async with self._db.session() as s, s.begin():

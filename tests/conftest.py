@@ -72,3 +72,26 @@ def make_config(url: str, tmp_path: Path, **core: object) -> Config:
         }
     }
     return parse_config(data, source="test.toml", base_dir=tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``configure_logging`` (called by the CLI) changes process-wide state; undo it per test."""
+    import logging
+    import sys
+    import threading
+    import warnings
+
+    root = logging.getLogger()
+    saved = (
+        list(root.handlers),
+        root.level,
+        sys.excepthook,
+        threading.excepthook,
+        warnings.showwarning,
+    )
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    sys.excepthook, threading.excepthook, warnings.showwarning = saved[2], saved[3], saved[4]
+    logging.captureWarnings(False)

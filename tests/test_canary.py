@@ -17,7 +17,15 @@ from tests.harness import World
 
 
 @pytest.fixture
-def log_buffer() -> Iterator[io.StringIO]:
+def log_buffer(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    import sys
+    import threading
+    import warnings
+
+    # configure_logging installs crash hooks; keep pytest's own for the tests after this one.
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
     buf = io.StringIO()
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
@@ -26,6 +34,7 @@ def log_buffer() -> Iterator[io.StringIO]:
     yield buf
     root.handlers[:] = saved[1]
     root.setLevel(saved[0])
+    logging.captureWarnings(False)
 
 
 async def _all_rows(world: World) -> str:
@@ -38,7 +47,10 @@ async def _all_rows(world: World) -> str:
 
 
 async def test_canaries_never_leak(
-    db_url: str, tmp_path: Path, master_key_env: dict[str, str], log_buffer: io.StringIO,
+    db_url: str,
+    tmp_path: Path,
+    master_key_env: dict[str, str],
+    log_buffer: io.StringIO,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     world = await World.create(db_url, tmp_path, master_key_env)
@@ -60,6 +72,7 @@ async def test_canaries_never_leak(
         # 4. leaks in a group and inside a command
         await ada.say(f"oops {canaries[3]}", chat=group, addressed=False)
         await ada.command(f"/persona my key is {canaries[3]}")
+
         # 5. a crash while storing a key, with the key in the exception text
         async def exploding_store(*args: object, **kwargs: object) -> None:
             raise RuntimeError(f"database refused value {canaries[4]}")

@@ -28,8 +28,14 @@ def _run(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if not k.startswith("BYOKBOT_")}
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [*_byokbot(), *args], input=stdin, capture_output=True, text=True, cwd=cwd, env=env,
-        timeout=60, check=False,
+        [*_byokbot(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
     )
 
 
@@ -42,7 +48,9 @@ def test_console_chat_end_to_end(tmp_path: Path) -> None:
     assert texts.WELCOME.splitlines()[0] in out
     assert "[1] BYOK ($15/mo)" in out
     assert texts.SIGNED_UP.format(plan="BYOK") in out
-    assert texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic") in out
+    assert (
+        texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic") in out
+    )
     assert texts.AGENT_UNAVAILABLE["not_configured"] in out
     assert key not in out
     assert key not in result.stderr
@@ -100,7 +108,9 @@ def test_one_line_errors_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert err.startswith("byokbot: error: ") and err.count("\n") == 1
     good = tmp_path / "good.toml"
-    good.write_text(f'[core]\ndatabase_url = "sqlite+aiosqlite:///{tmp_path}/g.db"\n'
-                    f'master_key_file = "{tmp_path}/g.key"\n')
+    good.write_text(
+        f'[core]\ndatabase_url = "sqlite+aiosqlite:///{tmp_path}/g.db"\n'
+        f'master_key_file = "{tmp_path}/g.key"\n'
+    )
     assert main(["--config", str(good), "db", "upgrade"]) == 0
     assert capsys.readouterr().out == "database is up to date\n"

@@ -30,35 +30,64 @@ def test_example_file_is_valid_and_documents_every_section() -> None:
     config = load_config(example)
     assert config.core.intake_ttl_seconds == 600
     text = example.read_text()
-    for section in ("[core]", "[plans.byok]", "[plans.managed]", "[providers.anthropic]",
-                    "[agent]", "[telegram]", "[discord]", "[slack]"):
+    for section in (
+        "[core]",
+        "[plans.byok]",
+        "[plans.managed]",
+        "[providers.anthropic]",
+        "[agent]",
+        "[telegram]",
+        "[discord]",
+        "[slack]",
+    ):
         assert section in text
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"plans": {"managed": {"monthly_token_cap": -1}}},
-         "config.toml: [plans.managed] monthly_token_cap must be a positive integer"),
-        ({"plans": {"managed": {"monthly_token_cap": "lots"}}},
-         "config.toml: [plans.managed] monthly_token_cap must be an integer"),
-        ({"core": {"intake_ttl_seconds": 0}},
-         "config.toml: [core] intake_ttl_seconds must be a positive integer"),
-        ({"core": {"admins": ["alice"]}},
-         'config.toml: [core] admins entries must look like "telegram:12345" (got \'alice\')'),
-        ({"core": {"database_url": "mysql://x"}},
-         "config.toml: [core] database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"),
+        (
+            {"plans": {"managed": {"monthly_token_cap": -1}}},
+            "config.toml: [plans.managed] monthly_token_cap must be a positive integer",
+        ),
+        (
+            {"plans": {"managed": {"monthly_token_cap": "lots"}}},
+            "config.toml: [plans.managed] monthly_token_cap must be an integer",
+        ),
+        (
+            {"core": {"intake_ttl_seconds": 0}},
+            "config.toml: [core] intake_ttl_seconds must be a positive integer",
+        ),
+        (
+            {"core": {"admins": ["alice"]}},
+            "config.toml: [core] admins entries must look like \"telegram:12345\" (got 'alice')",
+        ),
+        (
+            {"core": {"database_url": "mysql://x"}},
+            "config.toml: [core] database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://",
+        ),
         ({"core": {"colour": "blue"}}, "config.toml: [core] colour is not a known setting"),
         ({"weather": {}}, "config.toml: [weather] is not a known section"),
-        ({"providers": {"acme": {"kind": "openai-compatible"}}},
-         "config.toml: [providers.acme] base_url is required for a provider byokbot does not know"),
-        ({"providers": {"openai": {"kind": "grpc"}}},
-         "config.toml: [providers.openai] kind must be one of anthropic, openai-compatible (got 'grpc')"),
-        ({"providers": {"openai": {"base_url": "https://user:pw@api.example.com/v1"}}},
-         "config.toml: [providers.openai] base_url must not carry credentials; name an environment variable"),
-        ({"plans": {"gold": {"byok": False, "models": []}}},
-         "config.toml: [plans.gold] models must list at least one model for a managed plan"),
-        ({"agent": {"verify_keys_live": True}}, "config.toml: [agent] verify_keys_live is not a known setting"),
+        (
+            {"providers": {"acme": {"kind": "openai-compatible"}}},
+            "config.toml: [providers.acme] base_url is required for a provider byokbot does not know",
+        ),
+        (
+            {"providers": {"openai": {"kind": "grpc"}}},
+            "config.toml: [providers.openai] kind must be one of anthropic, openai-compatible (got 'grpc')",
+        ),
+        (
+            {"providers": {"openai": {"base_url": "https://user:pw@api.example.com/v1"}}},
+            "config.toml: [providers.openai] base_url must not carry credentials; name an environment variable",
+        ),
+        (
+            {"plans": {"gold": {"byok": False, "models": []}}},
+            "config.toml: [plans.gold] models must list at least one model for a managed plan",
+        ),
+        (
+            {"agent": {"verify_keys_live": True}},
+            "config.toml: [agent] verify_keys_live is not a known setting",
+        ),
         ({"telegram": {"enabled": "yes"}}, "config.toml: [telegram] enabled must be true or false"),
     ],
 )

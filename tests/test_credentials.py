@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import select
 
 from core.chat import Platform, UserRef
+from core.config import Config
 from core.credentials import Credentials
 from core.db import Database, upgrade
-from core.db.models import DataKeyRow, KekUsageRow, ProviderKeyRow
+from core.db.models import KekUsageRow, ProviderKeyRow
 from core.errors import DecryptionError
 from core.plans import PlanCatalog
-from core.config import Config
 from core.ports import ManualClock
 from core.secret import Secret
 from core.tenants import Tenants

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -34,15 +33,30 @@ async def db(db_url: str) -> AsyncIterator[Database]:
     now = datetime.now(UTC)
     async with database.session() as s, s.begin():
         for tid in ("t-ada", "t-eve"):
-            s.add(TenantRow(id=tid, plan="byok", status="trial", status_reason="", paused=False,
-                            persona="", created_at=now, updated_at=now))
+            s.add(
+                TenantRow(
+                    id=tid,
+                    plan="byok",
+                    status="trial",
+                    status_reason="",
+                    paused=False,
+                    persona="",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
     yield database
     await database.dispose()
 
 
 async def _open(intake: Intake, user: UserRef = ADA, tenant: str = "t-ada") -> tuple[str, object]:
-    return await intake.open(tenant_id=tenant, user=user, provider="anthropic",
-                             purpose=IntakePurpose.ADD, origin_chat_id="dm")
+    return await intake.open(
+        tenant_id=tenant,
+        user=user,
+        provider="anthropic",
+        purpose=IntakePurpose.ADD,
+        origin_chat_id="dm",
+    )
 
 
 async def test_only_a_hash_of_the_token_is_stored(db: Database) -> None:
@@ -71,8 +85,9 @@ async def test_concurrent_consumption_succeeds_once(db: Database) -> None:
     intake = Intake(db, ManualClock(), ttl_seconds=600, max_attempts=3)
     token, _ = await _open(intake)
     ticket = await intake.by_token(token, ADA, tenant_id="t-ada")
-    results = await asyncio.gather(*(intake.consume(ticket) for _ in range(8)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(intake.consume(ticket) for _ in range(8)), return_exceptions=True
+    )
     assert sum(r is None for r in results) == 1
     assert all(isinstance(r, IntakeUsed) for r in results if r is not None)
 
