@@ -562,10 +562,15 @@ async def test_blocked_user_marks_the_chat_unreachable_without_crashing(
     assert await adapter.send(blocked, Reply("your agent is ready")) is None
     assert await adapter.send(fine, Reply("your agent is ready")) is not None
     assert adapter.unreachable_chats == frozenset({"99"})
-    assert await adapter.open_dm(tg_ref(99)) is not None  # chat actions still allowed here
+    # A broadcast does not knock on the blocked chat again.
+    assert await adapter.send(blocked, Reply("maintenance tonight")) is None
+    assert len(server.calls_to("sendMessage", ok_only=False)) == 2
+    # Cy unblocks the bot and writes: the chat is reachable again.
     server.push_update(message(99, tg_user(99, "Cy", "cy"), "I'm back", message_id=1))
     await script.handled(1)
     assert adapter.unreachable_chats == frozenset()
+    assert await adapter.send(blocked, Reply("welcome back")) is not None
+    assert server.texts(99) == ["welcome back"]
 
 
 def tg_ref(user_id: int) -> Any:

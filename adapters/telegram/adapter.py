@@ -386,7 +386,14 @@ class TelegramAdapter:
         return await self._deliver(event.chat, reply, quote=quote)
 
     async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
-        """Post to a chat; None (logged) when the chat is unreachable (403)."""
+        """Post to a chat; None (logged) when the chat is unreachable (403).
+
+        A chat that answered 403 is not tried again until an update arrives from it (the
+        person unblocked the bot and wrote, or the bot was added back to the group).
+        """
+        if chat.id in self._unreachable:
+            log.info("telegram: chat %s is unreachable; not sending", chat.id)
+            return None
         return await self._deliver(chat, reply)
 
     async def _deliver(
