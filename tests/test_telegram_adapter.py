@@ -649,3 +649,18 @@ async def test_token_never_appears_in_logs_or_messages(
     assert [str(e).startswith("handler blew up with TelegramAdapter(") for e in script.errors] == [
         True
     ]
+
+
+async def test_image_with_a_short_text_is_one_captioned_photo(
+    make: Factory, server: FakeTelegramServer
+) -> None:
+    adapter = await make()
+    chat = ChatRef(Platform.TELEGRAM, "42", is_direct=True)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    reply = Reply("Scan **this**", format=TextFormat.MARKDOWN, image=png, sensitive=True)
+    assert await adapter.send(chat, reply) is not None
+    (photo,) = server.calls_to("sendPhoto")
+    assert photo["caption"] == "Scan <b>this</b>"
+    assert (photo["parse_mode"], photo["protect_content"]) == ("HTML", "true")
+    assert photo["photo"]["size"] == len(png)
+    assert server.calls_to("sendMessage") == []

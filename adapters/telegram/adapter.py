@@ -34,7 +34,14 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    ContextTypes,
+    ExtBot,
+    TypeHandler,
+)
 
 from adapters.telegram import translate
 from adapters.telegram.config import TelegramConfig, parse
@@ -254,10 +261,14 @@ class TelegramAdapter:
                     allowed_updates=ALLOWED_UPDATES,
                     drop_pending_updates=cfg.drop_pending_updates,
                 )
-        except (TelegramError, TelegramAdapterError) as exc:
+        except (TelegramError, TelegramAdapterError, OSError) as exc:
             await self.stop()
             if isinstance(exc, TelegramAdapterError):
                 raise
+            if isinstance(exc, OSError):  # the webhook port is taken or not ours to bind
+                raise TelegramAdapterError(
+                    f"cannot listen on {cfg.webhook_listen}:{cfg.webhook_port}: {exc.strerror}"
+                ) from None
             raise self._wrap(exc, "start-up") from None
         log.info("telegram: serving @%s by %s", self._bot_username, cfg.mode)
 
@@ -273,10 +284,11 @@ class TelegramAdapter:
         await app.shutdown()
 
     @property
-    def _bot(self) -> Any:
+    def _bot(self) -> ExtBot[Any]:
         if self._app is None:
             raise TelegramUnavailable("the Telegram adapter is not started")
-        return self._app.bot
+        bot: ExtBot[Any] = self._app.bot
+        return bot
 
     # ----- incoming ------------------------------------------------------------------------
 
@@ -403,10 +415,16 @@ class TelegramAdapter:
         last: MessageRef | None = None
         try:
             if reply.image is not None:
-                last = await self._send_photo(chat, reply)
+                # A short text rides along as the caption; a long one follows the photo.
+                caption = parts[0] if len(parts) == 1 else None
+                if caption is not None and (
+                    translate.utf16_len(caption.plain) > translate.CAPTION_LIMIT
+                ):
+                    caption = None
+                last = await self._send_photo(chat, reply.image, caption)
+                if caption is not None:
+                    return last
             for i, part in enumerate(parts):
-                if reply.image is not None and i == 0 and not part.plain and len(parts) == 1:
-                    break  # the photo said it all
                 extra = {"reply_parameters": quote} if quote is not None and i == 0 else {}
                 last = await self._send_text(chat, part, **extra)
         except ChatUnreachable as exc:
@@ -414,12 +432,17 @@ class TelegramAdapter:
             return None
         return last
 
-    async def _send_photo(self, chat: ChatRef, reply: Reply) -> MessageRef:
-        kwargs: dict[str, Any] = {"protect_content": True} if reply.sensitive else {}
+    async def _send_photo(
+        self, chat: ChatRef, image: bytes, caption: translate.Outgoing | None
+    ) -> MessageRef:
+        kwargs: dict[str, Any] = {}
+        if caption is not None:
+            kwargs = dict(caption.kwargs)
+            kwargs["caption"] = kwargs.pop("text")
         if chat.thread_id is not None:
             kwargs["message_thread_id"] = int(chat.thread_id)
         msg = await self._call(
-            "sendPhoto", chat.id, self._bot.send_photo(chat.id, photo=reply.image, **kwargs)
+            "sendPhoto", chat.id, self._bot.send_photo(chat.id, photo=image, **kwargs)
         )
         return MessageRef(chat, str(msg.message_id))
 
