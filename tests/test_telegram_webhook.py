@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.telegram import TelegramAdapter, parse
+from adapters.telegram import TelegramAdapter, TelegramAdapterError, parse
 from core.chat import EventKind, Reply
 from core.config import PlatformSettings
 from tests.fakes.telegram_server import PROXY_VARS, FakeTelegramServer, Script, message, tg_user
@@ -161,3 +161,45 @@ async def test_secret_and_token_never_logged(
     assert "Calling Bot API endpoint `setWebhook`" in caplog.text  # SDK DEBUG lines captured
     for value in (TOKEN, TOKEN.partition(":")[2], SECRET):
         assert value not in caplog.text
+
+
+async def test_bodies_that_are_not_updates_are_refused(hook: str, script: Script) -> None:
+    good = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    async with httpx.AsyncClient(trust_env=False) as client:
+        plain = await client.post(
+            hook, content=b"{}", headers={**good, "Content-Type": "text/plain"}
+        )
+        broken = await client.post(
+            hook, content=b"{not json", headers={**good, "Content-Type": "application/json"}
+        )
+        listed = await client.post(
+            hook, content=b"[1, 2]", headers={**good, "Content-Type": "application/json"}
+        )
+    assert (plain.status_code, broken.status_code, listed.status_code) == (415, 400, 400)
+    assert script.events == []
+
+
+async def test_a_taken_port_is_a_clear_start_up_error(
+    server: FakeTelegramServer, script: Script
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = PlatformSettings(
+            "telegram",
+            True,
+            {
+                "api_base_url": server.base_url,
+                "mode": "webhook",
+                "webhook_port": port,
+                "webhook_public_url": "https://bot.example.org/telegram",
+            },
+        )
+        adapter = TelegramAdapter(
+            parse(settings, {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": SECRET})
+        )
+        with pytest.raises(TelegramAdapterError) as info:
+            await adapter.start(script)
+    assert str(info.value).startswith(f"cannot listen on 127.0.0.1:{port}: ")
+    assert "setWebhook" not in server.methods()

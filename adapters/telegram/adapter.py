@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
+from aiohttp import web
 from telegram import BotCommand, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import (
@@ -79,6 +81,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
 """The command menu sent with ``setMyCommands`` (the composition root may pass its own)."""
 
 ALLOWED_UPDATES: Final = ("message", "edited_message", "callback_query")
+_WEBHOOK_MAX_BODY: Final = 1 << 20  # Telegram updates are a few KiB; refuse anything huge.
 _TYPING_REFRESH: Final = 4.5  # Telegram shows "typing..." for about 5 s per chat action.
 
 
@@ -170,6 +173,7 @@ class TelegramAdapter:
         self._next_edit: dict[str, float] = {}
         self._drafts_ok = config.stream_drafts
         self._draft_seq = 0
+        self._webhook: web.AppRunner | None = None
         register_secret(config.token.reveal(), label="telegram bot token")
         if config.webhook_secret is not None:
             register_secret(config.webhook_secret.reveal(), label="telegram webhook secret")
@@ -239,23 +243,12 @@ class TelegramAdapter:
             if cfg.sync_commands and self._commands:
                 await app.bot.set_my_commands([BotCommand(c, d) for c, d in self._commands])
             await app.start()
-            updater = app.updater
-            if updater is None:
-                raise TelegramAdapterError("python-telegram-bot built no updater")
             if cfg.mode == "webhook":
-                if cfg.webhook_secret is None:
-                    raise TelegramAdapterError(f"{cfg.webhook_secret_env} is not set")
-                await updater.start_webhook(
-                    listen=cfg.webhook_listen,
-                    port=cfg.webhook_port,
-                    url_path=cfg.webhook_path,
-                    webhook_url=cfg.webhook_public_url,
-                    secret_token=cfg.webhook_secret.reveal(),
-                    allowed_updates=ALLOWED_UPDATES,
-                    drop_pending_updates=cfg.drop_pending_updates,
-                )
+                await self._start_webhook(app)
             else:
-                await updater.start_polling(
+                if app.updater is None:
+                    raise TelegramAdapterError("python-telegram-bot built no updater")
+                await app.updater.start_polling(
                     poll_interval=0,
                     timeout=cfg.poll_timeout,
                     allowed_updates=ALLOWED_UPDATES,
@@ -265,16 +258,66 @@ class TelegramAdapter:
             await self.stop()
             if isinstance(exc, TelegramAdapterError):
                 raise
-            if isinstance(exc, OSError):  # the webhook port is taken or not ours to bind
+            if isinstance(exc, OSError):  # the webhook port is taken, or not ours to bind
                 raise TelegramAdapterError(
                     f"cannot listen on {cfg.webhook_listen}:{cfg.webhook_port}: {exc.strerror}"
                 ) from None
             raise self._wrap(exc, "start-up") from None
         log.info("telegram: serving @%s by %s", self._bot_username, cfg.mode)
 
+    async def _start_webhook(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        """Serve ``POST /<webhook_path>`` and register the public URL with ``setWebhook``.
+
+        Our own small aiohttp server rather than python-telegram-bot's, so the secret token is
+        compared in constant time (the SDK compares with ``!=``) and its DEBUG log never
+        echoes a wrong token.
+        """
+        cfg = self.config
+        secret = cfg.webhook_secret
+        if secret is None:
+            raise TelegramAdapterError(f"{cfg.webhook_secret_env} is not set")
+        web_app = web.Application(client_max_size=_WEBHOOK_MAX_BODY)
+        web_app.router.add_post(f"/{cfg.webhook_path}", self._on_webhook)
+        runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._webhook = runner
+        await web.TCPSite(runner, cfg.webhook_listen, cfg.webhook_port).start()
+        await app.bot.set_webhook(
+            url=cfg.webhook_public_url,
+            secret_token=secret.reveal(),
+            allowed_updates=ALLOWED_UPDATES,
+            drop_pending_updates=cfg.drop_pending_updates,
+        )
+
+    async def _on_webhook(self, request: web.Request) -> web.Response:
+        secret = self.config.webhook_secret
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if secret is None or not hmac.compare_digest(given.encode(), secret.reveal().encode()):
+            log.info("telegram: webhook request without the right secret token refused")
+            return web.Response(status=403)
+        if request.content_type != "application/json":
+            return web.Response(status=415)
+        app = self._app
+        if app is None:
+            return web.Response(status=503)
+        try:
+            data = await request.json()
+            update = Update.de_json(data, app.bot) if isinstance(data, dict) else None
+        except ValueError:
+            update = None
+        if update is None:
+            log.info("telegram: webhook body is not an update; refused")
+            return web.Response(status=400)
+        # The application's update queue feeds the same handler as polling does.
+        await app.update_queue.put(update)
+        return web.Response(status=200)
+
     async def stop(self) -> None:
         """Stop polling or the webhook server, then the application; safe to call twice."""
         app, self._app = self._app, None
+        webhook, self._webhook = self._webhook, None
+        if webhook is not None:
+            await webhook.cleanup()
         if app is None:
             return
         if app.updater is not None and app.updater.running:
