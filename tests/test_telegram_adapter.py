@@ -421,6 +421,10 @@ async def test_group_stream_edits_one_message_paced(
     ]
     assert server.methods().index("sendChatAction") < server.methods().index("sendMessage")
     assert server.texts(GROUP_ID) == ["Hello world!"]
+    assert server.calls_to("sendMessage")[0]["reply_parameters"] == {
+        "message_id": 3,
+        "allow_sending_without_reply": True,
+    }
 
 
 async def test_dm_stream_uses_drafts_then_sends_the_final_message(

@@ -431,14 +431,7 @@ class TelegramAdapter:
 
     async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
         """Answer in the event's chat, quoting the person's message in a group."""
-        quote: Any = None
-        if (
-            not event.chat.is_direct
-            and event.message_id is not None
-            and event.kind in (EventKind.MESSAGE, EventKind.COMMAND)
-        ):
-            quote = ReplyParameters(int(event.message_id), allow_sending_without_reply=True)
-        return await self._deliver(event.chat, reply, quote=quote)
+        return await self._deliver(event.chat, reply, quote=_quote(event))
 
     async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
         """Post to a chat; None (logged) when the chat is unreachable (403).
@@ -452,7 +445,7 @@ class TelegramAdapter:
         return await self._deliver(chat, reply)
 
     async def _deliver(
-        self, chat: ChatRef, reply: Reply, *, quote: Any = None
+        self, chat: ChatRef, reply: Reply, *, quote: ReplyParameters | None = None
     ) -> MessageRef | None:
         parts = translate.outgoing(reply, bot_username=self._bot_username)
         last: MessageRef | None = None
@@ -570,7 +563,7 @@ class TelegramAdapter:
         """Show a reply as it arrives; see ``_Stream``. Returns the last message sent."""
         chat = event.chat
         use_drafts = chat.is_direct and self._drafts_ok and chat.thread_id is None
-        stream = _Stream(self, chat, use_drafts=use_drafts)
+        stream = _Stream(self, chat, use_drafts=use_drafts, quote=_quote(event))
         await self.typing(chat)
         keep_typing = asyncio.create_task(self._keep_typing(chat, stream.started))
         try:
@@ -602,6 +595,16 @@ class TelegramAdapter:
         return self._draft_seq
 
 
+def _quote(event: Event) -> ReplyParameters | None:
+    """In a group, answers quote the message they answer, so busy chats stay readable."""
+    if event.chat.is_direct or event.message_id is None:
+        return None
+    if event.kind not in (EventKind.MESSAGE, EventKind.COMMAND):
+        return None
+    # The message may be gone (the leak guard deletes it): send the answer anyway.
+    return ReplyParameters(int(event.message_id), allow_sending_without_reply=True)
+
+
 class _Stream:
     """One streamed reply: paced drafts (private chats) or edits of one message per part.
 
@@ -610,8 +613,16 @@ class _Stream:
     per ``interval`` per chat; the final state of every part is always shown.
     """
 
-    def __init__(self, adapter: TelegramAdapter, chat: ChatRef, *, use_drafts: bool) -> None:
+    def __init__(
+        self,
+        adapter: TelegramAdapter,
+        chat: ChatRef,
+        *,
+        use_drafts: bool,
+        quote: ReplyParameters | None,
+    ) -> None:
         self.a, self.chat, self.use_drafts = adapter, chat, use_drafts
+        self.quote = quote  # for the first message only
         self.buf = ""
         self.shown = ""
         self.message: MessageRef | None = None
@@ -654,10 +665,15 @@ class _Stream:
                 self.a._drafts_ok = False
                 self.use_drafts = False
         if self.message is None:
-            self.message = await self.a._send_text(self.chat, self._part(text))
+            self.message = await self._send(text)
         else:
             await self.a._edit_text(self.message, self._part(text))
         self.shown = text
+
+    async def _send(self, text: str) -> MessageRef:
+        quote, self.quote = self.quote, None
+        extra = {"reply_parameters": quote} if quote is not None else {}
+        return await self.a._send_text(self.chat, self._part(text), **extra)
 
     async def _draft(self, text: str) -> None:
         bot, cid = self.a._bot, int(self.chat.id)
@@ -677,7 +693,7 @@ class _Stream:
         """Show ``text`` as the final state of the current part and start a new part."""
         self.started.set()
         if self.use_drafts or self.message is None:
-            self.last = await self.a._send_text(self.chat, self._part(text))
+            self.last = await self._send(text)
         else:
             if text != self.shown:
                 await self.a._edit_text(self.message, self._part(text))
