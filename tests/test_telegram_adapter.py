@@ -25,6 +25,7 @@ from core.chat import (
     ChatRef,
     Event,
     EventKind,
+    MessageRef,
     Platform,
     Reply,
     SecretRequest,
@@ -668,3 +669,31 @@ async def test_image_with_a_short_text_is_one_captioned_photo(
     assert (photo["parse_mode"], photo["protect_content"]) == ("HTML", "true")
     assert photo["photo"]["size"] == len(png)
     assert server.calls_to("sendMessage") == []
+
+
+async def test_group_upgraded_to_supergroup_is_followed(
+    make: Factory, server: FakeTelegramServer
+) -> None:
+    adapter = await make()
+    server.fail(
+        "sendMessage",
+        400,
+        "Bad Request: group chat was upgraded to a supergroup chat",
+        migrate_to=-1009999,
+    )
+    old = ChatRef(Platform.TELEGRAM, "-4242", is_direct=False)
+    ref = await adapter.send(old, Reply("hello team"))
+    assert ref == MessageRef(ChatRef(Platform.TELEGRAM, "-1009999", is_direct=False), ref.id)
+    assert server.texts(-1009999) == ["hello team"]
+
+
+async def test_typing_is_not_repeated_while_it_still_shows(
+    make: Factory, server: FakeTelegramServer, clock: TickingClock
+) -> None:
+    adapter = await make()
+    chat = ChatRef(Platform.TELEGRAM, "42", is_direct=True)
+    await adapter.typing(chat)
+    await adapter.typing(chat)
+    clock.now += 4.5
+    await adapter.typing(chat)
+    assert len(server.calls_to("sendChatAction")) == 2

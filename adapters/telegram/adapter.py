@@ -26,10 +26,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, Final, TypeVar
 
 from aiohttp import web
-from telegram import BotCommand, ReplyParameters, Update
+from telegram import BotCommand, Message, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import (
     BadRequest,
+    ChatMigrated,
     Forbidden,
     InvalidToken,
     NetworkError,
@@ -171,6 +172,7 @@ class TelegramAdapter:
         self._bot_username = ""
         self._unreachable: set[str] = set()
         self._next_edit: dict[str, float] = {}
+        self._typing_at: dict[str, float] = {}
         self._drafts_ok = config.stream_drafts
         self._draft_seq = 0
         self._webhook: web.AppRunner | None = None
@@ -386,24 +388,37 @@ class TelegramAdapter:
             raise self._wrap(exc, what, chat_id) from None
 
     async def _send_text(self, chat: ChatRef, out: translate.Outgoing, **extra: Any) -> MessageRef:
-        """Send one part; if Telegram cannot parse our HTML, send the plain text instead."""
+        """Send one part, following a group that became a supergroup (``ChatMigrated``)."""
         kwargs = {**out.kwargs, **extra}
         if chat.thread_id is not None:
             kwargs["message_thread_id"] = int(chat.thread_id)
         try:
-            msg = await self._bot.send_message(chat_id=chat.id, **kwargs)
+            msg = await self._send_message(chat.id, kwargs, out.plain)
+        except ChatMigrated as exc:
+            moved = ChatRef(chat.platform, str(exc.new_chat_id), chat.is_direct, chat.thread_id)
+            log.info("telegram: chat %s is now %s; sending there", chat.id, moved.id)
+            chat = moved
+            try:
+                msg = await self._send_message(chat.id, kwargs, out.plain)
+            except ChatMigrated as again:
+                raise self._wrap(again, "sendMessage", chat.id) from None
+        return MessageRef(chat, str(msg.message_id))
+
+    async def _send_message(self, chat_id: str, kwargs: dict[str, Any], plain: str) -> Message:
+        """``sendMessage``; if Telegram cannot parse our HTML, the plain text instead."""
+        try:
+            return await self._bot.send_message(chat_id=chat_id, **kwargs)
+        except ChatMigrated:
+            raise
         except BadRequest as exc:
             if "parse_mode" not in kwargs or "entities" not in exc.message.lower():
-                raise self._wrap(exc, "sendMessage", chat.id) from None
+                raise self._wrap(exc, "sendMessage", chat_id) from None
             log.info("telegram: formatting refused (%s); sending plain text", exc.message)
-            kwargs.pop("parse_mode")
-            kwargs["text"] = out.plain
-            msg = await self._call(
-                "sendMessage", chat.id, self._bot.send_message(chat.id, **kwargs)
-            )
         except TelegramError as exc:
-            raise self._wrap(exc, "sendMessage", chat.id) from None
-        return MessageRef(chat, str(msg.message_id))
+            raise self._wrap(exc, "sendMessage", chat_id) from None
+        kwargs = {k: v for k, v in kwargs.items() if k != "parse_mode"}
+        kwargs["text"] = plain
+        return await self._call("sendMessage", chat_id, self._bot.send_message(chat_id, **kwargs))
 
     async def _edit_text(self, message: MessageRef, out: translate.Outgoing) -> None:
         kwargs = {k: v for k, v in out.kwargs.items() if k != "protect_content"}
@@ -547,7 +562,15 @@ class TelegramAdapter:
         return True
 
     async def typing(self, chat: ChatRef) -> None:
-        """Show "typing..." for a few seconds; failures are logged, never raised."""
+        """Show "typing..." for a few seconds; failures are logged, never raised.
+
+        Telegram shows the indicator for about five seconds, so a second call within four
+        seconds (the flow's, then the stream's) sends nothing.
+        """
+        now = self._clock()
+        if now - self._typing_at.get(chat.id, -_TYPING_REFRESH) < _TYPING_REFRESH - 0.5:
+            return
+        self._typing_at[chat.id] = now
         kwargs: dict[str, Any] = {}
         if chat.thread_id is not None:
             kwargs["message_thread_id"] = int(chat.thread_id)

@@ -43,6 +43,7 @@ class Failure:
     times: int = 1
     retry_after: float | None = None
     chat_id: str | None = None
+    migrate_to: int | None = None
 
 
 @dataclass
@@ -116,6 +117,7 @@ class FakeTelegramServer:
         times: int = 1,
         retry_after: float | None = None,
         chat_id: str | int | None = None,
+        migrate_to: int | None = None,
     ) -> None:
         self.failures.append(
             Failure(
@@ -125,6 +127,7 @@ class FakeTelegramServer:
                 times,
                 retry_after,
                 None if chat_id is None else str(chat_id),
+                migrate_to,
             )
         )
 
@@ -191,7 +194,9 @@ class FakeTelegramServer:
         if failure is not None:
             call.status = failure.status
             self._notify()
-            return self._error(failure.status, failure.description, failure.retry_after)
+            return self._error(
+                failure.status, failure.description, failure.retry_after, failure.migrate_to
+            )
         if method == "getUpdates":
             result: Any = await self._get_updates(params)
         else:
@@ -210,10 +215,17 @@ class FakeTelegramServer:
         return None
 
     @staticmethod
-    def _error(status: int, description: str, retry_after: float | None = None) -> web.Response:
+    def _error(
+        status: int,
+        description: str,
+        retry_after: float | None = None,
+        migrate_to: int | None = None,
+    ) -> web.Response:
         body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
         if retry_after is not None:
             body["parameters"] = {"retry_after": retry_after}
+        if migrate_to is not None:
+            body["parameters"] = {"migrate_to_chat_id": migrate_to}
         return web.json_response(body, status=status)
 
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
