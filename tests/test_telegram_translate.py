@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import random
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -379,6 +382,11 @@ def test_split_empty_text_gives_nothing() -> None:
         ("**unbalanced", "**unbalanced"),
         ("https://x.org/a_b_c", "https://x.org/a_b_c"),
         ("nul\x00byte", "nulbyte"),
+        (
+            "> quoted **line**\n> second\nafter",
+            "<blockquote>quoted <b>line</b>\nsecond</blockquote>\nafter",
+        ),
+        ("a > b and 1 < 2", "a &gt; b and 1 &lt; 2"),
     ],
 )
 def test_render_markdown(markdown: str, expected: str) -> None:
@@ -388,3 +396,18 @@ def test_render_markdown(markdown: str, expected: str) -> None:
 def test_deep_link_quotes_the_payload() -> None:
     assert translate.deep_link(BOT, "a b") == "https://t.me/byok_test_bot?start=a%20b"
     assert translate.deep_link(BOT) == "https://t.me/byok_test_bot"
+
+
+def test_render_markdown_never_produces_unbalanced_tags_or_longer_text() -> None:
+    # Deterministic fuzzing over the characters Markdown and HTML care about.
+    rng = random.Random(20261128)
+    alphabet = ["*", "**", "_", "__", "~~", "`", "```", "[", "]", "(", ")", "<", ">", "&", "#"]
+    alphabet += ["\n", " ", "a", "b", "https://x.org/a_b", "> ", "- ", "\U0001f600"]
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        out = translate.render_markdown(text)
+        for tag in ("b", "i", "s", "code", "pre", "a", "blockquote"):
+            opened = len(re.findall(rf"<{tag}[ >]", out))
+            assert opened == out.count(f"</{tag}>"), (text, out)
+        visible = html.unescape(re.sub(r"<[^>]+>", "", out))
+        assert translate.utf16_len(visible) <= translate.utf16_len(text), (text, out)

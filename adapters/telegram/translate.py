@@ -296,6 +296,7 @@ def split_text(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
 _FENCE: Final = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 _INLINE_CODE: Final = re.compile(r"`([^`\n]+)`")
 _LINK: Final = re.compile(r"\[([^\]\n]+)\]\((https?://[^\s)]+)\)")
+_QUOTE_BLOCK: Final = re.compile(r"(?:^&gt;[ \t]?.*(?:\n|$))+", re.MULTILINE)
 _INLINE_RULES: Final = (
     (re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE), r"<b>\1</b>"),
     (re.compile(r"^([ \t]*)[-*][ \t]+", re.MULTILINE), "\\1\u2022 "),
@@ -305,6 +306,13 @@ _INLINE_RULES: Final = (
     (re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])"), r"<i>\1</i>"),
     (re.compile(r"(?<![\w_])_(?=[^\s_])([^_\n]+?)(?<=[^\s_])_(?![\w_])"), r"<i>\1</i>"),
 )
+
+
+def _blockquote(match: re.Match[str]) -> str:
+    block = match.group(0)
+    lines = [re.sub(r"^&gt;[ \t]?", "", line) for line in block.rstrip("\n").split("\n")]
+    tail = "\n" if block.endswith("\n") else ""
+    return "<blockquote>" + "\n".join(lines) + "</blockquote>" + tail
 
 
 def _inline(text: str, held: list[str]) -> str:
@@ -320,6 +328,7 @@ def _inline(text: str, held: list[str]) -> str:
         text,
     )
     text = html.escape(text, quote=False)
+    text = _QUOTE_BLOCK.sub(_blockquote, text)
     for pattern, replacement in _INLINE_RULES:
         text = pattern.sub(replacement, text)
     return text
