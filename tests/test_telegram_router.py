@@ -241,3 +241,78 @@ async def test_private_details_asked_in_a_group_go_to_the_dm(chat: Chat) -> None
     status = chat.server.texts(42)[-1]
     assert status.startswith("Plan: Managed")
     assert chat.server.calls_to("sendChatAction")[-1] == {"chat_id": "42", "action": "typing"}
+
+
+async def test_webhook_journey_with_a_redelivered_update(
+    monkeypatch: pytest.MonkeyPatch,
+    sqlite_url: str,
+    tmp_path: Path,
+    master_key_env: dict[str, str],
+) -> None:
+    import json
+    import socket
+
+    import httpx
+
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    server = FakeTelegramServer(token=TOKEN)
+    await server.start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    secret = "journey-secret_0123456789"
+    settings = PlatformSettings(
+        "telegram",
+        True,
+        {
+            "api_base_url": server.base_url,
+            "mode": "webhook",
+            "webhook_port": port,
+            "webhook_public_url": "https://bot.example.org/telegram",
+        },
+    )
+    env = {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": secret}
+    app = App(
+        make_config(sqlite_url, tmp_path),
+        env=master_key_env,
+        agents=ScriptedAgents(["ok"]),
+        extra_adapters=[TelegramAdapter(parse(settings, env))],
+        platforms=False,
+    )
+    await app.start()
+    try:
+        body = json.dumps({"update_id": 1, **message(42, ADA, "/start", message_id=1)})
+        async with httpx.AsyncClient(trust_env=False) as client:
+            for secret_sent, expected in (
+                (None, 403),
+                ("guess", 403),
+                (secret, 200),
+                (secret, 200),
+            ):
+                headers = {"Content-Type": "application/json"}
+                if secret_sent is not None:
+                    headers["X-Telegram-Bot-Api-Secret-Token"] = secret_sent
+                response = await client.post(
+                    f"http://127.0.0.1:{port}/telegram", content=body, headers=headers
+                )
+                assert response.status_code == expected
+            # A later update from the same person: its answer comes after any answer to the
+            # duplicate would have (one conversation is handled in order).
+            help_body = json.dumps({"update_id": 2, **message(42, ADA, "/help", message_id=2)})
+            response = await client.post(
+                f"http://127.0.0.1:{port}/telegram",
+                content=help_body,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Telegram-Bot-Api-Secret-Token": secret,
+                },
+            )
+            assert response.status_code == 200
+        await server.wait_for(lambda: texts.HELP in server.texts(42))
+        # /start was delivered twice with the secret and answered once.
+        shown = server.texts(42)
+        assert [t.startswith(texts.WELCOME) for t in shown] == [True, False]
+    finally:
+        await app.stop()
+        await server.stop()
