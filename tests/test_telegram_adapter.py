@@ -20,6 +20,7 @@ from adapters.telegram import (
     TelegramRequestRejected,
     parse,
 )
+from adapters.telegram.translate import utf16_len
 from core.chat import (
     Button,
     ChatRef,
@@ -697,3 +698,46 @@ async def test_typing_is_not_repeated_while_it_still_shows(
     clock.now += 4.5
     await adapter.typing(chat)
     assert len(server.calls_to("sendChatAction")) == 2
+
+
+async def test_long_dm_stream_with_drafts_sends_each_part_once(
+    make: Factory, server: FakeTelegramServer, script: Script, clock: TickingClock
+) -> None:
+    words = [f"w{i:04d}" for i in range(1000)]
+    text = " ".join(words)
+    chunks = [text[i : i + 1000] for i in range(0, len(text), 1000)]
+
+    async def on(event: Event) -> None:
+        await adapter.stream(event, ticking(clock, chunks, 5.0))
+
+    script.on = on
+    adapter = await make()
+    server.push_update(message(42, ADA, "long please", message_id=3))
+    await script.handled(1)
+    parts = server.texts(42)
+    assert [utf16_len(p) <= 4096 for p in parts] == [True, True]
+    assert " ".join(parts).split() == words
+    assert server.calls_to("editMessageText") == []
+    draft_ids = [d["draft_id"] for d in server.calls_to("sendMessageDraft")]
+    assert len(draft_ids) == 6  # one per chunk: every chunk came after the pace
+    assert len(set(draft_ids)) == 2  # a new draft for the second message
+
+
+async def test_group_stream_failure_keeps_everything_that_arrived(
+    make: Factory, server: FakeTelegramServer, script: Script, clock: TickingClock
+) -> None:
+    async def chunks() -> AsyncIterator[str]:
+        yield "first part"
+        yield ", second part"
+        raise RuntimeError("connection reset")
+
+    async def on(event: Event) -> None:
+        await adapter.stream(event, chunks())
+
+    script.on = on
+    adapter = await make()
+    server.push_update(message(GROUP_ID, ADA, "@byok_test_bot go", message_id=3))
+    await script.handled(1)
+    assert [str(e) for e in script.errors] == ["connection reset"]
+    assert server.texts(GROUP_ID) == ["first part, second part"]
+    assert [p["text"] for p in server.calls_to("editMessageText")] == ["first part, second part"]
