@@ -31,6 +31,7 @@ from core.chat import (
     Reply,
     SecretRequest,
     TextFormat,
+    UserRef,
 )
 from core.config import PlatformSettings
 from tests.fakes.telegram_server import (
@@ -579,9 +580,7 @@ async def test_blocked_user_marks_the_chat_unreachable_without_crashing(
     assert server.texts(99) == ["welcome back"]
 
 
-def tg_ref(user_id: int) -> Any:
-    from core.chat import UserRef
-
+def tg_ref(user_id: int) -> UserRef:
     return UserRef(Platform.TELEGRAM, str(user_id), "x")
 
 

@@ -6,17 +6,20 @@ what the bot shows (the fake's record of every chat, edits applied, deletions re
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from adapters.telegram import TelegramAdapter, parse
 from bot import texts
 from bot.app import App
-from core.chat import button_owner_tag
+from core.chat import Platform, UserRef, button_owner_tag
 from core.config import PlatformSettings
 from core.ports import UnavailableAgents
 from tests.canaries import anthropic_key
@@ -109,8 +112,6 @@ async def chat(
 
 
 def tagged(user: dict[str, Any], payload: str) -> str:
-    from core.chat import Platform, UserRef
-
     return f"{button_owner_tag(UserRef(Platform.TELEGRAM, str(user['id'])))}|{payload}"
 
 
@@ -249,11 +250,6 @@ async def test_webhook_journey_with_a_redelivered_update(
     tmp_path: Path,
     master_key_env: dict[str, str],
 ) -> None:
-    import json
-    import socket
-
-    import httpx
-
     for var in PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
     server = FakeTelegramServer(token=TOKEN)
