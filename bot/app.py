@@ -120,7 +120,7 @@ class App:
                 if not settings.enabled:
                     continue
                 module = importlib.import_module(PLATFORM_MODULES[name])
-                adapter = module.build(settings, self.env)
+                adapter = module.build(settings, self.env, config=self.config)
                 if adapter is not None:
                     built.append(adapter)
         built.extend(self.extra_adapters)

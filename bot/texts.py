@@ -108,7 +108,7 @@ KEY_DELETE_FAILED = (
     "I couldn't delete your message with the key (the platform didn't allow it). Please "
     "delete it yourself, and consider rotating the key at your provider."
 )
-KEY_BAD_SHAPE = "That doesn't look like a {provider} key ({reason}). {attempts_left}"
+KEY_BAD_SHAPE = "That doesn't look like a valid {provider} key ({reason}). {attempts_left}"
 KEY_REJECTED_LIVE = "{provider} refused that key ({reason}). {attempts_left}"
 KEY_CHECK_FAILED = "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
 ATTEMPTS_LEFT = "You can try {n} more time(s) — send it again."

@@ -82,7 +82,7 @@ async def test_modal_submission_and_in_form_errors(world: World) -> None:
     before = len(bob.sent)
     bad = await bob.submit_secret("not-a-key", via_modal=True)
     assert bad.refused and bad.secret_error is not None
-    assert bad.secret_error.startswith("That doesn't look like a OpenAI key")
+    assert bad.secret_error.startswith("That doesn't look like a valid OpenAI key")
     assert len(bob.sent) == before  # the error is shown in the modal, not as a message
 
     key = openai_key()
@@ -241,7 +241,7 @@ async def test_malformed_key_attempts_then_lock(world: World) -> None:
     await ada.command("/plan byok")
     await ada.command("/key add anthropic")
     await ada.say("sk-ant-short")
-    assert "That doesn't look like a Anthropic key" in ada.last
+    assert "That doesn't look like a valid Anthropic key" in ada.last
     assert texts.ATTEMPTS_LEFT.format(n=2) in ada.last
     await ada.say("hello")
     assert texts.ATTEMPTS_LEFT.format(n=1) in ada.last
