@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from adapters.telegram import TelegramAdapter, TelegramConfig, build, parse
-from core.config import PlatformSettings
+from core.config import PlatformSettings, parse_config
 from core.errors import ConfigError
 from core.secret import Secret
 
@@ -116,3 +117,24 @@ def test_build_with_token() -> None:
     adapter = build(settings(), {"TELEGRAM_BOT_TOKEN": TOKEN})
     assert isinstance(adapter, TelegramAdapter)
     assert TOKEN not in repr(adapter)
+
+
+def test_build_names_the_configuration_file_in_errors(tmp_path: Path) -> None:
+    config = parse_config(
+        {"telegram": {"enabled": True, "mode": "hooks"}}, source="prod.toml", base_dir=tmp_path
+    )
+    with pytest.raises(ConfigError) as info:
+        build(config.platforms["telegram"], {}, config=config)
+    assert str(info.value) == (
+        "prod.toml: [telegram] mode must be one of polling, webhook (got 'hooks')"
+    )
+
+
+def test_composition_root_builds_the_telegram_adapter(tmp_path: Path) -> None:
+    from bot.app import App
+
+    config = parse_config({"telegram": {"enabled": True}}, source="c.toml", base_dir=tmp_path)
+    app = App(config, env={"TELEGRAM_BOT_TOKEN": TOKEN})
+    (adapter,) = app._build_adapters()
+    assert isinstance(adapter, TelegramAdapter)
+    assert adapter.messenger is adapter

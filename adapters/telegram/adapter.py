@@ -49,7 +49,7 @@ from telegram.ext import (
 from adapters.telegram import translate
 from adapters.telegram.config import TelegramConfig, parse
 from core.chat import ChatRef, Event, EventKind, MessageRef, Platform, Reply, SecretRequest, UserRef
-from core.config import PlatformSettings
+from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.logs import RedactingFilter, register_secret
 from core.ports import EventHandler
@@ -725,16 +725,21 @@ class _Stream:
         self.draft_id = self.a._new_draft_id()
 
 
-def build(settings: PlatformSettings, env: Mapping[str, str]) -> TelegramAdapter | None:
+def build(
+    settings: PlatformSettings, env: Mapping[str, str], *, config: Config | None = None
+) -> TelegramAdapter | None:
     """The adapter for ``[telegram]``, or None (with one WARNING) when the token is unset.
+
+    ``config`` (the whole configuration) only names the file in error messages.
 
     Raises:
         ConfigError: a bad setting in ``[telegram]``.
     """
-    config = parse(settings, env)
-    if config.token is None:
+    source = config.source if config is not None else "config.toml"
+    parsed = parse(settings, env, source=source)
+    if parsed.token is None:
         log.warning(
-            "telegram: %s is not set; the Telegram adapter is not started", config.token_env
+            "telegram: %s is not set; the Telegram adapter is not started", parsed.token_env
         )
         return None
-    return TelegramAdapter(config)
+    return TelegramAdapter(parsed)
