@@ -17,7 +17,9 @@ import pytest
 from adapters.telegram import (
     TelegramAdapter,
     TelegramLoginError,
+    TelegramRateLimited,
     TelegramRequestRejected,
+    TelegramUnavailable,
     parse,
 )
 from adapters.telegram.translate import utf16_len
@@ -79,7 +81,7 @@ async def make(
 ) -> AsyncIterator[Factory]:
     started: list[TelegramAdapter] = []
 
-    async def factory(**options: Any) -> TelegramAdapter:
+    async def factory(*, typing_refresh: float = 4.5, **options: Any) -> TelegramAdapter:
         settings = PlatformSettings(
             "telegram",
             True,
@@ -91,7 +93,11 @@ async def make(
                 **options,
             },
         )
-        adapter = TelegramAdapter(parse(settings, {"TELEGRAM_BOT_TOKEN": TOKEN}), clock=clock)
+        adapter = TelegramAdapter(
+            parse(settings, {"TELEGRAM_BOT_TOKEN": TOKEN}),
+            clock=clock,
+            typing_refresh=typing_refresh,
+        )
         await adapter.start(script)
         started.append(adapter)
         return adapter
@@ -740,3 +746,64 @@ async def test_group_stream_failure_keeps_everything_that_arrived(
     assert [str(e) for e in script.errors] == ["connection reset"]
     assert server.texts(GROUP_ID) == ["first part, second part"]
     assert [p["text"] for p in server.calls_to("editMessageText")] == ["first part, second part"]
+
+
+async def test_typing_is_refreshed_while_the_agent_thinks(
+    make: Factory, server: FakeTelegramServer, script: Script
+) -> None:
+    def typing_calls() -> int:
+        return len(server.calls_to("sendChatAction"))
+
+    async def slow_agent() -> AsyncIterator[str]:
+        # The first token only comes once "typing..." was shown three times.
+        await server.wait_for(lambda: typing_calls() >= 3)
+        yield "done thinking"
+
+    async def on(event: Event) -> None:
+        await adapter.stream(event, slow_agent())
+
+    script.on = on
+    adapter = await make(typing_refresh=0.05)
+    server.push_update(message(GROUP_ID, ADA, "@byok_test_bot think hard", message_id=3))
+    await script.handled(1)
+    assert script.errors == []
+    assert server.texts(GROUP_ID) == ["done thinking"]
+    methods = [m for m in server.methods() if m in ("sendChatAction", "sendMessage")]
+    assert methods[:4] == ["sendChatAction"] * 3 + ["sendMessage"]
+
+
+async def test_edits_fall_back_to_plain_text_and_ignore_unchanged_text(
+    make: Factory, server: FakeTelegramServer
+) -> None:
+    adapter = await make()
+    chat = ChatRef(Platform.TELEGRAM, "42", is_direct=True)
+    ref = await adapter.send(chat, Reply("draft"))
+    assert ref is not None
+    server.fail("editMessageText", 400, "Bad Request: can't parse entities: bad tag")
+    await adapter.edit(ref, Reply("**final** text", format=TextFormat.MARKDOWN))
+    assert server.texts(42) == ["**final** text"]
+    server.fail("editMessageText", 400, "Bad Request: message is not modified")
+    await adapter.edit(ref, Reply("**final** text"))
+    server.fail("editMessageText", 400, "Bad Request: message to edit not found")
+    with pytest.raises(TelegramRequestRejected):
+        await adapter.edit(ref, Reply("gone"))
+
+
+async def test_server_errors_are_wrapped_and_deletion_reports_false(
+    make: Factory, server: FakeTelegramServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    adapter = await make(rate_limit_retries=0)
+    chat = ChatRef(Platform.TELEGRAM, "42", is_direct=True)
+    server.fail("sendMessage", 502, "Bad Gateway")
+    with pytest.raises(TelegramUnavailable):
+        await adapter.send(chat, Reply("hello"))
+    server.fail("sendMessage", 429, "Too Many Requests", retry_after=0.05)
+    with pytest.raises(TelegramRateLimited):
+        await adapter.send(chat, Reply("hello"))
+    server.fail("deleteMessage", 502, "Bad Gateway")
+    caplog.set_level(logging.INFO, logger="adapters.telegram.adapter")
+    assert await adapter.delete(chat, "7") is False
+    assert "telegram: deleting message 7 in chat 42 failed: NetworkError" in caplog.text
+    server.fail("sendChatAction", 403, "Forbidden: bot was blocked by the user")
+    await adapter.typing(chat)  # logged, not raised
+    assert adapter.unreachable_chats == frozenset({"42"})

@@ -83,7 +83,6 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
 
 ALLOWED_UPDATES: Final = ("message", "edited_message", "callback_query")
 _WEBHOOK_MAX_BODY: Final = 1 << 20  # Telegram updates are a few KiB; refuse anything huge.
-_TYPING_REFRESH: Final = 4.5  # Telegram shows "typing..." for about 5 s per chat action.
 
 
 # ----- errors ------------------------------------------------------------------------------
@@ -148,6 +147,8 @@ class TelegramAdapter:
         clock: monotonic seconds, for stream pacing (tests pass a manual clock).
         dedup: remembers processed ``update_id`` values (one per process by default).
         commands: the ``setMyCommands`` menu as ``(command, description)`` pairs.
+        typing_refresh: seconds between "typing..." actions while a reply is awaited
+            (Telegram shows one for about five seconds).
     """
 
     platform = Platform.TELEGRAM
@@ -159,6 +160,7 @@ class TelegramAdapter:
         clock: Callable[[], float] = time.monotonic,
         dedup: Deduplicator | None = None,
         commands: Sequence[tuple[str, str]] = COMMANDS,
+        typing_refresh: float = 4.5,
     ) -> None:
         if config.token is None:
             raise ValueError(f"{config.token_env} is not set")
@@ -173,6 +175,7 @@ class TelegramAdapter:
         self._unreachable: set[str] = set()
         self._next_edit: dict[str, float] = {}
         self._typing_at: dict[str, float] = {}
+        self._typing_refresh = typing_refresh
         self._drafts_ok = config.stream_drafts
         self._draft_seq = 0
         self._webhook: web.AppRunner | None = None
@@ -564,11 +567,11 @@ class TelegramAdapter:
     async def typing(self, chat: ChatRef) -> None:
         """Show "typing..." for a few seconds; failures are logged, never raised.
 
-        Telegram shows the indicator for about five seconds, so a second call within four
-        seconds (the flow's, then the stream's) sends nothing.
+        Telegram shows the indicator for about five seconds, so a second call within
+        ``typing_refresh - 0.5`` seconds (the flow's, then the stream's) sends nothing.
         """
         now = self._clock()
-        if now - self._typing_at.get(chat.id, -_TYPING_REFRESH) < _TYPING_REFRESH - 0.5:
+        if now - self._typing_at.get(chat.id, -1e9) < self._typing_refresh - 0.5:
             return
         self._typing_at[chat.id] = now
         kwargs: dict[str, Any] = {}
@@ -605,7 +608,7 @@ class TelegramAdapter:
     async def _keep_typing(self, chat: ChatRef, started: asyncio.Event) -> None:
         while not started.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(started.wait(), _TYPING_REFRESH)
+                await asyncio.wait_for(started.wait(), self._typing_refresh)
                 return
             await self.typing(chat)
 
