@@ -706,6 +706,10 @@ class _Stream:
         html = translate.render_markdown(text)
         try:
             await bot.send_message_draft(cid, self.draft_id, text=html, parse_mode=ParseMode.HTML)
+        except InvalidToken:
+            # A 404 for this method alone: a Bot API server older than drafts (python-telegram-bot
+            # reports any 404 as InvalidToken; the token itself worked a moment ago).
+            raise TelegramRequestRejected("sendMessageDraft: not supported by the server") from None
         except BadRequest as exc:
             if "entities" not in exc.message.lower():
                 raise self.a._wrap(exc, "sendMessageDraft", self.chat.id) from None
