@@ -150,7 +150,10 @@ async def test_rejected_token_stops_start_with_a_clear_error(
     adapter = TelegramAdapter(parse(settings, {"TELEGRAM_BOT_TOKEN": "1:wrong-token-value"}))
     with pytest.raises(TelegramLoginError) as info:
         await adapter.start(script)
-    assert str(info.value) == "Telegram rejected the bot token in TELEGRAM_BOT_TOKEN"
+    assert str(info.value) == (
+        "Telegram rejected the bot token in TELEGRAM_BOT_TOKEN "
+        f"(or api_base_url {server.base_url} is not a Bot API server)"
+    )
     await adapter.stop()
 
 

@@ -237,7 +237,8 @@ class TelegramAdapter:
             await app.initialize()
         except InvalidToken:
             raise TelegramLoginError(
-                f"Telegram rejected the bot token in {cfg.token_env}"
+                f"Telegram rejected the bot token in {cfg.token_env} (or api_base_url "
+                f"{cfg.api_base_url} is not a Bot API server)"
             ) from None
         except TelegramError as exc:
             raise TelegramUnavailable(f"cannot reach the Bot API: {type(exc).__name__}") from None
