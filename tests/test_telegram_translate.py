@@ -357,6 +357,19 @@ def test_split_closes_and_reopens_a_code_fence() -> None:
     assert all(r.count("<pre>") == r.count("</pre>") for r in rendered)
 
 
+def test_split_keeps_inline_markup_whole() -> None:
+    text = "aaaa bbbb cccc **dd ee** ff"
+    assert translate.split_text(text, 24) == ["aaaa bbbb cccc", "**dd ee** ff"]
+    assert translate.split_text("x y z `a b` w", 9) == ["x y z", "`a b` w"]
+
+
+def test_split_keeps_code_indentation() -> None:
+    code = "```python\n" + "\n".join(f"    line_{i} = {i}" for i in range(12)) + "\n```"
+    parts = translate.split_text(code, 100)
+    body = [line for p in parts for line in p.split("\n") if not line.startswith("```")]
+    assert body == [f"    line_{i} = {i}" for i in range(12)]
+
+
 def test_split_empty_text_gives_nothing() -> None:
     assert translate.split_text("") == []
 

@@ -254,9 +254,10 @@ def _open_fence(text: str) -> str | None:
 def split_once(text: str, limit: int = MESSAGE_LIMIT) -> tuple[str, str]:
     """Cut ``text`` into a head within ``limit`` and the rest, between words.
 
-    Prefers a paragraph break, then a line break, then a space; a single word longer than the
-    limit is cut hard. A code fence open at the cut is closed in the head and reopened in the
-    rest, so each part renders on its own.
+    Prefers a paragraph break, then a line break, then a space, and among those a cut that
+    leaves no bold, strike or inline code span open; a single word longer than the limit is
+    cut hard. A code fence open at the cut is closed in the head and reopened in the rest, so
+    each part renders on its own (indentation inside it is kept).
     """
     if utf16_len(text) <= limit:
         return text, ""
@@ -265,19 +266,40 @@ def split_once(text: str, limit: int = MESSAGE_LIMIT) -> tuple[str, str]:
     if "```" in text:
         reserve = 8 + len(_open_fence(text[: _fit(text, limit)]) or "")
     window = max(1, _fit(text, max(1, limit - reserve)))
-    floor = window // 2
-    cut = -1
-    for sep in ("\n\n", "\n", " "):
-        cut = text.rfind(sep, floor, window)
-        if cut > 0:
-            break
-    if cut <= 0:
-        cut = window
-    head, rest = text[:cut].rstrip(), text[cut:].lstrip(" \n")
+    head, rest = _cut(text, window)
     fence = _open_fence(head)
     if fence is not None:
         head, rest = f"{head}\n```", f"{fence}\n{rest}"
     return head, rest
+
+
+def _cut(text: str, window: int) -> tuple[str, str]:
+    """Cut within ``text[:window]`` at the best separator, keeping inline markup whole."""
+    floor = window // 2
+    fallback: tuple[str, str] | None = None
+    for sep in ("\n\n", "\n", " "):
+        end = window
+        for _ in range(64):  # bounded: look at the last few candidates only
+            cut = text.rfind(sep, floor, end)
+            if cut <= 0:
+                break
+            rest = text[cut + len(sep) :]
+            pair = text[:cut].rstrip(), rest.lstrip(" ") if sep == " " else rest.lstrip("\n")
+            if _balanced(pair[0]):
+                return pair
+            fallback = fallback or pair
+            end = cut
+    # No clean break: the first candidate, or a hard cut through a word longer than the limit.
+    return fallback or (text[:window], text[window:])
+
+
+def _balanced(text: str) -> bool:
+    """True if no bold, strike or inline code span is left open (code blocks aside)."""
+    text = re.sub(r"```.*?(?:```|\Z)", "", text, flags=re.DOTALL)
+    if text.count("`") % 2:
+        return False
+    text = re.sub(r"`[^`]*`", "", text)
+    return text.count("**") % 2 == 0 and text.count("~~") % 2 == 0
 
 
 def split_text(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
