@@ -64,7 +64,7 @@ class FakeTelegramServer:
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
     port: int = 0
-    max_hold: float = 0.2
+    max_hold: float = 0.05
 
     @property
     def base_url(self) -> str:
