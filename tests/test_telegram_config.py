@@ -11,6 +11,7 @@ import pytest
 from adapters.telegram import TelegramAdapter, TelegramConfig, build, parse
 from core.config import PlatformSettings, parse_config
 from core.errors import ConfigError
+from core.ports import Messenger
 from core.secret import Secret
 
 TOKEN = "123456789:AAH-config-test-token-0123456789abcd"
@@ -138,3 +139,4 @@ def test_composition_root_builds_the_telegram_adapter(tmp_path: Path) -> None:
     (adapter,) = app._build_adapters()
     assert isinstance(adapter, TelegramAdapter)
     assert adapter.messenger is adapter
+    assert isinstance(adapter.messenger, Messenger)

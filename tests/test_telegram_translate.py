@@ -193,6 +193,15 @@ def test_edited_message_reaches_only_the_leak_guard() -> None:
     assert (got.kind, got.addressed, got.text) == (EventKind.MESSAGE, False, "/key sk-ant-api03-x")
 
 
+def test_other_bots_never_address_ours() -> None:
+    other = {"id": 555, "is_bot": True, "first_name": "Echo", "username": "echo_bot"}
+    for text in ("/plan@byok_test_bot byok", "@byok_test_bot hello"):
+        body = group(text, **{"from": other})
+        got = event(body)
+        assert got is not None
+        assert (got.kind, got.addressed, got.text) == (EventKind.MESSAGE, False, text)
+
+
 def test_caption_is_read_as_text() -> None:
     body = group("")
     del body["message"]["text"]

@@ -99,8 +99,9 @@ def _strip_mention(text: str, bot_username: str) -> str:
 def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
     """Translate one update, or None for what the bot does not act on (stickers, joins...).
 
-    Edited messages come through as unaddressed messages: the leak guard must see a key that
-    was edited into a message, but an edit is not a new request to the agent.
+    Edited messages and messages from other bots come through as unaddressed messages: the
+    leak guard must see a key edited into a message or posted by a bot, but neither is a new
+    request to the agent.
     """
     eid = event_id(update.update_id)
     query = update.callback_query
@@ -129,7 +130,7 @@ def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
     chat = _chat_ref(message)
     common: dict[str, Any] = {"message_id": str(message.message_id), "event_id": eid}
     match = _COMMAND.fullmatch(text.strip()) if message.text is not None else None
-    if match and not edited:
+    if match and not edited and not message.from_user.is_bot:
         target = match.group(2)
         if target is None or target.lower() == bot_username.lower():
             return Event(
@@ -143,7 +144,8 @@ def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
             )
         # A command for another bot in the same group: only the leak guard looks at it.
         return Event(EventKind.MESSAGE, user, chat, text=text, addressed=False, **common)
-    if edited:
+    if edited or message.from_user.is_bot:
+        # Other bots never drive ours (no bot-to-bot loops); the leak guard still sees them.
         return Event(EventKind.MESSAGE, user, chat, text=text, addressed=False, **common)
     if chat.is_direct:
         return Event(EventKind.MESSAGE, user, chat, text=text, **common)
