@@ -602,6 +602,39 @@ def tg_ref(user_id: int) -> UserRef:
     return UserRef(Platform.TELEGRAM, str(user_id), "x")
 
 
+def bot_status(user: dict[str, Any], status: str) -> dict[str, Any]:
+    new: dict[str, Any] = {
+        "status": status,
+        "user": {"id": 777000111, "is_bot": True, "first_name": "BYOK"},
+    }
+    if status == "kicked":
+        new["until_date"] = 0
+    return {
+        "my_chat_member": {
+            "chat": {"id": user["id"], "type": "private", "first_name": user["first_name"]},
+            "from": user,
+            "date": 1780000000,
+            "old_chat_member": {**new, "status": "member"},
+            "new_chat_member": new,
+        }
+    }
+
+
+async def test_blocking_is_noticed_before_any_send_fails(
+    make: Factory, server: FakeTelegramServer, script: Script
+) -> None:
+    adapter = await make()
+    dm = ChatRef(Platform.TELEGRAM, "42", is_direct=True)
+    server.push_update(bot_status(ADA, "kicked"))
+    await server.wait_for(lambda: adapter.unreachable_chats == frozenset({"42"}))
+    assert await adapter.send(dm, Reply("weekly summary")) is None
+    server.push_update(bot_status(ADA, "member"))
+    await server.wait_for(lambda: adapter.unreachable_chats == frozenset())
+    assert await adapter.send(dm, Reply("weekly summary")) is not None
+    assert script.events == []  # membership changes are not events for the router
+    assert server.texts(42) == ["weekly summary"]
+
+
 async def test_other_send_errors_are_wrapped(make: Factory, server: FakeTelegramServer) -> None:
     adapter = await make()
     server.fail("sendMessage", 400, "Bad Request: chat not found")

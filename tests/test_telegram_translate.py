@@ -257,6 +257,31 @@ def test_game_callback_without_data_is_ignored() -> None:
     assert event(body) is None
 
 
+def membership(status: str) -> Update:
+    return update(
+        {
+            "my_chat_member": {
+                "chat": {"id": 42, "type": "private", "first_name": "Ada"},
+                "from": ADA,
+                "date": 1780000000,
+                "old_chat_member": {"status": "member", "user": BOT_USER},
+                "new_chat_member": (
+                    {"status": status, "user": BOT_USER, "until_date": 0}
+                    if status == "kicked"
+                    else {"status": status, "user": BOT_USER}
+                ),
+            }
+        }
+    )
+
+
+def test_blocking_and_unblocking_the_bot() -> None:
+    assert translate.reachability(membership("kicked")) == ("42", False)
+    assert translate.reachability(membership("member")) == ("42", True)
+    assert translate.reachability(update(private("hi"))) is None
+    assert translate.to_event(membership("kicked"), bot_id=BOT_ID, bot_username=BOT) is None
+
+
 # ----- outgoing ----------------------------------------------------------------------------
 
 

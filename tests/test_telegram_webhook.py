@@ -97,6 +97,7 @@ async def test_start_registers_the_webhook_with_its_secret(
         "message",
         "edited_message",
         "callback_query",
+        "my_chat_member",
     ]
     assert "getUpdates" not in server.methods()
 

@@ -81,7 +81,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
 )
 """The command menu sent with ``setMyCommands`` (the composition root may pass its own)."""
 
-ALLOWED_UPDATES: Final = ("message", "edited_message", "callback_query")
+ALLOWED_UPDATES: Final = ("message", "edited_message", "callback_query", "my_chat_member")
 _WEBHOOK_MAX_BODY: Final = 1 << 20  # Telegram updates are a few KiB; refuse anything huge.
 
 
@@ -344,6 +344,15 @@ class TelegramAdapter:
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if not await self._dedup.first_time(translate.event_id(update.update_id)):
             log.info("telegram: update %s was delivered again; ignored", update.update_id)
+            return
+        membership = translate.reachability(update)
+        if membership is not None:
+            chat_id, reachable = membership
+            log.info("telegram: chat %s is now %s", chat_id, "open" if reachable else "closed")
+            if reachable:
+                self._unreachable.discard(chat_id)
+            else:
+                self._unreachable.add(chat_id)
             return
         event = translate.to_event(update, bot_id=self._bot_id, bot_username=self._bot_username)
         if event is None:

@@ -156,6 +156,19 @@ def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
     return Event(EventKind.MESSAGE, user, chat, text=text, addressed=addressed, **common)
 
 
+def reachability(update: Update) -> tuple[str, bool] | None:
+    """``(chat id, reachable)`` when the bot's own membership changed, else None.
+
+    Telegram reports a person blocking the bot (or the bot removed from a group) as the bot's
+    status becoming ``kicked``/``left``, and unblocking or re-adding as ``member``.
+    """
+    change = update.my_chat_member
+    if change is None:
+        return None
+    status = change.new_chat_member.status
+    return str(change.chat.id), status not in ("kicked", "left")
+
+
 # ----- outgoing ----------------------------------------------------------------------------
 
 
