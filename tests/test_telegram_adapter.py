@@ -39,6 +39,7 @@ from core.config import PlatformSettings
 from tests.fakes.telegram_server import (
     PROXY_VARS,
     FakeTelegramServer,
+    HeldSleep,
     Script,
     TickingClock,
     callback,
@@ -76,8 +77,13 @@ def clock() -> TickingClock:
 
 
 @pytest.fixture
+def sleep() -> HeldSleep:
+    return HeldSleep()
+
+
+@pytest.fixture
 async def make(
-    server: FakeTelegramServer, script: Script, clock: TickingClock
+    server: FakeTelegramServer, script: Script, clock: TickingClock, sleep: HeldSleep
 ) -> AsyncIterator[Factory]:
     started: list[TelegramAdapter] = []
 
@@ -97,6 +103,7 @@ async def make(
             parse(settings, {"TELEGRAM_BOT_TOKEN": TOKEN}),
             clock=clock,
             typing_refresh=typing_refresh,
+            sleep=sleep,
         )
         await adapter.start(script)
         started.append(adapter)
@@ -852,3 +859,33 @@ async def test_server_errors_are_wrapped_and_deletion_reports_false(
     server.fail("sendChatAction", 403, "Forbidden: bot was blocked by the user")
     await adapter.typing(chat)  # logged, not raised
     assert adapter.unreachable_chats == frozenset({"42"})
+
+
+async def test_text_held_back_by_the_pace_is_shown_when_its_turn_comes(
+    make: Factory,
+    server: FakeTelegramServer,
+    script: Script,
+    clock: TickingClock,
+    sleep: HeldSleep,
+) -> None:
+    def edits() -> list[str]:
+        return [p["text"] for p in server.calls_to("editMessageText")]
+
+    async def chunks() -> AsyncIterator[str]:
+        yield "Let me think"
+        yield " about it..."  # too early for an edit: held back
+        # The model pauses; a second passes.
+        clock.now += 1.0
+        sleep.release()
+        await server.wait_for(lambda: edits() == ["Let me think about it..."])
+        yield " Done."
+
+    async def on(event: Event) -> None:
+        await adapter.stream(event, chunks())
+
+    script.on = on
+    adapter = await make(group_edit_interval=1.0)
+    server.push_update(message(GROUP_ID, ADA, "@byok_test_bot think", message_id=3))
+    await script.handled(1)
+    assert [p["text"] for p in sent(server, GROUP_ID)] == ["Let me think"]
+    assert edits() == ["Let me think about it...", "Let me think about it... Done."]

@@ -27,6 +27,7 @@ from tests.conftest import make_config
 from tests.fakes.telegram_server import (
     PROXY_VARS,
     FakeTelegramServer,
+    HeldSleep,
     TickingClock,
     callback,
     message,
@@ -96,7 +97,9 @@ async def chat(
         True,
         {"api_base_url": server.base_url, "file_base_url": server.file_base_url},
     )
-    adapter = TelegramAdapter(parse(settings, {"TELEGRAM_BOT_TOKEN": TOKEN}), clock=TickingClock())
+    adapter = TelegramAdapter(
+        parse(settings, {"TELEGRAM_BOT_TOKEN": TOKEN}), clock=TickingClock(), sleep=HeldSleep()
+    )
     agents = ScriptedAgents(["Hello", " Ada", ", how can I help?"])
     app = App(
         make_config(sqlite_url, tmp_path),

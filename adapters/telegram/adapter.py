@@ -149,6 +149,7 @@ class TelegramAdapter:
         commands: the ``setMyCommands`` menu as ``(command, description)`` pairs.
         typing_refresh: seconds between "typing..." actions while a reply is awaited
             (Telegram shows one for about five seconds).
+        sleep: waits until a paced stream update is due (tests pass a controllable one).
     """
 
     platform = Platform.TELEGRAM
@@ -161,6 +162,7 @@ class TelegramAdapter:
         dedup: Deduplicator | None = None,
         commands: Sequence[tuple[str, str]] = COMMANDS,
         typing_refresh: float = 4.5,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if config.token is None:
             raise ValueError(f"{config.token_env} is not set")
@@ -176,6 +178,7 @@ class TelegramAdapter:
         self._next_edit: dict[str, float] = {}
         self._typing_at: dict[str, float] = {}
         self._typing_refresh = typing_refresh
+        self._sleep = sleep
         self._drafts_ok = config.stream_drafts
         self._draft_seq = 0
         self._webhook: web.AppRunner | None = None
@@ -646,7 +649,9 @@ class _Stream:
 
     The text is split at Telegram's limit between words: a full part is committed as its own
     message and the stream continues in a new one. Intermediate states are shown at most once
-    per ``interval`` per chat; the final state of every part is always shown.
+    per ``interval`` per chat; text that arrived too early for its turn is shown when the turn
+    comes even if nothing more arrives (the model may pause); the final state of every part is
+    always shown. A lock keeps the delayed update and the next chunk from racing.
     """
 
     def __init__(
@@ -665,6 +670,8 @@ class _Stream:
         self.last: MessageRef | None = None
         self.draft_id = adapter._new_draft_id()
         self.started = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self.flusher: asyncio.Task[None] | None = None
 
     def _part(self, text: str) -> translate.Outgoing:
         return translate.Outgoing(
@@ -672,21 +679,45 @@ class _Stream:
         )
 
     async def feed(self, delta: str) -> None:
-        self.buf += delta
-        while translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
-            head, self.buf = translate.split_once(self.buf)
-            await self._commit(head)
-        now = self.a._clock()
-        due = self.a._next_edit.get(self.chat.id, 0.0)
-        if now >= due and self.buf.strip() and self.buf != self.shown:
-            await self._show(self.buf)
-            self.a._next_edit[self.chat.id] = now + self.a._interval(self.chat)
+        async with self.lock:
+            self.buf += delta
+            while translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
+                head, self.buf = translate.split_once(self.buf)
+                await self._commit(head)
+            if not self.buf.strip() or self.buf == self.shown:
+                return
+            now = self.a._clock()
+            due = self.a._next_edit.get(self.chat.id, 0.0)
+            if now >= due:
+                await self._show_paced(now)
+            elif self.flusher is None or self.flusher.done():
+                self.flusher = asyncio.create_task(self._flush_later(due - now))
+
+    async def _show_paced(self, now: float) -> None:
+        await self._show(self.buf)
+        self.a._next_edit[self.chat.id] = now + self.a._interval(self.chat)
+
+    async def _flush_later(self, delay: float) -> None:
+        await self.a._sleep(delay)
+        async with self.lock:
+            if not self.buf.strip() or self.buf == self.shown:
+                return
+            try:
+                await self._show_paced(self.a._clock())
+            except TelegramAdapterError as exc:
+                # The next chunk or the final commit shows the text anyway.
+                log.info("telegram: a paced stream update failed: %s", exc)
 
     async def finish(self) -> MessageRef | None:
-        if self.buf.strip():
-            await self._commit(self.buf)
-        self.buf = ""
-        return self.last
+        if self.flusher is not None:
+            self.flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.flusher
+        async with self.lock:
+            if self.buf.strip():
+                await self._commit(self.buf)
+            self.buf = ""
+            return self.last
 
     async def _show(self, text: str) -> None:
         self.started.set()

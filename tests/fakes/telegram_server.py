@@ -411,3 +411,21 @@ class TickingClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class HeldSleep:
+    """An injectable ``sleep`` that returns only when the test says time has passed.
+
+    ``release()`` ends every sleep in progress; until then, paced work waits, so tests count
+    edits without depending on wall-clock time.
+    """
+
+    def __init__(self) -> None:
+        self._gate = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        await self._gate.wait()
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        self._gate.set()
