@@ -616,6 +616,7 @@ class TelegramAdapter:
             raise
         finally:
             keep_typing.cancel()
+            stream.abandon()  # if the turn itself was cancelled, no paced update fires later
         return await stream.finish()
 
     async def _keep_typing(self, chat: ChatRef, started: asyncio.Event) -> None:
@@ -707,6 +708,11 @@ class _Stream:
             except TelegramAdapterError as exc:
                 # The next chunk or the final commit shows the text anyway.
                 log.info("telegram: a paced stream update failed: %s", exc)
+
+    def abandon(self) -> None:
+        """Cancel a pending paced update: the stream ended, or its turn was cancelled."""
+        if self.flusher is not None and not self.flusher.done():
+            self.flusher.cancel()
 
     async def finish(self) -> MessageRef | None:
         if self.flusher is not None:
