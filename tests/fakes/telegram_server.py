@@ -3,7 +3,8 @@
 Serves ``POST /bot<TOKEN>/<method>`` (form, multipart or JSON bodies) on 127.0.0.1, queues
 updates for ``getUpdates`` long polls, keeps the text of every message per chat (edits applied,
 deletions removed) and can be told to fail a method with a status (403, 400, 429 with
-``retry_after``) a number of times.
+``retry_after``) a number of times. A method it does not model answers 404, as the real server
+does, so an unexpected call fails loudly.
 """
 
 from __future__ import annotations
@@ -21,6 +22,26 @@ from aiohttp import web
 # Parameters the SDK sends as JSON strings inside a form body.
 _JSON_FIELDS = frozenset(
     {"reply_markup", "entities", "commands", "allowed_updates", "reply_parameters", "scope"}
+)
+
+
+_KNOWN_METHODS = frozenset(
+    {
+        "getMe",
+        "getUpdates",
+        "setMyCommands",
+        "deleteWebhook",
+        "setWebhook",
+        "answerCallbackQuery",
+        "sendChatAction",
+        "sendMessageDraft",
+        "sendMessage",
+        "sendPhoto",
+        "editMessageText",
+        "editMessageReplyMarkup",
+        "deleteMessage",
+        "getChat",
+    }
 )
 
 
@@ -197,6 +218,11 @@ class FakeTelegramServer:
             return self._error(
                 failure.status, failure.description, failure.retry_after, failure.migrate_to
             )
+        if method not in _KNOWN_METHODS:
+            # Fail loudly, as the real server does, on a method the fake does not model.
+            call.status = 404
+            self._notify()
+            return self._error(404, "Not Found")
         if method == "getUpdates":
             result: Any = await self._get_updates(params)
         else:
@@ -281,9 +307,7 @@ class FakeTelegramServer:
         if method == "getChat":
             cid = int(chat_id)
             return {"id": cid, "type": "private" if cid > 0 else "supergroup"}
-        # setMyCommands, deleteWebhook, setWebhook, answerCallbackQuery, sendChatAction,
-        # sendMessageDraft, ...: methods whose result is plain ``true``.
-        return True
+        return True  # methods whose result is plain ``true``
 
 
 # ----- recorded update shapes --------------------------------------------------------------
