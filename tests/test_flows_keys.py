@@ -195,7 +195,7 @@ async def test_intake_requested_in_a_group_moves_to_dm(world: World) -> None:
     before = len(eve.messenger.secret_requests)
     await eve.command("/key add anthropic", chat=eve.group())
     assert eve.last == texts.KEY_DM_NEEDED.format(provider="anthropic")
-    assert [p for _, p in eve.buttons()] == [OPEN_DM_PAYLOAD]
+    assert [p for _, p in eve.buttons()] == [f"{OPEN_DM_PAYLOAD}:key"]
     assert len(eve.messenger.secret_requests) == before
     async with world.app.db.session() as s:
         open_rows = await s.scalar(

@@ -190,7 +190,10 @@ async def test_key_intake_for_someone_who_never_started_the_bot(chat: Chat) -> N
     shown = await chat.shows(GROUP, 4)
     assert shown[-1] == texts.KEY_DM_NEEDED.format(provider="anthropic")
     assert chat.sent(GROUP)[-1]["reply_markup"] == {
-        "inline_keyboard": [[{"text": texts.OPEN_DM_BUTTON, "url": "https://t.me/byok_test_bot"}]]
+        # The deep link lands on /start key, which continues the key exchange in the DM.
+        "inline_keyboard": [
+            [{"text": texts.OPEN_DM_BUTTON, "url": "https://t.me/byok_test_bot?start=key"}]
+        ]
     }
 
 

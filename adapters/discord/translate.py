@@ -20,7 +20,6 @@ from typing import Any, Final
 import discord
 
 from core.chat import (
-    OPEN_DM_PAYLOAD,
     Button,
     ButtonStyle,
     ChatRef,
@@ -31,6 +30,7 @@ from core.chat import (
     SecretRequest,
     TextFormat,
     UserRef,
+    is_open_dm,
 )
 from core.secret import Secret
 
@@ -394,7 +394,7 @@ def to_view(buttons: Sequence[Sequence[Button]], *, bot_id: str = "") -> StaticV
         for button in row[:5]:
             label = _truncate(button.label, 80)
             item: discord.ui.Button[StaticView]
-            if button.payload == OPEN_DM_PAYLOAD:
+            if is_open_dm(button.payload):
                 item = discord.ui.Button(
                     label=label, url=f"https://discord.com/users/{bot_id}", row=row_number
                 )

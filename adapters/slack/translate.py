@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from core.chat import (
-    OPEN_DM_PAYLOAD,
     Button,
     ButtonStyle,
     ChatRef,
@@ -26,6 +25,7 @@ from core.chat import (
     SecretRequest,
     TextFormat,
     UserRef,
+    is_open_dm,
 )
 from core.secret import Secret
 
@@ -334,7 +334,7 @@ def button_element(button: Button, action_id: str, *, dm_url: str = "") -> dict[
         "action_id": action_id,
         "text": {"type": "plain_text", "text": button.label[:_BUTTON_LABEL_LIMIT], "emoji": True},
     }
-    if button.payload == OPEN_DM_PAYLOAD and dm_url:
+    if is_open_dm(button.payload) and dm_url:
         element["action_id"] = f"{LINK_ACTION}:{action_id}"
         element["url"] = dm_url
     else:

@@ -132,7 +132,7 @@ async def start_intake(
         await s.flow_states.clear(turn.user.identity)
         await turn.say(
             texts.KEY_DM_NEEDED.format(provider=provider.id),
-            buttons=[[Button(texts.OPEN_DM_BUTTON, OPEN_DM_PAYLOAD)]],
+            buttons=[[Button(texts.OPEN_DM_BUTTON, f"{OPEN_DM_PAYLOAD}:key")]],
         )
         return None
     if not turn.chat.is_direct and not modal:
