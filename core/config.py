@@ -203,8 +203,8 @@ class TableReader:
 
     Every error reads ``<source>: [<table>] <key> must ...``. Each read marks its key as
     known; ``finish`` then rejects whatever the table holds beyond those keys. The wording
-    of an error can be adjusted per read: ``must`` replaces the type requirement ("be an
-    integer"), ``show_got`` appends `` (got <value>)`` to a type error.
+    of an error can be adjusted per read: ``must`` replaces what follows "must" in a type
+    error (default "be an integer" and so on), ``show_got`` appends `` (got <value>)`` to it.
 
     Example:
         ``r = TableReader("config.toml", "slack", options)``, then
@@ -278,7 +278,7 @@ class TableReader:
             return value
         out_of_range = limits.get("out_of_range")
         if out_of_range is None:
-            if minimum is not None and maximum is not None:
+            if minimum is not None and maximum is not None and above is None:
                 out_of_range = f"be between {minimum!r} and {maximum!r}"
             else:
                 parts = [f"more than {above!r}"] if above is not None else []
@@ -286,7 +286,7 @@ class TableReader:
                 parts += [f"at most {maximum!r}"] if maximum is not None else []
                 out_of_range = "be " + " and ".join(parts)
         # The value as written in the file (7, not 7.0), not as converted.
-        raise self.fail(key, f"must {out_of_range} (got {self.data[key]!r})")
+        raise self.fail(key, f"must {out_of_range} (got {self.data.get(key, default)!r})")
 
     def positive_int(self, key: str, default: int) -> int:
         """An integer above zero."""
