@@ -1,13 +1,15 @@
-"""``core.config.TableReader``: typed reads, bounds, wording options, unknown settings."""
+"""``core.config.TableReader``: typed reads, bounds, wording, unknown settings; file names."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.config import TableReader
+from core.config import TableReader, parse_config
 from core.errors import ConfigError
 
 
@@ -205,3 +207,14 @@ def test_a_setting_read_twice_is_known_once() -> None:
     assert r.string("u", "") == "https://example.com"
     assert r.url("u", "") == "https://example.com"
     r.finish()
+
+
+@pytest.mark.parametrize("platform", ["telegram", "discord", "slack"])
+def test_every_adapter_names_the_configuration_file(platform: str, tmp_path: Path) -> None:
+    config = parse_config(
+        {platform: {"enabled": True, "colour": "red"}}, source="prod.toml", base_dir=tmp_path
+    )
+    build = importlib.import_module(f"adapters.{platform}").build
+    with pytest.raises(ConfigError) as caught:
+        build(config.platforms[platform], {}, config=config)
+    assert str(caught.value) == f"prod.toml: [{platform}] colour is not a known setting"

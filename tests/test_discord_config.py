@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -119,19 +118,9 @@ def test_bad_settings_raise_even_without_token() -> None:
         build(settings(colour="blue"), {})
 
 
-def test_build_names_the_configuration_file_in_errors(tmp_path: Path) -> None:
-    from core.config import parse_config
-
-    config = parse_config(
-        {"discord": {"enabled": True, "colour": "blue"}}, source="prod.toml", base_dir=tmp_path
-    )
-    with pytest.raises(ConfigError) as info:
-        build(config.platforms["discord"], {}, config=config)
-    assert str(info.value) == "prod.toml: [discord] colour is not a known setting"
-
-
 def test_documented_section_parses_to_the_defaults() -> None:
     import tomllib
+    from pathlib import Path
 
     from core.config import parse_config
 

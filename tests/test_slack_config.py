@@ -124,15 +124,6 @@ def test_parse_names_config_toml_when_not_told_the_file() -> None:
     assert str(caught.value) == "config.toml: [slack] colour is not a known setting"
 
 
-def test_build_names_the_configuration_file_in_errors(tmp_path: Path) -> None:
-    config = parse_config(
-        {"slack": {"enabled": True, "mode": "hooks"}}, source="prod.toml", base_dir=tmp_path
-    )
-    with pytest.raises(ConfigError) as caught:
-        build(config.platforms["slack"], {}, config=config)
-    assert str(caught.value) == "prod.toml: [slack] mode must be one of socket, http (got 'hooks')"
-
-
 def test_the_composition_root_passes_the_file_name(tmp_path: Path) -> None:
     from bot.app import App
 
