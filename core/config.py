@@ -3,26 +3,30 @@
 Secrets never live in the file: it names the environment variables that hold them
 (``token_env = "TELEGRAM_BOT_TOKEN"``). ``BYOKBOT_CONFIG`` selects the file; without one the
 defaults below apply, which run the bot on SQLite with a locally generated master key.
-Every error names the file, the table and the setting.
+Every error names the file, the table and the setting; ``TableReader`` words them, here and
+in each adapter's ``config.py``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypedDict, TypeVar, Unpack
 
 from core.errors import ConfigError
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 PROVIDER_KINDS: Final = ("anthropic", "openai-compatible")
 KEY_SHAPES: Final = ("anthropic", "openai", "moonshot", "generic")
 PLATFORM_SECTIONS: Final = ("telegram", "discord", "slack")
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +91,7 @@ class AgentSettings:
 class PlatformSettings:
     """``[telegram]``, ``[discord]``, ``[slack]``: common switches plus the adapter's own table.
 
-    Each adapter's ``config.py`` reads ``options`` and reports its own precise errors.
+    Each adapter's ``config.py`` reads ``options`` with a ``TableReader``.
     """
 
     name: str
@@ -177,36 +181,122 @@ class Config:
         return url
 
 
-class _Table:
-    """Reads one TOML table with precise, typed errors and rejects unknown settings."""
+class Limits(TypedDict, total=False):
+    """Bounds and wording for ``TableReader.integer`` and ``TableReader.number``.
 
-    def __init__(self, source: str, name: str, data: Mapping[str, Any]) -> None:
-        self.source, self.name, self.data = source, name, data
+    ``minimum`` and ``maximum`` are inclusive, ``above`` exclusive. Out of bounds the error
+    reads ``must be between 0 and 50 (got 90)`` (or ``more than 0 and at most 2.5``, as the
+    bounds given), or ``must <out_of_range> (got 90)``. ``must`` and ``show_got`` word the
+    type error as for ``TableReader.get``.
+    """
+
+    minimum: float
+    above: float
+    maximum: float
+    must: str
+    show_got: bool
+    out_of_range: str
+
+
+class TableReader:
+    """Reads one TOML table with typed, precise errors and rejects unknown settings.
+
+    Every error reads ``<source>: [<table>] <key> must ...``. Each read marks its key as
+    known; ``finish`` then rejects whatever the table holds beyond those keys. The wording
+    of an error can be adjusted per read: ``must`` replaces what follows "must" in a type
+    error (default "be an integer" and so on), ``show_got`` appends `` (got <value>)`` to it.
+
+    Example:
+        ``r = TableReader("config.toml", "slack", options)``, then
+        ``r.integer("listen_port", 3000, minimum=0, maximum=65535)`` and ``r.finish()``.
+    """
+
+    def __init__(self, source: str, table: str, data: Mapping[str, Any]) -> None:
+        self.source, self.table, self.data = source, table, data
         self.used: set[str] = set()
 
     def fail(self, key: str, what: str) -> ConfigError:
-        return ConfigError(f"{self.source}: [{self.name}] {key} {what}")
+        """An error naming the file, the table and ``key``; ``what`` is the rest of the sentence."""
+        return ConfigError(f"{self.source}: [{self.table}] {key} {what}")
 
-    def get(self, key: str, kind: type[T], default: T) -> T:
+    def get(
+        self,
+        key: str,
+        kind: type[T],
+        default: T,
+        *,
+        must: str | None = None,
+        show_got: bool = False,
+    ) -> T:
+        """The value of ``key`` (``default`` when absent) if it is a ``kind``.
+
+        An integer is accepted where a float is asked for; a boolean is never a number.
+        """
         self.used.add(key)
         if key not in self.data:
             return default
         value = self.data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if kind is not bool and isinstance(value, bool):
-            raise self.fail(key, f"must be {_kind_name(kind)}")
-        if not isinstance(value, kind):
-            raise self.fail(key, f"must be {_kind_name(kind)}")
+        if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
+            got = f" (got {value!r})" if show_got else ""
+            raise self.fail(key, f"must {must or 'be ' + _kind_name(kind)}{got}")
         return value
 
+    def string(
+        self, key: str, default: str, *, non_empty: bool = False, show_got: bool = False
+    ) -> str:
+        """A string; with ``non_empty``, an empty one fails like a value of the wrong type."""
+        must = "be a non-empty string" if non_empty else None
+        value = self.get(key, str, default, must=must, show_got=show_got)
+        if non_empty and not value:
+            raise self.fail(key, f"must {must}")
+        return value
+
+    def boolean(self, key: str, default: bool, *, show_got: bool = False) -> bool:
+        """``true`` or ``false``."""
+        return self.get(key, bool, default, show_got=show_got)
+
+    def integer(self, key: str, default: int, **limits: Unpack[Limits]) -> int:
+        """An integer within ``limits``; see ``Limits`` for the bounds and the wording."""
+        return self._bounded(key, int, default, limits)
+
+    def number(self, key: str, default: float, **limits: Unpack[Limits]) -> float:
+        """A number (an integer is accepted) within ``limits``, as for ``integer``."""
+        return self._bounded(key, float, default, limits)
+
+    def _bounded(self, key: str, kind: type[N], default: N, limits: Limits) -> N:
+        value = self.get(
+            key, kind, default, must=limits.get("must"), show_got=limits.get("show_got", False)
+        )
+        minimum, above, maximum = limits.get("minimum"), limits.get("above"), limits.get("maximum")
+        if (
+            (minimum is None or value >= minimum)
+            and (above is None or value > above)
+            and (maximum is None or value <= maximum)
+        ):
+            return value
+        out_of_range = limits.get("out_of_range")
+        if out_of_range is None:
+            if minimum is not None and maximum is not None and above is None:
+                out_of_range = f"be between {minimum!r} and {maximum!r}"
+            else:
+                parts = [f"more than {above!r}"] if above is not None else []
+                parts += [f"at least {minimum!r}"] if minimum is not None else []
+                parts += [f"at most {maximum!r}"] if maximum is not None else []
+                out_of_range = "be " + " and ".join(parts)
+        # The value as written in the file (7, not 7.0), not as converted.
+        raise self.fail(key, f"must {out_of_range} (got {self.data.get(key, default)!r})")
+
     def positive_int(self, key: str, default: int) -> int:
+        """An integer above zero."""
         value = self.get(key, int, default)
         if value <= 0:
             raise self.fail(key, "must be a positive integer")
         return value
 
     def optional_positive(self, key: str, kind: type[T]) -> T | None:
+        """A positive ``int`` or ``float``, or None when the table does not set it."""
         if key not in self.data:
             self.used.add(key)
             return None
@@ -217,26 +307,57 @@ class _Table:
         return value
 
     def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A list of non-empty strings."""
         value = self.get(key, list, list(default))
         if not all(isinstance(v, str) and v for v in value):
             raise self.fail(key, "must be a list of non-empty strings")
         return tuple(value)
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        """One of ``choices``."""
         value = self.get(key, str, default)
         if value not in choices:
             raise self.fail(key, f"must be one of {', '.join(choices)} (got {value!r})")
         return value
 
-    def url(self, key: str, default: str) -> str:
+    def env_name(self, key: str, default: str, *, optional: bool = False) -> str:
+        """The name of an environment variable (never its value); ``optional`` allows ""."""
         value = self.get(key, str, default)
-        if not value.startswith(("http://", "https://")):
-            raise self.fail(key, "must be an http:// or https:// URL")
+        if optional and not value:
+            return value
+        if not _ENV_NAME.fullmatch(value):
+            raise self.fail(key, f"must name an environment variable (got {value!r})")
+        return value
+
+    def url(
+        self,
+        key: str,
+        default: str,
+        *,
+        schemes: tuple[str, ...] = ("http://", "https://"),
+        must: str | None = None,
+        show_got: bool = False,
+        hint: str = "",
+        optional: bool = False,
+    ) -> str:
+        """A URL with one of ``schemes`` and no credentials, without its trailing slash.
+
+        A wrong scheme fails with ``must be an http:// or https:// URL`` (or ``must <must>``),
+        credentials with ``must not carry credentials<hint>``; ``optional`` allows "".
+        """
+        value = self.get(key, str, default)
+        if optional and not value:
+            return value
+        if not value.startswith(schemes):
+            must = must or f"be an {' or '.join(schemes)} URL"
+            got = f" (got {value!r})" if show_got else ""
+            raise self.fail(key, f"must {must}{got}")
         if "@" in value.split("://", 1)[1].split("/", 1)[0]:
-            raise self.fail(key, "must not carry credentials; name an environment variable")
+            raise self.fail(key, f"must not carry credentials{hint}")
         return value.rstrip("/")
 
     def finish(self) -> None:
+        """Reject the first (alphabetically) setting no read asked for."""
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             raise self.fail(unknown[0], "is not a known setting")
@@ -254,7 +375,7 @@ def _kind_name(kind: type[Any]) -> str:
 
 
 def _parse_core(src: str, data: Mapping[str, Any]) -> CoreSettings:
-    t = _Table(src, "core", data)
+    t = TableReader(src, "core", data)
     d = CoreSettings()
     admins = t.strings("admins", d.admins)
     for a in admins:
@@ -262,17 +383,17 @@ def _parse_core(src: str, data: Mapping[str, Any]) -> CoreSettings:
         if platform not in ("console", *PLATFORM_SECTIONS) or not uid:
             raise t.fail("admins", f'entries must look like "telegram:12345" (got {a!r})')
     level = t.choice("log_level", ("DEBUG", "INFO", "WARNING", "ERROR"), d.log_level)
-    db = t.get("database_url", str, d.database_url)
+    db = t.string("database_url", d.database_url)
     if not db.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise t.fail("database_url", "must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
     out = CoreSettings(
         database_url=db,
-        master_key_file=t.get("master_key_file", str, d.master_key_file),
-        master_key_env=t.get("master_key_env", str, d.master_key_env),
+        master_key_file=t.string("master_key_file", d.master_key_file),
+        master_key_env=t.string("master_key_env", d.master_key_env),
         admins=admins,
         intake_ttl_seconds=t.positive_int("intake_ttl_seconds", d.intake_ttl_seconds),
         intake_max_attempts=t.positive_int("intake_max_attempts", d.intake_max_attempts),
-        verify_keys_live=t.get("verify_keys_live", bool, d.verify_keys_live),
+        verify_keys_live=t.boolean("verify_keys_live", d.verify_keys_live),
         messages_per_minute=t.positive_int("messages_per_minute", d.messages_per_minute),
         max_message_chars=t.positive_int("max_message_chars", d.max_message_chars),
         log_level=level,
@@ -287,15 +408,15 @@ def _parse_plans(src: str, data: Mapping[str, Any]) -> dict[str, PlanSettings]:
     for pid, raw in data.items():
         if not isinstance(raw, dict):
             raise ConfigError(f"{src}: [plans.{pid}] must be a table")
-        t = _Table(src, f"plans.{pid}", raw)
+        t = TableReader(src, f"plans.{pid}", raw)
         d = defaults.get(pid) or PlanSettings(id=pid, name=pid, price_usd=0.0, byok=True)
         price = t.get("price_usd", float, d.price_usd)
         if price < 0:
             raise t.fail("price_usd", "must not be negative")
-        byok = t.get("byok", bool, d.byok)
+        byok = t.boolean("byok", d.byok)
         plan = PlanSettings(
             id=pid,
-            name=t.get("name", str, d.name),
+            name=t.string("name", d.name),
             price_usd=price,
             byok=byok,
             models=t.strings("models", d.models),
@@ -310,7 +431,7 @@ def _parse_plans(src: str, data: Mapping[str, Any]) -> dict[str, PlanSettings]:
                 if "monthly_usd_cap" in raw
                 else d.monthly_usd_cap
             ),
-            description=t.get("description", str, d.description),
+            description=t.string("description", d.description),
         )
         if not byok and not plan.models:
             raise t.fail("models", "must list at least one model for a managed plan")
@@ -327,7 +448,7 @@ def _parse_providers(src: str, data: Mapping[str, Any]) -> dict[str, ProviderSet
     for pid, raw in data.items():
         if not isinstance(raw, dict):
             raise ConfigError(f"{src}: [providers.{pid}] must be a table")
-        t = _Table(src, f"providers.{pid}", raw)
+        t = TableReader(src, f"providers.{pid}", raw)
         d = defaults.get(pid)
         if d is None and "base_url" not in raw:
             raise t.fail("base_url", "is required for a provider byokbot does not know")
@@ -336,11 +457,13 @@ def _parse_providers(src: str, data: Mapping[str, Any]) -> dict[str, ProviderSet
         kind_default = d.kind if d else "openai-compatible"
         p = ProviderSettings(
             id=pid,
-            name=t.get("name", str, d.name if d else pid),
+            name=t.string("name", d.name if d else pid),
             kind=t.choice("kind", PROVIDER_KINDS, kind_default),
-            base_url=t.url("base_url", d.base_url if d else ""),
+            base_url=t.url(
+                "base_url", d.base_url if d else "", hint="; name an environment variable"
+            ),
             key_shape=t.choice("key_shape", KEY_SHAPES, d.key_shape if d else "generic"),
-            default_model=t.get("default_model", str, d.default_model if d else ""),
+            default_model=t.string("default_model", d.default_model if d else ""),
             models=t.strings("models", d.models if d else ()),
         )
         t.finish()
@@ -351,7 +474,7 @@ def _parse_providers(src: str, data: Mapping[str, Any]) -> dict[str, ProviderSet
 
 
 def _parse_agent(src: str, data: Mapping[str, Any]) -> AgentSettings:
-    t = _Table(src, "agent", data)
+    t = TableReader(src, "agent", data)
     d = AgentSettings()
     out = AgentSettings(
         idle_timeout_seconds=t.positive_int("idle_timeout_seconds", d.idle_timeout_seconds),
@@ -372,8 +495,8 @@ def _parse_agent(src: str, data: Mapping[str, Any]) -> AgentSettings:
 def _parse_platform(src: str, name: str, data: Mapping[str, Any]) -> PlatformSettings:
     if not isinstance(data, dict):
         raise ConfigError(f"{src}: [{name}] must be a table")
-    t = _Table(src, name, data)
-    enabled = t.get("enabled", bool, False)
+    t = TableReader(src, name, data)
+    enabled = t.boolean("enabled", False)
     options = {k: v for k, v in data.items() if k != "enabled"}
     return PlatformSettings(name=name, enabled=enabled, options=MappingProxyType(options))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from adapters.slack import SlackAdapter, build
 from adapters.slack.config import SlackConfig, parse
-from core.config import PlatformSettings
+from core.config import PlatformSettings, parse_config
 from core.errors import ConfigError
 from core.logs import redact_text
 from tests import canaries
@@ -53,50 +54,49 @@ def test_each_mode_names_the_token_it_lacks() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"mode": "x"}, "config.toml: [slack] mode must be one of socket, http (got 'x')"),
-        ({"colour": "red"}, "config.toml: [slack] colour is not a known setting"),
+        ({"mode": "x"}, "prod.toml: [slack] mode must be one of socket, http (got 'x')"),
+        ({"colour": "red"}, "prod.toml: [slack] colour is not a known setting"),
         (
             {"listen_port": 70000},
-            "config.toml: [slack] listen_port must be an integer from 0 to 65535 (got 70000)",
+            "prod.toml: [slack] listen_port must be an integer from 0 to 65535 (got 70000)",
         ),
         (
             {"listen_port": True},
-            "config.toml: [slack] listen_port must be an integer from 0 to 65535 (got True)",
+            "prod.toml: [slack] listen_port must be an integer from 0 to 65535 (got True)",
         ),
-        ({"command": "byok"}, "config.toml: [slack] command must look like /byok (got 'byok')"),
+        ({"command": "byok"}, "prod.toml: [slack] command must look like /byok (got 'byok')"),
         (
             {"edit_interval": "fast"},
-            "config.toml: [slack] edit_interval must be a number (got 'fast')",
+            "prod.toml: [slack] edit_interval must be a number (got 'fast')",
         ),
         (
             {"edit_interval": 99},
-            "config.toml: [slack] edit_interval must be between 0.0 and 60.0 (got 99)",
+            "prod.toml: [slack] edit_interval must be between 0.0 and 60.0 (got 99)",
         ),
         (
             {"max_message_chars": 5000},
-            "config.toml: [slack] max_message_chars must be an integer from 200 to 3000 (got 5000)",
+            "prod.toml: [slack] max_message_chars must be an integer from 200 to 3000 (got 5000)",
         ),
         (
             {"api_base_url": "slack.com"},
-            "config.toml: [slack] api_base_url must be an http:// or https:// URL "
-            "(got 'slack.com')",
+            "prod.toml: [slack] api_base_url must be an http:// or https:// URL (got 'slack.com')",
         ),
         (
             {"api_base_url": "https://u:p@slack.example/api"},
-            "config.toml: [slack] api_base_url must not carry credentials",
+            "prod.toml: [slack] api_base_url must not carry credentials",
         ),
         (
             {"bot_token_env": "xoxb-123"},
-            "config.toml: [slack] bot_token_env must name an environment variable (got 'xoxb-123')",
+            "prod.toml: [slack] bot_token_env must name an environment variable (got 'xoxb-123')",
         ),
-        ({"path": "events"}, "config.toml: [slack] path must start with / (got 'events')"),
-        ({"home_tab": "yes"}, "config.toml: [slack] home_tab must be true or false (got 'yes')"),
-        ({"listen_host": ""}, "config.toml: [slack] listen_host must not be empty"),
+        ({"path": "events"}, "prod.toml: [slack] path must start with / (got 'events')"),
+        ({"home_tab": "yes"}, "prod.toml: [slack] home_tab must be true or false (got 'yes')"),
+        ({"listen_host": ""}, "prod.toml: [slack] listen_host must not be empty"),
     ],
 )
 def test_bad_settings_are_named_exactly(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        parse(settings(**options), {})
+        parse(settings(**options), {}, source="prod.toml")
     assert str(caught.value) == message
 
 
@@ -118,6 +118,25 @@ def test_build_raises_for_bad_settings_even_without_tokens() -> None:
         build(settings(mode="webhook"), {})
 
 
+def test_parse_names_config_toml_when_not_told_the_file() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(settings(colour="red"), {})
+    assert str(caught.value) == "config.toml: [slack] colour is not a known setting"
+
+
+def test_the_composition_root_passes_the_file_name(tmp_path: Path) -> None:
+    from bot.app import App
+
+    config = parse_config(
+        {"slack": {"enabled": True, "listen_port": -1}}, source="c.toml", base_dir=tmp_path
+    )
+    with pytest.raises(ConfigError) as caught:
+        App(config, env={})._build_adapters()
+    assert str(caught.value) == (
+        "c.toml: [slack] listen_port must be an integer from 0 to 65535 (got -1)"
+    )
+
+
 def test_build_registers_every_token_for_redaction() -> None:
     bot, app = canaries.slack_bot_token(), canaries.slack_app_token()
     signing, user = "0123456789abcdef0123456789abcdef", "xoxp-" + "7" * 40
@@ -136,9 +155,6 @@ def test_build_registers_every_token_for_redaction() -> None:
 
 def test_the_documented_section_parses_to_the_defaults() -> None:
     import tomllib
-    from pathlib import Path
-
-    from core.config import parse_config
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config-slack.toml"
     data = tomllib.loads(doc.read_text())

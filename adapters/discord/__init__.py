@@ -45,7 +45,7 @@ def build(
     Raises:
         ConfigError: a bad value or unknown setting in ``[discord]``.
     """
-    parsed = parse(settings, env)
+    parsed = parse(settings, env, source=config.source if config is not None else "config.toml")
     if parsed is None:
         name = settings.options.get("token_env", "DISCORD_BOT_TOKEN")
         _log.warning("discord: enabled but $%s is not set; Discord stays off", name)

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from core.config import PlatformSettings
-from core.errors import ConfigError
+from core.config import PlatformSettings, TableReader
 from core.secret import Secret
 
 DEFAULT_API_BASE: Final = "https://discord.com/api/v10"
@@ -36,65 +35,28 @@ class DiscordConfig:
     defer_after: float = 1.5
 
 
-class _Options:
-    """Typed reads of the raw table with errors in the project's one format."""
+def _snowflakes(t: TableReader, key: str) -> tuple[str, ...]:
+    """A list of Discord ids, written as numbers or as strings of digits."""
+    value: list[Any] = t.get(key, list, [], must="be a list of ids")
+    out: list[str] = []
+    for item in value:
+        # TOML users write ids both as numbers and as strings; both are accepted.
+        text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+        if not isinstance(text, str) or not text.isdigit():
+            raise t.fail(key, f"must be a list of numeric Discord ids (got {item!r})")
+        out.append(text)
+    return tuple(out)
 
-    def __init__(self, source: str, data: Mapping[str, Any]) -> None:
-        self.source, self.data = source, data
-        self.used: set[str] = set()
 
-    def fail(self, key: str, what: str) -> ConfigError:
-        return ConfigError(f"{self.source}: [discord] {key} {what}")
+def _url(t: TableReader, key: str, default: str, schemes: tuple[str, ...]) -> str:
+    """A URL, its scheme error worded "must start with ws:// or wss:// (got ...)"."""
+    must = f"start with {' or '.join(schemes)}"
+    return t.url(key, default, schemes=schemes, must=must, show_got=True)
 
-    def string(self, key: str, default: str) -> str:
-        self.used.add(key)
-        value = self.data.get(key, default)
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, "must be a non-empty string")
-        return value
 
-    def boolean(self, key: str, default: bool) -> bool:
-        self.used.add(key)
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, "must be true or false")
-        return value
-
-    def seconds(self, key: str, default: float, *, maximum: float) -> float:
-        self.used.add(key)
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, "must be a number of seconds")
-        if not 0 < value <= maximum:
-            raise self.fail(key, f"must be more than 0 and at most {maximum:g} (got {value!r})")
-        return float(value)
-
-    def snowflakes(self, key: str) -> tuple[str, ...]:
-        self.used.add(key)
-        value = self.data.get(key, [])
-        if not isinstance(value, list):
-            raise self.fail(key, "must be a list of ids")
-        out: list[str] = []
-        for item in value:
-            # TOML users write ids both as numbers and as strings; both are accepted.
-            text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
-            if not isinstance(text, str) or not text.isdigit():
-                raise self.fail(key, f"must be a list of numeric Discord ids (got {item!r})")
-            out.append(text)
-        return tuple(out)
-
-    def url(self, key: str, default: str, schemes: tuple[str, ...]) -> str:
-        value = self.string(key, default)
-        if not value.startswith(schemes):
-            raise self.fail(key, f"must start with {' or '.join(schemes)} (got {value!r})")
-        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
-            raise self.fail(key, "must not carry credentials")
-        return value.rstrip("/")
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "is not a known setting")
+def _seconds(t: TableReader, key: str, default: float, *, maximum: float) -> float:
+    """A pause in seconds, more than 0 and at most ``maximum``."""
+    return t.number(key, default, above=0, maximum=maximum, must="be a number of seconds")
 
 
 def parse(
@@ -105,16 +67,16 @@ def parse(
     Raises:
         ConfigError: a bad value or an unknown setting, naming the file, table and setting.
     """
-    t = _Options(source, settings.options)
-    token_env = t.string("token_env", "DISCORD_BOT_TOKEN")
-    guild_ids = t.snowflakes("guild_ids")
-    agent_channels = t.snowflakes("agent_channels")
-    api_base_url = t.url("api_base_url", DEFAULT_API_BASE, ("http://", "https://"))
-    gateway_url = t.url("gateway_url", DEFAULT_GATEWAY, ("ws://", "wss://"))
+    t = TableReader(source, "discord", settings.options)
+    token_env = t.string("token_env", "DISCORD_BOT_TOKEN", non_empty=True)
+    guild_ids = _snowflakes(t, "guild_ids")
+    agent_channels = _snowflakes(t, "agent_channels")
+    api_base_url = _url(t, "api_base_url", DEFAULT_API_BASE, ("http://", "https://"))
+    gateway_url = _url(t, "gateway_url", DEFAULT_GATEWAY, ("ws://", "wss://"))
     message_content_intent = t.boolean("message_content_intent", True)
     sync_commands = t.boolean("sync_commands", True)
-    edit_interval = t.seconds("edit_interval", 1.0, maximum=60)
-    defer_after = t.seconds("defer_after", 1.5, maximum=2.5)
+    edit_interval = _seconds(t, "edit_interval", 1.0, maximum=60)
+    defer_after = _seconds(t, "defer_after", 1.5, maximum=2.5)
     t.finish()
     token = env.get(token_env, "").strip()
     if not token:

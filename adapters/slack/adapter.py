@@ -783,11 +783,12 @@ def build(
 ) -> ChatAdapter | None:
     """The Slack adapter, or None (with one WARNING) when a token it needs is not set.
 
-    ``config`` (the whole configuration) is accepted like every adapter's ``build``; Slack
-    needs nothing from it beyond its own table.
+    ``config`` (the whole configuration) only names the file in error messages.
+
+    Raises:
+        ConfigError: a bad value or unknown setting in ``[slack]``.
     """
-    del config
-    slack = parse(settings, env)
+    slack = parse(settings, env, source=config.source if config is not None else "config.toml")
     missing = slack.missing_env()
     if missing is not None:
         _log.warning("Slack is enabled but %s is not set; Slack stays off", missing)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
-from core.config import PlatformSettings
-from core.errors import ConfigError
+from core.config import PlatformSettings, TableReader
 from core.secret import Secret
 
 MODES: Final = ("socket", "http")
 
-_SOURCE: Final = "config.toml"
-_ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COMMAND: Final = re.compile(r"^/[a-z0-9_-]{1,31}$")
 # A section block holds at most 3000 characters; longer replies are split below that.
 _MAX_CHARS_RANGE: Final = (200, 3000)
@@ -58,64 +55,12 @@ class SlackConfig:
         return None
 
 
-class _Reader:
-    """Typed access to the raw table with errors in the contract's exact form."""
-
-    def __init__(self, options: Mapping[str, Any]) -> None:
-        self.options = options
-        self.used: set[str] = set()
-
-    def fail(self, key: str, what: str) -> ConfigError:
-        return ConfigError(f"{_SOURCE}: [slack] {key} {what}")
-
-    def string(self, key: str, default: str) -> str:
-        self.used.add(key)
-        value = self.options.get(key, default)
-        if not isinstance(value, str):
-            raise self.fail(key, "must be a string")
-        return value
-
-    def env_name(self, key: str, default: str, *, optional: bool = False) -> str:
-        value = self.string(key, default)
-        if optional and value == "":
-            return value
-        if not _ENV_NAME.match(value):
-            raise self.fail(key, f"must name an environment variable (got {value!r})")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.string(key, default)
-        if value not in choices:
-            raise self.fail(key, f"must be one of {', '.join(choices)} (got {value!r})")
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        self.used.add(key)
-        value = self.options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(key, f"must be an integer from {low} to {high} (got {value!r})")
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        self.used.add(key)
-        value = self.options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"must be a number (got {value!r})")
-        if not low <= value <= high:
-            raise self.fail(key, f"must be between {low} and {high} (got {value!r})")
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        self.used.add(key)
-        value = self.options.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false (got {value!r})")
-        return value
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.options) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "is not a known setting")
+def _integer(r: TableReader, key: str, default: int, low: int, high: int) -> int:
+    """An integer, worded "must be an integer from 0 to 65535 (got ...)" for any bad value."""
+    must = f"be an integer from {low} to {high}"
+    return r.integer(
+        key, default, minimum=low, maximum=high, must=must, show_got=True, out_of_range=must
+    )
 
 
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:
@@ -123,13 +68,17 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret(value) if value else None
 
 
-def parse(settings: PlatformSettings, env: Mapping[str, str]) -> SlackConfig:
+def parse(
+    settings: PlatformSettings, env: Mapping[str, str], *, source: str = "config.toml"
+) -> SlackConfig:
     """Validate ``[slack]`` and read the tokens its settings name from ``env``.
 
+    ``source`` is the configuration file's name, for error messages.
+
     Raises:
-        ConfigError: a bad value or an unknown setting, naming the setting.
+        ConfigError: a bad value or an unknown setting, naming the file, table and setting.
     """
-    r = _Reader(settings.options)
+    r = TableReader(source, "slack", settings.options)
     d = SlackConfig()
     bot_env = r.env_name("bot_token_env", d.bot_token_env)
     app_env = r.env_name("app_token_env", d.app_token_env)
@@ -139,22 +88,18 @@ def parse(settings: PlatformSettings, env: Mapping[str, str]) -> SlackConfig:
     host = r.string("listen_host", d.listen_host)
     if not host:
         raise r.fail("listen_host", "must not be empty")
-    port = r.integer("listen_port", d.listen_port, 0, 65535)  # 0: any free port
+    port = _integer(r, "listen_port", d.listen_port, 0, 65535)  # 0: any free port
     path = r.string("path", d.path)
     if not path.startswith("/"):
         raise r.fail("path", f"must start with / (got {path!r})")
-    base = r.string("api_base_url", d.api_base_url)
-    if not base.startswith(("http://", "https://")):
-        raise r.fail("api_base_url", f"must be an http:// or https:// URL (got {base!r})")
-    if "@" in base.split("://", 1)[1].split("/", 1)[0]:
-        raise r.fail("api_base_url", "must not carry credentials")
+    base = r.url("api_base_url", d.api_base_url, show_got=True)
     command = r.string("command", d.command)
     if not _COMMAND.match(command):
         raise r.fail("command", f"must look like /byok (got {command!r})")
-    interval = r.number("edit_interval", d.edit_interval, 0.0, 60.0)
+    interval = r.number("edit_interval", d.edit_interval, minimum=0.0, maximum=60.0, show_got=True)
     low, high = _MAX_CHARS_RANGE
-    max_chars = r.integer("max_message_chars", d.max_message_chars, low, high)
-    home = r.boolean("home_tab", d.home_tab)
+    max_chars = _integer(r, "max_message_chars", d.max_message_chars, low, high)
+    home = r.boolean("home_tab", d.home_tab, show_got=True)
     r.finish()
     return SlackConfig(
         bot_token_env=bot_env,
@@ -165,7 +110,7 @@ def parse(settings: PlatformSettings, env: Mapping[str, str]) -> SlackConfig:
         listen_host=host,
         listen_port=port,
         path=path,
-        api_base_url=base if base.endswith("/") else base + "/",
+        api_base_url=base + "/",
         command=command,
         edit_interval=interval,
         max_message_chars=max_chars,
