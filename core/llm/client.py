@@ -1,0 +1,399 @@
+"""Streaming clients for the Anthropic Messages API and OpenAI-compatible chat completions.
+
+Why httpx and our own SSE parser rather than the official ``anthropic``/``openai`` SDKs: the
+agent runs as one process per tenant, forked from a pre-loaded template, with targets of 10 ms
+cold start and 5 MiB unique memory when idle. httpx is already a dependency of the bot and is
+imported once, in the template (~110 ms cold here), so a forked worker pays nothing for it.
+Both SDKs are built on httpx *plus* pydantic models and their own client layers, so they can
+only add import time and resident memory to every template and worker (they are not installed
+here, so that extra cost is not measured). They also retry on their own, and we want a 429 to
+reach the person with its retry-after rather than be retried silently while a chat waits.
+Both wire protocols are small and stable: one POST with an SSE body each.
+
+One ``httpx.AsyncClient`` per worker carries the tenant's key only in a header
+(``x-api-key`` / ``Authorization: Bearer``), never in a URL. Cancellation is the caller
+closing the async iterator (or cancelling its task): the response stream is closed with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+
+from core.llm.errors import (
+    BadResponse,
+    InvalidKey,
+    LLMError,
+    ModelNotFound,
+    NetworkError,
+    OutOfCredit,
+    Overloaded,
+    RateLimited,
+    Timeout,
+)
+from core.llm.sse import iter_sse
+from core.secret import Secret
+
+log = logging.getLogger(__name__)
+
+ANTHROPIC_VERSION: Final = "2023-06-01"
+KINDS: Final = ("anthropic", "openai-compatible")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One turn sent to the model: ``role`` is "user" or "assistant"."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the reply's text, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens the provider counted for the request (sent once, near the end of the stream)."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+StreamItem = TextDelta | Usage
+
+
+def default_timeout(seconds: float) -> httpx.Timeout:
+    """Connect/write/pool bounded at 10 s; ``seconds`` bounds each read, i.e. a stalled stream."""
+    return httpx.Timeout(connect=min(10.0, seconds), read=seconds, write=10.0, pool=10.0)
+
+
+def new_http_client(*, timeout: float, verify: Any = True) -> httpx.AsyncClient:
+    """The client the workers use: no proxy variables from the environment, bounded timeouts.
+
+    ``verify`` accepts a pre-built ``ssl.SSLContext`` so forked workers reuse the template's
+    (loading the CA bundle costs ~20 ms, far over the cold-start budget).
+    """
+    return httpx.AsyncClient(timeout=default_timeout(timeout), trust_env=False, verify=verify)
+
+
+class LLMClient(ABC):
+    """A provider client bound to one base URL and one key."""
+
+    kind: str = ""
+
+    def __init__(self, *, base_url: str, api_key: Secret, http: httpx.AsyncClient) -> None:
+        self._base = base_url.rstrip("/")
+        self._key = api_key
+        self._http = http
+
+    @abstractmethod
+    def _headers(self) -> dict[str, str]: ...
+
+    @abstractmethod
+    def _stream_url(self) -> str: ...
+
+    @abstractmethod
+    def _models_url(self) -> str: ...
+
+    @abstractmethod
+    def _body(
+        self, messages: Sequence[ChatMessage], *, model: str, system: str, max_tokens: int
+    ) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _parse(self, events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[StreamItem]: ...
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, model: str, system: str, max_tokens: int
+    ) -> AsyncIterator[StreamItem]:
+        """Stream one reply: ``TextDelta`` items in order, and a ``Usage`` when reported.
+
+        Raises an ``LLMError`` subclass; close the iterator to cancel the request.
+        """
+        body = self._body(messages, model=model, system=system, max_tokens=max_tokens)
+        request = self._http.build_request(
+            "POST", self._stream_url(), json=body, headers=self._headers()
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _transport_error(self.kind, exc) from None
+        try:
+            if response.status_code != 200:
+                await _read_quietly(response)
+                raise classify(self.kind, response)
+            async for item in self._parse(_json_events(self.kind, response)):
+                yield item
+        except httpx.HTTPError as exc:
+            raise _transport_error(self.kind, exc) from None
+        finally:
+            await response.aclose()
+
+    async def list_models(self) -> list[str]:
+        """Model ids the key can reach, sorted; raises ``LLMError`` like ``stream``."""
+        try:
+            response = await self._http.get(self._models_url(), headers=self._headers())
+        except httpx.HTTPError as exc:
+            raise _transport_error(self.kind, exc) from None
+        if response.status_code != 200:
+            raise classify(self.kind, response)
+        try:
+            data = response.json()["data"]
+            return sorted({str(m["id"]) for m in data})
+        except (ValueError, KeyError, TypeError):
+            raise BadResponse(f"{self.kind}: model list not understood", status=200) from None
+
+
+class AnthropicClient(LLMClient):
+    """The Anthropic Messages API (``POST {base}/v1/messages``)."""
+
+    kind = "anthropic"
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-api-key": self._key.reveal(), "anthropic-version": ANTHROPIC_VERSION}
+
+    def _stream_url(self) -> str:
+        return f"{self._base}/v1/messages"
+
+    def _models_url(self) -> str:
+        return f"{self._base}/v1/models?limit=1000"
+
+    def _body(
+        self, messages: Sequence[ChatMessage], *, model: str, system: str, max_tokens: int
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+        }
+        if system:
+            body["system"] = system
+        return body
+
+    async def _parse(self, events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[StreamItem]:
+        input_tokens = output_tokens = 0
+        async for name, data in events:
+            kind = data.get("type", name) if isinstance(data, dict) else name
+            if kind == "content_block_delta":
+                delta = _get(self.kind, data, "delta")
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    yield TextDelta(str(delta["text"]))
+            elif kind == "message_start":
+                usage = _get(self.kind, _get(self.kind, data, "message"), "usage", {})
+                input_tokens = _int(usage.get("input_tokens"))
+                output_tokens = _int(usage.get("output_tokens"))
+            elif kind == "message_delta":
+                usage = data.get("usage") or {}
+                input_tokens = _int(usage.get("input_tokens"), input_tokens)
+                output_tokens = _int(usage.get("output_tokens"), output_tokens)
+            elif kind == "message_stop":
+                yield Usage(input_tokens, output_tokens)
+                return
+            elif kind == "error":
+                raise _error_from_body(self.kind, None, data, {})
+        raise BadResponse(f"{self.kind}: stream ended before message_stop")
+
+
+class OpenAICompatibleClient(LLMClient):
+    """OpenAI-compatible chat completions (``POST {base}/chat/completions``).
+
+    ``base_url`` includes the version segment (``https://api.openai.com/v1``), as every
+    compatible server documents it.
+    """
+
+    kind = "openai-compatible"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._key.reveal()}"}
+
+    def _stream_url(self) -> str:
+        return f"{self._base}/chat/completions"
+
+    def _models_url(self) -> str:
+        return f"{self._base}/models"
+
+    def _body(
+        self, messages: Sequence[ChatMessage], *, model: str, system: str, max_tokens: int
+    ) -> dict[str, Any]:
+        wire = [{"role": "system", "content": system}] if system else []
+        wire += [{"role": m.role, "content": m.content} for m in messages]
+        return {
+            "model": model,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": wire,
+        }
+
+    async def _parse(self, events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[StreamItem]:
+        usage: Usage | None = None
+        finished = False
+        async for _name, data in events:
+            if data == "[DONE]":
+                break
+            if not isinstance(data, dict):
+                raise BadResponse(f"{self.kind}: stream chunk is not an object")
+            if "error" in data:
+                raise _error_from_body(self.kind, None, data, {})
+            for choice in data.get("choices") or ():
+                delta = choice.get("delta") or {}
+                text = delta.get("content")
+                if text:
+                    yield TextDelta(str(text))
+                if choice.get("finish_reason"):
+                    finished = True
+            raw = data.get("usage")
+            if isinstance(raw, dict):
+                usage = Usage(_int(raw.get("prompt_tokens")), _int(raw.get("completion_tokens")))
+        else:
+            # Some compatible servers omit [DONE]; a finish_reason still marks a whole reply.
+            if not finished:
+                raise BadResponse(f"{self.kind}: stream ended before [DONE]")
+        yield usage or Usage(0, 0)
+
+
+_CLIENTS: Final[Mapping[str, type[LLMClient]]] = {
+    "anthropic": AnthropicClient,
+    "openai-compatible": OpenAICompatibleClient,
+}
+
+
+def make_client(kind: str, base_url: str, api_key: Secret, *, http: httpx.AsyncClient) -> LLMClient:
+    """The client for a provider kind ("anthropic" or "openai-compatible")."""
+    try:
+        cls = _CLIENTS[kind]
+    except KeyError:
+        raise ValueError(f"unknown provider kind {kind!r}") from None
+    return cls(base_url=base_url, api_key=api_key, http=http)
+
+
+async def verify_key(
+    kind: str,
+    base_url: str,
+    key: Secret,
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - the intake API's contract; it becomes httpx's
+    http: httpx.AsyncClient | None = None,
+) -> list[str]:
+    """Check a key with one cheap authenticated call (``GET /v1/models``) before storing it.
+
+    Returns the model ids the key reaches; raises ``InvalidKey`` for a dead key and the other
+    ``LLMError`` classes for everything else (so intake can say "try again later" instead of
+    "wrong key" when the provider is down).
+    """
+    if http is not None:
+        return await make_client(kind, base_url, key, http=http).list_models()
+    async with new_http_client(timeout=timeout) as own:
+        return await make_client(kind, base_url, key, http=own).list_models()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def _read_quietly(response: httpx.Response) -> None:
+    try:
+        await response.aread()
+    except httpx.HTTPError:
+        # The error status is what matters; a body cut short only loses the error type.
+        log.debug("error body unreadable (status %s)", response.status_code)
+
+
+async def _json_events(kind: str, response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+    async for event in iter_sse(response.aiter_lines()):
+        if event.data == "[DONE]":
+            yield event.event, "[DONE]"
+            continue
+        try:
+            yield event.event, json.loads(event.data)
+        except ValueError:
+            raise BadResponse(f"{kind}: stream event is not JSON", status=200) from None
+
+
+def _get(kind: str, data: Any, key: str, default: Any = None) -> Any:
+    if isinstance(data, dict) and key in data:
+        return data[key]
+    if default is not None:
+        return default
+    raise BadResponse(f"{kind}: stream event lacks {key!r}")
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _transport_error(kind: str, exc: httpx.HTTPError) -> LLMError:
+    # The exception's text can include the URL; ours carries only its class name.
+    if isinstance(exc, httpx.TimeoutException):
+        return Timeout(f"{kind}: no answer within the timeout ({type(exc).__name__})")
+    if isinstance(exc, httpx.TransportError):
+        return NetworkError(f"{kind}: connection failed ({type(exc).__name__})")
+    return BadResponse(f"{kind}: {type(exc).__name__}")
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` or ``retry-after`` (seconds) as a float; None when absent or a date."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            continue
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    return None
+
+
+def classify(kind: str, response: httpx.Response) -> LLMError:
+    """Turn a non-200 response into the matching ``LLMError``."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    return _error_from_body(kind, response.status_code, body, response.headers)
+
+
+_CREDIT_WORDS: Final = ("quota", "credit", "balance", "billing", "insufficient", "payment")
+
+
+def _error_from_body(
+    kind: str, status: int | None, body: Any, headers: Mapping[str, str]
+) -> LLMError:
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        err = {}
+    etype = str(err.get("type") or err.get("code") or "")
+    # Only used for matching, never copied into our message: providers echo key fragments.
+    text = f"{etype} {err.get('code') or ''} {err.get('message') or ''}".lower()
+    where = f"{kind}: HTTP {status}" if status is not None else f"{kind}: stream error"
+    what = f"{where} ({etype})" if etype and etype.isprintable() and len(etype) < 60 else where
+    if status in (401, 403) or etype in ("authentication_error", "permission_error"):
+        return InvalidKey(what, status=status)
+    if status == 402 or any(w in text for w in _CREDIT_WORDS):
+        return OutOfCredit(what, status=status)
+    if status == 429 or etype in ("rate_limit_error", "rate_limit_exceeded"):
+        return RateLimited(what, status=status, retry_after=retry_after_seconds(headers))
+    if (
+        status == 404
+        or etype in ("not_found_error", "model_not_found")
+        or ("model" in text and ("not found" in text or "does not exist" in text))
+    ):
+        return ModelNotFound(what, status=status)
+    if status in (503, 529) or etype in ("overloaded_error", "api_error", "server_error"):
+        return Overloaded(what, status=status)
+    if status is not None and status >= 500:
+        return Overloaded(what, status=status)
+    return BadResponse(what, status=status)

@@ -1,0 +1,205 @@
+"""How agent processes are started: forked from a pre-loaded template, or an external command.
+
+Both hand the supervisor the same thing, a ``WorkerHandle``: a pid, a stream pair speaking the
+line protocol, and ways to wait for and kill the process. Neither puts a secret in argv or the
+environment: the key travels later, in the ``configure`` line over the pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.context import ForkServerContext, ForkServerProcess
+from pathlib import Path
+from typing import Final, Protocol
+
+from core.runtime import protocol
+
+TEMPLATE_MODULES: Final = ["core.runtime.template"]
+
+
+class WorkerHandle(Protocol):
+    """A started agent process."""
+
+    pid: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def wait(self) -> int | None:
+        """Wait for the process to exit; its exit code (negative for a signal) when known."""
+        ...
+
+    def kill(self) -> None:
+        """SIGKILL the process (no-op when it is gone)."""
+        ...
+
+
+class Launcher(Protocol):
+    """Starts one agent process with ``workdir`` as its home."""
+
+    async def launch(self, workdir: Path) -> WorkerHandle: ...
+
+    def close(self) -> None:
+        """Release the launcher's own resources (threads, the template's socket)."""
+        ...
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return  # already gone; the reaper has or will collect it
+
+
+class _ForkedHandle:
+    def __init__(
+        self,
+        proc: ForkServerProcess,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        if proc.pid is None:
+            raise RuntimeError("the agent process has no pid after start")
+        self.pid: int = proc.pid
+        self.reader = reader
+        self.writer = writer
+        self._proc = proc
+        self._pool = pool
+        self._waiter: asyncio.Future[int | None] | None = None
+
+    async def wait(self) -> int | None:
+        if self._waiter is None:
+            self._waiter = asyncio.ensure_future(self._wait())
+        return await asyncio.shield(self._waiter)
+
+    async def _wait(self) -> int | None:
+        # The fork server writes the exit status to the sentinel (then closes it), so it turns
+        # readable; reading it and reaping happen on the launcher's single thread because
+        # multiprocessing's bookkeeping is not thread-safe.
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        sentinel = self._proc.sentinel
+        loop.add_reader(sentinel, readable)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(sentinel)
+        return await loop.run_in_executor(self._pool, self._reap)
+
+    def _reap(self) -> int | None:
+        self._proc.join(1.0)
+        code = self._proc.exitcode
+        if code is not None:
+            self._proc.close()  # frees the sentinel fd
+        return code
+
+    def kill(self) -> None:
+        _kill(self.pid)
+
+
+class ForkserverLauncher:
+    """Forks workers from ``multiprocessing``'s fork server with the worker modules preloaded.
+
+    The template is started once, on the first launch (``warm()`` starts it early). Starting a
+    process talks to the fork server synchronously, so it runs on one dedicated thread.
+    """
+
+    def __init__(self) -> None:
+        self._ctx: ForkServerContext = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(TEMPLATE_MODULES)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-launch")
+
+    async def warm(self) -> None:
+        """Start the template now rather than on the first agent's start."""
+        from multiprocessing import forkserver
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, forkserver.ensure_running)
+
+    async def launch(self, workdir: Path) -> WorkerHandle:
+        from core.runtime.worker import run_forked
+
+        parent, child = socket.socketpair()
+        try:
+            proc = self._ctx.Process(
+                target=run_forked, args=(child,), daemon=True, name="byokbot-agent"
+            )
+            await asyncio.get_running_loop().run_in_executor(self._pool, proc.start)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=protocol.MAX_LINE)
+        return _ForkedHandle(proc, reader, writer, self._pool)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class _CommandHandle:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.stdout is None or proc.stdin is None:
+            raise RuntimeError("the agent command was started without pipes")
+        self.pid: int = proc.pid
+        self.reader: asyncio.StreamReader = proc.stdout
+        self.writer: asyncio.StreamWriter = proc.stdin
+        self._proc = proc
+
+    async def wait(self) -> int | None:
+        return await self._proc.wait()
+
+    def kill(self) -> None:
+        if self._proc.returncode is None:
+            _kill(self.pid)
+
+
+class CommandLauncher:
+    """Runs an operator-supplied agent program (``[agent] command``) with piped stdin/stdout.
+
+    The program starts in its working directory with a minimal environment (``PATH`` and
+    whatever ``env`` adds, never the bot's), and its stderr goes to ``agent.log`` there.
+    """
+
+    def __init__(self, command: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
+        if not command:
+            raise ValueError("an agent command needs at least the program")
+        self._command = tuple(command)
+        self._env = {"PATH": os.defpath, **(env or {})}
+
+    async def launch(self, workdir: Path) -> WorkerHandle:
+        os.makedirs(workdir, mode=0o700, exist_ok=True)
+        log = os.open(workdir / "agent.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                cwd=workdir,
+                env=self._env,
+                limit=protocol.MAX_LINE,
+                start_new_session=True,
+            )
+        finally:
+            os.close(log)
+        return _CommandHandle(proc)
+
+    def close(self) -> None:
+        return None
+
+
+def python_command(*args: str) -> list[str]:
+    """``[sys.executable, *args]``: the running interpreter, for tests and ``-m`` commands."""
+    return [sys.executable, *args]

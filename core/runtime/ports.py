@@ -1,0 +1,144 @@
+"""What the agent supervisor needs from the rest of the core, with in-memory implementations.
+
+The lead's tenants code provides the database-backed versions: ``ProfileSource`` resolves a
+tenant's provider, key, model and persona; ``MemoryStore`` keeps conversations encrypted with
+the tenant's data key; ``UsageSink`` meters tokens; ``KeyHealth`` marks a key dead on 401/403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from core.errors import AgentUnavailable
+from core.secret import Secret
+
+
+@dataclass(frozen=True, slots=True)
+class AgentProfile:
+    """Everything an agent needs, resolved by the tenants code for one tenant."""
+
+    tenant_id: str
+    provider_kind: str  # "anthropic" | "openai-compatible"
+    base_url: str  # from operator config only, never from the tenant
+    api_key: Secret  # the BYOK key, or the managed plan's scoped proxy token
+    key_id: str  # which stored key; changes on rotation
+    model: str
+    persona: str  # the system prompt
+    max_reply_tokens: int
+    context_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One remembered message of a conversation: ``role`` is "user" or "assistant"."""
+
+    role: str
+    content: str
+
+
+class ProfileSource(Protocol):
+    """Resolves a tenant's agent profile."""
+
+    async def profile(self, tenant_id: str) -> AgentProfile:
+        """Raises ``AgentUnavailable("no_key" | "paused" | ...)`` when it cannot run."""
+        ...
+
+
+class MemoryStore(Protocol):
+    """Conversation memory, per tenant and conversation."""
+
+    async def load(self, tenant_id: str, conversation: str) -> list[Turn]: ...
+
+    async def save(self, tenant_id: str, conversation: str, turns: Sequence[Turn]) -> None: ...
+
+    async def clear(self, tenant_id: str, conversation: str) -> None: ...
+
+
+class UsageSink(Protocol):
+    """Where token usage goes (the usage ledger, budgets)."""
+
+    async def record(
+        self, tenant_id: str, model: str, input_tokens: int, output_tokens: int
+    ) -> None: ...
+
+
+class KeyHealth(Protocol):
+    """Told when a provider refused a key (401/403), so the tenant is asked to rotate it."""
+
+    async def key_dead(self, tenant_id: str, key_id: str, reason: str) -> None: ...
+
+
+class InMemoryProfiles:
+    """Profiles set by hand (tests, the console before the database lands)."""
+
+    def __init__(self) -> None:
+        self._profiles: dict[str, AgentProfile] = {}
+        self._unavailable: dict[str, str] = {}
+
+    def set(self, profile: AgentProfile) -> None:
+        self._profiles[profile.tenant_id] = profile
+        self._unavailable.pop(profile.tenant_id, None)
+
+    def get(self, tenant_id: str) -> AgentProfile | None:
+        return self._profiles.get(tenant_id)
+
+    def make_unavailable(self, tenant_id: str, reason: str) -> None:
+        self._unavailable[tenant_id] = reason
+
+    async def profile(self, tenant_id: str) -> AgentProfile:
+        if tenant_id in self._unavailable:
+            raise AgentUnavailable(self._unavailable[tenant_id])
+        try:
+            return self._profiles[tenant_id]
+        except KeyError:
+            raise AgentUnavailable("no_key") from None
+
+
+class InMemoryMemory:
+    """Conversation memory in a dict (volatile; the database version encrypts)."""
+
+    def __init__(self) -> None:
+        self.turns: dict[tuple[str, str], list[Turn]] = {}
+
+    async def load(self, tenant_id: str, conversation: str) -> list[Turn]:
+        return list(self.turns.get((tenant_id, conversation), ()))
+
+    async def save(self, tenant_id: str, conversation: str, turns: Sequence[Turn]) -> None:
+        self.turns[(tenant_id, conversation)] = list(turns)
+
+    async def clear(self, tenant_id: str, conversation: str) -> None:
+        self.turns.pop((tenant_id, conversation), None)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One recorded usage line."""
+
+    tenant_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+
+
+class InMemoryUsage:
+    """Usage kept in a list."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    async def record(
+        self, tenant_id: str, model: str, input_tokens: int, output_tokens: int
+    ) -> None:
+        self.records.append(UsageRecord(tenant_id, model, input_tokens, output_tokens))
+
+
+class InMemoryKeyHealth:
+    """Dead keys kept in a list of ``(tenant_id, key_id, reason)``."""
+
+    def __init__(self) -> None:
+        self.dead: list[tuple[str, str, str]] = []
+
+    async def key_dead(self, tenant_id: str, key_id: str, reason: str) -> None:
+        self.dead.append((tenant_id, key_id, reason))

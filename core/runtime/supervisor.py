@@ -1,0 +1,503 @@
+"""The agent supervisor: one isolated process per tenant, started on demand, kept healthy.
+
+It implements ``core.ports.Agents``. Memory lives on this side: each request carries the
+trimmed conversation, and only answered turns are saved (through ``MemoryStore``), so a worker
+killed mid-reply loses nothing already answered.
+
+Lifecycle of a tenant's agent:
+
+- **start** on the first message (forked from the template, or the operator's command), then
+  ``configure`` over the pipe and wait for ``ready``;
+- **crash** (the pipe closes while not stopping): requests in flight raise
+  ``ReplyFailed("crashed")``; the next message restarts it at once the first time, then with
+  a back-off of 1, 2, 4 ... 60 s between repeated crashes (``ReplyFailed("restarting")`` with
+  ``retry_after`` meanwhile); a worker that ran a minute before crashing resets the back-off;
+- **rotation** (``reconfigure``, or a request noticing a changed key/provider): a new worker
+  takes every new request; the old one gets end-of-input, finishes what it has, and exits;
+- **idle stop** (``stop_idle``, run by the ``idle_job`` APScheduler job) and the **live
+  bound** (the least recently used idle agent stops to make room);
+- **forget**: killed at once (paused, suspended, deleted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from core.config import AgentSettings
+from core.errors import AgentUnavailable
+from core.llm import ChatMessage
+from core.runtime import protocol
+from core.runtime.errors import ProtocolError, ReplyFailed
+from core.runtime.launch import CommandLauncher, ForkserverLauncher, Launcher, WorkerHandle
+from core.runtime.ports import AgentProfile, KeyHealth, MemoryStore, ProfileSource, Turn, UsageSink
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT: Final = 10.0
+STOP_GRACE: Final = 5.0
+BACKOFF_MAX: Final = 60.0
+BACKOFF_RESET: Final = 60.0
+"""A worker that lived this long before crashing resets the back-off."""
+
+
+class _Crashed:
+    """Put on a request's queue when its worker died."""
+
+
+_CRASHED: Final = _Crashed()
+_Event = protocol.FromAgent | _Crashed
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """One live agent process, for admin stats and tests."""
+
+    tenant_id: str
+    pid: int
+    key_id: str
+    draining: bool
+    in_flight: int
+    idle_seconds: float
+
+
+def estimate_tokens(text: str) -> int:
+    """A provider-neutral token estimate (~4 characters a token, plus framing)."""
+    return len(text) // 4 + 4
+
+
+def trim_turns(turns: Sequence[Turn], budget: int) -> list[Turn]:
+    """The newest turns that fit ``budget`` tokens, starting with a user turn.
+
+    The last turn (the new message) is always kept, even alone over budget: the provider then
+    says so, rather than the agent silently answering nothing.
+    """
+    kept: list[Turn] = []
+    used = 0
+    for turn in reversed(turns):
+        cost = estimate_tokens(turn.content)
+        if kept and used + cost > budget:
+            break
+        kept.append(turn)
+        used += cost
+    kept.reverse()
+    while len(kept) > 1 and kept[0].role != "user":
+        kept.pop(0)
+    return kept
+
+
+class _Worker:
+    """The supervisor's side of one agent process."""
+
+    def __init__(
+        self, tenant_id: str, profile: AgentProfile, handle: WorkerHandle, now: float
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.profile = profile
+        self.handle = handle
+        self.pending: dict[str, asyncio.Queue[_Event]] = {}
+        self.started = now
+        self.last_used = now
+        self.stopping = False
+        self.draining = False
+        self.dead = asyncio.Event()
+        self.reader_task: asyncio.Task[None] | None = None
+
+    def serves(self, profile: AgentProfile) -> bool:
+        """Whether this worker's key and provider are still the tenant's."""
+        p = self.profile
+        return (p.provider_kind, p.base_url, p.key_id) == (
+            profile.provider_kind,
+            profile.base_url,
+            profile.key_id,
+        ) and p.api_key == profile.api_key
+
+    async def send(self, msg: protocol.ToAgent) -> None:
+        self.handle.writer.write(protocol.encode(msg))
+        await self.handle.writer.drain()
+
+    def close_input(self) -> None:
+        if not self.handle.writer.is_closing():
+            self.handle.writer.close()
+
+
+@dataclass
+class _Tenant:
+    current: _Worker | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    crashes: int = 0
+    next_start: float = 0.0
+    active: dict[str, tuple[_Worker, str]] = field(default_factory=dict)
+    conversation_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+
+class AgentSupervisor:
+    """Per-tenant agent processes behind the ``core.ports.Agents`` interface.
+
+    Args:
+        profiles: resolves each tenant's provider, key, model and persona.
+        memory: conversation memory (encrypted by the database implementation).
+        usage: receives token counts per answered request.
+        key_health: told when a provider refuses a key.
+        settings: the ``[agent]`` table.
+        runtime_dir: parent of the agents' working directories (created 0700 if missing).
+        launcher: how processes start; by default the fork-server template, or
+            ``settings.command`` when the operator configured an external agent.
+        clock: monotonic seconds, replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        profiles: ProfileSource,
+        memory: MemoryStore,
+        usage: UsageSink,
+        key_health: KeyHealth,
+        settings: AgentSettings,
+        *,
+        runtime_dir: Path,
+        launcher: Launcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._profiles = profiles
+        self._memory = memory
+        self._usage = usage
+        self._key_health = key_health
+        self._settings = settings
+        self._runtime_dir = runtime_dir
+        if launcher is None:
+            launcher = (
+                CommandLauncher(settings.command) if settings.command else ForkserverLauncher()
+            )
+        self._launcher = launcher
+        self._clock = clock
+        self._tenants: dict[str, _Tenant] = {}
+        self._draining: set[_Worker] = set()
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    # --- the Agents port --------------------------------------------------------------------
+
+    async def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]:
+        """Stream the agent's answer to ``text``; raises ``AgentUnavailable`` (``ReplyFailed``)."""
+        profile = await self._profiles.profile(tenant_id)
+        tenant = self._tenant(tenant_id)
+        lock = tenant.conversation_locks.setdefault(conversation, asyncio.Lock())
+        async with lock:
+            history = await self._memory.load(tenant_id, conversation)
+            budget = (
+                profile.context_tokens - profile.max_reply_tokens - estimate_tokens(profile.persona)
+            )
+            turns = trim_turns([*history, Turn("user", text)], budget)
+            worker = await self._acquire(tenant, profile)
+            rid = str(next(self._ids))
+            queue: asyncio.Queue[_Event] = asyncio.Queue()
+            worker.pending[rid] = queue
+            tenant.active[conversation] = (worker, rid)
+            parts: list[str] = []
+            finished = False
+            try:
+                await worker.send(
+                    protocol.Request(
+                        id=rid,
+                        messages=tuple(ChatMessage(t.role, t.content) for t in turns),
+                        model=profile.model,
+                        system=profile.persona,
+                        max_tokens=profile.max_reply_tokens,
+                    )
+                )
+                while True:
+                    event = await queue.get()
+                    if isinstance(event, protocol.Chunk):
+                        parts.append(event.text)
+                        yield event.text
+                    elif isinstance(event, protocol.UsageReport):
+                        await self._usage.record(
+                            tenant_id, profile.model, event.input, event.output
+                        )
+                    elif isinstance(event, protocol.Done):
+                        finished = True
+                        break
+                    elif isinstance(event, protocol.Error):
+                        await self._failed(tenant, worker, event)
+                    else:
+                        raise ReplyFailed("stopped" if worker.stopping else "crashed")
+            except (ConnectionError, RuntimeError) as exc:
+                # Writing to a pipe whose process just died.
+                log.warning("agent %s: pipe broke (%s)", tenant_id, type(exc).__name__)
+                raise ReplyFailed("crashed") from None
+            finally:
+                worker.last_used = self._clock()
+                worker.pending.pop(rid, None)
+                if tenant.active.get(conversation) == (worker, rid):
+                    del tenant.active[conversation]
+                if not finished and not worker.dead.is_set():
+                    # The reader went away (the flow was cancelled): stop paying for tokens.
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await worker.send(protocol.Cancel(rid))
+                self._maybe_drained(worker)
+            answer = "".join(parts)
+            saved = [*history, Turn("user", text)]
+            if answer:
+                saved.append(Turn("assistant", answer))
+            await self._memory.save(tenant_id, conversation, saved)
+
+    async def cancel(self, tenant_id: str, conversation: str) -> bool:
+        """Stop a reply in progress; the partial answer stays as it was shown."""
+        tenant = self._tenants.get(tenant_id)
+        entry = tenant.active.get(conversation) if tenant else None
+        if entry is None:
+            return False
+        worker, rid = entry
+        try:
+            await worker.send(protocol.Cancel(rid))
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
+    async def reset(self, tenant_id: str, conversation: str) -> None:
+        await self._memory.clear(tenant_id, conversation)
+
+    async def reconfigure(self, tenant_id: str) -> None:
+        """Swap to the tenant's new key/provider with no downtime (model/persona need nothing)."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None or tenant.current is None:
+            return  # the next message starts a worker with the new settings anyway
+        try:
+            profile = await self._profiles.profile(tenant_id)
+        except AgentUnavailable:
+            await self.forget(tenant_id)
+            return
+        async with tenant.lock:
+            old = tenant.current
+            if old is None or old.serves(profile):
+                return
+            tenant.current = await self._start(tenant_id, profile)
+            self._retire(old)
+
+    async def forget(self, tenant_id: str) -> None:
+        tenant = self._tenants.pop(tenant_id, None)
+        if tenant is None:
+            return
+        workers = [w for w in self._draining if w.tenant_id == tenant_id]
+        if tenant.current is not None:
+            workers.append(tenant.current)
+        await asyncio.gather(*(self._stop(w, kill=True) for w in workers))
+
+    # --- maintenance ------------------------------------------------------------------------
+
+    async def stop_idle(self, now: float | None = None) -> int:
+        """Stop agents idle for ``idle_timeout_seconds``; returns how many stopped."""
+        now = self._clock() if now is None else now
+        limit = self._settings.idle_timeout_seconds
+        idle = [
+            t.current
+            for t in self._tenants.values()
+            if t.current is not None
+            and not t.current.pending
+            and now - t.current.last_used >= limit
+        ]
+        for worker in idle:
+            self._detach(worker)
+        await asyncio.gather(*(self._stop(w) for w in idle))
+        if idle:
+            log.info("stopped %d idle agents", len(idle))
+        return len(idle)
+
+    async def idle_job(self) -> None:
+        """The APScheduler job: ``scheduler.add_job(sup.idle_job, "interval", seconds=60)``."""
+        await self.stop_idle()
+
+    def status(self) -> list[AgentStatus]:
+        """Every live agent process (current and draining)."""
+        now = self._clock()
+        workers = [t.current for t in self._tenants.values() if t.current is not None]
+        return [
+            AgentStatus(
+                w.tenant_id,
+                w.handle.pid,
+                w.profile.key_id,
+                w.draining,
+                len(w.pending),
+                now - w.last_used,
+            )
+            for w in [*workers, *self._draining]
+        ]
+
+    async def aclose(self) -> None:
+        """Stop every agent (graceful, then killed after a grace period)."""
+        self._closed = True
+        workers = [t.current for t in self._tenants.values() if t.current is not None]
+        workers += list(self._draining)
+        self._tenants.clear()
+        await asyncio.gather(*(self._stop(w) for w in workers))
+        self._launcher.close()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _tenant(self, tenant_id: str) -> _Tenant:
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            tenant = self._tenants[tenant_id] = _Tenant()
+        return tenant
+
+    async def _acquire(self, tenant: _Tenant, profile: AgentProfile) -> _Worker:
+        async with tenant.lock:
+            current = tenant.current
+            if current is not None and not current.dead.is_set():
+                if current.serves(profile):
+                    current.last_used = self._clock()
+                    return current
+                tenant.current = None
+                self._retire(current)
+            now = self._clock()
+            if now < tenant.next_start:
+                raise ReplyFailed("restarting", retry_after=tenant.next_start - now)
+            await self._make_room()
+            try:
+                tenant.current = await self._start(profile.tenant_id, profile)
+            except ReplyFailed:
+                self._crashed(tenant)
+                raise
+            return tenant.current
+
+    async def _start(self, tenant_id: str, profile: AgentProfile) -> _Worker:
+        if self._closed:
+            raise ReplyFailed("stopped")
+        self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        workdir = self._runtime_dir / hashlib.sha256(tenant_id.encode()).hexdigest()[:24]
+        handle = await self._launcher.launch(workdir)
+        worker = _Worker(tenant_id, profile, handle, self._clock())
+        s = self._settings
+        try:
+            await worker.send(
+                protocol.Configure(
+                    provider_kind=profile.provider_kind,
+                    base_url=profile.base_url,
+                    api_key=profile.api_key,
+                    workdir=str(workdir),
+                    request_timeout=float(s.request_timeout_seconds),
+                    memory_limit_mb=s.memory_limit_mb,
+                    max_open_files=s.max_open_files,
+                )
+            )
+            async with asyncio.timeout(READY_TIMEOUT):
+                line = await handle.reader.readline()
+            ready = protocol.decode(line) if line else None
+            if not isinstance(ready, protocol.Ready):
+                raise ProtocolError("the agent did not answer configure with ready")
+        except (TimeoutError, ProtocolError, ConnectionError, RuntimeError) as exc:
+            log.warning("agent for %s did not start (%s)", tenant_id, type(exc).__name__)
+            handle.kill()
+            await handle.wait()
+            raise ReplyFailed("start_failed") from None
+        log.info("agent for %s started (pid %d, key %s)", tenant_id, handle.pid, profile.key_id)
+        worker.reader_task = asyncio.create_task(self._read(worker))
+        return worker
+
+    async def _read(self, worker: _Worker) -> None:
+        reader = worker.handle.reader
+        try:
+            while line := await reader.readline():
+                if not line.strip():
+                    continue
+                msg = protocol.decode(line)
+                rid = getattr(msg, "id", None)
+                queue = worker.pending.get(rid) if isinstance(rid, str) else None
+                if queue is not None:
+                    queue.put_nowait(msg)  # type: ignore[arg-type]
+        except (ProtocolError, ValueError, ConnectionError) as exc:
+            # ValueError: a line over MAX_LINE. Either way the agent is no longer trustworthy.
+            log.warning("agent %s broke the protocol (%s)", worker.tenant_id, exc)
+            worker.handle.kill()
+        worker.dead.set()
+        for queue in worker.pending.values():
+            queue.put_nowait(_CRASHED)
+        code = await worker.handle.wait()
+        self._draining.discard(worker)
+        if worker.stopping:
+            return
+        log.warning("agent for %s exited unexpectedly (code %s)", worker.tenant_id, code)
+        tenant = self._tenants.get(worker.tenant_id)
+        if tenant is not None and tenant.current is worker:
+            tenant.current = None
+            if self._clock() - worker.started >= BACKOFF_RESET:
+                tenant.crashes = 0  # it ran fine for a while: this is a fresh failure
+            self._crashed(tenant)
+
+    def _crashed(self, tenant: _Tenant) -> None:
+        delay = 0.0 if tenant.crashes == 0 else min(2.0 ** (tenant.crashes - 1), BACKOFF_MAX)
+        tenant.crashes += 1
+        tenant.next_start = self._clock() + delay
+
+    async def _failed(self, tenant: _Tenant, worker: _Worker, event: protocol.Error) -> None:
+        log.warning("agent for %s: provider error %s", worker.tenant_id, event.code)
+        if event.code == "invalid_key":
+            await self._key_health.key_dead(worker.tenant_id, worker.profile.key_id, event.code)
+            if tenant.current is worker:
+                tenant.current = None
+                self._retire(worker)
+        raise ReplyFailed(event.code, retry_after=event.retry_after)
+
+    def _detach(self, worker: _Worker) -> None:
+        tenant = self._tenants.get(worker.tenant_id)
+        if tenant is not None and tenant.current is worker:
+            tenant.current = None
+
+    def _retire(self, worker: _Worker) -> None:
+        """Let ``worker`` finish its requests, then end its input so it exits."""
+        worker.draining = True
+        self._draining.add(worker)
+        self._maybe_drained(worker)
+
+    def _maybe_drained(self, worker: _Worker) -> None:
+        if worker.draining and not worker.pending and not worker.stopping:
+            worker.stopping = True
+            worker.close_input()
+            asyncio.get_running_loop().create_task(self._reap(worker))
+
+    async def _reap(self, worker: _Worker) -> None:
+        try:
+            async with asyncio.timeout(STOP_GRACE):
+                await worker.handle.wait()
+        except TimeoutError:
+            worker.handle.kill()
+            await worker.handle.wait()
+        self._draining.discard(worker)
+        log.info("agent for %s (pid %d) drained and exited", worker.tenant_id, worker.handle.pid)
+
+    async def _stop(self, worker: _Worker, *, kill: bool = False) -> None:
+        worker.stopping = True
+        self._draining.discard(worker)
+        if kill:
+            worker.handle.kill()
+        worker.close_input()
+        try:
+            async with asyncio.timeout(STOP_GRACE):
+                await worker.handle.wait()
+        except TimeoutError:
+            worker.handle.kill()
+            await worker.handle.wait()
+        if worker.reader_task is not None:
+            await worker.reader_task
+
+    async def _make_room(self) -> None:
+        live = [t.current for t in self._tenants.values() if t.current is not None]
+        excess = len(live) + len(self._draining) + 1 - self._settings.max_live_agents
+        if excess <= 0:
+            return
+        idle = sorted((w for w in live if not w.pending), key=lambda w: w.last_used)
+        if len(idle) < excess:
+            raise ReplyFailed("busy")
+        victims = idle[:excess]
+        for worker in victims:
+            self._detach(worker)
+            log.info("stopping agent for %s to stay within max_live_agents", worker.tenant_id)
+        await asyncio.gather(*(self._stop(w) for w in victims))

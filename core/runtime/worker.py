@@ -1,0 +1,224 @@
+"""The built-in agent worker: one process per tenant, speaking the line protocol.
+
+Two entry points share one loop: ``run_forked(sock)`` is the target a fork-server child runs
+(the supervisor's default), and ``python -m core.runtime.worker`` serves the protocol on
+stdin/stdout, so the built-in agent also works as an ``[agent] command``.
+
+On ``configure`` the worker hardens itself before it touches the network: not dumpable (so
+``/proc/<pid>/mem``/``environ`` are closed to other processes of the same uid and no core
+file is written), ``RLIMIT_CORE=0``, ``RLIMIT_AS``/``RLIMIT_NOFILE`` from the settings, the
+environment cleared *and* the kernel's copy of it (what ``/proc/<pid>/environ`` shows)
+overwritten, stderr sent to ``agent.log`` in its own 0700 working directory, and then the
+chdir there. Each request runs as its own task under ``request_timeout`` (the per-request
+bound on time, and so on CPU), so several conversations are answered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import os
+import resource
+import socket
+import ssl
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+from core.llm import LLMClient, LLMError, TextDelta, Usage, make_client, new_http_client
+from core.runtime import protocol
+from core.runtime.errors import ProtocolError
+
+PR_SET_DUMPABLE: Final = 4
+PR_GET_DUMPABLE: Final = 3
+MIB: Final = 1024 * 1024
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """The CA-verifying context, built once (in the template, before any fork)."""
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+def warm() -> None:
+    """Pay one-time costs in the fork-server template so every forked worker starts warm."""
+    ssl_context()
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def set_dumpable(flag: bool) -> None:
+    """``prctl(PR_SET_DUMPABLE, flag)``; raises ``OSError`` if the kernel refuses."""
+    if _libc().prctl(PR_SET_DUMPABLE, int(flag), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def is_dumpable() -> bool:
+    """This process's ``PR_GET_DUMPABLE`` state."""
+    return bool(_libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+def scrub_environment() -> None:
+    """Clear ``os.environ`` and zero the initial environment block the kernel exposes.
+
+    ``unsetenv`` only drops pointers; ``/proc/<pid>/environ`` reads the original strings at
+    ``env_start..env_end`` (fields 50-51 of ``/proc/self/stat``), so those bytes are zeroed
+    too. The fork-server template inherited the bot's environment, which may hold tokens.
+    """
+    os.environ.clear()
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return  # not Linux: nothing more to scrub
+    # The command name (field 2) may contain spaces; fields after it are split from ")".
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    start, end = int(fields[47]), int(fields[48])
+    if 0 < start < end:
+        ctypes.memset(start, 0, end - start)
+
+
+def _limit(which: int, value: int) -> None:
+    _soft, hard = resource.getrlimit(which)
+    new = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    resource.setrlimit(which, (new, new))
+
+
+def harden(cfg: protocol.Configure) -> None:
+    """Apply the isolation the agent owes its tenant (see the module docstring)."""
+    set_dumpable(False)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _limit(resource.RLIMIT_AS, cfg.memory_limit_mb * MIB)
+    _limit(resource.RLIMIT_NOFILE, cfg.max_open_files)
+    scrub_environment()
+    os.makedirs(cfg.workdir, mode=0o700, exist_ok=True)
+    os.chmod(cfg.workdir, 0o700)
+    os.chdir(cfg.workdir)
+    log = os.open("agent.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(log, 2)
+    os.close(log)
+
+
+class Worker:
+    """Serves requests for one configured tenant until its input ends."""
+
+    def __init__(self, writer: asyncio.StreamWriter, client: LLMClient, timeout: float) -> None:
+        self._writer = writer
+        self._client = client
+        self._timeout = timeout
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def send(self, msg: protocol.FromAgent) -> None:
+        self._writer.write(protocol.encode(msg))
+        await self._writer.drain()
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            if not line.strip():
+                continue
+            msg = protocol.decode(line)
+            if isinstance(msg, protocol.Request):
+                if msg.id in self._tasks:
+                    raise ProtocolError("request id reused while in flight")
+                self._tasks[msg.id] = asyncio.create_task(self._answer(msg))
+            elif isinstance(msg, protocol.Cancel):
+                task = self._tasks.get(msg.id)
+                if task is not None:
+                    task.cancel()
+            else:
+                raise ProtocolError("unexpected message after configure")
+        # End of input: the supervisor retired us. Finish what is in flight, then exit.
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _answer(self, req: protocol.Request) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                async for item in self._client.stream(
+                    req.messages, model=req.model, system=req.system, max_tokens=req.max_tokens
+                ):
+                    if isinstance(item, TextDelta):
+                        await self.send(protocol.Chunk(req.id, item.text))
+                    elif isinstance(item, Usage):
+                        usage = protocol.UsageReport(req.id, item.input_tokens, item.output_tokens)
+                        await self.send(usage)
+            await self.send(protocol.Done(req.id))
+        except LLMError as exc:
+            retry = getattr(exc, "retry_after", None)
+            await self.send(protocol.Error(req.id, exc.code, exc.message, retry))
+        except TimeoutError:
+            await self.send(protocol.Error(req.id, "timeout", "request took too long", None))
+        except asyncio.CancelledError:
+            # Cancelled by a ``cancel`` line: the reply ends here, and says so.
+            await self.send(protocol.Done(req.id))
+        finally:
+            self._tasks.pop(req.id, None)
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Read ``configure``, harden, announce ``ready``, answer requests; the exit status."""
+    first = await reader.readline()
+    if not first:
+        return 0
+    cfg = protocol.decode(first)
+    if not isinstance(cfg, protocol.Configure):
+        raise ProtocolError("the first message must be configure")
+    harden(cfg)
+    # getaddrinfo runs in the default executor; two threads keep RLIMIT_AS headroom.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+    verify = ssl_context() if cfg.base_url.startswith("https:") else False
+    async with new_http_client(timeout=cfg.request_timeout, verify=verify) as http:
+        client = make_client(cfg.provider_kind, cfg.base_url, cfg.api_key, http=http)
+        worker = Worker(writer, client, timeout=cfg.request_timeout)
+        await worker.send(protocol.Ready(pid=os.getpid()))
+        await worker.serve(reader)
+    return 0
+
+
+async def _serve_socket(sock: socket.socket) -> int:
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=protocol.MAX_LINE)
+    try:
+        return await serve(reader, writer)
+    finally:
+        writer.close()
+
+
+def run_forked(sock: socket.socket) -> None:
+    """Fork-server target: serve the protocol on ``sock`` and exit with its status."""
+    code = asyncio.run(_serve_socket(sock))
+    sys.exit(code)
+
+
+async def _serve_stdio() -> int:
+    loop = asyncio.get_running_loop()
+    # The protocol gets a private copy of stdout; fd 1 then points at stderr so a stray
+    # print() cannot corrupt the stream.
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    reader = asyncio.StreamReader(limit=protocol.MAX_LINE)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, proto = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb")
+    )
+    writer = asyncio.StreamWriter(transport, proto, reader, loop)
+    try:
+        return await serve(reader, writer)
+    finally:
+        with contextlib.suppress(OSError):
+            writer.close()
+
+
+def main() -> None:
+    """``python -m core.runtime.worker``: the built-in agent on stdin/stdout."""
+    sys.exit(asyncio.run(_serve_stdio()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Fake Anthropic Messages and OpenAI-compatible chat-completions servers on loopback (aiohttp).
+
+One server answers both APIs: ``anthropic_url`` for the Anthropic kind (``/v1/messages``) and
+``openai_url`` (which ends in ``/v1``) for the OpenAI-compatible kind. Every request is recorded
+with the key it carried; tests script failures (status codes, stalls, malformed streams) and
+hold a stream open at a gate to act in the middle of a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Reply = Callable[[list[dict[str, Any]]], str]
+
+
+def echo_reply(messages: list[dict[str, Any]]) -> str:
+    """Default answer: echoes the last user message, so tests can tell replies apart."""
+    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return f"echo: {last}"
+
+
+@dataclass
+class Recorded:
+    """One request the fake received."""
+
+    kind: str
+    path: str
+    key: str
+    body: dict[str, Any]
+
+
+@dataclass
+class Failure:
+    """A scripted failure for the next matching request(s)."""
+
+    status: int = 500
+    error_type: str = "api_error"
+    message: str = "scripted failure"
+    retry_after: str | None = None
+    mode: str = "status"  # "status" | "stall" | "stall_mid" | "malformed" | "stream_error"
+    times: int = 1
+
+
+@dataclass
+class FakeLLMServer:
+    """The fake provider. Use ``async with FakeLLMServer() as fake``."""
+
+    reply: Reply = echo_reply
+    models: tuple[str, ...] = ("model-large", "model-small")
+    valid_keys: set[str] | None = None
+    chunk_delay: float = 0.0
+    requests: list[Recorded] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    gate_keys: set[str] | None = None  # when set, only these keys wait at the gate
+    mid_stream: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnects: int = 0
+    _runner: web.AppRunner | None = None
+    port: int = 0
+    _closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __aenter__(self) -> FakeLLMServer:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closed.set()
+        if self.gate is not None:
+            self.gate.set()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    @property
+    def anthropic_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def fail(self, status: int = 500, **kwargs: Any) -> None:
+        """Script a failure for the next request (or ``times`` requests)."""
+        self.failures.append(Failure(status=status, **kwargs))
+
+    def keys(self, kind: str | None = None) -> list[str]:
+        """Keys carried by the streamed chat requests, in arrival order."""
+        return [r.key for r in self.requests if r.path != "/v1/models" and kind in (None, r.kind)]
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def _take_failure(self) -> Failure | None:
+        if not self.failures:
+            return None
+        failure = self.failures[0]
+        failure.times -= 1
+        if failure.times <= 0:
+            self.failures.pop(0)
+        return failure
+
+    def _refuse(self, key: str) -> web.Response | None:
+        if self.valid_keys is not None and key not in self.valid_keys:
+            body = {
+                "type": "error",
+                "error": {
+                    "type": "authentication_error",
+                    "message": f"invalid x-api-key {key[:12]}***",
+                },
+            }
+            return web.json_response(body, status=401)
+        return None
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("x-api-key") or _bearer(request)
+        kind = "anthropic" if "x-api-key" in request.headers else "openai-compatible"
+        self.requests.append(Recorded(kind, request.path, key, {}))
+        refused = self._refuse(key)
+        if refused is not None:
+            return refused
+        failure = self._take_failure()
+        if failure is not None:
+            return _error_response(failure)
+        return web.json_response({"data": [{"id": m, "type": "model"} for m in self.models]})
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("x-api-key", "")
+        body = await request.json()
+        self.requests.append(Recorded("anthropic", request.path, key, body))
+        refused = self._refuse(key)
+        if refused is not None:
+            return refused
+        messages = list(body["messages"])
+        text = self.reply(messages)
+        words = _split(text)
+        n_in = sum(len(str(m["content"]).split()) for m in messages)
+
+        def events() -> list[bytes]:
+            out = [
+                _sse(
+                    "message_start",
+                    {
+                        "type": "message_start",
+                        "message": {
+                            "id": "msg_1",
+                            "usage": {"input_tokens": n_in, "output_tokens": 1},
+                        },
+                    },
+                )
+            ]
+            out.append(
+                _sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+            )
+            out.append(_sse("ping", {"type": "ping"}))
+            for w in words:
+                out.append(
+                    _sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {"type": "text_delta", "text": w},
+                        },
+                    )
+                )
+            out.append(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            out.append(
+                _sse(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn"},
+                        "usage": {"output_tokens": len(words)},
+                    },
+                )
+            )
+            out.append(_sse("message_stop", {"type": "message_stop"}))
+            return out
+
+        return await self._stream(
+            request,
+            events(),
+            3,
+            key,
+            error_event=lambda f: _sse(
+                "error", {"type": "error", "error": {"type": f.error_type, "message": f.message}}
+            ),
+        )
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        key = _bearer(request)
+        body = await request.json()
+        self.requests.append(Recorded("openai-compatible", request.path, key, body))
+        refused = self._refuse(key)
+        if refused is not None:
+            return refused
+        messages = [m for m in body["messages"] if m["role"] != "system"]
+        text = self.reply(messages)
+        words = _split(text)
+        n_in = sum(len(str(m["content"]).split()) for m in body["messages"])
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return _data(
+                {
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+            )
+
+        out = [chunk({"role": "assistant", "content": ""})]
+        out += [chunk({"content": w}) for w in words]
+        out.append(chunk({}, "stop"))
+        if body.get("stream_options", {}).get("include_usage"):
+            out.append(
+                _data(
+                    {
+                        "id": "c1",
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": n_in,
+                            "completion_tokens": len(words),
+                            "total_tokens": n_in + len(words),
+                        },
+                    }
+                )
+            )
+        out.append(b"data: [DONE]\n\n")
+        return await self._stream(
+            request,
+            out,
+            1,
+            key,
+            error_event=lambda f: _data(
+                {"error": {"type": f.error_type, "message": f.message, "code": f.error_type}}
+            ),
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        events: list[bytes],
+        first_text: int,
+        key: str,
+        *,
+        error_event: Callable[[Failure], bytes],
+    ) -> web.StreamResponse:
+        """Send ``events``; ``first_text`` is the index of the first text delta (gates hold there)."""
+        failure = self._take_failure()
+        if failure is not None and failure.mode == "status":
+            return _error_response(failure)
+        if failure is not None and failure.mode == "stall":
+            await self._closed.wait()
+            return web.Response(status=503)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            if failure is not None and failure.mode == "malformed":
+                await response.write(events[0] + b"data: {not json\n\n")
+                return response
+            if failure is not None and failure.mode == "stream_error":
+                await response.write(events[0] + error_event(failure))
+                return response
+            for i, event in enumerate(events):
+                await response.write(event)
+                held = self.gate_keys is None or key in self.gate_keys
+                if i == first_text and self.gate is not None and held:
+                    self.mid_stream.set()
+                    await self.gate.wait()
+                if i == first_text and failure is not None and failure.mode == "stall_mid":
+                    self.mid_stream.set()
+                    await self._closed.wait()
+                    return response
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+            await response.write_eof()
+        except ConnectionResetError:
+            # The client went away mid-stream: that is what cancellation looks like here.
+            self.disconnects += 1
+        return response
+
+
+def _bearer(request: web.Request) -> str:
+    value = request.headers.get("Authorization", "")
+    return value.removeprefix("Bearer ")
+
+
+def _split(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w + " " for w in words[:-1]] + words[-1:]
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _data(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+def _error_response(failure: Failure) -> web.Response:
+    headers = {"retry-after": failure.retry_after} if failure.retry_after is not None else {}
+    body = {
+        "type": "error",
+        "error": {
+            "type": failure.error_type,
+            "message": failure.message,
+            "code": failure.error_type,
+        },
+    }
+    return web.json_response(body, status=failure.status, headers=headers)
