@@ -1,0 +1,554 @@
+"""Managed-plan budgets: monthly token and dollar caps, requests per minute, usage alerts.
+
+Every proxied request first **reserves** an upper-bound estimate with one conditional UPDATE
+(``… SET reserved = reserved + :est WHERE spent + reserved + :est <= cap AND <minute window
+has room>``), in the same transaction as a ``budget_reservations`` row. The statement is atomic
+on PostgreSQL (row lock, re-checked after a concurrent commit) and on SQLite (one writer at a
+time), so concurrent requests can never all see the same headroom. When the upstream reply ends
+the reservation is **settled** to the real usage; on an upstream error or a disconnect it is
+settled to what was used so far (often nothing). Whoever deletes the reservation row — settle,
+release or the sweeper — is the one that gives the reserved amount back, so a reservation is
+released exactly once. A process that dies between reserve and settle leaves the row behind;
+``sweep_orphans`` (an APScheduler job) releases rows past their expiry.
+
+Money is kept in integer micro-dollars. Periods are calendar months in UTC; a row from an
+older month is rolled over lazily by the first request of the new month and in bulk by
+``reset_month`` (the monthly job). Alerts at 50, 80 and 100 % of the cap are claimed with a
+conditional UPDATE on ``alerted_pct``, so each fires once per period even under concurrency.
+
+Errors::
+
+    CoreError
+    └── BudgetError
+        ├── CapReached          the monthly token or dollar cap has no room for this request
+        ├── RateLimitExceeded   the plan's requests-per-minute are used up (``retry_after``)
+        └── NotMetered          the tenant's plan has no caps (a BYOK plan): no proxy access
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any, Final, Protocol
+
+from sqlalchemy import case, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from core.config import PlanSettings
+from core.db import Database
+from core.db.models import BudgetRow, ReservationRow
+from core.errors import CoreError
+from core.ports import Clock
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS: Final = (50, 80, 100)
+MICROS: Final = 1_000_000
+
+
+class BudgetError(CoreError):
+    """A request the budget does not admit."""
+
+
+class CapReached(BudgetError):
+    """The monthly cap (``which`` is "tokens" or "usd") has no room; it resets on ``resets_on``."""
+
+    def __init__(self, tenant_id: str, which: str, resets_on: date) -> None:
+        super().__init__(f"tenant {tenant_id}: monthly {which} cap reached")
+        self.tenant_id = tenant_id
+        self.which = which
+        self.resets_on = resets_on
+
+
+class RateLimitExceeded(BudgetError):
+    """The plan's requests per minute are used up; try again after ``retry_after`` seconds."""
+
+    def __init__(self, tenant_id: str, retry_after: float) -> None:
+        super().__init__(f"tenant {tenant_id}: requests per minute exceeded")
+        self.tenant_id = tenant_id
+        self.retry_after = retry_after
+
+
+class NotMetered(BudgetError):
+    """The plan has no monthly cap (a BYOK plan); its tenants have no business with the proxy."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Tokens and integer micro-dollars of one request (estimated or real)."""
+
+    tokens: int
+    usd_micros: int
+
+    @classmethod
+    def of(
+        cls,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        input_usd_per_mtok: float,
+        output_usd_per_mtok: float,
+    ) -> Cost:
+        """Price tokens at USD per million tokens (= micro-dollars per token), rounded up."""
+        micros = input_tokens * input_usd_per_mtok + output_tokens * output_usd_per_mtok
+        # round() first so 0.1 * 3 = 0.30000000000000004 does not become a whole extra micro.
+        return cls(input_tokens + output_tokens, math.ceil(round(micros, 6)))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An open reservation, to settle or release."""
+
+    id: str
+    tenant_id: str
+    tokens: int
+    usd_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """What a tenant used this period, and when the period ends."""
+
+    tokens: int
+    usd: float
+    period_start: date
+    resets_on: date
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """A plan's monthly caps; None means that dimension is not capped."""
+
+    tokens: int | None
+    usd: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSummary:
+    """For ``usage`` and ``admin tenant``: spend (settled), in-flight reservations and caps."""
+
+    tenant_id: str
+    spent: Spend
+    caps: Caps
+    tokens_reserved: int
+    usd_reserved: float
+
+    @property
+    def percent(self) -> int:
+        """The larger of tokens and dollars spent, in whole percent of its cap."""
+        return _percent(
+            self.spent.tokens, round(self.spent.usd * MICROS), self.caps.tokens, self.caps.usd
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetTotals:
+    """For ``admin stats``: the current period across all metered tenants."""
+
+    period_start: date
+    tenants: int
+    tokens: int
+    usd: float
+    tokens_reserved: int
+    open_reservations: int
+
+
+class AlertSink(Protocol):
+    """Told once per threshold (50, 80, 100) per period; the lead's sink DMs the tenant."""
+
+    async def alert(self, tenant_id: str, threshold_pct: int, spent: Spend, cap: Caps) -> None: ...
+
+
+class RecordingAlertSink:
+    """An in-memory sink: keeps every alert (tests, and a runtime without DMs)."""
+
+    def __init__(self) -> None:
+        self.alerts: list[tuple[str, int, Spend, Caps]] = []
+
+    async def alert(self, tenant_id: str, threshold_pct: int, spent: Spend, cap: Caps) -> None:
+        self.alerts.append((tenant_id, threshold_pct, spent, cap))
+
+
+def period_of(now: datetime) -> date:
+    """The first day of ``now``'s calendar month (UTC)."""
+    return now.date().replace(day=1)
+
+
+def next_period(start: date) -> date:
+    """The first day of the month after ``start``."""
+    return date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+
+
+def _percent(tokens: int, micros: int, token_cap: int | None, usd_cap: float | None) -> int:
+    pct = 0
+    if token_cap:
+        pct = max(pct, tokens * 100 // token_cap)
+    if usd_cap:
+        pct = max(pct, micros * 100 // _micros(usd_cap))
+    return pct
+
+
+def _micros(usd: float) -> int:
+    return round(usd * MICROS)
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+class Budget:
+    """Reserve, settle, release, sweep, reset, summarise; alerts go to ``sink``."""
+
+    def __init__(
+        self,
+        db: Database,
+        plans: Mapping[str, PlanSettings],
+        clock: Clock,
+        *,
+        sink: AlertSink | None = None,
+        reservation_ttl: timedelta = timedelta(minutes=15),
+    ) -> None:
+        self._db = db
+        self._plans = plans
+        self._clock = clock
+        self._sink = sink
+        self._ttl = reservation_ttl
+
+    def caps(self, plan_id: str) -> Caps:
+        plan = self._plans[plan_id]
+        return Caps(tokens=plan.monthly_token_cap, usd=plan.monthly_usd_cap)
+
+    def _plan(self, plan_id: str) -> PlanSettings:
+        plan = self._plans.get(plan_id)
+        if plan is None or (plan.monthly_token_cap is None and plan.monthly_usd_cap is None):
+            raise NotMetered(plan_id)
+        return plan
+
+    # --- the request path -------------------------------------------------------------------
+
+    async def reserve(self, tenant_id: str, plan_id: str, estimate: Cost) -> Reservation:
+        """Reserve ``estimate`` against the tenant's caps and count one request this minute.
+
+        Raises ``CapReached``, ``RateLimitExceeded`` or ``NotMetered``.
+        """
+        plan = self._plan(plan_id)
+        for _ in range(3):
+            now = self._clock.now()
+            period, minute = period_of(now), int(now.timestamp() // 60)
+            reservation = Reservation(secrets.token_hex(16), tenant_id, *_cost(estimate))
+            async with self._db.session() as s, s.begin():
+                result = await s.execute(self._reserve_stmt(plan, reservation, period, minute, now))
+                if _rowcount(result) == 1:
+                    s.add(
+                        ReservationRow(
+                            id=reservation.id,
+                            tenant_id=tenant_id,
+                            tokens=reservation.tokens,
+                            usd_micros=reservation.usd_micros,
+                            created_at=now,
+                            expires_at=now + self._ttl,
+                        )
+                    )
+                    return reservation
+            if not await self._prepare(tenant_id, period, now):
+                # The row exists and is current: the refusal is real, find out which limit.
+                await self._refuse(tenant_id, plan, estimate, period, minute, now)
+        raise BudgetError(f"tenant {tenant_id}: reservation did not settle after retries")
+
+    def _reserve_stmt(
+        self, plan: PlanSettings, r: Reservation, period: date, minute: int, now: datetime
+    ) -> Any:
+        conds = [
+            BudgetRow.tenant_id == r.tenant_id,
+            BudgetRow.period_start == period,
+            or_(
+                BudgetRow.window_minute != minute,
+                BudgetRow.window_requests < plan.requests_per_minute,
+            ),
+        ]
+        if plan.monthly_token_cap is not None:
+            conds.append(
+                BudgetRow.tokens_spent + BudgetRow.tokens_reserved + r.tokens
+                <= plan.monthly_token_cap
+            )
+        if plan.monthly_usd_cap is not None:
+            conds.append(
+                BudgetRow.usd_micros_spent + BudgetRow.usd_micros_reserved + r.usd_micros
+                <= _micros(plan.monthly_usd_cap)
+            )
+        return (
+            update(BudgetRow)
+            .where(*conds)
+            .values(
+                tokens_reserved=BudgetRow.tokens_reserved + r.tokens,
+                usd_micros_reserved=BudgetRow.usd_micros_reserved + r.usd_micros,
+                # SET expressions read the row's old values on both databases.
+                window_requests=case(
+                    (BudgetRow.window_minute == minute, BudgetRow.window_requests + 1), else_=1
+                ),
+                window_minute=minute,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+    async def _prepare(self, tenant_id: str, period: date, now: datetime) -> bool:
+        """Create a missing row or roll a stale period; True when something changed (retry)."""
+        insert = sqlite_insert if self._db.is_sqlite else pg_insert
+        async with self._db.session() as s, s.begin():
+            created = await s.execute(
+                insert(BudgetRow)
+                .values(
+                    tenant_id=tenant_id,
+                    period_start=period,
+                    tokens_spent=0,
+                    usd_micros_spent=0,
+                    tokens_reserved=0,
+                    usd_micros_reserved=0,
+                    alerted_pct=0,
+                    window_minute=0,
+                    window_requests=0,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["tenant_id"])
+            )
+            if _rowcount(created) == 1:
+                return True
+            rolled = await s.execute(self._roll_stmt(period, now, tenant_id=tenant_id))
+            return _rowcount(rolled) == 1
+
+    async def _refuse(
+        self,
+        tenant_id: str,
+        plan: PlanSettings,
+        estimate: Cost,
+        period: date,
+        minute: int,
+        now: datetime,
+    ) -> None:
+        async with self._db.session() as s:
+            row = await s.get(BudgetRow, tenant_id)
+        if row is None:
+            return  # deleted in between: the caller retries and recreates it
+        if row.window_minute == minute and row.window_requests >= plan.requests_per_minute:
+            raise RateLimitExceeded(tenant_id, retry_after=float(60 - now.second))
+        which = "usd"
+        if plan.monthly_token_cap is not None and (
+            row.tokens_spent + row.tokens_reserved + estimate.tokens > plan.monthly_token_cap
+        ):
+            which = "tokens"
+        elif plan.monthly_usd_cap is None:
+            return  # raced with a settle that freed room: retry
+        elif row.usd_micros_spent + row.usd_micros_reserved + estimate.usd_micros <= _micros(
+            plan.monthly_usd_cap
+        ):
+            return
+        # Nothing fits any more: the tenant has, in effect, reached the cap.
+        await self._maybe_alert(
+            tenant_id, plan, 100, row.tokens_spent, row.usd_micros_spent, period
+        )
+        raise CapReached(tenant_id, which, next_period(period))
+
+    async def settle(self, reservation: Reservation, actual: Cost, *, plan_id: str) -> None:
+        """Replace the reservation by the real usage; fires any threshold alert it crosses."""
+        now = self._clock.now()
+        tokens, micros = _cost(actual)
+        async with self._db.session() as s, s.begin():
+            gone = await s.execute(
+                delete(ReservationRow).where(ReservationRow.id == reservation.id)
+            )
+            # Only the one who deleted the row gives the reservation back (the sweeper may have).
+            held_t, held_u = (
+                (reservation.tokens, reservation.usd_micros) if _rowcount(gone) else (0, 0)
+            )
+            row = (
+                await s.execute(
+                    update(BudgetRow)
+                    .where(BudgetRow.tenant_id == reservation.tenant_id)
+                    .values(
+                        tokens_reserved=BudgetRow.tokens_reserved - held_t,
+                        usd_micros_reserved=BudgetRow.usd_micros_reserved - held_u,
+                        tokens_spent=BudgetRow.tokens_spent + tokens,
+                        usd_micros_spent=BudgetRow.usd_micros_spent + micros,
+                        updated_at=now,
+                    )
+                    .returning(
+                        BudgetRow.tokens_spent,
+                        BudgetRow.usd_micros_spent,
+                        BudgetRow.alerted_pct,
+                        BudgetRow.period_start,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+            ).first()
+        if row is None or (tokens == 0 and micros == 0):
+            return
+        plan = self._plans.get(plan_id)
+        if plan is None:
+            return
+        spent_t, spent_u, alerted, period = row
+        pct = _percent(spent_t, spent_u, plan.monthly_token_cap, plan.monthly_usd_cap)
+        crossed = max((t for t in THRESHOLDS if pct >= t), default=0)
+        if crossed > alerted:
+            await self._maybe_alert(reservation.tenant_id, plan, crossed, spent_t, spent_u, period)
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give a reservation back untouched (the upstream call never happened or used nothing)."""
+        await self._release(
+            reservation.id, reservation.tenant_id, reservation.tokens, reservation.usd_micros
+        )
+
+    async def _release(self, rid: str, tenant_id: str, tokens: int, micros: int) -> bool:
+        async with self._db.session() as s, s.begin():
+            gone = await s.execute(delete(ReservationRow).where(ReservationRow.id == rid))
+            if not _rowcount(gone):
+                return False
+            await s.execute(
+                update(BudgetRow)
+                .where(BudgetRow.tenant_id == tenant_id)
+                .values(
+                    tokens_reserved=BudgetRow.tokens_reserved - tokens,
+                    usd_micros_reserved=BudgetRow.usd_micros_reserved - micros,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return True
+
+    async def _maybe_alert(
+        self,
+        tenant_id: str,
+        plan: PlanSettings,
+        threshold: int,
+        tokens: int,
+        micros: int,
+        period: date,
+    ) -> None:
+        async with self._db.session() as s, s.begin():
+            claimed = await s.execute(
+                update(BudgetRow)
+                .where(
+                    BudgetRow.tenant_id == tenant_id,
+                    BudgetRow.alerted_pct < threshold,
+                    BudgetRow.period_start == period,
+                )
+                .values(alerted_pct=threshold)
+                .execution_options(synchronize_session=False)
+            )
+        if not _rowcount(claimed) or self._sink is None:
+            return
+        spent = Spend(tokens, micros / MICROS, period, next_period(period))
+        caps = Caps(plan.monthly_token_cap, plan.monthly_usd_cap)
+        try:
+            await self._sink.alert(tenant_id, threshold, spent, caps)
+        except Exception as exc:  # noqa: BLE001 - a failed DM must not fail the metered request
+            log.warning(
+                "usage alert %s%% for tenant %s not delivered (%s)",
+                threshold,
+                tenant_id,
+                type(exc).__name__,
+            )
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    async def sweep_orphans(self, now: datetime | None = None) -> int:
+        """Release reservations past their expiry (their process died); returns how many."""
+        at = now or self._clock.now()
+        async with self._db.session() as s:
+            rows = (
+                await s.execute(
+                    select(
+                        ReservationRow.id,
+                        ReservationRow.tenant_id,
+                        ReservationRow.tokens,
+                        ReservationRow.usd_micros,
+                    )
+                    .where(ReservationRow.expires_at < at)
+                    .limit(5000)
+                )
+            ).all()
+        released = 0
+        for rid, tenant_id, tokens, micros in rows:
+            if await self._release(rid, tenant_id, tokens, micros):
+                released += 1
+        if released:
+            log.info("released %d orphaned budget reservation(s)", released)
+        return released
+
+    def _roll_stmt(self, period: date, now: datetime, *, tenant_id: str | None = None) -> Any:
+        conds = [BudgetRow.period_start < period]
+        if tenant_id is not None:
+            conds.append(BudgetRow.tenant_id == tenant_id)
+        # Reservations in flight stay reserved; they settle into the new period.
+        return (
+            update(BudgetRow)
+            .where(*conds)
+            .values(
+                period_start=period,
+                tokens_spent=0,
+                usd_micros_spent=0,
+                alerted_pct=0,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+    async def reset_month(self, now: datetime | None = None) -> int:
+        """The monthly job: every budget from an older month starts the new one at zero."""
+        at = now or self._clock.now()
+        async with self._db.session() as s, s.begin():
+            result = await s.execute(self._roll_stmt(period_of(at), at))
+        return _rowcount(result)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def summary(self, tenant_id: str, plan_id: str) -> BudgetSummary:
+        """Spend this period against the plan's caps (zeros before the first request)."""
+        period = period_of(self._clock.now())
+        async with self._db.session() as s:
+            row = await s.get(BudgetRow, tenant_id)
+        caps = self.caps(plan_id) if plan_id in self._plans else Caps(None, None)
+        tokens = micros = reserved_t = reserved_u = 0
+        if row is not None:
+            reserved_t, reserved_u = row.tokens_reserved, row.usd_micros_reserved
+            if row.period_start == period:
+                tokens, micros = row.tokens_spent, row.usd_micros_spent
+        return BudgetSummary(
+            tenant_id=tenant_id,
+            spent=Spend(tokens, micros / MICROS, period, next_period(period)),
+            caps=caps,
+            tokens_reserved=reserved_t,
+            usd_reserved=reserved_u / MICROS,
+        )
+
+    async def totals(self) -> BudgetTotals:
+        """This period's spend across every metered tenant, for ``admin stats``."""
+        period = period_of(self._clock.now())
+        async with self._db.session() as s:
+            n, tokens, micros, reserved = (
+                await s.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(func.sum(BudgetRow.tokens_spent), 0),
+                        func.coalesce(func.sum(BudgetRow.usd_micros_spent), 0),
+                        func.coalesce(func.sum(BudgetRow.tokens_reserved), 0),
+                    ).where(BudgetRow.period_start == period)
+                )
+            ).one()
+            open_count = await s.scalar(select(func.count()).select_from(ReservationRow))
+        return BudgetTotals(
+            period_start=period,
+            tenants=int(n),
+            tokens=int(tokens),
+            usd=int(micros) / MICROS,
+            tokens_reserved=int(reserved),
+            open_reservations=int(open_count or 0),
+        )
+
+
+def _cost(c: Cost) -> tuple[int, int]:
+    return max(0, int(c.tokens)), max(0, int(c.usd_micros))
