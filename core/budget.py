@@ -255,9 +255,13 @@ class Budget:
                         )
                     )
                     return reservation
-            if not await self._prepare(tenant_id, period, now):
-                # The row exists and is current: the refusal is real, find out which limit.
-                await self._refuse(tenant_id, plan, estimate, period, minute, now)
+            async with self._db.session() as s:
+                row = await s.get(BudgetRow, tenant_id)
+            if row is None or row.period_start < period:
+                await self._prepare(tenant_id, period, now)
+                continue
+            # The row exists and is current: the refusal is real unless room appeared since.
+            await self._refuse(row, plan, estimate, period, minute, now)
         raise BudgetError(f"tenant {tenant_id}: reservation did not settle after retries")
 
     def _reserve_stmt(
@@ -297,8 +301,8 @@ class Budget:
             .execution_options(synchronize_session=False)
         )
 
-    async def _prepare(self, tenant_id: str, period: date, now: datetime) -> bool:
-        """Create a missing row or roll a stale period; True when something changed (retry)."""
+    async def _prepare(self, tenant_id: str, period: date, now: datetime) -> None:
+        """Create a missing row, or roll a stale one into the current period."""
         insert = sqlite_insert if self._db.is_sqlite else pg_insert
         async with self._db.session() as s, s.begin():
             created = await s.execute(
@@ -317,24 +321,19 @@ class Budget:
                 )
                 .on_conflict_do_nothing(index_elements=["tenant_id"])
             )
-            if _rowcount(created) == 1:
-                return True
-            rolled = await s.execute(self._roll_stmt(period, now, tenant_id=tenant_id))
-            return _rowcount(rolled) == 1
+            if _rowcount(created) == 0:
+                await s.execute(self._roll_stmt(period, now, tenant_id=tenant_id))
 
     async def _refuse(
         self,
-        tenant_id: str,
+        row: BudgetRow,
         plan: PlanSettings,
         estimate: Cost,
         period: date,
         minute: int,
         now: datetime,
     ) -> None:
-        async with self._db.session() as s:
-            row = await s.get(BudgetRow, tenant_id)
-        if row is None:
-            return  # deleted in between: the caller retries and recreates it
+        tenant_id = row.tenant_id
         if row.window_minute == minute and row.window_requests >= plan.requests_per_minute:
             raise RateLimitExceeded(tenant_id, retry_after=float(60 - now.second))
         which = "usd"

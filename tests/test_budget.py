@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -17,8 +16,8 @@ from sqlalchemy import func, select
 from core.budget import (
     Budget,
     BudgetSummary,
-    Caps,
     CapReached,
+    Caps,
     Cost,
     NotMetered,
     RateLimitExceeded,
@@ -62,7 +61,9 @@ async def open_db(url: str) -> Database:
     return Database(url)
 
 
-async def add_tenant(db: Database, tenant_id: str, plan: str = "managed", *, status: str = "active") -> None:
+async def add_tenant(
+    db: Database, tenant_id: str, plan: str = "managed", *, status: str = "active"
+) -> None:
     async with db.session() as s, s.begin():
         s.add(
             TenantRow(
@@ -279,21 +280,24 @@ async def test_a_worker_killed_between_reserve_and_settle_leaks_nothing_after_th
     db: Database, db_url: str
 ) -> None:
     """SECURITY 12, second half: SIGKILL a real process holding a reservation."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _WORKER, db_url],
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    root = Path(__file__).resolve().parents[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WORKER,
+        db_url,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.to_thread(proc.stdout.readline)
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert line == b"reserved\n"
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     clock = ManualClock(START)
     budget = Budget(db, plans(tokens=10_000), clock, reservation_ttl=timedelta(minutes=15))
     with pytest.raises(CapReached):
