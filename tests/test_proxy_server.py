@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core.budget import BudgetSummary, Cost, RecordingAlertSink
+from core.budget import Budget, BudgetSummary, Cost, RecordingAlertSink
 from core.config import PlanSettings
 from core.db import Database
 from core.llm import (
@@ -32,6 +33,7 @@ from core.llm import (
 )
 from core.ports import ManualClock
 from core.proxy import ProxyServer, parse_proxy
+from core.proxy.wire import error_body
 from core.proxy_tokens import ProxyTokens
 from core.secret import Secret
 from tests import canaries
@@ -137,51 +139,45 @@ def proxy_table(fake: FakeLLMServer, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with start_world(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'p.db'}") as w:
+async def world(tmp_path: Path, db_url: str) -> AsyncIterator[World]:
+    """The proxy on SQLite and on PostgreSQL."""
+    async with start_world(tmp_path, db_url) as w:
         yield w
 
 
-class start_world:  # noqa: N801 - reads as a function at the call site
-    def __init__(self, tmp_path: Path, url: str, **kw: Any) -> None:
-        self.url, self.kw = url, kw
-
-    async def __aenter__(self) -> World:
-        keys = {
-            "PX_ANTHROPIC_KEY": canaries.anthropic_key(),
-            "PX_OPENAI_KEY": canaries.openai_key(),
-        }
-        self.fake = await FakeLLMServer(valid_keys=set(keys.values())).__aenter__()
-        db = await open_db(self.url)
-        for tenant, plan in (
-            ("t-managed", "managed"),
-            ("t-other", "managed"),
-            ("t-pro", "pro"),
-            ("t-byok", "byok"),
-        ):
-            await add_tenant(db, tenant, plan)
-        await add_tenant(db, "t-suspended", "managed", status="suspended")
-        clock = ManualClock(START)
-        sink = RecordingAlertSink()
-        plans = catalog(**self.kw)
-        settings = parse_proxy(proxy_table(self.fake), source="test.toml", plans=plans)
-        from core.budget import Budget
-
-        budget = Budget(db, plans, clock, sink=sink)
-        tokens = ProxyTokens(db, clock)
-        server = ProxyServer(
-            settings, db, plans=plans, env=keys, clock=clock, budget=budget, tokens=tokens
-        )
-        await server.start("127.0.0.1", 0)
-        http = httpx.AsyncClient(trust_env=False, timeout=10.0)
-        self.world = World(self.fake, db, server, clock, sink, http, tokens, keys)
-        return self.world
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.world.http.aclose()
-        await self.world.server.stop()
-        await self.fake.__aexit__(None, None, None)
-        await self.world.db.dispose()
+@contextlib.asynccontextmanager
+async def start_world(tmp_path: Path, url: str, **caps: Any) -> AsyncIterator[World]:
+    """A proxy on loopback in front of the fake providers, with one tenant per plan."""
+    keys = {"PX_ANTHROPIC_KEY": canaries.anthropic_key(), "PX_OPENAI_KEY": canaries.openai_key()}
+    fake = await FakeLLMServer(valid_keys=set(keys.values())).__aenter__()
+    db = await open_db(url)
+    for tenant, plan in (
+        ("t-managed", "managed"),
+        ("t-other", "managed"),
+        ("t-pro", "pro"),
+        ("t-byok", "byok"),
+    ):
+        await add_tenant(db, tenant, plan)
+    await add_tenant(db, "t-suspended", "managed", status="suspended")
+    clock = ManualClock(START)
+    sink = RecordingAlertSink()
+    plans = catalog(**caps)
+    settings = parse_proxy(proxy_table(fake), source="test.toml", plans=plans)
+    budget = Budget(db, plans, clock, sink=sink)
+    tokens = ProxyTokens(db, clock)
+    server = ProxyServer(
+        settings, db, plans=plans, env=keys, clock=clock, budget=budget, tokens=tokens
+    )
+    await server.start("127.0.0.1", 0)
+    http = httpx.AsyncClient(trust_env=False, timeout=10.0)
+    world = World(fake, db, server, clock, sink, http, tokens, keys)
+    try:
+        yield world
+    finally:
+        await http.aclose()
+        await server.stop()
+        await world.fake.__aexit__(None, None, None)
+        await db.dispose()
 
 
 def anthropic_body(
@@ -380,7 +376,7 @@ async def test_model_not_in_plan_in_the_openai_format(world: World) -> None:
         "invalid_request_error",
         "model_not_in_plan",
     )
-    assert isinstance(classify("openai-compatible", _as_httpx(r)), ModelNotFound)
+    assert isinstance(classify("openai-compatible", r), ModelNotFound)
     r = await post_openai(world, pro, openai_body("no-such-model"))
     assert r.status_code == 404
     assert world.fake.requests == []
@@ -500,15 +496,15 @@ async def test_requests_per_minute_is_429_with_retry_after(tmp_path: Path) -> No
         assert err.value.retry_after == 30.0
 
 
-async def test_concurrent_requests_through_the_proxy_never_pass_the_cap(tmp_path: Path) -> None:
+async def test_concurrent_requests_through_the_proxy_never_pass_the_cap(
+    tmp_path: Path, db_url: str
+) -> None:
     """SECURITY 12 end to end: 200 concurrent requests against a nearly spent cap.
 
     The upstream holds every admitted request at a gate, so nothing settles (and frees room)
     until all 200 have been admitted or refused: exactly headroom // estimate get through.
     """
-    async with start_world(
-        tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'k.db'}", token_cap=100_000
-    ) as w:
+    async with start_world(tmp_path, db_url, token_cap=100_000) as w:
         token = await w.token()
         await spend_directly(w, 100_000 - 1_000)
         raw = json.dumps(anthropic_body()).encode()
@@ -692,10 +688,6 @@ async def test_the_tenant_never_sees_the_platform_key(
     ] * 5
 
 
-def _as_httpx(r: httpx.Response) -> httpx.Response:
-    return r
-
-
 def test_llm_errors_for_the_proxys_own_refusals() -> None:
     """What ``core.llm`` makes of each refusal (the lead's texts key on these codes)."""
     cases = {
@@ -704,8 +696,6 @@ def test_llm_errors_for_the_proxys_own_refusals() -> None:
         404: ("model_not_in_plan", ModelNotFound),
         429: ("rate_limit_error", RateLimited),
     }
-    from core.proxy.wire import error_body
-
     for status, (etype, cls) in cases.items():
         for kind, api in (("anthropic", "anthropic"), ("openai-compatible", "openai-compatible")):
             r = httpx.Response(status, json=error_body(api, etype, "m"))
