@@ -7,6 +7,11 @@ stops working when ``keep`` newer ones exist, or at once on ``revoke_all`` (plan
 from managed, suspension, deletion). Tokens do not expire by time, because a busy agent may
 live for days.
 
+``cache_seconds`` (the proxy's ``token_cache_seconds``) keeps resolved tokens in memory for
+that long, so the request path skips the lookup. Revocation through the same ``ProxyTokens``
+object (the proxy running inside ``byokbot run``) is still immediate; a revocation made by
+another process reaches a standalone proxy within ``cache_seconds``.
+
 A token is ``byok-`` + 43 url-safe base64 characters (256 random bits), the shape
 ``core.keys`` already detects as a leak. Only its SHA-256 is stored; lookup is by that digest
 (a unique index), and the stored digest is compared again with ``hmac.compare_digest`` so the
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -31,6 +37,7 @@ from core.secret import Secret
 
 PREFIX: Final = "byok-"
 _TOKEN_CHARS: Final = 43
+_CACHE_MAX: Final = 100_000
 
 
 def _digest(token: str) -> str:
@@ -60,12 +67,22 @@ class TokenOwner:
 class ProxyTokens:
     """Issues, resolves and revokes scoped tokens."""
 
-    def __init__(self, db: Database, clock: Clock, *, keep: int = 3) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, *, keep: int = 3, cache_seconds: float = 0.0
+    ) -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
         self._db = db
         self._clock = clock
         self._keep = keep
+        self._cache_seconds = cache_seconds
+        # digest -> (monotonic expiry, owner). Only hits are cached, so random tokens cannot
+        # grow it; revoke_all/issue through this object drop the tenant's entries at once.
+        self._cache: dict[str, tuple[float, TokenOwner]] = {}
+
+    def _forget(self, tenant_id: str) -> None:
+        for digest in [d for d, (_, o) in self._cache.items() if o.tenant_id == tenant_id]:
+            del self._cache[digest]
 
     async def issue(self, tenant_id: str) -> Secret:
         """A new token for the agent; tokens older than the newest ``keep`` stop working."""
@@ -89,6 +106,7 @@ class ProxyTokens:
                     ProxyTokenRow.tenant_id == tenant_id, ProxyTokenRow.id.not_in(ids)
                 )
             )
+        self._forget(tenant_id)
         return Secret(token)
 
     async def owner(self, token: str) -> TokenOwner | None:
@@ -96,6 +114,10 @@ class ProxyTokens:
         if not looks_like_token(token):
             return None
         digest = _digest(token)
+        if self._cache_seconds:
+            hit = self._cache.get(digest)
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[1]
         async with self._db.session() as s:
             row = (
                 await s.execute(
@@ -112,7 +134,12 @@ class ProxyTokens:
             ).first()
         if row is None or not hmac.compare_digest(row[0], digest):
             return None
-        return TokenOwner(tenant_id=row[1], plan=row[2], status=row[3], paused=bool(row[4]))
+        owner = TokenOwner(tenant_id=row[1], plan=row[2], status=row[3], paused=bool(row[4]))
+        if self._cache_seconds:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[digest] = (time.monotonic() + self._cache_seconds, owner)
+        return owner
 
     async def resolve(self, token: str) -> str | None:
         """The tenant id a token belongs to, or None when it is unknown or revoked."""
@@ -125,6 +152,7 @@ class ProxyTokens:
             result = await s.execute(
                 delete(ProxyTokenRow).where(ProxyTokenRow.tenant_id == tenant_id)
             )
+            self._forget(tenant_id)
             count = int(getattr(result, "rowcount", 0) or 0)
             audit.record(
                 s,

@@ -503,6 +503,8 @@ async def test_concurrent_requests_through_the_proxy_never_pass_the_cap(
 
     The upstream holds every admitted request at a gate, so nothing settles (and frees room)
     until all 200 have been admitted or refused: exactly headroom // estimate get through.
+    (The upstream may also have seen a few calls the proxy opened early and dropped when their
+    reservation lost the race; none of those reached the client.)
     """
     async with start_world(tmp_path, db_url, token_cap=100_000) as w:
         token = await w.token()
@@ -519,7 +521,7 @@ async def test_concurrent_requests_through_the_proxy_never_pass_the_cap(
 
         tasks = [asyncio.create_task(one()) for _ in range(200)]
         for _ in range(1000):
-            if len(w.fake.requests) == expected and sum(t.done() for t in tasks) == 200 - expected:
+            if sum(t.done() for t in tasks) == 200 - expected:
                 break
             await asyncio.sleep(0.01)
         held = await w.summary()

@@ -74,6 +74,7 @@ class ProxySettings:
     reservation_ttl_seconds: int = 900
     sweep_interval_seconds: int = 60
     tokens_kept: int = 3
+    token_cache_seconds: int = 5
     upstream_timeout_seconds: int = 120
     max_body_bytes: int = 4_000_000
     max_connections: int = 1000
@@ -133,6 +134,7 @@ def parse_proxy(
         ),
         sweep_interval_seconds=t.positive_int("sweep_interval_seconds", d.sweep_interval_seconds),
         tokens_kept=t.positive_int("tokens_kept", d.tokens_kept),
+        token_cache_seconds=t.get("token_cache_seconds", int, d.token_cache_seconds),
         upstream_timeout_seconds=t.positive_int(
             "upstream_timeout_seconds", d.upstream_timeout_seconds
         ),
@@ -142,6 +144,8 @@ def parse_proxy(
         models=MappingProxyType(models),
     )
     t.finish()
+    if out.token_cache_seconds < 0:
+        raise t.fail("token_cache_seconds", "must not be negative (0 turns the cache off)")
     if out.reservation_ttl_seconds <= out.upstream_timeout_seconds:
         # A reservation must outlive the longest request, or the sweeper frees a live one.
         raise t.fail("reservation_ttl_seconds", "must be longer than upstream_timeout_seconds")

@@ -81,7 +81,7 @@ class _Admitted:
     plan_id: str
     route: ModelRoute
     upstream: UpstreamSettings
-    reservation: Reservation
+    estimate: Cost
     input_estimate: int
     body: dict[str, Any]
     stream: bool
@@ -122,8 +122,11 @@ class ProxyServer:
             self._clock,
             reservation_ttl=timedelta(seconds=settings.reservation_ttl_seconds),
         )
-        self.tokens = tokens or ProxyTokens(db, self._clock, keep=settings.tokens_kept)
+        self.tokens = tokens or ProxyTokens(
+            db, self._clock, keep=settings.tokens_kept, cache_seconds=settings.token_cache_seconds
+        )
         self._http: aiohttp.ClientSession | None = None
+        self._settling: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.app = web.Application(client_max_size=settings.max_body_bytes)
@@ -161,6 +164,8 @@ class ProxyServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._settling:
+            await asyncio.gather(*self._settling)
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -196,17 +201,63 @@ class ProxyServer:
 
     async def _handle(self, request: web.Request, api: str) -> web.StreamResponse:
         try:
-            admitted = await self._admit(request, api)
+            a = await self._admit(request, api)
         except _Refusal as r:
             return _error(api, r.status, r.error_type, r.message, headers=r.headers)
+        early: asyncio.Task[aiohttp.ClientResponse] | None = None
+        if self.budget.likely_admits(a.tenant_id, a.plan_id, a.estimate):
+            # Ample room last time: open the upstream call while the reservation commits, so
+            # its cost hides behind the provider's time to first token. Nothing is relayed
+            # before the reservation succeeds; if it fails, the call is dropped.
+            early = asyncio.create_task(self._open(api, a, request))
+        try:
+            reservation = await self._reserve(a)
+        except BaseException as exc:
+            if early is not None:
+                _drop(early)
+            if isinstance(exc, _Refusal):
+                return _error(api, exc.status, exc.error_type, exc.message, headers=exc.headers)
+            raise
         meter = Meter()
         try:
-            return await self._forward(request, api, admitted, meter)
+            upstream = await (early if early is not None else self._open(api, a, request))
+            async with upstream:
+                if upstream.status != 200:
+                    return await self._upstream_failed(api, a, upstream)
+                if a.stream:
+                    return await self._relay(request, api, a, upstream, meter)
+                return await self._fold(api, upstream, meter)
         except _Refusal as r:
             return _error(api, r.status, r.error_type, r.message, headers=r.headers)
         finally:
-            # Shielded: a cancelled handler (server stopping) still settles its reservation.
-            await asyncio.shield(self._settle(admitted, meter))
+            # In the background: the connection is free for the client's next request at once,
+            # and a cancelled handler (server stopping) still settles. ``stop`` waits for these.
+            task = asyncio.create_task(self._settle(a, reservation, meter))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _reserve(self, a: _Admitted) -> Reservation:
+        try:
+            return await self.budget.reserve(a.tenant_id, a.plan_id, a.estimate)
+        except CapReached as exc:
+            raise _Refusal(
+                402,
+                USAGE_CAP_REACHED,
+                f"monthly usage cap reached ({exc.which}); it resets on "
+                f"{exc.resets_on.isoformat()}",
+            ) from None
+        except RateLimitExceeded as exc:
+            seconds = str(math.ceil(exc.retry_after))
+            raise _Refusal(
+                429,
+                "rate_limit_error",
+                f"too many requests per minute for your plan; retry in {seconds} s",
+                headers={"retry-after": seconds},
+            ) from None
+        except NotMetered:
+            raise _Refusal(
+                403, "permission_error", "your plan does not include managed models"
+            ) from None
 
     async def _admit(self, request: web.Request, api: str) -> _Admitted:
         token = request.headers.get("x-api-key") or _bearer(request)
@@ -254,27 +305,6 @@ class ProxyServer:
             output_usd_per_mtok=route.output_usd_per_mtok,
         )
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        try:
-            reservation = await self.budget.reserve(owner.tenant_id, plan.id, estimate)
-        except CapReached as exc:
-            raise _Refusal(
-                402,
-                USAGE_CAP_REACHED,
-                f"monthly usage cap reached ({exc.which}); it resets on "
-                f"{exc.resets_on.isoformat()}",
-            ) from None
-        except RateLimitExceeded as exc:
-            seconds = str(math.ceil(exc.retry_after))
-            raise _Refusal(
-                429,
-                "rate_limit_error",
-                f"too many requests per minute for your plan; retry in {seconds} s",
-                headers={"retry-after": seconds},
-            ) from None
-        except NotMetered:
-            raise _Refusal(
-                403, "permission_error", "your plan does not include managed models"
-            ) from None
         body["model"] = route.wire_model
         body["stream"] = True
         if api == OPENAI:
@@ -284,7 +314,7 @@ class ProxyServer:
             plan_id=plan.id,
             route=route,
             upstream=upstream,
-            reservation=reservation,
+            estimate=estimate,
             input_estimate=input_estimate,
             body=body,
             stream=stream,
@@ -310,25 +340,18 @@ class ProxyServer:
             "content-type": "application/json",
         }
 
-    async def _forward(
-        self, request: web.Request, api: str, a: _Admitted, meter: Meter
-    ) -> web.StreamResponse:
+    async def _open(self, api: str, a: _Admitted, request: web.Request) -> aiohttp.ClientResponse:
+        """Send the request upstream; returns once the response headers are in."""
         assert self._http is not None, "ProxyServer.start() was not called"  # noqa: S101
         url, headers = self._upstream_request(api, a, request)
         try:
-            upstream = await self._http.post(url, data=as_json(a.body), headers=headers)
+            return await self._http.post(url, data=as_json(a.body), headers=headers)
         except TimeoutError:
             raise _Refusal(504, "api_error", "upstream provider did not answer in time") from None
         except aiohttp.ClientError as exc:
             # The exception's text can carry the URL; only its class name is logged.
             log.warning("upstream %s unreachable (%s)", a.upstream.id, type(exc).__name__)
             raise _Refusal(502, "api_error", "upstream provider unreachable") from None
-        async with upstream:
-            if upstream.status != 200:
-                return await self._upstream_failed(api, a, upstream)
-            if a.stream:
-                return await self._relay(request, api, a, upstream, meter)
-            return await self._fold(api, upstream, meter)
 
     async def _upstream_failed(
         self, api: str, a: _Admitted, upstream: aiohttp.ClientResponse
@@ -369,19 +392,26 @@ class ProxyServer:
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         try:
-            async for raw, data in _events(upstream):
-                meter.feed(api, data)
-                if _is_error_event(api, data):
-                    raw = _sse_error(api, data)
-                elif (
-                    api == OPENAI
-                    and not a.client_wants_usage
-                    and isinstance(data, dict)
-                    and "usage" in data
-                    and not data.get("choices")
-                ):
-                    continue  # we asked for the usage chunk; this client did not
-                await response.write(raw)
+            async for batch in _batches(upstream, api, meter):
+                out = []
+                for raw, data in batch:
+                    if data is None:
+                        out.append(raw)
+                    elif _is_error_event(api, data):
+                        out.append(_sse_error(api, data))
+                    elif (
+                        api == OPENAI
+                        and not a.client_wants_usage
+                        and isinstance(data, dict)
+                        and "usage" in data
+                        and not data.get("choices")
+                    ):
+                        continue  # we asked for the usage chunk; this client did not
+                    else:
+                        out.append(raw)
+                # One write per upstream read: events that arrived together leave together.
+                if out:
+                    await response.write(b"".join(out))
             await response.write_eof()
         except ConnectionResetError:
             log.debug("client left mid-stream (tenant %s)", a.tenant_id)
@@ -415,11 +445,11 @@ class ProxyServer:
             raise _Refusal(502, "api_error", "upstream provider stream ended early")
         return web.Response(body=as_json(folder.result()), content_type="application/json")
 
-    async def _settle(self, a: _Admitted, meter: Meter) -> None:
+    async def _settle(self, a: _Admitted, reservation: Reservation, meter: Meter) -> None:
         inp, out = meter.billed(a.input_estimate)
         try:
             if inp == 0 and out == 0:
-                await self.budget.release(a.reservation)
+                await self.budget.release(reservation)
                 return
             cost = Cost.of(
                 inp,
@@ -427,7 +457,7 @@ class ProxyServer:
                 input_usd_per_mtok=a.route.input_usd_per_mtok,
                 output_usd_per_mtok=a.route.output_usd_per_mtok,
             )
-            await self.budget.settle(a.reservation, cost, plan_id=a.plan_id)
+            await self.budget.settle(reservation, cost, plan_id=a.plan_id)
         except Exception as exc:  # noqa: BLE001 - the sweeper releases it; the reply is sent
             log.error(
                 "settling reservation for tenant %s failed (%s); the sweeper will release it",
@@ -451,6 +481,58 @@ async def _events(upstream: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes
             yield event, _data_of(event)
     if buffer.strip():
         yield buffer + b"\n\n", _data_of(buffer)
+
+
+async def _batches(
+    upstream: aiohttp.ClientResponse, api: str, meter: Meter
+) -> AsyncIterator[list[tuple[bytes, Any]]]:
+    """The events of each upstream read, metered; ``data`` is parsed only where it matters.
+
+    Text deltas are most of a stream and carry no usage: they are counted, not decoded.
+    """
+    buffer = b""
+    async for chunk in upstream.content.iter_any():
+        buffer += chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        batch: list[tuple[bytes, Any]] = []
+        while True:
+            end = buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, buffer = buffer[: end + 2], buffer[end + 2 :]
+            if _worth_parsing(api, event):
+                data = _data_of(event)
+                meter.feed(api, data)
+                batch.append((event, data))
+            else:
+                meter.deltas += 1
+                batch.append((event, None))
+        if batch:
+            yield batch
+    if buffer.strip():
+        data = _data_of(buffer)
+        meter.feed(api, data)
+        yield [(buffer + b"\n\n", data)]
+
+
+def _worth_parsing(api: str, event: bytes) -> bool:
+    if api == ANTHROPIC:
+        return not event.startswith((b"event: content_block_delta", b"event: ping"))
+    return (
+        b'"usage":{' in event or b'"usage": {' in event or b'"error"' in event or b"[DONE]" in event
+    )
+
+
+def _drop(task: asyncio.Task[aiohttp.ClientResponse]) -> None:
+    """Abandon an upstream call started early: close its connection whenever it completes."""
+
+    def close(t: asyncio.Task[aiohttp.ClientResponse]) -> None:
+        if not t.cancelled() and t.exception() is None:
+            t.result().close()
+
+    task.add_done_callback(close)
+    task.cancel()
 
 
 def _data_of(event: bytes) -> Any:
