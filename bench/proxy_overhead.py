@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -37,11 +36,13 @@ REPLY = " ".join(f"word{i}" for i in range(40))
 # --- child roles ---------------------------------------------------------------------------------
 
 
-async def run_fake(port_file: str) -> None:
+async def run_fake(port_file: str, chunk_ms: float) -> None:
     from tests.fakes.llm_server import FakeLLMServer
 
-    async with FakeLLMServer(reply=lambda _m: REPLY, valid_keys={PLATFORM_KEY}) as fake:
-        Path(port_file).write_text(str(fake.port))
+    async with FakeLLMServer(
+        reply=lambda _m: REPLY, valid_keys={PLATFORM_KEY}, chunk_delay=chunk_ms / 1000
+    ) as fake:
+        Path(port_file).write_text(str(fake.port))  # noqa: ASYNC240 - once, at start-up
         await asyncio.Event().wait()
 
 
@@ -81,8 +82,21 @@ async def run_proxy(port_file: str, db_url: str, upstream: str) -> None:
     db = Database(db_url)
     server = ProxyServer(settings, db, plans=plans, env={"BENCH_UPSTREAM_KEY": PLATFORM_KEY})
     port = await server.start("127.0.0.1", 0)
-    Path(port_file).write_text(str(port))
-    await asyncio.Event().wait()
+    Path(port_file).write_text(str(port))  # noqa: ASYNC240 - once, at start-up
+    profile = os.environ.get("BENCH_PROFILE")
+    if not profile:
+        await asyncio.Event().wait()
+    import cProfile
+    import signal
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    prof = cProfile.Profile()
+    prof.enable()
+    await stop.wait()
+    prof.disable()
+    prof.dump_stats(profile)
+    await server.stop()
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -145,10 +159,33 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def row(
+    concurrency: int, name: str, ttfts: list[float], totals: list[float], elapsed: float, err: int
+) -> str:
+    return (
+        f"{concurrency:>4} {name:>6} {len(totals):>6} {pct(ttfts, 0.5):>9.2f} "
+        f"{pct(ttfts, 0.99):>9.2f} {pct(totals, 0.5):>10.2f} {pct(totals, 0.99):>10.2f} "
+        f"{len(totals) / elapsed:>8.0f} {err:>4}"
+    )
+
+
+def added(
+    concurrency: int, d: tuple[list[float], list[float]], p: tuple[list[float], list[float]]
+) -> str:
+    def diff(i: int, q: float) -> float:
+        return pct(p[i], q) - pct(d[i], q)
+
+    return (
+        f"{concurrency:>4}  added: ttft p50 {diff(0, 0.5):+.2f}  p99 {diff(0, 0.99):+.2f}  "
+        f"total p50 {diff(1, 0.5):+.2f}  p99 {diff(1, 0.99):+.2f}"
+    )
+
+
 async def wait_port(path: Path, proc: asyncio.subprocess.Process) -> int:
     for _ in range(600):
-        if path.exists() and path.read_text():
-            return int(path.read_text())
+        text = await asyncio.to_thread(lambda: path.read_text() if path.exists() else "")
+        if text:
+            return int(text)
         if proc.returncode is not None:
             raise RuntimeError("child exited early")
         await asyncio.sleep(0.05)
@@ -188,7 +225,10 @@ async def main(args: argparse.Namespace) -> None:
                 )
             )
     proxy_headers = [
-        {"x-api-key": (await tokens.issue(f"bench{i:03d}")).reveal(), "anthropic-version": "2023-06-01"}
+        {
+            "x-api-key": (await tokens.issue(f"bench{i:03d}")).reveal(),
+            "anthropic-version": "2023-06-01",
+        }
         for i in range(n_tenants)
     ]
     await db.dispose()
@@ -196,9 +236,17 @@ async def main(args: argparse.Namespace) -> None:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["PYTHONPATH"] = str(ROOT)
     fake_port_file, proxy_port_file = tmp / "fake.port", tmp / "proxy.port"
-    me = str(Path(__file__).resolve())
+    me = str(ROOT / "bench" / "proxy_overhead.py")
     fake = await asyncio.create_subprocess_exec(
-        sys.executable, me, "--role", "fake", "--port-file", str(fake_port_file), env=env
+        sys.executable,
+        me,
+        "--role",
+        "fake",
+        "--port-file",
+        str(fake_port_file),
+        "--chunk-ms",
+        str(args.chunk_ms),
+        env=env,
     )
     fake_port = await wait_port(fake_port_file, fake)
     upstream = f"http://127.0.0.1:{fake_port}"
@@ -236,13 +284,24 @@ async def main(args: argparse.Namespace) -> None:
 
         direct_body, proxy_body = body_for("model-large"), body_for("claude-bench")
         quick = args.quick
-        plan = [(1, 150 if quick else 1000), (16, 800 if quick else 5000), (64, 1600 if quick else 10000)]
+        if quick and args.chunk_ms:
+            plan, n500 = [(1, 40), (16, 320), (64, 640)], 500
+        elif quick:
+            plan, n500 = [(1, 150), (16, 800), (64, 1600)], 500
+        else:
+            plan, n500 = [(1, 1000), (16, 5000), (64, 10000)], 2000
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for url, h, b in ((direct_url, direct_headers, direct_body), (proxy_url, proxy_headers, proxy_body)):
+            for url, h, b in (
+                (direct_url, direct_headers, direct_body),
+                (proxy_url, proxy_headers, proxy_body),
+            ):
                 await stage(session, url, h, b, concurrency=8, requests=100)  # warm-up
-            print(f"database: {'PostgreSQL' if args.pg else 'SQLite (WAL)'}; reply: 40 words, "
-                  f"{n_tenants} tenants round-robin; times in ms")
+            print(
+                f"database: {'PostgreSQL' if args.pg else 'SQLite (WAL)'}; reply: 40 words, "
+                f"upstream pause {args.chunk_ms} ms between events; {n_tenants} tenants "
+                "round-robin; times in ms"
+            )
             header = (
                 f"{'conc':>4} {'path':>6} {'n':>6} {'ttft p50':>9} {'ttft p99':>9} "
                 f"{'total p50':>10} {'total p99':>10} {'req/s':>8} {'err':>4}"
@@ -258,31 +317,28 @@ async def main(args: argparse.Namespace) -> None:
                         session, url, h, b, concurrency=concurrency, requests=n
                     )
                     results[name] = (ttfts, totals)
-                    print(
-                        f"{concurrency:>4} {name:>6} {len(totals):>6} {pct(ttfts, .5):>9.2f} "
-                        f"{pct(ttfts, .99):>9.2f} {pct(totals, .5):>10.2f} {pct(totals, .99):>10.2f} "
-                        f"{len(totals) / elapsed:>8.0f} {errors:>4}"
-                    )
-                d, p = results["direct"], results["proxy"]
-                print(
-                    f"{concurrency:>4}  added: ttft p50 {pct(p[0], .5) - pct(d[0], .5):+.2f}  "
-                    f"p99 {pct(p[0], .99) - pct(d[0], .99):+.2f}  total p50 "
-                    f"{pct(p[1], .5) - pct(d[1], .5):+.2f}  p99 {pct(p[1], .99) - pct(d[1], .99):+.2f}"
-                )
+                    print(row(concurrency, name, ttfts, totals, elapsed, errors))
+                print(added(concurrency, results["direct"], results["proxy"]))
             ttfts, totals, elapsed, errors = await stage(
-                session, proxy_url, proxy_headers, proxy_body, concurrency=500, requests=500 if quick else 2000
+                session,
+                proxy_url,
+                proxy_headers,
+                proxy_body,
+                concurrency=500,
+                requests=n500,
             )
             print(
                 f"500 concurrent streams through the proxy: {len(totals)} ok, {errors} errors, "
-                f"ttft p50 {pct(ttfts, .5):.1f} p99 {pct(ttfts, .99):.1f}, {len(totals) / elapsed:.0f} req/s"
+                f"ttft p50 {pct(ttfts, 0.5):.1f} p99 {pct(ttfts, 0.99):.1f}, "
+                f"{len(totals) / elapsed:.0f} req/s"
             )
             rss_n = 2000 if quick else 10000
-            done = sum(
-                [150, 800, 1600] if quick else [1000, 5000, 10000]
-            ) + 100 + (500 if quick else 2000)
+            done = 100 + sum(n for _, n in plan) + n500
             extra = max(0, rss_n - done)
             if extra:
-                await stage(session, proxy_url, proxy_headers, proxy_body, concurrency=64, requests=extra)
+                await stage(
+                    session, proxy_url, proxy_headers, proxy_body, concurrency=64, requests=extra
+                )
             total_done = done + extra
             rss = proxy_ps.memory_info().rss / 2**20
             print(f"proxy RSS after {total_done} requests: {rss:.1f} MiB")
@@ -297,13 +353,20 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests; under a minute")
     parser.add_argument("--pg", default="", help="a PostgreSQL URL (postgresql+asyncpg://...)")
+    parser.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=0.0,
+        help="upstream pause between stream events (0: the whole reply at once, which makes"
+        " every stage throughput-bound; 5: a 40-word reply streams over ~0.25 s)",
+    )
     parser.add_argument("--role", choices=("main", "fake", "proxy"), default="main")
     parser.add_argument("--port-file", default="")
     parser.add_argument("--db", default="")
     parser.add_argument("--upstream", default="")
     a = parser.parse_args()
     if a.role == "fake":
-        asyncio.run(run_fake(a.port_file))
+        asyncio.run(run_fake(a.port_file, a.chunk_ms))
     elif a.role == "proxy":
         asyncio.run(run_proxy(a.port_file, a.db, a.upstream))
     else:
