@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from adapters.console import ConsoleAdapter
-from bot.flows.base import Services
+from bot.flows.base import LiveKeyCheck, Services
 from bot.router import Router
+from core.agent_data import DatabaseKeyHealth, DatabaseMemory, DatabaseProfiles
 from core.chat import Platform
 from core.config import Config
 from core.credentials import Credentials
@@ -25,6 +26,7 @@ from core.flowstate import FlowStates
 from core.intake import Intake
 from core.plans import PlanCatalog
 from core.ports import Agents, ChatAdapter, Clock, Messenger, SystemClock, UnavailableAgents
+from core.runtime import AgentSupervisor
 from core.scheduler import Job, Scheduler, expire_intake_sessions
 from core.tenants import Tenants
 from core.usage import UsageLedger
@@ -60,6 +62,7 @@ class App:
     agents: Agents | None = None
     extra_adapters: list[ChatAdapter] = field(default_factory=list)
     platforms: bool = True
+    agent_runtime: bool = True
 
     db: Database = field(init=False)
     vault: Vault = field(init=False)
@@ -67,6 +70,7 @@ class App:
     router: Router = field(init=False)
     adapters: list[ChatAdapter] = field(init=False, default_factory=list)
     scheduler: Scheduler = field(init=False)
+    supervisor: AgentSupervisor | None = field(init=False, default=None)
 
     async def open(self) -> None:
         """Storage, vault and services, without any adapter (the CLI's admin commands use this)."""
@@ -79,11 +83,23 @@ class App:
         self.vault = credentials.vault
         plans = PlanCatalog(self.config.plans)
         messengers: dict[Platform, Messenger] = {}
+        tenants = Tenants(self.db, credentials, plans, self.clock)
+        usage = UsageLedger(self.db, self.clock)
+        if self.agents is None and self.agent_runtime:
+            self.supervisor = AgentSupervisor(
+                DatabaseProfiles(self.config, plans, tenants, credentials),
+                DatabaseMemory(self.db, credentials, self.clock),
+                usage,
+                DatabaseKeyHealth(credentials),
+                self.config.agent,
+                runtime_dir=self.config.resolve_path("data/agents"),
+            )
+            self.agents = self.supervisor
         self.services = Services(
             config=self.config,
             db=self.db,
             plans=plans,
-            tenants=Tenants(self.db, credentials, plans, self.clock),
+            tenants=tenants,
             credentials=credentials,
             intake=Intake(
                 self.db,
@@ -95,7 +111,8 @@ class App:
             agents=self.agents or UnavailableAgents(),
             clock=self.clock,
             messengers=messengers,
-            usage=UsageLedger(self.db, self.clock),
+            usage=usage,
+            verify_key=LiveKeyCheck(self.config) if self.config.core.verify_keys_live else None,
             rotate_master_key=self._rotate_master_key if self._key_from_file else None,
         )
         self.router = Router(self.services)
@@ -120,7 +137,7 @@ class App:
                 if not settings.enabled:
                     continue
                 module = importlib.import_module(PLATFORM_MODULES[name])
-                adapter = module.build(settings, self.env)
+                adapter = module.build(settings, self.env, config=self.config)
                 if adapter is not None:
                     built.append(adapter)
         built.extend(self.extra_adapters)
@@ -165,6 +182,8 @@ class App:
         self.adapters = []
         with contextlib.suppress(AttributeError):
             self.scheduler.stop()
+        if self.supervisor is not None:
+            await self.supervisor.aclose()
         with contextlib.suppress(AttributeError):
             await self.db.dispose()
 

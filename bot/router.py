@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from bot import texts
 from bot.flows import account, admin, agent, keys
-from bot.flows.base import Refusal, Services, Turn
+from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.keys import find_leaks
 
@@ -32,6 +32,7 @@ COMMANDS: dict[str, Handler] = {
     "pause": account.handle_pause,
     "resume": account.handle_resume,
     "delete": account.handle_delete,
+    "link": account.handle_link,
     "key": keys.handle_key,
     "model": agent.handle_model,
     "persona": agent.handle_persona,
@@ -217,7 +218,9 @@ class Router:
         if not sep:
             raise Refusal(texts.STALE_BUTTON)
         if tag != button_owner_tag(turn.user):
-            raise Refusal(texts.NOT_YOUR_BUTTON)
+            raise Refusal(
+                texts.NOT_YOUR_BUTTON, sensitive=turn.user.platform in EPHEMERAL_PLATFORMS
+            )
         action, *args = payload.split(":")
         handler = BUTTONS.get(action)
         if handler is None:

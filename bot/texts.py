@@ -36,6 +36,7 @@ HELP = """Here's what I can do:
 /reset — forget this conversation · /stop — stop a reply in progress
 /usage — tokens used this month
 /pause · /resume — pause or resume your agent
+/link — use the same agent from another chat app
 /delete — erase your account and everything in it
 Anything else you write goes to your agent."""
 
@@ -107,7 +108,7 @@ KEY_DELETE_FAILED = (
     "I couldn't delete your message with the key (the platform didn't allow it). Please "
     "delete it yourself, and consider rotating the key at your provider."
 )
-KEY_BAD_SHAPE = "That doesn't look like a {provider} key ({reason}). {attempts_left}"
+KEY_BAD_SHAPE = "That doesn't look like a valid {provider} key ({reason}). {attempts_left}"
 KEY_REJECTED_LIVE = "{provider} refused that key ({reason}). {attempts_left}"
 KEY_CHECK_FAILED = "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
 ATTEMPTS_LEFT = "You can try {n} more time(s) — send it again."
@@ -163,6 +164,20 @@ DELETED = (
     "Your account and everything in it has been erased. Send /start if you ever want to come back."
 )
 DELETE_CANCELLED = "Nothing was deleted."
+LINK_CODE = (
+    "To use this agent from another chat app, send this there within {minutes} minutes:\n"
+    "/link {code}\nThe code works once."
+)
+LINKED = "Linked! This account now talks to the same agent, with the same plan and keys."
+LINK_ALREADY_SAME = "This account is already linked to that agent."
+LINK_HAS_OWN = (
+    "This account already has its own agent. To link it to another one, erase this one "
+    "with /delete first (its keys and memory are destroyed)."
+)
+LINK_PRIVATE_ONLY = "Send /link with your code in a private chat with me, not in a group."
+LINK_BAD_CODE = (
+    "That link code is unknown, used or expired. Send /link on your other app for a new one."
+)
 SENT_TO_DM = "I've sent you the details in a private message."
 DM_NEEDED = "That's private, and I can't message you privately yet. Open a private chat with me, press Start, then ask again."
 OPEN_DM_BUTTON = "Open a private chat"
@@ -185,6 +200,12 @@ AGENT_UNAVAILABLE = {
     "busy": "Your agent is still answering your previous message. Send /stop to cancel it.",
     "cap_reached": "You've used this month's allowance on your plan. It resets on the 1st; you can also /plan to switch to BYOK.",
     "model_not_in_plan": "That model isn't included in your plan. Pick another with /model.",
+    "restarting": "Your agent is restarting after a problem. Please try again {retry}.",
+    "stopped": "Your agent was stopped while answering (paused or removed).",
+    "start_failed": "Your agent couldn't start just now. Please try again in a minute; if it keeps happening, tell an operator.",
+    "protocol": "Your agent sent something I couldn't understand. An operator has been told; please try again later.",
+    "bad_response": "Your provider sent a reply I couldn't read. Please try again.",
+    "deleted": "This account has been erased. Send /start to set up a new agent.",
 }
 AGENT_GENERIC = "Your agent couldn't answer ({reason}). Please try again."
 STOPPED = "Stopped."

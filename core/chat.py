@@ -166,7 +166,16 @@ class Outcome:
 
 
 OPEN_DM_PAYLOAD = "@open-dm"
-"""A button with this payload is rendered as a link that opens a DM with the bot."""
+"""A button with this payload is rendered as a link that opens a DM with the bot.
+
+``"@open-dm:<start>"`` also carries a start parameter where the platform has deep links
+(Telegram's ``/start <start>``).
+"""
+
+
+def is_open_dm(payload: str) -> bool:
+    """Whether a button payload asks for an open-a-DM link."""
+    return payload == OPEN_DM_PAYLOAD or payload.startswith(OPEN_DM_PAYLOAD + ":")
 
 
 def button_owner_tag(user: UserRef) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import delete
 
+from core.cache import TTLCache
 from core.db import Database
 from core.db.models import FlowStateRow
 from core.ports import Clock
@@ -27,14 +28,21 @@ class FlowState:
 class FlowStates:
     """Reads and writes one state per person (identity)."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, *, cache_seconds: float = 5.0) -> None:
         self._db = db
         self._clock = clock
+        # Most messages come from people in no flow at all; remember that for a few seconds
+        # (this process's own writes invalidate at once).
+        self._none: TTLCache[str, bool] = TTLCache(ttl=cache_seconds)
 
     async def get(self, identity: str) -> FlowState | None:
+        hit, _ = self._none.get(identity)
+        if hit:
+            return None
         async with self._db.session() as s:
             row = await s.get(FlowStateRow, identity)
         if row is None:
+            self._none.put(identity, True)
             return None
         expires = row.expires_at
         if expires is not None:
@@ -53,6 +61,7 @@ class FlowStates:
         ttl: timedelta | None = None,
     ) -> None:
         now = self._clock.now()
+        self._none.invalidate(identity)
         async with self._db.session() as s, s.begin():
             row = await s.get(FlowStateRow, identity)
             if row is None:

@@ -38,6 +38,15 @@ class IntakePurpose(StrEnum):
 
     ADD = "add"
     ROTATE = "rotate"
+    LINK = "link"
+
+
+_LINK_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L: read aloud and typed by hand
+
+
+def normalize_link_code(code: str) -> str:
+    """Upper-case, without spaces or dashes, so "abcd-efgh" and "ABCDEFGH" match."""
+    return "".join(ch for ch in code.upper() if ch.isalnum())
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,7 @@ class Intake:
                 .where(
                     IntakeSessionRow.identity == user.identity,
                     IntakeSessionRow.status == IntakeStatus.OPEN.value,
+                    IntakeSessionRow.purpose != IntakePurpose.LINK.value,
                 )
                 .values(status=IntakeStatus.CANCELLED.value)
             )
@@ -151,7 +161,11 @@ class Intake:
             row = await s.scalar(
                 select(IntakeSessionRow).where(IntakeSessionRow.token_hash == digest)
             )
-        if row is None or not hmac.compare_digest(row.token_hash, digest):
+        if (
+            row is None
+            or not hmac.compare_digest(row.token_hash, digest)
+            or row.purpose == IntakePurpose.LINK.value
+        ):
             raise IntakeExpired("unknown")
         return self._check(row, user, tenant_id)
 
@@ -163,6 +177,7 @@ class Intake:
                 .where(
                     IntakeSessionRow.identity == user.identity,
                     IntakeSessionRow.status == IntakeStatus.OPEN.value,
+                    IntakeSessionRow.purpose != IntakePurpose.LINK.value,
                 )
                 .order_by(IntakeSessionRow.created_at.desc())
             )
@@ -211,6 +226,54 @@ class Intake:
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 raise IntakeUsed(ticket.id)
 
+    async def open_link(self, *, tenant_id: str, user: UserRef) -> tuple[str, datetime]:
+        """A short one-time code that attaches another platform account to this tenant."""
+        raw = "".join(secrets.choice(_LINK_ALPHABET) for _ in range(10))
+        now = self._clock.now()
+        async with self._db.session() as s, s.begin():
+            s.add(
+                IntakeSessionRow(
+                    id=secrets.token_hex(16),
+                    token_hash=_hash("link:" + raw),
+                    tenant_id=tenant_id,
+                    identity=user.identity,
+                    provider="",
+                    purpose=IntakePurpose.LINK.value,
+                    status=IntakeStatus.OPEN.value,
+                    attempts=0,
+                    origin_chat_id="",
+                    created_at=now,
+                    expires_at=now + self.ttl,
+                )
+            )
+        return f"{raw[:5]}-{raw[5:]}", now + self.ttl
+
+    async def redeem_link(self, code: str) -> str:
+        """Use a link code once; returns the tenant it belongs to."""
+        digest = _hash("link:" + normalize_link_code(code))
+        async with self._db.session() as s, s.begin():
+            row = await s.scalar(
+                select(IntakeSessionRow).where(IntakeSessionRow.token_hash == digest)
+            )
+            if (
+                row is None
+                or row.purpose != IntakePurpose.LINK.value
+                or row.status != IntakeStatus.OPEN.value
+                or _aware(row.expires_at) <= self._clock.now()
+            ):
+                raise IntakeExpired("link")
+            res = await s.execute(
+                update(IntakeSessionRow)
+                .where(
+                    IntakeSessionRow.id == row.id,
+                    IntakeSessionRow.status == IntakeStatus.OPEN.value,
+                )
+                .values(status=IntakeStatus.USED.value)
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                raise IntakeUsed(row.id)
+            return row.tenant_id
+
     async def cancel_for(self, user: UserRef) -> int:
         async with self._db.session() as s, s.begin():
             res = await s.execute(
@@ -218,6 +281,7 @@ class Intake:
                 .where(
                     IntakeSessionRow.identity == user.identity,
                     IntakeSessionRow.status == IntakeStatus.OPEN.value,
+                    IntakeSessionRow.purpose != IntakePurpose.LINK.value,
                 )
                 .values(status=IntakeStatus.CANCELLED.value)
             )

@@ -17,6 +17,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
+from core.cache import TTLCache
 from core.chat import UserRef
 from core.credentials import Credentials
 from core.db import Database
@@ -91,22 +92,41 @@ class Tenants:
     """Creates, changes and erases tenants; every change is audited in the same transaction."""
 
     def __init__(
-        self, db: Database, credentials: Credentials, plans: PlanCatalog, clock: Clock
+        self,
+        db: Database,
+        credentials: Credentials,
+        plans: PlanCatalog,
+        clock: Clock,
+        *,
+        cache_seconds: float = 5.0,
     ) -> None:
         self._db = db
         self._credentials = credentials
         self._plans = plans
         self._clock = clock
+        # Every message looks its sender up; changes made here invalidate at once, changes
+        # made by another replica are seen within cache_seconds.
+        self._by_identity: TTLCache[str, TenantView | None] = TTLCache(ttl=cache_seconds)
+
+    def _forget(self) -> None:
+        # Tenant changes are rare next to messages: dropping the whole cache keeps it simple
+        # (a tenant may have several identities).
+        self._by_identity.clear()
 
     async def find(self, identity: str) -> TenantView | None:
         """The live tenant an identity belongs to, if any."""
+        hit, cached = self._by_identity.get(identity)
+        if hit:
+            return cached
         async with self._db.session() as s:
             row = await s.scalar(
                 select(TenantRow)
                 .join(IdentityRow, IdentityRow.tenant_id == TenantRow.id)
                 .where(IdentityRow.identity == identity)
             )
-            return _view(row) if row is not None else None
+            view = _view(row) if row is not None else None
+        self._by_identity.put(identity, view)
+        return view
 
     async def get(self, tenant_id: str) -> TenantView:
         async with self._db.session() as s:
@@ -129,6 +149,7 @@ class Tenants:
         plan = self._plans.get(plan_id)
         now = self._clock.now()
         tenant_id = secrets.token_hex(16)
+        self._forget()
         async with self._db.session() as s, s.begin():
             row = TenantRow(
                 id=tenant_id,
@@ -163,6 +184,36 @@ class Tenants:
             )
         return _view(row)
 
+    async def attach_identity(
+        self, tenant_id: str, user: UserRef, *, dm_chat_id: str | None
+    ) -> TenantView:
+        """Link another platform account to a tenant (``link``): same agent, keys and plan."""
+        now = self._clock.now()
+        self._forget()
+        async with self._db.session() as s, s.begin():
+            row = await s.get(TenantRow, tenant_id)
+            if row is None or row.status == TenantStatus.DELETED.value:
+                raise TenantNotFound(tenant_id)
+            s.add(
+                IdentityRow(
+                    identity=user.identity,
+                    tenant_id=tenant_id,
+                    platform=user.platform.value,
+                    display_name=user.name[:200],
+                    dm_chat_id=dm_chat_id,
+                    created_at=now,
+                )
+            )
+            audit.record(
+                s,
+                at=now,
+                actor=user.identity,
+                action="identity.linked",
+                tenant_id=tenant_id,
+                platform=user.platform.value,
+            )
+            return _view(row)
+
     async def note_dm(self, user: UserRef, chat_id: str) -> None:
         """Remember the DM chat of a known identity, for alerts and broadcasts."""
         async with self._db.session() as s, s.begin():
@@ -195,6 +246,7 @@ class Tenants:
         **values: object,
     ) -> TenantView:
         now = self._clock.now()
+        self._forget()
         async with self._db.session() as s, s.begin():
             row = await s.get(TenantRow, tenant_id, with_for_update=True)
             if row is None:
@@ -280,6 +332,7 @@ class Tenants:
     async def delete(self, tenant_id: str, *, actor: str) -> None:
         """Erase a tenant: destroy its data key, keys, memory, sessions and identities."""
         now = self._clock.now()
+        self._forget()
         async with self._db.session() as s, s.begin():
             row = await s.get(TenantRow, tenant_id, with_for_update=True)
             if row is None:

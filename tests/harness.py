@@ -26,6 +26,7 @@ class World:
     env: Mapping[str, str]
     clock: Clock
     agents: Agents | None = None
+    runtime: bool = False
     app: App = field(init=False)
     messengers: dict[Platform, FakeMessenger] = field(init=False)
 
@@ -38,17 +39,33 @@ class World:
         *,
         agents: Agents | None = None,
         clock: Clock | None = None,
+        runtime: bool = False,
+        config: Config | None = None,
         **core: object,
     ) -> World:
-        world = cls(make_config(url, tmp_path, **core), env, clock or ManualClock(), agents)
+        """A world on ``url``; ``runtime=True`` runs real agent processes (the supervisor)."""
+        world = cls(
+            config or make_config(url, tmp_path, **core),
+            env,
+            clock or ManualClock(),
+            agents,
+            runtime,
+        )
         await world._open()
         return world
 
     async def _open(self) -> None:
         self.app = App(
-            self.config, env=self.env, clock=self.clock, agents=self.agents, platforms=False
+            self.config,
+            env=self.env,
+            clock=self.clock,
+            agents=self.agents,
+            platforms=False,
+            agent_runtime=self.runtime,
         )
         await self.app.open()
+        if self.app.supervisor is not None:
+            await self.app.supervisor.warm()
         self.messengers = {p: FakeMessenger(p) for p in Platform}
         self.app.services.messengers.update(self.messengers)  # type: ignore[attr-defined]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
-import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from bot.cli import main
 from core.keys import fingerprint
 from core.secret import Secret
 from tests.canaries import anthropic_key
+from tests.fakes.llm_server import FakeLLMServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,73 +26,108 @@ def _byokbot() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "bot"]
 
 
-def _run(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def _config(tmp_path: Path, fake: FakeLLMServer) -> Path:
+    """Providers point at the loopback fake; everything else is the default."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[providers.anthropic]
+base_url = "{fake.anthropic_url}"
+[providers.openai]
+base_url = "{fake.openai_url}"
+"""
+    )
+    return path
+
+
+async def _run(
+    args: list[str], cwd: Path, stdin: str = "", *, config: Path | None = None
+) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BYOKBOT_")}
     env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run(
-        [*_byokbot(), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
+    if config is not None:
+        env["BYOKBOT_CONFIG"] = str(config)
+    proc = await asyncio.create_subprocess_exec(
+        *_byokbot(),
+        *args,
         cwd=cwd,
         env=env,
-        timeout=60,
-        check=False,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
-def test_console_chat_end_to_end(tmp_path: Path) -> None:
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeLLMServer]:
+    async with FakeLLMServer() as server:
+        yield server
+
+
+async def test_console_chat_end_to_end(tmp_path: Path, fake: FakeLLMServer) -> None:
+    config = _config(tmp_path, fake)
     key = anthropic_key()
-    script = "\n".join(["/start", "1", "1", key, "hello there", "/key list", "/plan", ""])
-    result = _run(["chat"], tmp_path, script)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    script = "\n".join(["/start", "1", "1", key, "hello there", "/key list", "/usage", ""])
+    code, out, err = await _run(["chat"], tmp_path, script, config=config)
+    assert code == 0, err
     assert texts.WELCOME.splitlines()[0] in out
     assert "[1] BYOK ($15/mo)" in out
     assert texts.SIGNED_UP.format(plan="BYOK") in out
     assert (
         texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic") in out
     )
-    assert texts.AGENT_UNAVAILABLE["not_configured"] in out
+    assert "echo: hello there" in out  # streamed by the tenant's own agent process
+    assert "tokens (1 requests)" in out
     assert key not in out
-    assert key not in result.stderr
+    assert key not in err
+    # The live check and the agent's request both carried the tenant's key, and only it.
+    assert set(fake.keys()) == {key}
+    assert [r.path for r in fake.requests] == ["/v1/models", "/v1/messages"]
     key_file = tmp_path / "data" / "master.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     db = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("byokbot.db*"))
     assert key.encode() not in db
 
-    # State survives a restart of the whole program.
-    again = _run(["chat"], tmp_path, "/status\n")
-    assert again.returncode == 0, again.stderr
-    assert f"Keys: anthropic {fingerprint(Secret(key))} (active)" in again.stdout
+    # State survives a restart of the whole program, memory included.
+    code, out, err = await _run(["chat"], tmp_path, "/status\nand again\n", config=config)
+    assert code == 0, err
+    assert f"Keys: anthropic {fingerprint(Secret(key))} (active)" in out
+    assert "echo: and again" in out
+    sent = fake.requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
 
 
-def test_admin_on_the_command_line(tmp_path: Path) -> None:
-    _run(["chat"], tmp_path, "/plan managed\n")
-    ok = _run(["admin", "stats"], tmp_path)
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith("Tenants: 1 (active 1)")
-    listed = _run(["admin", "tenants"], tmp_path)
-    assert "console:local" in listed.stdout
-    bad = _run(["admin", "tenant", "nobody:0"], tmp_path)
-    assert bad.returncode == 1
-    assert bad.stdout.strip() == texts.ADMIN_NO_TENANT.format(ref="nobody:0")
+async def test_admin_on_the_command_line(tmp_path: Path, fake: FakeLLMServer) -> None:
+    config = _config(tmp_path, fake)
+    await _run(["chat"], tmp_path, "/plan managed\n", config=config)
+    code, out, err = await _run(["admin", "stats"], tmp_path, config=config)
+    assert code == 0, err
+    assert out.startswith("Tenants: 1 (active 1)")
+    _, listed, _ = await _run(["admin", "tenants"], tmp_path, config=config)
+    assert "console:local" in listed
+    code, out, _ = await _run(["admin", "tenant", "nobody:0"], tmp_path, config=config)
+    assert code == 1
+    assert out.strip() == texts.ADMIN_NO_TENANT.format(ref="nobody:0")
 
 
-def test_master_key_rotation_and_retire(tmp_path: Path) -> None:
+async def test_master_key_rotation_and_retire(tmp_path: Path, fake: FakeLLMServer) -> None:
+    config = _config(tmp_path, fake)
     key = anthropic_key()
-    _run(["chat"], tmp_path, f"/plan byok\n1\n{key}\n")
-    rotated = _run(["master-key", "rotate", "--retire"], tmp_path)
-    assert rotated.returncode == 0, rotated.stderr
-    assert rotated.stdout.splitlines() == [
+    await _run(["chat"], tmp_path, f"/plan byok\n1\n{key}\n", config=config)
+    code, out, err = await _run(["master-key", "rotate", "--retire"], tmp_path, config=config)
+    assert code == 0, err
+    assert out.splitlines() == [
         "master key v2 is primary; 1 data key(s) rewrapped",
         "retired master key v1",
     ]
     assert (tmp_path / "data" / "master.key").read_text().startswith("v2:")
-    status = _run(["master-key", "status"], tmp_path)
-    assert status.stdout.splitlines() == ["primary: v2; loaded: v2", "v2: 1 data key(s)"]
-    after = _run(["chat"], tmp_path, "/key list\n")
-    assert fingerprint(Secret(key)) in after.stdout
+    _, status, _ = await _run(["master-key", "status"], tmp_path, config=config)
+    assert status.splitlines() == ["primary: v2; loaded: v2", "v2: 1 data key(s)"]
+    _, after, _ = await _run(["chat"], tmp_path, "/key list\n", config=config)
+    assert fingerprint(Secret(key)) in after
 
 
 def test_one_line_errors_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

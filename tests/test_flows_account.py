@@ -241,3 +241,37 @@ async def test_catch_all_answers_and_logs_redacted(
     assert "turn failed" in caplog.text
     assert key not in caplog.text
     assert account.handle_help is not broken
+
+
+async def test_link_one_account_across_platforms(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    await ada.command("/key add anthropic")
+    await ada.say(anthropic_key())
+    await ada.command("/link")
+    code = ada.last.splitlines()[1].removeprefix("/link ")
+    assert ada.sent[-1].reply.sensitive is True
+    ada_on_slack = world.person(Platform.SLACK, "U9", "Ada")
+    await ada_on_slack.command(f"/link {code.lower()}")
+    assert ada_on_slack.last == texts.LINKED
+    await ada_on_slack.command("/key list")
+    assert "anthropic" in ada_on_slack.last
+    await ada_on_slack.command(f"/link {code}")  # single use
+    assert ada_on_slack.last == texts.LINK_BAD_CODE
+    eve = world.person(Platform.DISCORD, "5", "Eve")
+    await eve.command("/plan managed")
+    await ada.command("/link")
+    fresh = ada.last.splitlines()[1].removeprefix("/link ")
+    await eve.command(f"/link {fresh}")
+    assert eve.last == texts.LINK_HAS_OWN
+    bob = world.person(uid="77", name="Bob")
+    await bob.command(f"/link {fresh}", chat=bob.group())
+    assert bob.last == texts.LINK_PRIVATE_ONLY
+    await eve.command("/link NOPE-NOPE")
+    assert eve.last == texts.LINK_BAD_CODE
+    tenant = await world.app.services.tenants.find("slack:U9")
+    assert tenant is not None
+    assert sorted(await world.app.services.tenants.identities(tenant.id)) == [
+        "slack:U9",
+        "telegram:1",
+    ]

@@ -82,7 +82,7 @@ async def test_modal_submission_and_in_form_errors(world: World) -> None:
     before = len(bob.sent)
     bad = await bob.submit_secret("not-a-key", via_modal=True)
     assert bad.refused and bad.secret_error is not None
-    assert bad.secret_error.startswith("That doesn't look like a OpenAI key")
+    assert bad.secret_error.startswith("That doesn't look like a valid OpenAI key")
     assert len(bob.sent) == before  # the error is shown in the modal, not as a message
 
     key = openai_key()
@@ -195,7 +195,7 @@ async def test_intake_requested_in_a_group_moves_to_dm(world: World) -> None:
     before = len(eve.messenger.secret_requests)
     await eve.command("/key add anthropic", chat=eve.group())
     assert eve.last == texts.KEY_DM_NEEDED.format(provider="anthropic")
-    assert [p for _, p in eve.buttons()] == [OPEN_DM_PAYLOAD]
+    assert [p for _, p in eve.buttons()] == [f"{OPEN_DM_PAYLOAD}:key"]
     assert len(eve.messenger.secret_requests) == before
     async with world.app.db.session() as s:
         open_rows = await s.scalar(
@@ -241,7 +241,7 @@ async def test_malformed_key_attempts_then_lock(world: World) -> None:
     await ada.command("/plan byok")
     await ada.command("/key add anthropic")
     await ada.say("sk-ant-short")
-    assert "That doesn't look like a Anthropic key" in ada.last
+    assert "That doesn't look like a valid Anthropic key" in ada.last
     assert texts.ATTEMPTS_LEFT.format(n=2) in ada.last
     await ada.say("hello")
     assert texts.ATTEMPTS_LEFT.format(n=1) in ada.last

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
@@ -14,8 +15,7 @@ from core.errors import AgentUnavailable
 from core.runtime.errors import ReplyFailed
 from core.runtime.ports import Turn, UsageRecord
 from core.runtime.supervisor import trim_turns
-from tests.fakes.agents import Rig, eventually, rig
-from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.agents import eventually, rig
 
 
 @pytest.fixture(autouse=True)
@@ -359,6 +359,25 @@ async def _gone(pid: int) -> bool:
     return dead()
 
 
-async def test_fake_server_fixture_is_isolated(tmp_path: Path) -> None:
-    async with FakeLLMServer() as fake, rig(tmp_path, fake=fake) as r:
-        assert isinstance(r, Rig) and r.fake is fake
+async def test_warm_preloads_the_template(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    async with rig(tmp_path) as r:
+        await r.sup.warm()
+        r.tenant("t1", "sk-one")
+        assert await r.say("t1", "warm") == "echo: warm"
+    assert caplog.records == []
+
+
+async def test_messages_in_one_conversation_are_answered_in_turn(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        r.fake.chunk_delay = 0.01
+        r.tenant("t1", "sk-one")
+        first, second = await asyncio.gather(r.say("t1", "one"), r.say("t1", "two"))
+        assert (first, second) == ("echo: one", "echo: two")
+        assert r.memory.turns[("t1", "chat")] == [
+            Turn("user", "one"),
+            Turn("assistant", "echo: one"),
+            Turn("user", "two"),
+            Turn("assistant", "echo: two"),
+        ]
+        assert [len(req.body["messages"]) for req in r.fake.requests] == [1, 3]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from bot import texts
 from bot.flows import keys
-from bot.flows.base import Refusal, Turn, button
+from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Turn, button
 from core.chat import Button, ButtonStyle, Outcome
-from core.errors import PlanError
+from core.errors import IntakeError, PlanError
 from core.tenants import TenantStatus, TenantView
 
 
@@ -187,4 +187,30 @@ async def on_delete_button(turn: Turn, args: list[str]) -> Outcome | None:
     await s.tenants.delete(tenant.id, actor=turn.actor)
     turn.tenant = None
     await turn.say(texts.DELETED)
+    return None
+
+
+async def handle_link(turn: Turn) -> Outcome | None:
+    """``/link`` shows a one-time code; ``/link CODE`` on another platform attaches to it."""
+    s = turn.services
+    if not turn.event.args:
+        tenant = _require_usable_account(turn)
+        code, _ = await s.intake.open_link(tenant_id=tenant.id, user=turn.user)
+        minutes = max(1, int(s.intake.ttl.total_seconds() // 60))
+        await turn.say(texts.LINK_CODE.format(code=code, minutes=minutes), sensitive=True)
+        return None
+    if not turn.chat.is_direct and turn.user.platform not in EPHEMERAL_PLATFORMS:
+        # A code typed into a group could be redeemed by someone else first.
+        raise Refusal(texts.LINK_PRIVATE_ONLY)
+    try:
+        tenant_id = await s.intake.redeem_link(" ".join(turn.event.args))
+    except IntakeError:
+        raise Refusal(texts.LINK_BAD_CODE) from None
+    if turn.tenant is not None:
+        raise Refusal(
+            texts.LINK_ALREADY_SAME if turn.tenant.id == tenant_id else texts.LINK_HAS_OWN
+        )
+    dm = turn.chat.id if turn.chat.is_direct else None
+    turn.tenant = await s.tenants.attach_identity(tenant_id, turn.user, dm_chat_id=dm)
+    await turn.say(texts.LINKED)
     return None

@@ -65,6 +65,29 @@ class KeyCheckFailed(Exception):
         self.reason = reason
 
 
+class LiveKeyCheck:
+    """``KeyVerifier`` over ``core.llm.verify_key``: one cheap authenticated call per key."""
+
+    def __init__(self, config: Config, *, timeout: float = 10.0) -> None:
+        self._config = config
+        self._timeout = timeout
+
+    async def __call__(self, provider: str, key: Secret) -> Sequence[str]:
+        from core.llm import verify_key
+        from core.llm.errors import InvalidKey, LLMError, ModelNotFound
+
+        settings = self._config.providers[provider]
+        try:
+            return await verify_key(settings.kind, settings.base_url, key, timeout=self._timeout)
+        except InvalidKey:
+            raise KeyRejected("invalid or revoked") from None
+        except ModelNotFound:
+            # Some OpenAI-compatible servers have no model list; the key itself was accepted.
+            return ()
+        except LLMError as exc:
+            raise KeyCheckFailed(exc.code.replace("_", " ")) from None
+
+
 class Refusal(Exception):
     """Raised by a flow for bad input: the router answers ``text`` and marks the turn refused."""
 

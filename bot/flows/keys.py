@@ -10,6 +10,7 @@ import logging
 
 from bot import texts
 from bot.flows.base import (
+    EPHEMERAL_PLATFORMS,
     MODAL_PLATFORMS,
     KeyCheckFailed,
     KeyRejected,
@@ -131,7 +132,7 @@ async def start_intake(
         await s.flow_states.clear(turn.user.identity)
         await turn.say(
             texts.KEY_DM_NEEDED.format(provider=provider.id),
-            buttons=[[Button(texts.OPEN_DM_BUTTON, OPEN_DM_PAYLOAD)]],
+            buttons=[[Button(texts.OPEN_DM_BUTTON, f"{OPEN_DM_PAYLOAD}:key")]],
         )
         return None
     if not turn.chat.is_direct and not modal:
@@ -285,8 +286,13 @@ async def on_leak(turn: Turn) -> Outcome | None:
         turn.user.platform.value,
         deleted,
     )
+    # Ephemeral where the platform has it (only the sender sees it); elsewhere in place, since
+    # everyone who saw the key should know it is burnt.
     await turn.say(
-        texts.LEAK_WARNING.format(deleted=texts.LEAK_DELETED if deleted else texts.LEAK_NOT_DELETED)
+        texts.LEAK_WARNING.format(
+            deleted=texts.LEAK_DELETED if deleted else texts.LEAK_NOT_DELETED
+        ),
+        sensitive=turn.user.platform in EPHEMERAL_PLATFORMS,
     )
     return Outcome(refused=True)
 

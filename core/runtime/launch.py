@@ -8,6 +8,7 @@ environment: the key travels later, in the ``configure`` line over the pipe.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import signal
@@ -22,6 +23,8 @@ from typing import Final, Protocol
 from core.runtime import protocol
 
 TEMPLATE_MODULES: Final = ["core.runtime.template"]
+
+log = logging.getLogger(__name__)
 
 
 class WorkerHandle(Protocol):
@@ -42,6 +45,10 @@ class WorkerHandle(Protocol):
 
 class Launcher(Protocol):
     """Starts one agent process with ``workdir`` as its home."""
+
+    async def warm(self) -> None:
+        """Do the one-time start-up work now (at bot start), not on the first agent."""
+        ...
 
     async def launch(self, workdir: Path) -> WorkerHandle: ...
 
@@ -122,10 +129,27 @@ class ForkserverLauncher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-launch")
 
     async def warm(self) -> None:
-        """Start the template now rather than on the first agent's start."""
-        from multiprocessing import forkserver
+        """Start the template and wait until it has loaded, so no agent pays for that.
 
-        await asyncio.get_running_loop().run_in_executor(self._pool, forkserver.ensure_running)
+        A throwaway child is forked with its pipe already closed: it exits at once, and its
+        exit status says whether the template really preloaded the worker (the fork server
+        skips a preload it cannot import, silently).
+        """
+        from core.runtime.worker import probe_template
+
+        proc = self._ctx.Process(target=probe_template, daemon=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, proc.start)
+        await loop.run_in_executor(self._pool, proc.join)
+        code = proc.exitcode
+        await loop.run_in_executor(self._pool, proc.close)
+        if code != 0:
+            log.warning(
+                "agent template did not preload %s (exit %s): every agent start will import "
+                "it, ~200 ms; check sys.path",
+                TEMPLATE_MODULES,
+                code,
+            )
 
     async def launch(self, workdir: Path) -> WorkerHandle:
         from core.runtime.worker import run_forked
@@ -195,6 +219,9 @@ class CommandLauncher:
         finally:
             os.close(log)
         return _CommandHandle(proc)
+
+    async def warm(self) -> None:
+        return None  # every start is a fresh exec; there is nothing to prepare
 
     def close(self) -> None:
         return None

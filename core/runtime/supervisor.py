@@ -108,6 +108,7 @@ class _Worker:
         self.last_used = now
         self.stopping = False
         self.draining = False
+        self.broken = False  # killed for breaking the protocol
         self.dead = asyncio.Event()
         self.reader_task: asyncio.Task[None] | None = None
 
@@ -136,7 +137,22 @@ class _Tenant:
     crashes: int = 0
     next_start: float = 0.0
     active: dict[str, tuple[_Worker, str]] = field(default_factory=dict)
-    conversation_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def conversation(self, conversation: str) -> AsyncIterator[None]:
+        """One reply at a time per conversation (memory is read, extended, then saved)."""
+        lock, users = self.locks.get(conversation, (asyncio.Lock(), 0))
+        self.locks[conversation] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self.locks[conversation]
+            if users == 1:
+                del self.locks[conversation]  # nobody else holds or waits for it
+            else:
+                self.locks[conversation] = (lock, users - 1)
 
 
 class AgentSupervisor:
@@ -189,8 +205,7 @@ class AgentSupervisor:
         """Stream the agent's answer to ``text``; raises ``AgentUnavailable`` (``ReplyFailed``)."""
         profile = await self._profiles.profile(tenant_id)
         tenant = self._tenant(tenant_id)
-        lock = tenant.conversation_locks.setdefault(conversation, asyncio.Lock())
-        async with lock:
+        async with tenant.conversation(conversation):
             history = await self._memory.load(tenant_id, conversation)
             budget = (
                 profile.context_tokens - profile.max_reply_tokens - estimate_tokens(profile.persona)
@@ -203,16 +218,20 @@ class AgentSupervisor:
             tenant.active[conversation] = (worker, rid)
             parts: list[str] = []
             finished = False
+            request = protocol.Request(
+                id=rid,
+                messages=tuple(ChatMessage(t.role, t.content) for t in turns),
+                model=profile.model,
+                system=profile.persona,
+                max_tokens=profile.max_reply_tokens,
+            )
             try:
-                await worker.send(
-                    protocol.Request(
-                        id=rid,
-                        messages=tuple(ChatMessage(t.role, t.content) for t in turns),
-                        model=profile.model,
-                        system=profile.persona,
-                        max_tokens=profile.max_reply_tokens,
-                    )
-                )
+                try:
+                    await worker.send(request)
+                except ConnectionError as exc:
+                    # The process died between being chosen and being written to.
+                    log.warning("agent %s: pipe broke (%s)", tenant_id, type(exc).__name__)
+                    raise ReplyFailed("crashed") from None
                 while True:
                     event = await queue.get()
                     if isinstance(event, protocol.Chunk):
@@ -226,13 +245,12 @@ class AgentSupervisor:
                         finished = True
                         break
                     elif isinstance(event, protocol.Error):
+                        finished = True  # the agent closed this id; nothing to cancel
                         await self._failed(tenant, worker, event)
+                    elif worker.stopping:
+                        raise ReplyFailed("stopped")
                     else:
-                        raise ReplyFailed("stopped" if worker.stopping else "crashed")
-            except (ConnectionError, RuntimeError) as exc:
-                # Writing to a pipe whose process just died.
-                log.warning("agent %s: pipe broke (%s)", tenant_id, type(exc).__name__)
-                raise ReplyFailed("crashed") from None
+                        raise ReplyFailed("protocol" if worker.broken else "crashed")
             finally:
                 worker.last_used = self._clock()
                 worker.pending.pop(rid, None)
@@ -240,7 +258,7 @@ class AgentSupervisor:
                     del tenant.active[conversation]
                 if not finished and not worker.dead.is_set():
                     # The reader went away (the flow was cancelled): stop paying for tokens.
-                    with contextlib.suppress(ConnectionError, RuntimeError):
+                    with contextlib.suppress(ConnectionError):
                         await worker.send(protocol.Cancel(rid))
                 self._maybe_drained(worker)
             answer = "".join(parts)
@@ -258,7 +276,7 @@ class AgentSupervisor:
         worker, rid = entry
         try:
             await worker.send(protocol.Cancel(rid))
-        except (ConnectionError, RuntimeError):
+        except ConnectionError:
             return False
         return True
 
@@ -292,6 +310,10 @@ class AgentSupervisor:
         await asyncio.gather(*(self._stop(w, kill=True) for w in workers))
 
     # --- maintenance ------------------------------------------------------------------------
+
+    async def warm(self) -> None:
+        """Start the agent template now (call once at bot start-up), so no agent pays for it."""
+        await self._launcher.warm()
 
     async def stop_idle(self, now: float | None = None) -> int:
         """Stop agents idle for ``idle_timeout_seconds``; returns how many stopped."""
@@ -373,7 +395,12 @@ class AgentSupervisor:
             raise ReplyFailed("stopped")
         self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         workdir = self._runtime_dir / hashlib.sha256(tenant_id.encode()).hexdigest()[:24]
-        handle = await self._launcher.launch(workdir)
+        try:
+            handle = await self._launcher.launch(workdir)
+        except OSError as exc:
+            # fork/exec refused: out of memory or processes, a missing agent command.
+            log.error("agent for %s could not be launched (%s)", tenant_id, exc.strerror)
+            raise ReplyFailed("start_failed") from None
         worker = _Worker(tenant_id, profile, handle, self._clock())
         s = self._settings
         try:
@@ -393,10 +420,10 @@ class AgentSupervisor:
             ready = protocol.decode(line) if line else None
             if not isinstance(ready, protocol.Ready):
                 raise ProtocolError("the agent did not answer configure with ready")
-        except (TimeoutError, ProtocolError, ConnectionError, RuntimeError) as exc:
+        except (TimeoutError, ProtocolError, ConnectionError, ValueError) as exc:
             log.warning("agent for %s did not start (%s)", tenant_id, type(exc).__name__)
-            handle.kill()
-            await handle.wait()
+            # A hung agent is killed now; one that is exiting gets to finish writing its log.
+            await _end(handle, grace=0.0 if isinstance(exc, TimeoutError) else STOP_GRACE)
             raise ReplyFailed("start_failed") from None
         log.info("agent for %s started (pid %d, key %s)", tenant_id, handle.pid, profile.key_id)
         worker.reader_task = asyncio.create_task(self._read(worker))
@@ -416,21 +443,24 @@ class AgentSupervisor:
         except (ProtocolError, ValueError, ConnectionError) as exc:
             # ValueError: a line over MAX_LINE. Either way the agent is no longer trustworthy.
             log.warning("agent %s broke the protocol (%s)", worker.tenant_id, exc)
+            worker.broken = True
             worker.handle.kill()
         worker.dead.set()
+        crashed = not worker.stopping
+        if crashed:
+            # Book the crash before anyone waits on the exit, so the next message sees it.
+            tenant = self._tenants.get(worker.tenant_id)
+            if tenant is not None and tenant.current is worker:
+                tenant.current = None
+                if self._clock() - worker.started >= BACKOFF_RESET:
+                    tenant.crashes = 0  # it ran fine for a while: this is a fresh failure
+                self._crashed(tenant)
         for queue in worker.pending.values():
             queue.put_nowait(_CRASHED)
         code = await worker.handle.wait()
         self._draining.discard(worker)
-        if worker.stopping:
-            return
-        log.warning("agent for %s exited unexpectedly (code %s)", worker.tenant_id, code)
-        tenant = self._tenants.get(worker.tenant_id)
-        if tenant is not None and tenant.current is worker:
-            tenant.current = None
-            if self._clock() - worker.started >= BACKOFF_RESET:
-                tenant.crashes = 0  # it ran fine for a while: this is a fresh failure
-            self._crashed(tenant)
+        if crashed:
+            log.warning("agent for %s exited unexpectedly (code %s)", worker.tenant_id, code)
 
     def _crashed(self, tenant: _Tenant) -> None:
         delay = 0.0 if tenant.crashes == 0 else min(2.0 ** (tenant.crashes - 1), BACKOFF_MAX)
@@ -464,12 +494,7 @@ class AgentSupervisor:
             asyncio.get_running_loop().create_task(self._reap(worker))
 
     async def _reap(self, worker: _Worker) -> None:
-        try:
-            async with asyncio.timeout(STOP_GRACE):
-                await worker.handle.wait()
-        except TimeoutError:
-            worker.handle.kill()
-            await worker.handle.wait()
+        await _end(worker.handle, grace=STOP_GRACE)
         self._draining.discard(worker)
         log.info("agent for %s (pid %d) drained and exited", worker.tenant_id, worker.handle.pid)
 
@@ -479,12 +504,7 @@ class AgentSupervisor:
         if kill:
             worker.handle.kill()
         worker.close_input()
-        try:
-            async with asyncio.timeout(STOP_GRACE):
-                await worker.handle.wait()
-        except TimeoutError:
-            worker.handle.kill()
-            await worker.handle.wait()
+        await _end(worker.handle, grace=STOP_GRACE)
         if worker.reader_task is not None:
             await worker.reader_task
 
@@ -501,3 +521,15 @@ class AgentSupervisor:
             self._detach(worker)
             log.info("stopping agent for %s to stay within max_live_agents", worker.tenant_id)
         await asyncio.gather(*(self._stop(w) for w in victims))
+
+
+async def _end(handle: WorkerHandle, *, grace: float) -> None:
+    """Wait up to ``grace`` seconds for the process to exit, then kill it."""
+    try:
+        async with asyncio.timeout(grace):
+            await handle.wait()
+            return
+    except TimeoutError:
+        pass  # still running after the grace period: kill below
+    handle.kill()
+    await handle.wait()

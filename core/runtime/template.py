@@ -4,13 +4,34 @@ Every agent is forked from the process that imported this module, so the imports
 the LLM clients, the protocol) and the CA bundle are paid once, and the objects are shared
 copy-on-write. ``gc.freeze()`` moves them out of the collector's reach, so a child's
 collections do not touch (and so copy) the template's pages.
+
+Agents never run the bot's ``__main__``: ``multiprocessing`` would re-execute the parent's main
+script in *every* child (Python 3.11's fork server never imports it into the template, and a
+console-script main has no ``__spec__``), which imports the whole bot per agent, ~200 ms and
+tens of MiB each. The worker target is importable by name, so main fix-ups are switched off
+here, in the template process only; the bot's own ``multiprocessing`` is untouched.
+
+The template also hardens itself: it was started with the bot's environment (which may hold
+platform tokens), so it clears that and turns non-dumpable, and every agent inherits both.
 """
 
 from __future__ import annotations
 
 import gc
+from multiprocessing import spawn
 
 from core.runtime import worker
 
+
+def _no_main_fixup(_: str) -> None:
+    return None
+
+
+# Private names of multiprocessing.spawn (stable since 3.4; typeshed omits them).
+setattr(spawn, "_fixup_main_from_path", _no_main_fixup)  # noqa: B010
+setattr(spawn, "_fixup_main_from_name", _no_main_fixup)  # noqa: B010
+
 worker.warm()
+worker.scrub_environment()
+worker.set_dumpable(False)
 gc.freeze()

@@ -101,3 +101,13 @@ async def eventually(check: Callable[[], bool], *, tries: int = 500) -> None:
         if check():
             return
         await asyncio.sleep(0.01)
+
+
+def proc_file(pid: int, name: str) -> bytes:
+    """``/proc/<pid>/<name>`` as bytes (a sync helper: the read is tiny and local)."""
+    return Path(f"/proc/{pid}/{name}").read_bytes()
+
+
+def agent_logs(runtime_dir: Path) -> str:
+    """Every agent's ``agent.log`` under ``runtime_dir``, concatenated."""
+    return "".join(p.read_text() for p in sorted(runtime_dir.glob("*/agent.log")))

@@ -266,7 +266,7 @@ class FakeLLMServer:
         *,
         error_event: Callable[[Failure], bytes],
     ) -> web.StreamResponse:
-        """Send ``events``; ``first_text`` is the index of the first text delta (gates hold there)."""
+        """Send ``events``; gates hold after ``events[first_text]``, the first text delta."""
         failure = self._take_failure()
         if failure is not None and failure.mode == "status":
             return _error_response(failure)

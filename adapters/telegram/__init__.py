@@ -1,0 +1,28 @@
+"""Telegram adapter on python-telegram-bot 22: ``build`` makes it from ``[telegram]``."""
+
+from __future__ import annotations
+
+from adapters.telegram.adapter import (
+    ChatUnreachable,
+    TelegramAdapter,
+    TelegramAdapterError,
+    TelegramLoginError,
+    TelegramRateLimited,
+    TelegramRequestRejected,
+    TelegramUnavailable,
+    build,
+)
+from adapters.telegram.config import TelegramConfig, parse
+
+__all__ = [
+    "ChatUnreachable",
+    "TelegramAdapter",
+    "TelegramAdapterError",
+    "TelegramConfig",
+    "TelegramLoginError",
+    "TelegramRateLimited",
+    "TelegramRequestRejected",
+    "TelegramUnavailable",
+    "build",
+    "parse",
+]

@@ -1,0 +1,799 @@
+"""The Telegram adapter: python-telegram-bot's ``Application`` wired to the neutral chat model.
+
+It translates and delivers; it decides nothing. Errors from the SDK are wrapped::
+
+    TelegramAdapterError          anything the Telegram side refused or could not do
+    ├── TelegramLoginError        the token was rejected at start (getMe)
+    ├── TelegramUnavailable       network trouble, timeouts, server errors
+    ├── TelegramRateLimited       429 still answered after the configured retries
+    ├── TelegramRequestRejected   400: Telegram refused the request (bad chat, bad markup...)
+    └── ChatUnreachable           403: the person blocked the bot or never started it
+
+``send``/``respond`` do not raise ``ChatUnreachable``: they mark the chat unreachable, log it
+and return None, because a blocked bot is an expected, permanent condition of one chat and must
+not break a broadcast or a flow. A later update from that chat clears the mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
+
+from aiohttp import web
+from telegram import BotCommand, Message, ReplyParameters, Update
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    ContextTypes,
+    ExtBot,
+    TypeHandler,
+)
+
+from adapters.telegram import translate
+from adapters.telegram.config import TelegramConfig, parse
+from core.chat import ChatRef, Event, EventKind, MessageRef, Platform, Reply, SecretRequest, UserRef
+from core.config import Config, PlatformSettings
+from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.logs import RedactingFilter, register_secret
+from core.ports import EventHandler
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# Opt in to python-telegram-bot 23's timedelta durations now: without it every RetryAfter (a
+# 429) emits a PTBDeprecationWarning, which the test suite turns into an error.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
+COMMANDS: Final[tuple[tuple[str, str], ...]] = (
+    ("start", "Sign up or resume"),
+    ("help", "What I can do"),
+    ("plan", "Choose or change your plan"),
+    ("key", "Add, replace or remove your API key"),
+    ("model", "Pick the model"),
+    ("persona", "Set your agent's persona"),
+    ("reset", "Forget this conversation"),
+    ("stop", "Stop the reply in progress"),
+    ("status", "Your plan, key and agent"),
+    ("usage", "Usage this month"),
+    ("pause", "Pause your agent"),
+    ("resume", "Resume your agent"),
+    ("link", "Link another chat account"),
+    ("delete", "Delete your account and data"),
+    ("admin", "Operator commands"),
+)
+"""The command menu sent with ``setMyCommands`` (the composition root may pass its own)."""
+
+ALLOWED_UPDATES: Final = ("message", "edited_message", "callback_query", "my_chat_member")
+_WEBHOOK_MAX_BODY: Final = 1 << 20  # Telegram updates are a few KiB; refuse anything huge.
+
+
+# ----- errors ------------------------------------------------------------------------------
+
+
+class TelegramAdapterError(Exception):
+    """Root of the Telegram adapter's errors. Messages never contain the token or user text."""
+
+
+class TelegramLoginError(TelegramAdapterError):
+    """Telegram rejected the bot token."""
+
+
+class TelegramUnavailable(TelegramAdapterError):
+    """The Bot API could not be reached or timed out."""
+
+
+class TelegramRateLimited(TelegramAdapterError):
+    """Flood control outlasted the configured retries."""
+
+
+class TelegramRequestRejected(TelegramAdapterError):
+    """Telegram answered 400 Bad Request."""
+
+
+class ChatUnreachable(TelegramAdapterError):
+    """The bot may not write to this chat (blocked, never started, removed from the group)."""
+
+    def __init__(self, chat_id: str, reason: str) -> None:
+        super().__init__(f"chat {chat_id} is unreachable: {reason}")
+        self.chat_id = chat_id
+
+
+# ----- token redaction ---------------------------------------------------------------------
+
+# The loggers that can print the token: httpx logs request URLs (".../bot<TOKEN>/sendMessage"),
+# python-telegram-bot's Bot repr and InvalidToken message contain it. ``configure_logging``
+# redacts at the root handler; these logger-level filters also cover an embedding application
+# (or a test) that set up its own handlers.
+_SDK_FILTER: Final = RedactingFilter()
+
+
+def _guard_loggers() -> None:
+    names = ["httpx", "httpcore", "telegram", __name__]
+    names += [
+        n for n in logging.root.manager.loggerDict if n.startswith(("telegram.", "httpcore."))
+    ]
+    for name in names:
+        logger = logging.getLogger(name)
+        if _SDK_FILTER not in logger.filters:
+            logger.addFilter(_SDK_FILTER)
+
+
+# ----- the adapter -------------------------------------------------------------------------
+
+
+class TelegramAdapter:
+    """Serves one Telegram bot (polling or webhook) and implements ``Messenger`` on it.
+
+    Args:
+        config: the parsed ``[telegram]`` table; ``config.token`` must be set.
+        clock: monotonic seconds, for stream pacing (tests pass a manual clock).
+        dedup: remembers processed ``update_id`` values (one per process by default).
+        commands: the ``setMyCommands`` menu as ``(command, description)`` pairs.
+        typing_refresh: seconds between "typing..." actions while a reply is awaited
+            (Telegram shows one for about five seconds).
+        sleep: waits until a paced stream update is due (tests pass a controllable one).
+    """
+
+    platform = Platform.TELEGRAM
+
+    def __init__(
+        self,
+        config: TelegramConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        dedup: Deduplicator | None = None,
+        commands: Sequence[tuple[str, str]] = COMMANDS,
+        typing_refresh: float = 4.5,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if config.token is None:
+            raise ValueError(f"{config.token_env} is not set")
+        self.config = config
+        self._clock = clock
+        self._dedup = dedup or InMemoryDeduplicator()
+        self._commands = tuple(commands)
+        self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._handler: EventHandler | None = None
+        self._bot_id = 0
+        self._bot_username = ""
+        self._unreachable: set[str] = set()
+        self._next_edit: dict[str, float] = {}
+        self._typing_at: dict[str, float] = {}
+        self._typing_refresh = typing_refresh
+        self._sleep = sleep
+        self._drafts_ok = config.stream_drafts
+        self._draft_seq = 0
+        self._webhook: web.AppRunner | None = None
+        register_secret(config.token.reveal(), label="telegram bot token")
+        if config.webhook_secret is not None:
+            register_secret(config.webhook_secret.reveal(), label="telegram webhook secret")
+        _guard_loggers()
+
+    def __repr__(self) -> str:
+        # python-telegram-bot's Bot repr shows the token; ours must not.
+        return f"TelegramAdapter(mode={self.config.mode!r}, bot={self._bot_username!r})"
+
+    # ----- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def messenger(self) -> TelegramAdapter:
+        return self
+
+    @property
+    def bot_username(self) -> str:
+        return self._bot_username
+
+    @property
+    def unreachable_chats(self) -> frozenset[str]:
+        """Chats that answered 403 (blocked or never started) since their last update."""
+        return frozenset(self._unreachable)
+
+    def deep_link(self, start: str = "") -> str:
+        """The link that opens the bot's DM, sending ``/start <start>`` on first use."""
+        return translate.deep_link(self._bot_username, start)
+
+    def _build_app(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        cfg = self.config
+        if cfg.token is None:
+            raise TelegramLoginError(f"{cfg.token_env} is not set")
+        builder = (
+            ApplicationBuilder()
+            .token(cfg.token.reveal())
+            .base_url(cfg.api_base_url)
+            .base_file_url(cfg.file_base_url)
+            .rate_limiter(AIORateLimiter(max_retries=cfg.rate_limit_retries))
+            .concurrent_updates(True)
+            .get_updates_read_timeout(cfg.poll_timeout + 10.0)
+            .job_queue(None)
+        )
+        app = builder.build()
+        app.add_handler(TypeHandler(Update, self._on_update))
+        app.add_error_handler(self._on_error)
+        return app
+
+    async def start(self, handler: EventHandler) -> None:
+        """Log in (getMe), publish the command menu, then poll or serve the webhook."""
+        if self._app is not None:
+            return
+        cfg = self.config
+        self._handler = handler
+        app = self._build_app()
+        try:
+            await app.initialize()
+        except InvalidToken:
+            raise TelegramLoginError(
+                f"Telegram rejected the bot token in {cfg.token_env} (or api_base_url "
+                f"{cfg.api_base_url} is not a Bot API server)"
+            ) from None
+        except TelegramError as exc:
+            raise TelegramUnavailable(f"cannot reach the Bot API: {type(exc).__name__}") from None
+        self._app = app
+        try:
+            self._bot_id = app.bot.id
+            self._bot_username = app.bot.username
+            if cfg.sync_commands and self._commands:
+                await app.bot.set_my_commands([BotCommand(c, d) for c, d in self._commands])
+            await app.start()
+            if cfg.mode == "webhook":
+                await self._start_webhook(app)
+            else:
+                if app.updater is None:
+                    raise TelegramAdapterError("python-telegram-bot built no updater")
+                await app.updater.start_polling(
+                    poll_interval=0,
+                    timeout=cfg.poll_timeout,
+                    allowed_updates=ALLOWED_UPDATES,
+                    drop_pending_updates=cfg.drop_pending_updates,
+                )
+        except (TelegramError, TelegramAdapterError, OSError) as exc:
+            await self.stop()
+            if isinstance(exc, TelegramAdapterError):
+                raise
+            if isinstance(exc, OSError):  # the webhook port is taken, or not ours to bind
+                raise TelegramAdapterError(
+                    f"cannot listen on {cfg.webhook_listen}:{cfg.webhook_port}: {exc.strerror}"
+                ) from None
+            raise self._wrap(exc, "start-up") from None
+        log.info("telegram: serving @%s by %s", self._bot_username, cfg.mode)
+
+    async def _start_webhook(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        """Serve ``POST /<webhook_path>`` and register the public URL with ``setWebhook``.
+
+        Our own small aiohttp server rather than python-telegram-bot's, so the secret token is
+        compared in constant time (the SDK compares with ``!=``) and its DEBUG log never
+        echoes a wrong token.
+        """
+        cfg = self.config
+        secret = cfg.webhook_secret
+        if secret is None:
+            raise TelegramAdapterError(f"{cfg.webhook_secret_env} is not set")
+        web_app = web.Application(client_max_size=_WEBHOOK_MAX_BODY)
+        web_app.router.add_post(f"/{cfg.webhook_path}", self._on_webhook)
+        runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._webhook = runner
+        await web.TCPSite(runner, cfg.webhook_listen, cfg.webhook_port).start()
+        await app.bot.set_webhook(
+            url=cfg.webhook_public_url,
+            secret_token=secret.reveal(),
+            allowed_updates=ALLOWED_UPDATES,
+            drop_pending_updates=cfg.drop_pending_updates,
+        )
+
+    async def _on_webhook(self, request: web.Request) -> web.Response:
+        secret = self.config.webhook_secret
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if secret is None or not hmac.compare_digest(given.encode(), secret.reveal().encode()):
+            log.info("telegram: webhook request without the right secret token refused")
+            return web.Response(status=403)
+        if request.content_type != "application/json":
+            return web.Response(status=415)
+        app = self._app
+        if app is None:
+            return web.Response(status=503)
+        try:
+            data = await request.json()
+            update = Update.de_json(data, app.bot) if isinstance(data, dict) else None
+        except ValueError:
+            update = None
+        if update is None:
+            log.info("telegram: webhook body is not an update; refused")
+            return web.Response(status=400)
+        # The application's update queue feeds the same handler as polling does.
+        await app.update_queue.put(update)
+        return web.Response(status=200)
+
+    async def stop(self) -> None:
+        """Stop polling or the webhook server, then the application; safe to call twice."""
+        app, self._app = self._app, None
+        webhook, self._webhook = self._webhook, None
+        if webhook is not None:
+            await webhook.cleanup()
+        if app is None:
+            return
+        if app.updater is not None and app.updater.running:
+            await app.updater.stop()
+        if app.running:
+            await app.stop()
+        await app.shutdown()
+
+    @property
+    def _bot(self) -> ExtBot[Any]:
+        if self._app is None:
+            raise TelegramUnavailable("the Telegram adapter is not started")
+        bot: ExtBot[Any] = self._app.bot
+        return bot
+
+    # ----- incoming ------------------------------------------------------------------------
+
+    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not await self._dedup.first_time(translate.event_id(update.update_id)):
+            log.info("telegram: update %s was delivered again; ignored", update.update_id)
+            return
+        membership = translate.reachability(update)
+        if membership is not None:
+            chat_id, reachable = membership
+            log.info("telegram: chat %s is now %s", chat_id, "open" if reachable else "closed")
+            if reachable:
+                self._unreachable.discard(chat_id)
+            else:
+                self._unreachable.add(chat_id)
+            return
+        event = translate.to_event(update, bot_id=self._bot_id, bot_username=self._bot_username)
+        if event is None:
+            return
+        self._unreachable.discard(event.chat.id)
+        handler = self._handler
+        if handler is None:  # stop() raced with a last update
+            return
+        log.debug("telegram: update %s -> %s", update.update_id, event.kind.value)
+        query = update.callback_query
+        if query is not None:
+            # Answer first: the person's spinner stops at once, whatever the handler does.
+            try:
+                await query.answer()
+            except TelegramError as exc:
+                # Too late (older than ~15 s) or already answered; the press still counts.
+                log.info("telegram: callback answer refused: %s", type(exc).__name__)
+        await handler(event)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        uid = update.update_id if isinstance(update, Update) else None
+        log.error("telegram: handling update %s failed", uid, exc_info=context.error)
+
+    # ----- calls ---------------------------------------------------------------------------
+
+    def _wrap(self, exc: TelegramError, what: str, chat_id: str | None = None) -> Exception:
+        if isinstance(exc, Forbidden):
+            if chat_id is not None:
+                self._unreachable.add(chat_id)
+                return ChatUnreachable(chat_id, exc.message)
+            return TelegramRequestRejected(f"{what}: {exc.message}")
+        if isinstance(exc, RetryAfter):
+            return TelegramRateLimited(f"{what}: flood control ({exc})")
+        if isinstance(exc, BadRequest):
+            return TelegramRequestRejected(f"{what}: {exc.message}")
+        if isinstance(exc, InvalidToken):
+            return TelegramLoginError(f"{what}: the bot token was rejected")
+        if isinstance(exc, NetworkError):
+            return TelegramUnavailable(f"{what}: {type(exc).__name__}")
+        return TelegramAdapterError(f"{what}: {type(exc).__name__}")
+
+    async def _call(self, what: str, chat_id: str | None, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except TelegramError as exc:
+            raise self._wrap(exc, what, chat_id) from None
+
+    async def _send_text(self, chat: ChatRef, out: translate.Outgoing, **extra: Any) -> MessageRef:
+        """Send one part, following a group that became a supergroup (``ChatMigrated``)."""
+        kwargs = {**out.kwargs, **extra}
+        if chat.thread_id is not None:
+            kwargs["message_thread_id"] = int(chat.thread_id)
+        try:
+            msg = await self._send_message(chat.id, kwargs, out.plain)
+        except ChatMigrated as exc:
+            moved = ChatRef(chat.platform, str(exc.new_chat_id), chat.is_direct, chat.thread_id)
+            log.info("telegram: chat %s is now %s; sending there", chat.id, moved.id)
+            chat = moved
+            try:
+                msg = await self._send_message(chat.id, kwargs, out.plain)
+            except ChatMigrated as again:
+                raise self._wrap(again, "sendMessage", chat.id) from None
+        return MessageRef(chat, str(msg.message_id))
+
+    async def _send_message(self, chat_id: str, kwargs: dict[str, Any], plain: str) -> Message:
+        """``sendMessage``; if Telegram cannot parse our HTML, the plain text instead."""
+        try:
+            return await self._bot.send_message(chat_id=chat_id, **kwargs)
+        except ChatMigrated:
+            raise
+        except BadRequest as exc:
+            if "parse_mode" not in kwargs or "entities" not in exc.message.lower():
+                raise self._wrap(exc, "sendMessage", chat_id) from None
+            log.info("telegram: formatting refused (%s); sending plain text", exc.message)
+        except TelegramError as exc:
+            raise self._wrap(exc, "sendMessage", chat_id) from None
+        kwargs = {k: v for k, v in kwargs.items() if k != "parse_mode"}
+        kwargs["text"] = plain
+        return await self._call("sendMessage", chat_id, self._bot.send_message(chat_id, **kwargs))
+
+    async def _edit_text(self, message: MessageRef, out: translate.Outgoing) -> None:
+        kwargs = {k: v for k, v in out.kwargs.items() if k != "protect_content"}
+        chat_id, mid = message.chat.id, int(message.id)
+        try:
+            await self._bot.edit_message_text(chat_id=chat_id, message_id=mid, **kwargs)
+        except BadRequest as exc:
+            text = exc.message.lower()
+            if "not modified" in text:
+                return
+            if "parse_mode" not in kwargs or "entities" not in text:
+                raise self._wrap(exc, "editMessageText", chat_id) from None
+            log.info("telegram: formatting refused (%s); editing in plain text", exc.message)
+            kwargs.pop("parse_mode")
+            kwargs["text"] = out.plain
+            await self._call(
+                "editMessageText",
+                chat_id,
+                self._bot.edit_message_text(chat_id=chat_id, message_id=mid, **kwargs),
+            )
+        except TelegramError as exc:
+            raise self._wrap(exc, "editMessageText", chat_id) from None
+
+    # ----- Messenger -----------------------------------------------------------------------
+
+    async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
+        """Answer in the event's chat, quoting the person's message in a group."""
+        return await self._deliver(event.chat, reply, quote=_quote(event))
+
+    async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
+        """Post to a chat; None (logged) when the chat is unreachable (403).
+
+        A chat that answered 403 is not tried again until an update arrives from it (the
+        person unblocked the bot and wrote, or the bot was added back to the group).
+        """
+        if chat.id in self._unreachable:
+            log.info("telegram: chat %s is unreachable; not sending", chat.id)
+            return None
+        return await self._deliver(chat, reply)
+
+    async def _deliver(
+        self, chat: ChatRef, reply: Reply, *, quote: ReplyParameters | None = None
+    ) -> MessageRef | None:
+        parts = translate.outgoing(reply, bot_username=self._bot_username)
+        last: MessageRef | None = None
+        try:
+            if reply.image is not None:
+                # A short text rides along as the caption; a long one follows the photo.
+                caption = parts[0] if len(parts) == 1 else None
+                if caption is not None and (
+                    translate.utf16_len(caption.plain) > translate.CAPTION_LIMIT
+                ):
+                    caption = None
+                last = await self._send_photo(chat, reply.image, caption)
+                if caption is not None:
+                    return last
+            for i, part in enumerate(parts):
+                extra = {"reply_parameters": quote} if quote is not None and i == 0 else {}
+                last = await self._send_text(chat, part, **extra)
+        except ChatUnreachable as exc:
+            log.info("telegram: %s; marked unreachable", exc)
+            return None
+        return last
+
+    async def _send_photo(
+        self, chat: ChatRef, image: bytes, caption: translate.Outgoing | None
+    ) -> MessageRef:
+        kwargs: dict[str, Any] = {}
+        if caption is not None:
+            kwargs = dict(caption.kwargs)
+            kwargs["caption"] = kwargs.pop("text")
+        if chat.thread_id is not None:
+            kwargs["message_thread_id"] = int(chat.thread_id)
+        msg = await self._call(
+            "sendPhoto", chat.id, self._bot.send_photo(chat.id, photo=image, **kwargs)
+        )
+        return MessageRef(chat, str(msg.message_id))
+
+    async def edit(self, message: MessageRef, reply: Reply) -> None:
+        """Replace a message's text and buttons; overflow beyond 4096 goes to new messages."""
+        parts = translate.outgoing(reply, bot_username=self._bot_username)
+        await self._edit_text(message, parts[0])
+        for part in parts[1:]:
+            await self._send_text(message.chat, part)
+
+    async def delete(self, chat: ChatRef, message_id: str) -> bool:
+        """Delete a message; False (logged without content) when Telegram refuses."""
+        try:
+            await self._bot.delete_message(chat_id=chat.id, message_id=int(message_id))
+        except (BadRequest, Forbidden) as exc:
+            log.info(
+                "telegram: could not delete message %s in chat %s: %s",
+                message_id,
+                chat.id,
+                exc.message,
+            )
+            return False
+        except TelegramError as exc:
+            log.warning(
+                "telegram: deleting message %s in chat %s failed: %s",
+                message_id,
+                chat.id,
+                type(exc).__name__,
+            )
+            return False
+        return True
+
+    async def open_dm(self, user: UserRef) -> ChatRef | None:
+        """The person's DM, or None if they never started the bot or blocked it.
+
+        Telegram has no side-effect-free check, so this sends a "typing" action, which the
+        person sees only as the bot getting ready to write to them.
+        """
+        chat = ChatRef(Platform.TELEGRAM, user.id, is_direct=True)
+        try:
+            await self._bot.send_chat_action(chat_id=user.id, action=ChatAction.TYPING)
+        except (Forbidden, BadRequest) as exc:
+            self._unreachable.add(user.id)
+            log.info("telegram: no DM with user %s: %s", user.id, exc.message)
+            return None
+        except TelegramError as exc:
+            raise self._wrap(exc, "sendChatAction", user.id) from None
+        self._unreachable.discard(user.id)
+        return chat
+
+    async def ask_secret(self, event: Event, request: SecretRequest) -> bool:
+        """Ask in the person's DM with ForceReply and ``protect_content``, from any chat.
+
+        The answer arrives as an ordinary DM message; the flow, knowing a secret is awaited,
+        deletes it. False when the DM is closed (never started, or blocked).
+        """
+        chat_id = event.user.id
+        try:
+            await self._bot.send_message(chat_id=chat_id, **translate.secret_prompt(request))
+        except (Forbidden, BadRequest) as exc:
+            self._unreachable.add(chat_id)
+            log.info("telegram: cannot ask user %s privately: %s", chat_id, exc.message)
+            return False
+        except TelegramError as exc:
+            raise self._wrap(exc, "sendMessage", chat_id) from None
+        return True
+
+    async def typing(self, chat: ChatRef) -> None:
+        """Show "typing..." for a few seconds; failures are logged, never raised.
+
+        Telegram shows the indicator for about five seconds, so a second call within
+        ``typing_refresh - 0.5`` seconds (the flow's, then the stream's) sends nothing.
+        """
+        now = self._clock()
+        if now - self._typing_at.get(chat.id, -1e9) < self._typing_refresh - 0.5:
+            return
+        self._typing_at[chat.id] = now
+        kwargs: dict[str, Any] = {}
+        if chat.thread_id is not None:
+            kwargs["message_thread_id"] = int(chat.thread_id)
+        try:
+            await self._bot.send_chat_action(chat_id=chat.id, action=ChatAction.TYPING, **kwargs)
+        except Forbidden as exc:
+            self._unreachable.add(chat.id)
+            log.info("telegram: typing in chat %s refused: %s", chat.id, exc.message)
+        except TelegramError as exc:
+            log.info("telegram: typing in chat %s failed: %s", chat.id, type(exc).__name__)
+
+    async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
+        """Show a reply as it arrives; see ``_Stream``. Returns the last message sent."""
+        chat = event.chat
+        use_drafts = chat.is_direct and self._drafts_ok and chat.thread_id is None
+        stream = _Stream(self, chat, use_drafts=use_drafts, quote=_quote(event))
+        await self.typing(chat)
+        keep_typing = asyncio.create_task(self._keep_typing(chat, stream.started))
+        try:
+            async for delta in chunks:
+                await stream.feed(delta)
+        except Exception:
+            keep_typing.cancel()
+            # Keep what was shown (drafts vanish, so persist them) and let the flow explain.
+            with contextlib.suppress(TelegramAdapterError):
+                await stream.finish()
+            raise
+        finally:
+            keep_typing.cancel()
+            stream.abandon()  # if the turn itself was cancelled, no paced update fires later
+        return await stream.finish()
+
+    async def _keep_typing(self, chat: ChatRef, started: asyncio.Event) -> None:
+        while not started.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(started.wait(), self._typing_refresh)
+                return
+            await self.typing(chat)
+
+    def _interval(self, chat: ChatRef) -> float:
+        cfg = self.config
+        return cfg.edit_interval if chat.is_direct else cfg.group_edit_interval
+
+    def _new_draft_id(self) -> int:
+        self._draft_seq += 1
+        return self._draft_seq
+
+
+def _quote(event: Event) -> ReplyParameters | None:
+    """In a group, answers quote the message they answer, so busy chats stay readable."""
+    if event.chat.is_direct or event.message_id is None:
+        return None
+    if event.kind not in (EventKind.MESSAGE, EventKind.COMMAND):
+        return None
+    # The message may be gone (the leak guard deletes it): send the answer anyway.
+    return ReplyParameters(int(event.message_id), allow_sending_without_reply=True)
+
+
+class _Stream:
+    """One streamed reply: paced drafts (private chats) or edits of one message per part.
+
+    The text is split at Telegram's limit between words: a full part is committed as its own
+    message and the stream continues in a new one. Intermediate states are shown at most once
+    per ``interval`` per chat; text that arrived too early for its turn is shown when the turn
+    comes even if nothing more arrives (the model may pause); the final state of every part is
+    always shown. A lock keeps the delayed update and the next chunk from racing.
+    """
+
+    def __init__(
+        self,
+        adapter: TelegramAdapter,
+        chat: ChatRef,
+        *,
+        use_drafts: bool,
+        quote: ReplyParameters | None,
+    ) -> None:
+        self.a, self.chat, self.use_drafts = adapter, chat, use_drafts
+        self.quote = quote  # for the first message only
+        self.buf = ""
+        self.shown = ""
+        self.message: MessageRef | None = None
+        self.last: MessageRef | None = None
+        self.draft_id = adapter._new_draft_id()
+        self.started = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self.flusher: asyncio.Task[None] | None = None
+
+    def _part(self, text: str) -> translate.Outgoing:
+        return translate.Outgoing(
+            {"text": translate.render_markdown(text), "parse_mode": ParseMode.HTML}, text
+        )
+
+    async def feed(self, delta: str) -> None:
+        async with self.lock:
+            self.buf += delta
+            while translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
+                head, self.buf = translate.split_once(self.buf)
+                await self._commit(head)
+            if not self.buf.strip() or self.buf == self.shown:
+                return
+            now = self.a._clock()
+            due = self.a._next_edit.get(self.chat.id, 0.0)
+            if now >= due:
+                await self._show_paced(now)
+            elif self.flusher is None or self.flusher.done():
+                self.flusher = asyncio.create_task(self._flush_later(due - now))
+
+    async def _show_paced(self, now: float) -> None:
+        await self._show(self.buf)
+        self.a._next_edit[self.chat.id] = now + self.a._interval(self.chat)
+
+    async def _flush_later(self, delay: float) -> None:
+        await self.a._sleep(delay)
+        async with self.lock:
+            if not self.buf.strip() or self.buf == self.shown:
+                return
+            try:
+                await self._show_paced(self.a._clock())
+            except TelegramAdapterError as exc:
+                # The next chunk or the final commit shows the text anyway.
+                log.info("telegram: a paced stream update failed: %s", exc)
+
+    def abandon(self) -> None:
+        """Cancel a pending paced update: the stream ended, or its turn was cancelled."""
+        if self.flusher is not None and not self.flusher.done():
+            self.flusher.cancel()
+
+    async def finish(self) -> MessageRef | None:
+        if self.flusher is not None:
+            self.flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.flusher
+        async with self.lock:
+            if self.buf.strip():
+                await self._commit(self.buf)
+            self.buf = ""
+            return self.last
+
+    async def _show(self, text: str) -> None:
+        self.started.set()
+        if self.use_drafts:
+            try:
+                await self._draft(text)
+                self.shown = text
+                return
+            except TelegramRequestRejected as exc:
+                # An older self-hosted Bot API server, or drafts refused: edit messages instead.
+                log.info("telegram: drafts unavailable (%s); streaming by edits", exc)
+                self.a._drafts_ok = False
+                self.use_drafts = False
+        if self.message is None:
+            self.message = await self._send(text)
+        else:
+            await self.a._edit_text(self.message, self._part(text))
+        self.shown = text
+
+    async def _send(self, text: str) -> MessageRef:
+        quote, self.quote = self.quote, None
+        extra = {"reply_parameters": quote} if quote is not None else {}
+        return await self.a._send_text(self.chat, self._part(text), **extra)
+
+    async def _draft(self, text: str) -> None:
+        bot, cid = self.a._bot, int(self.chat.id)
+        html = translate.render_markdown(text)
+        try:
+            await bot.send_message_draft(cid, self.draft_id, text=html, parse_mode=ParseMode.HTML)
+        except InvalidToken:
+            # A 404 for this method alone: a Bot API server older than drafts (python-telegram-bot
+            # reports any 404 as InvalidToken; the token itself worked a moment ago).
+            raise TelegramRequestRejected("sendMessageDraft: not supported by the server") from None
+        except BadRequest as exc:
+            if "entities" not in exc.message.lower():
+                raise self.a._wrap(exc, "sendMessageDraft", self.chat.id) from None
+            await self.a._call(
+                "sendMessageDraft", self.chat.id, bot.send_message_draft(cid, self.draft_id, text)
+            )
+        except TelegramError as exc:
+            raise self.a._wrap(exc, "sendMessageDraft", self.chat.id) from None
+
+    async def _commit(self, text: str) -> None:
+        """Show ``text`` as the final state of the current part and start a new part."""
+        self.started.set()
+        if self.use_drafts or self.message is None:
+            self.last = await self._send(text)
+        else:
+            if text != self.shown:
+                await self.a._edit_text(self.message, self._part(text))
+            self.last = self.message
+        self.message, self.shown = None, ""
+        self.draft_id = self.a._new_draft_id()
+
+
+def build(
+    settings: PlatformSettings, env: Mapping[str, str], *, config: Config | None = None
+) -> TelegramAdapter | None:
+    """The adapter for ``[telegram]``, or None (with one WARNING) when the token is unset.
+
+    ``config`` (the whole configuration) only names the file in error messages.
+
+    Raises:
+        ConfigError: a bad setting in ``[telegram]``.
+    """
+    source = config.source if config is not None else "config.toml"
+    parsed = parse(settings, env, source=source)
+    if parsed.token is None:
+        log.warning(
+            "telegram: %s is not set; the Telegram adapter is not started", parsed.token_env
+        )
+        return None
+    return TelegramAdapter(parsed)

@@ -1,0 +1,148 @@
+"""Agent cold start: fork from the pre-loaded template to "ready", against a fresh interpreter.
+
+Measures (1) a fresh ``python -c pass`` start (the in-run baseline), (2) a forked agent from
+launch to ``ready`` (configure applied: hardened, client built), (3) the first reply of a new
+tenant end to end against the loopback fake provider versus a reply from a warm agent.
+Target (PERFORMANCE.md): cold start p50 <= 10 ms, p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, machine, median, pct, table
+
+from core.config import AgentSettings
+from core.runtime import protocol
+from core.runtime.launch import ForkserverLauncher
+from core.runtime.ports import (
+    AgentProfile,
+    InMemoryKeyHealth,
+    InMemoryMemory,
+    InMemoryProfiles,
+    InMemoryUsage,
+)
+from core.runtime.supervisor import AgentSupervisor
+from core.secret import Secret
+from tests.fakes.llm_server import FakeLLMServer
+
+
+def fresh_interpreter(n: int, code: str = "pass") -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+async def forked_ready(n: int, workdir: Path) -> tuple[list[float], float]:
+    launcher = ForkserverLauncher()
+    t = time.perf_counter()
+    await launcher.warm()
+    template = time.perf_counter() - t
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        handle = await launcher.launch(workdir / f"a{i}")
+        handle.writer.write(
+            protocol.encode(
+                protocol.Configure(
+                    "anthropic",
+                    "http://127.0.0.1:9",
+                    Secret("sk-bench"),
+                    str(workdir / f"a{i}"),
+                    30.0,
+                    512,
+                    256,
+                )
+            )
+        )
+        await handle.writer.drain()
+        ready = protocol.decode(await handle.reader.readline())
+        out.append(time.perf_counter() - t)
+        assert isinstance(ready, protocol.Ready)
+        handle.writer.close()
+        await handle.wait()
+    launcher.close()
+    return out, template
+
+
+async def first_replies(n: int, workdir: Path) -> tuple[list[float], list[float]]:
+    cold, warm = [], []
+    async with FakeLLMServer() as fake:
+        profiles = InMemoryProfiles()
+        launcher = ForkserverLauncher()
+        await launcher.warm()
+        sup = AgentSupervisor(
+            profiles,
+            InMemoryMemory(),
+            InMemoryUsage(),
+            InMemoryKeyHealth(),
+            AgentSettings(max_live_agents=n + 10),
+            runtime_dir=workdir / "rt",
+            launcher=launcher,
+        )
+        for i in range(n):
+            tid = f"t{i}"
+            profiles.set(
+                AgentProfile(
+                    tid, "anthropic", fake.anthropic_url, Secret(f"sk-{i}"), "k", "m", "", 50, 4000
+                )
+            )
+            for bucket in (cold, warm):
+                t = time.perf_counter()
+                async for _ in sup.reply(tid, "c", "hi"):
+                    bucket.append(time.perf_counter() - t)
+                    break
+        await sup.aclose()
+    return cold, warm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="few iterations (CI)")
+    args = parser.parse_args()
+    n_fresh, n_fork, n_reply = (5, 40, 10) if args.quick else (30, 400, 60)
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = fresh_interpreter(n_fresh)
+        imports = fresh_interpreter(n_fresh, "import core.runtime.template")
+        fork, template = asyncio.run(forked_ready(n_fork, Path(tmp)))
+        cold, warm = asyncio.run(first_replies(n_reply, Path(tmp)))
+    b50 = median(base)
+    rows = []
+    for name, xs in (
+        ("fresh interpreter (python -c pass) [baseline]", base),
+        ("fresh interpreter importing the worker (no template)", imports),
+        ("agent forked from template -> ready", fork),
+        ("new tenant: message -> first chunk (cold agent)", cold),
+        ("same tenant: message -> first chunk (warm agent)", warm),
+    ):
+        rows.append(
+            (
+                name,
+                len(xs),
+                f"{median(xs) * 1e3:.2f}",
+                f"{pct(xs, 99) * 1e3:.2f}",
+                f"{median(xs) / b50:.3f}",
+            )
+        )
+    print(table(("what", "n", "p50 ms", "p99 ms", "p50 / baseline"), rows))
+    print(f"template start (once per bot process, in warm()): {template * 1e3:.1f} ms")
+    f50, f99 = median(fork) * 1e3, pct(fork, 99) * 1e3
+    print(
+        f"target: cold start p50 <= 10 ms, p99 <= 50 ms -> p50 {f50:.2f} ms "
+        f"({'ok' if f50 <= 10 else 'MISSED'}), p99 {f99:.2f} ms "
+        f"({'ok' if f99 <= 50 else 'MISSED'})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Memory per agent (USS/PSS via psutil) and how many live agents fit, from a run of N agents.
+
+Starts N tenants' agents through the real supervisor against the loopback fake provider,
+measures each worker's unique (USS) and proportional (PSS) memory when idle after a reply and
+while actively streaming (several conversations held mid-reply), and extrapolates how many
+live agents fit in 24 GiB. Baseline in the same run: a fresh interpreter that imported the
+worker (what an agent would cost without the template). Targets (PERFORMANCE.md): idle USS
+<= 5 MiB, active <= 30 MiB, >= 500 live agents on 24 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+from multiprocessing import forkserver
+from pathlib import Path
+
+import psutil
+from _common import ROOT, machine, median, pct, table
+
+from core.config import AgentSettings
+from core.runtime import protocol
+from core.runtime.launch import ForkserverLauncher
+from core.runtime.ports import (
+    AgentProfile,
+    InMemoryKeyHealth,
+    InMemoryMemory,
+    InMemoryProfiles,
+    InMemoryUsage,
+)
+from core.runtime.supervisor import AgentSupervisor
+from core.secret import Secret
+from tests.fakes.llm_server import FakeLLMServer
+
+MIB = 1024 * 1024
+BUDGET_GIB = 24
+
+
+def mem(pid: int) -> tuple[float, float, float]:
+    info = psutil.Process(pid).memory_full_info()
+    return info.uss / MIB, info.pss / MIB, info.rss / MIB
+
+
+def baseline() -> tuple[float, float, float]:
+    code = "import core.runtime.template, sys; print('x', flush=True); sys.stdin.readline()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    proc.stdout.readline()
+    try:
+        return mem(proc.pid)
+    finally:
+        proc.stdin.close()
+        proc.wait()
+
+
+async def run(n: int, active_n: int, workdir: Path) -> dict[str, list[tuple[float, float, float]]]:
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    parent = psutil.Process()
+    async with FakeLLMServer() as fake:
+        profiles = InMemoryProfiles()
+        launcher = ForkserverLauncher()
+        await launcher.warm()
+        sup = AgentSupervisor(
+            profiles,
+            InMemoryMemory(),
+            InMemoryUsage(),
+            InMemoryKeyHealth(),
+            AgentSettings(max_live_agents=n + 10),
+            runtime_dir=workdir / "rt",
+            launcher=launcher,
+        )
+        # Fresh: started and configured (hardened, client built), no message yet.
+        fresh = []
+        for i in range(min(n, 10)):
+            handle = await launcher.launch(workdir / f"fresh{i}")
+            handle.writer.write(
+                protocol.encode(
+                    protocol.Configure(
+                        "anthropic",
+                        fake.anthropic_url,
+                        Secret("sk-f"),
+                        str(workdir / f"fresh{i}"),
+                        30.0,
+                        512,
+                        256,
+                    )
+                )
+            )
+            await handle.writer.drain()
+            assert isinstance(protocol.decode(await handle.reader.readline()), protocol.Ready)
+            fresh.append(handle)
+        out["fresh"] = [mem(h.pid) for h in fresh]
+        for h in fresh:
+            h.writer.close()
+            await h.wait()
+        rss_before = parent.memory_info().rss
+        for i in range(n):
+            tid = f"t{i}"
+            profiles.set(
+                AgentProfile(
+                    tid,
+                    "anthropic",
+                    fake.anthropic_url,
+                    Secret(f"sk-{i}"),
+                    "k",
+                    "m",
+                    "be brief",
+                    200,
+                    8000,
+                )
+            )
+            async for _ in sup.reply(tid, "c", "hello " * 50):
+                pass
+        out["parent"] = [((parent.memory_info().rss - rss_before) / MIB / n, 0.0, 0.0)]
+        pids = {s.tenant_id: s.pid for s in sup.status()}
+        out["idle"] = [mem(pid) for pid in pids.values()]
+        # Active: hold 4 conversations mid-stream in each of the first active_n agents.
+        fake.gate = asyncio.Event()
+        streams = []
+        for i in range(active_n):
+            for c in range(4):
+                stream = sup.reply(f"t{i}", f"c{c}", "tell me more " * 200)
+                await anext(stream)
+                streams.append(stream)
+        out["active"] = [mem(pids[f"t{i}"]) for i in range(active_n)]
+        fake.gate.set()
+        for stream in streams:
+            async for _ in stream:
+                pass
+        template_pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+        out["template"] = [mem(template_pid)] if template_pid else []
+        out["live"] = [(float(len(sup.status())), 0.0, 0.0)]
+        await sup.aclose()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="20 agents instead of 100 (CI)")
+    parser.add_argument("--agents", type=int, default=None)
+    args = parser.parse_args()
+    n = args.agents or (20 if args.quick else 100)
+    active_n = min(n, 5 if args.quick else 20)
+    print(f"machine: {machine()}")
+    base = baseline()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = asyncio.run(run(n, active_n, Path(tmp)))
+    rows = [
+        (
+            "fresh interpreter importing the worker [baseline]",
+            1,
+            f"{base[0]:.2f}",
+            "",
+            f"{base[1]:.2f}",
+            f"{base[2]:.1f}",
+            "1.000",
+        )
+    ]
+    for name, key in (
+        ("agent idle, configured, before any message", "fresh"),
+        ("agent idle after one reply", "idle"),
+        ("agent active (4 streams mid-reply)", "active"),
+        ("template (fork server), once", "template"),
+    ):
+        xs = res[key]
+        uss = [x[0] for x in xs]
+        rows.append(
+            (
+                name,
+                len(xs),
+                f"{median(uss):.2f}",
+                f"{pct(uss, 99):.2f}",
+                f"{median([x[1] for x in xs]):.2f}",
+                f"{median([x[2] for x in xs]):.1f}",
+                f"{median(uss) / base[0]:.3f}",
+            )
+        )
+    print(
+        table(
+            (
+                "what",
+                "n",
+                "USS p50 MiB",
+                "USS p99 MiB",
+                "PSS p50 MiB",
+                "RSS p50 MiB",
+                "USS / baseline",
+            ),
+            rows,
+        )
+    )
+    idle_uss = median([x[0] for x in res["idle"]])
+    idle_pss = median([x[1] for x in res["idle"]])
+    act_uss = median([x[0] for x in res["active"]])
+    per_parent = res["parent"][0][0]
+    live = int(res["live"][0][0])
+    fit_uss = int(BUDGET_GIB * 1024 / (idle_uss + per_parent))
+    fit_pss = int(BUDGET_GIB * 1024 / (idle_pss + per_parent))
+    print(
+        f"live agents held in this run: {live}; supervisor-side growth per agent: "
+        f"{per_parent:.3f} MiB"
+    )
+    print(
+        f"extrapolated live idle agents in {BUDGET_GIB} GiB: {fit_uss} (by USS), "
+        f"{fit_pss} (by PSS)  [target >= 500]"
+    )
+    fresh_uss = median([x[0] for x in res["fresh"]])
+    print(
+        f"targets: idle USS <= 5 MiB -> {fresh_uss:.2f} before any message "
+        f"({'ok' if fresh_uss <= 5 else 'MISSED'}), {idle_uss:.2f} after replying "
+        f"({'ok' if idle_uss <= 5 else 'MISSED'}); "
+        f"active USS <= 30 MiB -> {act_uss:.2f} ({'ok' if act_uss <= 30 else 'MISSED'})"
+    )
+
+
+if __name__ == "__main__":
+    main()

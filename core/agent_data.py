@@ -1,0 +1,174 @@
+"""The database side of the hosted agent: profiles, encrypted memory and key health.
+
+Memory is a JSON list of turns encrypted with the tenant's data key (``purpose="memory"``,
+bound to the conversation id), so deleting the tenant shreds it with everything else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+
+from sqlalchemy import delete, select
+
+from core.config import Config
+from core.credentials import Credentials, KeyStatus
+from core.db import Database
+from core.db.models import MemoryRow
+from core.errors import AgentUnavailable, DecryptionError, TenantNotFound
+from core.plans import PlanCatalog
+from core.ports import Clock
+from core.runtime.ports import AgentProfile, Turn
+from core.secret import Secret
+from core.tenants import Tenants, TenantStatus
+from core.vault import decrypt_blob, encrypt_blob
+
+DEFAULT_PERSONA = (
+    "You are a helpful, concise assistant talking with one person in a chat app. "
+    "Answer in the language they write in."
+)
+
+ManagedAccess = Callable[[str], Awaitable[tuple[str, str, Secret]]]
+"""For a managed tenant: (provider kind, proxy base URL, scoped token)."""
+
+
+class DatabaseProfiles:
+    """Resolves a tenant's agent profile from its plan, chosen model, keys and persona."""
+
+    def __init__(
+        self,
+        config: Config,
+        plans: PlanCatalog,
+        tenants: Tenants,
+        credentials: Credentials,
+        *,
+        managed: ManagedAccess | None = None,
+    ) -> None:
+        self._config = config
+        self._plans = plans
+        self._tenants = tenants
+        self._credentials = credentials
+        self._managed = managed
+
+    async def profile(self, tenant_id: str) -> AgentProfile:
+        try:
+            tenant = await self._tenants.get(tenant_id)
+        except TenantNotFound:
+            raise AgentUnavailable("no_key") from None
+        if tenant.status is TenantStatus.SUSPENDED:
+            raise AgentUnavailable("suspended")
+        if tenant.status is TenantStatus.DELETED:
+            raise AgentUnavailable("no_key")
+        if tenant.paused:
+            raise AgentUnavailable("paused")
+        agent = self._config.agent
+        persona = tenant.persona or DEFAULT_PERSONA
+        plan = self._plans.get(tenant.plan)
+        if not plan.byok:
+            if self._managed is None:
+                raise AgentUnavailable("not_configured")
+            kind, base_url, token = await self._managed(tenant_id)
+            model = tenant.model if tenant.model and tenant.model in plan.models else plan.models[0]
+            return AgentProfile(
+                tenant_id=tenant_id,
+                provider_kind=kind,
+                base_url=base_url,
+                api_key=token,
+                key_id=f"managed:{plan.id}",
+                model=model,
+                persona=persona,
+                max_reply_tokens=agent.max_reply_tokens,
+                context_tokens=agent.context_tokens,
+            )
+        keys = list(await self._credentials.list(tenant_id))
+        if not keys:
+            raise AgentUnavailable("no_key")
+        chosen = next((k for k in keys if k.provider == tenant.provider), None)
+        if chosen is None:
+            order = list(self._config.providers)
+            keys.sort(key=lambda k: order.index(k.provider) if k.provider in order else len(order))
+            chosen = next((k for k in keys if k.status is KeyStatus.ACTIVE), keys[0])
+        if chosen.status is not KeyStatus.ACTIVE:
+            raise AgentUnavailable("invalid_key")
+        provider = self._config.providers.get(chosen.provider)
+        if provider is None:
+            raise AgentUnavailable("no_key")
+        revealed = await self._credentials.reveal(tenant_id, provider.id)
+        if revealed is None:
+            raise AgentUnavailable("no_key")
+        info, key = revealed
+        picked = tenant.model if tenant.provider == provider.id and tenant.model else None
+        return AgentProfile(
+            tenant_id=tenant_id,
+            provider_kind=provider.kind,
+            base_url=provider.base_url,
+            api_key=key,
+            key_id=info.id,
+            model=picked or provider.default_model,
+            persona=persona,
+            max_reply_tokens=agent.max_reply_tokens,
+            context_tokens=agent.context_tokens,
+        )
+
+
+class DatabaseMemory:
+    """Conversation memory encrypted under the tenant's data key."""
+
+    def __init__(self, db: Database, credentials: Credentials, clock: Clock) -> None:
+        self._db = db
+        self._credentials = credentials
+        self._clock = clock
+
+    async def load(self, tenant_id: str, conversation: str) -> list[Turn]:
+        async with self._db.session() as s:
+            blob = await s.scalar(
+                select(MemoryRow.blob).where(
+                    MemoryRow.tenant_id == tenant_id, MemoryRow.conversation == conversation
+                )
+            )
+            if blob is None:
+                return []
+            dek = await self._credentials.data_key(s, tenant_id)
+        data = json.loads(decrypt_blob(dek, blob, purpose="memory", object_id=conversation))
+        if not isinstance(data, list):
+            raise DecryptionError("memory is not a list of turns")
+        return [Turn(str(t["role"]), str(t["content"])) for t in data]
+
+    async def save(self, tenant_id: str, conversation: str, turns: Sequence[Turn]) -> None:
+        payload = json.dumps([{"role": t.role, "content": t.content} for t in turns]).encode()
+        async with self._db.session() as s, s.begin():
+            dek = await self._credentials.data_key(s, tenant_id)
+            blob = encrypt_blob(dek, payload, purpose="memory", object_id=conversation)
+            row = await s.get(MemoryRow, (tenant_id, conversation))
+            if row is None:
+                s.add(
+                    MemoryRow(
+                        tenant_id=tenant_id,
+                        conversation=conversation,
+                        blob=blob,
+                        updated_at=self._clock.now(),
+                    )
+                )
+            else:
+                row.blob = blob
+                row.updated_at = self._clock.now()
+
+    async def clear(self, tenant_id: str, conversation: str) -> None:
+        async with self._db.session() as s, s.begin():
+            await s.execute(
+                delete(MemoryRow).where(
+                    MemoryRow.tenant_id == tenant_id, MemoryRow.conversation == conversation
+                )
+            )
+
+
+class DatabaseKeyHealth:
+    """Marks a key dead when its provider refuses it, so the next message asks for rotation."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+
+    async def key_dead(self, tenant_id: str, key_id: str, reason: str) -> None:
+        if key_id.startswith("managed:"):
+            return  # the proxy's token, not a tenant's key
+        await self._credentials.mark_dead(tenant_id, key_id, reason=reason)

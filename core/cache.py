@@ -1,0 +1,49 @@
+"""A small bounded, time-limited cache for hot per-message lookups (tenant, flow state).
+
+Writes in this process invalidate their entries at once; the time limit bounds how long a
+change made by *another* replica can go unseen (see ARCHITECTURE's scale-out).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_MISSING = object()
+
+
+class TTLCache(Generic[K, V]):
+    """LRU-bounded mapping whose entries expire ``ttl`` seconds after they were stored."""
+
+    def __init__(self, *, ttl: float, max_items: int = 100_000) -> None:
+        self._ttl = ttl
+        self._max = max_items
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        """(hit, value); a miss or an expired entry gives (False, None)."""
+        item = self._data.get(key)
+        if item is None:
+            return False, None
+        at, value = item
+        if time.monotonic() - at > self._ttl:
+            del self._data[key]
+            return False, None
+        self._data.move_to_end(key)
+        return True, value
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = (time.monotonic(), value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+    def invalidate(self, key: K) -> None:
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        self._data.clear()

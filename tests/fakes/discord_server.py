@@ -1,0 +1,491 @@
+"""A loopback fake of Discord (REST API + gateway websocket) that records every call.
+
+The real discord.py client is pointed at it (``Route.BASE`` and ``DEFAULT_GATEWAY``); tests push
+gateway events with ``dispatch`` and the ``slash``/``button``/``modal_submit``/``message``
+payload builders, then read ``calls`` (every REST request, in order) like a transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+APP_ID = "900000000000000001"
+BOT_ID = "900000000000000002"
+GUILD_ID = "900000000000000003"
+GUILD_CHANNEL_ID = "900000000000000004"
+OWNER_ID = "900000000000000005"
+TIMESTAMP = "2026-01-01T00:00:00.000000+00:00"
+
+
+@dataclass
+class Call:
+    """One REST request the client made."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    headers: dict[str, str] = field(repr=False, default_factory=dict)
+    result: Any = None
+
+
+def _user(uid: str, name: str, *, bot: bool = False) -> dict[str, Any]:
+    return {
+        "id": uid,
+        "username": name,
+        "global_name": name.title(),
+        "discriminator": "0",
+        "avatar": None,
+        "bot": bot,
+        "flags": 0,
+        "public_flags": 0,
+    }
+
+
+class FakeDiscord:
+    """The fake server. ``async with FakeDiscord() as fake:`` starts it on a free port."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.gateway_frames: list[dict[str, Any]] = []
+        self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id -> list
+        self.forbidden_deletes: set[str] = set()
+        self.failures: list[tuple[str, re.Pattern[str], int, dict[str, Any]]] = []
+        self.identified = asyncio.Event()
+        self.resumed = asyncio.Event()
+        self._ids = itertools.count(1_000_000_000_000_000_001)
+        self._seq = 0
+        self._ws: web.WebSocketResponse | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.dm_channels: dict[str, str] = {}
+        self.send_ready = True  # False: a gateway that never says READY
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeDiscord:
+        app = web.Application()
+        app.router.add_get("/gw", self._gateway)
+        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gw"
+
+    def next_id(self) -> str:
+        return str(next(self._ids))
+
+    # -- test controls ---------------------------------------------------------------------
+
+    def fail_next(self, method: str, path_regex: str, status: int, body: dict[str, Any]) -> None:
+        """Answer the next matching request with ``status``/``body`` instead of succeeding."""
+        self.failures.append((method, re.compile(path_regex), status, body))
+
+    def find(self, method: str, pattern: str) -> list[Call]:
+        """Every recorded call with that method whose path matches ``pattern`` (a regex)."""
+        rx = re.compile(pattern)
+        return [c for c in self.calls if c.method == method and rx.search(c.path)]
+
+    async def wait_for(self, predicate: Callable[[], bool], *, limit: float = 5.0) -> None:
+        """Wait until the recorded calls satisfy ``predicate`` (polling; fails after ``limit``)."""
+        async with asyncio.timeout(limit):
+            while not predicate():  # noqa: ASYNC110 - calls are recorded by another task
+                await asyncio.sleep(0.01)
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send one gateway DISPATCH event to the connected client."""
+        assert self._ws is not None, "no client connected"
+        self._seq += 1
+        await self._send({"op": 0, "t": event, "s": self._seq, "d": data})
+
+    async def request_reconnect(self) -> None:
+        """Ask the client to reconnect (op 7); it resumes against ``resume_gateway_url``."""
+        assert self._ws is not None
+        self.resumed.clear()
+        await self._send({"op": 7, "d": None})
+
+    # -- payload builders ------------------------------------------------------------------
+
+    def user(self, uid: str, name: str) -> dict[str, Any]:
+        return _user(uid, name)
+
+    def _where(self, user: dict[str, Any], channel_id: str | None) -> dict[str, Any]:
+        if channel_id is None:  # a DM with the bot
+            dm = self.dm_channels.setdefault(user["id"], self.next_id())
+            return {"channel_id": dm, "channel": {"id": dm, "type": 1}, "user": user, "context": 1}
+        return {
+            "channel_id": channel_id,
+            "guild_id": GUILD_ID,
+            "channel": {"id": channel_id, "type": 0, "guild_id": GUILD_ID, "name": "general"},
+            "member": self._member(user),
+            "context": 0,
+        }
+
+    def _member(self, user: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "user": user,
+            "roles": [],
+            "joined_at": TIMESTAMP,
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "permissions": "2147483647",
+        }
+
+    def interaction(
+        self, kind: int, user: dict[str, Any], data: dict[str, Any], *, channel_id: str | None
+    ) -> dict[str, Any]:
+        iid = self.next_id()
+        return {
+            "id": iid,
+            "application_id": APP_ID,
+            "type": kind,
+            "token": f"itok-{iid}",
+            "version": 1,
+            "attachment_size_limit": 8_000_000,
+            "app_permissions": "2147483647",
+            "locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": GUILD_ID},
+            "data": data,
+            **self._where(user, channel_id),
+        }
+
+    def slash(
+        self,
+        user: dict[str, Any],
+        name: str,
+        options: list[dict[str, Any]] | None = None,
+        *,
+        channel_id: str | None = None,
+    ) -> dict[str, Any]:
+        data = {"id": self.next_id(), "name": name, "type": 1, "options": options or []}
+        return self.interaction(2, user, data, channel_id=channel_id)
+
+    def autocomplete(
+        self, user: dict[str, Any], name: str, options: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        data = {"id": self.next_id(), "name": name, "type": 1, "options": options}
+        return self.interaction(4, user, data, channel_id=None)
+
+    def button(
+        self, user: dict[str, Any], custom_id: str, *, channel_id: str | None = None
+    ) -> dict[str, Any]:
+        where = self._where(user, channel_id)
+        message = {
+            "id": self.next_id(),
+            "channel_id": where["channel_id"],
+            "author": _user(BOT_ID, "byokbot", bot=True),
+            "content": "pick one",
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "components": [],
+            "flags": 0,
+        }
+        data = {"custom_id": custom_id, "component_type": 2}
+        payload = self.interaction(3, user, data, channel_id=channel_id)
+        payload["message"] = message
+        return payload
+
+    def modal_submit(
+        self,
+        user: dict[str, Any],
+        custom_id: str,
+        values: dict[str, str],
+        *,
+        channel_id: str | None,
+    ) -> dict[str, Any]:
+        rows = [
+            {"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]}
+            for k, v in values.items()
+        ]
+        data = {"custom_id": custom_id, "components": rows}
+        return self.interaction(5, user, data, channel_id=channel_id)
+
+    def message(
+        self,
+        user: dict[str, Any],
+        content: str,
+        *,
+        channel_id: str | None = None,
+        mentions: list[dict[str, Any]] | None = None,
+        reply_to_bot: bool = False,
+    ) -> dict[str, Any]:
+        mid = self.next_id()
+        payload: dict[str, Any] = {
+            "id": mid,
+            "author": user,
+            "content": content,
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": mentions or [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 19 if reply_to_bot else 0,
+            "flags": 0,
+        }
+        if channel_id is None:
+            payload["channel_id"] = self.dm_channels.setdefault(user["id"], self.next_id())
+        else:
+            payload["channel_id"] = channel_id
+            payload["guild_id"] = GUILD_ID
+            member = self._member(user)
+            del member["user"]
+            payload["member"] = member
+        if reply_to_bot:
+            ref_id = self.next_id()
+            payload["message_reference"] = {"message_id": ref_id, "channel_id": channel_id}
+            payload["referenced_message"] = {
+                **self._bot_message(ref_id, payload["channel_id"], "earlier answer"),
+            }
+        return payload
+
+    # -- REST ------------------------------------------------------------------------------
+
+    def _bot_message(self, mid: str, channel_id: str, content: str) -> dict[str, Any]:
+        return {
+            "id": mid,
+            "channel_id": channel_id,
+            "author": _user(BOT_ID, "byokbot", bot=True),
+            "content": content,
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+            "components": [],
+        }
+
+    @staticmethod
+    def _json(data: Any, status: int = 200) -> web.Response:
+        # discord.py's login breaks on "application/json; charset=utf-8": set the type exactly.
+        return web.Response(
+            status=status,
+            body=json.dumps(data).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["path"]
+        body: Any = None
+        if request.content_type == "application/json":
+            body = await request.json()
+        elif request.content_type.startswith("multipart/"):
+            form = await request.post()
+            raw = form.get("payload_json")
+            body = json.loads(str(raw)) if raw is not None else {}
+            body["_files"] = sorted(k for k in form if k != "payload_json")
+        call = Call(request.method, path, dict(request.query), body, dict(request.headers))
+        self.calls.append(call)
+        for i, (method, rx, status, fbody) in enumerate(self.failures):
+            if method == request.method and rx.search(path):
+                del self.failures[i]
+                headers = {"Content-Type": "application/json"}
+                if status == 429:
+                    # discord.py treats a 429 without "Via" as a Cloudflare ban, not a rate limit.
+                    headers |= {
+                        "X-RateLimit-Scope": "user",
+                        "Retry-After": "0.05",
+                        "Via": "1.1 google",
+                    }
+                return web.Response(status=status, body=json.dumps(fbody).encode(), headers=headers)
+        response = self._route(request.method, path, body)
+        if response.content_type == "application/json" and isinstance(response.body, bytes):
+            call.result = json.loads(response.body)
+        return response
+
+    def _route(self, method: str, path: str, body: Any) -> web.Response:
+        parts = path.strip("/").split("/")
+        if (method, path) == ("GET", "/users/@me"):
+            return self._json(_user(BOT_ID, "byokbot", bot=True))
+        if (method, path) == ("GET", "/oauth2/applications/@me"):
+            return self._json(
+                {
+                    "id": APP_ID,
+                    "name": "byokbot",
+                    "description": "",
+                    "icon": None,
+                    "bot_public": True,
+                    "bot_require_code_grant": False,
+                    "owner": _user(OWNER_ID, "owner"),
+                    "verify_key": "0" * 64,
+                    "flags": 0,
+                }
+            )
+        if parts[0] == "applications" and parts[-1] == "commands":
+            scope = parts[3] if len(parts) == 5 else "global"
+            if method == "GET":
+                return self._json(self.commands.get(scope, []))
+            stored = [
+                {**cmd, "id": self.next_id(), "application_id": APP_ID, "version": "1"}
+                for cmd in body
+            ]
+            self.commands[scope] = stored
+            return self._json(stored)
+        if parts[0] == "interactions" and method == "POST":
+            kind = body["type"]
+            interaction = {"id": parts[1], "type": 2}
+            if kind in (4, 5):
+                mid = self.next_id()
+                flags = body.get("data", {}).get("flags", 0)
+                interaction |= {
+                    "response_message_id": mid,
+                    "response_message_loading": kind == 5,
+                    "response_message_ephemeral": bool(flags & 64),
+                }
+                content = body.get("data", {}).get("content", "")
+                message = self._bot_message(mid, "0", content) | {"flags": flags}
+                return self._json(
+                    {"interaction": interaction, "resource": {"type": kind, "message": message}}
+                )
+            return self._json({"interaction": interaction})
+        if parts[0] == "webhooks":
+            if method == "DELETE":
+                return web.Response(status=204)
+            mid = self.next_id() if method == "POST" else parts[-1]
+            if mid == "@original":
+                mid = "1"
+            content = (body or {}).get("content", "")
+            return self._json(self._bot_message(mid, "0", content))
+        if parts[0] == "users" and path == "/users/@me/channels":
+            uid = str(body["recipient_id"])
+            cid = self.dm_channels.setdefault(uid, self.next_id())
+            return self._json({"id": cid, "type": 1, "recipients": [_user(uid, "someone")]})
+        if parts[0] == "channels":
+            cid = parts[1]
+            if parts[-1] == "typing":
+                return web.Response(status=204)
+            if method == "POST":
+                return self._json(self._bot_message(self.next_id(), cid, body.get("content", "")))
+            if method == "PATCH":
+                return self._json(self._bot_message(parts[3], cid, body.get("content", "")))
+            if method == "DELETE":
+                if parts[3] in self.forbidden_deletes:
+                    return self._json({"code": 50013, "message": "Missing Permissions"}, 403)
+                return web.Response(status=204)
+        return self._json({"code": 0, "message": f"fake: no route for {method} {path}"}, 404)
+
+    # -- gateway ---------------------------------------------------------------------------
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(json.dumps(frame))
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws = ws
+        await self._send({"op": 10, "d": {"heartbeat_interval": 45000}})
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            frame = json.loads(msg.data)
+            self.gateway_frames.append(frame)
+            op = frame["op"]
+            if op == 1:
+                await self._send({"op": 11, "d": None})
+            elif op == 2 and self.send_ready:
+                await self._ready()
+            elif op == 6:
+                self._seq = max(self._seq, frame["d"].get("seq") or 0)
+                self._seq += 1
+                await self._send({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}})
+                self.resumed.set()
+        return ws
+
+    async def _ready(self) -> None:
+        self._seq += 1
+        ready = {
+            "v": 10,
+            "user": _user(BOT_ID, "byokbot", bot=True),
+            "session_id": "fake-session",
+            "resume_gateway_url": self.gateway_url,
+            "guilds": [{"id": GUILD_ID, "unavailable": True}],
+            "application": {"id": APP_ID, "flags": 0},
+        }
+        await self._send({"op": 0, "t": "READY", "s": self._seq, "d": ready})
+        self._seq += 1
+        guild = {
+            "id": GUILD_ID,
+            "name": "Test guild",
+            "unavailable": False,
+            "owner_id": OWNER_ID,
+            "member_count": 2,
+            "large": False,
+            "features": [],
+            "roles": [
+                {
+                    "id": GUILD_ID,
+                    "name": "@everyone",
+                    "permissions": "2147483647",
+                    "position": 0,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                }
+            ],
+            "emojis": [],
+            "stickers": [],
+            "channels": [
+                {
+                    "id": GUILD_CHANNEL_ID,
+                    "type": 0,
+                    "name": "general",
+                    "position": 0,
+                    "permission_overwrites": [],
+                },
+            ],
+            "threads": [],
+            "members": [{**self._member(_user(BOT_ID, "byokbot", bot=True))}],
+            "voice_states": [],
+            "presences": [],
+            "joined_at": TIMESTAMP,
+        }
+        await self._send({"op": 0, "t": "GUILD_CREATE", "s": self._seq, "d": guild})
+        self.identified.set()

@@ -1,0 +1,455 @@
+"""A loopback fake of the Telegram Bot API that records every call the real SDK makes.
+
+Serves ``POST /bot<TOKEN>/<method>`` (form, multipart or JSON bodies) on 127.0.0.1, queues
+updates for ``getUpdates`` long polls, keeps the text of every message per chat (edits applied,
+deletions removed) and can be told to fail a method with a status (403, 400, 429 with
+``retry_after``) a number of times. A method it does not model answers 404, as the real server
+does, so an unexpected call fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+# Parameters the SDK sends as JSON strings inside a form body.
+_JSON_FIELDS = frozenset(
+    {"reply_markup", "entities", "commands", "allowed_updates", "reply_parameters", "scope"}
+)
+
+
+_KNOWN_METHODS = frozenset(
+    {
+        "getMe",
+        "getUpdates",
+        "setMyCommands",
+        "deleteWebhook",
+        "setWebhook",
+        "answerCallbackQuery",
+        "sendChatAction",
+        "sendMessageDraft",
+        "sendMessage",
+        "sendPhoto",
+        "editMessageText",
+        "editMessageReplyMarkup",
+        "deleteMessage",
+        "getChat",
+    }
+)
+
+
+@dataclass
+class Call:
+    """One request the SDK made."""
+
+    method: str
+    params: dict[str, Any]
+    status: int = 200
+
+
+@dataclass
+class Failure:
+    """A scripted error answer for ``method`` (optionally only for one ``chat_id``)."""
+
+    method: str
+    status: int
+    description: str
+    times: int = 1
+    retry_after: float | None = None
+    chat_id: str | None = None
+    migrate_to: int | None = None
+
+
+@dataclass
+class FakeTelegramServer:
+    """The fake Bot API. ``start()`` binds a free port; ``base_url`` goes to the SDK."""
+
+    token: str
+    bot_id: int = 777000111
+    bot_username: str = "byok_test_bot"
+    calls: list[Call] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    chats: dict[str, dict[int, str]] = field(default_factory=dict)
+    _updates: list[dict[str, Any]] = field(default_factory=list)
+    _forced: list[dict[str, Any]] = field(default_factory=list)
+    _next_update_id: int = 1000
+    _next_message_id: int = 500
+    _changed: asyncio.Condition | None = None
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: web.AppRunner | None = None
+    port: int = 0
+    max_hold: float = 0.05
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    @property
+    def file_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/file/bot"
+
+    async def start(self) -> None:
+        self._changed = asyncio.Condition()
+        app = web.Application()
+        app.router.add_post("/bot{token}/{method}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ----- scripting -----------------------------------------------------------------------
+
+    def push_update(self, update: dict[str, Any]) -> int:
+        """Queue an update for ``getUpdates``; assigns and returns its ``update_id``."""
+        self._next_update_id += 1
+        update = {"update_id": self._next_update_id, **update}
+        self._updates.append(update)
+        self._arrived.set()
+        self._notify()
+        return self._next_update_id
+
+    def redeliver(self, update_id: int, update: dict[str, Any]) -> None:
+        """Send an update again although it was confirmed (what a redelivery looks like)."""
+        self._forced.append({"update_id": update_id, **update})
+        self._arrived.set()
+        self._notify()
+
+    def fail(
+        self,
+        method: str,
+        status: int,
+        description: str,
+        *,
+        times: int = 1,
+        retry_after: float | None = None,
+        chat_id: str | int | None = None,
+        migrate_to: int | None = None,
+    ) -> None:
+        self.failures.append(
+            Failure(
+                method,
+                status,
+                description,
+                times,
+                retry_after,
+                None if chat_id is None else str(chat_id),
+                migrate_to,
+            )
+        )
+
+    def next_message_id(self) -> int:
+        self._next_message_id += 1
+        return self._next_message_id
+
+    # ----- reading -------------------------------------------------------------------------
+
+    def calls_to(self, method: str, *, ok_only: bool = True) -> list[dict[str, Any]]:
+        return [
+            c.params for c in self.calls if c.method == method and (c.status == 200 or not ok_only)
+        ]
+
+    def methods(self, *, ok_only: bool = True) -> list[str]:
+        return [c.method for c in self.calls if c.status == 200 or not ok_only]
+
+    def texts(self, chat_id: str | int) -> list[str]:
+        """What the chat shows now: the bot's live messages in order (edits applied)."""
+        msgs = self.chats.get(str(chat_id), {})
+        return [msgs[k] for k in sorted(msgs)]
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds (re-checked after every call), or fail the test."""
+        assert self._changed is not None
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), within)
+
+    async def wait_calls(self, method: str, count: int, within: float = 5.0) -> None:
+        await self.wait_for(lambda: len(self.calls_to(method)) >= count, within)
+
+    # ----- serving -------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        async def bump() -> None:
+            assert self._changed is not None
+            async with self._changed:
+                self._changed.notify_all()
+
+        task = asyncio.get_running_loop().create_task(bump())
+        task.add_done_callback(lambda t: t.result())
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        if request.content_type == "application/json":
+            raw = await request.json()
+            return dict(raw) if isinstance(raw, dict) else {}
+        form = await request.post()
+        params: dict[str, Any] = {}
+        for key, value in form.items():
+            if isinstance(value, str):
+                params[key] = json.loads(value) if key in _JSON_FIELDS else value
+            else:  # a file upload
+                params[key] = {"filename": value.filename, "size": len(value.file.read())}
+        return params
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.match_info["token"] != self.token:
+            return self._error(401, "Unauthorized")
+        params = await self._params(request)
+        call = Call(method, params)
+        self.calls.append(call)
+        failure = self._scripted_failure(method, params)
+        if failure is not None:
+            call.status = failure.status
+            self._notify()
+            return self._error(
+                failure.status, failure.description, failure.retry_after, failure.migrate_to
+            )
+        if method not in _KNOWN_METHODS:
+            # Fail loudly, as the real server does, on a method the fake does not model.
+            call.status = 404
+            self._notify()
+            return self._error(404, "Not Found")
+        if method == "getUpdates":
+            result: Any = await self._get_updates(params)
+        else:
+            result = self._result(method, params)
+        self._notify()
+        return web.json_response({"ok": True, "result": result})
+
+    def _scripted_failure(self, method: str, params: dict[str, Any]) -> Failure | None:
+        for failure in self.failures:
+            if failure.method != method or failure.times <= 0:
+                continue
+            if failure.chat_id is not None and str(params.get("chat_id")) != failure.chat_id:
+                continue
+            failure.times -= 1
+            return failure
+        return None
+
+    @staticmethod
+    def _error(
+        status: int,
+        description: str,
+        retry_after: float | None = None,
+        migrate_to: int | None = None,
+    ) -> web.Response:
+        body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+        if retry_after is not None:
+            body["parameters"] = {"retry_after": retry_after}
+        if migrate_to is not None:
+            body["parameters"] = {"migrate_to_chat_id": migrate_to}
+        return web.json_response(body, status=status)
+
+    async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        offset = int(params.get("offset", 0) or 0)
+        # Hold long polls briefly only, so stopping the updater in teardown is quick.
+        timeout = min(float(params.get("timeout", 0) or 0), self.max_hold)
+        # Confirmed updates are gone for good, as on the real server.
+        self._updates = [u for u in self._updates if u["update_id"] >= offset]
+        if not self._updates and not self._forced:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        forced, self._forced = self._forced, []
+        return forced + list(self._updates)
+
+    def _user(self) -> dict[str, Any]:
+        return {
+            "id": self.bot_id,
+            "is_bot": True,
+            "first_name": "BYOK",
+            "username": self.bot_username,
+        }
+
+    def _message(self, chat_id: str, text: str, message_id: int) -> dict[str, Any]:
+        cid = int(chat_id)
+        return {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "chat": {"id": cid, "type": "private" if cid > 0 else "supergroup"},
+            "from": self._user(),
+            "text": text,
+        }
+
+    def _result(self, method: str, params: dict[str, Any]) -> Any:
+        chat_id = str(params.get("chat_id", ""))
+        if method == "getMe":
+            return self._user()
+        if method in ("sendMessage", "sendPhoto"):
+            mid = self.next_message_id()
+            text = str(params.get("text", params.get("caption", "")))
+            self.chats.setdefault(chat_id, {})[mid] = text
+            return self._message(chat_id, text, mid)
+        if method == "editMessageText":
+            mid = int(params["message_id"])
+            self.chats.setdefault(chat_id, {})[mid] = str(params["text"])
+            return self._message(chat_id, str(params["text"]), mid)
+        if method == "editMessageReplyMarkup":
+            mid = int(params["message_id"])
+            return self._message(chat_id, self.chats.get(chat_id, {}).get(mid, ""), mid)
+        if method == "deleteMessage":
+            self.chats.get(chat_id, {}).pop(int(params["message_id"]), None)
+            return True
+        if method == "getChat":
+            cid = int(chat_id)
+            return {"id": cid, "type": "private" if cid > 0 else "supergroup"}
+        return True  # methods whose result is plain ``true``
+
+
+# ----- recorded update shapes --------------------------------------------------------------
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+_clock = iter(range(1_780_000_000, 1_790_000_000))
+
+
+def tg_user(user_id: int, first_name: str = "Ada", username: str | None = "ada") -> dict[str, Any]:
+    user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first_name}
+    if username:
+        user["username"] = username
+    return user
+
+
+def _entities(text: str) -> list[dict[str, Any]]:
+    """Entities the Telegram server would attach: a leading command and @mentions."""
+    out: list[dict[str, Any]] = []
+    if text.startswith("/"):
+        length = len(text.split()[0])
+        out.append({"type": "bot_command", "offset": 0, "length": length})
+    pos = 0
+    for word in text.split(" "):
+        if word.startswith("@") and len(word) > 1:
+            out.append({"type": "mention", "offset": pos, "length": len(word)})
+        pos += len(word) + 1
+    return out
+
+
+def message(
+    chat_id: int,
+    user: dict[str, Any],
+    text: str,
+    *,
+    message_id: int,
+    reply_to: dict[str, Any] | None = None,
+    chat_title: str = "Team",
+) -> dict[str, Any]:
+    """A ``message`` update body: private chat when ``chat_id > 0``, supergroup otherwise."""
+    chat: dict[str, Any] = (
+        {"id": chat_id, "type": "private", "first_name": user["first_name"]}
+        if chat_id > 0
+        else {"id": chat_id, "type": "supergroup", "title": chat_title}
+    )
+    msg: dict[str, Any] = {
+        "message_id": message_id,
+        "date": next(_clock),
+        "chat": chat,
+        "from": user,
+        "text": text,
+    }
+    entities = _entities(text)
+    if entities:
+        msg["entities"] = entities
+    if reply_to is not None:
+        msg["reply_to_message"] = reply_to
+    return {"message": msg}
+
+
+def callback(
+    chat_id: int, user: dict[str, Any], data: str, *, message_id: int, query_id: str = "q1"
+) -> dict[str, Any]:
+    """A ``callback_query`` update body for a button on the bot's message ``message_id``."""
+    chat_type = "private" if chat_id > 0 else "supergroup"
+    return {
+        "callback_query": {
+            "id": query_id,
+            "from": user,
+            "chat_instance": "ci-1",
+            "data": data,
+            "message": {
+                "message_id": message_id,
+                "date": next(_clock),
+                "chat": {"id": chat_id, "type": chat_type},
+                "from": {"id": 777000111, "is_bot": True, "first_name": "BYOK"},
+                "text": "pick one",
+            },
+        }
+    }
+
+
+# ----- a scripted stand-in for the router --------------------------------------------------
+
+
+class Script:
+    """The ``handler`` given to ``adapter.start``: records events and runs ``on(event)``.
+
+    Exceptions from ``on`` are kept in ``errors`` (the real router has a catch-all too).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.errors: list[BaseException] = []
+        self.done = 0
+        self.on: Callable[[Any], Any] | None = None
+        self._cond = asyncio.Condition()
+
+    async def __call__(self, event: Any) -> Any:
+        from core.chat import Outcome
+
+        self.events.append(event)
+        try:
+            if self.on is not None:
+                await self.on(event)
+        except Exception as exc:
+            self.errors.append(exc)
+        finally:
+            async with self._cond:
+                self.done += 1
+                self._cond.notify_all()
+        return Outcome()
+
+    async def handled(self, count: int, within: float = 5.0) -> None:
+        """Wait until ``count`` events have been fully handled."""
+        async with self._cond:
+            await asyncio.wait_for(self._cond.wait_for(lambda: self.done >= count), within)
+
+
+class TickingClock:
+    """A monotonic clock the test moves by hand, for stream pacing."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class HeldSleep:
+    """An injectable ``sleep`` that returns only when the test says time has passed.
+
+    ``release()`` ends every sleep in progress; until then, paced work waits, so tests count
+    edits without depending on wall-clock time.
+    """
+
+    def __init__(self) -> None:
+        self._gate = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        await self._gate.wait()
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        self._gate.set()
