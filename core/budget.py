@@ -385,7 +385,7 @@ class Budget:
         before a byte reaches the client.
         """
         hint, plan = self._hints.get(tenant_id), self._plans.get(plan_id)
-        if hint is None or plan is None:
+        if hint is None or plan is None or plan.byok:
             return False
         used_t, used_u, minute, requests = hint
         pending_t, pending_u, pending_n = self._pending.get(tenant_id, (0, 0, 0))

@@ -410,3 +410,18 @@ def test_periods() -> None:
     assert period_of(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == date(2026, 12, 1)
     assert next_period(date(2026, 12, 1)) == date(2027, 1, 1)
     assert next_period(date(2026, 1, 1)) == date(2026, 2, 1)
+
+
+async def test_likely_admits_is_a_conservative_hint(db: Database) -> None:
+    clock = ManualClock(START)
+    budget = Budget(db, plans(tokens=10_000, rpm=5), clock)
+    assert budget.likely_admits("t1", "managed", Cost(100, 0)) is False  # nothing seen yet
+    await spend(budget, "t1", 100)
+    assert budget.likely_admits("t1", "managed", Cost(100, 0)) is True
+    assert budget.likely_admits("t1", "managed", Cost(2_500, 0)) is False  # 100 + 4 x 2_500
+    assert budget.likely_admits("t1", "byok", Cost(1, 0)) is False
+    for _ in range(3):
+        await budget.reserve("t1", "managed", Cost(1, 0))
+    assert budget.likely_admits("t1", "managed", Cost(1, 0)) is False  # 4 of 5 this minute
+    clock.advance(60)
+    assert budget.likely_admits("t1", "managed", Cost(1, 0)) is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -703,3 +704,62 @@ def test_llm_errors_for_the_proxys_own_refusals() -> None:
             r = httpx.Response(status, json=error_body(api, etype, "m"))
             err: LLMError = classify(kind, r)
             assert type(err) is cls
+
+
+async def test_an_upstream_call_opened_early_is_dropped_when_the_reservation_fails(
+    world: World,
+) -> None:
+    """The proxy may open the upstream call while reserving; a refusal still reaches the client."""
+    token = await world.token()
+    assert (await post_anthropic(world, token, anthropic_body())).status_code == 200
+    await world.settled()
+    assert world.server.budget.likely_admits("t-managed", "managed", Cost(200, 0)) is True
+    # Another proxy process spends the rest of the month meanwhile.
+    other = Budget(world.db, catalog(), world.clock)
+    r = await other.reserve("t-managed", "managed", Cost(1_000_000 - 5 - 100, 0))
+    await other.settle(r, Cost(1_000_000 - 5 - 100, 0), plan_id="managed")
+    r = await post_anthropic(world, token, anthropic_body())
+    assert (r.status_code, r.json()["error"]["type"]) == (402, "usage_cap_reached")
+    s = await world.settled()
+    assert (s.spent.tokens, s.tokens_reserved) == (1_000_000 - 100, 0)
+
+
+async def test_jobs_release_orphans_and_serve_forever_stops_cleanly(tmp_path: Path) -> None:
+    async with start_world(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'j.db'}") as w:
+        await w.server.budget.reserve("t-managed", "managed", Cost(500, 0))  # then "crash"
+        w.clock.advance(3600)
+        await w.server.run_jobs()
+        assert (await w.summary()).tokens_reserved == 0
+        settings = parse_proxy(proxy_table(w.fake), source="test.toml", plans=catalog())
+        busy = ProxyServer(
+            dataclasses.replace(settings, port=w.server.port or 0),
+            w.db,
+            plans=catalog(),
+            env=w.platform_keys,
+            clock=w.clock,
+        )
+        with pytest.raises(OSError, match="address already in use"):
+            await busy.serve_forever()
+        standalone = ProxyServer(
+            dataclasses.replace(settings, port=0),
+            w.db,
+            plans=catalog(),
+            env=w.platform_keys,
+            clock=w.clock,
+        )
+        task = asyncio.create_task(standalone.serve_forever())
+        for _ in range(500):
+            if standalone.port is not None:
+                break
+            await asyncio.sleep(0.01)
+        token = await w.token()
+        r = await w.http.post(
+            f"http://127.0.0.1:{standalone.port}/v1/messages",
+            json=anthropic_body(),
+            headers={"x-api-key": token},
+        )
+        assert r.status_code == 200
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (standalone._runner, standalone._http) == (None, None)

@@ -90,3 +90,23 @@ async def test_revoke_all_is_immediate_scoped_to_the_tenant_and_audited(db: Data
 def test_keep_must_be_positive() -> None:
     with pytest.raises(ValueError, match="keep must be at least 1"):
         ProxyTokens(Database("sqlite+aiosqlite:///:memory:"), ManualClock(), keep=0)
+
+
+async def test_the_cache_skips_lookups_but_not_revocations_made_through_it(db: Database) -> None:
+    tokens = ProxyTokens(db, ManualClock(), cache_seconds=60)
+    token = (await tokens.issue("t1")).reveal()
+    assert await tokens.resolve(token) == "t1"
+    elsewhere = ProxyTokens(db, ManualClock())  # e.g. the bot, in another process
+    assert await elsewhere.revoke_all("t1") == 1
+    # Documented: another process's revocation reaches this cache within cache_seconds.
+    assert await tokens.resolve(token) == "t1"
+    await tokens.revoke_all("t1")
+    assert await tokens.resolve(token) is None
+
+
+async def test_rotation_evicts_cached_tokens_too(db: Database) -> None:
+    tokens = ProxyTokens(db, ManualClock(), keep=2, cache_seconds=60)
+    first = (await tokens.issue("t1")).reveal()
+    assert await tokens.resolve(first) == "t1"
+    newer = [(await tokens.issue("t1")).reveal() for _ in range(2)]
+    assert [await tokens.resolve(t) for t in (first, *newer)] == [None, "t1", "t1"]

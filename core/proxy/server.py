@@ -30,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from core.budget import (
+    AlertSink,
     Budget,
     CapReached,
     Cost,
@@ -97,8 +98,10 @@ class ProxyServer:
         plans: the plan catalog (``Config.plans``).
         env: where the platform keys are read from (``os.environ`` in production).
         clock: time for budgets; ``SystemClock`` by default.
-        budget: an existing ``Budget`` (so the bot's alert sink is used); built if omitted.
-        tokens: an existing ``ProxyTokens``; built if omitted.
+        budget: an existing ``Budget``; built (with ``sink``) if omitted.
+        tokens: an existing ``ProxyTokens``; built if omitted. Pass the bot's own instance
+            when the proxy runs inside ``byokbot run``, so its revocations skip the cache.
+        sink: where usage alerts go when the budget is built here.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class ProxyServer:
         clock: Clock | None = None,
         budget: Budget | None = None,
         tokens: ProxyTokens | None = None,
+        sink: AlertSink | None = None,
     ) -> None:
         self.settings = settings
         self._plans = plans
@@ -120,6 +124,7 @@ class ProxyServer:
             db,
             plans,
             self._clock,
+            sink=sink,
             reservation_ttl=timedelta(seconds=settings.reservation_ttl_seconds),
         )
         self.tokens = tokens or ProxyTokens(
@@ -152,7 +157,11 @@ class ProxyServer:
             host if host is not None else self.settings.host,
             port if port is not None else self.settings.port,
         )
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
         server = site._server
         sockets = getattr(server, "sockets", None) or ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else None
