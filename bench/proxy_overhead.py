@@ -203,7 +203,18 @@ async def main(args: argparse.Namespace) -> None:
     from core.proxy_tokens import ProxyTokens
 
     tmp = Path(tempfile.mkdtemp(prefix="proxybench-"))
-    db_url = args.pg or f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+    db_url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+    pg_name = ""
+    if args.pg:
+        # A throwaway database beside the one named, never the named one itself.
+        import asyncpg
+
+        pg_name = f"proxybench_{os.getpid()}"
+        admin = args.pg.replace("postgresql+asyncpg://", "postgresql://")
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'CREATE DATABASE "{pg_name}"')
+        await conn.close()
+        db_url = f"{args.pg.rpartition('/')[0]}/{pg_name}"
     await upgrade(db_url)
     db = Database(db_url)
     del PlanSettings
@@ -266,6 +277,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         proxy_port = await wait_port(proxy_port_file, proxy)
         proxy_ps = psutil.Process(proxy.pid)
+        rss_idle = proxy_ps.memory_info().rss / 2**20
         direct_url = f"{upstream}/v1/messages"
         proxy_url = f"http://127.0.0.1:{proxy_port}/v1/messages"
         direct_headers = [{"x-api-key": PLATFORM_KEY, "anthropic-version": "2023-06-01"}]
@@ -341,18 +353,30 @@ async def main(args: argparse.Namespace) -> None:
                 )
             total_done = done + extra
             rss = proxy_ps.memory_info().rss / 2**20
-            print(f"proxy RSS after {total_done} requests: {rss:.1f} MiB")
+            print(
+                f"proxy RSS after {total_done} requests: {rss:.1f} MiB "
+                f"(idle after start: {rss_idle:.1f} MiB)"
+            )
     finally:
         for p in (proxy, fake):
             if p.returncode is None:
                 p.terminate()
                 await p.wait()
+        if pg_name:
+            conn = await asyncpg.connect(admin)
+            await conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+            await conn.close()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests; under a minute")
-    parser.add_argument("--pg", default="", help="a PostgreSQL URL (postgresql+asyncpg://...)")
+    parser.add_argument(
+        "--pg",
+        default="",
+        help="a PostgreSQL server URL (postgresql+asyncpg://...); the bench creates and drops"
+        " its own database there",
+    )
     parser.add_argument(
         "--chunk-ms",
         type=float,

@@ -243,10 +243,12 @@ class Budget:
         # tenant -> (tokens, micros, count) of reservations this process has in flight.
         self._pending: dict[str, tuple[int, int, int]] = {}
         self._lock: asyncio.Lock | None = None
-        self._fast: _SQLiteWriter | None = None
+        self._fast: _SQLiteWriter | _PostgresWriter | None = None
         if db.is_sqlite:
             self._lock = _SQLITE_WRITERS.setdefault(db, asyncio.Lock())
             self._fast = _sqlite_writer(db)
+        elif db.url.startswith("postgresql+asyncpg://"):
+            self._fast = _PostgresWriter(db)
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -823,3 +825,97 @@ def _sqlite_writer(db: Database) -> _SQLiteWriter | None:
         writer = _FAST_WRITERS[db] = _SQLiteWriter(path)
         weakref.finalize(db, writer.close)
     return writer
+
+
+# --- PostgreSQL: the request path as one statement each ----------------------------------------
+#
+# Through the ORM a reserve is BEGIN, UPDATE, INSERT, COMMIT: four round trips. As one
+# statement (a data-modifying CTE) in autocommit it is one, and still atomic: the UPDATE takes
+# the row lock and re-checks its WHERE against the committed row, and the INSERT happens only
+# if the UPDATE matched. Settle gives back the amounts of the reservation row it deleted, so it
+# cannot release what the sweeper already released.
+
+_PG_RESERVE_SQL: Final = """
+WITH u AS (
+  UPDATE budgets SET
+    tokens_reserved = tokens_reserved + $1,
+    usd_micros_reserved = usd_micros_reserved + $2,
+    window_requests = CASE WHEN window_minute = $3 THEN window_requests + 1 ELSE 1 END,
+    window_minute = $3,
+    updated_at = $4
+  WHERE tenant_id = $5 AND period_start = $6
+    AND (window_minute != $3 OR window_requests < $7)
+    AND ($8::bigint IS NULL OR tokens_spent + tokens_reserved + $1 <= $8::bigint)
+    AND ($9::bigint IS NULL OR usd_micros_spent + usd_micros_reserved + $2 <= $9::bigint)
+  RETURNING tokens_spent + tokens_reserved AS used_t,
+            usd_micros_spent + usd_micros_reserved AS used_u,
+            window_requests
+), i AS (
+  INSERT INTO budget_reservations (id, tenant_id, tokens, usd_micros, created_at, expires_at)
+  SELECT $10, $5, $1, $2, $4, $11 FROM u
+)
+SELECT used_t, used_u, window_requests FROM u
+"""
+
+_PG_SETTLE_SQL: Final = """
+WITH d AS (
+  DELETE FROM budget_reservations WHERE id = $1 RETURNING tokens, usd_micros
+)
+UPDATE budgets SET
+  tokens_reserved = tokens_reserved - COALESCE((SELECT tokens FROM d), 0),
+  usd_micros_reserved = usd_micros_reserved - COALESCE((SELECT usd_micros FROM d), 0),
+  tokens_spent = tokens_spent + $3,
+  usd_micros_spent = usd_micros_spent + $4,
+  updated_at = $5
+WHERE tenant_id = $2 AND (EXISTS (SELECT 1 FROM d) OR $3 > 0 OR $4 > 0)
+RETURNING tokens_spent, usd_micros_spent, alerted_pct, period_start
+"""
+
+
+class _PostgresWriter:
+    """Runs the two request-path statements on the engine's pooled asyncpg connections."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        async with self._db.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            return await driver.fetchrow(sql, *args)
+
+    async def reserve(
+        self,
+        plan: PlanSettings,
+        r: Reservation,
+        period: date,
+        minute: int,
+        now: datetime,
+        ttl: timedelta,
+    ) -> tuple[int, int, int] | None:
+        ucap = None if plan.monthly_usd_cap is None else _micros(plan.monthly_usd_cap)
+        row = await self._fetchrow(
+            _PG_RESERVE_SQL,
+            r.tokens,
+            r.usd_micros,
+            minute,
+            now,
+            r.tenant_id,
+            period,
+            plan.requests_per_minute,
+            plan.monthly_token_cap,
+            ucap,
+            r.id,
+            now + ttl,
+        )
+        if row is None:
+            return None
+        return int(row[0]), int(row[1]), int(row[2])
+
+    async def settle(
+        self, r: Reservation, tokens: int, micros: int, now: datetime
+    ) -> tuple[int, int, int, date] | None:
+        row = await self._fetchrow(_PG_SETTLE_SQL, r.id, r.tenant_id, tokens, micros, now)
+        if row is None:
+            return None
+        return int(row[0]), int(row[1]), int(row[2]), row[3]

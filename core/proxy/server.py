@@ -515,7 +515,8 @@ async def _batches(
                 meter.feed(api, data)
                 batch.append((event, data))
             else:
-                meter.deltas += 1
+                if api != ANTHROPIC or event.startswith(b"event: content_block_delta"):
+                    meter.deltas += 1
                 batch.append((event, None))
         if batch:
             yield batch
