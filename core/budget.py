@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.config import PlanSettings
 from core.db import Database
-from core.db.models import BudgetRow, ReservationRow
+from core.db.models import BudgetRow, ReservationRow, TenantRow
 from core.errors import CoreError
 from core.ports import Clock
 
@@ -618,11 +618,17 @@ class Budget:
 
     # --- reading ----------------------------------------------------------------------------
 
-    async def summary(self, tenant_id: str, plan_id: str) -> BudgetSummary:
-        """Spend this period against the plan's caps (zeros before the first request)."""
+    async def summary(self, tenant_id: str, plan_id: str | None = None) -> BudgetSummary:
+        """Spend this period against the plan's caps (zeros before the first request).
+
+        ``plan_id`` defaults to the tenant's current plan.
+        """
         period = period_of(self._clock.now())
         async with self._db.session() as s:
             row = await s.get(BudgetRow, tenant_id)
+            if plan_id is None:
+                plan_id = await s.scalar(select(TenantRow.plan).where(TenantRow.id == tenant_id))
+        plan_id = plan_id or ""
         caps = self.caps(plan_id) if plan_id in self._plans else Caps(None, None)
         tokens = micros = reserved_t = reserved_u = 0
         if row is not None:

@@ -109,8 +109,9 @@ async def test_reserve_then_settle_moves_the_reservation_into_spend(db: Database
         usd_reserved=0.0,
     )
     assert after.percent == 3
-    other = await budget.summary("t2", "managed")
-    assert (other.spent.tokens, other.tokens_reserved) == (0, 0)
+    other = await budget.summary("t2")  # the plan defaults to the tenant's own
+    assert (other.spent.tokens, other.tokens_reserved, other.caps) == (0, 0, Caps(10_000, 30.0))
+    assert (await budget.summary("nobody")).caps == Caps(None, None)
 
 
 async def test_release_gives_everything_back_and_twice_is_harmless(db: Database) -> None:

@@ -2,14 +2,20 @@
 
 One request, in order::
 
-    scoped token -> tenant (one indexed query)      401 when unknown, revoked or suspended
-    plan has caps, model in the plan's catalog       403 / 404 model_not_in_plan
-    reserve an upper-bound cost (one UPDATE)         402 usage_cap_reached / 429
-    stream from the operator's upstream              upstream errors: status + type, no text
-    settle to the usage the stream reported          (finally: also on disconnect or error)
+    scoped token -> tenant (cached for token_cache_seconds)   401 unknown/revoked/suspended
+    plan has caps; model in the plan's catalog                 403 / 404 model_not_in_plan
+    reserve an upper-bound cost (one atomic statement)         402 usage_cap_reached / 429
+    stream from the operator's upstream                        errors: status + type, no text
+    settle to the usage the stream reported                    (also on disconnect or error)
 
 The upstream is always asked to stream, so the usage is always read from the stream; a client
 that wanted a plain JSON reply gets the stream folded back into the provider's JSON shape.
+
+Latency: when this process last saw the tenant with ample room (``Budget.likely_admits``), the
+upstream call is opened while the reservation commits, so the reservation hides behind the
+provider's time to first token; nothing is relayed before it succeeds, and a refused call is
+dropped. Settlement runs after the reply, in the background (``stop`` waits for it).
+
 The platform's keys live in this object only; they go into upstream request headers and
 nowhere else (not in logs, errors or responses).
 """
