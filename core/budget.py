@@ -11,6 +11,12 @@ release or the sweeper — is the one that gives the reserved amount back, so a 
 released exactly once. A process that dies between reserve and settle leaves the row behind;
 ``sweep_orphans`` (an APScheduler job) releases rows past their expiry.
 
+The request path (reserve, settle) has a fast form per database, because the ORM's round trips
+cost milliseconds per request: on SQLite one ``BEGIN IMMEDIATE … COMMIT`` on a dedicated
+sqlite3 connection and thread; on PostgreSQL one data-modifying CTE statement each. The same
+conditions apply; the tests run every case on both databases. Refusals, alerts and the jobs use
+the ORM.
+
 Money is kept in integer micro-dollars. Periods are calendar months in UTC; a row from an
 older month is rolled over lazily by the first request of the new month and in bulk by
 ``reset_month`` (the monthly job). Alerts at 50, 80 and 100 % of the cap are claimed with a
