@@ -62,6 +62,10 @@ def test_a_full_table() -> None:
         ({"port": 0}, "config.toml: [proxy] port must be between 1 and 65535"),
         ({"port": "80"}, "config.toml: [proxy] port must be an integer"),
         ({"tokens_kept": 0}, "config.toml: [proxy] tokens_kept must be a positive integer"),
+        (
+            {"token_cache_seconds": -1},
+            "config.toml: [proxy] token_cache_seconds must not be negative (0 turns the cache off)",
+        ),
         ({"enabled": "yes"}, "config.toml: [proxy] enabled must be true or false"),
         ({"listen": 1}, "config.toml: [proxy] listen is not a known setting"),
         (
