@@ -63,6 +63,7 @@ class App:
     extra_adapters: list[ChatAdapter] = field(default_factory=list)
     platforms: bool = True
     agent_runtime: bool = True
+    console_fallback: bool = False
 
     db: Database = field(init=False)
     vault: Vault = field(init=False)
@@ -149,6 +150,12 @@ class App:
         """Open everything, start the adapters and the scheduler."""
         await self.open()
         self.adapters = self._build_adapters()
+        if not self.adapters and self.console_fallback:
+            # Platforms enabled but none has its token: a platform without a token is simply
+            # off (SPEC), and the operator still gets a working bot in the terminal.
+            log.warning("no platform could start; opening the console instead")
+            self.console = ConsoleAdapter()
+            self.adapters = [self.console]
         if not self.adapters:
             raise ConfigError(
                 f"{self.config.source}: no platform is enabled and configured, and no console"

@@ -99,14 +99,14 @@ async def _serve(config: Config, *, console_only: bool) -> int:
 
     any_platform = any(p.enabled for p in config.platforms.values())
     console = ConsoleAdapter() if console_only or not any_platform else None
-    app = App(config, console=console, platforms=not console_only)
+    app = App(config, console=console, platforms=not console_only, console_fallback=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await app.start()
-        if console is not None:
+        if app.console is not None:
             print("byokbot console — type /start to begin, /help for commands, Ctrl-D to quit.")
         await app.run_until_stopped(stop)
     finally:

@@ -197,7 +197,7 @@ AGENT_UNAVAILABLE = {
     "network": "I couldn't reach your provider just now. Please try again in a minute.",
     "timeout": "Your provider took too long to answer. Please try again.",
     "crashed": "Your agent stopped unexpectedly while answering. It has been restarted — please send your message again.",
-    "busy": "Your agent is still answering your previous message. Send /stop to cancel it.",
+    "busy": "The server is at its limit of running agents right now. Please try again in a minute.",
     "cap_reached": "You've used this month's allowance on your plan. It resets on the 1st; you can also /plan to switch to BYOK.",
     "model_not_in_plan": "That model isn't included in your plan. Pick another with /model.",
     "restarting": "Your agent is restarting after a problem. Please try again {retry}.",
