@@ -426,3 +426,64 @@ async def test_likely_admits_is_a_conservative_hint(db: Database) -> None:
     assert budget.likely_admits("t1", "managed", Cost(1, 0)) is False  # 4 of 5 this minute
     clock.advance(60)
     assert budget.likely_admits("t1", "managed", Cost(1, 0)) is True
+
+
+_RACER = """
+import asyncio, sys
+from datetime import datetime, UTC
+from core.budget import Budget, CapReached, Cost
+from core.config import PlanSettings
+from core.db import Database
+from core.ports import ManualClock
+
+async def main() -> None:
+    db = Database(sys.argv[1])
+    plan = PlanSettings(id="managed", name="M", price_usd=39.0, byok=False, models=("m",),
+                        requests_per_minute=100_000, monthly_token_cap=100_000)
+    budget = Budget(db, {"managed": plan}, ManualClock(datetime(2026, 3, 10, 12, tzinfo=UTC)))
+    sys.stdin.readline()  # start together
+
+    async def one() -> int:
+        try:
+            r = await budget.reserve("t1", "managed", Cost(100, 0))
+        except CapReached:
+            return 0
+        await budget.settle(r, Cost(100, 0), plan_id="managed")
+        return 1
+
+    results = await asyncio.gather(*(one() for _ in range(150)))
+    print(sum(results), flush=True)
+    await db.dispose()
+
+asyncio.run(main())
+"""
+
+
+async def test_budget_race_across_processes(db: Database, db_url: str) -> None:
+    """Three proxy processes, 150 concurrent requests each, one nearly spent cap."""
+    budget = Budget(db, plans(tokens=100_000), ManualClock(START))
+    await spend(budget, "t1", 98_950)  # room for exactly 10 x 100
+    root = Path(__file__).resolve().parents[1]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _RACER,
+            db_url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        for _ in range(3)
+    ]
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"go\n")
+        await p.stdin.drain()
+    outputs = [await asyncio.wait_for(p.communicate(), 90) for p in procs]
+    admitted = [int(out.strip()) for out, _ in outputs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert sum(admitted) == 10
+    s = await budget.summary("t1", "managed")
+    assert (s.spent.tokens, s.tokens_reserved) == (99_950, 0)
