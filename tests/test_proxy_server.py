@@ -686,6 +686,14 @@ async def test_the_tenant_never_sees_the_platform_key(
         assert key[8:30] not in everything
         assert key[:16] not in everything
     assert token not in caplog.text
+    if world.db.is_sqlite:  # and the database holds neither the keys nor the token itself
+        path = Path(world.db.url.removeprefix("sqlite+aiosqlite:///"))
+        stored = b"".join(
+            p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists()
+        )
+        assert len(stored) > 0
+        for secret in (*world.platform_keys.values(), token):
+            assert secret.encode() not in stored
     assert [r.key for r in world.fake.requests if r.kind == "anthropic"] == [
         world.platform_keys["PX_ANTHROPIC_KEY"]
     ] * 5
