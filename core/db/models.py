@@ -176,3 +176,47 @@ class UsageRow(Base):
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     requests: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProxyTokenRow(Base):
+    """A managed tenant's scoped proxy token. Only its SHA-256 is kept; ``id`` orders issues."""
+
+    __tablename__ = "proxy_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    created_at: Mapped[datetime]
+
+
+class BudgetRow(Base):
+    """A managed tenant's spend in the current period, what is reserved, and the minute window.
+
+    Money is integer micro-dollars so concurrent additions never lose a fraction of a cent.
+    """
+
+    __tablename__ = "budgets"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    period_start: Mapped[date] = mapped_column(Date)
+    tokens_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    usd_micros_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    usd_micros_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    alerted_pct: Mapped[int] = mapped_column(Integer, default=0)
+    window_minute: Mapped[int] = mapped_column(BigInteger, default=0)
+    window_requests: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]
+
+
+class ReservationRow(Base):
+    """An open budget reservation; whoever deletes the row (settle or sweeper) releases it."""
+
+    __tablename__ = "budget_reservations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    usd_micros: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -1,0 +1,601 @@
+"""The metering proxy: Anthropic Messages and OpenAI-compatible chat completions, metered.
+
+One request, in order::
+
+    scoped token -> tenant (cached for token_cache_seconds)   401 unknown/revoked/suspended
+    plan has caps; model in the plan's catalog                 403 / 404 model_not_in_plan
+    reserve an upper-bound cost (one atomic statement)         402 usage_cap_reached / 429
+    stream from the operator's upstream                        errors: status + type, no text
+    settle to the usage the stream reported                    (also on disconnect or error)
+
+The upstream is always asked to stream, so the usage is always read from the stream; a client
+that wanted a plain JSON reply gets the stream folded back into the provider's JSON shape.
+
+Latency: when this process last saw the tenant with ample room (``Budget.likely_admits``), the
+upstream call is opened while the reservation commits, so the reservation hides behind the
+provider's time to first token; nothing is relayed before it succeeds, and a refused call is
+dropped. Settlement runs after the reply, in the background (``stop`` waits for it).
+
+The platform's keys live in this object only; they go into upstream request headers and
+nowhere else (not in logs, errors or responses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from core.budget import (
+    AlertSink,
+    Budget,
+    CapReached,
+    Cost,
+    NotMetered,
+    RateLimitExceeded,
+    Reservation,
+)
+from core.config import PlanSettings
+from core.db import Database
+from core.ports import Clock, SystemClock
+from core.proxy.config import ModelRoute, ProxySettings, UpstreamSettings, load_upstream_keys
+from core.proxy.wire import (
+    ANTHROPIC,
+    MODEL_NOT_IN_PLAN,
+    OPENAI,
+    USAGE_CAP_REACHED,
+    AnthropicMessage,
+    Meter,
+    OpenAICompletion,
+    as_json,
+    error_body,
+    sanitized_error,
+    status_of_stream_error,
+)
+from core.proxy_tokens import ProxyTokens
+from core.secret import Secret
+
+log = logging.getLogger(__name__)
+
+ANTHROPIC_VERSION: Final = "2023-06-01"
+_LIVE_STATUSES: Final = ("trial", "active")
+_SSE_HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+class _Refusal(Exception):
+    """Answer the client with an error in its API's format."""
+
+    def __init__(
+        self, status: int, error_type: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message = status, error_type, message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    tenant_id: str
+    plan_id: str
+    route: ModelRoute
+    upstream: UpstreamSettings
+    estimate: Cost
+    input_estimate: int
+    body: dict[str, Any]
+    stream: bool
+    client_wants_usage: bool
+
+
+class ProxyServer:
+    """The aiohttp application, its upstream connection pool and the budget it enforces.
+
+    Args:
+        settings: the ``[proxy]`` table.
+        db: the same database the bot uses (tokens, tenants, budgets).
+        plans: the plan catalog (``Config.plans``).
+        env: where the platform keys are read from (``os.environ`` in production).
+        clock: time for budgets; ``SystemClock`` by default.
+        budget: an existing ``Budget``; built (with ``sink``) if omitted.
+        tokens: an existing ``ProxyTokens``; built if omitted. Pass the bot's own instance
+            when the proxy runs inside ``byokbot run``, so its revocations skip the cache.
+        sink: where usage alerts go when the budget is built here.
+    """
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        db: Database,
+        *,
+        plans: Mapping[str, PlanSettings],
+        env: Mapping[str, str],
+        clock: Clock | None = None,
+        budget: Budget | None = None,
+        tokens: ProxyTokens | None = None,
+        sink: AlertSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self._plans = plans
+        self._clock = clock or SystemClock()
+        self._keys: dict[str, Secret] = load_upstream_keys(settings, env)
+        self.budget = budget or Budget(
+            db,
+            plans,
+            self._clock,
+            sink=sink,
+            reservation_ttl=timedelta(seconds=settings.reservation_ttl_seconds),
+        )
+        self.tokens = tokens or ProxyTokens(
+            db, self._clock, keep=settings.tokens_kept, cache_seconds=settings.token_cache_seconds
+        )
+        self._http: aiohttp.ClientSession | None = None
+        self._settling: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.app = web.Application(client_max_size=settings.max_body_bytes)
+        self.app.router.add_post("/v1/messages", self._anthropic)
+        self.app.router.add_post("/v1/chat/completions", self._openai)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, host: str | None = None, port: int | None = None) -> int:
+        """Listen on ``host:port`` (default: the settings; port 0 picks one); returns the port."""
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=10, sock_read=self.settings.upstream_timeout_seconds
+            ),
+            trust_env=False,
+            auto_decompress=True,
+        )
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner,
+            host if host is not None else self.settings.host,
+            port if port is not None else self.settings.port,
+        )
+        try:
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+        server = site._server
+        sockets = getattr(server, "sockets", None) or ()
+        self.port = int(sockets[0].getsockname()[1]) if sockets else None
+        log.info("metering proxy listening on port %s", self.port)
+        return self.port or 0
+
+    async def stop(self) -> None:
+        """Stop listening, finish the handlers' settlement, close the upstream pool."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._settling:
+            await asyncio.gather(*self._settling)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def serve_forever(self, *, jobs: bool = True) -> None:
+        """``byokbot proxy``: listen until cancelled, sweeping orphans and rolling periods.
+
+        With ``jobs`` the proxy runs ``sweep_orphans`` and ``reset_month`` itself every
+        ``sweep_interval_seconds`` (both are idempotent, so also scheduling them elsewhere is
+        harmless).
+        """
+        await self.start()
+        try:
+            while True:
+                await asyncio.sleep(self.settings.sweep_interval_seconds)
+                if jobs:
+                    await self.run_jobs()
+        finally:
+            await self.stop()
+
+    async def run_jobs(self) -> None:
+        """One round of the periodic jobs (also what an APScheduler job can call)."""
+        await self.budget.sweep_orphans(self._clock.now())
+        await self.budget.reset_month(self._clock.now())
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, ANTHROPIC)
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, OPENAI)
+
+    async def _handle(self, request: web.Request, api: str) -> web.StreamResponse:
+        try:
+            a = await self._admit(request, api)
+        except _Refusal as r:
+            return _error(api, r.status, r.error_type, r.message, headers=r.headers)
+        early: asyncio.Task[aiohttp.ClientResponse] | None = None
+        if self.budget.likely_admits(a.tenant_id, a.plan_id, a.estimate):
+            # Ample room last time: open the upstream call while the reservation commits, so
+            # its cost hides behind the provider's time to first token. Nothing is relayed
+            # before the reservation succeeds; if it fails, the call is dropped.
+            early = asyncio.create_task(self._open(api, a, request))
+        try:
+            reservation = await self._reserve(a)
+        except BaseException as exc:
+            if early is not None:
+                _drop(early)
+            if isinstance(exc, _Refusal):
+                return _error(api, exc.status, exc.error_type, exc.message, headers=exc.headers)
+            raise
+        meter = Meter()
+        try:
+            upstream = await (early if early is not None else self._open(api, a, request))
+            async with upstream:
+                if upstream.status != 200:
+                    return await self._upstream_failed(api, a, upstream)
+                if a.stream:
+                    return await self._relay(request, api, a, upstream, meter)
+                return await self._fold(api, upstream, meter)
+        except _Refusal as r:
+            return _error(api, r.status, r.error_type, r.message, headers=r.headers)
+        finally:
+            # In the background: the connection is free for the client's next request at once,
+            # and a cancelled handler (server stopping) still settles. ``stop`` waits for these.
+            task = asyncio.create_task(self._settle(a, reservation, meter))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _reserve(self, a: _Admitted) -> Reservation:
+        try:
+            return await self.budget.reserve(a.tenant_id, a.plan_id, a.estimate)
+        except CapReached as exc:
+            raise _Refusal(
+                402,
+                USAGE_CAP_REACHED,
+                f"monthly usage cap reached ({exc.which}); it resets on "
+                f"{exc.resets_on.isoformat()}",
+            ) from None
+        except RateLimitExceeded as exc:
+            seconds = str(math.ceil(exc.retry_after))
+            raise _Refusal(
+                429,
+                "rate_limit_error",
+                f"too many requests per minute for your plan; retry in {seconds} s",
+                headers={"retry-after": seconds},
+            ) from None
+        except NotMetered:
+            raise _Refusal(
+                403, "permission_error", "your plan does not include managed models"
+            ) from None
+
+    async def _admit(self, request: web.Request, api: str) -> _Admitted:
+        token = request.headers.get("x-api-key") or _bearer(request)
+        owner = await self.tokens.owner(token) if token else None
+        if owner is None or owner.status not in _LIVE_STATUSES or owner.paused:
+            raise _Refusal(401, "authentication_error", "invalid or revoked proxy token")
+        plan = self._plans.get(owner.plan)
+        if plan is None or plan.byok:
+            raise _Refusal(403, "permission_error", "your plan does not include managed models")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refusal(413, "request_too_large", "request body too large") from None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise _Refusal(400, "invalid_request_error", "body is not JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise _Refusal(400, "invalid_request_error", "model: field required")
+        model = body["model"]
+        route = self.settings.models.get(model)
+        if model not in plan.models or route is None:
+            if model in plan.models:
+                log.error("plan %s lists model %r but [proxy.models] has no route", plan.id, model)
+            raise _Refusal(
+                404,
+                MODEL_NOT_IN_PLAN,
+                f"model {model[:100]!r} is not in your plan; available: {', '.join(plan.models)}",
+            )
+        upstream = self.settings.upstreams[route.upstream]
+        if upstream.kind != api:
+            where = "/v1/messages" if upstream.kind == ANTHROPIC else "/v1/chat/completions"
+            raise _Refusal(400, "invalid_request_error", f"model {model!r} is served on {where}")
+        stream = bool(body.get("stream"))
+        max_out = _int(body.get("max_tokens")) or _int(body.get("max_completion_tokens"))
+        if max_out <= 0:
+            # Reserve what we send: the bound on output has to be real for the cap to hold.
+            max_out = self.settings.default_max_tokens
+            body["max_tokens"] = max_out
+        input_estimate = math.ceil(len(raw) / self.settings.estimate_bytes_per_token)
+        estimate = Cost.of(
+            input_estimate,
+            max_out,
+            input_usd_per_mtok=route.input_usd_per_mtok,
+            output_usd_per_mtok=route.output_usd_per_mtok,
+        )
+        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        body["model"] = route.wire_model
+        body["stream"] = True
+        if api == OPENAI:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return _Admitted(
+            tenant_id=owner.tenant_id,
+            plan_id=plan.id,
+            route=route,
+            upstream=upstream,
+            estimate=estimate,
+            input_estimate=input_estimate,
+            body=body,
+            stream=stream,
+            client_wants_usage=client_wants_usage,
+        )
+
+    def _upstream_request(
+        self, api: str, a: _Admitted, request: web.Request
+    ) -> tuple[str, dict[str, str]]:
+        key = self._keys[a.upstream.id].reveal()
+        if api == ANTHROPIC:
+            headers = {
+                "x-api-key": key,
+                "anthropic-version": request.headers.get("anthropic-version", ANTHROPIC_VERSION),
+                "content-type": "application/json",
+            }
+            beta = request.headers.get("anthropic-beta")
+            if beta:
+                headers["anthropic-beta"] = beta
+            return f"{a.upstream.base_url}/v1/messages", headers
+        return f"{a.upstream.base_url}/chat/completions", {
+            "Authorization": f"Bearer {key}",
+            "content-type": "application/json",
+        }
+
+    async def _open(self, api: str, a: _Admitted, request: web.Request) -> aiohttp.ClientResponse:
+        """Send the request upstream; returns once the response headers are in."""
+        assert self._http is not None, "ProxyServer.start() was not called"  # noqa: S101
+        url, headers = self._upstream_request(api, a, request)
+        try:
+            return await self._http.post(url, data=as_json(a.body), headers=headers)
+        except TimeoutError:
+            raise _Refusal(504, "api_error", "upstream provider did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            # The exception's text can carry the URL; only its class name is logged.
+            log.warning("upstream %s unreachable (%s)", a.upstream.id, type(exc).__name__)
+            raise _Refusal(502, "api_error", "upstream provider unreachable") from None
+
+    async def _upstream_failed(
+        self, api: str, a: _Admitted, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        try:
+            body: Any = json.loads(await upstream.read())
+        except (ValueError, aiohttp.ClientError):
+            body = None
+        if upstream.status in (401, 403):
+            # The platform's key was refused: the operator's problem, not the tenant's key.
+            log.error(
+                "upstream %s refused the platform key (HTTP %s); check %s",
+                a.upstream.id,
+                upstream.status,
+                a.upstream.key_env,
+            )
+            return _error(api, 502, "api_error", "upstream provider refused the platform's key")
+        headers = {
+            k: upstream.headers[k]
+            for k in ("retry-after", "retry-after-ms")
+            if k in upstream.headers
+        }
+        return web.Response(
+            status=upstream.status,
+            body=as_json(sanitized_error(api, body, upstream.status)),
+            content_type="application/json",
+            headers=headers,
+        )
+
+    async def _relay(
+        self,
+        request: web.Request,
+        api: str,
+        a: _Admitted,
+        upstream: aiohttp.ClientResponse,
+        meter: Meter,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        try:
+            async for batch in _batches(upstream, api, meter):
+                out = []
+                for raw, data in batch:
+                    if data is None:
+                        out.append(raw)
+                    elif _is_error_event(api, data):
+                        out.append(_sse_error(api, data))
+                    elif (
+                        api == OPENAI
+                        and not a.client_wants_usage
+                        and isinstance(data, dict)
+                        and "usage" in data
+                        and not data.get("choices")
+                    ):
+                        continue  # we asked for the usage chunk; this client did not
+                    else:
+                        out.append(raw)
+                # One write per upstream read: events that arrived together leave together.
+                if out:
+                    await response.write(b"".join(out))
+            await response.write_eof()
+        except ConnectionResetError:
+            log.debug("client left mid-stream (tenant %s)", a.tenant_id)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("upstream stream broke (%s)", type(exc).__name__)
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(_sse_error(api, {"error": {"type": "api_error"}}))
+                await response.write_eof()
+        return response
+
+    async def _fold(
+        self, api: str, upstream: aiohttp.ClientResponse, meter: Meter
+    ) -> web.StreamResponse:
+        folder: AnthropicMessage | OpenAICompletion = (
+            AnthropicMessage() if api == ANTHROPIC else OpenAICompletion()
+        )
+        try:
+            async for _raw, data in _events(upstream):
+                meter.feed(api, data)
+                if _is_error_event(api, data):
+                    return web.Response(
+                        status=status_of_stream_error(data),
+                        body=as_json(sanitized_error(api, data, None)),
+                        content_type="application/json",
+                    )
+                folder.feed(data)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("upstream stream broke (%s)", type(exc).__name__)
+            raise _Refusal(502, "api_error", "upstream provider stream broke") from None
+        if not meter.final:
+            raise _Refusal(502, "api_error", "upstream provider stream ended early")
+        return web.Response(body=as_json(folder.result()), content_type="application/json")
+
+    async def _settle(self, a: _Admitted, reservation: Reservation, meter: Meter) -> None:
+        inp, out = meter.billed(a.input_estimate)
+        try:
+            if inp == 0 and out == 0:
+                await self.budget.release(reservation)
+                return
+            cost = Cost.of(
+                inp,
+                out,
+                input_usd_per_mtok=a.route.input_usd_per_mtok,
+                output_usd_per_mtok=a.route.output_usd_per_mtok,
+            )
+            await self.budget.settle(reservation, cost, plan_id=a.plan_id)
+        except Exception as exc:  # noqa: BLE001 - the sweeper releases it; the reply is sent
+            log.error(
+                "settling reservation for tenant %s failed (%s); the sweeper will release it",
+                a.tenant_id,
+                type(exc).__name__,
+            )
+
+
+async def _events(upstream: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes, Any]]:
+    """SSE events as (raw bytes to forward, parsed ``data``); ``[DONE]`` comes as a string."""
+    buffer = b""
+    async for chunk in upstream.content.iter_any():
+        buffer += chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        while True:
+            end = buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, buffer = buffer[: end + 2], buffer[end + 2 :]
+            yield event, _data_of(event)
+    if buffer.strip():
+        yield buffer + b"\n\n", _data_of(buffer)
+
+
+async def _batches(
+    upstream: aiohttp.ClientResponse, api: str, meter: Meter
+) -> AsyncIterator[list[tuple[bytes, Any]]]:
+    """The events of each upstream read, metered; ``data`` is parsed only where it matters.
+
+    Text deltas are most of a stream and carry no usage: they are counted, not decoded.
+    """
+    buffer = b""
+    async for chunk in upstream.content.iter_any():
+        buffer += chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        batch: list[tuple[bytes, Any]] = []
+        while True:
+            end = buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, buffer = buffer[: end + 2], buffer[end + 2 :]
+            if _worth_parsing(api, event):
+                data = _data_of(event)
+                meter.feed(api, data)
+                batch.append((event, data))
+            else:
+                if api != ANTHROPIC or event.startswith(b"event: content_block_delta"):
+                    meter.deltas += 1
+                batch.append((event, None))
+        if batch:
+            yield batch
+    if buffer.strip():
+        data = _data_of(buffer)
+        meter.feed(api, data)
+        yield [(buffer + b"\n\n", data)]
+
+
+def _worth_parsing(api: str, event: bytes) -> bool:
+    if api == ANTHROPIC:
+        return not event.startswith((b"event: content_block_delta", b"event: ping"))
+    return (
+        b'"usage":{' in event or b'"usage": {' in event or b'"error"' in event or b"[DONE]" in event
+    )
+
+
+def _drop(task: asyncio.Task[aiohttp.ClientResponse]) -> None:
+    """Abandon an upstream call started early: close its connection whenever it completes."""
+
+    def close(t: asyncio.Task[aiohttp.ClientResponse]) -> None:
+        if not t.cancelled() and t.exception() is None:
+            t.result().close()
+
+    task.add_done_callback(close)
+    task.cancel()
+
+
+def _data_of(event: bytes) -> Any:
+    parts = [
+        line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+    ]
+    if not parts:
+        return None
+    text = b"\n".join(parts)
+    if text == b"[DONE]":
+        return "[DONE]"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _is_error_event(api: str, data: Any) -> bool:
+    if not isinstance(data, dict):
+        return False
+    if api == ANTHROPIC:
+        return data.get("type") == "error"
+    return "error" in data
+
+
+def _sse_error(api: str, data: Any) -> bytes:
+    body = sanitized_error(api, data, None)
+    if api == ANTHROPIC:
+        return b"event: error\ndata: " + as_json(body) + b"\n\n"
+    return b"data: " + as_json(body) + b"\n\n"
+
+
+def _bearer(request: web.Request) -> str:
+    value = request.headers.get("Authorization", "")
+    return value[7:].strip() if value[:7].lower() == "bearer " else ""
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _error(
+    api: str, status: int, error_type: str, message: str, *, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=as_json(error_body(api, error_type, message)),
+        content_type="application/json",
+        headers=headers,
+    )
