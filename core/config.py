@@ -16,9 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack
 
 from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from core.proxy.config import ProxySettings
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -163,6 +166,7 @@ class Config:
     platforms: Mapping[str, PlatformSettings] = field(
         default_factory=lambda: {n: PlatformSettings(name=n) for n in PLATFORM_SECTIONS}
     )
+    proxy: ProxySettings = field(default_factory=lambda: _default_proxy())
     source: str = "(defaults)"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -501,7 +505,15 @@ def _parse_platform(src: str, name: str, data: Mapping[str, Any]) -> PlatformSet
     return PlatformSettings(name=name, enabled=enabled, options=MappingProxyType(options))
 
 
-_TOP_LEVEL: Final = ("core", "plans", "providers", "agent", *PLATFORM_SECTIONS)
+_TOP_LEVEL: Final = ("core", "plans", "providers", "agent", "proxy", *PLATFORM_SECTIONS)
+
+
+def _default_proxy() -> ProxySettings:
+    # The [proxy] table's parser lives with the proxy (core.proxy.config) and builds on this
+    # module's TableReader, hence the import at call time.
+    from core.proxy.config import ProxySettings
+
+    return ProxySettings()
 
 
 def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Config:
@@ -531,9 +543,18 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         platforms=MappingProxyType(
             {n: _parse_platform(source, n, data.get(n, {})) for n in PLATFORM_SECTIONS}
         ),
+        proxy=_parse_proxy_table(data.get("proxy"), source=source, plans=plans),
         source=source,
         base_dir=base_dir,
     )
+
+
+def _parse_proxy_table(
+    data: Mapping[str, Any] | None, *, source: str, plans: Mapping[str, PlanSettings]
+) -> ProxySettings:
+    from core.proxy.config import parse_proxy
+
+    return parse_proxy(data, source=source, plans=plans)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

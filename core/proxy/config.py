@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from core.config import PROVIDER_KINDS, PlanSettings, _Table
+from core.config import PROVIDER_KINDS, PlanSettings, TableReader
 from core.errors import ConfigError
 from core.secret import Secret
 
@@ -102,14 +102,14 @@ def parse_proxy(
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: [proxy] must be a table")
-    t = _Table(source, "proxy", data)
+    t = TableReader(source, "proxy", data)
     d = ProxySettings()
     port = t.get("port", int, d.port)
     if not 0 < port < 65536:
         raise t.fail("port", "must be between 1 and 65535")
     public_url = t.get("public_url", str, d.public_url)
     if public_url:
-        public_url = t.url("public_url", d.public_url)
+        public_url = t.url("public_url", d.public_url, hint="; name an environment variable")
     upstreams = (
         _parse_upstreams(source, t.get("upstreams", dict, {}))
         if "upstreams" in data
@@ -172,7 +172,7 @@ def _parse_upstreams(source: str, data: Mapping[str, Any]) -> dict[str, Upstream
     for uid, raw in data.items():
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: [proxy.upstreams.{uid}] must be a table")
-        t = _Table(source, f"proxy.upstreams.{uid}", raw)
+        t = TableReader(source, f"proxy.upstreams.{uid}", raw)
         if "base_url" not in raw:
             raise t.fail("base_url", "is required")
         if "key_env" not in raw:
@@ -183,7 +183,7 @@ def _parse_upstreams(source: str, data: Mapping[str, Any]) -> dict[str, Upstream
         out[uid] = UpstreamSettings(
             id=uid,
             kind=t.choice("kind", PROVIDER_KINDS, "openai-compatible"),
-            base_url=t.url("base_url", ""),
+            base_url=t.url("base_url", "", hint="; name an environment variable"),
             key_env=key_env,
         )
         t.finish()
@@ -199,7 +199,7 @@ def _parse_models(
     for model, raw in data.items():
         if not isinstance(raw, dict):
             raise ConfigError(f'{source}: [proxy.models."{model}"] must be a table')
-        t = _Table(source, f'proxy.models."{model}"', raw)
+        t = TableReader(source, f'proxy.models."{model}"', raw)
         for required in ("upstream", "input_usd_per_mtok", "output_usd_per_mtok"):
             if required not in raw:
                 raise t.fail(required, "is required")
