@@ -12,11 +12,14 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from adapters.console import ConsoleAdapter
+from bot.alerts import DirectMessageAlerts
 from bot.flows.base import LiveKeyCheck, Services
 from bot.router import Router
-from core.agent_data import DatabaseKeyHealth, DatabaseMemory, DatabaseProfiles
+from core.agent_data import DatabaseKeyHealth, DatabaseMemory, DatabaseProfiles, ProxyAccess
+from core.budget import Budget
 from core.chat import Platform
 from core.config import Config
 from core.credentials import Credentials
@@ -26,6 +29,8 @@ from core.flowstate import FlowStates
 from core.intake import Intake
 from core.plans import PlanCatalog
 from core.ports import Agents, ChatAdapter, Clock, Messenger, SystemClock, UnavailableAgents
+from core.proxy import ProxyServer
+from core.proxy_tokens import ProxyTokens
 from core.runtime import AgentSupervisor
 from core.scheduler import Job, Scheduler, expire_intake_sessions
 from core.tenants import Tenants
@@ -72,6 +77,10 @@ class App:
     adapters: list[ChatAdapter] = field(init=False, default_factory=list)
     scheduler: Scheduler = field(init=False)
     supervisor: AgentSupervisor | None = field(init=False, default=None)
+    proxy_server: ProxyServer | None = field(init=False, default=None)
+    budget: Budget = field(init=False)
+    proxy_tokens: ProxyTokens = field(init=False)
+    proxy_access: ProxyAccess = field(init=False)
 
     async def open(self) -> None:
         """Storage, vault and services, without any adapter (the CLI's admin commands use this)."""
@@ -86,12 +95,20 @@ class App:
         messengers: dict[Platform, Messenger] = {}
         tenants = Tenants(self.db, credentials, plans, self.clock)
         usage = UsageLedger(self.db, self.clock)
+        proxy = self.config.proxy
+        self.proxy_tokens = ProxyTokens(
+            self.db, self.clock, keep=proxy.tokens_kept, cache_seconds=proxy.token_cache_seconds
+        )
+        self.proxy_access = ProxyAccess(proxy, self.proxy_tokens)
+        tenants.revoke_access = self._revoke_proxy_access
         if self.agents is None and self.agent_runtime:
             self.supervisor = AgentSupervisor(
-                DatabaseProfiles(self.config, plans, tenants, credentials),
+                DatabaseProfiles(
+                    self.config, plans, tenants, credentials, managed=self.proxy_access
+                ),
                 DatabaseMemory(self.db, credentials, self.clock),
                 usage,
-                DatabaseKeyHealth(credentials),
+                DatabaseKeyHealth(credentials, proxy=self.proxy_access),
                 self.config.agent,
                 runtime_dir=self.config.resolve_path("data/agents"),
             )
@@ -116,7 +133,18 @@ class App:
             verify_key=LiveKeyCheck(self.config) if self.config.core.verify_keys_live else None,
             rotate_master_key=self._rotate_master_key if self._key_from_file else None,
         )
+        self.budget = Budget(
+            self.db,
+            self.config.plans,
+            self.clock,
+            sink=DirectMessageAlerts(self.services),
+            reservation_ttl=timedelta(seconds=proxy.reservation_ttl_seconds),
+        )
+        self.services.budget = self.budget
         self.router = Router(self.services)
+
+    async def _revoke_proxy_access(self, tenant_id: str, actor: str) -> None:
+        await self.proxy_access.revoke(tenant_id, actor=actor)
 
     @property
     def _key_from_file(self) -> bool:
@@ -191,6 +219,9 @@ class App:
             self.scheduler.stop()
         if self.supervisor is not None:
             await self.supervisor.aclose()
+        if self.proxy_server is not None:
+            await self.proxy_server.stop()
+            self.proxy_server = None
         with contextlib.suppress(AttributeError):
             await self.db.dispose()
 

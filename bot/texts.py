@@ -48,6 +48,7 @@ ADMIN_HELP = """Operator commands:
 /admin setplan <tenant> <plan>
 /admin audit [tenant] — recent audit entries
 /admin broadcast <text> — message every tenant
+/admin models — the managed plans' curated models and prices
 /admin rotate-master-key — rewrap every data key under a new master key"""
 
 # -- onboarding and plans -----------------------------------------------------------------
@@ -221,6 +222,20 @@ PERSONA_TOO_LONG = "A persona can be at most {limit} characters (that one has {l
 MODEL_CHOOSE = "Current model: {current}. Choose one:"
 MODEL_SET = "Model set to {model}."
 MODEL_NONE = "There are no models to choose from yet: add a key with /key add <provider> first."
+USAGE_ALERT = (
+    "Heads-up: you've used {pct}% of this month's allowance ({used}). It resets on {resets}."
+)
+USAGE_ALERT_FULL = (
+    "You've used all of this month's allowance ({used}), so your agent is paused until "
+    "{resets}. To keep going now, upgrade your plan or switch to BYOK with /plan byok."
+)
+USAGE_MANAGED = "Plan allowance this month: {used} ({pct}%). Resets on {resets}."
+ADMIN_MODELS = "Curated models by plan:\n{lines}"
+ADMIN_MODEL_LINE = (
+    "• {plan}: {model} via {upstream} — ${input:g}/${output:g} per million tokens in/out"
+)
+ADMIN_SPEND = "\nThis month: {used}"
+ADMIN_TOTALS = "\nManaged usage this month: {tokens:,} tokens, ${usd:,.2f} across {tenants} tenants"
 USAGE_NONE = "No usage recorded this month yet."
 USAGE = "This month: {input} input and {output} output tokens over {requests} requests.\n{lines}"
 

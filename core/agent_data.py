@@ -7,7 +7,7 @@ bound to the conversation id), so deleting the tenant shreds it with everything 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import delete, select
 
@@ -18,6 +18,8 @@ from core.db.models import MemoryRow
 from core.errors import AgentUnavailable, DecryptionError, TenantNotFound
 from core.plans import PlanCatalog
 from core.ports import Clock
+from core.proxy.config import ProxySettings
+from core.proxy_tokens import ProxyTokens
 from core.runtime.ports import AgentProfile, Turn
 from core.secret import Secret
 from core.tenants import Tenants, TenantStatus
@@ -28,8 +30,45 @@ DEFAULT_PERSONA = (
     "Answer in the language they write in."
 )
 
-ManagedAccess = Callable[[str], Awaitable[tuple[str, str, Secret]]]
-"""For a managed tenant: (provider kind, proxy base URL, scoped token)."""
+
+class ProxyAccess:
+    """How a managed tenant's agent reaches the metering proxy: API kind, URL, scoped token.
+
+    One token per tenant is issued when its agent first needs one and reused for every
+    request (the supervisor compares profiles on each message); ``forget`` drops it after a
+    revocation or a refusal, and the generation in ``key_id`` then moves the tenant to a new
+    agent process with a fresh token.
+    """
+
+    def __init__(self, settings: ProxySettings, tokens: ProxyTokens) -> None:
+        self._settings = settings
+        self._tokens = tokens
+        self._issued: dict[str, tuple[int, Secret]] = {}
+        self._generation = 0
+
+    async def __call__(self, tenant_id: str, model: str) -> tuple[str, str, str, Secret]:
+        """(provider kind, base URL, key id, token) for ``model`` of a managed plan."""
+        if not self._settings.enabled:
+            raise AgentUnavailable("not_configured")
+        route = self._settings.models.get(model)
+        if route is None:
+            raise AgentUnavailable("model_not_in_plan")
+        kind = self._settings.upstreams[route.upstream].kind
+        base = self._settings.url if kind == "anthropic" else self._settings.url + "/v1"
+        issued = self._issued.get(tenant_id)
+        if issued is None:
+            self._generation += 1
+            issued = (self._generation, await self._tokens.issue(tenant_id))
+            self._issued[tenant_id] = issued
+        return kind, base, f"managed:{issued[0]}", issued[1]
+
+    def forget(self, tenant_id: str) -> None:
+        self._issued.pop(tenant_id, None)
+
+    async def revoke(self, tenant_id: str, *, actor: str) -> None:
+        """Plan change, suspension or deletion: every token of the tenant stops working."""
+        self.forget(tenant_id)
+        await self._tokens.revoke_all(tenant_id, actor=actor)
 
 
 class DatabaseProfiles:
@@ -42,7 +81,7 @@ class DatabaseProfiles:
         tenants: Tenants,
         credentials: Credentials,
         *,
-        managed: ManagedAccess | None = None,
+        managed: ProxyAccess | None = None,
     ) -> None:
         self._config = config
         self._plans = plans
@@ -67,14 +106,14 @@ class DatabaseProfiles:
         if not plan.byok:
             if self._managed is None:
                 raise AgentUnavailable("not_configured")
-            kind, base_url, token = await self._managed(tenant_id)
             model = tenant.model if tenant.model and tenant.model in plan.models else plan.models[0]
+            kind, base_url, key_id, token = await self._managed(tenant_id, model)
             return AgentProfile(
                 tenant_id=tenant_id,
                 provider_kind=kind,
                 base_url=base_url,
                 api_key=token,
-                key_id=f"managed:{plan.id}",
+                key_id=key_id,
                 model=model,
                 persona=persona,
                 max_reply_tokens=agent.max_reply_tokens,
@@ -165,10 +204,15 @@ class DatabaseMemory:
 class DatabaseKeyHealth:
     """Marks a key dead when its provider refuses it, so the next message asks for rotation."""
 
-    def __init__(self, credentials: Credentials) -> None:
+    def __init__(self, credentials: Credentials, *, proxy: ProxyAccess | None = None) -> None:
         self._credentials = credentials
+        self._proxy = proxy
 
     async def key_dead(self, tenant_id: str, key_id: str, reason: str) -> None:
         if key_id.startswith("managed:"):
-            return  # the proxy's token, not a tenant's key
+            # The proxy refused our own scoped token (revoked, or the tenant left the plan):
+            # the next message gets a fresh one if the tenant is still entitled to it.
+            if self._proxy is not None:
+                self._proxy.forget(tenant_id)
+            return
         await self._credentials.mark_dead(tenant_id, key_id, reason=reason)

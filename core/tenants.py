@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import builtins
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -107,6 +107,13 @@ class Tenants:
         # Every message looks its sender up; changes made here invalidate at once, changes
         # made by another replica are seen within cache_seconds.
         self._by_identity: TTLCache[str, TenantView | None] = TTLCache(ttl=cache_seconds)
+        # Set by the composition root when the managed plan's proxy is in use: revokes the
+        # tenant's scoped proxy tokens (plan change, suspension, deletion).
+        self.revoke_access: Callable[[str, str], Awaitable[None]] | None = None
+
+    async def _revoke(self, tenant_id: str, actor: str) -> None:
+        if self.revoke_access is not None:
+            await self.revoke_access(tenant_id, actor)
 
     def _forget(self) -> None:
         # Tenant changes are rare next to messages: dropping the whole cache keeps it simple
@@ -264,13 +271,15 @@ class Tenants:
     async def set_plan(self, tenant_id: str, plan_id: str, *, actor: str) -> TenantView:
         """Change plan; keys, memory, persona and model stay (SPEC: nothing is lost)."""
         plan = self._plans.get(plan_id)
-        return await self._change(
+        view = await self._change(
             tenant_id,
             actor=actor,
             action="tenant.plan_changed",
             detail={"plan": plan.id},
             plan=plan.id,
         )
+        await self._revoke(tenant_id, actor)
+        return view
 
     async def activate(self, tenant_id: str, *, actor: str) -> TenantView:
         """A trial tenant whose setup is complete (a key, or a managed plan) becomes active."""
@@ -290,7 +299,7 @@ class Tenants:
         )
 
     async def suspend(self, tenant_id: str, *, actor: str, reason: str) -> TenantView:
-        return await self._change(
+        view = await self._change(
             tenant_id,
             actor=actor,
             action="tenant.suspended",
@@ -298,6 +307,8 @@ class Tenants:
             status=TenantStatus.SUSPENDED.value,
             status_reason=reason[:200],
         )
+        await self._revoke(tenant_id, actor)
+        return view
 
     async def resume(self, tenant_id: str, *, actor: str) -> TenantView:
         return await self._change(
@@ -355,6 +366,7 @@ class Tenants:
             row.paused = False
             row.updated_at = now
             audit.record(s, at=now, actor=actor, action="tenant.deleted", tenant_id=tenant_id)
+        await self._revoke(tenant_id, actor)
 
     async def list(
         self, *, offset: int = 0, limit: int = 20, include_deleted: bool = False

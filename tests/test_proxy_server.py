@@ -24,11 +24,13 @@ from core.llm import (
     InvalidKey,
     LLMError,
     ModelNotFound,
+    ModelNotInPlan,
     OutOfCredit,
     Overloaded,
     RateLimited,
     TextDelta,
     Usage,
+    UsageCapReached,
     classify,
     make_client,
 )
@@ -359,7 +361,7 @@ async def test_a_plan_a_token_cannot_use_a_plan_b_only_model(world: World) -> No
     with pytest.raises(ModelNotFound) as err:
         await collect(world, "anthropic", managed, "claude-pro-only")
     assert (err.value.code, err.value.status, str(err.value)) == (
-        "model_not_found",
+        "model_not_in_plan",
         404,
         "anthropic: HTTP 404 (model_not_in_plan)",
     )
@@ -467,7 +469,7 @@ async def test_cap_reached_is_402_and_tells_when_it_resets(tmp_path: Path) -> No
         await spend_directly(w, 400)
         with pytest.raises(OutOfCredit) as err:
             await collect(w, "openai-compatible", token, "gpt-curated")
-        assert err.value.code == "out_of_credit"
+        assert err.value.code == "cap_reached"
         assert [pct for _, pct, _, _ in w.sink.alerts] == [50, 100]
         assert len(w.fake.requests) == 1
         w.clock.advance(22 * 86400)
@@ -703,8 +705,8 @@ def test_llm_errors_for_the_proxys_own_refusals() -> None:
     """What ``core.llm`` makes of each refusal (the lead's texts key on these codes)."""
     cases = {
         401: ("authentication_error", InvalidKey),
-        402: ("usage_cap_reached", OutOfCredit),
-        404: ("model_not_in_plan", ModelNotFound),
+        402: ("usage_cap_reached", UsageCapReached),
+        404: ("model_not_in_plan", ModelNotInPlan),
         429: ("rate_limit_error", RateLimited),
     }
     for status, (etype, cls) in cases.items():
@@ -712,6 +714,7 @@ def test_llm_errors_for_the_proxys_own_refusals() -> None:
             r = httpx.Response(status, json=error_body(api, etype, "m"))
             err: LLMError = classify(kind, r)
             assert type(err) is cls
+            assert isinstance(err, (InvalidKey, OutOfCredit, ModelNotFound, RateLimited))
 
 
 async def test_an_upstream_call_opened_early_is_dropped_when_the_reservation_fails(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core import audit
+from core.budget import Budget
 from core.chat import (
     OPEN_DM_PAYLOAD,
     Button,
@@ -113,6 +114,7 @@ class Services:
     messengers: Mapping[Platform, Messenger]
     usage: UsageLedger
     verify_key: KeyVerifier | None = None
+    budget: Budget | None = None
     rotate_master_key: Callable[[], Awaitable[tuple[int, int]]] | None = None
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:

@@ -22,11 +22,13 @@ from core.llm.errors import (
     InvalidKey,
     LLMError,
     ModelNotFound,
+    ModelNotInPlan,
     NetworkError,
     OutOfCredit,
     Overloaded,
     RateLimited,
     Timeout,
+    UsageCapReached,
 )
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "LLMClient",
     "LLMError",
     "ModelNotFound",
+    "ModelNotInPlan",
     "NetworkError",
     "OpenAICompatibleClient",
     "OutOfCredit",
@@ -48,6 +51,7 @@ __all__ = [
     "TextDelta",
     "Timeout",
     "Usage",
+    "UsageCapReached",
     "classify",
     "make_client",
     "new_http_client",

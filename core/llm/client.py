@@ -32,11 +32,13 @@ from core.llm.errors import (
     InvalidKey,
     LLMError,
     ModelNotFound,
+    ModelNotInPlan,
     NetworkError,
     OutOfCredit,
     Overloaded,
     RateLimited,
     Timeout,
+    UsageCapReached,
 )
 from core.llm.sse import iter_sse
 from core.secret import Secret
@@ -380,6 +382,12 @@ def _error_from_body(
     text = f"{etype} {err.get('code') or ''} {err.get('message') or ''}".lower()
     where = f"{kind}: HTTP {status}" if status is not None else f"{kind}: stream error"
     what = f"{where} ({etype})" if etype and etype.isprintable() and len(etype) < 60 else where
+    code = str(err.get("code") or "")
+    # The metering proxy's own refusals (core.proxy.wire), in either API's format.
+    if "usage_cap_reached" in (etype, code):
+        return UsageCapReached(what, status=status)
+    if "model_not_in_plan" in (etype, code):
+        return ModelNotInPlan(what, status=status)
     if status in (401, 403) or etype in ("authentication_error", "permission_error"):
         return InvalidKey(what, status=status)
     if status == 402 or any(w in text for w in _CREDIT_WORDS):

@@ -7,9 +7,11 @@
     ├── RateLimited          429: slow down; ``retry_after`` seconds when the provider said
     │                        ("rate_limited")
     ├── OutOfCredit          402, or a quota/balance error: top up or raise the limit
-    │                        ("out_of_credit")
+    │   │                    ("out_of_credit")
+    │   └── UsageCapReached  the managed plan's monthly cap is used up ("cap_reached")
     ├── Overloaded           529/503 and other 5xx: the provider is busy or down ("overloaded")
     ├── ModelNotFound        404, or the provider does not serve that model ("model_not_found")
+    │   └── ModelNotInPlan   the managed plan does not include the model ("model_not_in_plan")
     ├── NetworkError         no answer: connection refused, reset, DNS ("network")
     │   └── Timeout          the provider stalled past the timeout ("timeout")
     └── BadResponse          malformed body or stream, or a status we do not understand
@@ -59,6 +61,12 @@ class OutOfCredit(LLMError):
     code = "out_of_credit"
 
 
+class UsageCapReached(OutOfCredit):
+    """The metering proxy: the managed plan's monthly cap is used up."""
+
+    code = "cap_reached"
+
+
 class Overloaded(LLMError):
     """The provider is overloaded or unavailable (529/503/5xx)."""
 
@@ -69,6 +77,12 @@ class ModelNotFound(LLMError):
     """The model does not exist or the key cannot reach it."""
 
     code = "model_not_found"
+
+
+class ModelNotInPlan(ModelNotFound):
+    """The metering proxy: the tenant's plan does not include this model."""
+
+    code = "model_not_in_plan"
 
 
 class NetworkError(LLMError):
