@@ -143,6 +143,20 @@ class App:
         self.services.budget = self.budget
         self.router = Router(self.services)
 
+    async def start_proxy(self) -> None:
+        """The managed plan's metering proxy, in this process, sharing budget and tokens."""
+        self.proxy_server = ProxyServer(
+            self.config.proxy,
+            self.db,
+            plans=self.config.plans,
+            env=self.env,
+            clock=self.clock,
+            budget=self.budget,
+            tokens=self.proxy_tokens,
+        )
+        await self.proxy_server.start()
+        log.info("metering proxy listening on %s", self.config.proxy.url)
+
     async def _revoke_proxy_access(self, tenant_id: str, actor: str) -> None:
         await self.proxy_access.revoke(tenant_id, actor=actor)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import io
 import os
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="serve every enabled platform (the console when none is configured)")
     sub.add_parser("chat", help="chat with byokbot in this terminal")
+    sub.add_parser("proxy", help="run only the managed plan's metering proxy ([proxy] table)")
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
     mk = sub.add_parser("master-key", help="master key maintenance")
@@ -109,6 +111,33 @@ async def _serve(config: Config, *, console_only: bool) -> int:
         if app.console is not None:
             print("byokbot console — type /start to begin, /help for commands, Ctrl-D to quit.")
         await app.run_until_stopped(stop)
+    finally:
+        await app.stop()
+    return 0
+
+
+async def _proxy(config: Config) -> int:
+    from bot.alerts import LoggedAlerts
+    from core.proxy import ProxyServer
+
+    app = App(config, platforms=False, agent_runtime=False)
+    await app.open()
+    server = ProxyServer(
+        config.proxy,
+        app.db,
+        plans=config.plans,
+        env=os.environ,
+        tokens=app.proxy_tokens,
+        sink=LoggedAlerts(),
+    )
+    serving = asyncio.create_task(server.serve_forever())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, serving.cancel)
+    print(f"metering proxy on {config.proxy.url}", flush=True)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):  # SIGINT/SIGTERM: a normal stop
+            await serving
     finally:
         await app.stop()
     return 0
@@ -194,6 +223,8 @@ async def _main(args: argparse.Namespace) -> int:
         return await _serve(config, console_only=False)
     if args.command == "chat":
         return await _serve(config, console_only=True)
+    if args.command == "proxy":
+        return await _proxy(config)
     if args.command == "db":
         load_master_keys(config, os.environ, create=True)
         await upgrade(config.database_url)

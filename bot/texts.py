@@ -226,8 +226,9 @@ USAGE_ALERT = (
     "Heads-up: you've used {pct}% of this month's allowance ({used}). It resets on {resets}."
 )
 USAGE_ALERT_FULL = (
-    "You've used all of this month's allowance ({used}), so your agent is paused until "
-    "{resets}. To keep going now, upgrade your plan or switch to BYOK with /plan byok."
+    "Your plan's allowance for this month is used up, or too low for another reply ({used}). "
+    "Your agent can answer again on {resets}; to keep going now, upgrade your plan or switch "
+    "to BYOK with /plan byok."
 )
 USAGE_MANAGED = "Plan allowance this month: {used} ({pct}%). Resets on {resets}."
 ADMIN_MODELS = "Curated models by plan:\n{lines}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from bot import texts
+from bot.alerts import cap_text
 from bot.flows.base import Refusal, Turn
 from core import audit
 from core.chat import ChatRef, Outcome, Platform, Reply
@@ -43,16 +44,21 @@ def _need(args: list[str], n: int, sub: str, usage: str) -> None:
 
 
 async def _stats(turn: Turn, args: list[str]) -> Outcome | None:
-    st = await turn.services.tenants.stats()
-    await turn.say(
-        texts.ADMIN_STATS.format(
-            total=st.total,
-            by_status=texts.join(f"{k} {v}" for k, v in sorted(st.by_status.items())) or "none",
-            by_plan=texts.join(f"{k} {v}" for k, v in sorted(st.by_plan.items())) or "none",
-            keys=st.active_keys,
-        ),
-        sensitive=True,
+    s = turn.services
+    st = await s.tenants.stats()
+    text = texts.ADMIN_STATS.format(
+        total=st.total,
+        by_status=texts.join(f"{k} {v}" for k, v in sorted(st.by_status.items())) or "none",
+        by_plan=texts.join(f"{k} {v}" for k, v in sorted(st.by_plan.items())) or "none",
+        keys=st.active_keys,
     )
+    if s.budget is not None:
+        totals = await s.budget.totals()
+        if totals.tenants:
+            text += texts.ADMIN_TOTALS.format(
+                tokens=totals.tokens, usd=totals.usd, tenants=totals.tenants
+            )
+    await turn.say(text, sensitive=True)
     return None
 
 
@@ -78,6 +84,10 @@ async def _tenant_detail(turn: Turn, args: list[str]) -> Outcome | None:
     s = turn.services
     ids = await s.tenants.identities(t.id)
     stored = await s.credentials.list(t.id)
+    spend = ""
+    if s.budget is not None and not s.plans.get(t.plan).byok:
+        summary = await s.budget.summary(t.id, t.plan)
+        spend = texts.ADMIN_SPEND.format(used=cap_text(summary.spent, summary.caps))
     await turn.say(
         texts.ADMIN_TENANT.format(
             id=t.id,
@@ -90,9 +100,32 @@ async def _tenant_detail(turn: Turn, args: list[str]) -> Outcome | None:
             keys=texts.join(f"{k.provider} {k.fingerprint} ({k.status.value})" for k in stored)
             or "none",
             created=texts.day(t.created_at),
-        ),
+        )
+        + spend,
         sensitive=True,
     )
+    return None
+
+
+async def _models(turn: Turn, args: list[str]) -> Outcome | None:
+    s = turn.services
+    routes = s.config.proxy.models
+    lines = []
+    for plan in s.plans:
+        if plan.byok:
+            continue
+        for model in plan.models:
+            route = routes[model]  # validated at start: every managed model has a route
+            lines.append(
+                texts.ADMIN_MODEL_LINE.format(
+                    plan=plan.id,
+                    model=model,
+                    upstream=route.upstream,
+                    input=route.input_usd_per_mtok,
+                    output=route.output_usd_per_mtok,
+                )
+            )
+    await turn.say(texts.ADMIN_MODELS.format(lines="\n".join(lines) or "none"), sensitive=True)
     return None
 
 
@@ -229,4 +262,5 @@ _SUBCOMMANDS = {
     "audit": _audit,
     "broadcast": _broadcast,
     "rotate-master-key": _rotate_master_key,
+    "models": _models,
 }

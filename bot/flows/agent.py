@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from bot import texts
+from bot.alerts import cap_text
 from bot.flows.base import Refusal, Turn, button
 from core.chat import Button, Outcome
 from core.errors import AgentUnavailable
@@ -158,21 +159,30 @@ async def handle_stop(turn: Turn) -> Outcome | None:
 
 async def handle_usage(turn: Turn) -> Outcome | None:
     tenant = turn.require_tenant()
-    days = await turn.services.usage.month(tenant.id)
+    s = turn.services
+    days = await s.usage.month(tenant.id)
+    allowance = ""
+    plan = s.plans.get(tenant.plan)
+    if not plan.byok and s.budget is not None:
+        summary = await s.budget.summary(tenant.id, plan.id)
+        allowance = texts.USAGE_MANAGED.format(
+            used=cap_text(summary.spent, summary.caps),
+            pct=summary.percent,
+            resets=summary.spent.resets_on.isoformat(),
+        )
     if not days:
-        await turn.say(texts.USAGE_NONE, sensitive=True)
+        text = f"{allowance}\n{texts.USAGE_NONE}" if allowance else texts.USAGE_NONE
+        await turn.say(text, sensitive=True)
         return None
     lines = "\n".join(
         f"{d.day:%m-%d}: {d.input_tokens + d.output_tokens} tokens ({d.requests} requests)"
         for d in days
     )
-    await turn.say(
-        texts.USAGE.format(
-            input=sum(d.input_tokens for d in days),
-            output=sum(d.output_tokens for d in days),
-            requests=sum(d.requests for d in days),
-            lines=lines,
-        ),
-        sensitive=True,
+    text = texts.USAGE.format(
+        input=sum(d.input_tokens for d in days),
+        output=sum(d.output_tokens for d in days),
+        requests=sum(d.requests for d in days),
+        lines=lines,
     )
+    await turn.say(f"{allowance}\n{text}" if allowance else text, sensitive=True)
     return None
