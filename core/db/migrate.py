@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def alembic_config(url: str) -> AlembicConfig:
     """An Alembic config that needs no ini file: the chain is found inside the package."""
+    # Imported here: Alembic costs ~10 MiB, and only start-up and the CLI need it.
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     # '%' would be read as interpolation by configparser.
@@ -26,6 +30,8 @@ def _upgrade(url: str, revision: str) -> None:
         path = url.removeprefix("sqlite+aiosqlite:///")
         if path and ":memory:" not in path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 
