@@ -10,17 +10,14 @@ import io
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 from bot.app import App, load_master_keys
 from core.chat import (
     ChatRef,
     Event,
     EventKind,
-    MessageRef,
     Platform,
-    Reply,
-    SecretRequest,
     UserRef,
 )
 from core.config import Config, load_config
@@ -55,45 +52,6 @@ def _parser() -> argparse.ArgumentParser:
     admin = sub.add_parser("admin", help="operator commands, as in chat: byokbot admin stats")
     admin.add_argument("args", nargs=argparse.REMAINDER)
     return p
-
-
-class _PrintingMessenger:
-    """Prints what the admin flows answer; remembers whether the command was refused."""
-
-    platform = Platform.CONSOLE
-
-    def __init__(self, out: io.TextIOBase | None = None) -> None:
-        self.out = out or sys.stdout
-
-    def _print(self, reply: Reply) -> MessageRef:
-        print(reply.text, file=self.out)
-        return MessageRef(ChatRef(Platform.CONSOLE, "cli", True), "0")
-
-    async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
-        return self._print(reply)
-
-    async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
-        return self._print(reply)
-
-    async def edit(self, message: MessageRef, reply: Reply) -> None:
-        self._print(reply)
-
-    async def delete(self, chat: ChatRef, message_id: str) -> bool:
-        return False
-
-    async def open_dm(self, user: UserRef) -> ChatRef | None:
-        return ChatRef(Platform.CONSOLE, "cli", True)
-
-    async def ask_secret(self, event: Event, request: SecretRequest) -> bool:
-        return False
-
-    async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
-        async for _ in chunks:
-            pass
-        return None
-
-    async def typing(self, chat: ChatRef) -> None:
-        return None
 
 
 async def _serve(config: Config, *, console_only: bool) -> int:
@@ -147,8 +105,11 @@ async def _admin(config: Config, args: Sequence[str]) -> int:
     core = dataclasses.replace(config.core, admins=(*config.core.admins, CLI_OPERATOR.identity))
     app = App(dataclasses.replace(config, core=core), platforms=False)
     await app.open()
-    messenger = _PrintingMessenger()
-    app.services.messengers[Platform.CONSOLE] = messenger  # type: ignore[index]
+    from adapters.console import ConsoleAdapter
+
+    # The console prints what the admin flow answers; it never reads input here.
+    printer = ConsoleAdapter(stdin=io.StringIO(""), user_id=CLI_OPERATOR.id)
+    app.services.messengers[Platform.CONSOLE] = printer  # type: ignore[index]
     try:
         text = " ".join(["/admin", *args])
         outcome = await app.router.dispatch(
