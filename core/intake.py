@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
 from core.chat import UserRef
@@ -85,6 +86,20 @@ def _aware(dt: datetime) -> datetime:
     from datetime import UTC
 
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+async def _mark_used(s: AsyncSession, session_id: str) -> None:
+    """Open -> used in one conditional UPDATE: of two concurrent uses, one gets IntakeUsed."""
+    res = await s.execute(
+        update(IntakeSessionRow)
+        .where(
+            IntakeSessionRow.id == session_id,
+            IntakeSessionRow.status == IntakeStatus.OPEN.value,
+        )
+        .values(status=IntakeStatus.USED.value)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        raise IntakeUsed(session_id)
 
 
 class Intake:
@@ -215,16 +230,7 @@ class Intake:
     async def consume(self, ticket: IntakeTicket) -> None:
         """Mark the session used, atomically: a second concurrent submission gets IntakeUsed."""
         async with self._db.session() as s, s.begin():
-            res = await s.execute(
-                update(IntakeSessionRow)
-                .where(
-                    IntakeSessionRow.id == ticket.id,
-                    IntakeSessionRow.status == IntakeStatus.OPEN.value,
-                )
-                .values(status=IntakeStatus.USED.value)
-            )
-            if res.rowcount != 1:  # type: ignore[attr-defined]
-                raise IntakeUsed(ticket.id)
+            await _mark_used(s, ticket.id)
 
     async def open_link(self, *, tenant_id: str, user: UserRef) -> tuple[str, datetime]:
         """A short one-time code that attaches another platform account to this tenant."""
@@ -262,16 +268,7 @@ class Intake:
                 or _aware(row.expires_at) <= self._clock.now()
             ):
                 raise IntakeExpired("link")
-            res = await s.execute(
-                update(IntakeSessionRow)
-                .where(
-                    IntakeSessionRow.id == row.id,
-                    IntakeSessionRow.status == IntakeStatus.OPEN.value,
-                )
-                .values(status=IntakeStatus.USED.value)
-            )
-            if res.rowcount != 1:  # type: ignore[attr-defined]
-                raise IntakeUsed(row.id)
+            await _mark_used(s, row.id)
             return row.tenant_id
 
     async def cancel_for(self, user: UserRef) -> int:
