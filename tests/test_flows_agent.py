@@ -198,3 +198,33 @@ async def test_pause_and_delete_stop_the_agent(world: World) -> None:
     await ada.command("/delete")
     await ada.press(texts.DELETE_YES)
     assert supervisor.status() == []
+
+
+def test_usage_chart_is_a_png_with_one_bar_per_busy_day() -> None:
+    import struct
+    import zlib
+    from datetime import date
+
+    from bot.charts import usage_chart
+    from core.usage import DayUsage
+
+    png = usage_chart(
+        [DayUsage(date(2026, 2, 3), 100, 50, 2), DayUsage(date(2026, 2, 10), 10, 5, 1)],
+        month=date(2026, 2, 1),
+    )
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (6 * 2 + 28 * 11, 120)
+    idat = png.index(b"IDAT")
+    length = struct.unpack(">I", png[idat - 4 : idat])[0]
+    raw = zlib.decompress(png[idat + 4 : idat + 4 + length])
+    rows = [raw[i * (width * 3 + 1) + 1 : (i + 1) * (width * 3 + 1)] for i in range(height)]
+    blue = bytes((64, 120, 220))
+
+    def bar_height(day: int) -> int:
+        x = (6 + (day - 1) * 11) * 3
+        return sum(1 for row in rows if row[x : x + 3] == blue)
+
+    assert bar_height(3) == 108  # the busiest day fills the chart
+    assert bar_height(10) == 11  # a tenth of the tokens, a tenth of the height
+    assert bar_height(4) == 0

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from bot import texts
 from bot.alerts import cap_text
+from bot.charts import usage_chart
 from bot.flows.base import Refusal, Turn, button
 from core.chat import Button, Outcome
 from core.errors import AgentUnavailable
@@ -184,5 +185,9 @@ async def handle_usage(turn: Turn) -> Outcome | None:
         requests=sum(d.requests for d in days),
         lines=lines,
     )
-    await turn.say(f"{allowance}\n{text}" if allowance else text, sensitive=True)
+    await turn.say(
+        f"{allowance}\n{text}" if allowance else text,
+        sensitive=True,
+        image=usage_chart(days, month=s.clock.now().date()),
+    )
     return None

@@ -180,6 +180,7 @@ class Turn:
         buttons: Sequence[Sequence[Button]] = (),
         sensitive: bool = False,
         markdown: bool = False,
+        image: bytes | None = None,
     ) -> MessageRef | None:
         """Answer the event. Sensitive answers stay private: ephemeral, or moved to a DM."""
         reply = Reply(
@@ -187,6 +188,7 @@ class Turn:
             buttons=tag_buttons(buttons, self.user),
             sensitive=sensitive,
             format=TextFormat.MARKDOWN if markdown else TextFormat.PLAIN,
+            image=image,
         )
         if sensitive and not self.chat.is_direct and self.user.platform not in EPHEMERAL_PLATFORMS:
             from bot import texts
