@@ -83,6 +83,17 @@ async def test_a_whole_conversation(world: World, fake: FakeLLMServer) -> None:
     assert body["system"] == "You answer like a pirate."
     assert [m["content"] for m in body["messages"]] == ["hello", "echo: hello", "and now?"]
 
+    # Memory is stored encrypted under the tenant's data key: no plaintext in the row.
+    from sqlalchemy import select
+
+    from core.db.models import MemoryRow
+
+    async with world.app.db.session() as session:
+        blobs = (await session.scalars(select(MemoryRow.blob))).all()
+    assert len(blobs) == 1
+    assert b"and now?" not in blobs[0]
+    assert b"pirate" not in blobs[0]
+
     await ada.command("/reset")
     assert ada.last == texts.RESET_DONE
     await ada.say("fresh start")
