@@ -7,8 +7,8 @@ on, and a code object loaded at import time sits wherever its module was unmarsh
 that module's strings, tuples and functions. A first reply runs ~870 functions spread over
 httpx, httpcore, h11, anyio, asyncio and our own modules, so it used to copy ~370 pages
 holding code objects. Copies made here, one after the other, fill ~90 pages (~380 KB of code)
-instead; with the rehearsal that warms them (see ``worker.warm``) an agent's unique memory
-after a reply drops by about 1 MiB.
+instead; with the rehearsals that warm them (see ``worker.warm``) an agent's unique memory
+after a reply drops by about 1.4 MiB (7.64 -> 6.26 MiB in ``bench/agent_memory.py``).
 
 How: record which code objects run during ``run`` (``sys.setprofile``), copy each one
 (``CodeType.replace()``: same bytecode, constants, names, line tables) in first-call order, and
