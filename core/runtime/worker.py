@@ -67,6 +67,9 @@ _LAZY_IMPORTS: Final = (
     "anyio.streams.stapled",
     "anyio.to_thread",
     "importlib.resources",
+    # Unpickling the process object imports this in every forked child (its fd wrapper's
+    # class lives there): measured 0.37 MiB of unique memory per agent, and disk reads.
+    "multiprocessing.popen_forkserver",
 )
 
 
