@@ -187,6 +187,7 @@ OPEN_DM_BUTTON = "Open a private chat"
 
 AGENT_UNAVAILABLE = {
     "not_configured": "Your agent isn't available on this server yet. An operator has to enable the agent runtime.",
+    "proxy_off": "The managed plan isn't switched on on this server yet: an operator has to enable its metering proxy. Meanwhile you can use your own key with /plan byok.",
     "no_key": "Your agent has no API key to use. Add one with /key add <provider> in a private chat with me.",
     "paused": PAUSED,
     "suspended": "Your account is suspended, so your agent can't answer.",

@@ -49,7 +49,7 @@ class ProxyAccess:
     async def __call__(self, tenant_id: str, model: str) -> tuple[str, str, str, Secret]:
         """(provider kind, base URL, key id, token) for ``model`` of a managed plan."""
         if not self._settings.enabled:
-            raise AgentUnavailable("not_configured")
+            raise AgentUnavailable("proxy_off")
         route = self._settings.models.get(model)
         if route is None:
             raise AgentUnavailable("model_not_in_plan")
@@ -105,7 +105,7 @@ class DatabaseProfiles:
         plan = self._plans.get(tenant.plan)
         if not plan.byok:
             if self._managed is None:
-                raise AgentUnavailable("not_configured")
+                raise AgentUnavailable("proxy_off")
             model = tenant.model if tenant.model and tenant.model in plan.models else plan.models[0]
             kind, base_url, key_id, token = await self._managed(tenant_id, model)
             return AgentProfile(

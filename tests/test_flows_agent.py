@@ -239,3 +239,10 @@ def test_usage_chart_is_a_png_with_one_bar_per_busy_day() -> None:
     assert bar_height(3) == 108  # the busiest day fills the chart
     assert bar_height(10) == 11  # a tenth of the tokens, a tenth of the height
     assert bar_height(4) == 0
+
+
+async def test_managed_tenant_without_a_proxy_is_told_what_to_do(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan managed")
+    await ada.say("hello")
+    assert ada.last == texts.AGENT_UNAVAILABLE["proxy_off"]
