@@ -786,7 +786,8 @@ class _SQLiteWriter:
         try:
             out = _transaction(conn, fn)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes: low byte
+            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise
             # Another writer has the database: wait for it on the worker thread, not here.
             return await asyncio.get_running_loop().run_in_executor(

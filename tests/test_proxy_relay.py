@@ -1,4 +1,4 @@
-"""The streaming relay's event splitting: reads cut anywhere, metering, the last read, rewrites."""
+"""The streaming relay's event splitting: reads cut anywhere, metering, rewrites."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def pieces(data: bytes, size: int) -> list[bytes]:
 
 async def relay(
     reads: list[bytes], api: str, *, keep_usage: bool = False
-) -> tuple[list[tuple[bytes, bool]], Meter]:
+) -> tuple[list[bytes], Meter]:
     meter = Meter()
     upstream = cast(aiohttp.ClientResponse, _Upstream(reads))
     return [item async for item in _relayed(upstream, api, meter, keep_usage)], meter
@@ -74,9 +74,8 @@ async def relay(
 async def test_anthropic_events_pass_unchanged_however_the_reads_cut_them() -> None:
     for size in (1, 2, 7, 64, len(ANTHROPIC_STREAM)):
         out, meter = await relay(pieces(ANTHROPIC_STREAM, size), ANTHROPIC)
-        assert b"".join(chunk for chunk, _ in out) == ANTHROPIC_STREAM
-        assert [last for _, last in out].count(True) == 1
-        assert out[-1][1] is True
+        assert b"".join(out) == ANTHROPIC_STREAM
+        assert all(chunk.endswith(b"\n\n") for chunk in out)
         assert (meter.input_tokens, meter.output_tokens, meter.deltas, meter.final) == (
             21,
             9,
@@ -89,7 +88,7 @@ async def test_crlf_line_ends_are_normalised_even_when_split_between_reads() -> 
     crlf = ANTHROPIC_STREAM.replace(b"\n", b"\r\n")
     cut = crlf.index(b"\r\n\r\n") + 1  # between the \r and the \n
     out, meter = await relay([crlf[:cut], crlf[cut:]], ANTHROPIC)
-    assert b"".join(chunk for chunk, _ in out) == ANTHROPIC_STREAM
+    assert b"".join(out) == ANTHROPIC_STREAM
     assert (meter.input_tokens, meter.output_tokens, meter.final) == (21, 9, True)
 
 
@@ -100,11 +99,10 @@ async def test_an_error_event_is_rewritten_without_the_upstreams_text() -> None:
     )
     head = ANTHROPIC_STREAM[: ANTHROPIC_STREAM.index(b"event: ping")]
     out, _ = await relay([head + error], ANTHROPIC)
-    sent = b"".join(chunk for chunk, _ in out)
+    sent = b"".join(out)
     assert b"sk-ant-secret" not in sent
     assert sent.startswith(head + b"event: error\ndata: {")
     assert b'"type":"overloaded_error"' in sent
-    assert [last for _, last in out] == [False]
 
 
 OPENAI_STREAM = [
@@ -117,13 +115,13 @@ OPENAI_STREAM = [
 
 async def test_openai_usage_chunk_is_dropped_unless_the_client_asked_for_it() -> None:
     out, meter = await relay([b"".join(OPENAI_STREAM)], OPENAI)
-    assert out == [(OPENAI_STREAM[0] + OPENAI_STREAM[1] + OPENAI_STREAM[3], True)]
+    assert out == [OPENAI_STREAM[0] + OPENAI_STREAM[1] + OPENAI_STREAM[3]]
     assert (meter.input_tokens, meter.output_tokens, meter.deltas) == (7, 2, 2)
     out, _ = await relay(OPENAI_STREAM, OPENAI, keep_usage=True)
-    assert out == [(event, event == OPENAI_STREAM[3]) for event in OPENAI_STREAM]
+    assert out == OPENAI_STREAM
 
 
 async def test_a_stream_without_a_final_blank_line_is_still_metered_and_sent() -> None:
     out, meter = await relay([OPENAI_STREAM[0], OPENAI_STREAM[2][:-2]], OPENAI, keep_usage=True)
-    assert out == [(OPENAI_STREAM[0], False), (OPENAI_STREAM[2], False)]
+    assert out == [OPENAI_STREAM[0], OPENAI_STREAM[2]]
     assert (meter.input_tokens, meter.output_tokens, meter.final) == (7, 2, True)

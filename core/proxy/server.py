@@ -422,28 +422,22 @@ class ProxyServer:
     ) -> web.StreamResponse:
         response = _SSEResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
-        ended = False
         try:
-            # One write per upstream read: events that arrived together leave together. The
-            # read holding the last event (Anthropic message_stop, OpenAI [DONE]) goes out with
-            # the end of the chunked body in one send; anything after it is metered, not sent.
-            async for out, last in _relayed(upstream, api, meter, a.client_wants_usage):
-                if ended:
-                    continue
-                if last:
-                    ended = True
-                    await response.write_eof(out)
-                elif out:
+            # One write per upstream read: events that arrived together leave together. The end
+            # of the body waits for the upstream's end (not just its last event): a client
+            # that saw the end sends its next request on this connection, which would wait
+            # behind this handler while it drained the upstream.
+            async for out in _relayed(upstream, api, meter, a.client_wants_usage):
+                if out:
                     await response.write(out)
             await response.write_eof()
         except ConnectionResetError:
             log.debug("client left mid-stream (tenant %s)", a.tenant_id)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("upstream stream broke (%s)", type(exc).__name__)
-            if not ended:
-                with contextlib.suppress(ConnectionResetError):
-                    await response.write(_sse_error(api, {"error": {"type": "api_error"}}))
-                    await response.write_eof()
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(_sse_error(api, {"error": {"type": "api_error"}}))
+                await response.write_eof()
         return response
 
     async def _fold(
@@ -509,8 +503,8 @@ async def _events(upstream: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes
 
 async def _relayed(
     upstream: aiohttp.ClientResponse, api: str, meter: Meter, keep_usage: bool
-) -> AsyncIterator[tuple[bytes, bool]]:
-    """Per upstream read: (the complete events in it, as sent on; whether the last is in it).
+) -> AsyncIterator[bytes]:
+    """Per upstream read: the complete events in it, as they are to be sent on.
 
     Events are metered on the way; an incomplete one waits for the next read.
     """
@@ -530,8 +524,8 @@ async def _relayed(
         yield _relay_events(rest + b"\n\n", api, meter, keep_usage)
 
 
-def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> tuple[bytes, bool]:
-    """Meter complete events (each ending in a blank line); what to send on, and if it ends.
+def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> bytes:
+    """Meter complete events (each ending in a blank line); returns what to send on.
 
     Text deltas are most of a stream and carry no usage: they are counted, not decoded. The
     bytes go on untouched unless an event had to be rewritten (an error) or dropped (OpenAI's
@@ -539,7 +533,7 @@ def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> tu
     """
     anthropic = api == ANTHROPIC
     kept: list[bytes] = []
-    changed = last = False
+    changed = False
     for event in events[:-2].split(b"\n\n"):
         if not _worth_parsing(api, event):
             if not anthropic or event.startswith(b"event: content_block_delta"):
@@ -548,10 +542,7 @@ def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> tu
             continue
         data = _data_of(event)
         meter.feed(api, data)
-        if data == "[DONE]":
-            last = True
-            kept.append(event)
-        elif _is_error_event(api, data):
+        if _is_error_event(api, data):
             kept.append(_sse_error(api, data)[:-2])
             changed = True
         elif (
@@ -564,10 +555,9 @@ def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> tu
             changed = True  # we asked for the usage chunk; this client did not
         else:
             kept.append(event)
-    last = last or (anthropic and meter.final)
     if not changed:
-        return events, last
-    return b"".join(event + b"\n\n" for event in kept), last
+        return events
+    return b"".join(event + b"\n\n" for event in kept)
 
 
 def _worth_parsing(api: str, event: bytes) -> bool:
