@@ -152,6 +152,11 @@ async def stage(
     return ttfts, totals, time.perf_counter() - start, errors
 
 
+def cpu_seconds(process: Any) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -325,12 +330,18 @@ async def main(args: argparse.Namespace) -> None:
                     ("direct", direct_url, direct_headers, direct_body),
                     ("proxy", proxy_url, proxy_headers, proxy_body),
                 ):
+                    cpu_before = cpu_seconds(proxy_ps)
                     ttfts, totals, elapsed, errors = await stage(
                         session, url, h, b, concurrency=concurrency, requests=n
                     )
                     results[name] = (ttfts, totals)
                     print(row(concurrency, name, ttfts, totals, elapsed, errors))
+                cpu_us = (cpu_seconds(proxy_ps) - cpu_before) / max(1, len(totals)) * 1e6
                 print(added(concurrency, results["direct"], results["proxy"]))
+                print(
+                    f"{concurrency:>4}  proxy CPU {cpu_us:.0f} us/request (user+sys); "
+                    f"RSS {proxy_ps.memory_info().rss / 2**20:.1f} MiB"
+                )
             ttfts, totals, elapsed, errors = await stage(
                 session,
                 proxy_url,
@@ -342,7 +353,8 @@ async def main(args: argparse.Namespace) -> None:
             print(
                 f"500 concurrent streams through the proxy: {len(totals)} ok, {errors} errors, "
                 f"ttft p50 {pct(ttfts, 0.5):.1f} p99 {pct(ttfts, 0.99):.1f}, "
-                f"{len(totals) / elapsed:.0f} req/s"
+                f"{len(totals) / elapsed:.0f} req/s; "
+                f"RSS {proxy_ps.memory_info().rss / 2**20:.1f} MiB"
             )
             rss_n = 2000 if quick else 10000
             done = 100 + sum(n for _, n in plan) + n500

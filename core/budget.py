@@ -683,10 +683,26 @@ def _cost(c: Cost) -> tuple[int, int]:
 # Through SQLAlchemy's async layer and aiosqlite, each statement is a thread hop and a trip
 # through the event loop: a reserve costs ~2 ms, against ~15 us for the same transaction in
 # sqlite3. So on SQLite, reserve and settle run as whole ``BEGIN IMMEDIATE … COMMIT``
-# transactions on one dedicated thread: one hop each, writers of this process queue there
-# instead of in SQLite's busy handler. Rare paths (refusals, alerts, jobs) stay on SQLAlchemy.
+# transactions on a plain connection of their own, on the event loop's thread unless the
+# database is busy (see ``_SQLiteWriter``). Rare paths (refusals, alerts, jobs) stay on
+# SQLAlchemy.
 
 _TS: Final = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime on SQLite
+_CHECKPOINT_EVERY: Final = 500  # inline commits; a few pages each, so a WAL of a few MB at most
+
+
+def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn`` in one ``BEGIN IMMEDIATE … COMMIT``; rolled back if anything in it fails."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return out
+
 
 _RESERVE_SQL: Final = """
 UPDATE budgets SET
@@ -720,41 +736,81 @@ RETURNING tokens_spent, usd_micros_spent, alerted_pct, period_start
 
 
 class _SQLiteWriter:
-    """One sqlite3 connection, used only from one worker thread."""
+    """The request path's transactions on SQLite: on the event loop's thread, never waiting.
+
+    A reserve or settle transaction takes ~25 us, while a hop to a worker thread and back
+    costs ~130 us of CPU on a small VM (measured), twice per request. So they run inline, on a
+    connection that never waits for a lock (``busy_timeout`` 0): when another writer holds the
+    database, the transaction is rolled back and runs again on the worker thread's own
+    connection, which waits there (``busy_timeout``) as before. The inline connection does not
+    checkpoint the WAL on commit (that is file I/O and an fsync, milliseconds on the loop);
+    the worker thread runs a passive checkpoint every ``_CHECKPOINT_EVERY`` inline commits.
+    """
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._inline_conn: sqlite3.Connection | None = None
+        self._commits = 0
+        self._checkpointing: asyncio.Future[None] | None = None
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._conn = conn
+            self._conn = self._open(busy_timeout_ms=10000)
         return self._conn
+
+    def _inline(self) -> sqlite3.Connection:
+        if self._inline_conn is None:
+            conn = self._open(busy_timeout_ms=0)
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._inline_conn = conn
+        return self._inline_conn
+
+    def _open(self, *, busy_timeout_ms: int) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in (self._conn, self._inline_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._inline_conn = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def txn() -> T:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
+        conn = self._inline()
+        try:
+            out = _transaction(conn, fn)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes: low byte
+            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise
-            conn.execute("COMMIT")
-            return out
+            # Another writer has the database: wait for it on the worker thread, not here.
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, _transaction, self._connection(), fn
+            )
+        self._commits += 1
+        if self._commits >= _CHECKPOINT_EVERY and self._checkpointing is None:
+            self._commits = 0
+            self._checkpointing = asyncio.get_running_loop().run_in_executor(
+                self._pool, self._checkpoint
+            )
+            self._checkpointing.add_done_callback(self._checkpointed)
+        return out
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, txn)
+    def _checkpoint(self) -> None:
+        self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._checkpointing = None
+        exc = None if done.cancelled() else done.exception()
+        if exc is not None:
+            # The next checkpoint (or another connection's) catches up; nothing is lost.
+            log.warning("budget WAL checkpoint failed (%s)", type(exc).__name__)
 
     async def reserve(
         self,

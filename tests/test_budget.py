@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -487,3 +488,34 @@ async def test_budget_race_across_processes(db: Database, db_url: str) -> None:
     assert sum(admitted) == 10
     s = await budget.summary("t1", "managed")
     assert (s.spent.tokens, s.tokens_reserved) == (99_950, 0)
+
+
+async def test_sqlite_reserve_behind_another_writer_waits_then_goes_through(
+    tmp_path: Path,
+) -> None:
+    """Reserve runs on the event loop's thread and does not wait there for a lock: while
+    another writer holds the database it waits on the worker thread (the loop keeps turning),
+    and it goes through once the writer commits."""
+    path = tmp_path / "busy.db"
+    db = await open_db(f"sqlite+aiosqlite:///{path}")
+    await add_tenant(db, "t1")
+    budget = Budget(db, plans(tokens=10_000), ManualClock(START))
+    await spend(budget, "t1", 100)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        task = asyncio.create_task(budget.reserve("t1", "managed", Cost(200, 0)))
+        for _ in range(20):
+            await asyncio.sleep(0)  # the loop keeps turning while the writer holds on
+        assert task.done() is False
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    reservation = await task
+    assert reservation.tokens == 200
+    s = await budget.summary("t1", "managed")
+    assert (s.spent.tokens, s.tokens_reserved) == (100, 200)
+    await budget.settle(reservation, Cost(150, 0), plan_id="managed")
+    s = await budget.summary("t1", "managed")
+    assert (s.spent.tokens, s.tokens_reserved) == (250, 0)
+    await db.dispose()

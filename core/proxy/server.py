@@ -69,6 +69,22 @@ log = logging.getLogger(__name__)
 ANTHROPIC_VERSION: Final = "2023-06-01"
 _LIVE_STATUSES: Final = ("trial", "active")
 _SSE_HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_ANTHROPIC_OPAQUE: Final = (
+    b"event: content_block_delta",
+    b"event: ping",
+    b"event: content_block_start",
+    b"event: content_block_stop",
+)
+
+
+class _SSEResponse(web.StreamResponse):
+    """A stream whose headers leave with its first events: one packet to the client, not two.
+
+    ``_relay`` prepares it only once the upstream answered 200, and the first read follows at
+    once, so holding the headers back does not delay the first token.
+    """
+
+    _send_headers_immediately = False
 
 
 class _Refusal(Exception):
@@ -404,29 +420,16 @@ class ProxyServer:
         upstream: aiohttp.ClientResponse,
         meter: Meter,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers=_SSE_HEADERS)
+        response = _SSEResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         try:
-            async for batch in _batches(upstream, api, meter):
-                out = []
-                for raw, data in batch:
-                    if data is None:
-                        out.append(raw)
-                    elif _is_error_event(api, data):
-                        out.append(_sse_error(api, data))
-                    elif (
-                        api == OPENAI
-                        and not a.client_wants_usage
-                        and isinstance(data, dict)
-                        and "usage" in data
-                        and not data.get("choices")
-                    ):
-                        continue  # we asked for the usage chunk; this client did not
-                    else:
-                        out.append(raw)
-                # One write per upstream read: events that arrived together leave together.
+            # One write per upstream read: events that arrived together leave together. The end
+            # of the body waits for the upstream's end (not just its last event): a client
+            # that saw the end sends its next request on this connection, which would wait
+            # behind this handler while it drained the upstream.
+            async for out in _relayed(upstream, api, meter, a.client_wants_usage):
                 if out:
-                    await response.write(b"".join(out))
+                    await response.write(out)
             await response.write_eof()
         except ConnectionResetError:
             log.debug("client left mid-stream (tenant %s)", a.tenant_id)
@@ -498,43 +501,69 @@ async def _events(upstream: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes
         yield buffer + b"\n\n", _data_of(buffer)
 
 
-async def _batches(
-    upstream: aiohttp.ClientResponse, api: str, meter: Meter
-) -> AsyncIterator[list[tuple[bytes, Any]]]:
-    """The events of each upstream read, metered; ``data`` is parsed only where it matters.
+async def _relayed(
+    upstream: aiohttp.ClientResponse, api: str, meter: Meter, keep_usage: bool
+) -> AsyncIterator[bytes]:
+    """Per upstream read: the complete events in it, as they are to be sent on.
 
-    Text deltas are most of a stream and carry no usage: they are counted, not decoded.
+    Events are metered on the way; an incomplete one waits for the next read.
     """
-    buffer = b""
+    rest = b""
     async for chunk in upstream.content.iter_any():
-        buffer += chunk
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
-        batch: list[tuple[bytes, Any]] = []
-        while True:
-            end = buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, buffer = buffer[: end + 2], buffer[end + 2 :]
-            if _worth_parsing(api, event):
-                data = _data_of(event)
-                meter.feed(api, data)
-                batch.append((event, data))
-            else:
-                if api != ANTHROPIC or event.startswith(b"event: content_block_delta"):
-                    meter.deltas += 1
-                batch.append((event, None))
-        if batch:
-            yield batch
-    if buffer.strip():
-        data = _data_of(buffer)
+        if rest:
+            chunk = rest + chunk
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        end = chunk.rfind(b"\n\n")
+        if end < 0:
+            rest = chunk
+            continue
+        rest = chunk[end + 2 :]
+        yield _relay_events(chunk[: end + 2], api, meter, keep_usage)
+    if rest.strip():
+        yield _relay_events(rest + b"\n\n", api, meter, keep_usage)
+
+
+def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> bytes:
+    """Meter complete events (each ending in a blank line); returns what to send on.
+
+    Text deltas are most of a stream and carry no usage: they are counted, not decoded. The
+    bytes go on untouched unless an event had to be rewritten (an error) or dropped (OpenAI's
+    usage chunk, which we asked for and this client did not).
+    """
+    anthropic = api == ANTHROPIC
+    kept: list[bytes] = []
+    changed = False
+    for event in events[:-2].split(b"\n\n"):
+        if not _worth_parsing(api, event):
+            if not anthropic or event.startswith(b"event: content_block_delta"):
+                meter.deltas += 1
+            kept.append(event)
+            continue
+        data = _data_of(event)
         meter.feed(api, data)
-        yield [(buffer + b"\n\n", data)]
+        if _is_error_event(api, data):
+            kept.append(_sse_error(api, data)[:-2])
+            changed = True
+        elif (
+            not anthropic
+            and not keep_usage
+            and isinstance(data, dict)
+            and "usage" in data
+            and not data.get("choices")
+        ):
+            changed = True  # we asked for the usage chunk; this client did not
+        else:
+            kept.append(event)
+    if not changed:
+        return events
+    return b"".join(event + b"\n\n" for event in kept)
 
 
 def _worth_parsing(api: str, event: bytes) -> bool:
     if api == ANTHROPIC:
-        return not event.startswith((b"event: content_block_delta", b"event: ping"))
+        # Nothing the meter or the error check reads is in these (nor in their data).
+        return not event.startswith(_ANTHROPIC_OPAQUE)
     return (
         b'"usage":{' in event or b'"usage": {' in event or b'"error"' in event or b"[DONE]" in event
     )
