@@ -43,15 +43,3 @@ class DirectMessageAlerts:
                 await messenger.send(ChatRef(Platform(platform), chat_id, True), Reply(text))
             except Exception:
                 log.warning("usage alert not delivered on %s", platform, exc_info=True)
-
-
-class LoggedAlerts:
-    """The alert sink of a proxy running on its own (``byokbot proxy``), with no chat to DM."""
-
-    async def alert(self, tenant_id: str, threshold_pct: int, spent: Spend, cap: Caps) -> None:
-        log.warning(
-            "tenant %s reached %d%% of its monthly allowance (%s)",
-            tenant_id,
-            threshold_pct,
-            cap_text(spent, cap),
-        )

@@ -12,7 +12,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from bot.app import App, load_master_keys
 from core.chat import (
     ChatRef,
     Event,
@@ -21,7 +20,6 @@ from core.chat import (
     UserRef,
 )
 from core.config import Config, load_config
-from core.db import upgrade
 from core.errors import ConfigError, CoreError
 from core.logs import configure_logging
 
@@ -56,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _serve(config: Config, *, console_only: bool) -> int:
     from adapters.console import ConsoleAdapter
+    from bot.app import App
 
     any_platform = any(p.enabled for p in config.platforms.values())
     console = ConsoleAdapter() if console_only or not any_platform else None
@@ -75,18 +74,28 @@ async def _serve(config: Config, *, console_only: bool) -> int:
 
 
 async def _proxy(config: Config) -> int:
-    from bot.alerts import LoggedAlerts
+    # Only what the proxy needs is imported: no agents, adapters, ORM flows or Alembic, so the
+    # standalone proxy stays small. Its database must already be migrated (byokbot db upgrade).
+    from core.budget import LoggingAlertSink
+    from core.db import Database
+    from core.ports import SystemClock
     from core.proxy import ProxyServer
+    from core.proxy_tokens import ProxyTokens
 
-    app = App(config, platforms=False, agent_runtime=False)
-    await app.open()
+    db = Database(config.database_url)
+    tokens = ProxyTokens(
+        db,
+        SystemClock(),
+        keep=config.proxy.tokens_kept,
+        cache_seconds=config.proxy.token_cache_seconds,
+    )
     server = ProxyServer(
         config.proxy,
-        app.db,
+        db,
         plans=config.plans,
         env=os.environ,
-        tokens=app.proxy_tokens,
-        sink=LoggedAlerts(),
+        tokens=tokens,
+        sink=LoggingAlertSink(),
     )
     serving = asyncio.create_task(server.serve_forever())
     loop = asyncio.get_running_loop()
@@ -97,11 +106,13 @@ async def _proxy(config: Config) -> int:
         with contextlib.suppress(asyncio.CancelledError):  # SIGINT/SIGTERM: a normal stop
             await serving
     finally:
-        await app.stop()
+        await db.dispose()
     return 0
 
 
 async def _admin(config: Config, args: Sequence[str]) -> int:
+    from bot.app import App
+
     core = dataclasses.replace(config.core, admins=(*config.core.admins, CLI_OPERATOR.identity))
     app = App(dataclasses.replace(config, core=core), platforms=False)
     await app.open()
@@ -128,6 +139,9 @@ async def _admin(config: Config, args: Sequence[str]) -> int:
 
 
 async def _master_key(config: Config, action: str, *, retire: bool) -> int:
+    from bot.app import App, load_master_keys
+    from core.db import upgrade
+
     if action == "status":
         ring = load_master_keys(config, os.environ, create=False)
         await upgrade(config.database_url)
@@ -187,6 +201,9 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "proxy":
         return await _proxy(config)
     if args.command == "db":
+        from bot.app import load_master_keys
+        from core.db import upgrade
+
         load_master_keys(config, os.environ, create=True)
         await upgrade(config.database_url)
         print("database is up to date")
@@ -195,6 +212,8 @@ async def _main(args: argparse.Namespace) -> int:
         return await _master_key(config, args.action, retire=args.retire)
     if args.command == "config":
         if _key_exists(config):
+            from bot.app import load_master_keys
+
             load_master_keys(config, os.environ, create=False)
         print(f"{config.source}: configuration is valid")
         return 0

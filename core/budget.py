@@ -180,6 +180,19 @@ class AlertSink(Protocol):
     async def alert(self, tenant_id: str, threshold_pct: int, spent: Spend, cap: Caps) -> None: ...
 
 
+class LoggingAlertSink:
+    """Alerts of a proxy running on its own (``byokbot proxy``), which has no chat to DM."""
+
+    async def alert(self, tenant_id: str, threshold_pct: int, spent: Spend, cap: Caps) -> None:
+        log.warning(
+            "tenant %s reached %d%% of its monthly allowance (%d tokens, $%.2f)",
+            tenant_id,
+            threshold_pct,
+            spent.tokens,
+            spent.usd,
+        )
+
+
 class RecordingAlertSink:
     """An in-memory sink: keeps every alert (tests, and a runtime without DMs)."""
 

@@ -151,3 +151,49 @@ def test_one_line_errors_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFi
     )
     assert main(["--config", str(good), "db", "upgrade"]) == 0
     assert capsys.readouterr().out == "database is up to date\n"
+
+
+async def test_standalone_proxy_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "proxy.toml"
+    config.write_text(f"[proxy]\nenabled = true\nport = {port}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYOKBOT_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        BYOKBOT_CONFIG=str(config),
+        BYOKBOT_PROXY_ANTHROPIC_KEY=anthropic_key(),
+        BYOKBOT_PROXY_OPENAI_KEY="sk-proj-" + "a" * 40 + "T3BlbkFJ" + "b" * 40,
+    )
+    code, _, err = await _run(["db", "upgrade"], tmp_path, config=config)
+    assert code == 0, err
+    proc = await asyncio.create_subprocess_exec(
+        *_byokbot(),
+        "proxy",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+    assert line.decode().strip() == f"metering proxy on http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(trust_env=False) as client:
+        r = await client.post(
+            f"http://127.0.0.1:{port}/v1/messages",
+            headers={"x-api-key": "byok-nope"},
+            json={
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
+    assert r.status_code == 401
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
