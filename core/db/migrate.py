@@ -30,8 +30,13 @@ def _upgrade(url: str, revision: str) -> None:
         path = url.removeprefix("sqlite+aiosqlite:///")
         if path and ":memory:" not in path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+    import logging
+
     from alembic import command
 
+    # Alembic announces each of its plugins at INFO on every start; the migrations themselves
+    # are still logged.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     command.upgrade(alembic_config(url), revision)
 
 
