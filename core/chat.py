@@ -78,7 +78,9 @@ class Event:
     kind: EventKind
     user: UserRef
     chat: ChatRef
-    text: str = ""
+    # A DM reply can be the awaited key itself, so a repr (a traceback, a debug print) never
+    # shows what a person typed.
+    text: str = field(default="", repr=False)
     command: str = ""
     args: tuple[str, ...] = ()
     payload: str = ""
