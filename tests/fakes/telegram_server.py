@@ -52,6 +52,7 @@ class Call:
     method: str
     params: dict[str, Any]
     status: int = 200
+    message_id: int | None = None  # of the message a send created
 
 
 @dataclass
@@ -86,6 +87,9 @@ class FakeTelegramServer:
     _runner: web.AppRunner | None = None
     port: int = 0
     max_hold: float = 0.05
+    # Telegram serves one poller per bot: a getUpdates while another is held gets 409.
+    exclusive_polling: bool = False
+    _polls: int = 0
 
     @property
     def base_url(self) -> str:
@@ -223,10 +227,23 @@ class FakeTelegramServer:
             call.status = 404
             self._notify()
             return self._error(404, "Not Found")
+        if method == "getUpdates" and self.exclusive_polling and self._polls:
+            call.status = 409
+            self._notify()
+            return self._error(
+                409,
+                "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+            )
         if method == "getUpdates":
-            result: Any = await self._get_updates(params)
+            self._polls += 1
+            try:
+                result: Any = await self._get_updates(params)
+            finally:
+                self._polls -= 1
         else:
             result = self._result(method, params)
+            if method.startswith("send") and isinstance(result, dict):
+                call.message_id = result.get("message_id")
         self._notify()
         return web.json_response({"ok": True, "result": result})
 
