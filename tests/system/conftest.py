@@ -19,7 +19,7 @@ from tests.system.people import TelegramPerson
 TELEGRAM_TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def canaries() -> Iterator[CanaryScan]:
     scan = CanaryScan()
     yield scan
