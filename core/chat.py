@@ -62,6 +62,9 @@ class EventKind(StrEnum):
     COMMAND = "command"
     BUTTON = "button"
     SECRET = "secret"  # noqa: S105 - an event kind, not a password
+    # The person closed a private form without submitting it (a Slack modal's view_closed):
+    # the intake it was opened for ends, as with /cancel.
+    SECRET_CANCELLED = "secret_cancelled"  # noqa: S105 - an event kind, not a password
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,9 @@ class Event:
     ``intake_token`` a secret submitted through a private form (modal, hidden prompt).
     ``addressed`` is true where the bot is meant: always in a DM, in a group only for a mention
     or a reply to the bot. ``via_modal`` says a refused secret is shown inside the form.
+    ``reply_to`` is the id of the bot's message this one replies to (Telegram's
+    ``reply_to_message``), so a flow can tell an answer to its prompt from a new message.
+    A SECRET_CANCELLED event carries the closed form's ``intake_token``.
     """
 
     kind: EventKind
@@ -90,6 +96,7 @@ class Event:
     addressed: bool = True
     via_modal: bool = False
     event_id: str = ""
+    reply_to: str | None = None
 
     @property
     def conversation_key(self) -> str:

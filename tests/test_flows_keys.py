@@ -243,7 +243,13 @@ async def test_malformed_key_attempts_then_lock(world: World) -> None:
     await ada.say("sk-ant-short")
     assert "That doesn't look like a valid Anthropic key" in ada.last
     assert texts.ATTEMPTS_LEFT.format(n=2) in ada.last
+    # Not a reply to the prompt and nothing like a key: the agent gets it, with a note.
     await ada.say("hello")
+    assert ada.last == texts.AGENT_UNAVAILABLE["not_configured"]
+    assert ada.transcript()[-2] == texts.KEY_STILL_OPEN_REPLY.format(provider="Anthropic")
+    assert len(ada.messenger.deleted) == 1
+    # A reply to the prompt is the key, whatever it looks like.
+    await ada.reply_to_prompt("hello")
     assert texts.ATTEMPTS_LEFT.format(n=1) in ada.last
     await ada.say(openai_key())
     assert texts.ATTEMPTS_NONE.format(provider="anthropic") in ada.last
