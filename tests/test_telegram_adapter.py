@@ -249,7 +249,13 @@ def intake_script(adapter_box: list[TelegramAdapter], script: Script, *, refuse:
     async def on(event: Event) -> None:
         adapter = adapter_box[0]
         if event.kind == EventKind.COMMAND and event.command == "key":
-            if not await adapter.ask_secret(event, request()):
+            asked = await adapter.ask_secret(event, request())
+            if asked is not False:
+                # The prompt itself, in the person's DM: a reply to it is the answer.
+                assert isinstance(asked, MessageRef) and asked.chat == ChatRef(
+                    Platform.TELEGRAM, event.user.id, is_direct=True
+                )
+            if not asked:
                 await adapter.respond(
                     event,
                     Reply(
