@@ -178,9 +178,9 @@ class Router:
             result = await self._route(turn)
         except Refusal as r:
             if event.kind is EventKind.SECRET and event.via_modal:
-                return Outcome(secret_error=r.text, refused=True)
+                return Outcome(secret_error=r.text, refused=True, secret_retry=r.secret_retry)
             await turn.say(r.text, sensitive=r.sensitive)
-            return Outcome(refused=True)
+            return Outcome(refused=True, secret_retry=r.secret_retry)
         return result or Outcome()
 
     async def _route(self, turn: Turn) -> Outcome | None:

@@ -167,11 +167,15 @@ class Outcome:
     ``secret_error`` is set when a submitted secret was refused: modal adapters show it inside
     the form (Slack ``response_action: errors``) instead of a message. ``refused`` says the
     event was bad input and was answered with an explanation (the CLI exits non-zero on it).
+    ``secret_retry`` says a refused secret's request is still open, so the adapter may offer
+    the private form again (a hidden prompt, a button that reopens the modal) with the same
+    token; when False the request has ended and the answer says what to do next.
     """
 
     handled: bool = True
     secret_error: str | None = None
     refused: bool = False
+    secret_retry: bool = False
 
 
 OPEN_DM_PAYLOAD = "@open-dm"

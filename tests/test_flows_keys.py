@@ -380,6 +380,7 @@ async def test_on_modal_platforms_a_dm_is_never_the_key(world: World, platform: 
     bad = await bob.submit_secret("nope", via_modal=True)
     assert bad.secret_error is not None
     assert bad.secret_error.endswith(texts.ATTEMPTS_LEFT_FORM.format(n=2))
+    assert bad.secret_retry is True  # the adapter may offer the form again, same token
     key = openai_key()
     ok = await bob.submit_secret(key, via_modal=True)
     assert ok.secret_error is None
@@ -398,6 +399,7 @@ async def test_closing_the_form_ends_the_intake(world: World) -> None:
     assert bob.sent[-1].reply.sensitive is True
     late = await bob.submit_secret(openai_key(), token=token, via_modal=True)
     assert late.secret_error == texts.INTAKE_EXPIRED_GENERIC
+    assert late.secret_retry is False
     # Closing a form whose request already ended says nothing more.
     before = len(bob.sent)
     outcome = await bob.close_form(token=token)
@@ -435,3 +437,12 @@ async def test_console_a_visible_line_is_the_key_only_when_key_shaped(world: Wor
     assert me.last.endswith(
         texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic")
     )
+
+
+async def test_a_refused_secret_says_whether_another_try_is_open(world: World) -> None:
+    me = world.person(Platform.CONSOLE, "local", "Me")
+    await me.command("/plan byok")
+    await me.command("/key add anthropic")
+    outcomes = [await me.submit_secret("wrong") for _ in range(3)]
+    assert [o.secret_retry for o in outcomes] == [True, True, False]
+    assert me.last.endswith(texts.ATTEMPTS_NONE.format(provider="anthropic"))

@@ -228,11 +228,12 @@ def _attempts_text(turn: Turn, left: int, provider: str) -> str:
     return _attempts_left(turn, left) if left > 0 else texts.ATTEMPTS_NONE.format(provider=provider)
 
 
-async def _failed(turn: Turn, ticket: IntakeTicket) -> str:
+async def _failed(turn: Turn, ticket: IntakeTicket) -> tuple[str, bool]:
+    """Count a refused attempt: the words for what is left, and whether a try is left."""
     left = await turn.services.intake.failed_attempt(ticket)
     if left == 0:
         await turn.services.flow_states.clear(turn.user.identity)
-    return _attempts_text(turn, left, ticket.provider)
+    return _attempts_text(turn, left, ticket.provider), left > 0
 
 
 def _intake_refusal(exc: IntakeError, provider: str | None) -> Refusal:
@@ -262,26 +263,28 @@ async def _accept(turn: Turn, ticket: IntakeTicket, secret: Secret, note: str = 
     try:
         check_shape(provider.key_shape, key)
     except KeyShapeError as exc:
-        left = await _failed(turn, ticket)
+        left, retry = await _failed(turn, ticket)
         raise Refusal(
             prefix
             + texts.KEY_BAD_SHAPE.format(
                 provider=provider.name, reason=exc.reason, attempts_left=left
             ),
             sensitive=True,
+            secret_retry=retry,
         ) from None
     models: list[str] = []
     if s.config.core.verify_keys_live and s.verify_key is not None:
         try:
             models = list(await s.verify_key(provider.id, key))
         except KeyRejected as exc:
-            left = await _failed(turn, ticket)
+            left, retry = await _failed(turn, ticket)
             raise Refusal(
                 prefix
                 + texts.KEY_REJECTED_LIVE.format(
                     provider=provider.name, reason=exc.reason, attempts_left=left
                 ),
                 sensitive=True,
+                secret_retry=retry,
             ) from None
         except KeyCheckFailed as exc:
             # Not the person's fault: no attempt is counted.
@@ -293,6 +296,7 @@ async def _accept(turn: Turn, ticket: IntakeTicket, secret: Secret, note: str = 
                     attempts_left=_attempts_left(turn, s.intake.max_attempts - ticket.attempts),
                 ),
                 sensitive=True,
+                secret_retry=True,
             ) from None
     await s.intake.consume(ticket)
     info = await s.credentials.store(
