@@ -203,7 +203,10 @@ class Router:
                     if keys.answers_prompt(turn, state):
                         return await keys.on_dm_secret(turn, state)
                     awaiting = state  # not the key: an ordinary message, the request stays open
-            if find_leaks(event.text):
+            if find_leaks(event.text) or (
+                # Where only the form takes the key, what looks like it never reaches the agent.
+                awaiting is not None and keys.looks_like_awaited_key(turn, awaiting)
+            ):
                 return await keys.on_leak(turn)
             if len(event.text) > limit:
                 raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))

@@ -371,6 +371,10 @@ async def test_on_modal_platforms_a_dm_is_never_the_key(world: World, platform: 
     assert outcome.refused
     assert bob.last == texts.LEAK_WARNING.format(deleted=texts.LEAK_NOT_DELETED)
     assert await _stored_keys(world) == 0
+    # So is a cut-short paste that only looks like the awaited key: it never reaches the agent.
+    outcome = await bob.say("sk-proj-cut")
+    assert outcome.refused
+    assert bob.last == texts.LEAK_WARNING.format(deleted=texts.LEAK_NOT_DELETED)
     # Any other DM goes to the agent as usual, with no note: the form is where the key goes.
     await bob.say("what is the capital of France?")
     assert bob.last == texts.AGENT_UNAVAILABLE["not_configured"]

@@ -2,7 +2,7 @@
 
 States (persisted per person): ``keys/await_secret`` while a key is awaited; cleared when the
 key is stored, the request is cancelled, the session expires or is locked. Its data: the
-intake session id (``ticket``), ``provider``, ``purpose``, how the answer comes back
+intake session id (``ticket``), ``provider``, how the answer comes back
 (``answer``: ``modal`` — only from the form; ``reply`` — a DM replying to the ``prompt``
 message; ``form`` — hidden input) and whether the person was told the request is still open
 (``noted``).
@@ -44,6 +44,11 @@ from core.secret import Secret
 from core.tenants import TenantStatus, TenantView
 
 log = logging.getLogger("byokbot.flows.keys")
+
+# How the awaited key comes back (the ``answer`` of the state).
+ANSWER_MODAL = "modal"  # only from the form (Discord, Slack)
+ANSWER_REPLY = "reply"  # a DM replying to the prompt message (Telegram)
+ANSWER_FORM = "form"  # hidden input (the console)
 
 
 def provider_buttons(turn: Turn, purpose: IntakePurpose = IntakePurpose.ADD) -> list[list[Button]]:
@@ -119,7 +124,6 @@ async def start_intake(
     data: dict[str, object] = {
         "ticket": ticket.id,
         "provider": provider.id,
-        "purpose": purpose.value,
         "answer": ANSWER_MODAL if modal else ANSWER_REPLY,
     }
     # Written before asking, so a restart right after the prompt still knows it is open.
@@ -170,11 +174,6 @@ async def start_intake(
     return None
 
 
-ANSWER_MODAL = "modal"
-ANSWER_REPLY = "reply"
-ANSWER_FORM = "form"
-
-
 def _answer_mode(turn: Turn, state: FlowState) -> str:
     mode = state.data.get("answer")
     if isinstance(mode, str):
@@ -192,8 +191,13 @@ def answers_prompt(turn: Turn, state: FlowState) -> bool:
     prompt = state.data.get("prompt")
     if event.reply_to is not None and (prompt is None or event.reply_to == str(prompt)):
         return mode == ANSWER_REPLY
+    return looks_like_awaited_key(turn, state)
+
+
+def looks_like_awaited_key(turn: Turn, state: FlowState) -> bool:
+    """Whether a message has the shape of the key being awaited (or of any credential)."""
     provider = turn.services.config.providers.get(str(state.data.get("provider", "")))
-    return resembles_key(event.text, provider.key_shape if provider else "generic")
+    return resembles_key(turn.event.text, provider.key_shape if provider else "generic")
 
 
 async def note_still_open(turn: Turn, state: FlowState) -> None:
