@@ -20,7 +20,7 @@ from core.chat import (
     UserRef,
 )
 from core.config import Config, load_config
-from core.errors import ConfigError, CoreError
+from core.errors import ConfigError, CoreError, StartupError
 from core.logs import configure_logging
 
 CLI_OPERATOR = UserRef(Platform.CONSOLE, "cli", "operator")
@@ -58,7 +58,7 @@ async def _serve(config: Config, *, console_only: bool) -> int:
 
     any_platform = any(p.enabled for p in config.platforms.values())
     console = ConsoleAdapter() if console_only or not any_platform else None
-    app = App(config, console=console, platforms=not console_only, console_fallback=True)
+    app = App(config, console=console, platforms=not console_only)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -211,6 +211,9 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "master-key":
         return await _master_key(config, args.action, retire=args.retire)
     if args.command == "config":
+        from bot.app import App
+
+        App(config).build_adapters()  # every enabled platform has its settings and tokens
         if _key_exists(config):
             from bot.app import load_master_keys
 
@@ -234,7 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(_main(args))
-    except (ConfigError, CoreError) as exc:
+    except StartupError as exc:  # a service down or held by another process: runtime
+        print(f"byokbot: error: {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, CoreError) as exc:  # the file, a variable it names, the master key
         print(f"byokbot: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

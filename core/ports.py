@@ -102,6 +102,15 @@ class ChatAdapter(Protocol):
         ...
 
 
+@runtime_checkable
+class FailingAdapter(Protocol):
+    """An adapter that can find out, after ``start``, that it cannot go on serving."""
+
+    async def failure(self) -> Exception:
+        """Returns (the reason) when the adapter has stopped serving for good."""
+        ...
+
+
 class Agents(Protocol):
     """The tenant's hosted agent, as flows see it.
 

@@ -43,23 +43,20 @@ async def test_no_platform_and_no_console_is_a_clear_error(
     assert str(exc.value) == "test.toml: no platform is enabled and configured, and no console"
 
 
-async def test_enabled_platform_without_token_falls_back_to_console(
+async def test_enabled_platform_without_token_stops_startup(
     sqlite_url: str,
     tmp_path: Path,
     master_key_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # No console fallback: a bot that serves nothing would look like success.
     config = parse_config(
         {"core": {"database_url": sqlite_url}, "telegram": {"enabled": True}},
         source="test.toml",
         base_dir=tmp_path,
     )
-    monkeypatch.setattr("sys.stdin", io.StringIO("/help\n"))
-    out = io.StringIO()
-    monkeypatch.setattr("sys.stdout", out)
-    app = App(config, env=master_key_env, console_fallback=True, agent_runtime=False)
-    await app.start()
-    assert [a.platform.value for a in app.adapters] == ["console"]
-    await asyncio.wait_for(app.run_until_stopped(asyncio.Event()), timeout=10)
+    app = App(config, env=master_key_env, agent_runtime=False)
+    with pytest.raises(ConfigError) as exc:
+        await app.start()
     await app.stop()
-    assert texts.HELP.splitlines()[0] in out.getvalue()
+    assert "TELEGRAM_BOT_TOKEN is not set" in str(exc.value)
+    assert app.adapters == []

@@ -56,6 +56,7 @@ from core.chat import (
 )
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.errors import ConfigError
 from core.logs import register_secret
 from core.ports import ChatAdapter, EventHandler, Messenger
 
@@ -780,19 +781,23 @@ def _code(exc: SlackApiError) -> str:
 
 def build(
     settings: PlatformSettings, env: Mapping[str, str], *, config: Config | None = None
-) -> ChatAdapter | None:
-    """The Slack adapter, or None (with one WARNING) when a token it needs is not set.
+) -> ChatAdapter:
+    """The Slack adapter.
 
     ``config`` (the whole configuration) only names the file in error messages.
 
     Raises:
-        ConfigError: a bad value or unknown setting in ``[slack]``.
+        ConfigError: a bad value or unknown setting in ``[slack]``, or a token the mode needs
+            is unset: an enabled platform that cannot start stops start-up.
     """
-    slack = parse(settings, env, source=config.source if config is not None else "config.toml")
+    source = config.source if config is not None else "config.toml"
+    slack = parse(settings, env, source=source)
     missing = slack.missing_env()
     if missing is not None:
-        _log.warning("Slack is enabled but %s is not set; Slack stays off", missing)
-        return None
+        raise ConfigError(
+            f"{source}: [slack] is enabled but {missing} is not set "
+            "(export it, or set enabled = false)"
+        )
     for label, secret in (
         ("slack bot token", slack.bot_token),
         ("slack app token", slack.app_token),
