@@ -113,6 +113,10 @@ async def _proxy(config: Config) -> int:
 async def _admin(config: Config, args: Sequence[str]) -> int:
     from bot.app import App
 
+    if args and args[0].lower() == "rotate-master-key":
+        # From a shell this is the CLI's rotation, with its guard against a running bot.
+        return await _master_key(config, "rotate", retire=False)
+
     core = dataclasses.replace(config.core, admins=(*config.core.admins, CLI_OPERATOR.identity))
     app = App(dataclasses.replace(config, core=core), platforms=False)
     await app.open()
@@ -163,9 +167,19 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
             f"{config.core.master_key_env} is set: rotate by adding a new version to it "
             '("v1:<old>,v2:<new>") and running byokbot master-key rotate without it set'
         )
-    app = App(config, platforms=False)
+    from core.db.instance import InstanceLock
+
+    app = App(config, platforms=False, agent_runtime=False)
     await app.open()
+    # Never beside a serving bot: it would meet data keys wrapped by a version it has not
+    # loaded, and --retire could drop the version it still wraps new tenants with.
+    lock = InstanceLock(app.db)
     try:
+        if not await lock.try_exclusive():
+            raise StartupError(
+                "a running byokbot holds this database; rotate from a chat with "
+                "/admin rotate-master-key (no downtime), or stop every bot and run this again"
+            )
         assert app.services.rotate_master_key is not None  # noqa: S101 - key comes from a file
         version, count = await app.services.rotate_master_key()
         print(f"master key v{version} is primary; {count} data key(s) rewrapped")
@@ -181,6 +195,7 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
             MasterKeyRing.write_file(config.resolve_path(config.core.master_key_file), ring)
             app.vault.set_ring(ring)
     finally:
+        await lock.release()
         await app.db.dispose()
     return 0
 
@@ -191,8 +206,10 @@ async def _main(args: argparse.Namespace) -> int:
     console = args.command == "chat" or (
         args.command == "run" and not any(p.enabled for p in config.platforms.values())
     )
-    if console and level == "INFO":
-        level = "WARNING"  # the terminal is the chat: keep routine log lines out of it
+    one_shot = args.command not in ("run", "chat", "proxy")
+    if (console or one_shot) and level == "INFO":
+        # The terminal is the chat, or shows one command's outcome: no routine log lines.
+        level = "WARNING"
     configure_logging(level)
     if args.command == "run":
         return await _serve(config, console_only=False)

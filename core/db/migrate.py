@@ -36,11 +36,11 @@ def _upgrade(url: str, revision: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     import logging
 
+    # Alembic announces each of its plugins at INFO when it is imported (so before the
+    # import); the migrations themselves are still logged.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from alembic import command
 
-    # Alembic announces each of its plugins at INFO on every start; the migrations themselves
-    # are still logged.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     command.upgrade(alembic_config(url), revision)
 
 

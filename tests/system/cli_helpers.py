@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Mapping
 
 from tests.system.harness import Result, Workspace
 
@@ -22,10 +23,12 @@ def closed_port() -> int:
     return port
 
 
-async def run_to_exit(ws: Workspace, *args: str, within: float = 30.0) -> tuple[Result, float]:
+async def run_to_exit(
+    ws: Workspace, *args: str, within: float = 30.0, env: Mapping[str, str] | None = None
+) -> tuple[Result, float]:
     """``byokbot <args>`` with stdin closed (as under a service manager); result and seconds."""
     began = time.monotonic()
-    bot = await ws.start(*args, name=args[0] if args else "run")
+    bot = await ws.start(*args, env=env, name=args[0] if args else "run")
     code = await bot.wait(within)
     return Result(code, bot.stdout(), bot.stderr()), time.monotonic() - began
 
