@@ -10,7 +10,7 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -35,6 +35,7 @@ from core.ports import (
     Clock,
     FailingAdapter,
     Messenger,
+    SendOnlyAdapter,
     SystemClock,
     UnavailableAgents,
 )
@@ -334,19 +335,49 @@ class App:
             log.info("%s adapter started", adapter.platform.value)
 
     async def _start_adapter(self, adapter: ChatAdapter) -> None:
+        await self._guarded(adapter, adapter.start(self.router.dispatch))
+
+    async def _guarded(self, adapter: ChatAdapter, starting: Awaitable[None]) -> None:
+        """Await ``starting``, turning the platform's errors into one line for the operator."""
         name = adapter.platform.value
         errors = PLATFORM_ERRORS.get(name)
         if errors is None:
-            await adapter.start(self.router.dispatch)
+            await starting
             return
         module = importlib.import_module(PLATFORM_MODULES[name])
         root, login = (getattr(module, n) for n in errors)
         try:
-            await adapter.start(self.router.dispatch)
+            await starting
         except login as exc:
             raise ConfigError(f"{name}: {exc}") from None
         except root as exc:
             raise StartupError(f"{name}: {exc}") from None
+
+    async def open_senders(self) -> list[Platform]:
+        """Log every enabled platform in to send only, for notices from ``byokbot admin``.
+
+        No polling, gateway or listener starts, so this is safe beside a running bot. Returns
+        the enabled platforms that cannot send this way. ``stop`` closes them again.
+
+        Raises:
+            ConfigError: a bad setting, an unset token, or a token the platform refused.
+            StartupError: a platform cannot be reached.
+        """
+        cannot: list[Platform] = []
+        messengers = self.services.messengers
+        assert isinstance(messengers, dict)  # noqa: S101 - built as a dict in open()
+        for name, settings in self.config.platforms.items():
+            if not settings.enabled:
+                continue
+            module = importlib.import_module(PLATFORM_MODULES[name])
+            adapter: ChatAdapter = module.build(settings, self.env, config=self.config)
+            if not isinstance(adapter, SendOnlyAdapter):
+                cannot.append(adapter.platform)
+                continue
+            self.adapters.append(adapter)
+            await self._guarded(adapter, adapter.open_for_sending())
+            messengers[adapter.platform] = adapter.messenger
+        return cannot
 
     async def stop(self) -> None:
         """Stop adapters and jobs and close storage; safe to call more than once."""

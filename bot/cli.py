@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import io
 import os
 import signal
 import sys
@@ -118,14 +117,24 @@ async def _admin(config: Config, args: Sequence[str]) -> int:
         return await _master_key(config, "rotate", retire=False)
 
     core = dataclasses.replace(config.core, admins=(*config.core.admins, CLI_OPERATOR.identity))
-    app = App(dataclasses.replace(config, core=core), platforms=False)
-    await app.open()
-    from adapters.console import ConsoleAdapter
+    app = App(dataclasses.replace(config, core=core), platforms=False, agent_runtime=False)
+    from collections import Counter
 
-    # The console prints what the admin flow answers; it never reads input here.
-    printer = ConsoleAdapter(stdin=io.StringIO(""), user_id=CLI_OPERATOR.id)
-    app.services.messengers[Platform.CONSOLE] = printer  # type: ignore[index]
+    from bot import texts
+    from bot.cli_notices import OperatorTerminal, Undeliverable
+
+    undelivered: Counter[str] = Counter()
     try:
+        await app.open()
+        messengers = app.services.messengers
+        assert isinstance(messengers, dict)  # noqa: S101 - built as a dict in App.open()
+        messengers[Platform.CONSOLE] = OperatorTerminal(CLI_OPERATOR.id, undelivered)
+        if args and args[0].lower() in NOTIFYING:
+            # Tenants hear of it in their own chats: log in to each enabled platform to send
+            # (no polling or gateway, so this is safe beside a running bot).
+            await app.open_senders()
+        for platform in Platform:
+            messengers.setdefault(platform, Undeliverable(platform, undelivered))
         text = " ".join(["/admin", *args])
         outcome = await app.router.dispatch(
             Event(
@@ -138,8 +147,17 @@ async def _admin(config: Config, args: Sequence[str]) -> int:
             )
         )
     finally:
-        await app.db.dispose()
+        await app.stop()
+    if undelivered:
+        where = ", ".join(f"{n} on {p}" for p, n in sorted(undelivered.items()))
+        line = texts.CLI_UNDELIVERED.format(count=sum(undelivered.values()), where=where)
+        print(f"byokbot: error: {line}", file=sys.stderr)
+        return 1
     return 1 if outcome.refused else 0
+
+
+# Admin commands that tell tenants something in their chats.
+NOTIFYING = frozenset({"broadcast", "suspend", "resume"})
 
 
 async def _master_key(config: Config, action: str, *, retire: bool) -> int:

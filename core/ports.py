@@ -111,6 +111,18 @@ class FailingAdapter(Protocol):
         ...
 
 
+@runtime_checkable
+class SendOnlyAdapter(Protocol):
+    """An adapter that can log in to send alone (no polling, gateway or listener).
+
+    ``byokbot admin`` from a shell uses it to deliver notices; ``stop`` closes it again.
+    """
+
+    async def open_for_sending(self) -> None:
+        """Log in so that ``messenger.send`` works; raises the adapter's start-up errors."""
+        ...
+
+
 class Agents(Protocol):
     """The tenant's hosted agent, as flows see it.
 

@@ -206,6 +206,23 @@ class SlackAdapter:
                 "Slack listening on http://%s:%s%s", cfg.listen_host, self.http_port, cfg.path
             )
 
+    async def open_for_sending(self) -> None:
+        """Check the bot token to send only (``byokbot admin`` notices): no socket, no server."""
+        cfg = self.config
+        if cfg.bot_token is None:
+            raise SlackStartError(f"a Slack token is missing: {cfg.bot_token_env}")
+        self._client = self._web_client(cfg.bot_token.reveal())
+        try:
+            auth = await self._client.auth_test()
+        except SlackApiError as exc:
+            raise SlackStartError(
+                f"Slack refused the bot token in {cfg.bot_token_env}: {_code(exc)}"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError, SlackRequestError) as exc:
+            raise SlackStartError(f"cannot reach Slack at {cfg.api_base_url}: {exc}") from None
+        self.bot_user_id = str(auth.get("user_id", ""))
+        self.team_id = str(auth.get("team_id", ""))
+
     async def stop(self) -> None:
         """Stop taking requests, let handlers in flight finish briefly, then cancel them."""
         if self._socket is not None:

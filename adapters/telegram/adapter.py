@@ -248,23 +248,9 @@ class TelegramAdapter:
             return
         cfg = self.config
         self._handler = handler
-        app = self._build_app()
-        try:
-            await app.initialize()
-        except InvalidToken:
-            raise TelegramLoginError(
-                f"Telegram rejected the bot token in {cfg.token_env} (or api_base_url "
-                f"{cfg.api_base_url} is not a Bot API server)"
-            ) from None
-        except TelegramError as exc:
-            raise TelegramUnavailable(
-                f"cannot reach the Bot API at {cfg.api_base_url} ({type(exc).__name__})"
-            ) from None
-        self._app = app
+        app = await self._log_in()
         self._failed = asyncio.get_running_loop().create_future()
         try:
-            self._bot_id = app.bot.id
-            self._bot_username = app.bot.username
             if cfg.sync_commands and self._commands:
                 await app.bot.set_my_commands([BotCommand(c, d) for c, d in self._commands])
             await app.start()
@@ -295,6 +281,31 @@ class TelegramAdapter:
                 ) from None
             raise self._wrap(exc, "start-up") from None
         log.info("telegram: serving @%s by %s", self._bot_username, cfg.mode)
+
+    async def _log_in(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        """Build the application and call ``getMe``; the adapter can send from then on."""
+        cfg = self.config
+        app = self._build_app()
+        try:
+            await app.initialize()
+        except InvalidToken:
+            raise TelegramLoginError(
+                f"Telegram rejected the bot token in {cfg.token_env} (or api_base_url "
+                f"{cfg.api_base_url} is not a Bot API server)"
+            ) from None
+        except TelegramError as exc:
+            raise TelegramUnavailable(
+                f"cannot reach the Bot API at {cfg.api_base_url} ({type(exc).__name__})"
+            ) from None
+        self._app = app
+        self._bot_id = app.bot.id
+        self._bot_username = app.bot.username
+        return app
+
+    async def open_for_sending(self) -> None:
+        """Log in to send only (``byokbot admin`` notices): no polling, webhook or menu."""
+        if self._app is None:
+            await self._log_in()
 
     async def _check_sole_poller(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         """Refuse to start beside another poller of the same bot (Telegram answers 409).
