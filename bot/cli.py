@@ -25,13 +25,28 @@ from core.logs import configure_logging
 CLI_OPERATOR = UserRef(Platform.CONSOLE, "cli", "operator")
 
 
+# Plain text: argparse prints these as they are (the module docstring is reStructuredText).
+DESCRIPTION = (
+    "byokbot: people's own AI agents in Telegram, Discord, Slack or this terminal. "
+    "Run the bot, chat in the console, migrate the database, rotate the master key, "
+    "and administer tenants."
+)
+EPILOG = (
+    "Exit status: 0 on success; 1 when something outside the configuration failed (a "
+    "service is unreachable, another process holds the bot or the database, an admin "
+    "command was refused or a notice could not be delivered); 2 for a configuration "
+    "problem (the file, a variable it names, the master key). Errors are one line on "
+    "stderr: 'byokbot: error: ...'."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="byokbot", description=__doc__)
+    p = argparse.ArgumentParser(prog="byokbot", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument(
         "--config", help="configuration file (default: $BYOKBOT_CONFIG or ./config.toml)"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", help="serve every enabled platform (the console when none is configured)")
+    sub.add_parser("run", help="serve every enabled platform (the console when none is enabled)")
     sub.add_parser("chat", help="chat with byokbot in this terminal")
     sub.add_parser("proxy", help="run only the managed plan's metering proxy ([proxy] table)")
     db = sub.add_parser("db", help="database maintenance")
