@@ -182,7 +182,7 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
     if action == "status":
         ring = load_master_keys(config, os.environ, create=False)
         await upgrade(config.database_url)
-        app = App(config, platforms=False)
+        app = App(config, platforms=False, agent_runtime=False)
         await app.open()
         try:
             used = await app.services.credentials.kek_versions_in_use()
@@ -251,11 +251,16 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "proxy":
         return await _proxy(config)
     if args.command == "db":
-        from bot.app import load_master_keys
-        from core.db import upgrade
+        from bot.app import open_master_keys
+        from core.db import Database, upgrade
 
-        load_master_keys(config, os.environ, create=True)
         await upgrade(config.database_url)
+        db = Database(config.database_url)
+        try:
+            # Same rule as at start: a key is made for an empty database only.
+            await open_master_keys(config, os.environ, db)
+        finally:
+            await db.dispose()
         print("database is up to date")
         return 0
     if args.command == "master-key":

@@ -78,6 +78,9 @@ async def test_a_missing_key_file_beside_stored_data_is_not_replaced(
     result, _ = await run_to_exit(tg_ws, "run")
     assert_one_error(result, r"master\.key.*not found.*backup", code=2)
     assert not key_file.exists()  # no fresh key that would open nothing
+    result, _ = await run_to_exit(tg_ws, "db", "upgrade")
+    assert_one_error(result, r"master\.key.*not found.*backup", code=2)
+    assert not key_file.exists()
 
     # Restored from the backup, everything is readable again.
     key_file.write_bytes(saved)
