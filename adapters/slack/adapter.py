@@ -56,6 +56,7 @@ from core.chat import (
 )
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.errors import ConfigError
 from core.logs import register_secret
 from core.ports import ChatAdapter, EventHandler, Messenger
 
@@ -204,6 +205,23 @@ class SlackAdapter:
             _log.info(
                 "Slack listening on http://%s:%s%s", cfg.listen_host, self.http_port, cfg.path
             )
+
+    async def open_for_sending(self) -> None:
+        """Check the bot token to send only (``byokbot admin`` notices): no socket, no server."""
+        cfg = self.config
+        if cfg.bot_token is None:
+            raise SlackStartError(f"a Slack token is missing: {cfg.bot_token_env}")
+        self._client = self._web_client(cfg.bot_token.reveal())
+        try:
+            auth = await self._client.auth_test()
+        except SlackApiError as exc:
+            raise SlackStartError(
+                f"Slack refused the bot token in {cfg.bot_token_env}: {_code(exc)}"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError, SlackRequestError) as exc:
+            raise SlackStartError(f"cannot reach Slack at {cfg.api_base_url}: {exc}") from None
+        self.bot_user_id = str(auth.get("user_id", ""))
+        self.team_id = str(auth.get("team_id", ""))
 
     async def stop(self) -> None:
         """Stop taking requests, let handlers in flight finish briefly, then cancel them."""
@@ -780,19 +798,23 @@ def _code(exc: SlackApiError) -> str:
 
 def build(
     settings: PlatformSettings, env: Mapping[str, str], *, config: Config | None = None
-) -> ChatAdapter | None:
-    """The Slack adapter, or None (with one WARNING) when a token it needs is not set.
+) -> ChatAdapter:
+    """The Slack adapter.
 
     ``config`` (the whole configuration) only names the file in error messages.
 
     Raises:
-        ConfigError: a bad value or unknown setting in ``[slack]``.
+        ConfigError: a bad value or unknown setting in ``[slack]``, or a token the mode needs
+            is unset: an enabled platform that cannot start stops start-up.
     """
-    slack = parse(settings, env, source=config.source if config is not None else "config.toml")
+    source = config.source if config is not None else "config.toml"
+    slack = parse(settings, env, source=source)
     missing = slack.missing_env()
     if missing is not None:
-        _log.warning("Slack is enabled but %s is not set; Slack stays off", missing)
-        return None
+        raise ConfigError(
+            f"{source}: [slack] is enabled but {missing} is not set "
+            "(export it, or set enabled = false)"
+        )
     for label, secret in (
         ("slack bot token", slack.bot_token),
         ("slack app token", slack.app_token),
