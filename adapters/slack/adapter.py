@@ -18,6 +18,7 @@ redacting filter of ``core.logs`` is what hides key shapes and the registered to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import re
@@ -54,6 +55,7 @@ from core.chat import (
     SecretRequest,
     TextFormat,
     UserRef,
+    name_commands,
 )
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
@@ -421,7 +423,7 @@ class SlackAdapter:
             await ack()  # the failure is logged by the task's callback; close the modal
             raise
         if outcome is not None and outcome.secret_error:
-            await ack(**translate.modal_errors(outcome.secret_error))
+            await ack(**translate.modal_errors(self._commands(outcome.secret_error)))
         else:
             await ack()
 
@@ -430,7 +432,7 @@ class SlackAdapter:
     ) -> None:
         outcome = await task
         title = str((view.get("title") or {}).get("text", ""))
-        error = outcome.secret_error if outcome is not None else None
+        error = self._commands(outcome.secret_error or "") if outcome is not None else None
         request: SecretRequest | None = None
         if error:
             meta = translate.parse_metadata(str(view.get("private_metadata", "")))
@@ -593,6 +595,13 @@ class SlackAdapter:
             method, send(translate.message_kwargs(reply, plain=True, dm_url=self._dm_url))
         )
 
+    def _commands(self, text: str) -> str:
+        return name_commands(text, self.config.command)
+
+    def _in_slack_syntax(self, reply: Reply) -> Reply:
+        """The core's texts name ``/key add``; in Slack that is ``/byok key add``."""
+        return dataclasses.replace(reply, text=self._commands(reply.text))
+
     async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
         """Answer in the event's chat; ephemeral for sensitive replies outside the app's DM.
 
@@ -600,6 +609,7 @@ class SlackAdapter:
         addressed to the bot are answered ephemerally too. Answers to an App Home event
         become the Home tab.
         """
+        reply = self._in_slack_syntax(reply)
         ctx = self._contexts.get(event.event_id)
         if ctx is not None and ctx.home:
             ctx.home_replies.append(reply)  # published as one view once every answer is in
@@ -653,7 +663,7 @@ class SlackAdapter:
     async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
         data = await self._with_fallback(
             "chat.postMessage",
-            reply,
+            self._in_slack_syntax(reply),
             lambda kw: self._web.chat_postMessage(channel=chat.id, thread_ts=chat.thread_id, **kw),
         )
         return MessageRef(chat=chat, id=str(data.get("ts", "")))
@@ -661,7 +671,7 @@ class SlackAdapter:
     async def edit(self, message: MessageRef, reply: Reply) -> None:
         await self._with_fallback(
             "chat.update",
-            reply,
+            self._in_slack_syntax(reply),
             lambda kw: self._web.chat_update(channel=message.chat.id, ts=message.id, **kw),
         )
 
@@ -704,6 +714,7 @@ class SlackAdapter:
 
         Returns False only when Slack will not let the app open a DM with the person.
         """
+        request = dataclasses.replace(request, prompt=self._commands(request.prompt))
         ctx = self._contexts.get(event.event_id)
         if ctx is not None and ctx.trigger_id:
             try:
