@@ -42,6 +42,10 @@ async def test_byok_journey(
     await ada.dm_app("hello agent")
     await ada.wait_text("echo: hello agent", within=30)
     assert llm.keys("anthropic")[-1] == first
+    mention = await ada.mention("and in the channel?")
+    await ada.wait_text("echo: and in the channel", channel="C0GENERAL", within=30)
+    threaded = [p for p in slack.fake.visible("C0GENERAL", ada.user_id) if p.author != ada.user_id]
+    assert threaded and all(p.thread_ts == mention for p in threaded), "answers go in a thread"
 
     await ada.command("key rotate anthropic")
     await ada.key_form()
@@ -50,6 +54,8 @@ async def test_byok_journey(
     await ada.dm_app("after rotation")
     await ada.wait_text("echo: after rotation", within=30)
     assert llm.keys("anthropic")[-1] == second
+    # The mention came as app_mention and as message: answered once.
+    assert ada.count("echo: and in the channel", channel="C0GENERAL") == 1
 
     leak = await ada.dm_app(f"here is my other key {pasted} ok")
     await ada.wait_text("(?i)revoke it")
