@@ -199,6 +199,9 @@ class App:
     async def start(self) -> None:
         """Open everything, start the adapters and the scheduler."""
         await self.open()
+        if self.config.proxy.enabled and self.proxy_server is None:
+            # Before any adapter: a managed tenant's first message needs it listening.
+            await self.start_proxy()
         self.adapters = self._build_adapters()
         if not self.adapters and self.console_fallback:
             # Platforms enabled but none has its token: a platform without a token is simply
@@ -214,8 +217,6 @@ class App:
         assert isinstance(messengers, dict)  # noqa: S101 - built as a dict in open()
         for adapter in self.adapters:
             messengers[adapter.platform] = adapter.messenger
-        if self.config.proxy.enabled and self.proxy_server is None:
-            await self.start_proxy()
         self.scheduler = Scheduler(self.jobs())
         self.scheduler.start()
         for adapter in self.adapters:

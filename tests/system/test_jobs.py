@@ -70,7 +70,7 @@ async def test_an_intake_past_its_ttl_is_closed_and_the_next_message_reaches_the
 ) -> None:
     key = anthropic_key()
     canaries.add(key)
-    tg_ws.configure({"core": {"intake_ttl_seconds": 2, "intake_sweep_interval_seconds": 1}})
+    tg_ws.configure({"core": {"intake_ttl_seconds": 3, "intake_sweep_interval_seconds": 1}})
     bot = await start_bot(tg_ws, telegram)
     await sign_up_byok(ada, key)
 
@@ -108,7 +108,7 @@ async def test_idle_agents_are_stopped(
 ) -> None:
     key = anthropic_key()
     canaries.add(key)
-    tg_ws.configure({"agent": {"idle_timeout_seconds": 1, "idle_check_interval_seconds": 1}})
+    tg_ws.configure({"agent": {"idle_timeout_seconds": 2, "idle_check_interval_seconds": 1}})
     bot = await start_bot(tg_ws, telegram)
     await sign_up_byok(ada, key)
     ada.send("wake up")

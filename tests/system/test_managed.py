@@ -9,12 +9,14 @@ never as the person's provider's. With the proxy off, Managed is neither offered
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.system.harness import CanaryScan, Workspace
 from tests.system.managed_support import (
+    OPENAI_KEY_ENV,
     enable_proxy,
     free_port,
     key_was_asked,
@@ -171,3 +173,26 @@ async def _wait_count(person: TelegramPerson, pattern: str, n: int) -> None:
         )
     except TimeoutError:
         raise AssertionError("\n---\n".join(person.texts())) from None
+
+
+async def test_a_proxy_that_cannot_start_stops_start_up_with_one_line(
+    tg_ws: Workspace, llm: FakeLLMServer, canaries: CanaryScan
+) -> None:
+    keys = enable_proxy(tg_ws, llm, canaries)
+    port = tg_ws.tables["proxy"]["port"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        result = await tg_ws.cli("run", within=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("byokbot: error:")]
+    assert len(errors) == 1 and f"cannot listen on 127.0.0.1:{port}" in errors[0], result.stderr
+
+    del tg_ws.env[OPENAI_KEY_ENV]  # a platform key the proxy needs is not set
+    result = await tg_ws.cli("run", within=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("byokbot: error:")]
+    assert len(errors) == 1 and OPENAI_KEY_ENV in errors[0], result.stderr
+    assert keys.openai not in result.output
