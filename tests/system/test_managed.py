@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegramServer
-from tests.system.harness import CanaryScan, Workspace
+from tests.system.harness import CanaryScan, Workspace, calls_text
 from tests.system.managed_support import (
     OPENAI_KEY_ENV,
     enable_proxy,
@@ -92,6 +92,10 @@ async def test_managed_journey_through_the_proxy_in_byokbot_run(
     )
     assert not key_was_asked(ada)
     assert set(llm.keys()) == {keys.anthropic, keys.openai}
+    # The agents' scoped proxy tokens are stored hashed: none is written out in clear.
+    token = re.compile(rb"byok-[A-Za-z0-9_-]{40,}")
+    assert not [str(f) for f in tg_ws.files() if token.search(f.read_bytes())]
+    assert not token.search(calls_text(telegram.calls))
 
 
 async def test_proxy_and_platform_key_failures_are_told_as_ours(
