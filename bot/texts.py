@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
+from core.chat import AttachmentKind
 from core.config import PlanSettings
 
 # -- general -----------------------------------------------------------------------------
@@ -26,6 +27,33 @@ STALE_BUTTON = (
 NOT_YOUR_BUTTON = "That button belongs to someone else's conversation."
 NEED_ACCOUNT = "You don't have an agent yet. Send /start to set one up."
 EMPTY_MESSAGE = "I can only read text messages for now."
+
+# -- media ------------------------------------------------------------------------------------
+
+MEDIA_NAMES = {
+    AttachmentKind.PHOTO: "photos",
+    AttachmentKind.VOICE: "voice messages",
+    AttachmentKind.AUDIO: "audio files",
+    AttachmentKind.VIDEO: "videos",
+    AttachmentKind.DOCUMENT: "files",
+    AttachmentKind.STICKER: "stickers",
+}
+MEDIA_ONLY = (
+    "Your agent can't read {what} yet, only text. Please type your message instead "
+    "and I'll pass it on."
+)
+MEDIA_DROPPED = (
+    "Note: your agent can't read {what} yet, so I passed on only the text you wrote with it."
+)
+
+
+def media_names(kinds: Iterable[AttachmentKind]) -> str:
+    """``photos``, ``photos or files``: the kinds of media in a message, for prose."""
+    names = list(dict.fromkeys(MEDIA_NAMES[k] for k in kinds))
+    if len(names) <= 1:
+        return names[0] if names else "attachments"
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
 
 HELP = """Here's what I can do:
 /start — set up your agent

@@ -43,6 +43,10 @@ def _usable(turn: Turn) -> TenantView:
 async def handle_message(turn: Turn) -> Outcome | None:
     tenant = _usable(turn)
     agents = turn.services.agents
+    if turn.event.attachments:
+        # Only the caption reaches the agent; the person must not think it saw the media.
+        what = texts.media_names(turn.event.attachments)
+        await turn.say(texts.MEDIA_DROPPED.format(what=what))
     await turn.messenger.typing(turn.chat)
     stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text)
     try:
