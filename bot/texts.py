@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from core.chat import AttachmentKind
 from core.config import PlanSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """A text that depends on a count: ``format(n=...)`` picks the singular or the plural."""
+
+    one: str
+    other: str
+
+    def format(self, *, n: int, **values: object) -> str:
+        return (self.one if n == 1 else self.other).format(n=n, **values)
+
 
 # -- general -----------------------------------------------------------------------------
 
@@ -156,8 +169,14 @@ KEY_DELETE_FAILED = (
 KEY_BAD_SHAPE = "That doesn't look like a valid {provider} key ({reason}). {attempts_left}"
 KEY_REJECTED_LIVE = "{provider} refused that key ({reason}). {attempts_left}"
 KEY_CHECK_FAILED = "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
-ATTEMPTS_LEFT = "You can try {n} more time(s) — send it again."
-ATTEMPTS_LEFT_FORM = "You can try again ({n} attempts left)."
+ATTEMPTS_LEFT = Counted(
+    one="You can try 1 more time — send it again.",
+    other="You can try {n} more times — send it again.",
+)
+ATTEMPTS_LEFT_FORM = Counted(
+    one="You can try again (1 attempt left).",
+    other="You can try again ({n} attempts left).",
+)
 ATTEMPTS_NONE = "That was the last attempt; send /key add {provider} to start over."
 INTAKE_EXPIRED = "That key request has expired. Send /key add {provider} to start a new one."
 INTAKE_EXPIRED_GENERIC = (
@@ -195,6 +214,17 @@ STATUS = """Plan: {plan} ({price})
 Account: {status}{paused}
 Model: {model}
 Keys: {keys}"""
+ACCOUNT_STATES = {
+    "trial": "not set up yet",
+    "active": "active",
+    "suspended": "suspended by an operator",
+    "deleted": "erased",
+}
+ACCOUNT_NEEDS_KEY = "waiting for your API key"
+STATUS_MODEL = "{model} ({provider})"
+STATUS_MODEL_DEFAULT = "{model} ({provider}'s default)"
+STATUS_MODEL_NONE = "none until you add a key"
+MANAGED_NAME = "the plan"
 PAUSED = "Your agent is paused. Send /resume when you want it back."
 RESUMED = "Your agent is back. Write to it any time."
 ALREADY_PAUSED = "Your agent is already paused."
@@ -266,6 +296,8 @@ PERSONA_SHOW = (
 PERSONA_NONE = "You have no persona set. Set one with /persona <text>, e.g. /persona You are a concise assistant."
 PERSONA_TOO_LONG = "A persona can be at most {limit} characters (that one has {length})."
 MODEL_CHOOSE = "Current model: {current}. Choose one:"
+MODEL_NOT_SET = "none yet"
+MODEL_MORE = "…and {count} more: send /model <name> to choose one of those."
 MODEL_SET = "Model set to {model}."
 MODEL_NONE = "There are no models to choose from yet: add a key with /key add <provider> first."
 USAGE_ALERT = (
