@@ -74,7 +74,8 @@ async def test_media_without_text_gets_a_clear_answer(
     for i, (media, name) in enumerate(expected, start=1):
         ada.send_update(media_message(ada, media))
         await eventually(
-            lambda i=i: sum("only text" in t for t in ada.texts()) >= i,
+            within=30,
+            predicate=lambda i=i: sum("only text" in t for t in ada.texts()) >= i,
             message=lambda: "\n---\n".join(ada.texts()) + tg_ws.processes[0].output(),
         )
         answer = [t for t in ada.texts() if "only text" in t][-1]
@@ -99,7 +100,9 @@ async def test_photo_caption_reaches_the_agent_with_a_note(
     ada.press("BYOK")
     await ada.wait_text("Which provider")
     ada.press("Anthropic")
-    await eventually(lambda: _has_prompt(ada), message=lambda: "\n".join(ada.texts()))
+    await eventually(
+        within=30, predicate=lambda: _has_prompt(ada), message=lambda: "\n".join(ada.texts())
+    )
     # A photo while the key is awaited is neither the key nor a failed attempt.
     ada.send_update(media_message(ada, PHOTO))
     await ada.wait_text("can't read photos yet, only text")

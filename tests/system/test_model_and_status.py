@@ -53,7 +53,11 @@ async def sign_up(person: TelegramPerson, provider: str) -> None:
     person.press("BYOK")
     await person.wait_text("Which provider")
     person.press(provider)
-    await eventually(lambda: _prompts(person) >= 1, message=lambda: "\n".join(person.texts()))
+    await eventually(
+        within=30,
+        predicate=lambda: _prompts(person) >= 1,
+        message=lambda: "\n".join(person.texts()),
+    )
 
 
 def newest_keyboard(telegram: FakeTelegramServer, person: TelegramPerson, text: str) -> list[str]:
@@ -128,13 +132,15 @@ async def test_status_names_the_state_and_the_model_and_counts_attempts(
     assert "2 more times" in first and "time(s)" not in first, first
     ada.reply_to_prompt("sk-ant-still-not-a-key")
     await eventually(
-        lambda: "1 more time " in "\n".join(ada.texts()), message=lambda: "\n".join(ada.texts())
+        within=30,
+        predicate=lambda: "1 more time " in "\n".join(ada.texts()),
+        message=lambda: "\n".join(ada.texts()),
     )
 
     ada.reply_to_prompt(key)
     await ada.wait_text("Key saved")
     ada.send("/status")
-    await eventually(lambda: sum("Plan:" in t for t in ada.texts()) >= 2)
+    await eventually(within=30, predicate=lambda: sum("Plan:" in t for t in ada.texts()) >= 2)
     after = [t for t in ada.texts() if "Plan:" in t][-1]
     assert "Account: active" in after, after
     assert "Model: model-large (Anthropic's default)" in after, after

@@ -45,17 +45,22 @@ async def test_agent_after_rotation_stays_alive(
     ada.press("BYOK")
     await ada.wait_text("Which provider")
     ada.press("Anthropic")
-    await eventually(lambda: _prompts(ada) >= 1, message=lambda: "\n".join(ada.texts()))
+    await eventually(
+        within=30, predicate=lambda: _prompts(ada) >= 1, message=lambda: "\n".join(ada.texts())
+    )
     ada.reply_to_prompt(first)
     await ada.wait_text("sk-ant-…")
     ada.send("before rotation")
     await ada.wait_text("echo: before rotation", within=30)
 
     ada.send("/key rotate anthropic")
-    await eventually(lambda: _prompts(ada) >= 2, message=lambda: "\n".join(ada.texts()))
+    await eventually(
+        within=30, predicate=lambda: _prompts(ada) >= 2, message=lambda: "\n".join(ada.texts())
+    )
     ada.reply_to_prompt(second)
     await eventually(
-        lambda: sum("sk-ant-…" in t for t in ada.texts()) >= 2,
+        within=30,
+        predicate=lambda: sum("sk-ant-…" in t for t in ada.texts()) >= 2,
         message=lambda: "\n".join(ada.texts()),
     )
     ada.send("after rotation")
