@@ -68,6 +68,21 @@ class EventKind(StrEnum):
     SECRET_CANCELLED = "secret_cancelled"  # noqa: S105 - an event kind, not a password
 
 
+class AttachmentKind(StrEnum):
+    """What a person attached to a message.
+
+    Only the kind crosses into the core, never the file, its name or its URL: the agent cannot
+    read attachments yet, so flows only say so.
+    """
+
+    PHOTO = "photo"
+    VOICE = "voice"
+    AUDIO = "audio"
+    VIDEO = "video"
+    DOCUMENT = "document"
+    STICKER = "sticker"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One thing a person did, translated from a platform update.
@@ -80,6 +95,8 @@ class Event:
     ``reply_to`` is the id of the bot's message this one replies to (Telegram's
     ``reply_to_message``), so a flow can tell an answer to its prompt from a new message.
     A SECRET_CANCELLED event carries the closed form's ``intake_token``.
+    ``attachments`` lists the kinds of media the message carried (its ``text`` is then the
+    caption, possibly empty).
     """
 
     kind: EventKind
@@ -98,6 +115,7 @@ class Event:
     via_modal: bool = False
     event_id: str = ""
     reply_to: str | None = None
+    attachments: tuple[AttachmentKind, ...] = ()
 
     @property
     def conversation_key(self) -> str:

@@ -899,6 +899,10 @@ def message_payload(message: discord.Message) -> dict[str, Any]:
             "bot": author.bot,
         },
         "mentions": [{"id": str(m.id)} for m in message.mentions],
+        "flags": message.flags.value,
+        # Only what tells the kind of media apart: no file names, URLs or contents.
+        "attachments": [{"content_type": a.content_type or ""} for a in message.attachments],
+        "sticker_items": [{"id": str(s.id)} for s in message.stickers],
     }
     if message.webhook_id is not None:
         payload["webhook_id"] = str(message.webhook_id)
