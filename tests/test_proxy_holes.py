@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from core.llm import BadResponse, ChatMessage, make_client, new_http_client
-from core.proxy import policy
 from core.proxy_tokens import ProxyTokens
 from core.secret import Secret
 from tests import canaries
@@ -348,6 +347,8 @@ async def test_every_malformed_openai_body_is_a_json_400(
 
 
 def test_depth_is_measured_on_the_bytes_ignoring_brackets_in_strings() -> None:
+    from core.proxy import policy
+
     def nest(depth: int) -> bytes:
         return b"[" * depth + b"]" * depth
 
