@@ -23,7 +23,7 @@ from core.proxy_tokens import ProxyTokens
 from core.secret import Secret
 from tests import canaries
 from tests.fakes.redirect_server import RecordingOrigin, RedirectingUpstream
-from tests.test_proxy_server import (  # noqa: F401 - world is a fixture
+from tests.test_proxy_server import (
     World,
     anthropic_body,
     catalog,
@@ -32,7 +32,6 @@ from tests.test_proxy_server import (  # noqa: F401 - world is a fixture
     post_openai,
     spend_directly,
     start_world,
-    world,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def sqlite(tmp_path: Path, name: str) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / name}"
+
+
+@pytest.fixture
+async def world(tmp_path: Path, db_url: str) -> AsyncIterator[World]:
+    """The proxy on SQLite and on PostgreSQL."""
+    async with start_world(tmp_path, db_url) as w:
+        yield w
 
 
 # --- 1. caps bypass -------------------------------------------------------------------------------
@@ -141,7 +147,7 @@ async def test_race_with_n_and_max_completion_tokens_never_passes_the_cap(
     """Overshoot ≤ one reservation, with the fields that used to slip past the estimate.
 
     The fake bills the largest output each request allows (a model that talks until cut off),
-    so a request reserved for ``max_tokens`` alone would overshoot by ``n × 40``.
+    so a request reserved for ``max_tokens`` alone would overshoot by ``n * 40``.
     """
     async with start_world(tmp_path, db_url, token_cap=100_000) as w:
         w.fake.greedy = True
@@ -395,6 +401,7 @@ async def test_a_pause_reaches_the_proxy_at_once(tmp_path: Path) -> None:
 
 _REVOKE_SCRIPT = """
 import asyncio, sys
+from core.db import Database
 from core.ports import SystemClock
 from core.proxy_tokens import ProxyTokens
 

@@ -194,9 +194,7 @@ class FakeLLMServer:
                     {
                         "type": "message_delta",
                         "delta": {"stop_reason": "end_turn"},
-                        "usage": {
-                            "output_tokens": _allowed(body) if self.greedy else len(words)
-                        },
+                        "usage": {"output_tokens": _allowed(body) if self.greedy else len(words)},
                     },
                 )
             )

@@ -195,7 +195,7 @@ async def test_caps_cover_n_and_every_output_bound_and_server_tools_are_refused(
 ) -> None:
     llm.greedy = True  # bills the most output each request allows
     assert (await proxy.anthropic(claude())).status_code == 200
-    # 8 choices × 3,000 tokens is more than the whole month's cap: refused, nothing sent.
+    # 8 choices x 3,000 tokens is more than the whole month's cap: refused, nothing sent.
     r = await proxy.openai(gpt(max_tokens=1, max_completion_tokens=3_000, n=8))
     assert error_of(r)[:2] == (402, "insufficient_quota")
     r = await proxy.anthropic(claude(tools=[{"type": "web_search_20250305", "name": "w"}]))
@@ -206,7 +206,7 @@ async def test_caps_cover_n_and_every_output_bound_and_server_tools_are_refused(
     r = await proxy.openai(gpt(web_search_options={}))
     assert error_of(r)[:2] == (400, "invalid_request_error")
     assert len(llm.requests) == 1
-    # What fits is admitted and billed in full: 2 choices × 200.
+    # What fits is admitted and billed in full: 2 choices x 200.
     assert (await proxy.openai(gpt(max_completion_tokens=200, n=2))).status_code == 200
     assert llm.requests[-1].body["n"] == 2
 
