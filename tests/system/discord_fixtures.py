@@ -112,15 +112,29 @@ class DiscordPerson:
         await self.server.dispatch("INTERACTION_CREATE", payload)
         return payload
 
-    async def press(self, label: str, *, channel: str | None = None) -> dict[str, Any]:
-        """Press the newest visible button whose label contains ``label``."""
+    def button(self, label: str, channel: str | None = None) -> tuple[BotMessage, str] | None:
+        """The newest visible button whose label contains ``label``: (message, custom id)."""
         for message in reversed(self.visible(channel)):
             for button in message.buttons():
                 if label.lower() in str(button.get("label", "")).lower() and button.get(
                     "custom_id"
                 ):
-                    return await self._component(message, str(button["custom_id"]), channel)
-        raise AssertionError(f"no button {label!r}; the channel shows:\n{self.transcript(channel)}")
+                    return message, str(button["custom_id"])
+        return None
+
+    async def press(
+        self, label: str, *, channel: str | None = None, within: float = 10.0
+    ) -> dict[str, Any]:
+        """Press the newest visible button whose label contains ``label`` (waits for it)."""
+        try:
+            await self.server.wait_for(lambda: self.button(label, channel) is not None, limit=within)
+        except TimeoutError:
+            raise AssertionError(
+                f"no button {label!r}; the channel shows:\n{self.transcript(channel)}"
+            ) from None
+        found = self.button(label, channel)
+        assert found is not None
+        return await self._component(found[0], found[1], channel)
 
     async def _component(
         self, message: BotMessage, custom_id: str, channel: str | None
