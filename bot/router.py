@@ -176,7 +176,8 @@ class Router:
             result = await self._route(turn)
         except Refusal as r:
             if event.kind is EventKind.SECRET and event.via_modal:
-                return Outcome(secret_error=r.text, refused=True)
+                retry = texts.KEY_REOPEN_BUTTON if r.retry else None
+                return Outcome(secret_error=r.text, refused=True, secret_retry=retry)
             await turn.say(r.text, sensitive=r.sensitive)
             return Outcome(refused=True)
         return result or Outcome()

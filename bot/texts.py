@@ -93,6 +93,9 @@ KEY_ASK_PROMPT = (
 KEY_ASK_PROMPT_MODAL = (
     "Paste your {provider} API key. It is encrypted at rest and never shown in chat."
 )
+# A form field's label: Discord cuts labels at 45 characters.
+KEY_ASK_LABEL = "{provider} API key"
+KEY_REOPEN_BUTTON = "Enter the key again"
 KEY_MOVED_TO_DM = (
     "I've sent you a private message to collect the key — keys never belong in a group."
 )
@@ -113,6 +116,8 @@ KEY_BAD_SHAPE = "That doesn't look like a valid {provider} key ({reason}). {atte
 KEY_REJECTED_LIVE = "{provider} refused that key ({reason}). {attempts_left}"
 KEY_CHECK_FAILED = "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
 ATTEMPTS_LEFT = "You can try {n} more time(s) — send it again."
+# After a refused form (modal): Slack keeps the form open, Discord adds a button reopening it.
+ATTEMPTS_LEFT_FORM = "Attempts left: {n}."
 ATTEMPTS_NONE = "That was the last attempt; send /key add {provider} to start over."
 INTAKE_EXPIRED = "That key request has expired. Send /key add {provider} to start a new one."
 INTAKE_EXPIRED_GENERIC = (

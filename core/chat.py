@@ -127,7 +127,8 @@ class SecretRequest:
 
     ``token`` is the intake session's one-time token; adapters carry it inside the form (modal
     custom id) and return it in the SECRET event; it is not a secret on its own (useless
-    without the bound user) but is never shown in chat.
+    without the bound user) but is never shown in chat. ``label`` is the form field's short
+    name (Discord allows 45 characters); without it adapters use ``title``.
     """
 
     token: str = field(repr=False)
@@ -135,6 +136,7 @@ class SecretRequest:
     title: str
     prompt: str
     expires_at: datetime
+    label: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +162,14 @@ class Outcome:
     ``secret_error`` is set when a submitted secret was refused: modal adapters show it inside
     the form (Slack ``response_action: errors``) instead of a message. ``refused`` says the
     event was bad input and was answered with an explanation (the CLI exits non-zero on it).
+    ``secret_retry`` is the label of a button that opens the form again, when the refused
+    secret may be tried again (for adapters whose form closes on submit, like Discord's).
     """
 
     handled: bool = True
     secret_error: str | None = None
     refused: bool = False
+    secret_retry: str | None = None
 
 
 OPEN_DM_PAYLOAD = "@open-dm"

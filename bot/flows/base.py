@@ -92,10 +92,11 @@ class LiveKeyCheck:
 class Refusal(Exception):
     """Raised by a flow for bad input: the router answers ``text`` and marks the turn refused."""
 
-    def __init__(self, text: str, *, sensitive: bool = False) -> None:
+    def __init__(self, text: str, *, sensitive: bool = False, retry: bool = False) -> None:
         super().__init__(text)
         self.text = text
         self.sensitive = sensitive
+        self.retry = retry  # a refused secret that may be submitted again
 
 
 @dataclass(slots=True)

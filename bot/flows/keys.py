@@ -125,6 +125,7 @@ async def start_intake(
         title=texts.KEY_ASK_TITLE.format(provider=provider.name),
         prompt=prompt,
         expires_at=ticket.expires_at,
+        label=texts.KEY_ASK_LABEL.format(provider=provider.name),
     )
     reached = await turn.messenger.ask_secret(turn.event, request)
     if not reached:
@@ -140,19 +141,18 @@ async def start_intake(
     return None
 
 
-def _attempts_text(left: int, provider: str) -> str:
-    return (
-        texts.ATTEMPTS_LEFT.format(n=left)
-        if left > 0
-        else texts.ATTEMPTS_NONE.format(provider=provider)
-    )
+def _attempts_text(left: int, provider: str, *, form: bool = False) -> str:
+    if left <= 0:
+        return texts.ATTEMPTS_NONE.format(provider=provider)
+    # Never "send it again" after a form: the key is only taken from the form.
+    return (texts.ATTEMPTS_LEFT_FORM if form else texts.ATTEMPTS_LEFT).format(n=left)
 
 
-async def _failed(turn: Turn, ticket: IntakeTicket) -> str:
+async def _failed(turn: Turn, ticket: IntakeTicket) -> tuple[str, int]:
     left = await turn.services.intake.failed_attempt(ticket)
     if left == 0:
         await turn.services.flow_states.clear(turn.user.identity)
-    return _attempts_text(left, ticket.provider)
+    return _attempts_text(left, ticket.provider, form=turn.event.via_modal), left
 
 
 def _intake_refusal(exc: IntakeError, provider: str | None) -> Refusal:
@@ -182,39 +182,41 @@ async def _accept(turn: Turn, ticket: IntakeTicket, secret: Secret, note: str = 
     try:
         check_shape(provider.key_shape, key)
     except KeyShapeError as exc:
-        left = await _failed(turn, ticket)
+        left, n = await _failed(turn, ticket)
         raise Refusal(
             prefix
             + texts.KEY_BAD_SHAPE.format(
                 provider=provider.name, reason=exc.reason, attempts_left=left
             ),
             sensitive=True,
+            retry=n > 0,
         ) from None
     models: list[str] = []
     if s.config.core.verify_keys_live and s.verify_key is not None:
         try:
             models = list(await s.verify_key(provider.id, key))
         except KeyRejected as exc:
-            left = await _failed(turn, ticket)
+            left, n = await _failed(turn, ticket)
             raise Refusal(
                 prefix
                 + texts.KEY_REJECTED_LIVE.format(
                     provider=provider.name, reason=exc.reason, attempts_left=left
                 ),
                 sensitive=True,
+                retry=n > 0,
             ) from None
         except KeyCheckFailed as exc:
             # Not the person's fault: no attempt is counted.
+            n = s.intake.max_attempts - ticket.attempts
             raise Refusal(
                 prefix
                 + texts.KEY_CHECK_FAILED.format(
                     provider=provider.name,
                     reason=exc.reason,
-                    attempts_left=texts.ATTEMPTS_LEFT.format(
-                        n=s.intake.max_attempts - ticket.attempts
-                    ),
+                    attempts_left=_attempts_text(n, provider.id, form=turn.event.via_modal),
                 ),
                 sensitive=True,
+                retry=n > 0,
             ) from None
     await s.intake.consume(ticket)
     info = await s.credentials.store(

@@ -65,10 +65,7 @@ class BotMessage:
 
     def buttons(self) -> list[dict[str, Any]]:
         return [
-            c
-            for row in self.components
-            for c in row.get("components", [])
-            if c.get("type") == 2
+            c for row in self.components for c in row.get("components", []) if c.get("type") == 2
         ]
 
 

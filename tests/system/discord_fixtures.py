@@ -22,7 +22,7 @@ from tests.canaries import discord_token
 from tests.fakes.discord_server import GUILD_CHANNEL_ID, BotMessage, FakeDiscord, Modal
 from tests.system.harness import CanaryScan, Workspace, calls_text
 
-DISCORD_TOKEN_ENV = "DISCORD_BOT_TOKEN"  # noqa: S105 - the variable's name
+DISCORD_TOKEN_ENV = "DISCORD_BOT_TOKEN"
 SERVER_CHANNEL = GUILD_CHANNEL_ID
 _SUB_COMMAND, _STRING = 1, 3
 
@@ -127,7 +127,9 @@ class DiscordPerson:
     ) -> dict[str, Any]:
         """Press the newest visible button whose label contains ``label`` (waits for it)."""
         try:
-            await self.server.wait_for(lambda: self.button(label, channel) is not None, limit=within)
+            await self.server.wait_for(
+                lambda: self.button(label, channel) is not None, limit=within
+            )
         except TimeoutError:
             raise AssertionError(
                 f"no button {label!r}; the channel shows:\n{self.transcript(channel)}"
