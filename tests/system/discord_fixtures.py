@@ -20,7 +20,7 @@ import pytest
 
 from tests.canaries import discord_token
 from tests.fakes.discord_server import GUILD_CHANNEL_ID, BotMessage, FakeDiscord, Modal
-from tests.system.harness import CanaryScan, Workspace, calls_text
+from tests.system.harness import BotProcess, CanaryScan, Workspace, calls_text
 
 DISCORD_TOKEN_ENV = "DISCORD_BOT_TOKEN"
 SERVER_CHANNEL = GUILD_CHANNEL_ID
@@ -66,11 +66,12 @@ def dc_ws(ws: Workspace, discord: FakeDiscord) -> Workspace:
     return ws
 
 
-async def start_discord_bot(ws: Workspace, fake: FakeDiscord) -> None:
+async def start_discord_bot(ws: Workspace, fake: FakeDiscord) -> BotProcess:
     """``byokbot run`` serving the fake Discord, ready once its commands are registered."""
     bot = await ws.start("run")
     await bot.wait_output(r"discord adapter started", within=30)
     assert fake.commands, "no slash commands registered"
+    return bot
 
 
 @pytest.fixture
