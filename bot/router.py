@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bot import texts
-from bot.flows import account, admin, agent, keys
+from bot.flows import account, admin, agent, cancel, keys
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.keys import find_leaks
@@ -40,6 +40,7 @@ COMMANDS: dict[str, Handler] = {
     "stop": agent.handle_stop,
     "usage": agent.handle_usage,
     "admin": admin.handle_admin,
+    "cancel": cancel.handle_cancel,
 }
 
 LOCK_FREE_COMMANDS = frozenset({"stop"})
@@ -49,6 +50,7 @@ BUTTONS: dict[str, ButtonHandler] = {
     "del": account.on_delete_button,
     "prov": keys.on_provider_button,
     "model": agent.on_model_button,
+    "cancel": cancel.on_cancel_button,
 }
 
 
@@ -158,7 +160,7 @@ class Router:
         if event.kind is EventKind.MESSAGE and not event.addressed and not find_leaks(event.text):
             return Outcome(handled=False)  # group chatter not meant for us
         allowed, first_refusal = self._rate.allow(event.user.identity)
-        if not allowed and event.kind is not EventKind.SECRET:
+        if not allowed and event.kind not in (EventKind.SECRET, EventKind.SECRET_CANCELLED):
             if first_refusal:
                 await self._answer_safely(event, texts.SLOW_DOWN)
             return Outcome(refused=True)
@@ -176,10 +178,9 @@ class Router:
             result = await self._route(turn)
         except Refusal as r:
             if event.kind is EventKind.SECRET and event.via_modal:
-                retry = texts.KEY_REOPEN_BUTTON if r.retry else None
-                return Outcome(secret_error=r.text, refused=True, secret_retry=retry)
+                return Outcome(secret_error=r.text, refused=True, secret_retry=r.secret_retry)
             await turn.say(r.text, sensitive=r.sensitive)
-            return Outcome(refused=True)
+            return Outcome(refused=True, secret_retry=r.secret_retry)
         return result or Outcome()
 
     async def _route(self, turn: Turn) -> Outcome | None:
@@ -189,20 +190,30 @@ class Router:
             await self._note_dm(turn)
         if event.kind is EventKind.SECRET:
             return await keys.on_secret_event(turn)
+        if event.kind is EventKind.SECRET_CANCELLED:
+            return await keys.on_secret_cancelled(turn)
         if event.kind is EventKind.BUTTON:
             return await self._route_button(turn)
         limit = s.config.core.max_message_chars
         if event.kind is EventKind.MESSAGE:
+            awaiting = None
             if event.chat.is_direct:
                 state = await s.flow_states.get(event.user.identity)
                 if state is not None and state.flow == "keys" and state.step == "await_secret":
-                    return await keys.on_dm_secret(turn, state)
-            if find_leaks(event.text):
+                    if keys.answers_prompt(turn, state):
+                        return await keys.on_dm_secret(turn, state)
+                    awaiting = state  # not the key: an ordinary message, the request stays open
+            if find_leaks(event.text) or (
+                # Where only the form takes the key, what looks like it never reaches the agent.
+                awaiting is not None and keys.looks_like_awaited_key(turn, awaiting)
+            ):
                 return await keys.on_leak(turn)
             if len(event.text) > limit:
                 raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))
             if not event.text.strip():
                 raise Refusal(texts.EMPTY_MESSAGE)
+            if awaiting is not None:
+                await keys.note_still_open(turn, awaiting)
             return await agent.handle_message(turn)
         # COMMAND
         if find_leaks(event.text) or any(find_leaks(a) for a in event.args):

@@ -37,6 +37,7 @@ HELP = """Here's what I can do:
 /usage — tokens used this month
 /pause · /resume — pause or resume your agent
 /link — use the same agent from another chat app
+/cancel — drop a pending key request or confirmation
 /delete — erase your account and everything in it
 Anything else you write goes to your agent."""
 
@@ -95,7 +96,6 @@ KEY_ASK_PROMPT_MODAL = (
 )
 # A form field's label: Discord cuts labels at 45 characters.
 KEY_ASK_LABEL = "{provider} API key"
-KEY_REOPEN_BUTTON = "Enter the key again"
 KEY_MOVED_TO_DM = (
     "I've sent you a private message to collect the key — keys never belong in a group."
 )
@@ -104,6 +104,21 @@ KEY_DM_NEEDED = (
     "then send /key add {provider} there."
 )
 KEY_SECRET_ASKED = "Waiting for your key — use the private prompt I just opened."
+KEY_CANCEL_HINT = "Changed your mind? Press Cancel or send /cancel."
+CANCEL_BUTTON = "Cancel"
+KEY_STILL_OPEN_REPLY = (
+    "(Your {provider} key request is still open: send the key as a reply to my key message, "
+    "or /cancel to drop it.)"
+)
+KEY_STILL_OPEN = (
+    "(Your {provider} key request is still open: paste the key, or send /cancel to drop it.)"
+)
+KEY_REQUEST_CANCELLED = (
+    "Key request cancelled — nothing was saved. Send /key add <provider> when you're ready."
+)
+LINK_CODE_CANCELLED = "The link code I gave you no longer works."
+FLOW_CANCELLED = "Cancelled."
+NOTHING_TO_CANCEL = "There's nothing to cancel."
 KEY_STORED = "Key saved: {fingerprint} ({provider}). Your agent will use it from the next message."
 KEY_ROTATED = "Key rotated: {fingerprint} ({provider}). Replies in progress finish on the old key; new ones use the new key."
 KEY_SAME_AS_BEFORE = "Note: that is the same key you had before."
@@ -116,8 +131,7 @@ KEY_BAD_SHAPE = "That doesn't look like a valid {provider} key ({reason}). {atte
 KEY_REJECTED_LIVE = "{provider} refused that key ({reason}). {attempts_left}"
 KEY_CHECK_FAILED = "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
 ATTEMPTS_LEFT = "You can try {n} more time(s) — send it again."
-# After a refused form (modal): Slack keeps the form open, Discord adds a button reopening it.
-ATTEMPTS_LEFT_FORM = "Attempts left: {n}."
+ATTEMPTS_LEFT_FORM = "You can try again ({n} attempts left)."
 ATTEMPTS_NONE = "That was the last attempt; send /key add {provider} to start over."
 INTAKE_EXPIRED = "That key request has expired. Send /key add {provider} to start a new one."
 INTAKE_EXPIRED_GENERIC = (

@@ -62,6 +62,9 @@ class EventKind(StrEnum):
     COMMAND = "command"
     BUTTON = "button"
     SECRET = "secret"  # noqa: S105 - an event kind, not a password
+    # The person closed a private form without submitting it (a Slack modal's view_closed):
+    # the intake it was opened for ends, as with /cancel.
+    SECRET_CANCELLED = "secret_cancelled"  # noqa: S105 - an event kind, not a password
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,9 @@ class Event:
     ``intake_token`` a secret submitted through a private form (modal, hidden prompt).
     ``addressed`` is true where the bot is meant: always in a DM, in a group only for a mention
     or a reply to the bot. ``via_modal`` says a refused secret is shown inside the form.
+    ``reply_to`` is the id of the bot's message this one replies to (Telegram's
+    ``reply_to_message``), so a flow can tell an answer to its prompt from a new message.
+    A SECRET_CANCELLED event carries the closed form's ``intake_token``.
     """
 
     kind: EventKind
@@ -90,6 +96,7 @@ class Event:
     addressed: bool = True
     via_modal: bool = False
     event_id: str = ""
+    reply_to: str | None = None
 
     @property
     def conversation_key(self) -> str:
@@ -162,14 +169,15 @@ class Outcome:
     ``secret_error`` is set when a submitted secret was refused: modal adapters show it inside
     the form (Slack ``response_action: errors``) instead of a message. ``refused`` says the
     event was bad input and was answered with an explanation (the CLI exits non-zero on it).
-    ``secret_retry`` is the label of a button that opens the form again, when the refused
-    secret may be tried again (for adapters whose form closes on submit, like Discord's).
+    ``secret_retry`` says a refused secret's request is still open, so the adapter may offer
+    the private form again (a hidden prompt, a button that reopens the modal) with the same
+    token; when False the request has ended and the answer says what to do next.
     """
 
     handled: bool = True
     secret_error: str | None = None
     refused: bool = False
-    secret_retry: str | None = None
+    secret_retry: bool = False
 
 
 OPEN_DM_PAYLOAD = "@open-dm"

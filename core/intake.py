@@ -271,18 +271,38 @@ class Intake:
             await _mark_used(s, row.id)
             return row.tenant_id
 
-    async def cancel_for(self, user: UserRef) -> int:
+    async def cancel_for(self, user: UserRef, *, links: bool = False) -> int:
+        """Cancel the person's open key sessions (or, with ``links``, their link codes)."""
+        purpose = (
+            IntakeSessionRow.purpose == IntakePurpose.LINK.value
+            if links
+            else IntakeSessionRow.purpose != IntakePurpose.LINK.value
+        )
         async with self._db.session() as s, s.begin():
             res = await s.execute(
                 update(IntakeSessionRow)
                 .where(
                     IntakeSessionRow.identity == user.identity,
                     IntakeSessionRow.status == IntakeStatus.OPEN.value,
-                    IntakeSessionRow.purpose != IntakePurpose.LINK.value,
+                    IntakeSessionRow.expires_at > self._clock.now(),
+                    purpose,
                 )
                 .values(status=IntakeStatus.CANCELLED.value)
             )
             return int(res.rowcount)  # type: ignore[attr-defined]
+
+    async def cancel(self, ticket_id: str) -> bool:
+        """Cancel one open session (a closed form); False when it was no longer open."""
+        async with self._db.session() as s, s.begin():
+            res = await s.execute(
+                update(IntakeSessionRow)
+                .where(
+                    IntakeSessionRow.id == ticket_id,
+                    IntakeSessionRow.status == IntakeStatus.OPEN.value,
+                )
+                .values(status=IntakeStatus.CANCELLED.value)
+            )
+            return int(res.rowcount) == 1  # type: ignore[attr-defined]
 
     async def expire_due(self) -> int:
         """Close every open session past its time (the scheduler's job)."""

@@ -19,6 +19,7 @@ __all__ = [
     "fingerprint",
     "normalize",
     "redact",
+    "resembles_key",
 ]
 
 
@@ -179,6 +180,36 @@ def fingerprint(key: Secret) -> str:
     if len(value) - len(prefix) < _FINGERPRINT_MIN_BODY:
         return prefix + "…"
     return f"{prefix}…{value[-4:]}"
+
+
+_GENERIC_LOOKALIKE_MIN: Final = 20
+
+
+def resembles_key(text: str, shape: str) -> bool:
+    """Whether a whole message looks like an attempt to hand over a key of ``shape``.
+
+    True for a message holding a credential (``find_leaks``), one that has the shape, or a
+    single word that starts like a key ("sk-…", possibly cut short). A generic shape accepts
+    any token, so there only a long mix of letters and digits counts: "nevermind" is a word.
+    """
+    if find_leaks(text):
+        return True
+    value = normalize(Secret(text)).reveal()
+    if not value or any(ch.isspace() for ch in value):
+        return False
+    if value.startswith(_KNOWN_PREFIXES):
+        return True
+    try:
+        check_shape(shape, Secret(value))
+    except KeyShapeError:
+        return False
+    if KeyShape(shape) is not KeyShape.GENERIC:
+        return True
+    return (
+        len(value) >= _GENERIC_LOOKALIKE_MIN
+        and any(ch.isdigit() for ch in value)
+        and any(ch.isalpha() for ch in value)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,10 +25,14 @@ class Messenger(Protocol):
       start one (a Telegram user who never started the bot).
     - ``ask_secret`` collects a secret privately: Telegram a ForceReply DM, Discord/Slack a
       modal opened from the event's interaction, the console hidden input. The secret comes
-      back as a later ``Event`` of kind SECRET (or a DM message while the flow waits for it).
-      It always collects from ``event.user`` privately, whatever chat the event came from,
-      and returns False when it cannot reach the person privately (a Telegram user who never
-      started the bot); the flow then offers an ``OPEN_DM_PAYLOAD`` button.
+      back as a later ``Event`` of kind SECRET, or as a DM message replying to the prompt.
+      It always collects from ``event.user`` privately, whatever chat the event came from.
+      It returns the prompt message when the answer is a reply to it (Telegram: the flow
+      takes a DM whose ``reply_to`` is that message as the secret), True when the answer
+      comes back through a form (modal, hidden input), and False when it cannot reach the
+      person privately (a Telegram user who never started the bot); the flow then offers an
+      ``OPEN_DM_PAYLOAD`` button. A form closed unsubmitted may come back as an event of kind
+      SECRET_CANCELLED with the request's token.
     - ``stream`` shows a reply that arrives in chunks, editing one message at the platform's
       pace and splitting at its length limit; returns the last message. If the iterator
       raises, what was shown stays and the exception propagates to the flow, which tells
@@ -48,7 +52,7 @@ class Messenger(Protocol):
 
     async def open_dm(self, user: UserRef) -> ChatRef | None: ...
 
-    async def ask_secret(self, event: Event, request: SecretRequest) -> bool: ...
+    async def ask_secret(self, event: Event, request: SecretRequest) -> MessageRef | bool: ...
 
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None: ...
 

@@ -120,7 +120,12 @@ class Person:
         )
 
     async def say(
-        self, text: str, *, chat: ChatRef | None = None, addressed: bool = True
+        self,
+        text: str,
+        *,
+        chat: ChatRef | None = None,
+        addressed: bool = True,
+        reply_to: str | None = None,
     ) -> Outcome:
         return await self._send(
             Event(
@@ -130,6 +135,23 @@ class Person:
                 text=text,
                 addressed=addressed,
                 message_id=str(next(_ids)),
+                event_id=str(next(_ids)),
+                reply_to=reply_to,
+            )
+        )
+
+    async def reply_to_prompt(self, text: str) -> Outcome:
+        """Answer the newest key prompt by replying to it (Telegram's ForceReply)."""
+        return await self.say(text, reply_to=self.messenger.prompts[-1].id)
+
+    async def close_form(self, *, token: str | None = None) -> Outcome:
+        """Close the newest key form without saving (Slack's view_closed)."""
+        return await self._send(
+            Event(
+                EventKind.SECRET_CANCELLED,
+                self.user,
+                self.dm,
+                intake_token=token if token is not None else self.last_secret_token(),
                 event_id=str(next(_ids)),
             )
         )

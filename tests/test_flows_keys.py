@@ -243,7 +243,13 @@ async def test_malformed_key_attempts_then_lock(world: World) -> None:
     await ada.say("sk-ant-short")
     assert "That doesn't look like a valid Anthropic key" in ada.last
     assert texts.ATTEMPTS_LEFT.format(n=2) in ada.last
+    # Not a reply to the prompt and nothing like a key: the agent gets it, with a note.
     await ada.say("hello")
+    assert ada.last == texts.AGENT_UNAVAILABLE["not_configured"]
+    assert ada.transcript()[-2] == texts.KEY_STILL_OPEN_REPLY.format(provider="Anthropic")
+    assert len(ada.messenger.deleted) == 1
+    # A reply to the prompt is the key, whatever it looks like.
+    await ada.reply_to_prompt("hello")
     assert texts.ATTEMPTS_LEFT.format(n=1) in ada.last
     await ada.say(openai_key())
     assert texts.ATTEMPTS_NONE.format(provider="anthropic") in ada.last
@@ -301,3 +307,146 @@ async def test_secret_for_someone_else_is_refused(world: World) -> None:
     assert outcome.refused
     assert bob.last == texts.INTAKE_NOT_YOURS
     assert await _stored_keys(world) == 0
+
+
+# ----- a key request does not capture the next messages (issue 10, defect 3) ---------------
+
+
+async def test_a_question_while_a_key_is_awaited_goes_to_the_agent(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    await ada.command("/key add anthropic")
+    assert ada.last == texts.KEY_CANCEL_HINT
+    assert [label for label, _ in ada.buttons()] == [texts.CANCEL_BUTTON]
+
+    await ada.say("never mind, what is the capital of France?")
+    assert ada.messenger.deleted == []
+    assert ada.transcript()[-2:] == [
+        texts.KEY_STILL_OPEN_REPLY.format(provider="Anthropic"),
+        texts.AGENT_UNAVAILABLE["not_configured"],
+    ]
+    # The note is said once; a reply to some other message of the bot is no answer either.
+    await ada.say("and Germany?", reply_to="not-the-prompt")
+    assert ada.transcript()[-2:] == [
+        texts.AGENT_UNAVAILABLE["not_configured"],
+        texts.AGENT_UNAVAILABLE["not_configured"],
+    ]
+    assert await _stored_keys(world) == 0
+
+    key = anthropic_key()
+    await ada.reply_to_prompt(key)
+    assert len(ada.messenger.deleted) == 1
+    assert ada.last.endswith(
+        texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic")
+    )
+
+
+async def test_a_key_shaped_message_while_a_key_is_awaited_is_the_key(world: World) -> None:
+    ada = world.person()
+    await ada.command("/plan byok")
+    await ada.command("/key add anthropic")
+    # Cut short, it still starts like a key: taken (and deleted), refused for its shape.
+    await ada.say("sk-ant-api03-tooshort")
+    assert len(ada.messenger.deleted) == 1
+    assert "That doesn't look like a valid Anthropic key" in ada.last
+    key = anthropic_key()
+    await ada.say(f"`{key}`")
+    assert len(ada.messenger.deleted) == 2
+    assert ada.last.endswith(
+        texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic")
+    )
+
+
+@pytest.mark.parametrize("platform", [Platform.SLACK, Platform.DISCORD])
+async def test_on_modal_platforms_a_dm_is_never_the_key(world: World, platform: Platform) -> None:
+    bob = world.person(platform, "U1", "Bob")
+    await bob.command("/plan byok")
+    await bob.command("/key add openai")
+    assert len(bob.messenger.secret_requests) == 1
+
+    # A key-shaped DM: the leak guard's case, never stored, deletion attempted, rotate.
+    bob.messenger.can_delete = False  # neither platform lets a bot delete a person's DM
+    leaked = openai_key()
+    outcome = await bob.say(leaked)
+    assert outcome.refused
+    assert bob.last == texts.LEAK_WARNING.format(deleted=texts.LEAK_NOT_DELETED)
+    assert await _stored_keys(world) == 0
+    # So is a cut-short paste that only looks like the awaited key: it never reaches the agent.
+    outcome = await bob.say("sk-proj-cut")
+    assert outcome.refused
+    assert bob.last == texts.LEAK_WARNING.format(deleted=texts.LEAK_NOT_DELETED)
+    # Any other DM goes to the agent as usual, with no note: the form is where the key goes.
+    await bob.say("what is the capital of France?")
+    assert bob.last == texts.AGENT_UNAVAILABLE["not_configured"]
+    assert texts.KEY_STILL_OPEN.format(provider="OpenAI") not in bob.transcript()
+
+    # The form still works, and its refusals never say "send it again".
+    bad = await bob.submit_secret("nope", via_modal=True)
+    assert bad.secret_error is not None
+    assert bad.secret_error.endswith(texts.ATTEMPTS_LEFT_FORM.format(n=2))
+    assert bad.secret_retry is True  # the adapter may offer the form again, same token
+    key = openai_key()
+    ok = await bob.submit_secret(key, via_modal=True)
+    assert ok.secret_error is None
+    assert bob.last == texts.KEY_STORED.format(
+        fingerprint=fingerprint(Secret(key)), provider="OpenAI"
+    )
+
+
+async def test_closing_the_form_ends_the_intake(world: World) -> None:
+    bob = world.person(Platform.SLACK, "U1", "Bob")
+    await bob.command("/plan byok")
+    await bob.command("/key add openai")
+    token = bob.last_secret_token()
+    await bob.close_form()
+    assert bob.last == texts.KEY_REQUEST_CANCELLED
+    assert bob.sent[-1].reply.sensitive is True
+    late = await bob.submit_secret(openai_key(), token=token, via_modal=True)
+    assert late.secret_error == texts.INTAKE_EXPIRED_GENERIC
+    assert late.secret_retry is False
+    # Closing a form whose request already ended says nothing more.
+    before = len(bob.sent)
+    outcome = await bob.close_form(token=token)
+    assert outcome.refused is False and len(bob.sent) == before
+    await bob.command("/cancel")
+    assert bob.last == texts.NOTHING_TO_CANCEL
+
+
+async def test_closing_an_older_form_leaves_the_newer_request_open(world: World) -> None:
+    bob = world.person(Platform.SLACK, "U1", "Bob")
+    await bob.command("/plan byok")
+    await bob.command("/key add openai")
+    old = bob.last_secret_token()
+    await bob.command("/key add openai")
+    before = len(bob.sent)
+    await bob.close_form(token=old)
+    assert len(bob.sent) == before
+    key = openai_key()
+    ok = await bob.submit_secret(key, via_modal=True)
+    assert ok.secret_error is None and await _stored_keys(world) == 1
+
+
+async def test_console_a_visible_line_is_the_key_only_when_key_shaped(world: World) -> None:
+    me = world.person(Platform.CONSOLE, "local", "Me")
+    await me.command("/plan byok")
+    await me.command("/key add anthropic")
+    assert texts.KEY_CANCEL_HINT not in me.transcript()  # hidden input: no prompt message
+    await me.say("what was I doing?")
+    assert me.transcript()[-2:] == [
+        texts.KEY_STILL_OPEN.format(provider="Anthropic"),
+        texts.AGENT_UNAVAILABLE["not_configured"],
+    ]
+    key = anthropic_key()
+    await me.say(key)
+    assert me.last.endswith(
+        texts.KEY_STORED.format(fingerprint=fingerprint(Secret(key)), provider="Anthropic")
+    )
+
+
+async def test_a_refused_secret_says_whether_another_try_is_open(world: World) -> None:
+    me = world.person(Platform.CONSOLE, "local", "Me")
+    await me.command("/plan byok")
+    await me.command("/key add anthropic")
+    outcomes = [await me.submit_secret("wrong") for _ in range(3)]
+    assert [o.secret_retry for o in outcomes] == [True, True, False]
+    assert me.last.endswith(texts.ATTEMPTS_NONE.format(provider="anthropic"))

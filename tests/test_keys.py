@@ -18,6 +18,7 @@ from core.keys import (
     fingerprint,
     normalize,
     redact,
+    resembles_key,
 )
 from core.secret import Secret
 from tests.canaries import (
@@ -380,3 +381,23 @@ def test_leak_is_a_frozen_value() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         leak.start = 5  # type: ignore[misc]
     assert leak == Leak("anthropic", 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "shape", "expected"),
+    [
+        (anthropic_key(), "anthropic", True),
+        (f"  `{anthropic_key()}`  ", "anthropic", True),
+        (f"here it is: {anthropic_key()}", "anthropic", True),  # a credential inside text
+        ("sk-ant-api03-cut", "anthropic", True),  # starts like a key: a truncated paste
+        (openai_key(), "anthropic", True),  # the wrong provider's key is still a key
+        ("never mind, what is the capital of France?", "anthropic", False),
+        ("hello", "anthropic", False),
+        ("nevermind", "generic", False),  # a generic shape accepts any word; words are not keys
+        ("a1B2c3D4e5F6g7H8i9J0k", "generic", True),
+        ("abcdefghijklmnopqrstuvwxyz", "generic", False),
+        ("", "openai", False),
+    ],
+)
+def test_resembles_key(text: str, shape: str, expected: bool) -> None:
+    assert resembles_key(text, shape) is expected

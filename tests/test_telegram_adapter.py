@@ -139,7 +139,8 @@ async def test_start_logs_in_publishes_commands_and_polls(
     assert server.methods()[:4] == ["getMe", "setMyCommands", "deleteWebhook", "getUpdates"]
     commands = server.calls_to("setMyCommands")[0]["commands"]
     assert [c["command"] for c in commands][:3] == ["start", "help", "plan"]
-    assert len(commands) == 15
+    assert len(commands) == 16
+    assert "cancel" in [c["command"] for c in commands]
     assert adapter.bot_username == "byok_test_bot"
     assert adapter.deep_link("key") == "https://t.me/byok_test_bot?start=key"
 
@@ -248,7 +249,13 @@ def intake_script(adapter_box: list[TelegramAdapter], script: Script, *, refuse:
     async def on(event: Event) -> None:
         adapter = adapter_box[0]
         if event.kind == EventKind.COMMAND and event.command == "key":
-            if not await adapter.ask_secret(event, request()):
+            asked = await adapter.ask_secret(event, request())
+            if asked is not False:
+                # The prompt itself, in the person's DM: a reply to it is the answer.
+                assert isinstance(asked, MessageRef) and asked.chat == ChatRef(
+                    Platform.TELEGRAM, event.user.id, is_direct=True
+                )
+            if not asked:
                 await adapter.respond(
                     event,
                     Reply(

@@ -157,14 +157,17 @@ async def test_onboarding_then_key_intake_from_a_group(chat: Chat) -> None:
     # In the team group, Ada asks to add her key: the exchange moves to her DM.
     chat.push(GROUP, ADA, "/key@byok_test_bot add anthropic")
     assert await chat.shows(GROUP, 1) == [texts.KEY_MOVED_TO_DM]
-    prompt = chat.sent(42)[-1]
+    prompt, hint = chat.sent(42)[-2:]
     assert prompt["protect_content"] == "true"
     assert prompt["reply_markup"]["force_reply"] is True
     assert prompt["text"].startswith("<b>Your Anthropic API key</b>")
+    # ForceReply leaves no room for buttons: the Cancel button comes right after.
+    assert hint["text"] == texts.KEY_CANCEL_HINT
+    assert hint["reply_markup"]["inline_keyboard"][0][0]["text"] == texts.CANCEL_BUTTON
 
     # She replies with the key: deleted at once, confirmed with a fingerprint only.
     mid = chat.push(42, ADA, key)
-    await chat.shows(42, 5)
+    await chat.shows(42, 6)
     assert chat.server.calls_to("deleteMessage") == [{"chat_id": "42", "message_id": str(mid)}]
     confirmation = chat.server.texts(42)[-1]
     assert confirmation.startswith(texts.KEY_MESSAGE_DELETED + "\n" + "Key saved: ")
@@ -176,10 +179,10 @@ async def test_onboarding_then_key_intake_from_a_group(chat: Chat) -> None:
 async def test_key_intake_when_telegram_refuses_the_deletion(chat: Chat) -> None:
     await sign_up(chat, ADA, "byok", where=42)
     chat.push(42, ADA, "/key add anthropic")
-    await chat.shows(42, 4)
+    await chat.shows(42, 5)
     chat.server.fail("deleteMessage", 400, "Bad Request: message can't be deleted")
     chat.push(42, ADA, anthropic_key())
-    shown = await chat.shows(42, 5)
+    shown = await chat.shows(42, 6)
     assert shown[-1].startswith(texts.KEY_DELETE_FAILED + "\nKey saved: ")
 
 

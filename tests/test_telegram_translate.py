@@ -159,7 +159,25 @@ def test_group_reply_to_the_bot_is_addressed() -> None:
     }
     got = event(group("and then?", reply_to_message=replied))
     assert got is not None
-    assert (got.addressed, got.text) == (True, "and then?")
+    assert (got.addressed, got.text, got.reply_to) == (True, "and then?", "5")
+
+
+def test_dm_reply_to_the_bot_carries_the_replied_message_id() -> None:
+    prompt = {
+        "message_id": 7,
+        "date": 1780000000,
+        "chat": {"id": 42, "type": "private", "first_name": "Ada"},
+        "from": BOT_USER,
+        "text": "Your Anthropic API key",
+    }
+    got = event(private("sk-ant-...", reply_to_message=prompt))
+    assert got is not None and got.reply_to == "7"
+    # A reply to someone else's message (a forwarded one, one's own) is no answer to a prompt.
+    own = {**prompt, "from": ADA}
+    got = event(private("see above", reply_to_message=own))
+    assert got is not None and got.reply_to is None
+    got = event(private("plain"))
+    assert got is not None and got.reply_to is None
 
 
 def test_forum_topic_root_is_not_a_reply_to_the_bot() -> None:
@@ -174,7 +192,7 @@ def test_forum_topic_root_is_not_a_reply_to_the_bot() -> None:
     body["message"].update(message_thread_id=3, is_topic_message=True)
     got = event(body)
     assert got is not None
-    assert (got.addressed, got.chat.thread_id) == (False, "3")
+    assert (got.addressed, got.chat.thread_id, got.reply_to) == (False, "3", None)
 
 
 def test_edited_message_reaches_only_the_leak_guard() -> None:

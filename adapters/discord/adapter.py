@@ -416,10 +416,12 @@ class DiscordAdapter:
         try:
             outcome = await self._run_within_window(event, live)
             if outcome is not None and outcome.secret_error:
-                # The modal closed on submit: offer a button that opens it again.
+                # The modal closed on submit: while the request is open, a button reopens it.
                 reopen = None
                 if outcome.secret_retry and event.intake_token:
-                    reopen = translate.form_button(event.intake_token, outcome.secret_retry)
+                    request = self._pending_secrets.get(event.intake_token)
+                    label = request.title if request else "API key"
+                    reopen = translate.form_button(event.intake_token, label)
                 await self._answer_ephemeral(live, outcome.secret_error, reopen)
             async with live.lock:
                 if not live.answered and not live.gone:

@@ -76,6 +76,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("pause", "Pause your agent"),
     ("resume", "Resume your agent"),
     ("link", "Link another chat account"),
+    ("cancel", "Cancel a pending request"),
     ("delete", "Delete your account and data"),
     ("admin", "Operator commands"),
 )
@@ -560,22 +561,22 @@ class TelegramAdapter:
         self._unreachable.discard(user.id)
         return chat
 
-    async def ask_secret(self, event: Event, request: SecretRequest) -> bool:
+    async def ask_secret(self, event: Event, request: SecretRequest) -> MessageRef | bool:
         """Ask in the person's DM with ForceReply and ``protect_content``, from any chat.
 
-        The answer arrives as an ordinary DM message; the flow, knowing a secret is awaited,
-        deletes it. False when the DM is closed (never started, or blocked).
+        The answer arrives as a DM message replying to the returned prompt; the flow, knowing
+        a secret is awaited, deletes it. False when the DM is closed (never started, blocked).
         """
         chat_id = event.user.id
         try:
-            await self._bot.send_message(chat_id=chat_id, **translate.secret_prompt(request))
+            sent = await self._bot.send_message(chat_id=chat_id, **translate.secret_prompt(request))
         except (Forbidden, BadRequest) as exc:
             self._unreachable.add(chat_id)
             log.info("telegram: cannot ask user %s privately: %s", chat_id, exc.message)
             return False
         except TelegramError as exc:
             raise self._wrap(exc, "sendMessage", chat_id) from None
-        return True
+        return MessageRef(ChatRef(Platform.TELEGRAM, chat_id, is_direct=True), str(sent.message_id))
 
     async def typing(self, chat: ChatRef) -> None:
         """Show "typing..." for a few seconds; failures are logged, never raised.

@@ -129,6 +129,9 @@ def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
     user = _user_ref(message.from_user)
     chat = _chat_ref(message)
     common: dict[str, Any] = {"message_id": str(message.message_id), "event_id": eid}
+    if _is_reply_to_bot(message, bot_id) and message.reply_to_message is not None:
+        # A reply to the bot's key prompt is the awaited key (the flow compares the id).
+        common["reply_to"] = str(message.reply_to_message.message_id)
     match = _COMMAND.fullmatch(text.strip()) if message.text is not None else None
     if match and not edited and not message.from_user.is_bot:
         target = match.group(2)

@@ -90,13 +90,17 @@ class LiveKeyCheck:
 
 
 class Refusal(Exception):
-    """Raised by a flow for bad input: the router answers ``text`` and marks the turn refused."""
+    """Raised by a flow for bad input: the router answers ``text`` and marks the turn refused.
 
-    def __init__(self, text: str, *, sensitive: bool = False, retry: bool = False) -> None:
+    ``secret_retry`` marks a refused secret whose request is still open (another try is
+    allowed); the router passes it on in ``Outcome.secret_retry``.
+    """
+
+    def __init__(self, text: str, *, sensitive: bool = False, secret_retry: bool = False) -> None:
         super().__init__(text)
         self.text = text
         self.sensitive = sensitive
-        self.retry = retry  # a refused secret that may be submitted again
+        self.secret_retry = secret_retry
 
 
 @dataclass(slots=True)

@@ -1,7 +1,16 @@
 """Keys: the one-time private exchange, listing, removal, and the leak guard.
 
-States (persisted per person): ``keys/await_secret`` with the intake session id, while a key
-is awaited; cleared when the key is stored, the session expires or is locked.
+States (persisted per person): ``keys/await_secret`` while a key is awaited; cleared when the
+key is stored, the request is cancelled, the session expires or is locked. Its data: the
+intake session id (``ticket``), ``provider``, how the answer comes back
+(``answer``: ``modal`` — only from the form; ``reply`` — a DM replying to the ``prompt``
+message; ``form`` — hidden input) and whether the person was told the request is still open
+(``noted``).
+
+While a key is awaited, a DM is the key only where the answer is not a modal, and only when
+it replies to the prompt or has a key's shape; anything else goes on to the agent, with a
+one-line note (once) that the request is still open. Where the key comes from a modal, a DM is
+never the key: a key-shaped one is the leak guard's case.
 """
 
 from __future__ import annotations
@@ -17,8 +26,9 @@ from bot.flows.base import (
     Refusal,
     Turn,
     button,
+    tag_buttons,
 )
-from core.chat import OPEN_DM_PAYLOAD, Button, Outcome, SecretRequest
+from core.chat import OPEN_DM_PAYLOAD, Button, MessageRef, Outcome, Reply, SecretRequest
 from core.config import ProviderSettings
 from core.errors import (
     IntakeError,
@@ -29,11 +39,16 @@ from core.errors import (
 )
 from core.flowstate import FlowState
 from core.intake import IntakePurpose, IntakeTicket
-from core.keys import check_shape, normalize
+from core.keys import check_shape, normalize, resembles_key
 from core.secret import Secret
 from core.tenants import TenantStatus, TenantView
 
 log = logging.getLogger("byokbot.flows.keys")
+
+# How the awaited key comes back (the ``answer`` of the state).
+ANSWER_MODAL = "modal"  # only from the form (Discord, Slack)
+ANSWER_REPLY = "reply"  # a DM replying to the prompt message (Telegram)
+ANSWER_FORM = "form"  # hidden input (the console)
 
 
 def provider_buttons(turn: Turn, purpose: IntakePurpose = IntakePurpose.ADD) -> list[list[Button]]:
@@ -105,14 +120,14 @@ async def start_intake(
         purpose=purpose,
         origin_chat_id=turn.chat.id,
     )
-    await s.flow_states.set(
-        turn.user.identity,
-        "keys",
-        "await_secret",
-        data={"ticket": ticket.id, "provider": provider.id},
-        ttl=s.intake.ttl,
-    )
     modal = turn.user.platform in MODAL_PLATFORMS
+    data: dict[str, object] = {
+        "ticket": ticket.id,
+        "provider": provider.id,
+        "answer": ANSWER_MODAL if modal else ANSWER_REPLY,
+    }
+    # Written before asking, so a restart right after the prompt still knows it is open.
+    await s.flow_states.set(turn.user.identity, "keys", "await_secret", data=data, ttl=s.intake.ttl)
     minutes = max(1, int(s.intake.ttl.total_seconds() // 60))
     prompt = (
         texts.KEY_ASK_PROMPT_MODAL.format(provider=provider.name)
@@ -128,7 +143,7 @@ async def start_intake(
         label=texts.KEY_ASK_LABEL.format(provider=provider.name),
     )
     reached = await turn.messenger.ask_secret(turn.event, request)
-    if not reached:
+    if reached is False:
         await s.intake.cancel_for(turn.user)
         await s.flow_states.clear(turn.user.identity)
         await turn.say(
@@ -136,23 +151,94 @@ async def start_intake(
             buttons=[[Button(texts.OPEN_DM_BUTTON, f"{OPEN_DM_PAYLOAD}:key")]],
         )
         return None
+    if not modal:
+        if isinstance(reached, MessageRef):
+            data["prompt"] = reached.id
+        else:
+            data["answer"] = ANSWER_FORM
+        await s.flow_states.set(
+            turn.user.identity, "keys", "await_secret", data=data, ttl=s.intake.ttl
+        )
+    if isinstance(reached, MessageRef):
+        # The prompt itself cannot carry a button (Telegram: ForceReply or a keyboard, not both).
+        await turn.messenger.send(
+            reached.chat,
+            Reply(
+                text=texts.KEY_CANCEL_HINT,
+                buttons=tag_buttons(
+                    [[button(texts.CANCEL_BUTTON, f"cancel:{ticket.id}")]], turn.user
+                ),
+            ),
+        )
     if not turn.chat.is_direct and not modal:
         await turn.say(texts.KEY_MOVED_TO_DM)
     return None
 
 
-def _attempts_text(left: int, provider: str, *, form: bool = False) -> str:
-    if left <= 0:
-        return texts.ATTEMPTS_NONE.format(provider=provider)
-    # Never "send it again" after a form: the key is only taken from the form.
-    return (texts.ATTEMPTS_LEFT_FORM if form else texts.ATTEMPTS_LEFT).format(n=left)
+def _answer_mode(turn: Turn, state: FlowState) -> str:
+    mode = state.data.get("answer")
+    if isinstance(mode, str):
+        return mode
+    # A state written before answer modes existed.
+    return ANSWER_MODAL if turn.user.platform in MODAL_PLATFORMS else ANSWER_REPLY
 
 
-async def _failed(turn: Turn, ticket: IntakeTicket) -> tuple[str, int]:
+def answers_prompt(turn: Turn, state: FlowState) -> bool:
+    """Whether a DM, while a key is awaited, is the key: a reply to the prompt, or key-shaped."""
+    mode = _answer_mode(turn, state)
+    if mode == ANSWER_MODAL:
+        return False  # only the form gives the key; a key-shaped DM is the leak guard's case
+    event = turn.event
+    prompt = state.data.get("prompt")
+    if event.reply_to is not None and (prompt is None or event.reply_to == str(prompt)):
+        return mode == ANSWER_REPLY
+    return looks_like_awaited_key(turn, state)
+
+
+def looks_like_awaited_key(turn: Turn, state: FlowState) -> bool:
+    """Whether a message has the shape of the key being awaited (or of any credential)."""
+    provider = turn.services.config.providers.get(str(state.data.get("provider", "")))
+    return resembles_key(turn.event.text, provider.key_shape if provider else "generic")
+
+
+async def note_still_open(turn: Turn, state: FlowState) -> None:
+    """Tell the person, once, that their key request is still open and how to answer it."""
+    mode = _answer_mode(turn, state)
+    if mode == ANSWER_MODAL or state.data.get("noted"):
+        return
+    s = turn.services
+    provider = s.config.providers.get(str(state.data.get("provider", "")))
+    name = provider.name if provider else str(state.data.get("provider", ""))
+    template = texts.KEY_STILL_OPEN_REPLY if mode == ANSWER_REPLY else texts.KEY_STILL_OPEN
+    if state.expires_at is not None:
+        left = state.expires_at - s.clock.now()
+        if left.total_seconds() > 0:
+            await s.flow_states.set(
+                turn.user.identity,
+                state.flow,
+                state.step,
+                data={**state.data, "noted": True},
+                ttl=left,
+            )
+    await turn.say(template.format(provider=name))
+
+
+def _attempts_left(turn: Turn, left: int) -> str:
+    # A form shows the error beside the field (or offers to reopen it): no "send it again".
+    template = texts.ATTEMPTS_LEFT_FORM if turn.event.via_modal else texts.ATTEMPTS_LEFT
+    return template.format(n=left)
+
+
+def _attempts_text(turn: Turn, left: int, provider: str) -> str:
+    return _attempts_left(turn, left) if left > 0 else texts.ATTEMPTS_NONE.format(provider=provider)
+
+
+async def _failed(turn: Turn, ticket: IntakeTicket) -> tuple[str, bool]:
+    """Count a refused attempt: the words for what is left, and whether a try is left."""
     left = await turn.services.intake.failed_attempt(ticket)
     if left == 0:
         await turn.services.flow_states.clear(turn.user.identity)
-    return _attempts_text(left, ticket.provider, form=turn.event.via_modal), left
+    return _attempts_text(turn, left, ticket.provider), left > 0
 
 
 def _intake_refusal(exc: IntakeError, provider: str | None) -> Refusal:
@@ -182,41 +268,40 @@ async def _accept(turn: Turn, ticket: IntakeTicket, secret: Secret, note: str = 
     try:
         check_shape(provider.key_shape, key)
     except KeyShapeError as exc:
-        left, n = await _failed(turn, ticket)
+        left, retry = await _failed(turn, ticket)
         raise Refusal(
             prefix
             + texts.KEY_BAD_SHAPE.format(
                 provider=provider.name, reason=exc.reason, attempts_left=left
             ),
             sensitive=True,
-            retry=n > 0,
+            secret_retry=retry,
         ) from None
     models: list[str] = []
     if s.config.core.verify_keys_live and s.verify_key is not None:
         try:
             models = list(await s.verify_key(provider.id, key))
         except KeyRejected as exc:
-            left, n = await _failed(turn, ticket)
+            left, retry = await _failed(turn, ticket)
             raise Refusal(
                 prefix
                 + texts.KEY_REJECTED_LIVE.format(
                     provider=provider.name, reason=exc.reason, attempts_left=left
                 ),
                 sensitive=True,
-                retry=n > 0,
+                secret_retry=retry,
             ) from None
         except KeyCheckFailed as exc:
             # Not the person's fault: no attempt is counted.
-            n = s.intake.max_attempts - ticket.attempts
             raise Refusal(
                 prefix
                 + texts.KEY_CHECK_FAILED.format(
                     provider=provider.name,
                     reason=exc.reason,
-                    attempts_left=_attempts_text(n, provider.id, form=turn.event.via_modal),
+                    attempts_left=_attempts_left(turn, s.intake.max_attempts - ticket.attempts),
                 ),
                 sensitive=True,
-                retry=n > 0,
+                secret_retry=True,
             ) from None
     await s.intake.consume(ticket)
     info = await s.credentials.store(
@@ -250,8 +335,27 @@ async def on_secret_event(turn: Turn) -> Outcome | None:
     return None
 
 
+async def on_secret_cancelled(turn: Turn) -> Outcome | None:
+    """The person closed the form without saving: the request it was opened for ends."""
+    s = turn.services
+    token = turn.event.intake_token
+    if not token or turn.tenant is None:
+        return None
+    try:
+        ticket = await s.intake.by_token(token, turn.user, tenant_id=turn.tenant.id)
+    except IntakeError:
+        return None  # that request had already ended (used, expired, replaced): nothing to say
+    cancelled = await s.intake.cancel(ticket.id)
+    state = await s.flow_states.get(turn.user.identity)
+    if state is not None and state.flow == "keys" and state.data.get("ticket") == ticket.id:
+        await s.flow_states.clear(turn.user.identity)
+    if cancelled:
+        await turn.say(texts.KEY_REQUEST_CANCELLED, sensitive=True)
+    return None
+
+
 async def on_dm_secret(turn: Turn, state: FlowState) -> Outcome | None:
-    """A DM message while a key is awaited: it is the key. Delete it the moment it is read."""
+    """The awaited key, as a DM (see ``answers_prompt``). Delete it the moment it is read."""
     s = turn.services
     secret = Secret(turn.event.text)
     note = ""

@@ -37,6 +37,7 @@ class FakeMessenger:
     sent: list[Sent] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)
     secret_requests: list[tuple[Event, SecretRequest]] = field(default_factory=list)
+    prompts: list[MessageRef] = field(default_factory=list)
     typing_in: list[str] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -65,10 +66,15 @@ class FakeMessenger:
     async def open_dm(self, user: UserRef) -> ChatRef | None:
         return self.dm(user) if self.can_dm else None
 
-    async def ask_secret(self, event: Event, request: SecretRequest) -> bool:
+    async def ask_secret(self, event: Event, request: SecretRequest) -> MessageRef | bool:
         if not self.can_dm and self.platform in (Platform.TELEGRAM, Platform.CONSOLE):
             return False
         self.secret_requests.append((event, request))
+        if self.platform is Platform.TELEGRAM:
+            # As on Telegram: a ForceReply prompt in the DM, answered by replying to it.
+            ref = MessageRef(self.dm(event.user), str(next(self._ids)))
+            self.prompts.append(ref)
+            return ref
         return True
 
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
