@@ -286,6 +286,12 @@ ADMIN_ROTATE_ENV = (
     "The master key comes from an environment variable, so it can't be rotated from chat: "
     "add the new version to {env} and run byokbot master-key rotate."
 )
+CLI_UNDELIVERED = (
+    "{count} notice(s) could not be delivered from the command line ({where}): console chats "
+    "live in their own byokbot chat, and a platform that is not enabled here cannot send; "
+    "send it from a chat with /admin instead"
+)
+ADMIN_NOTICE_SENT = " The tenant was told in {sent} of {total} chats."
 TENANT_SUSPENDED_NOTICE = "An operator has suspended your account{reason}."
 TENANT_RESUMED_NOTICE = "Your account has been resumed. Welcome back!"
 
