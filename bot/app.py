@@ -228,8 +228,16 @@ class App:
             budget=self.budget,
             tokens=self.proxy_tokens,
         )
-        await self.proxy_server.start()
-        log.info("metering proxy listening on %s", self.config.proxy.url)
+        settings = self.config.proxy
+        try:
+            await self.proxy_server.start()
+        except OSError as exc:
+            self.proxy_server = None
+            raise ConfigError(
+                f"{self.config.source}: [proxy] cannot listen on {settings.host}:{settings.port}"
+                f" ({exc.strerror or type(exc).__name__})"
+            ) from None
+        log.info("metering proxy listening on %s", settings.url)
 
     async def _revoke_proxy_access(self, tenant_id: str, actor: str) -> None:
         await self.proxy_access.revoke(tenant_id, actor=actor)
@@ -314,21 +322,15 @@ class App:
             raise StartupError(
                 "a master key rotation holds the database; start again when it has finished"
             )
+        if self.config.proxy.enabled and self.proxy_server is None:
+            # Before any adapter: a managed tenant's first message needs it listening.
+            await self.start_proxy()
         self.adapters = adapters
         messengers = self.services.messengers
         assert isinstance(messengers, dict)  # noqa: S101 - built as a dict in open()
         for adapter in self.adapters:
             messengers[adapter.platform] = adapter.messenger
-        services = self.services
-        self.scheduler = Scheduler(
-            [
-                Job(
-                    "expire-intake",
-                    30,
-                    lambda: expire_intake_sessions(services.intake, services.flow_states),
-                ),
-            ]
-        )
+        self.scheduler = Scheduler(self.jobs())
         self.scheduler.start()
         for adapter in self.adapters:
             await self._start_adapter(adapter)
@@ -378,6 +380,29 @@ class App:
             await self._guarded(adapter, adapter.open_for_sending())
             messengers[adapter.platform] = adapter.messenger
         return cannot
+
+    def jobs(self) -> list[Job]:
+        """The recurring jobs of a running bot; each is awaited in this event loop."""
+        services, config = self.services, self.config
+
+        async def expire_intake() -> None:
+            await expire_intake_sessions(services.intake, services.flow_states)
+
+        jobs = [Job("expire-intake", config.core.intake_sweep_interval_seconds, expire_intake)]
+        if self.supervisor is not None:
+            jobs.append(
+                Job(
+                    "stop-idle-agents",
+                    config.agent.idle_check_interval_seconds,
+                    self.supervisor.idle_job,
+                )
+            )
+        if self.proxy_server is not None:
+            # The same jobs ``byokbot proxy`` runs on its own (both are idempotent).
+            every = config.proxy.sweep_interval_seconds
+            jobs.append(Job("sweep-reservations", every, self.budget.sweep_orphans))
+            jobs.append(Job("roll-budget-month", every, self.budget.reset_month))
+        return jobs
 
     async def stop(self) -> None:
         """Stop adapters and jobs and close storage; safe to call more than once."""

@@ -76,6 +76,10 @@ PLAN_CHANGED = (
     "Done — you're now on the {plan} plan. Your keys, conversations and settings are kept."
 )
 PLAN_UNKNOWN = "There's no plan called “{plan}”. Available: {plans}."
+PLAN_MANAGED_OFF = (
+    "The {plan} plan isn't available on this server: the operator hasn't enabled it. "
+    "You can use your own API key instead — send /plan {byok}."
+)
 SIGNED_UP = "Welcome aboard — you're on the {plan} plan."
 BYOK_NEEDS_KEY = "The {plan} plan runs on your own key. Which provider is it from?"
 MANAGED_READY = "You're all set: just write to me and your agent will answer."
@@ -227,6 +231,18 @@ AGENT_UNAVAILABLE = {
     "protocol": "Your agent sent something I couldn't understand. An operator has been told; please try again later.",
     "bad_response": "Your provider sent a reply I couldn't read. Please try again.",
     "deleted": "This account has been erased. Send /start to set up a new agent.",
+}
+# A managed tenant's agent talks to our metering proxy with our keys: when that path fails,
+# the problem is ours, never the person's provider or key.
+AGENT_UNAVAILABLE_MANAGED = {
+    "network": "Sorry — our managed service can't be reached right now. The problem is on our side, not yours; please try again in a minute.",
+    "timeout": "Sorry — our managed service took too long to answer. The problem is on our side; please try again.",
+    "overloaded": "Sorry — our managed service is having trouble right now. The problem is on our side, not yours; please try again in a minute, and tell an operator if it keeps happening.",
+    "invalid_key": "Sorry — our managed service couldn't authorise that request. The problem is on our side, not with your account; please send your message again.",
+    "out_of_credit": "Sorry — our managed service can't answer right now. The problem is on our side (not your allowance); an operator has to fix it, so please try again later.",
+    "bad_response": "Sorry — our managed service sent a reply I couldn't read. The problem is on our side; please try again.",
+    "model_not_found": "Sorry — the model {model} isn't available on our managed service right now (a problem on our side). Pick another with /model.",
+    "rate_limited": "You're sending requests faster than your plan allows. Please try again {retry}.",
 }
 AGENT_GENERIC = "Your agent couldn't answer ({reason}). Please try again."
 STOPPED = "Stopped."

@@ -133,12 +133,17 @@ def test_documented_section_parses_to_the_defaults() -> None:
 
 def test_build_takes_choices_from_the_configuration() -> None:
     from core.config import Config
+    from core.proxy.config import ProxySettings
 
     adapter = build(settings(), {"DISCORD_BOT_TOKEN": "tok"}, config=Config())
     assert adapter is not None
     catalog = adapter._catalog
     assert catalog.providers == ("anthropic", "openai", "moonshot")
-    assert catalog.plans == ("byok", "managed")
+    assert catalog.plans == ("byok",)  # managed only with the metering proxy on
+    on = build(
+        settings(), {"DISCORD_BOT_TOKEN": "tok"}, config=Config(proxy=ProxySettings(enabled=True))
+    )
+    assert on is not None and on._catalog.plans == ("byok", "managed")
     assert catalog.models == (
         "claude-sonnet-4-5",
         "gpt-4.1-mini",

@@ -250,7 +250,7 @@ async def test_closing_the_key_modal_ends_the_request_for_that_person(
     await fake.envelope("interactive", closed, accepts_response_payload=True)
     await adapter.drain()
     event = bot.events[-1]
-    assert (event.kind, event.command) == (EventKind.COMMAND, "cancel")
+    assert event.kind is EventKind.SECRET_CANCELLED
     assert event.user.id == "UALICE" and event.chat.id == "DUALICE"
     assert event.intake_token == "intake-token-123"
 

@@ -99,7 +99,9 @@ def catalog_from_config(config: Config) -> CommandCatalog:
         for model in plan.models:
             models.setdefault(model, None)
     return CommandCatalog(
-        providers=tuple(config.providers), plans=tuple(config.plans), models=tuple(models)
+        providers=tuple(config.providers),
+        plans=tuple(p.id for p in config.offered_plans),
+        models=tuple(models),
     )
 
 

@@ -216,7 +216,7 @@ class SlackAdapter:
         cfg = self.config
         if cfg.bot_token is None:
             raise SlackStartError(f"a Slack token is missing: {cfg.bot_token_env}")
-        self._client = self._web_client(cfg.bot_token.reveal())
+        self._client = self._point(AsyncWebClient(token=cfg.bot_token.reveal(), logger=_sdk_log))
         try:
             auth = await self._client.auth_test()
         except SlackApiError as exc:

@@ -274,8 +274,8 @@ def secret_event(body: Mapping[str, Any], *, chat: ChatRef) -> Event | None:
 def secret_closed_event(body: Mapping[str, Any], *, chat: ChatRef) -> Event | None:
     """A ``view_closed`` of the key modal: the person dropped the request without saving.
 
-    It becomes that person's ``/cancel`` (carrying the modal's intake token), so the intake
-    ends and their next DM is an ordinary message again.
+    It becomes the core's ``SECRET_CANCELLED`` for the modal's intake token: that request ends
+    (and only that one) and the person's next DM is an ordinary message again.
     """
     view = body.get("view") or {}
     if view.get("callback_id") != SECRET_CALLBACK:
@@ -283,11 +283,9 @@ def secret_closed_event(body: Mapping[str, Any], *, chat: ChatRef) -> Event | No
     meta = parse_metadata(str(view.get("private_metadata", "")))
     user = body.get("user") or {}
     return Event(
-        kind=EventKind.COMMAND,
+        kind=EventKind.SECRET_CANCELLED,
         user=_user(str(user.get("id", "")), str(user.get("username") or "")),
         chat=chat,
-        text="/cancel",
-        command="cancel",
         intake_token=meta.get("t", ""),
         event_id=f"view_closed:{view.get('id', '')}",
     )
