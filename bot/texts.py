@@ -139,6 +139,8 @@ KEY_ASK_PROMPT = (
 KEY_ASK_PROMPT_MODAL = (
     "Paste your {provider} API key. It is encrypted at rest and never shown in chat."
 )
+# A form field's label: Discord cuts labels at 45 characters.
+KEY_ASK_LABEL = "{provider} API key"
 KEY_MOVED_TO_DM = (
     "I've sent you a private message to collect the key — keys never belong in a group."
 )

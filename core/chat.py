@@ -153,7 +153,8 @@ class SecretRequest:
 
     ``token`` is the intake session's one-time token; adapters carry it inside the form (modal
     custom id) and return it in the SECRET event; it is not a secret on its own (useless
-    without the bound user) but is never shown in chat.
+    without the bound user) but is never shown in chat. ``label`` is the form field's short
+    name (Discord allows 45 characters); without it adapters use ``title``.
     """
 
     token: str = field(repr=False)
@@ -161,6 +162,7 @@ class SecretRequest:
     title: str
     prompt: str
     expires_at: datetime
+    label: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -441,26 +441,43 @@ def to_view(buttons: Sequence[Sequence[Button]], *, bot_id: str = "") -> StaticV
 
 def secret_button(request: SecretRequest) -> StaticView:
     """One button that opens the key form, for when no interaction can show it directly."""
+    return form_button(request.token, request.title)
+
+
+def form_button(token: str, label: str) -> StaticView:
+    """A button that opens the key form of intake ``token`` (first time or again)."""
     view = StaticView(timeout=None)
     view.add_item(
         discord.ui.Button(
-            label=_truncate(request.title, 80),
-            custom_id=OPEN_SECRET_PREFIX + request.token,
+            label=_truncate(label, 80),
+            custom_id=OPEN_SECRET_PREFIX + token,
             style=discord.ButtonStyle.primary,
         )
     )
     return view
 
 
-def secret_modal(token: str, *, title: str, prompt: str) -> SecretModal:
-    """The modal with one short text input; the intake token rides in its custom id."""
-    modal = SecretModal(title=_truncate(title, 45), custom_id=MODAL_PREFIX + token, timeout=None)
+# Discord's limits for a modal: title and field label 45 characters, placeholder 100.
+MODAL_TITLE_LIMIT: Final = 45
+FIELD_LABEL_LIMIT: Final = 45
+PLACEHOLDER_LIMIT: Final = 100
+
+
+def secret_modal(token: str, *, title: str, prompt: str, label: str = "") -> SecretModal:
+    """The modal with one short text input; the intake token rides in its custom id.
+
+    The field is labelled ``label`` (else ``title``) and the prompt is its placeholder; the
+    texts are written to fit, cutting is only the last resort for operator-named providers.
+    """
+    modal = SecretModal(
+        title=_truncate(title, MODAL_TITLE_LIMIT), custom_id=MODAL_PREFIX + token, timeout=None
+    )
     modal.add_item(
         discord.ui.TextInput(
-            label=_truncate(prompt, 45),
+            label=_truncate(label or title, FIELD_LABEL_LIMIT),
             custom_id=SECRET_FIELD,
             style=discord.TextStyle.short,
-            placeholder=_truncate(prompt, 100) if len(prompt) > 45 else None,
+            placeholder=_truncate(prompt, PLACEHOLDER_LIMIT) if prompt else None,
             required=True,
             min_length=1,
             max_length=4000,
