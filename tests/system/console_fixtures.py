@@ -2,8 +2,11 @@
 
 ``TerminalPerson`` starts the real console script with a pty's slave side as its controlling
 terminal (stdin, stdout and stderr), types on the master side as a keyboard does, and records
-everything the terminal would show (the master side) into a transcript under the work dir's
-output folder, so the canary scan covers the screen too. Nothing here imports the program.
+everything the terminal was sent (the master side) into a transcript under the work dir's
+output folder, so the canary scan covers the screen too. ``text()`` is that output as a person
+reads it, through a VT100 emulator (pyte): the console redraws its input row and writes a
+streaming reply above it, so only an emulated screen shows what a person sees. Nothing here
+imports the program.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pyte
 
 from tests.system.harness import BotProcess, Workspace, byokbot_command
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[78]|\r")
+
+def _row(line: dict[int, Any], columns: int) -> str:
+    return "".join(line[x].data for x in range(columns)).rstrip()
 
 
 def _controlling_tty() -> None:
@@ -38,7 +46,17 @@ class TerminalPerson:
     bot: BotProcess
     master: int
     transcript: Path
+    columns: int = 100
+    rows: int = 40
     _seen: bytearray = field(default_factory=bytearray)
+    _before: str = ""
+    _fed: int = 0
+    _screen: pyte.HistoryScreen = field(init=False)
+    _stream: pyte.ByteStream = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._screen = pyte.HistoryScreen(self.columns, self.rows, history=100_000, ratio=0.5)
+        self._stream = pyte.ByteStream(self._screen)
 
     @classmethod
     async def start(
@@ -62,13 +80,13 @@ class TerminalPerson:
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
-                preexec_fn=_controlling_tty,  # noqa: PLW1509 - setsid + TIOCSCTTY before exec
+                preexec_fn=_controlling_tty,
             )
         finally:
             os.close(slave)
         bot = BotProcess(proc, transcript, empty)
         ws.processes.append(bot)
-        person = cls(bot, master, transcript)
+        person = cls(bot, master, transcript, columns, rows)
         os.set_blocking(master, False)
         asyncio.get_running_loop().add_reader(master, person._drain)
         return person
@@ -89,21 +107,26 @@ class TerminalPerson:
             f.write(data)
 
     def screen(self) -> str:
-        """Everything shown so far, escape sequences and all."""
+        """Every byte shown so far, escape sequences and all."""
         return self._seen.decode(errors="replace")
 
     def text(self) -> str:
-        """What was shown, without cursor and erase sequences."""
-        return ANSI.sub("", self.screen())
+        """The screen as a person reads it (scrolled-off lines first), from a VT emulator."""
+        self._stream.feed(self._fed_to(len(self._seen)))
+        lines = [_row(line, self._screen.columns) for line in self._screen.history.top]
+        lines += [line.rstrip() for line in self._screen.display]
+        while lines and not lines[-1]:
+            lines.pop()
+        return "\n".join(lines)
 
-    def mark(self) -> int:
-        return len(self._seen)
-
-    def since(self, mark: int) -> str:
-        return ANSI.sub("", self._seen[mark:].decode(errors="replace"))
+    def _fed_to(self, end: int) -> bytes:
+        chunk = bytes(self._seen[self._fed : end])
+        self._fed = end
+        return chunk
 
     async def type(self, keys: str, *, chunk: int = 512) -> None:
         """Type (or paste) ``keys`` on the keyboard; long input goes in terminal-sized pieces."""
+        self._before = self.text()
         data = keys.encode()
         deadline = time.monotonic() + 20
         while data:
@@ -120,18 +143,19 @@ class TerminalPerson:
     async def line(self, text: str) -> None:
         await self.type(text + "\r")
 
-    async def wait_text(self, pattern: str, *, after: int = 0, within: float = 20.0) -> str:
+    async def wait_text(self, pattern: str, *, within: float = 20.0, new: bool = False) -> str:
+        """Wait until ``pattern`` is on the screen (``new``: once more than before the last keys)."""
         rx = re.compile(pattern)
+        seen = len(rx.findall(self._before)) if new else 0
         deadline = time.monotonic() + within
         while True:
-            shown = self.since(after)
-            if rx.search(shown):
+            shown = self.text()
+            if len(rx.findall(shown)) > seen:
                 return shown
             if self.bot.returncode is not None:
                 await asyncio.sleep(0.1)  # what it printed last
-                shown = self.since(after)
-                if rx.search(shown):
-                    return shown
+                if len(rx.findall(self.text())) > seen:
+                    return self.text()
                 raise AssertionError(
                     f"byokbot exited ({self.bot.returncode}) before {pattern!r}:\n{self.text()}"
                 )
@@ -139,12 +163,16 @@ class TerminalPerson:
                 raise AssertionError(f"no {pattern!r} within {within}s; the screen:\n{self.text()}")
             await asyncio.sleep(0.05)
 
+    async def expect(self, pattern: str, *, within: float = 20.0) -> str:
+        """Wait for ``pattern`` to appear once more than it did when the person last typed."""
+        return await self.wait_text(pattern, within=within, new=True)
+
     async def exit_code(self, within: float = 5.0) -> int:
         return await self.bot.wait(within)
 
-    def choice(self, label: str, *, after: int = 0) -> str:
+    def choice(self, label: str) -> str:
         """The number the console shows before a button ``label`` (``[2] BYOK``)."""
-        found = re.findall(rf"\[(\d+)\] {re.escape(label)}", self.since(after))
+        found = re.findall(rf"\[(\d+)\] {re.escape(label)}", self.text())
         if not found:
             raise AssertionError(f"no button {label!r} on the screen:\n{self.text()}")
         return str(found[-1])

@@ -19,8 +19,8 @@ from tests.system.console_fixtures import TerminalPerson
 from tests.system.harness import CanaryScan, Workspace, eventually
 
 CTRL_C = "\x03"
-PROMPT = r"you> "
-HIDDEN = r"Your Anthropic API key \(hidden\): "
+PROMPT = r"you>"
+HIDDEN = r"Your Anthropic API key \(hidden\):"
 
 
 @pytest.fixture
@@ -35,25 +35,18 @@ async def person(ws: Workspace) -> AsyncIterator[TerminalPerson]:
 async def sign_up(person: TerminalPerson) -> None:
     """/start, the BYOK plan and Anthropic: up to the hidden key prompt."""
     await person.wait_text(PROMPT)
-    mark = person.mark()
     await person.line("/start")
-    await person.wait_text(r"\[\d+\] BYOK.*\n(.*\n)*.*type a number", after=mark)
-    byok = person.choice("BYOK", after=mark)
-    mark = person.mark()
-    await person.line(byok)
-    await person.wait_text(r"\[\d+\] Anthropic", after=mark)
-    anthropic = person.choice("Anthropic", after=mark)
-    mark = person.mark()
-    await person.line(anthropic)
-    await person.wait_text(HIDDEN, after=mark)
+    await person.expect(r"\[\d+\] BYOK(.|\n)*type a number")
+    await person.line(person.choice("BYOK"))
+    await person.expect(r"\[\d+\] Anthropic")
+    await person.line(person.choice("Anthropic"))
+    await person.expect(HIDDEN)
 
 
 async def with_key(person: TerminalPerson, key: str) -> None:
     await sign_up(person)
-    mark = person.mark()
     await person.line(key)
-    await person.wait_text(r"Key saved: sk-ant-…", after=mark)
-    await person.wait_text(PROMPT, after=mark)
+    await person.expect(r"Key saved: sk-ant-…")
 
 
 async def test_every_key_prompt_hides_what_is_typed_the_retry_too(
@@ -64,17 +57,27 @@ async def test_every_key_prompt_hides_what_is_typed_the_retry_too(
     canaries.add(refused, good)
     llm.valid_keys = {good}
     await sign_up(person)
-    mark = person.mark()
     await person.line(refused)
-    await person.wait_text(r"Anthropic refused that key", after=mark)
+    await person.expect(r"Anthropic refused that key")
     # The retry is asked for again at a hidden prompt, not at ``you>``.
-    await person.wait_text(HIDDEN, after=mark)
-    mark = person.mark()
+    shown = await person.expect(HIDDEN)
+    assert shown.rstrip().endswith("(hidden):"), shown
     await person.line(good)
-    await person.wait_text(r"Key saved: sk-ant-…", after=mark)
+    await person.expect(r"Key saved: sk-ant-…")
     screen = person.screen()
     assert refused not in screen and good not in screen, person.text()
-    assert good in llm.keys("anthropic")  # the live check carried the retried key
+    assert good in [r.key for r in llm.requests]  # the live check carried the retried key
+
+
+async def test_enter_on_an_empty_key_prompt_cancels_the_request(
+    person: TerminalPerson, llm: FakeLLMServer
+) -> None:
+    await sign_up(person)
+    await person.line("")
+    await person.expect(r"Key request cancelled — nothing was saved")
+    await person.line("hello")
+    await person.expect(r"no API key to use")
+    assert llm.requests == []  # nothing was checked as a key, nothing reached an agent
 
 
 async def test_ctrl_c_quits_at_once_at_the_prompt(person: TerminalPerson) -> None:
@@ -103,6 +106,12 @@ async def test_ctrl_c_quits_at_once_while_a_reply_streams(
     assert await person.exit_code(within=5) == 130
 
 
+async def test_ctrl_d_on_an_empty_line_ends_the_chat(person: TerminalPerson) -> None:
+    await person.wait_text(PROMPT)
+    await person.type("\x04")
+    assert await person.exit_code(within=5) == 0
+
+
 async def test_stop_cancels_a_reply_while_it_streams(
     person: TerminalPerson, llm: FakeLLMServer, canaries: CanaryScan
 ) -> None:
@@ -111,20 +120,18 @@ async def test_stop_cancels_a_reply_while_it_streams(
     canaries.add(key)
     await with_key(person, key)
     llm.gate = asyncio.Event()
-    mark = person.mark()
     await person.line("tell me a long story")
     await asyncio.wait_for(llm.mid_stream.wait(), 20)
-    await person.wait_text(r"echo: ", after=mark)
+    await person.expect(r"echo:")
     await person.line("/stop")
-    await person.wait_text(r"Stopped\.", after=mark, within=10)
+    await person.expect(r"Stopped\.", within=10)
     llm.gate.set()  # the provider would go on; the stopped reply must not
     await eventually(lambda: llm.disconnects >= 1, within=10, message="the stream was not cut")
     await asyncio.sleep(0.3)
-    assert "echo: tell" not in person.since(mark)
+    assert "echo: tell" not in person.text()
     llm.gate = None
-    mark = person.mark()
     await person.line("and now?")
-    await person.wait_text(r"echo: and now\?", after=mark)
+    await person.expect(r"echo: and now\?")
 
 
 def _length_reply(messages: list[dict[str, Any]]) -> str:
@@ -149,10 +156,8 @@ async def test_a_long_paste_arrives_whole(
     person = await TerminalPerson.start(ws, "chat")
     try:
         await with_key(person, key)
-        text = _paste(length)
-        mark = person.mark()
-        await person.line(text)
-        await person.wait_text(rf"got {len(text)} characters", after=mark, within=20)
+        await person.line(_paste(length))
+        await person.expect(rf"got {length} characters", within=20)
     finally:
         person.close()
 
@@ -167,9 +172,8 @@ async def test_a_paste_over_the_limit_is_refused_with_its_length(
     try:
         await with_key(person, key)
         before = len(llm.keys())
-        mark = person.mark()
         await person.line(_paste(5000))
-        await person.wait_text(r"too long for me \(5000 characters; the limit is 4500\)", after=mark)
+        await person.expect(r"too long for me \(5000 characters; the limit is 4500\)")
         assert len(llm.keys()) == before  # nothing went to the agent
     finally:
         person.close()
@@ -185,12 +189,10 @@ async def test_run_without_a_platform_is_the_same_console(
     person = await TerminalPerson.start(ws, "run")
     try:
         await sign_up(person)
-        mark = person.mark()
         await person.line(refused)
-        await person.wait_text(HIDDEN, after=mark)
+        await person.expect(HIDDEN)
         await person.line(good)
-        await person.wait_text(r"Key saved: sk-ant-…", after=mark)
-        await person.wait_text(PROMPT, after=mark)
+        await person.expect(r"Key saved: sk-ant-…")
         await person.type(CTRL_C)
         assert await person.exit_code(within=5) == 130
     finally:
