@@ -37,7 +37,8 @@ EPILOG = (
     "Exit status: 0 on success; 1 when something outside the configuration failed (a "
     "service is unreachable, another process holds the bot or the database, an admin "
     "command was refused or a notice could not be delivered); 2 for a configuration "
-    "problem (the file, a variable it names, the master key). Errors are one line on "
+    "problem (the file, a variable it names, the master key); 130 when stopped with "
+    "Ctrl-C (SIGTERM stops with 0). Errors are one line on "
     "stderr: 'byokbot: error: ...'."
 )
 
