@@ -70,7 +70,9 @@ class ConsoleAdapter:
     ) -> None:
         stdin = stdin or sys.stdin
         stdout = stdout or sys.stdout
-        self._terminal = _is_terminal(stdin) and _is_terminal(stdout)
+        # Keyed on the input alone: a terminal's echo must be ours to switch off even when the
+        # output is redirected, or a key typed at the prompt would show.
+        self._terminal = _is_terminal(stdin)
         self._io: Input = (
             TerminalInput(stdin, stdout) if self._terminal else LineInput(stdin, stdout)
         )

@@ -104,6 +104,8 @@ async def test_ctrl_c_quits_at_once_while_a_reply_streams(
     await asyncio.wait_for(llm.mid_stream.wait(), 20)
     await person.type(CTRL_C)
     assert await person.exit_code(within=5) == 130
+    # The terminal's SIGINT reaches the whole foreground group: the agent must not die of it.
+    assert "stopped unexpectedly" not in person.text(), person.text()
 
 
 async def test_ctrl_d_on_an_empty_line_ends_the_chat(person: TerminalPerson) -> None:
