@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from bot import texts
 from core.chat import (
     ChatRef,
     Event,
@@ -23,6 +24,7 @@ from core.errors import ConfigError, CoreError, StartupError
 from core.logs import configure_logging
 
 CLI_OPERATOR = UserRef(Platform.CONSOLE, "cli", "operator")
+INTERRUPTED = 130  # the exit code of a program stopped by Ctrl-C (128 + SIGINT)
 
 
 # Plain text: argparse prints these as they are (the module docstring is reStructuredText).
@@ -35,7 +37,8 @@ EPILOG = (
     "Exit status: 0 on success; 1 when something outside the configuration failed (a "
     "service is unreachable, another process holds the bot or the database, an admin "
     "command was refused or a notice could not be delivered); 2 for a configuration "
-    "problem (the file, a variable it names, the master key). Errors are one line on "
+    "problem (the file, a variable it names, the master key); 130 when stopped with "
+    "Ctrl-C (SIGTERM stops with 0). Errors are one line on "
     "stderr: 'byokbot: error: ...'."
 )
 
@@ -74,17 +77,25 @@ async def _serve(config: Config, *, console_only: bool) -> int:
     console = ConsoleAdapter() if console_only or not any_platform else None
     app = App(config, console=console, platforms=not console_only)
     stop = asyncio.Event()
+    signals: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signals.append(sig)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         await app.start()
         if app.console is not None:
-            print("byokbot console — type /start to begin, /help for commands, Ctrl-D to quit.")
+            app.console.notice(texts.CONSOLE_BANNER)
         await app.run_until_stopped(stop)
     finally:
         await app.stop()
-    return 0
+    # Ctrl-C (SIGINT) always exits 130, as a shell expects of an interrupted program; a
+    # requested stop (SIGTERM) and the end of input are a normal exit, 0.
+    return INTERRUPTED if signal.SIGINT in signals else 0
 
 
 async def _proxy(config: Config) -> int:
@@ -298,5 +309,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CoreError) as exc:  # the file, a variable it names, the master key
         print(f"byokbot: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        return INTERRUPTED

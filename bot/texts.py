@@ -23,6 +23,9 @@ class Counted:
 
 # -- general -----------------------------------------------------------------------------
 
+CONSOLE_BANNER = (
+    "byokbot console — type /start to begin, /help for commands, Ctrl-D or Ctrl-C to quit."
+)
 OOPS = (
     "Sorry — something went wrong on our side while handling that. Nothing was lost; "
     "please try again in a moment."
@@ -135,6 +138,10 @@ KEY_ASK_TITLE = "Your {provider} API key"
 KEY_ASK_PROMPT = (
     "Paste your {provider} API key as a reply to this message. I'll delete your message "
     "the moment I've read it and keep the key encrypted. This request expires in {minutes} minutes."
+)
+KEY_ASK_PROMPT_HIDDEN = (
+    "Paste your {provider} API key at the hidden prompt below — nothing you type is shown. "
+    "Press Enter on an empty line to cancel. This request expires in {minutes} minutes."
 )
 KEY_ASK_PROMPT_MODAL = (
     "Paste your {provider} API key. It is encrypted at rest and never shown in chat."

@@ -39,6 +39,8 @@ log = logging.getLogger("byokbot.flows")
 EPHEMERAL_PLATFORMS = frozenset({Platform.DISCORD, Platform.SLACK})
 # Platforms with a private form (modal) that can be opened from a shared channel.
 MODAL_PLATFORMS = frozenset({Platform.DISCORD, Platform.SLACK})
+# Platforms whose private form is hidden input in place (the console's no-echo prompt).
+HIDDEN_INPUT_PLATFORMS = frozenset({Platform.CONSOLE})
 
 
 class KeyVerifier(Protocol):

@@ -20,6 +20,7 @@ import logging
 from bot import texts
 from bot.flows.base import (
     EPHEMERAL_PLATFORMS,
+    HIDDEN_INPUT_PLATFORMS,
     MODAL_PLATFORMS,
     KeyCheckFailed,
     KeyRejected,
@@ -129,11 +130,12 @@ async def start_intake(
     # Written before asking, so a restart right after the prompt still knows it is open.
     await s.flow_states.set(turn.user.identity, "keys", "await_secret", data=data, ttl=s.intake.ttl)
     minutes = max(1, int(s.intake.ttl.total_seconds() // 60))
-    prompt = (
-        texts.KEY_ASK_PROMPT_MODAL.format(provider=provider.name)
-        if modal
-        else texts.KEY_ASK_PROMPT.format(provider=provider.name, minutes=minutes)
-    )
+    if modal:
+        prompt = texts.KEY_ASK_PROMPT_MODAL.format(provider=provider.name)
+    elif turn.user.platform in HIDDEN_INPUT_PLATFORMS:
+        prompt = texts.KEY_ASK_PROMPT_HIDDEN.format(provider=provider.name, minutes=minutes)
+    else:
+        prompt = texts.KEY_ASK_PROMPT.format(provider=provider.name, minutes=minutes)
     request = SecretRequest(
         token=token,
         provider=provider.id,

@@ -22,6 +22,7 @@ import functools
 import importlib
 import os
 import resource
+import signal
 import socket
 import ssl
 import sys
@@ -337,6 +338,10 @@ def probe_template() -> None:
 
 def run_forked(sock: socket.socket) -> None:
     """Fork-server target: serve the protocol on ``sock`` and exit with its status."""
+    # A forked agent shares the bot's process group, so Ctrl-C in the operator's terminal
+    # reaches it too and would kill it mid-reply while the bot shuts down. Its supervisor
+    # stops it (input closed, then killed), never a signal from the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     code = asyncio.run(_serve_socket(sock))
     sys.exit(code)
 
