@@ -24,6 +24,7 @@ from core.chat import Platform
 from core.config import Config
 from core.credentials import Credentials
 from core.db import Database, upgrade
+from core.dedup import DatabaseDeduplicator
 from core.errors import ConfigError
 from core.flowstate import FlowStates
 from core.intake import Intake
@@ -81,6 +82,7 @@ class App:
     budget: Budget = field(init=False)
     proxy_tokens: ProxyTokens = field(init=False)
     proxy_access: ProxyAccess = field(init=False)
+    dedup: DatabaseDeduplicator = field(init=False)
 
     async def open(self) -> None:
         """Storage, vault and services, without any adapter (the CLI's admin commands use this)."""
@@ -88,6 +90,8 @@ class App:
         url = self.config.database_url
         await upgrade(url)
         self.db = Database(url)
+        # Redeliveries are recognised across restarts and replicas (issue 12 item 10).
+        self.dedup = DatabaseDeduplicator(self.db, self.clock)
         credentials = Credentials(self.db, Vault(ring), self.clock)
         credentials.vault = Vault(ring, wrap_counts=await credentials.load_wrap_counts())
         self.vault = credentials.vault
@@ -180,7 +184,7 @@ class App:
                 if not settings.enabled:
                     continue
                 module = importlib.import_module(PLATFORM_MODULES[name])
-                adapter = module.build(settings, self.env, config=self.config)
+                adapter = module.build(settings, self.env, config=self.config, dedup=self.dedup)
                 if adapter is not None:
                     built.append(adapter)
         built.extend(self.extra_adapters)

@@ -15,6 +15,7 @@ from adapters.discord.adapter import (
 )
 from adapters.discord.config import DiscordConfig, parse
 from core.config import Config, PlatformSettings
+from core.dedup import Deduplicator
 
 __all__ = [
     "CommandCatalog",
@@ -36,11 +37,13 @@ def build(
     *,
     config: Config | None = None,
     catalog: CommandCatalog | None = None,
+    dedup: Deduplicator | None = None,
 ) -> DiscordAdapter | None:
     """The adapter for ``[discord]``; None (one WARNING) when the token variable is unset.
 
     Slash command choices and autocomplete offer the providers, plans and models of
     ``config`` (or an explicit ``catalog``); without either, the built-in provider names.
+    ``dedup`` remembers handled interactions and messages (the app passes the database's).
 
     Raises:
         ConfigError: a bad value or unknown setting in ``[discord]``.
@@ -52,4 +55,4 @@ def build(
         return None
     if catalog is None and config is not None:
         catalog = catalog_from_config(config)
-    return DiscordAdapter(parsed, catalog=catalog)
+    return DiscordAdapter(parsed, catalog=catalog, dedup=dedup)

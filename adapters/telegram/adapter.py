@@ -781,11 +781,16 @@ class _Stream:
 
 
 def build(
-    settings: PlatformSettings, env: Mapping[str, str], *, config: Config | None = None
+    settings: PlatformSettings,
+    env: Mapping[str, str],
+    *,
+    config: Config | None = None,
+    dedup: Deduplicator | None = None,
 ) -> TelegramAdapter | None:
     """The adapter for ``[telegram]``, or None (with one WARNING) when the token is unset.
 
-    ``config`` (the whole configuration) only names the file in error messages.
+    ``config`` (the whole configuration) only names the file in error messages; ``dedup``
+    remembers handled updates (the app passes the database's, shared by replicas).
 
     Raises:
         ConfigError: a bad setting in ``[telegram]``.
@@ -797,4 +802,4 @@ def build(
             "telegram: %s is not set; the Telegram adapter is not started", parsed.token_env
         )
         return None
-    return TelegramAdapter(parsed)
+    return TelegramAdapter(parsed, dedup=dedup)

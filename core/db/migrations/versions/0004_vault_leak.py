@@ -31,9 +31,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_deliveries_seen_at"), ["seen_at"], unique=False)
     op.create_table(
         "live_checks",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("identity", sa.String(length=200), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_live_checks")),
