@@ -28,6 +28,7 @@ from core.dedup import DatabaseDeduplicator
 from core.errors import ConfigError
 from core.flowstate import FlowStates
 from core.intake import Intake
+from core.livechecks import LiveChecks
 from core.plans import PlanCatalog
 from core.ports import Agents, ChatAdapter, Clock, Messenger, SystemClock, UnavailableAgents
 from core.proxy import ProxyServer
@@ -136,6 +137,12 @@ class App:
             usage=usage,
             verify_key=LiveKeyCheck(self.config) if self.config.core.verify_keys_live else None,
             rotate_master_key=self._rotate_master_key if self._key_from_file else None,
+            live_checks=LiveChecks(
+                self.db,
+                self.clock,
+                per_identity=self.config.core.live_checks_per_hour,
+                platform=self.config.core.live_checks_per_hour_total,
+            ),
         )
         self.budget = Budget(
             self.db,
