@@ -79,6 +79,8 @@ class Event:
     ``reply_to`` is the id of the bot's message this one replies to (Telegram's
     ``reply_to_message``), so a flow can tell an answer to its prompt from a new message.
     A SECRET_CANCELLED event carries the closed form's ``intake_token``.
+    ``links`` are link targets the message carries but does not show (Telegram ``text_link``
+    entities): the leak guard reads them too.
     """
 
     kind: EventKind
@@ -97,6 +99,7 @@ class Event:
     via_modal: bool = False
     event_id: str = ""
     reply_to: str | None = None
+    links: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def conversation_key(self) -> str:
