@@ -301,6 +301,7 @@ _FRAGMENT = re.compile(r"sk-(?:ant|proj|svcacct|admin|None)-[A-Za-z0-9_-]*|sk-[A
 # typed straight after a pasted key ("thanks") is not the rest of it.
 _SPLIT_TAIL: Final = 256
 _SPLIT_MIN_CONTINUATION: Final = 16
+_CONTINUATION = re.compile(r"[A-Za-z0-9_.:-]{16}")
 
 
 def is_key_fragment(text: str) -> bool:
@@ -316,6 +317,10 @@ def continues_leak(previous: str, text: str) -> bool:
     goes on for at least 16 characters into ``text``.
     """
     if not previous or not text:
+        return False
+    # Cheap test first (this runs on every message): the new one must open with a long run
+    # of characters keys are made of.
+    if _CONTINUATION.match(fold(text[: _SPLIT_MIN_CONTINUATION * 4])[0]) is None:
         return False
     tail = previous[-_SPLIT_TAIL:]
     joined = tail + text
