@@ -10,7 +10,7 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -24,13 +24,23 @@ from core.chat import Platform
 from core.config import Config
 from core.credentials import Credentials
 from core.db import Database, upgrade
-from core.dedup import DatabaseDeduplicator
-from core.errors import ConfigError
+from core.db.instance import InstanceLock, wait_shared
+from core.dedup import DatabaseDeduplicator, LateDeduplicator
+from core.errors import ConfigError, KeyRetiredError, MasterKeyError, StartupError
 from core.flowstate import FlowStates
 from core.intake import Intake
 from core.livechecks import LiveChecks
 from core.plans import PlanCatalog
-from core.ports import Agents, ChatAdapter, Clock, Messenger, SystemClock, UnavailableAgents
+from core.ports import (
+    Agents,
+    ChatAdapter,
+    Clock,
+    FailingAdapter,
+    Messenger,
+    SendOnlyAdapter,
+    SystemClock,
+    UnavailableAgents,
+)
 from core.proxy import ProxyServer
 from core.proxy_tokens import ProxyTokens
 from core.runtime import AgentSupervisor
@@ -48,6 +58,15 @@ PLATFORM_MODULES: Mapping[str, str] = {
 }
 
 
+# The root of each platform adapter's errors, and the one that means "the token was refused"
+# (a configuration problem, exit 2, rather than a runtime one, exit 1).
+PLATFORM_ERRORS: Mapping[str, tuple[str, str]] = {
+    "telegram": ("TelegramAdapterError", "TelegramLoginError"),
+    "discord": ("DiscordError", "DiscordLoginError"),
+    "slack": ("SlackAdapterError", "SlackStartError"),
+}
+
+
 def load_master_keys(config: Config, env: Mapping[str, str], *, create: bool) -> MasterKeyRing:
     """The master key ring from the environment variable, else the key file (made if allowed)."""
     return MasterKeyRing.load(
@@ -56,6 +75,53 @@ def load_master_keys(config: Config, env: Mapping[str, str], *, create: bool) ->
         file=config.resolve_path(config.core.master_key_file),
         create=create,
     )
+
+
+def master_key_source(config: Config, env: Mapping[str, str]) -> str:
+    """Where the ring comes from, as error messages name it."""
+    name = config.core.master_key_env
+    return (
+        name if env.get(name) is not None else str(config.resolve_path(config.core.master_key_file))
+    )
+
+
+async def open_master_keys(config: Config, env: Mapping[str, str], db: Database) -> MasterKeyRing:
+    """The ring, refused unless it opens the data keys the database already holds.
+
+    A key file is created only for an empty database: a missing file beside stored data keys
+    means a lost or misplaced key, and a new one would make every tenant unreadable.
+
+    Raises:
+        MasterKeyError: one line naming the variable or file, and what to do.
+    """
+    probe = Credentials(db, Vault(MasterKeyRing({1: bytes(32)}, primary=1)), SystemClock())
+    counts = await probe.kek_versions_in_use()
+    stored = sum(counts.values())
+    path = config.resolve_path(config.core.master_key_file)
+    from_env = env.get(config.core.master_key_env) is not None
+    if stored and not from_env and not path.exists():
+        raise MasterKeyError(
+            f"{path}: master key file not found, but the database holds {stored} data key(s) "
+            f"wrapped by it; restore the file from your backup (or set "
+            f"{config.core.master_key_env}) — a new key would open none of them"
+        )
+    ring = load_master_keys(config, env, create=not stored)
+    probe.vault = Vault(ring)
+    problem = await probe.master_key_problem()
+    if problem is not None:
+        version, count, error = problem
+        source = master_key_source(config, env)
+        if isinstance(error, KeyRetiredError):
+            raise MasterKeyError(
+                f"{source}: {count} stored data key(s) are wrapped by master key v{version}, "
+                f"which is not loaded (loaded: {', '.join(f'v{v}' for v in ring.versions)}); "
+                f"add v{version} back"
+            )
+        raise MasterKeyError(
+            f"{source}: master key v{version} does not open the {count} data key(s) stored "
+            "under it; this is not the key they were wrapped with — restore the right one"
+        )
+    return ring
 
 
 @dataclass
@@ -70,7 +136,6 @@ class App:
     extra_adapters: list[ChatAdapter] = field(default_factory=list)
     platforms: bool = True
     agent_runtime: bool = True
-    console_fallback: bool = False
 
     db: Database = field(init=False)
     vault: Vault = field(init=False)
@@ -83,19 +148,29 @@ class App:
     budget: Budget = field(init=False)
     proxy_tokens: ProxyTokens = field(init=False)
     proxy_access: ProxyAccess = field(init=False)
-    dedup: DatabaseDeduplicator = field(init=False)
+    # Built with the adapters, before the database; open() points it at the database.
+    dedup: LateDeduplicator = field(init=False, default_factory=LateDeduplicator)
+    _instance: InstanceLock | None = field(init=False, default=None)
 
     async def open(self) -> None:
-        """Storage, vault and services, without any adapter (the CLI's admin commands use this)."""
-        ring = load_master_keys(self.config, self.env, create=True)
+        """Storage, vault and services, without any adapter (the CLI's admin commands use this).
+
+        Raises:
+            StartupError: the database cannot be reached.
+            MasterKeyError: the master key is missing, malformed, or does not open the data
+                keys already stored.
+        """
         url = self.config.database_url
         await upgrade(url)
         self.db = Database(url)
+        ring = await open_master_keys(self.config, self.env, self.db)
         # Redeliveries are recognised across restarts and replicas (issue 12 item 10).
-        self.dedup = DatabaseDeduplicator(self.db, self.clock)
+        self.dedup.target = DatabaseDeduplicator(self.db, self.clock)
         credentials = Credentials(self.db, Vault(ring), self.clock)
         credentials.vault = Vault(ring, wrap_counts=await credentials.load_wrap_counts())
         self.vault = credentials.vault
+        if self._key_from_file:
+            credentials.reload_ring = self._reload_ring
         plans = PlanCatalog(self.config.plans)
         messengers: dict[Platform, Messenger] = {}
         tenants = Tenants(self.db, credentials, plans, self.clock)
@@ -165,8 +240,16 @@ class App:
             budget=self.budget,
             tokens=self.proxy_tokens,
         )
-        await self.proxy_server.start()
-        log.info("metering proxy listening on %s", self.config.proxy.url)
+        settings = self.config.proxy
+        try:
+            await self.proxy_server.start()
+        except OSError as exc:
+            self.proxy_server = None
+            raise ConfigError(
+                f"{self.config.source}: [proxy] cannot listen on {settings.host}:{settings.port}"
+                f" ({exc.strerror or type(exc).__name__})"
+            ) from None
+        log.info("metering proxy listening on %s", settings.url)
 
     async def _revoke_proxy_access(self, tenant_id: str, actor: str) -> None:
         await self.proxy_access.revoke(tenant_id, actor=actor)
@@ -174,6 +257,28 @@ class App:
     @property
     def _key_from_file(self) -> bool:
         return self.env.get(self.config.core.master_key_env) is None
+
+    def _reload_ring(self) -> bool:
+        """Adopt the key file's ring if it holds versions this process has not loaded.
+
+        Another bot process may have rotated (``/admin rotate-master-key``): its data keys are
+        then wrapped by a version only the file knows. Versions are never dropped here.
+        """
+        path = self.config.resolve_path(self.config.core.master_key_file)
+        try:
+            ring = MasterKeyRing.load(env_value=None, file=path, create=False)
+        except MasterKeyError as exc:
+            log.warning("master key file could not be re-read: %s", exc)
+            return False
+        current = self.vault.ring
+        if set(ring.versions) <= set(current.versions):
+            return False
+        if any(v in ring.versions and ring.key(v) != current.key(v) for v in current.versions):
+            log.warning("master key file %s changed keys this process uses; not adopted", path)
+            return False
+        self.vault.set_ring(ring)
+        log.info("master key v%s loaded from %s", ring.primary_version, path)
+        return True
 
     async def _rotate_master_key(self) -> tuple[int, int]:
         """New primary master key in the key file, then rewrap every data key under it."""
@@ -184,6 +289,14 @@ class App:
         count = await self.services.credentials.rewrap_all()
         return version, count
 
+    def build_adapters(self) -> list[ChatAdapter]:
+        """Every enabled platform's adapter, unstarted (``byokbot config check`` uses this).
+
+        Raises:
+            ConfigError: a bad ``[<platform>]`` setting, or a token variable that is not set.
+        """
+        return self._build_adapters()
+
     def _build_adapters(self) -> list[ChatAdapter]:
         built: list[ChatAdapter] = []
         if self.platforms:
@@ -191,46 +304,117 @@ class App:
                 if not settings.enabled:
                     continue
                 module = importlib.import_module(PLATFORM_MODULES[name])
-                adapter = module.build(settings, self.env, config=self.config, dedup=self.dedup)
-                if adapter is not None:
-                    built.append(adapter)
+                built.append(module.build(settings, self.env, config=self.config, dedup=self.dedup))
         built.extend(self.extra_adapters)
         if self.console is not None:
             built.append(self.console)
         return built
 
     async def start(self) -> None:
-        """Open everything, start the adapters and the scheduler."""
-        await self.open()
-        self.adapters = self._build_adapters()
-        if not self.adapters and self.console_fallback:
-            # Platforms enabled but none has its token: a platform without a token is simply
-            # off (SPEC), and the operator still gets a working bot in the terminal.
-            log.warning("no platform could start; opening the console instead")
-            self.console = ConsoleAdapter()
-            self.adapters = [self.console]
-        if not self.adapters:
+        """Open everything, start the adapters and the scheduler.
+
+        Every failure stops start-up with one line (see ``bot.cli``): an enabled platform that
+        cannot start is never skipped, since a bot serving nothing looks like success to a
+        service manager.
+
+        Raises:
+            ConfigError: a bad setting or unset token (checked before anything is opened).
+            StartupError: a platform or the database cannot be reached, or another process
+                polls the same Telegram bot.
+            MasterKeyError: see ``open``.
+        """
+        adapters = self._build_adapters()
+        if not adapters:
             raise ConfigError(
                 f"{self.config.source}: no platform is enabled and configured, and no console"
             )
+        await self.open()
+        self._instance = InstanceLock(self.db)
+        if not await wait_shared(self._instance):
+            raise StartupError(
+                "a master key rotation holds the database; start again when it has finished"
+            )
+        if self.config.proxy.enabled and self.proxy_server is None:
+            # Before any adapter: a managed tenant's first message needs it listening.
+            await self.start_proxy()
+        self.adapters = adapters
         messengers = self.services.messengers
         assert isinstance(messengers, dict)  # noqa: S101 - built as a dict in open()
         for adapter in self.adapters:
             messengers[adapter.platform] = adapter.messenger
-        services = self.services
-        self.scheduler = Scheduler(
-            [
-                Job(
-                    "expire-intake",
-                    30,
-                    lambda: expire_intake_sessions(services.intake, services.flow_states),
-                ),
-            ]
-        )
+        self.scheduler = Scheduler(self.jobs())
         self.scheduler.start()
         for adapter in self.adapters:
-            await adapter.start(self.router.dispatch)
+            await self._start_adapter(adapter)
             log.info("%s adapter started", adapter.platform.value)
+
+    async def _start_adapter(self, adapter: ChatAdapter) -> None:
+        await self._guarded(adapter, adapter.start(self.router.dispatch))
+
+    async def _guarded(self, adapter: ChatAdapter, starting: Awaitable[None]) -> None:
+        """Await ``starting``, turning the platform's errors into one line for the operator."""
+        name = adapter.platform.value
+        errors = PLATFORM_ERRORS.get(name)
+        if errors is None:
+            await starting
+            return
+        module = importlib.import_module(PLATFORM_MODULES[name])
+        root, login = (getattr(module, n) for n in errors)
+        try:
+            await starting
+        except login as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        except root as exc:
+            raise StartupError(f"{name}: {exc}") from None
+
+    async def open_senders(self) -> list[Platform]:
+        """Log every enabled platform in to send only, for notices from ``byokbot admin``.
+
+        No polling, gateway or listener starts, so this is safe beside a running bot. Returns
+        the enabled platforms that cannot send this way. ``stop`` closes them again.
+
+        Raises:
+            ConfigError: a bad setting, an unset token, or a token the platform refused.
+            StartupError: a platform cannot be reached.
+        """
+        cannot: list[Platform] = []
+        messengers = self.services.messengers
+        assert isinstance(messengers, dict)  # noqa: S101 - built as a dict in open()
+        for name, settings in self.config.platforms.items():
+            if not settings.enabled:
+                continue
+            module = importlib.import_module(PLATFORM_MODULES[name])
+            adapter: ChatAdapter = module.build(settings, self.env, config=self.config)
+            if not isinstance(adapter, SendOnlyAdapter):
+                cannot.append(adapter.platform)
+                continue
+            self.adapters.append(adapter)
+            await self._guarded(adapter, adapter.open_for_sending())
+            messengers[adapter.platform] = adapter.messenger
+        return cannot
+
+    def jobs(self) -> list[Job]:
+        """The recurring jobs of a running bot; each is awaited in this event loop."""
+        services, config = self.services, self.config
+
+        async def expire_intake() -> None:
+            await expire_intake_sessions(services.intake, services.flow_states)
+
+        jobs = [Job("expire-intake", config.core.intake_sweep_interval_seconds, expire_intake)]
+        if self.supervisor is not None:
+            jobs.append(
+                Job(
+                    "stop-idle-agents",
+                    config.agent.idle_check_interval_seconds,
+                    self.supervisor.idle_job,
+                )
+            )
+        if self.proxy_server is not None:
+            # The same jobs ``byokbot proxy`` runs on its own (both are idempotent).
+            every = config.proxy.sweep_interval_seconds
+            jobs.append(Job("sweep-reservations", every, self.budget.sweep_orphans))
+            jobs.append(Job("roll-budget-month", every, self.budget.reset_month))
+        return jobs
 
     async def stop(self) -> None:
         """Stop adapters and jobs and close storage; safe to call more than once."""
@@ -247,16 +431,28 @@ class App:
         if self.proxy_server is not None:
             await self.proxy_server.stop()
             self.proxy_server = None
+        if self._instance is not None:
+            await self._instance.release()
+            self._instance = None
         with contextlib.suppress(AttributeError):
             await self.db.dispose()
 
     async def run_until_stopped(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set (a signal) or the console reaches end of input."""
-        waiters = [asyncio.create_task(stop.wait())]
+        waiters: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
         if self.console is not None:
             waiters.append(asyncio.create_task(self.console.finished.wait()))
+        failures: dict[asyncio.Task[object], str] = {}
+        for adapter in self.adapters:
+            if isinstance(adapter, FailingAdapter):
+                task: asyncio.Task[object] = asyncio.create_task(adapter.failure())
+                failures[task] = adapter.platform.value
+                waiters.append(task)
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
+        for task in done:
+            if task in failures:
+                raise StartupError(f"{failures[task]}: {task.result()}")

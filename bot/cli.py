@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import io
 import os
 import signal
 import sys
@@ -20,19 +19,34 @@ from core.chat import (
     UserRef,
 )
 from core.config import Config, load_config
-from core.errors import ConfigError, CoreError
+from core.errors import ConfigError, CoreError, StartupError
 from core.logs import configure_logging
 
 CLI_OPERATOR = UserRef(Platform.CONSOLE, "cli", "operator")
 
 
+# Plain text: argparse prints these as they are (the module docstring is reStructuredText).
+DESCRIPTION = (
+    "byokbot: people's own AI agents in Telegram, Discord, Slack or this terminal. "
+    "Run the bot, chat in the console, migrate the database, rotate the master key, "
+    "and administer tenants."
+)
+EPILOG = (
+    "Exit status: 0 on success; 1 when something outside the configuration failed (a "
+    "service is unreachable, another process holds the bot or the database, an admin "
+    "command was refused or a notice could not be delivered); 2 for a configuration "
+    "problem (the file, a variable it names, the master key). Errors are one line on "
+    "stderr: 'byokbot: error: ...'."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="byokbot", description=__doc__)
+    p = argparse.ArgumentParser(prog="byokbot", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument(
         "--config", help="configuration file (default: $BYOKBOT_CONFIG or ./config.toml)"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", help="serve every enabled platform (the console when none is configured)")
+    sub.add_parser("run", help="serve every enabled platform (the console when none is enabled)")
     sub.add_parser("chat", help="chat with byokbot in this terminal")
     sub.add_parser("proxy", help="run only the managed plan's metering proxy ([proxy] table)")
     db = sub.add_parser("db", help="database maintenance")
@@ -58,7 +72,7 @@ async def _serve(config: Config, *, console_only: bool) -> int:
 
     any_platform = any(p.enabled for p in config.platforms.values())
     console = ConsoleAdapter() if console_only or not any_platform else None
-    app = App(config, console=console, platforms=not console_only, console_fallback=True)
+    app = App(config, console=console, platforms=not console_only)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -113,15 +127,29 @@ async def _proxy(config: Config) -> int:
 async def _admin(config: Config, args: Sequence[str]) -> int:
     from bot.app import App
 
-    core = dataclasses.replace(config.core, admins=(*config.core.admins, CLI_OPERATOR.identity))
-    app = App(dataclasses.replace(config, core=core), platforms=False)
-    await app.open()
-    from adapters.console import ConsoleAdapter
+    if args and args[0].lower() == "rotate-master-key":
+        # From a shell this is the CLI's rotation, with its guard against a running bot.
+        return await _master_key(config, "rotate", retire=False)
 
-    # The console prints what the admin flow answers; it never reads input here.
-    printer = ConsoleAdapter(stdin=io.StringIO(""), user_id=CLI_OPERATOR.id)
-    app.services.messengers[Platform.CONSOLE] = printer  # type: ignore[index]
+    core = dataclasses.replace(config.core, admins=(*config.core.admins, CLI_OPERATOR.identity))
+    app = App(dataclasses.replace(config, core=core), platforms=False, agent_runtime=False)
+    from collections import Counter
+
+    from bot import texts
+    from bot.cli_notices import OperatorTerminal, Undeliverable
+
+    undelivered: Counter[str] = Counter()
     try:
+        await app.open()
+        messengers = app.services.messengers
+        assert isinstance(messengers, dict)  # noqa: S101 - built as a dict in App.open()
+        messengers[Platform.CONSOLE] = OperatorTerminal(CLI_OPERATOR.id, undelivered)
+        if args and args[0].lower() in NOTIFYING:
+            # Tenants hear of it in their own chats: log in to each enabled platform to send
+            # (no polling or gateway, so this is safe beside a running bot).
+            await app.open_senders()
+        for platform in Platform:
+            messengers.setdefault(platform, Undeliverable(platform, undelivered))
         text = " ".join(["/admin", *args])
         outcome = await app.router.dispatch(
             Event(
@@ -134,8 +162,17 @@ async def _admin(config: Config, args: Sequence[str]) -> int:
             )
         )
     finally:
-        await app.db.dispose()
+        await app.stop()
+    if undelivered:
+        where = ", ".join(f"{n} on {p}" for p, n in sorted(undelivered.items()))
+        line = texts.CLI_UNDELIVERED.format(count=sum(undelivered.values()), where=where)
+        print(f"byokbot: error: {line}", file=sys.stderr)
+        return 1
     return 1 if outcome.refused else 0
+
+
+# Admin commands that tell tenants something in their chats.
+NOTIFYING = frozenset({"broadcast", "suspend", "resume"})
 
 
 async def _master_key(config: Config, action: str, *, retire: bool) -> int:
@@ -145,7 +182,7 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
     if action == "status":
         ring = load_master_keys(config, os.environ, create=False)
         await upgrade(config.database_url)
-        app = App(config, platforms=False)
+        app = App(config, platforms=False, agent_runtime=False)
         await app.open()
         try:
             used = await app.services.credentials.kek_versions_in_use()
@@ -163,9 +200,19 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
             f"{config.core.master_key_env} is set: rotate by adding a new version to it "
             '("v1:<old>,v2:<new>") and running byokbot master-key rotate without it set'
         )
-    app = App(config, platforms=False)
+    from core.db.instance import InstanceLock
+
+    app = App(config, platforms=False, agent_runtime=False)
     await app.open()
+    # Never beside a serving bot: it would meet data keys wrapped by a version it has not
+    # loaded, and --retire could drop the version it still wraps new tenants with.
+    lock = InstanceLock(app.db)
     try:
+        if not await lock.try_exclusive():
+            raise StartupError(
+                "a running byokbot holds this database; rotate from a chat with "
+                "/admin rotate-master-key (no downtime), or stop every bot and run this again"
+            )
         assert app.services.rotate_master_key is not None  # noqa: S101 - key comes from a file
         version, count = await app.services.rotate_master_key()
         print(f"master key v{version} is primary; {count} data key(s) rewrapped")
@@ -181,6 +228,7 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
             MasterKeyRing.write_file(config.resolve_path(config.core.master_key_file), ring)
             app.vault.set_ring(ring)
     finally:
+        await lock.release()
         await app.db.dispose()
     return 0
 
@@ -191,8 +239,10 @@ async def _main(args: argparse.Namespace) -> int:
     console = args.command == "chat" or (
         args.command == "run" and not any(p.enabled for p in config.platforms.values())
     )
-    if console and level == "INFO":
-        level = "WARNING"  # the terminal is the chat: keep routine log lines out of it
+    one_shot = args.command not in ("run", "chat", "proxy")
+    if (console or one_shot) and level == "INFO":
+        # The terminal is the chat, or shows one command's outcome: no routine log lines.
+        level = "WARNING"
     configure_logging(level)
     if args.command == "run":
         return await _serve(config, console_only=False)
@@ -201,16 +251,24 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "proxy":
         return await _proxy(config)
     if args.command == "db":
-        from bot.app import load_master_keys
-        from core.db import upgrade
+        from bot.app import open_master_keys
+        from core.db import Database, upgrade
 
-        load_master_keys(config, os.environ, create=True)
         await upgrade(config.database_url)
+        db = Database(config.database_url)
+        try:
+            # Same rule as at start: a key is made for an empty database only.
+            await open_master_keys(config, os.environ, db)
+        finally:
+            await db.dispose()
         print("database is up to date")
         return 0
     if args.command == "master-key":
         return await _master_key(config, args.action, retire=args.retire)
     if args.command == "config":
+        from bot.app import App
+
+        App(config).build_adapters()  # every enabled platform has its settings and tokens
         if _key_exists(config):
             from bot.app import load_master_keys
 
@@ -234,7 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(_main(args))
-    except (ConfigError, CoreError) as exc:
+    except StartupError as exc:  # a service down or held by another process: runtime
+        print(f"byokbot: error: {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, CoreError) as exc:  # the file, a variable it names, the master key
         print(f"byokbot: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

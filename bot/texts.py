@@ -76,6 +76,10 @@ PLAN_CHANGED = (
     "Done — you're now on the {plan} plan. Your keys, conversations and settings are kept."
 )
 PLAN_UNKNOWN = "There's no plan called “{plan}”. Available: {plans}."
+PLAN_MANAGED_OFF = (
+    "The {plan} plan isn't available on this server: the operator hasn't enabled it. "
+    "You can use your own API key instead — send /plan {byok}."
+)
 SIGNED_UP = "Welcome aboard — you're on the {plan} plan."
 BYOK_NEEDS_KEY = "The {plan} plan runs on your own key. Which provider is it from?"
 MANAGED_READY = "You're all set: just write to me and your agent will answer."
@@ -235,6 +239,18 @@ AGENT_UNAVAILABLE = {
     "bad_response": "Your provider sent a reply I couldn't read. Please try again.",
     "deleted": "This account has been erased. Send /start to set up a new agent.",
 }
+# A managed tenant's agent talks to our metering proxy with our keys: when that path fails,
+# the problem is ours, never the person's provider or key.
+AGENT_UNAVAILABLE_MANAGED = {
+    "network": "Sorry — our managed service can't be reached right now. The problem is on our side, not yours; please try again in a minute.",
+    "timeout": "Sorry — our managed service took too long to answer. The problem is on our side; please try again.",
+    "overloaded": "Sorry — our managed service is having trouble right now. The problem is on our side, not yours; please try again in a minute, and tell an operator if it keeps happening.",
+    "invalid_key": "Sorry — our managed service couldn't authorise that request. The problem is on our side, not with your account; please send your message again.",
+    "out_of_credit": "Sorry — our managed service can't answer right now. The problem is on our side (not your allowance); an operator has to fix it, so please try again later.",
+    "bad_response": "Sorry — our managed service sent a reply I couldn't read. The problem is on our side; please try again.",
+    "model_not_found": "Sorry — the model {model} isn't available on our managed service right now (a problem on our side). Pick another with /model.",
+    "rate_limited": "You're sending requests faster than your plan allows. Please try again {retry}.",
+}
 AGENT_GENERIC = "Your agent couldn't answer ({reason}). Please try again."
 STOPPED = "Stopped."
 NOTHING_TO_STOP = "There's no reply in progress."
@@ -293,6 +309,12 @@ ADMIN_ROTATE_ENV = (
     "The master key comes from an environment variable, so it can't be rotated from chat: "
     "add the new version to {env} and run byokbot master-key rotate."
 )
+CLI_UNDELIVERED = (
+    "{count} notice(s) could not be delivered from the command line ({where}): console chats "
+    "live in their own byokbot chat, and a platform that is not enabled here cannot send; "
+    "send it from a chat with /admin instead"
+)
+ADMIN_NOTICE_SENT = " The tenant was told in {sent} of {total} chats."
 TENANT_SUSPENDED_NOTICE = "An operator has suspended your account{reason}."
 TENANT_RESUMED_NOTICE = "Your account has been resumed. Welcome back!"
 

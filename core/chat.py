@@ -7,6 +7,7 @@ IDs are ``str`` everywhere.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -197,3 +198,24 @@ def is_open_dm(payload: str) -> bool:
 def button_owner_tag(user: UserRef) -> str:
     """A short tag bound to one person, prefixed to button payloads so others cannot press them."""
     return hashlib.sha256(user.identity.encode()).hexdigest()[:8]
+
+
+# A command named in a text: ``/key`` after a space, a quote or a bracket, not inside a URL,
+# a path (``/v1/models``) or a price (``$15/mo``).
+_COMMAND_NAMED = re.compile(r"(?<![\w/:.\-])/([a-z][a-z0-9_-]*)(?![\w-]|/|\.\w)")
+
+
+def name_commands(text: str, command: str) -> str:
+    """Name the bot's commands in ``text`` as a platform with one slash command spells them.
+
+    Texts write commands the way Telegram, Discord and the console take them (``/key add``);
+    a Slack app has one slash command, so there that is ``/byok key add`` (``command`` is
+    ``"/byok"``). ``command`` itself is left alone, so applying this twice changes nothing.
+    """
+    own = command.lstrip("/")
+
+    def rename(found: re.Match[str]) -> str:
+        name = found.group(1)
+        return found.group(0) if name == own else f"{command} {name}"
+
+    return _COMMAND_NAMED.sub(rename, text)

@@ -41,6 +41,7 @@ class CoreSettings:
     master_key_env: str = "BYOKBOT_MASTER_KEY"
     admins: tuple[str, ...] = ()
     intake_ttl_seconds: int = 600
+    intake_sweep_interval_seconds: int = 30
     intake_max_attempts: int = 3
     verify_keys_live: bool = True
     live_checks_per_hour: int = 10
@@ -83,6 +84,7 @@ class AgentSettings:
     """``[agent]``: the per-tenant agent processes."""
 
     idle_timeout_seconds: int = 900
+    idle_check_interval_seconds: int = 60
     max_live_agents: int = 500
     memory_limit_mb: int = 512
     max_open_files: int = 256
@@ -185,6 +187,11 @@ class Config:
         if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
             return prefix + str(self.resolve_path(url[len(prefix) :]))
         return url
+
+    @property
+    def offered_plans(self) -> tuple[PlanSettings, ...]:
+        """The plans people may choose: a managed plan only while the metering proxy is on."""
+        return tuple(p for p in self.plans.values() if p.byok or self.proxy.enabled)
 
 
 class Limits(TypedDict, total=False):
@@ -398,6 +405,9 @@ def _parse_core(src: str, data: Mapping[str, Any]) -> CoreSettings:
         master_key_env=t.string("master_key_env", d.master_key_env),
         admins=admins,
         intake_ttl_seconds=t.positive_int("intake_ttl_seconds", d.intake_ttl_seconds),
+        intake_sweep_interval_seconds=t.positive_int(
+            "intake_sweep_interval_seconds", d.intake_sweep_interval_seconds
+        ),
         intake_max_attempts=t.positive_int("intake_max_attempts", d.intake_max_attempts),
         verify_keys_live=t.boolean("verify_keys_live", d.verify_keys_live),
         live_checks_per_hour=t.positive_int("live_checks_per_hour", d.live_checks_per_hour),
@@ -488,6 +498,9 @@ def _parse_agent(src: str, data: Mapping[str, Any]) -> AgentSettings:
     d = AgentSettings()
     out = AgentSettings(
         idle_timeout_seconds=t.positive_int("idle_timeout_seconds", d.idle_timeout_seconds),
+        idle_check_interval_seconds=t.positive_int(
+            "idle_check_interval_seconds", d.idle_check_interval_seconds
+        ),
         max_live_agents=t.positive_int("max_live_agents", d.max_live_agents),
         memory_limit_mb=t.positive_int("memory_limit_mb", d.memory_limit_mb),
         max_open_files=t.positive_int("max_open_files", d.max_open_files),

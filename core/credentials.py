@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import audit
 from core.db import Database
 from core.db.models import DataKeyRow, KekUsageRow, ProviderKeyRow
-from core.errors import TenantDeleted
+from core.errors import KeyRetiredError, TenantDeleted, VaultError
 from core.keys import fingerprint
 from core.ports import Clock
 from core.secret import Secret
@@ -62,6 +62,8 @@ class Credentials:
         self._db = db
         self.vault = vault
         self._clock = clock
+        # Re-reads the master key file into the vault; True when the ring changed.
+        self.reload_ring: Callable[[], bool] | None = None
 
     async def load_wrap_counts(self) -> dict[int, int]:
         """Persisted wraps per master key version, to seed the vault at start."""
@@ -100,7 +102,13 @@ class Credentials:
         )
         if wrapped is None:
             raise TenantDeleted(tenant_id)
-        return self.vault.unwrap(tenant_id, wrapped)
+        try:
+            return self.vault.unwrap(tenant_id, wrapped)
+        except KeyRetiredError:
+            # Another process rotated the master key (its file now has a newer version).
+            if self.reload_ring is None or not self.reload_ring():
+                raise
+            return self.vault.unwrap(tenant_id, wrapped)
 
     async def store(
         self,
@@ -249,6 +257,30 @@ class Credentials:
                 select(DataKeyRow.kek_version, func.count()).group_by(DataKeyRow.kek_version)
             )
             return dict(rows.all())
+
+    async def master_key_problem(self) -> tuple[int, int, VaultError] | None:
+        """The first master key version whose data keys the loaded ring cannot open.
+
+        Returns ``(version, data keys under it, error)``, or None when one stored data key per
+        version in use unwraps (a wrong key fails GCM authentication on the first one).
+        """
+        counts = await self.kek_versions_in_use()
+        async with self._db.session() as s:
+            for version in sorted(counts):
+                row = (
+                    await s.execute(
+                        select(DataKeyRow.tenant_id, DataKeyRow.wrapped)
+                        .where(DataKeyRow.kek_version == version)
+                        .limit(1)
+                    )
+                ).first()
+                if row is None:
+                    continue
+                try:
+                    self.vault.unwrap(row[0], row[1])
+                except VaultError as exc:
+                    return version, counts[version], exc
+        return None
 
     async def rewrap_all(self, *, batch: int = 200) -> int:
         """Lift every data key to the primary master key, in committed batches.

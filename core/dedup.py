@@ -107,3 +107,18 @@ class DatabaseDeduplicator:
             if self._inserts % self._sweep_every == 0:
                 await s.execute(delete(DeliveryRow).where(DeliveryRow.seen_at < cutoff))
         return fresh
+
+
+class LateDeduplicator:
+    """A ``Deduplicator`` to hand out before the real one exists; ``target`` is set later.
+
+    Adapters are built before the database is opened; every call goes to ``target``.
+    """
+
+    def __init__(self) -> None:
+        self.target: Deduplicator | None = None
+
+    async def first_time(self, key: str) -> bool:
+        if self.target is None:
+            raise RuntimeError("a delivery arrived before the database was opened")
+        return await self.target.first_time(key)

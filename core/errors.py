@@ -4,6 +4,8 @@
 
     CoreError
     ├── ConfigError             the configuration file or environment is wrong (start-up stops)
+    ├── StartupError            a service the bot needs cannot be reached, or is held by another
+    │                           process (start-up stops; exit status 1, not 2)
     ├── VaultError              encryption at rest
     │   ├── MasterKeyError      missing, empty or malformed master key
     │   ├── DecryptionError     unversioned, truncated, tampered or foreign ciphertext
@@ -33,6 +35,14 @@ class CoreError(Exception):
 
 class ConfigError(CoreError):
     """The configuration is wrong; the message names the file, section and setting."""
+
+
+class StartupError(CoreError):
+    """Start-up cannot finish for a reason outside the configuration (exit status 1).
+
+    A service is unreachable, or another process holds what this one needs. The message is
+    one line for the operator.
+    """
 
 
 class VaultError(CoreError):

@@ -21,7 +21,8 @@ __all__ = [
 ]
 
 # httpx logs every request URL at INFO, and Telegram puts the bot token in the URL.
-QUIET_LOGGERS: Final = ("httpx", "httpcore")
+# APScheduler's executor logs two INFO lines per job run (its failures stay at ERROR).
+QUIET_LOGGERS: Final = ("httpx", "httpcore", "apscheduler.executors.default")
 # Below INFO the platform SDKs log whole updates, gateway events and request bodies, which
 # carry what people type, including keys of shapes we cannot recognise. The root handler
 # drops those records whatever level the operator picks.

@@ -106,6 +106,27 @@ class ChatAdapter(Protocol):
         ...
 
 
+@runtime_checkable
+class FailingAdapter(Protocol):
+    """An adapter that can find out, after ``start``, that it cannot go on serving."""
+
+    async def failure(self) -> Exception:
+        """Returns (the reason) when the adapter has stopped serving for good."""
+        ...
+
+
+@runtime_checkable
+class SendOnlyAdapter(Protocol):
+    """An adapter that can log in to send alone (no polling, gateway or listener).
+
+    ``byokbot admin`` from a shell uses it to deliver notices; ``stop`` closes it again.
+    """
+
+    async def open_for_sending(self) -> None:
+        """Log in so that ``messenger.send`` works; raises the adapter's start-up errors."""
+        ...
+
+
 class Agents(Protocol):
     """The tenant's hosted agent, as flows see it.
 

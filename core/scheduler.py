@@ -1,10 +1,18 @@
-"""Background jobs on APScheduler. Each job is a plain async function, testable without waiting."""
+"""Background jobs on APScheduler. Each job is a plain async function, testable without waiting.
+
+APScheduler awaits a job in the bot's event loop only when the job *is* a coroutine function;
+anything else (a lambda that returns a coroutine, say) runs in a worker thread, where the
+coroutine is created and dropped unawaited while the log says the job ran. So ``Job`` refuses
+whatever is not a coroutine function.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -25,11 +33,17 @@ async def expire_intake_sessions(intake: Intake, flow_states: FlowStates) -> int
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A recurring job: an async callable run every ``seconds``."""
+    """A recurring job: a coroutine function (no arguments) run every ``seconds``."""
 
     name: str
     seconds: float
-    run: Callable[[], Awaitable[object]]
+    run: Callable[[], Coroutine[Any, Any, object]]
+
+    def __post_init__(self) -> None:
+        if not inspect.iscoroutinefunction(self.run):
+            raise TypeError(f"job {self.name!r}: run must be an async def function")
+        if self.seconds <= 0:
+            raise ValueError(f"job {self.name!r}: seconds must be positive")
 
 
 class Scheduler:
@@ -49,9 +63,13 @@ class Scheduler:
                 name=job.name,
                 coalesce=True,
                 max_instances=1,
-                misfire_grace_time=int(job.seconds),
+                misfire_grace_time=max(1, int(job.seconds)),
             )
         self._scheduler.start()
+
+    def scheduled(self) -> list[tuple[str, Callable[..., Any]]]:
+        """``(name, function)`` of every job APScheduler holds (what it will call)."""
+        return [(j.name, j.func) for j in self._scheduler.get_jobs()]
 
     def stop(self) -> None:
         if self._scheduler.running:

@@ -60,8 +60,13 @@ def master_key_env() -> Iterator[dict[str, str]]:
     return {"BYOKBOT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
 
 
-def make_config(url: str, tmp_path: Path, **core: object) -> Config:
-    """A config rooted in tmp_path, with an admin on every platform for admin tests."""
+def make_config(
+    url: str, tmp_path: Path, *, proxy: dict[str, object] | None = None, **core: object
+) -> Config:
+    """A config rooted in tmp_path, with an admin on every platform for admin tests.
+
+    ``proxy`` is the ``[proxy]`` table; a managed plan is offered only with it enabled.
+    """
     data: dict[str, object] = {
         "core": {
             "database_url": url,
@@ -71,7 +76,26 @@ def make_config(url: str, tmp_path: Path, **core: object) -> Config:
             **core,
         }
     }
+    if proxy is not None:
+        data["proxy"] = proxy
     return parse_config(data, source="test.toml", base_dir=tmp_path)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proxy_on() -> tuple[dict[str, object], dict[str, str]]:
+    """``[proxy]`` enabled on a free port, and the platform keys it reads from the environment."""
+    from tests.canaries import anthropic_key, openai_key
+
+    env = {"BYOKBOT_PROXY_ANTHROPIC_KEY": anthropic_key(), "BYOKBOT_PROXY_OPENAI_KEY": openai_key()}
+    return {"enabled": True, "port": free_port()}, env
 
 
 @pytest.fixture(autouse=True)

@@ -102,7 +102,8 @@ async def test_console_chat_end_to_end(tmp_path: Path, fake: FakeLLMServer) -> N
 
 async def test_admin_on_the_command_line(tmp_path: Path, fake: FakeLLMServer) -> None:
     config = _config(tmp_path, fake)
-    await _run(["chat"], tmp_path, "/plan managed\n", config=config)
+    # BYOK: without the metering proxy the managed plan is not offered.
+    await _run(["chat"], tmp_path, f"/plan byok\n1\n{anthropic_key()}\n", config=config)
     code, out, err = await _run(["admin", "stats"], tmp_path, config=config)
     assert code == 0, err
     assert out.startswith("Tenants: 1 (active 1)")

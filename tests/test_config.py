@@ -29,6 +29,8 @@ def test_example_file_is_valid_and_documents_every_section() -> None:
     example = Path(__file__).parent.parent / "config.example.toml"
     config = load_config(example)
     assert config.core.intake_ttl_seconds == 600
+    assert config.core.intake_sweep_interval_seconds == 30
+    assert config.agent.idle_check_interval_seconds == 60
     text = example.read_text()
     for section in (
         "[core]",
@@ -57,6 +59,18 @@ def test_example_file_is_valid_and_documents_every_section() -> None:
         (
             {"core": {"intake_ttl_seconds": 0}},
             "config.toml: [core] intake_ttl_seconds must be a positive integer",
+        ),
+        (
+            {"core": {"intake_sweep_interval_seconds": 0}},
+            "config.toml: [core] intake_sweep_interval_seconds must be a positive integer",
+        ),
+        (
+            {"agent": {"idle_check_interval_seconds": "often"}},
+            "config.toml: [agent] idle_check_interval_seconds must be an integer",
+        ),
+        (
+            {"agent": {"idle_check_interval_seconds": -5}},
+            "config.toml: [agent] idle_check_interval_seconds must be a positive integer",
         ),
         (
             {"core": {"admins": ["alice"]}},
@@ -117,3 +131,10 @@ def test_platform_sections_keep_their_own_options(tmp_path: Path) -> None:
     tg = config.platforms["telegram"]
     assert tg.enabled is True
     assert dict(tg.options) == {"token_env": "TG", "mode": "webhook"}
+
+
+def test_managed_plans_are_offered_only_with_the_metering_proxy_on() -> None:
+    off = parse_config({}, source="config.toml", base_dir=Path.cwd())
+    assert [p.id for p in off.offered_plans] == ["byok"]
+    on = parse_config({"proxy": {"enabled": True}}, source="config.toml", base_dir=Path.cwd())
+    assert [p.id for p in on.offered_plans] == ["byok", "managed"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from types import MappingProxyType
 from typing import Any
 
@@ -99,12 +98,13 @@ def test_bad_settings_are_named(options: dict[str, Any], message: str) -> None:
     assert str(info.value) == message
 
 
-def test_build_without_token_warns_once_and_returns_none(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING)
-    assert build(settings(token_env="NOPE"), {"NOPE": "  "}) is None
-    assert [r.getMessage() for r in caplog.records] == [
-        "discord: enabled but $NOPE is not set; Discord stays off"
-    ]
+def test_build_without_token_stops_startup() -> None:
+    with pytest.raises(ConfigError) as info:
+        build(settings(token_env="NOPE"), {"NOPE": "  "})
+    assert str(info.value) == (
+        "config.toml: [discord] is enabled but NOPE is not set "
+        "(export the bot token, or set enabled = false)"
+    )
 
 
 def test_build_with_token_returns_adapter() -> None:
@@ -133,12 +133,17 @@ def test_documented_section_parses_to_the_defaults() -> None:
 
 def test_build_takes_choices_from_the_configuration() -> None:
     from core.config import Config
+    from core.proxy.config import ProxySettings
 
     adapter = build(settings(), {"DISCORD_BOT_TOKEN": "tok"}, config=Config())
     assert adapter is not None
     catalog = adapter._catalog
     assert catalog.providers == ("anthropic", "openai", "moonshot")
-    assert catalog.plans == ("byok", "managed")
+    assert catalog.plans == ("byok",)  # managed only with the metering proxy on
+    on = build(
+        settings(), {"DISCORD_BOT_TOKEN": "tok"}, config=Config(proxy=ProxySettings(enabled=True))
+    )
+    assert on is not None and on._catalog.plans == ("byok", "managed")
     assert catalog.models == (
         "claude-sonnet-4-5",
         "gpt-4.1-mini",

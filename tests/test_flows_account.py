@@ -15,6 +15,7 @@ from core.chat import Platform
 from core.db.models import AuditRow, DataKeyRow, ProviderKeyRow, TenantRow
 from core.errors import DecryptionError, TenantDeleted
 from tests.canaries import anthropic_key
+from tests.conftest import make_config
 from tests.harness import World
 
 
@@ -22,7 +23,9 @@ from tests.harness import World
 async def world(
     db_url: str, tmp_path: Path, master_key_env: dict[str, str]
 ) -> AsyncIterator[World]:
-    w = await World.create(db_url, tmp_path, master_key_env)
+    # The metering proxy is switched on (not started), so the managed plan is offered.
+    config = make_config(db_url, tmp_path, proxy={"enabled": True})
+    w = await World.create(db_url, tmp_path, master_key_env, config=config)
     yield w
     await w.close()
 

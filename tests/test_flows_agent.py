@@ -243,6 +243,28 @@ def test_usage_chart_is_a_png_with_one_bar_per_busy_day() -> None:
 
 async def test_managed_tenant_without_a_proxy_is_told_what_to_do(world: World) -> None:
     ada = world.person()
-    await ada.command("/plan managed")
+    # Without the metering proxy the managed plan is not offered, and asking for it is refused.
+    outcome = await ada.command("/plan managed")
+    assert outcome.refused
+    assert ada.last == texts.PLAN_MANAGED_OFF.format(plan="Managed", byok="byok")
+    assert world.config.proxy.enabled is False
+    await ada.command("/plan byok")
+    # A tenant put on it anyway (by an operator, or before the proxy was switched off).
+    admin = world.person(uid="900", name="Op")
+    await admin.command("/admin setplan telegram:1 managed")
+    assert "managed" in admin.last.lower()
     await ada.say("hello")
     assert ada.last == texts.AGENT_UNAVAILABLE["proxy_off"]
+
+
+def test_a_failure_on_the_managed_path_is_told_as_ours() -> None:
+    from bot.flows.agent import unavailable_text
+    from core.errors import AgentUnavailable
+
+    for reason in ("network", "timeout", "overloaded", "invalid_key", "bad_response"):
+        said = unavailable_text(AgentUnavailable(reason), managed=True)
+        assert "our side" in said, reason
+        assert "your provider" not in said.lower() and "/key" not in said, reason
+        assert unavailable_text(AgentUnavailable(reason)) == texts.AGENT_UNAVAILABLE[reason]
+    capped = unavailable_text(AgentUnavailable("cap_reached"), managed=True)
+    assert capped == texts.AGENT_UNAVAILABLE["cap_reached"]

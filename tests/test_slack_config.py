@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -105,12 +104,13 @@ def test_api_base_url_gets_its_trailing_slash() -> None:
     assert config.api_base_url == "http://127.0.0.1:9/api/"
 
 
-def test_build_without_a_token_logs_one_warning(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING)
-    assert build(settings(), {"SLACK_APP_TOKEN": "xapp-1"}) is None
-    assert [r.getMessage() for r in caplog.records] == [
-        "Slack is enabled but SLACK_BOT_TOKEN is not set; Slack stays off"
-    ]
+def test_build_without_a_token_stops_startup() -> None:
+    with pytest.raises(ConfigError) as info:
+        build(settings(), {"SLACK_APP_TOKEN": "xapp-1"})
+    assert str(info.value) == (
+        "config.toml: [slack] is enabled but SLACK_BOT_TOKEN is not set "
+        "(export it, or set enabled = false)"
+    )
 
 
 def test_build_raises_for_bad_settings_even_without_tokens() -> None:

@@ -15,6 +15,7 @@ import pytest
 from adapters.slack import SlackAdapter
 from bot import texts
 from bot.app import App
+from core.chat import name_commands
 from core.config import parse_config
 from tests import canaries
 from tests.fakes.slack_server import (
@@ -187,7 +188,11 @@ async def test_leak_guard_through_the_router(fake: FakeSlack, app: App) -> None:
     ] == [("chat.delete", "1700000100.000100", BOT_TOKEN)]
     [warning] = fake.calls_to("chat.postEphemeral")
     assert (warning["channel"], warning["user"]) == ("C0GENERAL", "UALICE")
-    assert warning["text"] == texts.LEAK_WARNING.format(deleted=texts.LEAK_NOT_DELETED)
+    # Slack's own command syntax: the app has one slash command, /byok.
+    assert warning["text"] == name_commands(
+        texts.LEAK_WARNING.format(deleted=texts.LEAK_NOT_DELETED), "/byok"
+    )
+    assert "/byok key rotate" in warning["text"]
     assert fake.calls_to("chat.postMessage") == []
     assert canary not in fake.outgoing_text()
 

@@ -209,6 +209,52 @@ async def test_a_slow_key_check_updates_the_modal_instead_of_timing_out(
         await slack.stop()
 
 
+async def test_a_slow_refusal_after_the_modal_was_closed_reopens_it_from_the_dm(
+    fake: FakeSlack, bot: ScriptedBot
+) -> None:
+    bot.secret_delay = 0.2
+    slack = make_adapter(fake, bot)
+    slack._ack_budget = 0.05
+    await slack.start(bot)
+    try:
+        await fake.envelope("slash_commands", slash("key add anthropic"))
+        await slack.drain()
+        view = {**fake.calls_to("views.open")[0]["view"], "id": "V0042"}
+        fake.fail("views.update", "not_found")  # the person closed the "checking" window
+        await fake.envelope(
+            "interactive", view_submission(view, "nope"), accepts_response_payload=True
+        )
+        await slack.drain()
+        dm = fake.calls_to("chat.postMessage")[-1]
+        assert dm["channel"] == "DUALICE"
+        assert "That is not an Anthropic key (sk-ant-…)." in dm["text"]
+        assert dm["blocks"][1]["elements"][0]["action_id"] == "byok_secret_open"
+    finally:
+        await slack.stop()
+
+
+async def test_closing_the_key_modal_ends_the_request_for_that_person(
+    fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter
+) -> None:
+    await fake.envelope("slash_commands", slash("key add anthropic"))
+    await adapter.drain()
+    view = {**fake.calls_to("views.open")[0]["view"], "id": "V0042"}
+    assert view["notify_on_close"] is True  # else Slack never says the modal was closed
+    closed = {
+        "type": "view_closed",
+        "user": {"id": "UALICE", "username": "ualice"},
+        "api_app_id": "A0BYOK",
+        "view": view,
+        "is_cleared": False,
+    }
+    await fake.envelope("interactive", closed, accepts_response_payload=True)
+    await adapter.drain()
+    event = bot.events[-1]
+    assert event.kind is EventKind.SECRET_CANCELLED
+    assert event.user.id == "UALICE" and event.chat.id == "DUALICE"
+    assert event.intake_token == "intake-token-123"
+
+
 async def test_without_a_trigger_the_key_form_is_offered_by_a_dm_button(
     fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter
 ) -> None:

@@ -17,6 +17,7 @@ import pytest
 from adapters.telegram import (
     TelegramAdapter,
     TelegramLoginError,
+    TelegramPollingConflict,
     TelegramRateLimited,
     TelegramRequestRejected,
     TelegramUnavailable,
@@ -135,14 +136,72 @@ async def test_start_logs_in_publishes_commands_and_polls(
     make: Factory, server: FakeTelegramServer
 ) -> None:
     adapter = await make()
-    await server.wait_calls("getUpdates", 1)
-    assert server.methods()[:4] == ["getMe", "setMyCommands", "deleteWebhook", "getUpdates"]
+    await server.wait_calls("getUpdates", 2)
+    # The first getUpdates is the one-shot check that no other process polls this bot.
+    assert server.methods()[:5] == [
+        "getMe",
+        "setMyCommands",
+        "getUpdates",
+        "deleteWebhook",
+        "getUpdates",
+    ]
+    probe = server.calls_to("getUpdates")[0]
+    assert probe["timeout"] == "0" and "offset" not in probe  # confirms no update
     commands = server.calls_to("setMyCommands")[0]["commands"]
     assert [c["command"] for c in commands][:3] == ["start", "help", "plan"]
     assert len(commands) == 16
     assert "cancel" in [c["command"] for c in commands]
     assert adapter.bot_username == "byok_test_bot"
     assert adapter.deep_link("key") == "https://t.me/byok_test_bot?start=key"
+
+
+_CONFLICT = "Conflict: terminated by other getUpdates request; make sure that only one bot"
+
+
+async def test_start_refuses_beside_another_poller(
+    make: Factory, server: FakeTelegramServer
+) -> None:
+    server.fail("getUpdates", 409, _CONFLICT)
+    with pytest.raises(TelegramPollingConflict, match="another process is polling this bot"):
+        await make()
+
+
+async def test_a_registered_webhook_is_not_another_poller(
+    make: Factory, server: FakeTelegramServer
+) -> None:
+    server.fail("getUpdates", 409, "Conflict: can't use getUpdates method while webhook is active")
+    await make()
+    await server.wait_calls("getUpdates", 1)
+    assert "deleteWebhook" in server.methods()
+
+
+async def test_a_conflict_while_starting_ends_serving(
+    make: Factory, server: FakeTelegramServer
+) -> None:
+    # The real server lets the newest request win, so the probe may pass and the first
+    # polls get the 409 instead.
+    adapter = await make()
+    server.fail("getUpdates", 409, _CONFLICT)
+    reason = await asyncio.wait_for(adapter.failure(), 5)
+    assert isinstance(reason, TelegramPollingConflict)
+
+
+async def test_a_conflict_long_after_start_is_only_logged(
+    make: Factory,
+    server: FakeTelegramServer,
+    clock: TickingClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    adapter = await make()
+    clock.now += 3600  # this process has been serving for an hour: the newcomer must yield
+    server.fail("getUpdates", 409, _CONFLICT)
+    await server.wait_for(lambda: any(c.status == 409 for c in server.calls))
+    await server.wait_calls("getUpdates", len(server.calls_to("getUpdates")) + 1, within=10)
+    failed = asyncio.ensure_future(adapter.failure())
+    await asyncio.sleep(0)
+    assert not failed.done()
+    failed.cancel()
+    assert "another process is polling this bot too" in caplog.text
 
 
 async def test_stop_is_idempotent(make: Factory) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +98,13 @@ def test_token_comes_from_the_named_variable_and_never_shows_in_repr() -> None:
     assert TOKEN not in repr(config)
 
 
-def test_build_without_token_warns_once_and_returns_none(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.WARNING)
-    assert build(settings(), {"TELEGRAM_BOT_TOKEN": ""}) is None
-    assert [r.getMessage() for r in caplog.records] == [
-        "telegram: TELEGRAM_BOT_TOKEN is not set; the Telegram adapter is not started"
-    ]
+def test_build_without_token_stops_startup() -> None:
+    with pytest.raises(ConfigError) as info:
+        build(settings(), {"TELEGRAM_BOT_TOKEN": ""})
+    assert str(info.value) == (
+        "config.toml: [telegram] is enabled but TELEGRAM_BOT_TOKEN is not set "
+        "(export the bot token, or set enabled = false)"
+    )
 
 
 def test_build_rejects_bad_settings_even_without_token() -> None:

@@ -23,7 +23,7 @@ from core.chat import Platform, UserRef, button_owner_tag
 from core.config import PlatformSettings
 from core.ports import UnavailableAgents
 from tests.canaries import anthropic_key
-from tests.conftest import make_config
+from tests.conftest import make_config, proxy_on
 from tests.fakes.telegram_server import (
     PROXY_VARS,
     FakeTelegramServer,
@@ -101,9 +101,10 @@ async def chat(
         parse(settings, {"TELEGRAM_BOT_TOKEN": TOKEN}), clock=TickingClock(), sleep=HeldSleep()
     )
     agents = ScriptedAgents(["Hello", " Ada", ", how can I help?"])
+    proxy, keys = proxy_on()  # so the managed plan is offered
     app = App(
-        make_config(sqlite_url, tmp_path),
-        env=master_key_env,
+        make_config(sqlite_url, tmp_path, proxy=proxy),
+        env={**master_key_env, **keys},
         agents=agents,
         extra_adapters=[adapter],
         platforms=False,

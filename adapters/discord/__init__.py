@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from adapters.discord.adapter import (
@@ -16,6 +15,7 @@ from adapters.discord.adapter import (
 from adapters.discord.config import DiscordConfig, parse
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator
+from core.errors import ConfigError
 
 __all__ = [
     "CommandCatalog",
@@ -28,8 +28,6 @@ __all__ = [
     "catalog_from_config",
 ]
 
-_log = logging.getLogger(__name__)
-
 
 def build(
     settings: PlatformSettings,
@@ -38,21 +36,25 @@ def build(
     config: Config | None = None,
     catalog: CommandCatalog | None = None,
     dedup: Deduplicator | None = None,
-) -> DiscordAdapter | None:
-    """The adapter for ``[discord]``; None (one WARNING) when the token variable is unset.
+) -> DiscordAdapter:
+    """The adapter for ``[discord]``.
 
     Slash command choices and autocomplete offer the providers, plans and models of
     ``config`` (or an explicit ``catalog``); without either, the built-in provider names.
     ``dedup`` remembers handled interactions and messages (the app passes the database's).
 
     Raises:
-        ConfigError: a bad value or unknown setting in ``[discord]``.
+        ConfigError: a bad value or unknown setting in ``[discord]``, or the token variable is
+            unset: an enabled platform that cannot start stops start-up.
     """
-    parsed = parse(settings, env, source=config.source if config is not None else "config.toml")
+    source = config.source if config is not None else "config.toml"
+    parsed = parse(settings, env, source=source)
     if parsed is None:
         name = settings.options.get("token_env", "DISCORD_BOT_TOKEN")
-        _log.warning("discord: enabled but $%s is not set; Discord stays off", name)
-        return None
+        raise ConfigError(
+            f"{source}: [discord] is enabled but {name} is not set "
+            "(export the bot token, or set enabled = false)"
+        )
     if catalog is None and config is not None:
         catalog = catalog_from_config(config)
     return DiscordAdapter(parsed, catalog=catalog, dedup=dedup)

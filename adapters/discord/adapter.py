@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -98,7 +99,9 @@ def catalog_from_config(config: Config) -> CommandCatalog:
         for model in plan.models:
             models.setdefault(model, None)
     return CommandCatalog(
-        providers=tuple(config.providers), plans=tuple(config.plans), models=tuple(models)
+        providers=tuple(config.providers),
+        plans=tuple(p.id for p in config.offered_plans),
+        models=tuple(models),
     )
 
 
@@ -312,6 +315,35 @@ class DiscordAdapter:
             reason = type(failure).__name__ if failure else "no READY in time"
             raise DiscordLoginError(f"Discord gateway connection failed ({reason})")
         _log.info("discord: connected as bot %s", client.user.id if client.user else "?")
+
+    async def open_for_sending(self) -> None:
+        """Log in over REST to send only (``byokbot admin`` notices): no gateway connection."""
+        if self._client is not None:
+            return
+        install_log_filter()
+        register_secret(self._cfg.token.reveal(), label="discord bot token")
+        Route.BASE = self._cfg.api_base_url
+        client = _Client(
+            self,
+            intents=_intents(self._cfg),
+            allowed_mentions=discord.AllowedMentions.none(),
+            chunk_guilds_at_startup=False,
+            member_cache_flags=discord.MemberCacheFlags.none(),
+            max_messages=None,
+        )
+        self._client = client
+        try:
+            await client.login(self._cfg.token.reveal())
+        except discord.LoginFailure:
+            await self._close()
+            raise DiscordLoginError(
+                f"Discord refused the bot token in ${self._cfg.token_env}"
+            ) from None
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            await self._close()
+            raise DiscordError(
+                f"cannot reach Discord at {self._cfg.api_base_url} ({type(exc).__name__})"
+            ) from None
 
     async def stop(self) -> None:
         """Close the gateway and HTTP session; idempotent."""

@@ -18,6 +18,7 @@ redacting filter of ``core.logs`` is what hides key shapes and the registered to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import re
@@ -37,6 +38,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -53,9 +55,11 @@ from core.chat import (
     SecretRequest,
     TextFormat,
     UserRef,
+    name_commands,
 )
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.errors import ConfigError
 from core.logs import register_secret
 from core.ports import ChatAdapter, EventHandler, Messenger
 
@@ -161,9 +165,12 @@ class SlackAdapter:
             # Unless the operator set it on purpose, root DEBUG must not turn on payload dumps.
             _sdk_log.setLevel(logging.INFO)
         self._handler = handler
-        self._client = self._web_client(cfg.bot_token.reveal())
+        self._app = self._build_app(cfg.bot_token.reveal())
+        self._client = self._app.client
         if cfg.user_token is not None:
-            self._user_client = self._web_client(cfg.user_token.reveal())
+            self._user_client = self._point(
+                AsyncWebClient(token=cfg.user_token.reveal(), logger=_sdk_log)
+            )
         try:
             auth = await self._client.auth_test()
         except SlackApiError as exc:
@@ -174,7 +181,6 @@ class SlackAdapter:
             raise SlackStartError(f"cannot reach Slack at {cfg.api_base_url}: {exc}") from None
         self.bot_user_id = str(auth.get("user_id", ""))
         self.team_id = str(auth.get("team_id", ""))
-        self._app = self._build_app(self._client)
         if cfg.mode == "socket":
             app_token = cfg.app_token.reveal() if cfg.app_token else ""
             self._socket = AsyncSocketModeHandler(
@@ -205,6 +211,23 @@ class SlackAdapter:
                 "Slack listening on http://%s:%s%s", cfg.listen_host, self.http_port, cfg.path
             )
 
+    async def open_for_sending(self) -> None:
+        """Check the bot token to send only (``byokbot admin`` notices): no socket, no server."""
+        cfg = self.config
+        if cfg.bot_token is None:
+            raise SlackStartError(f"a Slack token is missing: {cfg.bot_token_env}")
+        self._client = self._point(AsyncWebClient(token=cfg.bot_token.reveal(), logger=_sdk_log))
+        try:
+            auth = await self._client.auth_test()
+        except SlackApiError as exc:
+            raise SlackStartError(
+                f"Slack refused the bot token in {cfg.bot_token_env}: {_code(exc)}"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError, SlackRequestError) as exc:
+            raise SlackStartError(f"cannot reach Slack at {cfg.api_base_url}: {exc}") from None
+        self.bot_user_id = str(auth.get("user_id", ""))
+        self.team_id = str(auth.get("team_id", ""))
+
     async def stop(self) -> None:
         """Stop taking requests, let handlers in flight finish briefly, then cancel them."""
         if self._socket is not None:
@@ -226,26 +249,29 @@ class SlackAdapter:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def _web_client(self, token: str) -> AsyncWebClient:
-        return AsyncWebClient(
-            token=token,
-            base_url=self.config.api_base_url,
-            logger=_sdk_log,
-            retry_handlers=[
-                AsyncConnectionErrorRetryHandler(max_retry_count=1),
-                AsyncRateLimitErrorRetryHandler(max_retry_count=_RETRY_LIMIT),
-            ],
-        )
+    def _point(self, client: AsyncWebClient) -> AsyncWebClient:
+        """Aim a Web API client at the configured API, with our retry policy."""
+        client.base_url = self.config.api_base_url
+        client.retry_handlers = [
+            AsyncConnectionErrorRetryHandler(max_retry_count=1),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=_RETRY_LIMIT),
+        ]
+        return client
 
-    def _build_app(self, client: AsyncWebClient) -> AsyncApp:
+    def _build_app(self, bot_token: str) -> AsyncApp:
         cfg = self.config
+        # Given a ``client``, bolt still reads SLACK_BOT_TOKEN from the environment and warns
+        # that it is unused; given the token, it builds its own client, which we then aim.
         app = AsyncApp(
-            client=client,
+            token=bot_token,
             logger=_sdk_log,
             signing_secret=cfg.signing_secret.reveal() if cfg.signing_secret else "",
             process_before_response=False,
-            request_verification_enabled=True,
+            # Bolt logs the whole body of a request it refuses (a person's message, a modal
+            # value) at INFO; the HTTP endpoint checks signatures itself (``_signed``).
+            request_verification_enabled=False,
         )
+        self._point(app.client)
         app.use(self._note_app_id)
         app.command(cfg.command)(self._on_command)
         app.action(re.compile(r"^byok"))(self._on_action)
@@ -263,6 +289,10 @@ class SlackAdapter:
             raise SlackStartError("the Slack app was not built")
 
         async def endpoint(request: web.Request) -> web.Response:
+            body = await request.text()
+            if not self._signed(body, request.headers):
+                _log.info("Slack request refused: bad or missing signature (%d bytes)", len(body))
+                return web.json_response({"error": "invalid request"}, status=401)
             bolt_response = await app.async_dispatch(await to_bolt_request(request))
             return await to_aiohttp_response(bolt_response)
 
@@ -282,6 +312,18 @@ class SlackAdapter:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or ()
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.listen_port
+
+    def _signed(self, body: str, headers: Mapping[str, str]) -> bool:
+        """Slack's request signature (HMAC of timestamp and body, at most 5 minutes old)."""
+        secret = self.config.signing_secret
+        if secret is None:
+            return False
+        timestamp = headers.get("X-Slack-Request-Timestamp", "")
+        if not timestamp.isdigit():
+            return False
+        return SignatureVerifier(secret.reveal()).is_valid(
+            body, timestamp, headers.get("X-Slack-Signature", "")
+        )
 
     # ------------------------------------------------------------------ listeners
 
@@ -393,22 +435,24 @@ class SlackAdapter:
                 response_action="update",
                 view=translate.notice_modal(title, translate.MODAL_CHECKING),
             )
-            self._spawn(self._finish_slow_secret(task, view))
+            self._spawn(self._finish_slow_secret(task, view, user))
             return
         except Exception:
             await ack()  # the failure is logged by the task's callback; close the modal
             raise
         if outcome is not None and outcome.secret_error:
-            await ack(**translate.modal_errors(outcome.secret_error))
+            await ack(**translate.modal_errors(self._commands(outcome.secret_error)))
         else:
             await ack()
 
     async def _finish_slow_secret(
-        self, task: asyncio.Task[Outcome | None], view: Mapping[str, Any]
+        self, task: asyncio.Task[Outcome | None], view: Mapping[str, Any], user: UserRef
     ) -> None:
         outcome = await task
         title = str((view.get("title") or {}).get("text", ""))
-        if outcome is not None and outcome.secret_error:
+        error = self._commands(outcome.secret_error or "") if outcome is not None else None
+        request: SecretRequest | None = None
+        if error:
             meta = translate.parse_metadata(str(view.get("private_metadata", "")))
             blocks = view.get("blocks") or [{}]
             prompt = str(((blocks[0] or {}).get("text") or {}).get("text", ""))
@@ -419,15 +463,46 @@ class SlackAdapter:
                 prompt=prompt,
                 expires_at=datetime.now(UTC),
             )
-            new_view = translate.secret_modal(request, error=outcome.secret_error)
+            new_view = translate.secret_modal(request, error=error)
         else:
             new_view = translate.notice_modal(title, translate.MODAL_DONE)
-        await self._call(
-            "views.update", self._web.views_update(view_id=str(view.get("id", "")), view=new_view)
-        )
+        try:
+            await self._call(
+                "views.update",
+                self._web.views_update(view_id=str(view.get("id", "")), view=new_view),
+            )
+        except SlackDeliveryError as exc:
+            if request is None or error is None:
+                return  # the key was taken; the flow already said so in the DM
+            # The person closed the "checking" window: the refusal goes to the DM, with a
+            # button that reopens the form (never an invitation to paste the key there).
+            _log.info("Slack views.update failed (%s); the refusal goes to the DM", exc.error)
+            dm = await self.open_dm(user)
+            if dm is not None:
+                again = SecretRequest(
+                    token=request.token,
+                    provider=request.provider,
+                    title=request.title,
+                    prompt=f"{error}\n\n{request.prompt}",
+                    expires_at=request.expires_at,
+                )
+                await self._call(
+                    "chat.postMessage",
+                    self._web.chat_postMessage(
+                        channel=dm.id, **translate.secret_open_message(again)
+                    ),
+                )
 
-    async def _on_view_closed(self, ack: Any) -> None:
+    async def _on_view_closed(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
+        self._spawn(self._handle_view_closed(body))
+
+    async def _handle_view_closed(self, body: Mapping[str, Any]) -> None:
+        user = UserRef(platform=Platform.SLACK, id=str((body.get("user") or {}).get("id", "")))
+        chat = await self.open_dm(user) or ChatRef(platform=Platform.SLACK, id="", is_direct=True)
+        event = translate.secret_closed_event(body, chat=chat)
+        if event is not None:
+            await self._deliver(event, _Context(origin="view"), (f"slack:{event.event_id}",))
 
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         event_id = str(body.get("event_id", ""))
@@ -538,6 +613,13 @@ class SlackAdapter:
             method, send(translate.message_kwargs(reply, plain=True, dm_url=self._dm_url))
         )
 
+    def _commands(self, text: str) -> str:
+        return name_commands(text, self.config.command)
+
+    def _in_slack_syntax(self, reply: Reply) -> Reply:
+        """The core's texts name ``/key add``; in Slack that is ``/byok key add``."""
+        return dataclasses.replace(reply, text=self._commands(reply.text))
+
     async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
         """Answer in the event's chat; ephemeral for sensitive replies outside the app's DM.
 
@@ -545,6 +627,7 @@ class SlackAdapter:
         addressed to the bot are answered ephemerally too. Answers to an App Home event
         become the Home tab.
         """
+        reply = self._in_slack_syntax(reply)
         ctx = self._contexts.get(event.event_id)
         if ctx is not None and ctx.home:
             ctx.home_replies.append(reply)  # published as one view once every answer is in
@@ -598,7 +681,7 @@ class SlackAdapter:
     async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
         data = await self._with_fallback(
             "chat.postMessage",
-            reply,
+            self._in_slack_syntax(reply),
             lambda kw: self._web.chat_postMessage(channel=chat.id, thread_ts=chat.thread_id, **kw),
         )
         return MessageRef(chat=chat, id=str(data.get("ts", "")))
@@ -606,7 +689,7 @@ class SlackAdapter:
     async def edit(self, message: MessageRef, reply: Reply) -> None:
         await self._with_fallback(
             "chat.update",
-            reply,
+            self._in_slack_syntax(reply),
             lambda kw: self._web.chat_update(channel=message.chat.id, ts=message.id, **kw),
         )
 
@@ -649,6 +732,7 @@ class SlackAdapter:
 
         Returns False only when Slack will not let the app open a DM with the person.
         """
+        request = dataclasses.replace(request, prompt=self._commands(request.prompt))
         ctx = self._contexts.get(event.event_id)
         if ctx is not None and ctx.trigger_id:
             try:
@@ -784,20 +868,24 @@ def build(
     *,
     config: Config | None = None,
     dedup: Deduplicator | None = None,
-) -> ChatAdapter | None:
-    """The Slack adapter, or None (with one WARNING) when a token it needs is not set.
+) -> ChatAdapter:
+    """The Slack adapter.
 
     ``config`` (the whole configuration) only names the file in error messages; ``dedup``
     remembers handled events (the app passes the database's, shared by replicas).
 
     Raises:
-        ConfigError: a bad value or unknown setting in ``[slack]``.
+        ConfigError: a bad value or unknown setting in ``[slack]``, or a token the mode needs
+            is unset: an enabled platform that cannot start stops start-up.
     """
-    slack = parse(settings, env, source=config.source if config is not None else "config.toml")
+    source = config.source if config is not None else "config.toml"
+    slack = parse(settings, env, source=source)
     missing = slack.missing_env()
     if missing is not None:
-        _log.warning("Slack is enabled but %s is not set; Slack stays off", missing)
-        return None
+        raise ConfigError(
+            f"{source}: [slack] is enabled but {missing} is not set "
+            "(export it, or set enabled = false)"
+        )
     for label, secret in (
         ("slack bot token", slack.bot_token),
         ("slack app token", slack.app_token),

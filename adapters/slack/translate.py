@@ -271,6 +271,26 @@ def secret_event(body: Mapping[str, Any], *, chat: ChatRef) -> Event | None:
     )
 
 
+def secret_closed_event(body: Mapping[str, Any], *, chat: ChatRef) -> Event | None:
+    """A ``view_closed`` of the key modal: the person dropped the request without saving.
+
+    It becomes the core's ``SECRET_CANCELLED`` for the modal's intake token: that request ends
+    (and only that one) and the person's next DM is an ordinary message again.
+    """
+    view = body.get("view") or {}
+    if view.get("callback_id") != SECRET_CALLBACK:
+        return None
+    meta = parse_metadata(str(view.get("private_metadata", "")))
+    user = body.get("user") or {}
+    return Event(
+        kind=EventKind.SECRET_CANCELLED,
+        user=_user(str(user.get("id", "")), str(user.get("username") or "")),
+        chat=chat,
+        intake_token=meta.get("t", ""),
+        event_id=f"view_closed:{view.get('id', '')}",
+    )
+
+
 # ---------------------------------------------------------------------------- outgoing
 
 
@@ -453,6 +473,7 @@ def secret_modal(
         "title": {"type": "plain_text", "text": request.title[:_MODAL_TITLE_LIMIT] or "Key"},
         "submit": {"type": "plain_text", "text": MODAL_SUBMIT},
         "close": {"type": "plain_text", "text": MODAL_CLOSE},
+        "notify_on_close": True,  # closing it unsaved must end the intake (view_closed)
         "blocks": blocks,
     }
 

@@ -5,6 +5,7 @@ It translates and delivers; it decides nothing. Errors from the SDK are wrapped:
     TelegramAdapterError          anything the Telegram side refused or could not do
     ├── TelegramLoginError        the token was rejected at start (getMe)
     ├── TelegramUnavailable       network trouble, timeouts, server errors
+    ├── TelegramPollingConflict   another process polls this bot (409 Conflict at start)
     ├── TelegramRateLimited       429 still answered after the configured retries
     ├── TelegramRequestRejected   400: Telegram refused the request (bad chat, bad markup...)
     └── ChatUnreachable           403: the person blocked the bot or never started it
@@ -31,6 +32,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import (
     BadRequest,
     ChatMigrated,
+    Conflict,
     Forbidden,
     InvalidToken,
     NetworkError,
@@ -51,6 +53,7 @@ from adapters.telegram.config import TelegramConfig, parse
 from core.chat import ChatRef, Event, EventKind, MessageRef, Platform, Reply, SecretRequest, UserRef
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.errors import ConfigError
 from core.logs import RedactingFilter, register_secret
 from core.ports import EventHandler
 
@@ -83,6 +86,10 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
 """The command menu sent with ``setMyCommands`` (the composition root may pass its own)."""
 
 ALLOWED_UPDATES: Final = ("message", "edited_message", "callback_query", "my_chat_member")
+_CONFLICT: Final = (
+    "another process is polling this bot (Telegram answered 409 Conflict); stop it first, "
+    "or use webhook mode to run several processes"
+)
 _WEBHOOK_MAX_BODY: Final = 1 << 20  # Telegram updates are a few KiB; refuse anything huge.
 
 
@@ -99,6 +106,10 @@ class TelegramLoginError(TelegramAdapterError):
 
 class TelegramUnavailable(TelegramAdapterError):
     """The Bot API could not be reached or timed out."""
+
+
+class TelegramPollingConflict(TelegramAdapterError):
+    """Another process is polling this bot; Telegram serves one poller per token."""
 
 
 class TelegramRateLimited(TelegramAdapterError):
@@ -183,6 +194,8 @@ class TelegramAdapter:
         self._drafts_ok = config.stream_drafts
         self._draft_seq = 0
         self._webhook: web.AppRunner | None = None
+        self._failed: asyncio.Future[Exception] | None = None
+        self._conflict_fatal_until = 0.0
         register_secret(config.token.reveal(), label="telegram bot token")
         if config.webhook_secret is not None:
             register_secret(config.webhook_secret.reveal(), label="telegram webhook secret")
@@ -236,20 +249,9 @@ class TelegramAdapter:
             return
         cfg = self.config
         self._handler = handler
-        app = self._build_app()
+        app = await self._log_in()
+        self._failed = asyncio.get_running_loop().create_future()
         try:
-            await app.initialize()
-        except InvalidToken:
-            raise TelegramLoginError(
-                f"Telegram rejected the bot token in {cfg.token_env} (or api_base_url "
-                f"{cfg.api_base_url} is not a Bot API server)"
-            ) from None
-        except TelegramError as exc:
-            raise TelegramUnavailable(f"cannot reach the Bot API: {type(exc).__name__}") from None
-        self._app = app
-        try:
-            self._bot_id = app.bot.id
-            self._bot_username = app.bot.username
             if cfg.sync_commands and self._commands:
                 await app.bot.set_my_commands([BotCommand(c, d) for c, d in self._commands])
             await app.start()
@@ -258,11 +260,17 @@ class TelegramAdapter:
             else:
                 if app.updater is None:
                     raise TelegramAdapterError("python-telegram-bot built no updater")
+                await self._check_sole_poller(app)
+                # A second poller may also show up as a 409 in the first polls (on the real
+                # server the newest request wins, so the probe above can pass): still ours to
+                # refuse while we are starting.
+                self._conflict_fatal_until = self._clock() + cfg.poll_timeout + 15.0
                 await app.updater.start_polling(
                     poll_interval=0,
                     timeout=cfg.poll_timeout,
                     allowed_updates=ALLOWED_UPDATES,
                     drop_pending_updates=cfg.drop_pending_updates,
+                    error_callback=self._on_poll_error,
                 )
         except (TelegramError, TelegramAdapterError, OSError) as exc:
             await self.stop()
@@ -274,6 +282,61 @@ class TelegramAdapter:
                 ) from None
             raise self._wrap(exc, "start-up") from None
         log.info("telegram: serving @%s by %s", self._bot_username, cfg.mode)
+
+    async def _log_in(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        """Build the application and call ``getMe``; the adapter can send from then on."""
+        cfg = self.config
+        app = self._build_app()
+        try:
+            await app.initialize()
+        except InvalidToken:
+            raise TelegramLoginError(
+                f"Telegram rejected the bot token in {cfg.token_env} (or api_base_url "
+                f"{cfg.api_base_url} is not a Bot API server)"
+            ) from None
+        except TelegramError as exc:
+            raise TelegramUnavailable(
+                f"cannot reach the Bot API at {cfg.api_base_url} ({type(exc).__name__})"
+            ) from None
+        self._app = app
+        self._bot_id = app.bot.id
+        self._bot_username = app.bot.username
+        return app
+
+    async def open_for_sending(self) -> None:
+        """Log in to send only (``byokbot admin`` notices): no polling, webhook or menu."""
+        if self._app is None:
+            await self._log_in()
+
+    async def _check_sole_poller(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        """Refuse to start beside another poller of the same bot (Telegram answers 409).
+
+        One short ``getUpdates`` without an offset: it confirms nothing, so no update is lost.
+        """
+        try:
+            await app.bot.get_updates(timeout=0, limit=1)
+        except Conflict as exc:
+            if "webhook" in exc.message.lower():
+                return  # a webhook is registered: start_polling removes it
+            raise TelegramPollingConflict(_CONFLICT) from None
+
+    def _on_poll_error(self, exc: TelegramError) -> None:
+        """python-telegram-bot retries every polling error; we decide what to say about it."""
+        if isinstance(exc, Conflict) and "webhook" not in exc.message.lower():
+            failed = self._failed
+            if self._clock() < self._conflict_fatal_until and failed is not None:
+                if not failed.done():
+                    failed.set_result(TelegramPollingConflict(_CONFLICT))
+                return
+            log.warning("telegram: another process is polling this bot too (409 Conflict)")
+            return
+        log.warning("telegram: polling failed, retrying: %s", type(exc).__name__)
+
+    async def failure(self) -> Exception:
+        """Returns when this adapter cannot go on serving (another poller took the bot)."""
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        return await self._failed
 
     async def _start_webhook(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         """Serve ``POST /<webhook_path>`` and register the public URL with ``setWebhook``.
@@ -786,20 +849,21 @@ def build(
     *,
     config: Config | None = None,
     dedup: Deduplicator | None = None,
-) -> TelegramAdapter | None:
-    """The adapter for ``[telegram]``, or None (with one WARNING) when the token is unset.
+) -> TelegramAdapter:
+    """The adapter for ``[telegram]``.
 
     ``config`` (the whole configuration) only names the file in error messages; ``dedup``
     remembers handled updates (the app passes the database's, shared by replicas).
 
     Raises:
-        ConfigError: a bad setting in ``[telegram]``.
+        ConfigError: a bad setting in ``[telegram]``, or the token variable is unset: an
+            enabled platform that cannot start stops start-up rather than staying off.
     """
     source = config.source if config is not None else "config.toml"
     parsed = parse(settings, env, source=source)
     if parsed.token is None:
-        log.warning(
-            "telegram: %s is not set; the Telegram adapter is not started", parsed.token_env
+        raise ConfigError(
+            f"{source}: [telegram] is enabled but {parsed.token_env} is not set "
+            "(export the bot token, or set enabled = false)"
         )
-        return None
     return TelegramAdapter(parsed, dedup=dedup)

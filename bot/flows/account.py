@@ -11,11 +11,13 @@ from core.tenants import TenantStatus, TenantView
 
 
 def _plan_buttons(turn: Turn) -> list[list[Button]]:
-    return [[button(texts.plan_button(p), f"plan:{p.id}")] for p in turn.services.plans]
+    return [
+        [button(texts.plan_button(p), f"plan:{p.id}")] for p in turn.services.config.offered_plans
+    ]
 
 
 def _plan_lines(turn: Turn) -> str:
-    return "\n".join(texts.plan_line(p) for p in turn.services.plans)
+    return "\n".join(texts.plan_line(p) for p in turn.services.config.offered_plans)
 
 
 def _require_usable_account(turn: Turn) -> TenantView:
@@ -75,9 +77,16 @@ async def choose_plan(turn: Turn, plan_id: str) -> Outcome | None:
     try:
         plan = s.plans.get(plan_id)
     except PlanError:
-        raise Refusal(
-            texts.PLAN_UNKNOWN.format(plan=plan_id[:40], plans=texts.join(s.plans.ids))
-        ) from None
+        offered = texts.join(p.id for p in s.config.offered_plans)
+        raise Refusal(texts.PLAN_UNKNOWN.format(plan=plan_id[:40], plans=offered)) from None
+    if plan not in s.config.offered_plans:
+        # A managed plan needs the metering proxy; without it the plan could never answer.
+        byok = s.plans.default_byok()
+        await turn.say(
+            texts.PLAN_MANAGED_OFF.format(plan=plan.name, byok=byok.id if byok else "byok"),
+            buttons=_plan_buttons(turn),
+        )
+        return Outcome(refused=True)
     tenant = turn.tenant
     if tenant is None:
         dm = turn.chat.id if turn.chat.is_direct else None

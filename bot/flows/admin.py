@@ -129,15 +129,16 @@ async def _models(turn: Turn, args: list[str]) -> Outcome | None:
     return None
 
 
-async def _notify(turn: Turn, tenant_id: str, text: str) -> int:
-    """DM every identity of a tenant that we can reach; returns how many got it."""
-    sent = 0
+async def _notify(turn: Turn, tenant_id: str, text: str) -> str:
+    """DM every identity of a tenant that we can reach; says in how many chats it arrived."""
+    sent = total = 0
     for tid, platform, chat_id in await turn.services.tenants.dm_targets():
         if tid != tenant_id:
             continue
+        total += 1
         if await _send(turn, platform, chat_id, text):
             sent += 1
-    return sent
+    return texts.ADMIN_NOTICE_SENT.format(sent=sent, total=total) if total else ""
 
 
 async def _send(turn: Turn, platform: str, chat_id: str, text: str) -> bool:
@@ -149,11 +150,15 @@ async def _send(turn: Turn, platform: str, chat_id: str, text: str) -> bool:
     if messenger is None:
         return False
     try:
-        await messenger.send(ChatRef(platform=p, id=chat_id, is_direct=True), Reply(text=text))
-    except Exception:  # one unreachable person must not stop the rest
-        log.warning("could not deliver a notice on %s", platform, exc_info=True)
+        sent = await messenger.send(
+            ChatRef(platform=p, id=chat_id, is_direct=True), Reply(text=text)
+        )
+    except Exception as exc:  # one unreachable person must not stop the rest
+        # One line: from ``byokbot admin`` this lands on the operator's terminal.
+        log.warning("could not deliver a notice on %s: %s", platform, exc)
+        log.debug("notice delivery failure", exc_info=True)
         return False
-    return True
+    return sent is not None  # None: the chat is closed (the person blocked the bot)
 
 
 async def _suspend(turn: Turn, args: list[str]) -> Outcome | None:
@@ -165,10 +170,10 @@ async def _suspend(turn: Turn, args: list[str]) -> Outcome | None:
     except TenantError:
         raise Refusal(texts.ADMIN_NO_TENANT.format(ref=args[0][:80])) from None
     await turn.services.agents.forget(t.id)
-    await _notify(
+    told = await _notify(
         turn, t.id, texts.TENANT_SUSPENDED_NOTICE.format(reason=f" ({reason})" if reason else "")
     )
-    await turn.say(texts.ADMIN_SUSPENDED.format(id=t.id), sensitive=True)
+    await turn.say(texts.ADMIN_SUSPENDED.format(id=t.id) + told, sensitive=True)
     return None
 
 
@@ -179,8 +184,8 @@ async def _resume(turn: Turn, args: list[str]) -> Outcome | None:
         await turn.services.tenants.resume(t.id, actor=turn.actor)
     except TenantError:
         raise Refusal(texts.ADMIN_NO_TENANT.format(ref=args[0][:80])) from None
-    await _notify(turn, t.id, texts.TENANT_RESUMED_NOTICE)
-    await turn.say(texts.ADMIN_RESUMED.format(id=t.id), sensitive=True)
+    told = await _notify(turn, t.id, texts.TENANT_RESUMED_NOTICE)
+    await turn.say(texts.ADMIN_RESUMED.format(id=t.id) + told, sensitive=True)
     return None
 
 

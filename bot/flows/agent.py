@@ -22,8 +22,12 @@ def conversation_of(turn: Turn) -> str:
     return f"{chat.platform.value}:{chat.id}{thread}"
 
 
-def unavailable_text(exc: AgentUnavailable, *, model: str | None = None) -> str:
-    template = texts.AGENT_UNAVAILABLE.get(exc.reason)
+def unavailable_text(
+    exc: AgentUnavailable, *, model: str | None = None, managed: bool = False
+) -> str:
+    """What to tell the person; on a managed plan, a failure of our proxy path is ours."""
+    template = (texts.AGENT_UNAVAILABLE_MANAGED if managed else {}).get(exc.reason)
+    template = template or texts.AGENT_UNAVAILABLE.get(exc.reason)
     if template is None:
         return texts.AGENT_GENERIC.format(reason=exc.reason)
     retry_after = getattr(exc, "retry_after", None)
@@ -43,6 +47,8 @@ def _usable(turn: Turn) -> TenantView:
 async def handle_message(turn: Turn) -> Outcome | None:
     tenant = _usable(turn)
     agents = turn.services.agents
+    plans = turn.services.plans
+    managed = tenant.plan in plans and not plans.get(tenant.plan).byok
     await turn.messenger.typing(turn.chat)
     stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text)
     try:
@@ -51,7 +57,7 @@ async def handle_message(turn: Turn) -> Outcome | None:
     except StopAsyncIteration:
         return None
     except AgentUnavailable as exc:
-        raise Refusal(unavailable_text(exc, model=tenant.model)) from None
+        raise Refusal(unavailable_text(exc, model=tenant.model, managed=managed)) from None
 
     async def chunks() -> AsyncIterator[str]:
         yield first
@@ -61,7 +67,7 @@ async def handle_message(turn: Turn) -> Outcome | None:
     try:
         await turn.messenger.stream(turn.event, chunks())
     except AgentUnavailable as exc:
-        await turn.say(unavailable_text(exc, model=tenant.model))
+        await turn.say(unavailable_text(exc, model=tenant.model, managed=managed))
     return None
 
 

@@ -6,6 +6,10 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from core.errors import StartupError
+
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
@@ -32,17 +36,42 @@ def _upgrade(url: str, revision: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     import logging
 
+    # Alembic announces each of its plugins at INFO when it is imported (so before the
+    # import); the migrations themselves are still logged.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from alembic import command
 
-    # Alembic announces each of its plugins at INFO on every start; the migrations themselves
-    # are still logged.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     command.upgrade(alembic_config(url), revision)
+
+
+def safe_url(url: str) -> str:
+    """The database URL as an operator may see it: without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "the configured database_url"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 async def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision``; safe to call at every start.
 
     Alembic's env runs its own event loop, so it runs in a worker thread.
+
+    Raises:
+        StartupError: the database cannot be reached or refused us (one line, no password).
     """
-    await asyncio.to_thread(_upgrade, url, revision)
+    try:
+        await asyncio.to_thread(_upgrade, url, revision)
+    except (OSError, DBAPIError, TimeoutError) as exc:
+        raise StartupError(
+            f"cannot open the database at {safe_url(url)} ({_reason(exc)})"
+        ) from None

@@ -334,7 +334,7 @@ class AgentSupervisor:
         return len(idle)
 
     async def idle_job(self) -> None:
-        """The APScheduler job: ``scheduler.add_job(sup.idle_job, "interval", seconds=60)``."""
+        """The APScheduler job (every ``[agent] idle_check_interval_seconds``; see ``App.jobs``)."""
         await self.stop_idle()
 
     def status(self) -> list[AgentStatus]:

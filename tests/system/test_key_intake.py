@@ -100,6 +100,11 @@ async def test_cancel_ends_a_pending_key_request(
     # The Cancel button under a new prompt does the same.
     ada.send("/key rotate anthropic")
     await wait_prompts(ada, 3)
+    # The Cancel button comes in its own message right after the prompt: press the new one.
+    await eventually(
+        lambda: sum(label == "Cancel" for _, label, _ in ada.buttons()) >= 3,
+        message=lambda: repr(ada.buttons()),
+    )
     cancelled = len([t for t in ada.texts() if "cancelled" in t.lower()])
     ada.press("Cancel")
     await eventually(

@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from core.db.engine import CONNECT_TIMEOUT
 from core.db.models import Base
 
 target_metadata = Base.metadata
@@ -27,7 +28,9 @@ def _run(connection: Connection) -> None:
 async def _main() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     assert url is not None  # noqa: S101 - set by core.db.migrate
-    engine = create_async_engine(url)
+    # A database that does not answer fails start-up within seconds, not asyncpg's minute.
+    connect_args = {"timeout": CONNECT_TIMEOUT} if url.startswith("postgresql+asyncpg") else {}
+    engine = create_async_engine(url, connect_args=connect_args)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)
