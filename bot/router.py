@@ -244,6 +244,9 @@ class Router:
             return await self._route_button(turn)
         limit = s.config.core.max_message_chars
         if event.kind is EventKind.MESSAGE:
+            if event.attachments and not event.text.strip():
+                # A photo, voice note, file or sticker alone: no text for the agent (or a key).
+                raise Refusal(texts.MEDIA_ONLY.format(what=texts.media_names(event.attachments)))
             awaiting = None
             if event.chat.is_direct:
                 state = await s.flow_states.get(event.user.identity)

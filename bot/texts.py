@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
+from core.chat import AttachmentKind
 from core.config import PlanSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """A text that depends on a count: ``format(n=...)`` picks the singular or the plural."""
+
+    one: str
+    other: str
+
+    def format(self, *, n: int, **values: object) -> str:
+        return (self.one if n == 1 else self.other).format(n=n, **values)
+
 
 # -- general -----------------------------------------------------------------------------
 
@@ -26,6 +40,33 @@ STALE_BUTTON = (
 NOT_YOUR_BUTTON = "That button belongs to someone else's conversation."
 NEED_ACCOUNT = "You don't have an agent yet. Send /start to set one up."
 EMPTY_MESSAGE = "I can only read text messages for now."
+
+# -- media ------------------------------------------------------------------------------------
+
+MEDIA_NAMES = {
+    AttachmentKind.PHOTO: "photos",
+    AttachmentKind.VOICE: "voice messages",
+    AttachmentKind.AUDIO: "audio files",
+    AttachmentKind.VIDEO: "videos",
+    AttachmentKind.DOCUMENT: "files",
+    AttachmentKind.STICKER: "stickers",
+}
+MEDIA_ONLY = (
+    "Your agent can't read {what} yet, only text. Please type your message instead "
+    "and I'll pass it on."
+)
+MEDIA_DROPPED = (
+    "Note: your agent can't read {what} yet, so I passed on only the text you wrote with it."
+)
+
+
+def media_names(kinds: Iterable[AttachmentKind]) -> str:
+    """``photos``, ``photos or files``: the kinds of media in a message, for prose."""
+    names = list(dict.fromkeys(MEDIA_NAMES[k] for k in kinds))
+    if len(names) <= 1:
+        return names[0] if names else "attachments"
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
 
 HELP = """Here's what I can do:
 /start — set up your agent
@@ -98,6 +139,8 @@ KEY_ASK_PROMPT = (
 KEY_ASK_PROMPT_MODAL = (
     "Paste your {provider} API key. It is encrypted at rest and never shown in chat."
 )
+# A form field's label: Discord cuts labels at 45 characters.
+KEY_ASK_LABEL = "{provider} API key"
 KEY_MOVED_TO_DM = (
     "I've sent you a private message to collect the key — keys never belong in a group."
 )
@@ -141,8 +184,14 @@ KEY_CHECKS_PLATFORM_LIMIT = (
     "yours was not checked or saved. Try again in {minutes} minute(s) with /key add {provider}."
 )
 KEY_CHECK_FAILED = "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
-ATTEMPTS_LEFT = "You can try {n} more time(s) — send it again."
-ATTEMPTS_LEFT_FORM = "You can try again ({n} attempts left)."
+ATTEMPTS_LEFT = Counted(
+    one="You can try 1 more time — send it again.",
+    other="You can try {n} more times — send it again.",
+)
+ATTEMPTS_LEFT_FORM = Counted(
+    one="You can try again (1 attempt left).",
+    other="You can try again ({n} attempts left).",
+)
 ATTEMPTS_NONE = "That was the last attempt; send /key add {provider} to start over."
 INTAKE_EXPIRED = "That key request has expired. Send /key add {provider} to start a new one."
 INTAKE_EXPIRED_GENERIC = (
@@ -180,6 +229,17 @@ STATUS = """Plan: {plan} ({price})
 Account: {status}{paused}
 Model: {model}
 Keys: {keys}"""
+ACCOUNT_STATES = {
+    "trial": "not set up yet",
+    "active": "active",
+    "suspended": "suspended by an operator",
+    "deleted": "erased",
+}
+ACCOUNT_NEEDS_KEY = "waiting for your API key"
+STATUS_MODEL = "{model} ({provider})"
+STATUS_MODEL_DEFAULT = "{model} ({provider}'s default)"
+STATUS_MODEL_NONE = "none until you add a key"
+MANAGED_NAME = "the plan"
 PAUSED = "Your agent is paused. Send /resume when you want it back."
 RESUMED = "Your agent is back. Write to it any time."
 ALREADY_PAUSED = "Your agent is already paused."
@@ -263,6 +323,8 @@ PERSONA_SHOW = (
 PERSONA_NONE = "You have no persona set. Set one with /persona <text>, e.g. /persona You are a concise assistant."
 PERSONA_TOO_LONG = "A persona can be at most {limit} characters (that one has {length})."
 MODEL_CHOOSE = "Current model: {current}. Choose one:"
+MODEL_NOT_SET = "none yet"
+MODEL_MORE = "…and {count} more: send /model <name> to choose one of those."
 MODEL_SET = "Model set to {model}."
 MODEL_NONE = "There are no models to choose from yet: add a key with /key add <provider> first."
 USAGE_ALERT = (

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from sqlalchemy import select
 
-from core.config import Config
-from core.credentials import Credentials, KeyStatus
+from core.config import Config, PlanSettings
+from core.credentials import Credentials, KeyInfo, KeyStatus
 from core.db import Database
 from core.db.models import MemoryRow
 from core.errors import AgentUnavailable, DecryptionError, TenantNotFound
@@ -23,7 +23,7 @@ from core.proxy.config import ProxySettings
 from core.proxy_tokens import ProxyTokens
 from core.runtime.ports import AgentProfile, Turn
 from core.secret import Secret
-from core.tenants import Tenants, TenantStatus
+from core.tenants import Tenants, TenantStatus, TenantView
 from core.vault import decrypt_blob, encrypt_blob
 
 log = logging.getLogger("byokbot.memory")
@@ -32,6 +32,45 @@ DEFAULT_PERSONA = (
     "You are a helpful, concise assistant talking with one person in a chat app. "
     "Answer in the language they write in."
 )
+
+
+def pick_key(config: Config, tenant: TenantView, keys: Sequence[KeyInfo]) -> KeyInfo | None:
+    """The stored key the agent uses.
+
+    The chosen provider's, else the first active one in the operator's provider order, else
+    the first key (so a dead one is reported as such).
+    """
+    chosen = next((k for k in keys if k.provider == tenant.provider), None)
+    if chosen is not None or not keys:
+        return chosen
+    order = list(config.providers)
+    ranked = sorted(
+        keys, key=lambda k: order.index(k.provider) if k.provider in order else len(order)
+    )
+    return next((k for k in ranked if k.status is KeyStatus.ACTIVE), ranked[0])
+
+
+def managed_model(plan: PlanSettings, tenant: TenantView) -> str:
+    """The curated model a managed tenant uses: its choice if the plan has it, else the first."""
+    return tenant.model if tenant.model and tenant.model in plan.models else plan.models[0]
+
+
+def current_model(
+    config: Config, plan: PlanSettings, tenant: TenantView, keys: Sequence[KeyInfo]
+) -> tuple[str, str] | None:
+    """``(provider id, model id)`` the agent answers with now.
+
+    The provider is ``"managed"`` on a managed plan; None while a BYOK tenant has no key of a
+    provider the operator allows.
+    """
+    if not plan.byok:
+        return "managed", managed_model(plan, tenant)
+    chosen = pick_key(config, tenant, keys)
+    provider = config.providers.get(chosen.provider) if chosen is not None else None
+    if provider is None:
+        return None
+    picked = tenant.model if tenant.provider == provider.id and tenant.model else None
+    return provider.id, picked or provider.default_model
 
 
 class ProxyAccess:
@@ -109,7 +148,7 @@ class DatabaseProfiles:
         if not plan.byok:
             if self._managed is None:
                 raise AgentUnavailable("proxy_off")
-            model = tenant.model if tenant.model and tenant.model in plan.models else plan.models[0]
+            model = managed_model(plan, tenant)
             kind, base_url, key_id, token = await self._managed(tenant_id, model)
             return AgentProfile(
                 tenant_id=tenant_id,
@@ -125,28 +164,25 @@ class DatabaseProfiles:
         keys = list(await self._credentials.list(tenant_id))
         if not keys:
             raise AgentUnavailable("no_key")
-        chosen = next((k for k in keys if k.provider == tenant.provider), None)
-        if chosen is None:
-            order = list(self._config.providers)
-            keys.sort(key=lambda k: order.index(k.provider) if k.provider in order else len(order))
-            chosen = next((k for k in keys if k.status is KeyStatus.ACTIVE), keys[0])
+        chosen = pick_key(self._config, tenant, keys)
+        assert chosen is not None  # noqa: S101 - keys is not empty
         if chosen.status is not KeyStatus.ACTIVE:
             raise AgentUnavailable("invalid_key")
-        provider = self._config.providers.get(chosen.provider)
-        if provider is None:
+        choice = current_model(self._config, plan, tenant, keys)
+        provider = self._config.providers.get(choice[0]) if choice is not None else None
+        if choice is None or provider is None:
             raise AgentUnavailable("no_key")
         revealed = await self._credentials.reveal(tenant_id, provider.id)
         if revealed is None:
             raise AgentUnavailable("no_key")
         info, key = revealed
-        picked = tenant.model if tenant.provider == provider.id and tenant.model else None
         return AgentProfile(
             tenant_id=tenant_id,
             provider_kind=provider.kind,
             base_url=provider.base_url,
             api_key=key,
             key_id=info.id,
-            model=picked or provider.default_model,
+            model=choice[1],
             persona=persona,
             max_reply_tokens=agent.max_reply_tokens,
             context_tokens=agent.context_tokens,

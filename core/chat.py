@@ -68,6 +68,21 @@ class EventKind(StrEnum):
     SECRET_CANCELLED = "secret_cancelled"  # noqa: S105 - an event kind, not a password
 
 
+class AttachmentKind(StrEnum):
+    """What a person attached to a message.
+
+    Only the kind crosses into the core, never the file, its name or its URL: the agent cannot
+    read attachments yet, so flows only say so.
+    """
+
+    PHOTO = "photo"
+    VOICE = "voice"
+    AUDIO = "audio"
+    VIDEO = "video"
+    DOCUMENT = "document"
+    STICKER = "sticker"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One thing a person did, translated from a platform update.
@@ -80,6 +95,8 @@ class Event:
     ``reply_to`` is the id of the bot's message this one replies to (Telegram's
     ``reply_to_message``), so a flow can tell an answer to its prompt from a new message.
     A SECRET_CANCELLED event carries the closed form's ``intake_token``.
+    ``attachments`` lists the kinds of media the message carried (its ``text`` is then the
+    caption, possibly empty).
     ``links`` are link targets the message carries but does not show (Telegram ``text_link``
     entities): the leak guard reads them too.
     """
@@ -100,6 +117,7 @@ class Event:
     via_modal: bool = False
     event_id: str = ""
     reply_to: str | None = None
+    attachments: tuple[AttachmentKind, ...] = ()
     links: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -138,7 +156,8 @@ class SecretRequest:
 
     ``token`` is the intake session's one-time token; adapters carry it inside the form (modal
     custom id) and return it in the SECRET event; it is not a secret on its own (useless
-    without the bound user) but is never shown in chat.
+    without the bound user) but is never shown in chat. ``label`` is the form field's short
+    name (Discord allows 45 characters); without it adapters use ``title``.
     """
 
     token: str = field(repr=False)
@@ -146,6 +165,7 @@ class SecretRequest:
     title: str
     prompt: str
     expires_at: datetime
+    label: str = ""
 
 
 @dataclass(frozen=True, slots=True)

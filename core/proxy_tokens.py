@@ -8,9 +8,23 @@ from managed, suspension, deletion). Tokens do not expire by time, because a bus
 live for days.
 
 ``cache_seconds`` (the proxy's ``token_cache_seconds``) keeps resolved tokens in memory for
-that long, so the request path skips the lookup. Revocation through the same ``ProxyTokens``
-object (the proxy running inside ``byokbot run``) is still immediate; a revocation made by
-another process reaches a standalone proxy within ``cache_seconds``.
+that long, so the request path skips the lookup. Revocation (``revoke_all``, and a tenant
+paused through ``core.tenants``) must not wait for that:
+
+* in the same process it is immediate: every ``ProxyTokens`` of the process forgets the
+  tenant once the revocation has committed (``forget_everywhere``);
+* across processes it takes under a second: the revocation adds one to the single row of
+  ``proxy_revocations`` in its own transaction (``record_revocation``), and a cached token is
+  only served while the last read of that counter *started* less than
+  ``REVOCATION_CHECK_SECONDS`` (0.5 s) ago. The proxy re-reads it in the background every
+  0.25 s (``ProxyServer``), so the request path pays one clock read; if the reader falls
+  behind, the next cache hit reads it inline. A changed counter empties the cache. The same
+  code runs on SQLite and PostgreSQL (a counter row, not LISTEN/NOTIFY, which SQLite lacks).
+
+A lookup that raced a revocation is not cached (an epoch counter bumped by every forget),
+so a stale answer read just before the revocation cannot outlive it. Rotation (``issue``
+retiring tokens beyond ``keep``) is not a revocation: another process may accept a retired
+token for up to ``cache_seconds``.
 
 A token is ``byok-`` + 43 url-safe base64 characters (256 random bits), the shape
 ``core.keys`` already detects as a leak. Only its SHA-256 is stored; lookup is by that digest
@@ -20,24 +34,46 @@ final check does not depend on string-equality timing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import math
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
 from core.db import Database
-from core.db.models import ProxyTokenRow, TenantRow
+from core.db.models import ProxyRevocationRow, ProxyTokenRow, TenantRow
 from core.ports import Clock
 from core.secret import Secret
 
 PREFIX: Final = "byok-"
 _TOKEN_CHARS: Final = 43
 _CACHE_MAX: Final = 100_000
+REVOCATION_CHECK_SECONDS: Final = 0.5
+
+_LIVE: weakref.WeakSet[ProxyTokens] = weakref.WeakSet()
+
+
+async def record_revocation(session: AsyncSession) -> None:
+    """In the caller's transaction: every proxy process drops its cached tokens (< 1 s)."""
+    await session.execute(
+        update(ProxyRevocationRow)
+        .where(ProxyRevocationRow.id == 1)
+        .values(generation=ProxyRevocationRow.generation + 1)
+    )
+
+
+def forget_everywhere(tenant_id: str) -> None:
+    """After the revocation committed: every ``ProxyTokens`` of this process forgets the tenant."""
+    for tokens in list(_LIVE):
+        tokens.forget(tenant_id)
 
 
 def _digest(token: str) -> str:
@@ -68,7 +104,13 @@ class ProxyTokens:
     """Issues, resolves and revokes scoped tokens."""
 
     def __init__(
-        self, db: Database, clock: Clock, *, keep: int = 3, cache_seconds: float = 0.0
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        keep: int = 3,
+        cache_seconds: float = 0.0,
+        check_seconds: float = REVOCATION_CHECK_SECONDS,
     ) -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
@@ -76,13 +118,48 @@ class ProxyTokens:
         self._clock = clock
         self._keep = keep
         self._cache_seconds = cache_seconds
+        self.check_seconds = check_seconds
         # digest -> (monotonic expiry, owner). Only hits are cached, so random tokens cannot
-        # grow it; revoke_all/issue through this object drop the tenant's entries at once.
+        # grow it; a revocation in this process drops the tenant's entries at once.
         self._cache: dict[str, tuple[float, TokenOwner]] = {}
+        self._epoch = 0  # bumped by every forget: a lookup that raced one is not cached
+        self._generation: int | None = None  # proxy_revocations as last read
+        self._checked = -math.inf  # monotonic time that read started
+        self._checking: asyncio.Future[None] | None = None
+        _LIVE.add(self)
 
-    def _forget(self, tenant_id: str) -> None:
+    @property
+    def caching(self) -> bool:
+        return self._cache_seconds > 0
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop the tenant's cached tokens (see ``forget_everywhere``)."""
+        self._epoch += 1
         for digest in [d for d, (_, o) in self._cache.items() if o.tenant_id == tenant_id]:
             del self._cache[digest]
+
+    async def check_revocations(self) -> None:
+        """Read the revocation counter; empty the cache if another process revoked since."""
+        if self._checking is None:
+            self._checking = asyncio.ensure_future(self._check())
+            self._checking.add_done_callback(self._checked_done)
+        await asyncio.shield(self._checking)
+
+    def _checked_done(self, _: asyncio.Future[None]) -> None:
+        self._checking = None
+
+    async def _check(self) -> None:
+        started = time.monotonic()
+        async with self._db.session() as s:
+            generation = await s.scalar(
+                select(ProxyRevocationRow.generation).where(ProxyRevocationRow.id == 1)
+            )
+        generation = int(generation or 0)
+        if self._generation is not None and generation != self._generation:
+            self._epoch += 1
+            self._cache.clear()
+        self._generation = generation
+        self._checked = max(self._checked, started)
 
     async def issue(self, tenant_id: str) -> Secret:
         """A new token for the agent; tokens older than the newest ``keep`` stop working."""
@@ -106,7 +183,7 @@ class ProxyTokens:
                     ProxyTokenRow.tenant_id == tenant_id, ProxyTokenRow.id.not_in(ids)
                 )
             )
-        self._forget(tenant_id)
+        forget_everywhere(tenant_id)
         return Secret(token)
 
     async def owner(self, token: str) -> TokenOwner | None:
@@ -115,9 +192,17 @@ class ProxyTokens:
             return None
         digest = _digest(token)
         if self._cache_seconds:
+            now = time.monotonic()
             hit = self._cache.get(digest)
-            if hit is not None and hit[0] > time.monotonic():
-                return hit[1]
+            if hit is not None and hit[0] > now:
+                if now - self._checked > self.check_seconds:
+                    await self.check_revocations()  # the background reader fell behind
+                    hit = self._cache.get(digest)
+                if hit is not None:
+                    return hit[1]
+            elif self._generation is None:
+                await self.check_revocations()  # the baseline, before anything is cached
+        epoch = self._epoch
         async with self._db.session() as s:
             row = (
                 await s.execute(
@@ -135,7 +220,7 @@ class ProxyTokens:
         if row is None or not hmac.compare_digest(row[0], digest):
             return None
         owner = TokenOwner(tenant_id=row[1], plan=row[2], status=row[3], paused=bool(row[4]))
-        if self._cache_seconds:
+        if self._cache_seconds and epoch == self._epoch:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[digest] = (time.monotonic() + self._cache_seconds, owner)
@@ -152,7 +237,7 @@ class ProxyTokens:
             result = await s.execute(
                 delete(ProxyTokenRow).where(ProxyTokenRow.tenant_id == tenant_id)
             )
-            self._forget(tenant_id)
+            await record_revocation(s)
             count = int(getattr(result, "rowcount", 0) or 0)
             audit.record(
                 s,
@@ -162,4 +247,5 @@ class ProxyTokens:
                 tenant_id=tenant_id,
                 count=count,
             )
+        forget_everywhere(tenant_id)  # after the commit: a lookup now sees it gone
         return count

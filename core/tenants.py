@@ -16,7 +16,7 @@ from enum import StrEnum
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit
+from core import audit, proxy_tokens
 from core.cache import TTLCache
 from core.chat import UserRef
 from core.credentials import Credentials
@@ -250,6 +250,7 @@ class Tenants:
         actor: str,
         action: str,
         detail: dict[str, str] | None = None,
+        revokes: bool = False,
         **values: object,
     ) -> TenantView:
         now = self._clock.now()
@@ -266,6 +267,8 @@ class Tenants:
             audit.record(
                 s, at=now, actor=actor, action=action, tenant_id=tenant_id, **(detail or {})
             )
+            if revokes:
+                await proxy_tokens.record_revocation(s)
             return _view(row)
 
     async def set_plan(self, tenant_id: str, plan_id: str, *, actor: str) -> TenantView:
@@ -291,12 +294,16 @@ class Tenants:
         )
 
     async def set_paused(self, tenant_id: str, paused: bool, *, actor: str) -> TenantView:
-        return await self._change(
+        view = await self._change(
             tenant_id,
             actor=actor,
             action="tenant.paused" if paused else "tenant.unpaused",
+            revokes=paused,
             paused=paused,
         )
+        if paused:  # its proxy token stops working now, here and (< 1 s) in other processes
+            proxy_tokens.forget_everywhere(tenant_id)
+        return view
 
     async def suspend(self, tenant_id: str, *, actor: str, reason: str) -> TenantView:
         view = await self._change(

@@ -144,8 +144,8 @@ async def test_guild_ids_sync_per_guild(fake: FakeDiscord) -> None:
     ]
 
 
-async def test_onboarding_with_buttons_and_ephemeral_choice(fake: FakeDiscord) -> None:
-    """/start in a channel -> plan buttons; Alice presses one -> a private confirmation."""
+async def test_onboarding_in_a_channel_is_ephemeral(fake: FakeDiscord) -> None:
+    """/start in a channel -> plan buttons only Alice sees; she presses one -> private too."""
     alice = fake.user(ALICE_ID, "alice")
 
     async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
@@ -173,7 +173,7 @@ async def test_onboarding_with_buttons_and_ephemeral_choice(fake: FakeDiscord) -
     start, choice = callbacks(fake)
     assert start["type"] == 4
     assert start["data"]["content"] == "Pick a plan"
-    assert start["data"].get("flags", 0) & EPHEMERAL == 0
+    assert start["data"].get("flags", 0) & EPHEMERAL == EPHEMERAL
     assert start["data"]["components"][0]["components"][0]["custom_id"] == "b:t1:plan:byok"
     assert choice["type"] == 4
     assert (choice["data"]["content"], choice["data"]["flags"]) == ("You are on BYOK.", EPHEMERAL)
@@ -530,8 +530,9 @@ async def test_answers_after_the_interaction_token_expired_use_the_channel(
             )
         )
     assert fake.find("POST", r"^/webhooks/") == []
-    assert posted(fake, GUILD_CHANNEL_ID) == ["Done at last"]
-    assert posted(fake, fake.dm_channels[ALICE_ID]) == ["Your usage"]
+    # An answer to a command in a server is personal: without the interaction, the DM.
+    assert posted(fake, GUILD_CHANNEL_ID) == []
+    assert posted(fake, fake.dm_channels[ALICE_ID]) == ["Done at last", "Your usage"]
 
 
 async def test_rate_limited_edit_is_retried_by_the_library(fake: FakeDiscord) -> None:
@@ -732,8 +733,8 @@ async def test_an_interaction_discord_forgot_is_answered_in_the_chat_instead(
             "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
         )
         await fake.wait_for(lambda: done == [True])
-    assert posted(fake, GUILD_CHANNEL_ID) == ["Public answer"]
-    assert posted(fake, fake.dm_channels[ALICE_ID]) == ["Private answer"]
+    assert posted(fake, GUILD_CHANNEL_ID) == []
+    assert posted(fake, fake.dm_channels[ALICE_ID]) == ["Public answer", "Private answer"]
     assert len(fake.find("POST", CALLBACK)) == 1  # no second try on a dead interaction
 
 

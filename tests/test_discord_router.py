@@ -223,7 +223,8 @@ async def test_expired_key_form_is_answered_ephemerally(land: Discordland) -> No
     )
     text, ephemeral = land.answers()[-1]
     assert ephemeral is True
-    assert text == texts.INTAKE_EXPIRED_GENERIC
+    # Discord names the option: /key add provider:<provider>.
+    assert text == texts.INTAKE_EXPIRED_GENERIC.replace("/key add ", "/key add provider:")
 
 
 async def test_someone_elses_button_is_refused(land: Discordland) -> None:

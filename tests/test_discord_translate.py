@@ -307,14 +307,17 @@ def test_secret_modal_and_button_carry_the_token() -> None:
         title="Anthropic key",
         prompt="Paste your Anthropic API key; it is stored encrypted and never shown again.",
         expires_at=datetime(2026, 1, 1, tzinfo=UTC),
+        label="Anthropic API key",
     )
-    modal = translate.secret_modal(request.token, title=request.title, prompt=request.prompt)
+    modal = translate.secret_modal(
+        request.token, title=request.title, prompt=request.prompt, label=request.label
+    )
     body = modal.to_dict()
     assert body["custom_id"] == "k:tok123456"
     assert body["title"] == "Anthropic key"
     field = body["components"][0]["components"][0]
     assert (field["custom_id"], field["style"], field["required"]) == ("secret", 1, True)
-    assert len(field["label"]) == 45
+    assert field["label"] == "Anthropic API key"  # the short label, not the cut prompt
     assert field["placeholder"] == request.prompt
     button = translate.secret_button(request).to_components()[0]["components"][0]
     assert (button["custom_id"], button["label"]) == ("s:tok123456", "Anthropic key")

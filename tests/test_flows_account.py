@@ -41,7 +41,7 @@ async def test_status_pause_resume(world: World) -> None:
         price="$39/month",
         status="active",
         paused="",
-        model="default",
+        model="claude-sonnet-4-5 (the plan's default)",
         keys="none",
     )
     await ada.command("/resume")

@@ -69,7 +69,7 @@ async def test_a_whole_conversation(world: World, fake: FakeLLMServer) -> None:
     assert ada.messenger.typing_in == [ada.dm.id]
 
     await ada.command("/model")
-    assert ada.last == texts.MODEL_CHOOSE.format(current="default")
+    assert ada.last == texts.MODEL_CHOOSE.format(current="claude-sonnet-4-5")
     assert [label for label, _ in ada.buttons()] == [
         "model-large (anthropic)",
         "model-small (anthropic)",

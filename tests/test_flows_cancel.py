@@ -73,7 +73,7 @@ async def test_the_cancel_button_under_a_key_prompt(world: World) -> None:
 
 async def test_cancel_ends_the_delete_confirmation(world: World) -> None:
     ada = world.person()
-    await ada.command("/plan managed")
+    await ada.command("/plan byok")
     await ada.command("/delete")
     yes = dict(ada.buttons())[texts.DELETE_YES]
     await ada.command("/cancel")
@@ -85,7 +85,7 @@ async def test_cancel_ends_the_delete_confirmation(world: World) -> None:
 
 async def test_cancel_voids_a_link_code(world: World) -> None:
     ada = world.person()
-    await ada.command("/plan managed")
+    await ada.command("/plan byok")
     await ada.command("/link")
     code = ada.last.split("/link ")[1].split()[0]
     await ada.command("/cancel")

@@ -149,8 +149,18 @@ async def world(tmp_path: Path, db_url: str) -> AsyncIterator[World]:
 
 
 @contextlib.asynccontextmanager
-async def start_world(tmp_path: Path, url: str, **caps: Any) -> AsyncIterator[World]:
-    """A proxy on loopback in front of the fake providers, with one tenant per plan."""
+async def start_world(
+    tmp_path: Path,
+    url: str,
+    *,
+    token_cache_seconds: float = 0,
+    upstream_url: str | None = None,
+    **caps: Any,
+) -> AsyncIterator[World]:
+    """A proxy on loopback in front of the fake providers, with one tenant per plan.
+
+    ``upstream_url`` points both upstreams elsewhere (the fake still runs, unused).
+    """
     keys = {"PX_ANTHROPIC_KEY": canaries.anthropic_key(), "PX_OPENAI_KEY": canaries.openai_key()}
     fake = await FakeLLMServer(valid_keys=set(keys.values())).__aenter__()
     db = await open_db(url)
@@ -165,9 +175,13 @@ async def start_world(tmp_path: Path, url: str, **caps: Any) -> AsyncIterator[Wo
     clock = ManualClock(START)
     sink = RecordingAlertSink()
     plans = catalog(**caps)
-    settings = parse_proxy(proxy_table(fake), source="test.toml", plans=plans)
+    table = proxy_table(fake)
+    if upstream_url is not None:
+        table["upstreams"]["up-anthropic"]["base_url"] = upstream_url
+        table["upstreams"]["up-openai"]["base_url"] = upstream_url + "/v1"
+    settings = parse_proxy(table, source="test.toml", plans=plans)
     budget = Budget(db, plans, clock, sink=sink)
-    tokens = ProxyTokens(db, clock)
+    tokens = ProxyTokens(db, clock, cache_seconds=token_cache_seconds)
     server = ProxyServer(
         settings, db, plans=plans, env=keys, clock=clock, budget=budget, tokens=tokens
     )

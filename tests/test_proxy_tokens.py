@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from core import audit
 from core.db import Database
 from core.db.models import ProxyTokenRow
 from core.keys import find_leaks
 from core.ports import ManualClock
-from core.proxy_tokens import ProxyTokens, TokenOwner, looks_like_token
+from core.proxy_tokens import ProxyTokens, TokenOwner, looks_like_token, record_revocation
 from core.secret import Secret
 from tests.test_budget import add_tenant, open_db
 
@@ -92,15 +93,27 @@ def test_keep_must_be_positive() -> None:
         ProxyTokens(Database("sqlite+aiosqlite:///:memory:"), ManualClock(), keep=0)
 
 
-async def test_the_cache_skips_lookups_but_not_revocations_made_through_it(db: Database) -> None:
+async def test_the_cache_skips_lookups_but_not_revocations(db: Database) -> None:
     tokens = ProxyTokens(db, ManualClock(), cache_seconds=60)
     token = (await tokens.issue("t1")).reveal()
     assert await tokens.resolve(token) == "t1"
-    elsewhere = ProxyTokens(db, ManualClock())  # e.g. the bot, in another process
+    other = (await tokens.issue("t2")).reveal()
+    assert await tokens.resolve(other) == "t2"
+    elsewhere = ProxyTokens(db, ManualClock())  # e.g. the bot, in this process
     assert await elsewhere.revoke_all("t1") == 1
-    # Documented: another process's revocation reaches this cache within cache_seconds.
+    # In the same process a revocation through any ProxyTokens object applies at once.
+    assert await tokens.resolve(token) is None
+    assert await tokens.resolve(other) == "t2"
+
+
+async def test_a_revocation_counted_by_another_process_empties_the_cache(db: Database) -> None:
+    tokens = ProxyTokens(db, ManualClock(), cache_seconds=60, check_seconds=0.05)
+    token = (await tokens.issue("t1")).reveal()
     assert await tokens.resolve(token) == "t1"
-    await tokens.revoke_all("t1")
+    async with db.session() as s, s.begin():  # what another process's revoke_all commits
+        await s.execute(delete(ProxyTokenRow))
+        await record_revocation(s)
+    await asyncio.sleep(0.06)  # past the check window: the next hit re-reads the counter
     assert await tokens.resolve(token) is None
 
 

@@ -22,7 +22,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import aiohttp
@@ -32,7 +32,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from adapters.discord import translate
+from adapters.discord import syntax, translate
 from adapters.discord.config import DiscordConfig
 from core.chat import (
     ChatRef,
@@ -236,6 +236,10 @@ class DiscordAdapter:
     ) -> None:
         self._cfg = config
         self._catalog = catalog or CommandCatalog()
+        self._syntax = syntax.from_definitions(
+            translate.command_definitions(self._catalog.providers),
+            {"plan": self._catalog.plans, "name": self._catalog.models},
+        )
         self._dedup = dedup or InMemoryDeduplicator()
         self._clock = clock
         self._sleep = sleep
@@ -444,7 +448,13 @@ class DiscordAdapter:
         try:
             outcome = await self._run_within_window(event, live)
             if outcome is not None and outcome.secret_error:
-                await self._answer_ephemeral(live, outcome.secret_error)
+                # The modal closed on submit: while the request is open, a button reopens it.
+                reopen = None
+                if outcome.secret_retry and event.intake_token:
+                    request = self._pending_secrets.get(event.intake_token)
+                    label = request.title if request else "API key"
+                    reopen = translate.form_button(event.intake_token, label)
+                await self._answer_ephemeral(live, outcome.secret_error, reopen)
             async with live.lock:
                 if not live.answered and not live.gone:
                     # Nothing was said: acknowledge so Discord shows no failure.
@@ -485,11 +495,13 @@ class DiscordAdapter:
             return False
         return True
 
-    async def _answer_ephemeral(self, live: _Live, text: str) -> None:
+    async def _answer_ephemeral(
+        self, live: _Live, text: str, view: discord.ui.View | None = None
+    ) -> None:
         reply = Reply(text=text, sensitive=True)
         async with live.lock:
             try:
-                await self._via_interaction(live, reply, translate.render(reply), None, None)
+                await self._via_interaction(live, reply, self._render(reply), view, None)
             except DiscordSendError as exc:
                 _log.warning("discord: could not show a refused secret's reason: %s", exc)
 
@@ -517,11 +529,18 @@ class DiscordAdapter:
         # After a restart the prompt is gone; the form still works and the router checks the
         # token (an expired one gets its clear answer when submitted).
         title = request.title if request else "API key"
-        prompt = request.prompt if request else "API key"
-        modal = translate.secret_modal(token, title=title, prompt=prompt)
+        prompt = request.prompt if request else ""
+        label = request.label if request else ""
+        modal = translate.secret_modal(token, title=title, prompt=prompt, label=label)
         await self._guard(interaction.response.send_modal(modal), "open secret form")
 
     # -- Messenger ---------------------------------------------------------------------------
+
+    def _render(self, reply: Reply) -> str:
+        """The message text; the bot's own texts name commands in Discord's slash syntax."""
+        if reply.format is TextFormat.PLAIN:
+            reply = replace(reply, text=self._syntax(reply.text))
+        return translate.render(reply)
 
     def _alive(self, live: _Live | None) -> bool:
         return (
@@ -531,14 +550,16 @@ class DiscordAdapter:
         )
 
     async def respond(self, event: Event, reply: Reply) -> MessageRef | None:
-        """Answer an event: through its interaction (ephemeral when sensitive) or its chat.
+        """Answer an event: through its interaction or its chat.
 
-        Without a usable interaction (a message event, a token past its 15 minutes, an
-        interaction Discord no longer knows), personal replies go to the DM and the others to
-        the chat, as a reply to the person's message in servers.
+        Through an interaction the answer is ephemeral when sensitive, and always in a server
+        channel. Without a usable interaction (a message event, a token past its 15 minutes,
+        an interaction Discord no longer knows), personal replies (sensitive ones, and every
+        answer to a command, button or form in a server) go to the DM and the others to the
+        chat, as a reply to the person's message in servers.
         """
         live = self._live.get(event.event_id)
-        pieces = translate.split_text(translate.render(reply))
+        pieces = translate.split_text(self._render(reply))
         first: MessageRef | None = None
         for n, piece in enumerate(pieces):
             last = n == len(pieces) - 1
@@ -553,7 +574,8 @@ class DiscordAdapter:
                     _log.info("discord: interaction unusable (%s); answering in the chat", exc)
                     live.gone = True
             if ref is None:
-                if reply.sensitive and not event.chat.is_direct:
+                personal = reply.sensitive or event.kind is not EventKind.MESSAGE
+                if personal and not event.chat.is_direct:
                     # No ephemeral message outside interactions: personal replies go to the DM.
                     dm = await self.open_dm(event.user)
                     if dm is None:
@@ -578,12 +600,14 @@ class DiscordAdapter:
     ) -> MessageRef:
         """One message through the interaction; caller holds ``live.lock``."""
         interaction = live.interaction
-        kwargs: dict[str, Any] = {"ephemeral": reply.sensitive}
+        chat = _interaction_chat(interaction)
+        # In a server channel a command, button or form is one person's business: every
+        # answer to it is ephemeral (onboarding, status, keys, the /delete confirmation).
+        kwargs: dict[str, Any] = {"ephemeral": reply.sensitive or not chat.is_direct}
         if view is not None:
             kwargs["view"] = view
         if file is not None:
             kwargs["file"] = file
-        chat = _interaction_chat(interaction)
         try:
             if not live.answered:
                 response = await interaction.response.send_message(piece, **kwargs)
@@ -633,7 +657,7 @@ class DiscordAdapter:
 
     async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
         """Post to a channel or DM (split at 2000 characters; buttons on the last piece)."""
-        pieces = translate.split_text(translate.render(reply))
+        pieces = translate.split_text(self._render(reply))
         first: MessageRef | None = None
         for n, piece in enumerate(pieces):
             last = n == len(pieces) - 1
@@ -644,7 +668,7 @@ class DiscordAdapter:
 
     async def edit(self, message: MessageRef, reply: Reply) -> None:
         """Replace a message's text and buttons (text beyond 2000 characters is cut)."""
-        text = translate.split_text(translate.render(reply))[0]
+        text = translate.split_text(self._render(reply))[0]
         view = translate.to_view(reply.buttons, bot_id=self._bot_id)
         record = self._webhook_messages.get(message.id)
         try:
@@ -737,7 +761,7 @@ class DiscordAdapter:
         )
         if modal_ok and not live.answered:
             modal = translate.secret_modal(
-                request.token, title=request.title, prompt=request.prompt
+                request.token, title=request.title, prompt=request.prompt, label=request.label
             )
             try:
                 await live.interaction.response.send_modal(modal)
@@ -899,6 +923,10 @@ def message_payload(message: discord.Message) -> dict[str, Any]:
             "bot": author.bot,
         },
         "mentions": [{"id": str(m.id)} for m in message.mentions],
+        "flags": message.flags.value,
+        # Only what tells the kind of media apart: no file names, URLs or contents.
+        "attachments": [{"content_type": a.content_type or ""} for a in message.attachments],
+        "sticker_items": [{"id": str(s.id)} for s in message.stickers],
     }
     if message.webhook_id is not None:
         payload["webhook_id"] = str(message.webhook_id)

@@ -20,6 +20,7 @@ from typing import Any, Final
 import discord
 
 from core.chat import (
+    AttachmentKind,
     Button,
     ButtonStyle,
     ChatRef,
@@ -280,10 +281,37 @@ def _mention_pattern(bot_id: str) -> re.Pattern[str]:
     return re.compile(rf"<@!?{re.escape(bot_id)}>")
 
 
+# Message flag IS_VOICE_MESSAGE: the attachment was recorded in the client.
+_VOICE_MESSAGE_FLAG: Final = 1 << 13
+
+
+def attachments(payload: Mapping[str, Any]) -> tuple[AttachmentKind, ...]:
+    """The kinds of media on a MESSAGE_CREATE (``attachments`` and ``sticker_items``)."""
+    voice = bool(int(payload.get("flags") or 0) & _VOICE_MESSAGE_FLAG)
+    found: list[AttachmentKind] = []
+    for item in payload.get("attachments") or ():
+        family = str(item.get("content_type") or "").partition("/")[0]
+        if family == "image":
+            found.append(AttachmentKind.PHOTO)
+        elif family == "audio":
+            voice_clip = voice or "waveform" in item
+            found.append(AttachmentKind.VOICE if voice_clip else AttachmentKind.AUDIO)
+        elif family == "video":
+            found.append(AttachmentKind.VIDEO)
+        else:
+            found.append(AttachmentKind.DOCUMENT)
+    if payload.get("sticker_items") or payload.get("stickers"):
+        found.append(AttachmentKind.STICKER)
+    return tuple(dict.fromkeys(found))
+
+
 def message_to_event(
     payload: Mapping[str, Any], *, bot_id: str, agent_channels: Iterable[str] = ()
 ) -> Event | None:
-    """A MESSAGE_CREATE payload as a MESSAGE event; None for bots, system messages, no text.
+    """A MESSAGE_CREATE payload as a MESSAGE event; None for bots, system messages, nothing.
+
+    Attachments and stickers come through as ``attachments`` (the text, possibly empty, is
+    their caption), so the person hears that the agent cannot read them yet.
 
     In guild channels ``addressed`` is true for a mention of the bot, a reply to one of its
     messages, or a channel the operator gave to the agent; the mention is removed from the text.
@@ -305,7 +333,8 @@ def message_to_event(
     channel_id = str(payload["channel_id"])
     addressed = direct or mentioned or replied or channel_id in set(agent_channels)
     text = " ".join(pattern.sub(" ", content).split()) if mentioned else content.strip()
-    if not text:
+    media = attachments(payload)
+    if not text and not media:
         return None
     return Event(
         kind=EventKind.MESSAGE,
@@ -315,6 +344,7 @@ def message_to_event(
         message_id=str(payload["id"]),
         addressed=addressed,
         event_id=f"discord:message:{payload['id']}",
+        attachments=media,
     )
 
 
@@ -411,26 +441,43 @@ def to_view(buttons: Sequence[Sequence[Button]], *, bot_id: str = "") -> StaticV
 
 def secret_button(request: SecretRequest) -> StaticView:
     """One button that opens the key form, for when no interaction can show it directly."""
+    return form_button(request.token, request.title)
+
+
+def form_button(token: str, label: str) -> StaticView:
+    """A button that opens the key form of intake ``token`` (first time or again)."""
     view = StaticView(timeout=None)
     view.add_item(
         discord.ui.Button(
-            label=_truncate(request.title, 80),
-            custom_id=OPEN_SECRET_PREFIX + request.token,
+            label=_truncate(label, 80),
+            custom_id=OPEN_SECRET_PREFIX + token,
             style=discord.ButtonStyle.primary,
         )
     )
     return view
 
 
-def secret_modal(token: str, *, title: str, prompt: str) -> SecretModal:
-    """The modal with one short text input; the intake token rides in its custom id."""
-    modal = SecretModal(title=_truncate(title, 45), custom_id=MODAL_PREFIX + token, timeout=None)
+# Discord's limits for a modal: title and field label 45 characters, placeholder 100.
+MODAL_TITLE_LIMIT: Final = 45
+FIELD_LABEL_LIMIT: Final = 45
+PLACEHOLDER_LIMIT: Final = 100
+
+
+def secret_modal(token: str, *, title: str, prompt: str, label: str = "") -> SecretModal:
+    """The modal with one short text input; the intake token rides in its custom id.
+
+    The field is labelled ``label`` (else ``title``) and the prompt is its placeholder; the
+    texts are written to fit, cutting is only the last resort for operator-named providers.
+    """
+    modal = SecretModal(
+        title=_truncate(title, MODAL_TITLE_LIMIT), custom_id=MODAL_PREFIX + token, timeout=None
+    )
     modal.add_item(
         discord.ui.TextInput(
-            label=_truncate(prompt, 45),
+            label=_truncate(label or title, FIELD_LABEL_LIMIT),
             custom_id=SECRET_FIELD,
             style=discord.TextStyle.short,
-            placeholder=_truncate(prompt, 100) if len(prompt) > 45 else None,
+            placeholder=_truncate(prompt, PLACEHOLDER_LIMIT) if prompt else None,
             required=True,
             min_length=1,
             max_length=4000,

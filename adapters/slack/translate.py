@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from core.chat import (
+    AttachmentKind,
     Button,
     ButtonStyle,
     ChatRef,
@@ -129,6 +130,26 @@ def command_event(form: Mapping[str, Any], *, is_direct: bool) -> Event:
     )
 
 
+def attachments(message: Mapping[str, Any]) -> tuple[AttachmentKind, ...]:
+    """The kinds of the files shared with a message (``files``, subtype ``file_share``).
+
+    A clip recorded in Slack is ``slack_audio`` (a voice message) or ``slack_video``.
+    """
+    found: list[AttachmentKind] = []
+    for item in message.get("files") or ():
+        family = str(item.get("mimetype") or "").partition("/")[0]
+        if family == "image":
+            found.append(AttachmentKind.PHOTO)
+        elif family == "audio" or item.get("subtype") == "slack_audio":
+            voice = item.get("subtype") == "slack_audio"
+            found.append(AttachmentKind.VOICE if voice else AttachmentKind.AUDIO)
+        elif family == "video":
+            found.append(AttachmentKind.VIDEO)
+        else:
+            found.append(AttachmentKind.DOCUMENT)
+    return tuple(dict.fromkeys(found))
+
+
 def message_event(event: Mapping[str, Any], *, bot_user_id: str, event_id: str) -> Event | None:
     """A ``message`` or ``app_mention`` event, or None when it is not a person speaking.
 
@@ -171,6 +192,7 @@ def message_event(event: Mapping[str, Any], *, bot_user_id: str, event_id: str) 
         message_id=ts,
         addressed=addressed,
         event_id=event_id,
+        attachments=attachments(inner),
     )
 
 

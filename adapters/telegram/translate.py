@@ -26,6 +26,7 @@ from telegram.constants import ChatType, KeyboardButtonStyle, ParseMode
 
 from core.chat import (
     OPEN_DM_PAYLOAD,
+    AttachmentKind,
     Button,
     ButtonStyle,
     ChatRef,
@@ -102,8 +103,29 @@ def _hidden_links(message: Message) -> tuple[str, ...]:
     return tuple(e.url for e in entities if e.type == MessageEntity.TEXT_LINK and e.url)
 
 
+def attachments(message: Message) -> tuple[AttachmentKind, ...]:
+    """The kinds of media on a message (a GIF is an animation *and* a document: one video)."""
+    found: list[AttachmentKind] = []
+    if message.photo:
+        found.append(AttachmentKind.PHOTO)
+    if message.voice is not None:
+        found.append(AttachmentKind.VOICE)
+    if message.audio is not None:
+        found.append(AttachmentKind.AUDIO)
+    if message.video is not None or message.video_note is not None or message.animation is not None:
+        found.append(AttachmentKind.VIDEO)
+    if message.document is not None and message.animation is None:
+        found.append(AttachmentKind.DOCUMENT)
+    if message.sticker is not None:
+        found.append(AttachmentKind.STICKER)
+    return tuple(found)
+
+
 def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
-    """Translate one update, or None for what the bot does not act on (stickers, joins...).
+    """Translate one update, or None for what the bot does not act on (joins, pins...).
+
+    A photo, voice note, file or sticker is a message with ``attachments`` (the caption, if
+    any, as its text), so the person hears that the agent cannot read it yet.
 
     Edited messages and messages from other bots come through as unaddressed messages: the
     leak guard must see a key edited into a message or posted by a bot, but neither is a new
@@ -129,12 +151,18 @@ def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
     message = update.message or update.edited_message
     if message is None or message.from_user is None:
         return None
+    media = attachments(message) if message.text is None else ()
     text = message.text if message.text is not None else message.caption
-    if text is None:
+    if text is None and not media:
         return None
+    text = text or ""
     user = _user_ref(message.from_user)
     chat = _chat_ref(message)
-    common: dict[str, Any] = {"message_id": str(message.message_id), "event_id": eid}
+    common: dict[str, Any] = {
+        "message_id": str(message.message_id),
+        "event_id": eid,
+        "attachments": media,
+    }
     links = _hidden_links(message)
     if links:
         common["links"] = links

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from bot import texts
 from bot.flows import keys
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Turn, button
+from core.agent_data import current_model
 from core.chat import Button, ButtonStyle, Outcome
+from core.credentials import KeyInfo
 from core.errors import IntakeError, PlanError
 from core.tenants import TenantStatus, TenantView
 
@@ -130,14 +134,37 @@ async def handle_status(turn: Turn) -> Outcome | None:
         texts.STATUS.format(
             plan=plan.name,
             price=f"${plan.price_usd:g}/month",
-            status=f"{tenant.status.value}{reason}",
+            status=f"{_state(tenant, plan.byok, stored)}{reason}",
             paused=" (paused)" if tenant.paused else "",
-            model=f"{tenant.provider}/{tenant.model}" if tenant.model else "default",
+            model=_model_line(turn, tenant, stored),
             keys=key_text,
         ),
         sensitive=True,
     )
     return None
+
+
+def _state(tenant: TenantView, byok: bool, stored: Sequence[KeyInfo]) -> str:
+    """The account's state in words ("trial" is only the internal name of "not set up")."""
+    if tenant.status is TenantStatus.TRIAL and byok and not stored:
+        return texts.ACCOUNT_NEEDS_KEY
+    return texts.ACCOUNT_STATES.get(tenant.status.value, tenant.status.value)
+
+
+def _model_line(turn: Turn, tenant: TenantView, stored: Sequence[KeyInfo]) -> str:
+    """Which model answers, by name: the chosen one, or the provider's (plan's) default."""
+    s = turn.services
+    plan = s.plans.get(tenant.plan)
+    current = current_model(s.config, plan, tenant, stored)
+    if current is None:
+        return texts.STATUS_MODEL_NONE
+    provider_id, model = current
+    provider = s.config.providers.get(provider_id)
+    name = provider.name if provider is not None else texts.MANAGED_NAME
+    chosen = tenant.model == model and (not plan.byok or tenant.provider == provider_id)
+    if not chosen:
+        return texts.STATUS_MODEL_DEFAULT.format(model=model, provider=name)
+    return model if provider is None else texts.STATUS_MODEL.format(model=model, provider=name)
 
 
 async def handle_pause(turn: Turn) -> Outcome | None:

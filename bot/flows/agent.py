@@ -8,8 +8,10 @@ from bot import texts
 from bot.alerts import cap_text
 from bot.charts import usage_chart
 from bot.flows.base import Refusal, Turn, button
+from core.agent_data import current_model
 from core.chat import Button, Outcome
 from core.errors import AgentUnavailable
+from core.llm.models import chat_models
 from core.tenants import TenantStatus, TenantView
 
 PERSONA_LIMIT = 2000
@@ -49,6 +51,10 @@ async def handle_message(turn: Turn) -> Outcome | None:
     agents = turn.services.agents
     plans = turn.services.plans
     managed = tenant.plan in plans and not plans.get(tenant.plan).byok
+    if turn.event.attachments:
+        # Only the caption reaches the agent; the person must not think it saw the media.
+        what = texts.media_names(turn.event.attachments)
+        await turn.say(texts.MEDIA_DROPPED.format(what=what))
     await turn.messenger.typing(turn.chat)
     stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text)
     try:
@@ -71,6 +77,9 @@ async def handle_message(turn: Turn) -> Outcome | None:
     return None
 
 
+MODEL_BUTTONS = 25  # Discord's limit of buttons on one message, and a readable list anywhere
+
+
 async def _byok_choices(turn: Turn, tenant: TenantView) -> list[tuple[str, str]]:
     s = turn.services
     out: list[tuple[str, str]] = []
@@ -80,16 +89,26 @@ async def _byok_choices(turn: Turn, tenant: TenantView) -> list[tuple[str, str]]
         provider = s.config.providers.get(key.provider)
         if provider is None:
             continue
-        names = key.models or provider.models or (provider.default_model,)
+        # A key's model list also names embedding, speech and image models: chat ones only.
+        names = chat_models(key.models) or provider.models or (provider.default_model,)
         out.extend((provider.id, m) for m in names)
     return out
 
 
 async def _choices(turn: Turn, tenant: TenantView) -> list[tuple[str, str]]:
+    """Every model the tenant may choose, in a stable order (buttons carry indexes)."""
     plan = turn.services.plans.get(tenant.plan)
     if not plan.byok:
         return [("managed", m) for m in plan.models]
     return await _byok_choices(turn, tenant)
+
+
+async def current_choice(turn: Turn, tenant: TenantView) -> tuple[str, str] | None:
+    """``(provider, model)`` the agent uses now, the provider's default model included."""
+    s = turn.services
+    plan = s.plans.get(tenant.plan)
+    keys = await s.credentials.list(tenant.id) if plan.byok else ()
+    return current_model(s.config, plan, tenant, keys)
 
 
 async def handle_model(turn: Turn) -> Outcome | None:
@@ -103,12 +122,16 @@ async def handle_model(turn: Turn) -> Outcome | None:
             if model == wanted:
                 return await _set_model(turn, tenant, choices, i)
         raise Refusal(texts.AGENT_UNAVAILABLE["model_not_in_plan"])
-    current = tenant.model or "default"
+    current = await current_choice(turn, tenant)
+    # The current model first, then the others in their order.
+    order = sorted(range(len(choices)), key=lambda i: choices[i] != current)
     rows: list[list[Button]] = [
-        [button(f"{model} ({provider})", f"model:{i}")]
-        for i, (provider, model) in enumerate(choices[:25])
+        [button(f"{choices[i][1]} ({choices[i][0]})", f"model:{i}")] for i in order[:MODEL_BUTTONS]
     ]
-    await turn.say(texts.MODEL_CHOOSE.format(current=current), buttons=rows)
+    text = texts.MODEL_CHOOSE.format(current=current[1] if current else texts.MODEL_NOT_SET)
+    if len(choices) > MODEL_BUTTONS:
+        text += "\n" + texts.MODEL_MORE.format(count=len(choices) - MODEL_BUTTONS)
+    await turn.say(text, buttons=rows)
     return None
 
 

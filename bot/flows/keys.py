@@ -141,6 +141,7 @@ async def start_intake(
         title=texts.KEY_ASK_TITLE.format(provider=provider.name),
         prompt=prompt,
         expires_at=ticket.expires_at,
+        label=texts.KEY_ASK_LABEL.format(provider=provider.name),
     )
     reached = await turn.messenger.ask_secret(turn.event, request)
     if reached is False:

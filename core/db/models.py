@@ -192,6 +192,15 @@ class ProxyTokenRow(Base):
     created_at: Mapped[datetime]
 
 
+class ProxyRevocationRow(Base):
+    """One row (``id`` 1): its ``generation`` grows with every revocation; proxies poll it."""
+
+    __tablename__ = "proxy_revocations"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
 class BudgetRow(Base):
     """A managed tenant's spend in the current period, what is reserved, and the minute window.
 

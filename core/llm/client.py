@@ -86,7 +86,9 @@ def new_http_client(*, timeout: float, verify: Any = True) -> httpx.AsyncClient:
     ``verify`` accepts a pre-built ``ssl.SSLContext`` so forked workers reuse the template's
     (loading the CA bundle costs ~20 ms, far over the cold-start budget).
     """
-    return httpx.AsyncClient(timeout=default_timeout(timeout), trust_env=False, verify=verify)
+    return httpx.AsyncClient(
+        timeout=default_timeout(timeout), trust_env=False, verify=verify, follow_redirects=False
+    )
 
 
 class LLMClient(ABC):
@@ -128,7 +130,9 @@ class LLMClient(ABC):
             "POST", self._stream_url(), json=body, headers=self._headers()
         )
         try:
-            response = await self._http.send(request, stream=True)
+            # Never follow a redirect, whatever the client was built with: the key would go
+            # to whichever origin the provider (or something in between) names.
+            response = await self._http.send(request, stream=True, follow_redirects=False)
         except httpx.HTTPError as exc:
             raise _transport_error(self.kind, exc) from None
         try:
@@ -145,7 +149,9 @@ class LLMClient(ABC):
     async def list_models(self) -> list[str]:
         """Model ids the key can reach, sorted; raises ``LLMError`` like ``stream``."""
         try:
-            response = await self._http.get(self._models_url(), headers=self._headers())
+            response = await self._http.get(
+                self._models_url(), headers=self._headers(), follow_redirects=False
+            )
         except httpx.HTTPError as exc:
             raise _transport_error(self.kind, exc) from None
         if response.status_code != 200:
@@ -361,6 +367,11 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 def classify(kind: str, response: httpx.Response) -> LLMError:
     """Turn a non-200 response into the matching ``LLMError``."""
+    if response.is_redirect:
+        return BadResponse(
+            f"{kind}: HTTP {response.status_code} redirect (not followed; check the base URL)",
+            status=response.status_code,
+        )
     try:
         body: Any = response.json()
     except ValueError:

@@ -2,10 +2,11 @@
 
 One request, in order::
 
-    scoped token -> tenant (cached for token_cache_seconds)   401 unknown/revoked/suspended
+    scoped token -> tenant (cached; revocations seen < 1 s)   401 unknown/revoked/suspended
     plan has caps; model in the plan's catalog                 403 / 404 model_not_in_plan
+    body, tools and headers on the allow-list (policy.py)      400 invalid_request_error
     reserve an upper-bound cost (one atomic statement)         402 usage_cap_reached / 429
-    stream from the operator's upstream                        errors: status + type, no text
+    stream from the operator's upstream (redirects refused)   errors: status + type, no text
     settle to the usage the stream reported                    (also on disconnect or error)
 
 The upstream is always asked to stream, so the usage is always read from the stream; a client
@@ -47,6 +48,7 @@ from core.budget import (
 from core.config import PlanSettings
 from core.db import Database
 from core.ports import Clock, SystemClock
+from core.proxy import policy
 from core.proxy.config import ModelRoute, ProxySettings, UpstreamSettings, load_upstream_keys
 from core.proxy.wire import (
     ANTHROPIC,
@@ -154,6 +156,7 @@ class ProxyServer:
         )
         self._http: aiohttp.ClientSession | None = None
         self._settling: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.app = web.Application(client_max_size=settings.max_body_bytes)
@@ -184,6 +187,8 @@ class ProxyServer:
         except BaseException:
             await self.stop()
             raise
+        if self.tokens.caching:
+            self._watcher = asyncio.create_task(self._watch_revocations())
         server = site._server
         sockets = getattr(server, "sockets", None) or ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else None
@@ -195,6 +200,11 @@ class ProxyServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self._settling:
             await asyncio.gather(*self._settling)
         if self._http is not None:
@@ -216,6 +226,15 @@ class ProxyServer:
                     await self.run_jobs()
         finally:
             await self.stop()
+
+    async def _watch_revocations(self) -> None:
+        """Re-read the revocation counter twice per check window, off the request path."""
+        while True:
+            try:
+                await self.tokens.check_revocations()
+            except Exception as exc:  # noqa: BLE001 - cache hits then check inline, or fail
+                log.warning("reading proxy revocations failed (%s)", type(exc).__name__)
+            await asyncio.sleep(self.tokens.check_seconds / 2)
 
     async def run_jobs(self) -> None:
         """One round of the periodic jobs (also what an APScheduler job can call)."""
@@ -303,12 +322,16 @@ class ProxyServer:
         except web.HTTPRequestEntityTooLarge:
             raise _Refusal(413, "request_too_large", "request body too large") from None
         try:
-            body = json.loads(raw)
-        except ValueError:
-            raise _Refusal(400, "invalid_request_error", "body is not JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            raise _Refusal(400, "invalid_request_error", "model: field required")
-        model = body["model"]
+            checked = policy.check(
+                api,
+                policy.parse(raw),
+                request.headers,
+                default_max_tokens=self.settings.default_max_tokens,
+            )
+        except policy.BadRequest as exc:
+            raise _Refusal(400, "invalid_request_error", str(exc)) from None
+        body = checked.body
+        model: str = body["model"]
         route = self.settings.models.get(model)
         if model not in plan.models or route is None:
             if model in plan.models:
@@ -323,23 +346,18 @@ class ProxyServer:
             where = "/v1/messages" if upstream.kind == ANTHROPIC else "/v1/chat/completions"
             raise _Refusal(400, "invalid_request_error", f"model {model!r} is served on {where}")
         stream = bool(body.get("stream"))
-        max_out = _int(body.get("max_tokens")) or _int(body.get("max_completion_tokens"))
-        if max_out <= 0:
-            # Reserve what we send: the bound on output has to be real for the cap to hold.
-            max_out = self.settings.default_max_tokens
-            body["max_tokens"] = max_out
         input_estimate = math.ceil(len(raw) / self.settings.estimate_bytes_per_token)
         estimate = Cost.of(
             input_estimate,
-            max_out,
+            checked.max_output,
             input_usd_per_mtok=route.input_usd_per_mtok,
             output_usd_per_mtok=route.output_usd_per_mtok,
         )
-        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        client_wants_usage = bool(body.get("stream_options", {}).get("include_usage"))
         body["model"] = route.wire_model
         body["stream"] = True
         if api == OPENAI:
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return _Admitted(
             tenant_id=owner.tenant_id,
             plan_id=plan.id,
@@ -357,14 +375,12 @@ class ProxyServer:
     ) -> tuple[str, dict[str, str]]:
         key = self._keys[a.upstream.id].reveal()
         if api == ANTHROPIC:
+            # The only client header forwarded (policy: anthropic-beta is refused earlier).
             headers = {
                 "x-api-key": key,
                 "anthropic-version": request.headers.get("anthropic-version", ANTHROPIC_VERSION),
                 "content-type": "application/json",
             }
-            beta = request.headers.get("anthropic-beta")
-            if beta:
-                headers["anthropic-beta"] = beta
             return f"{a.upstream.base_url}/v1/messages", headers
         return f"{a.upstream.base_url}/chat/completions", {
             "Authorization": f"Bearer {key}",
@@ -376,7 +392,10 @@ class ProxyServer:
         assert self._http is not None, "ProxyServer.start() was not called"  # noqa: S101
         url, headers = self._upstream_request(api, a, request)
         try:
-            return await self._http.post(url, data=as_json(a.body), headers=headers)
+            # Never follow a redirect: it would carry the platform's key to another origin.
+            return await self._http.post(
+                url, data=as_json(a.body), headers=headers, allow_redirects=False
+            )
         except TimeoutError:
             raise _Refusal(504, "api_error", "upstream provider did not answer in time") from None
         except aiohttp.ClientError as exc:
@@ -400,6 +419,15 @@ class ProxyServer:
                 a.upstream.key_env,
             )
             return _error(api, 502, "api_error", "upstream provider refused the platform's key")
+        if 300 <= upstream.status < 400:
+            log.error(
+                "upstream %s answered a redirect (HTTP %s); not followed, check its base_url",
+                a.upstream.id,
+                upstream.status,
+            )
+            return _error(
+                api, 502, "api_error", "upstream provider answered with a redirect (not followed)"
+            )
         headers = {
             k: upstream.headers[k]
             for k in ("retry-after", "retry-after-ms")
@@ -613,10 +641,6 @@ def _sse_error(api: str, data: Any) -> bytes:
 def _bearer(request: web.Request) -> str:
     value = request.headers.get("Authorization", "")
     return value[7:].strip() if value[:7].lower() == "bearer " else ""
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _error(

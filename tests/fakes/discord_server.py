@@ -3,6 +3,13 @@
 The real discord.py client is pointed at it (``Route.BASE`` and ``DEFAULT_GATEWAY``); tests push
 gateway events with ``dispatch`` and the ``slash``/``button``/``modal_submit``/``message``
 payload builders, then read ``calls`` (every REST request, in order) like a transcript.
+
+``FakeDiscord(strict=True)`` also enforces Discord's rules where bugs live: one interaction
+callback within 3 s, follow-ups only after it, a modal only as the answer to a command or a
+component, Discord's length limits (modal title/label 45, placeholder 100, message 2000, button
+label 80), and a bot cannot delete a person's message in a DM (403, code 50003). Either way it
+keeps the bot's messages (``messages``: channel, text after edits, ephemeral flag and who sees
+it, buttons) and the modals it opened (``modals``), so tests read what people see.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import asyncio
 import itertools
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +43,68 @@ class Call:
     body: Any
     headers: dict[str, str] = field(repr=False, default_factory=dict)
     result: Any = None
+    status: int = 200
+
+
+@dataclass
+class BotMessage:
+    """A message the bot shows, as Discord keeps it (edits applied)."""
+
+    id: str
+    channel_id: str
+    content: str
+    ephemeral: bool = False
+    for_user: str | None = None  # who sees an ephemeral message
+    components: list[dict[str, Any]] = field(default_factory=list)
+    deleted: bool = False
+    edits: int = 0
+    interaction_token: str | None = field(default=None, repr=False)
+
+    def visible_to(self, user_id: str) -> bool:
+        return not self.deleted and (not self.ephemeral or self.for_user == user_id)
+
+    def buttons(self) -> list[dict[str, Any]]:
+        return [
+            c for row in self.components for c in row.get("components", []) if c.get("type") == 2
+        ]
+
+
+@dataclass
+class Modal:
+    """A modal the bot opened for a person (an answer of callback type 9)."""
+
+    user_id: str
+    channel_id: str
+    custom_id: str = field(repr=False)
+    title: str
+    inputs: list[dict[str, Any]]
+
+
+@dataclass
+class _Pending:
+    """An interaction dispatched to the client, and how it was answered."""
+
+    payload: dict[str, Any] = field(repr=False)
+    at: float
+    callback: int | None = None
+    original: str | None = None  # message id of the answer
+
+
+def _bad_length(where: list[str], limit: int) -> dict[str, Any]:
+    """Discord's 400 body for a value over its length limit."""
+    errors: dict[str, Any] = {
+        "_errors": [
+            {"code": "BASE_TYPE_BAD_LENGTH", "message": f"Must be {limit} or fewer in length."}
+        ]
+    }
+    for key in reversed(where):
+        errors = {key: errors}
+    return {"code": 50035, "message": "Invalid Form Body", "errors": errors}
+
+
+def _user_id(payload: dict[str, Any]) -> str:
+    user = (payload.get("member") or {}).get("user") or payload.get("user") or {}
+    return str(user.get("id", ""))
 
 
 def _user(uid: str, name: str, *, bot: bool = False) -> dict[str, Any]:
@@ -53,7 +123,15 @@ def _user(uid: str, name: str, *, bot: bool = False) -> dict[str, Any]:
 class FakeDiscord:
     """The fake server. ``async with FakeDiscord() as fake:`` starts it on a free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, strict: bool = False, interaction_window: float = 3.0) -> None:
+        self.strict = strict
+        self.token = ""  # the bot token a test hands the program (the fake does not check it)
+        self.interaction_window = interaction_window
+        self.interactions: dict[str, _Pending] = {}  # by interaction token
+        self.messages: dict[str, BotMessage] = {}
+        self.person_messages: dict[str, str] = {}  # message id -> channel id
+        self.modals: list[Modal] = []  # every modal opened, in order
+        self.open_modals: dict[str, Modal] = {}  # by user id: the one on screen
         self.calls: list[Call] = []
         self.gateway_frames: list[dict[str, Any]] = []
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id -> list
@@ -121,8 +199,27 @@ class FakeDiscord:
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         """Send one gateway DISPATCH event to the connected client."""
         assert self._ws is not None, "no client connected"
+        if event == "INTERACTION_CREATE":
+            self.interactions[data["token"]] = _Pending(data, time.monotonic())
+        elif event == "MESSAGE_CREATE" and not data.get("author", {}).get("bot"):
+            self.person_messages[str(data["id"])] = str(data["channel_id"])
         self._seq += 1
         await self._send({"op": 0, "t": event, "s": self._seq, "d": data})
+
+    def visible(self, user_id: str, channel_id: str) -> list[BotMessage]:
+        """The bot's messages in a channel as this person sees them, oldest first."""
+        return [
+            m
+            for m in self.messages.values()
+            if m.channel_id == channel_id and m.visible_to(user_id)
+        ]
+
+    def dm_channel(self, user_id: str) -> str:
+        return self.dm_channels.setdefault(user_id, self.next_id())
+
+    def refused(self) -> list[Call]:
+        """Every REST call the fake refused (status 400 or more)."""
+        return [c for c in self.calls if c.status >= 400]
 
     async def request_reconnect(self) -> None:
         """Ask the client to reconnect (op 7); it resumes against ``resume_gateway_url``."""
@@ -332,11 +429,200 @@ class FakeDiscord:
                         "Retry-After": "0.05",
                         "Via": "1.1 google",
                     }
+                call.status = status
                 return web.Response(status=status, body=json.dumps(fbody).encode(), headers=headers)
-        response = self._route(request.method, path, body)
+        response = self._enforce(request.method, path, body) if self.strict else None
+        if response is None:
+            response = self._route(request.method, path, body)
+        call.status = response.status
         if response.content_type == "application/json" and isinstance(response.body, bytes):
             call.result = json.loads(response.body)
+        if response.status < 300:
+            self._keep(request.method, path, body, call.result)
         return response
+
+    # -- Discord's rules (strict mode) -----------------------------------------------------
+
+    def _enforce(self, method: str, path: str, body: Any) -> web.Response | None:
+        """Discord's refusal for a request that breaks its rules; None when it is fine."""
+        parts = path.strip("/").split("/")
+        if parts[0] == "interactions" and method == "POST" and len(parts) >= 4:
+            pending = self.interactions.get(parts[2])
+            if pending is None or time.monotonic() - pending.at > self.interaction_window:
+                return self._json({"code": 10062, "message": "Unknown interaction"}, 404)
+            if pending.callback is not None:
+                return self._json(
+                    {"code": 40060, "message": "Interaction has already been acknowledged."}, 400
+                )
+            kind = body.get("type")
+            if kind == 9 and pending.payload.get("type") not in (2, 3):
+                return self._json(
+                    {
+                        "code": 50035,
+                        "message": "Invalid Form Body",
+                        "errors": {
+                            "type": {
+                                "_errors": [
+                                    {
+                                        "code": "INTERACTION_CALLBACK_TYPE_INVALID",
+                                        "message": "A modal can only answer a command or a "
+                                        "component interaction.",
+                                    }
+                                ]
+                            }
+                        },
+                    },
+                    400,
+                )
+            data = body.get("data") or {}
+            if kind == 9:
+                too_long = self._modal_too_long(data)
+                if too_long is not None:
+                    return too_long
+            elif kind in (4, 7):
+                too_long = self._message_too_long(data)
+                if too_long is not None:
+                    return too_long
+            return None
+        if parts[0] == "webhooks" and len(parts) >= 3:
+            pending = self.interactions.get(parts[2])
+            if pending is None or pending.callback is None:
+                # Follow-ups exist only once the interaction was answered.
+                return self._json({"code": 10015, "message": "Unknown Webhook"}, 404)
+            if method in ("POST", "PATCH"):
+                return self._message_too_long(body or {})
+            return None
+        if parts[0] == "channels" and len(parts) >= 3:
+            if method in ("POST", "PATCH") and parts[-1] != "typing":
+                return self._message_too_long(body or {})
+            if method == "DELETE" and len(parts) == 4:
+                cid, mid = parts[1], parts[3]
+                if cid in self.dm_channels.values() and mid in self.person_messages:
+                    return self._json(
+                        {"code": 50003, "message": "Cannot execute action on a DM channel"}, 403
+                    )
+        return None
+
+    def _modal_too_long(self, data: dict[str, Any]) -> web.Response | None:
+        if len(str(data.get("title", ""))) > 45:
+            return self._json(_bad_length(["data", "title"], 45), 400)
+        for r, row in enumerate(data.get("components") or []):
+            inner = row.get("components") or ([row["component"]] if "component" in row else [])
+            for c, comp in enumerate(inner):
+                where = ["data", "components", str(r), "components", str(c)]
+                for key, limit in (("label", 45), ("placeholder", 100), ("custom_id", 100)):
+                    if len(str(comp.get(key) or "")) > limit:
+                        return self._json(_bad_length([*where, key], limit), 400)
+        return None
+
+    def _message_too_long(self, data: dict[str, Any]) -> web.Response | None:
+        if len(str(data.get("content") or "")) > 2000:
+            return self._json(_bad_length(["content"], 2000), 400)
+        for r, row in enumerate(data.get("components") or []):
+            for c, comp in enumerate(row.get("components") or []):
+                if len(str(comp.get("label") or "")) > 80:
+                    where = ["components", str(r), "components", str(c), "label"]
+                    return self._json(_bad_length(where, 80), 400)
+        return None
+
+    # -- what people see -------------------------------------------------------------------
+
+    def _keep(self, method: str, path: str, body: Any, result: Any) -> None:
+        """Update the kept messages and modals after a request Discord accepted."""
+        parts = path.strip("/").split("/")
+        body = body or {}
+        if parts[0] == "interactions" and method == "POST" and len(parts) >= 4:
+            pending = self.interactions.get(parts[2])
+            if pending is None:
+                return
+            kind = body.get("type")
+            pending.callback = kind
+            data = body.get("data") or {}
+            payload = pending.payload
+            channel = str(payload.get("channel_id"))
+            user = _user_id(payload)
+            if kind in (4, 5):
+                mid = str(((result or {}).get("resource") or {}).get("message", {}).get("id"))
+                pending.original = mid
+                ephemeral = bool(int(data.get("flags") or 0) & 64)
+                self.messages[mid] = BotMessage(
+                    mid,
+                    channel,
+                    str(data.get("content") or ""),
+                    ephemeral=ephemeral,
+                    for_user=user if ephemeral else None,
+                    components=list(data.get("components") or []),
+                    interaction_token=parts[2],
+                )
+            elif kind == 7 and payload.get("message"):
+                kept = self.messages.get(str(payload["message"]["id"]))
+                if kept is not None:
+                    self._edit(kept, data)
+            elif kind == 9:
+                modal = Modal(
+                    user,
+                    channel,
+                    str(data.get("custom_id")),
+                    str(data.get("title")),
+                    [
+                        comp
+                        for row in data.get("components") or []
+                        for comp in (row.get("components") or [row.get("component") or {}])
+                    ],
+                )
+                self.modals.append(modal)
+                self.open_modals[user] = modal
+            return
+        if parts[0] == "webhooks" and len(parts) >= 3:
+            pending = self.interactions.get(parts[2])
+            if pending is None:
+                return
+            channel = str(pending.payload.get("channel_id"))
+            target = parts[-1] if len(parts) >= 5 else None
+            if target == "@original":
+                target = pending.original
+            if method == "POST" and len(parts) == 3:
+                flags = int(body.get("flags") or 0)
+                ephemeral = bool(flags & 64)
+                mid = str((result or {}).get("id"))
+                self.messages[mid] = BotMessage(
+                    mid,
+                    channel,
+                    str(body.get("content") or ""),
+                    ephemeral=ephemeral,
+                    for_user=_user_id(pending.payload) if ephemeral else None,
+                    components=list(body.get("components") or []),
+                    interaction_token=parts[2],
+                )
+            elif target is not None and target in self.messages:
+                if method == "PATCH":
+                    self._edit(self.messages[target], body)
+                elif method == "DELETE":
+                    self.messages[target].deleted = True
+            return
+        if parts[0] == "channels" and len(parts) >= 3 and parts[2] == "messages":
+            cid = parts[1]
+            if method == "POST" and len(parts) == 3:
+                mid = str((result or {}).get("id"))
+                self.messages[mid] = BotMessage(
+                    mid,
+                    cid,
+                    str(body.get("content") or ""),
+                    components=list(body.get("components") or []),
+                )
+            elif len(parts) == 4 and parts[3] in self.messages:
+                if method == "PATCH":
+                    self._edit(self.messages[parts[3]], body)
+                elif method == "DELETE":
+                    self.messages[parts[3]].deleted = True
+
+    @staticmethod
+    def _edit(message: BotMessage, body: dict[str, Any]) -> None:
+        if "content" in body:
+            message.content = str(body.get("content") or "")
+        if "components" in body:
+            message.components = list(body.get("components") or [])
+        message.edits += 1
 
     def _route(self, method: str, path: str, body: Any) -> web.Response:
         parts = path.strip("/").split("/")
@@ -378,7 +664,9 @@ class FakeDiscord:
                     "response_message_ephemeral": bool(flags & 64),
                 }
                 content = body.get("data", {}).get("content", "")
-                message = self._bot_message(mid, "0", content) | {"flags": flags}
+                pending = self.interactions.get(parts[2]) if len(parts) >= 3 else None
+                channel = str(pending.payload.get("channel_id")) if pending else "0"
+                message = self._bot_message(mid, channel, content) | {"flags": flags}
                 return self._json(
                     {"interaction": interaction, "resource": {"type": kind, "message": message}}
                 )
@@ -387,10 +675,13 @@ class FakeDiscord:
             if method == "DELETE":
                 return web.Response(status=204)
             mid = self.next_id() if method == "POST" else parts[-1]
+            pending = self.interactions.get(parts[2]) if len(parts) >= 3 else None
             if mid == "@original":
-                mid = "1"
+                mid = (pending.original if pending else None) or "1"
             content = (body or {}).get("content", "")
-            return self._json(self._bot_message(mid, "0", content))
+            channel = str(pending.payload.get("channel_id")) if pending else "0"
+            flags = int((body or {}).get("flags") or 0)
+            return self._json(self._bot_message(mid, channel, content) | {"flags": flags})
         if parts[0] == "users" and path == "/users/@me/channels":
             uid = str(body["recipient_id"])
             cid = self.dm_channels.setdefault(uid, self.next_id())

@@ -61,6 +61,9 @@ class FakeLLMServer:
     gate_keys: set[str] | None = None  # when set, only these keys wait at the gate
     mid_stream: asyncio.Event = field(default_factory=asyncio.Event)
     disconnects: int = 0
+    # A model that always talks until cut off: the usage reports the largest output the
+    # request allows (max_tokens / max_completion_tokens, times n), not the words sent.
+    greedy: bool = False
     _runner: web.AppRunner | None = None
     port: int = 0
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -191,7 +194,7 @@ class FakeLLMServer:
                     {
                         "type": "message_delta",
                         "delta": {"stop_reason": "end_turn"},
-                        "usage": {"output_tokens": len(words)},
+                        "usage": {"output_tokens": _allowed(body) if self.greedy else len(words)},
                     },
                 )
             )
@@ -229,6 +232,7 @@ class FakeLLMServer:
                 }
             )
 
+        n_out = _allowed(body) if self.greedy else len(words)
         out = [chunk({"role": "assistant", "content": ""})]
         out += [chunk({"content": w}) for w in words]
         out.append(chunk({}, "stop"))
@@ -240,8 +244,8 @@ class FakeLLMServer:
                         "choices": [],
                         "usage": {
                             "prompt_tokens": n_in,
-                            "completion_tokens": len(words),
-                            "total_tokens": n_in + len(words),
+                            "completion_tokens": n_out,
+                            "total_tokens": n_in + n_out,
                         },
                     }
                 )
@@ -299,6 +303,17 @@ class FakeLLMServer:
             # The client went away mid-stream: that is what cancellation looks like here.
             self.disconnects += 1
         return response
+
+
+def _allowed(body: dict[str, Any]) -> int:
+    """The most output tokens a request allows (what a greedy model bills)."""
+    bounds = [
+        v
+        for k in ("max_tokens", "max_completion_tokens")
+        if isinstance(v := body.get(k), int) and not isinstance(v, bool)
+    ]
+    n = body.get("n", 1)
+    return max(bounds, default=1) * (n if isinstance(n, int) and n > 0 else 1)
 
 
 def _bearer(request: web.Request) -> str:

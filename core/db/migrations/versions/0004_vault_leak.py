@@ -1,7 +1,7 @@
 """deliveries, live checks, memory versions
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01 22:50:00
 
 ``deliveries`` remembers handled platform deliveries across restarts and replicas;
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
