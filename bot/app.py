@@ -25,9 +25,11 @@ from core.config import Config
 from core.credentials import Credentials
 from core.db import Database, upgrade
 from core.db.instance import InstanceLock, wait_shared
+from core.dedup import DatabaseDeduplicator, LateDeduplicator
 from core.errors import ConfigError, KeyRetiredError, MasterKeyError, StartupError
 from core.flowstate import FlowStates
 from core.intake import Intake
+from core.livechecks import LiveChecks
 from core.plans import PlanCatalog
 from core.ports import (
     Agents,
@@ -146,6 +148,8 @@ class App:
     budget: Budget = field(init=False)
     proxy_tokens: ProxyTokens = field(init=False)
     proxy_access: ProxyAccess = field(init=False)
+    # Built with the adapters, before the database; open() points it at the database.
+    dedup: LateDeduplicator = field(init=False, default_factory=LateDeduplicator)
     _instance: InstanceLock | None = field(init=False, default=None)
 
     async def open(self) -> None:
@@ -160,6 +164,8 @@ class App:
         await upgrade(url)
         self.db = Database(url)
         ring = await open_master_keys(self.config, self.env, self.db)
+        # Redeliveries are recognised across restarts and replicas (issue 12 item 10).
+        self.dedup.target = DatabaseDeduplicator(self.db, self.clock)
         credentials = Credentials(self.db, Vault(ring), self.clock)
         credentials.vault = Vault(ring, wrap_counts=await credentials.load_wrap_counts())
         self.vault = credentials.vault
@@ -206,6 +212,12 @@ class App:
             usage=usage,
             verify_key=LiveKeyCheck(self.config) if self.config.core.verify_keys_live else None,
             rotate_master_key=self._rotate_master_key if self._key_from_file else None,
+            live_checks=LiveChecks(
+                self.db,
+                self.clock,
+                per_identity=self.config.core.live_checks_per_hour,
+                platform=self.config.core.live_checks_per_hour_total,
+            ),
         )
         self.budget = Budget(
             self.db,
@@ -292,7 +304,7 @@ class App:
                 if not settings.enabled:
                     continue
                 module = importlib.import_module(PLATFORM_MODULES[name])
-                built.append(module.build(settings, self.env, config=self.config))
+                built.append(module.build(settings, self.env, config=self.config, dedup=self.dedup))
         built.extend(self.extra_adapters)
         if self.console is not None:
             built.append(self.console)

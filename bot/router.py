@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from bot import texts
 from bot.flows import account, admin, agent, cancel, keys
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
-from core.keys import find_leaks
+from core.keys import continues_leak, find_leaks, is_key_fragment
 
 log = logging.getLogger("byokbot.router")
 
@@ -88,6 +89,36 @@ class RateLimiter:
         return False, first
 
 
+# How long a conversation's last message is kept to catch a key split over two messages.
+SPLIT_WINDOW_SECONDS = 120.0
+
+
+class _RecentTexts:
+    """The last message text per conversation, in memory for a short window only.
+
+    Never persisted: it exists so the leak guard can read two consecutive messages together.
+    """
+
+    def __init__(self, window: float = SPLIT_WINDOW_SECONDS, max_items: int = 100_000) -> None:
+        self._window = window
+        self._max = max_items
+        self._texts: OrderedDict[str, tuple[float, str]] = OrderedDict()
+
+    def swap(self, key: str, text: str) -> str:
+        """Remember ``text`` for ``key``; return the one before it if still within the window."""
+        now = time.monotonic()
+        while self._texts:
+            oldest, (at, _) = next(iter(self._texts.items()))
+            if now - at < self._window and len(self._texts) < self._max:
+                break
+            del self._texts[oldest]
+        previous = self._texts.pop(key, None)
+        self._texts[key] = (now, text)
+        if previous is None or now - previous[0] >= self._window:
+            return ""
+        return previous[1]
+
+
 class _Locks:
     """One asyncio lock per conversation, dropped when nobody holds or waits for it."""
 
@@ -130,6 +161,7 @@ class Router:
         self._rate = RateLimiter(services.config.core.messages_per_minute)
         self._locks = _Locks()
         self._dm_noted: set[str] = set()
+        self._recent = _RecentTexts()
 
     async def dispatch(self, event: Event) -> Outcome:
         """Handle one event; never raises (the catch-all answers the person)."""
@@ -156,8 +188,24 @@ class Router:
         except Exception:
             log.exception("could not deliver the error answer on %s", event.user.platform.value)
 
+    def _leaked(self, event: Event) -> bool:
+        """The leak guard's reading of a message or command: does it carry a key?
+
+        The text (folded: hidden format characters, look-alikes), the link targets it hides,
+        a lone word that starts a key, and a key begun in the message just before it.
+        """
+        previous = self._recent.swap(event.conversation_key, event.text)
+        return bool(
+            find_leaks(event.text)
+            or any(find_leaks(a) for a in event.args)
+            or any(find_leaks(link) for link in event.links)
+            or is_key_fragment(event.text)
+            or continues_leak(previous, event.text)
+        )
+
     async def _dispatch(self, event: Event) -> Outcome:
-        if event.kind is EventKind.MESSAGE and not event.addressed and not find_leaks(event.text):
+        leaked = event.kind in (EventKind.MESSAGE, EventKind.COMMAND) and self._leaked(event)
+        if event.kind is EventKind.MESSAGE and not event.addressed and not leaked:
             return Outcome(handled=False)  # group chatter not meant for us
         allowed, first_refusal = self._rate.allow(event.user.identity)
         if not allowed and event.kind not in (EventKind.SECRET, EventKind.SECRET_CANCELLED):
@@ -166,16 +214,16 @@ class Router:
             return Outcome(refused=True)
         if event.kind is EventKind.COMMAND and event.command in LOCK_FREE_COMMANDS:
             # /stop must reach a reply that is streaming under the conversation's lock.
-            return await self._turn(event)
+            return await self._turn(event, leaked)
         lock = await self._locks(event.conversation_key)
         async with lock:
-            return await self._turn(event)
+            return await self._turn(event, leaked)
 
-    async def _turn(self, event: Event) -> Outcome:
+    async def _turn(self, event: Event, leaked: bool = False) -> Outcome:
         tenant = await self.services.tenants.find(event.user.identity)
         turn = Turn(event, self.services, tenant)
         try:
-            result = await self._route(turn)
+            result = await self._route(turn, leaked)
         except Refusal as r:
             if event.kind is EventKind.SECRET and event.via_modal:
                 return Outcome(secret_error=r.text, refused=True, secret_retry=r.secret_retry)
@@ -183,7 +231,7 @@ class Router:
             return Outcome(refused=True, secret_retry=r.secret_retry)
         return result or Outcome()
 
-    async def _route(self, turn: Turn) -> Outcome | None:
+    async def _route(self, turn: Turn, leaked: bool = False) -> Outcome | None:
         event = turn.event
         s = self.services
         if turn.tenant is not None and event.chat.is_direct:
@@ -206,7 +254,7 @@ class Router:
                     if keys.answers_prompt(turn, state):
                         return await keys.on_dm_secret(turn, state)
                     awaiting = state  # not the key: an ordinary message, the request stays open
-            if find_leaks(event.text) or (
+            if leaked or (
                 # Where only the form takes the key, what looks like it never reaches the agent.
                 awaiting is not None and keys.looks_like_awaited_key(turn, awaiting)
             ):
@@ -219,7 +267,7 @@ class Router:
                 await keys.note_still_open(turn, awaiting)
             return await agent.handle_message(turn)
         # COMMAND
-        if find_leaks(event.text) or any(find_leaks(a) for a in event.args):
+        if leaked:
             return await keys.on_leak(turn)
         if len(event.text) > limit:
             raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))

@@ -181,6 +181,15 @@ KEY_DELETE_FAILED = (
 )
 KEY_BAD_SHAPE = "That doesn't look like a valid {provider} key ({reason}). {attempts_left}"
 KEY_REJECTED_LIVE = "{provider} refused that key ({reason}). {attempts_left}"
+KEY_CHECKS_PERSON_LIMIT = (
+    "I check at most {limit} keys per person per hour with the provider, so nobody can use me "
+    "to test keys, and you've reached that. Your key was not checked or saved. Try again in "
+    "{minutes} minute(s) with /key add {provider}."
+)
+KEY_CHECKS_PLATFORM_LIMIT = (
+    "Too many keys are being checked right now (at most {limit} an hour for everyone), so "
+    "yours was not checked or saved. Try again in {minutes} minute(s) with /key add {provider}."
+)
 KEY_CHECK_FAILED = "I couldn't reach {provider} to check the key ({reason}). {attempts_left}"
 ATTEMPTS_LEFT = Counted(
     one="You can try 1 more time — send it again.",

@@ -7,9 +7,10 @@ bound to the conversation id), so deleting the tenant shreds it with everything 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from core.config import Config, PlanSettings
 from core.credentials import Credentials, KeyInfo, KeyStatus
@@ -24,6 +25,8 @@ from core.runtime.ports import AgentProfile, Turn
 from core.secret import Secret
 from core.tenants import Tenants, TenantStatus, TenantView
 from core.vault import decrypt_blob, encrypt_blob
+
+log = logging.getLogger("byokbot.memory")
 
 DEFAULT_PERSONA = (
     "You are a helpful, concise assistant talking with one person in a chat app. "
@@ -187,54 +190,87 @@ class DatabaseProfiles:
 
 
 class DatabaseMemory:
-    """Conversation memory encrypted under the tenant's data key."""
+    """Conversation memory encrypted under the tenant's data key.
+
+    Every save bumps the row's ``version`` and binds it into the blob's associated data; the
+    highest version this process has seen per conversation is remembered too. A blob that
+    does not open under its row's version, or a row older than one already seen (an old row
+    copied back), is refused: logged without content, and the conversation starts afresh
+    rather than trusting it.
+    """
 
     def __init__(self, db: Database, credentials: Credentials, clock: Clock) -> None:
         self._db = db
         self._credentials = credentials
         self._clock = clock
+        self._seen: dict[tuple[str, str], int] = {}
 
     async def load(self, tenant_id: str, conversation: str) -> list[Turn]:
         async with self._db.session() as s:
-            blob = await s.scalar(
-                select(MemoryRow.blob).where(
-                    MemoryRow.tenant_id == tenant_id, MemoryRow.conversation == conversation
+            found = (
+                await s.execute(
+                    select(MemoryRow.blob, MemoryRow.version).where(
+                        MemoryRow.tenant_id == tenant_id, MemoryRow.conversation == conversation
+                    )
+                )
+            ).first()
+            if found is None:
+                return []
+            blob, version = found
+            dek = await self._credentials.data_key(s, tenant_id)
+        seen = self._seen.get((tenant_id, conversation), 0)
+        try:
+            if version < seen:
+                raise DecryptionError("memory is older than a version already read")
+            data = json.loads(
+                decrypt_blob(
+                    dek, blob, purpose="memory", object_id=conversation, version=version or None
                 )
             )
-            if blob is None:
-                return []
-            dek = await self._credentials.data_key(s, tenant_id)
-        data = json.loads(decrypt_blob(dek, blob, purpose="memory", object_id=conversation))
-        if not isinstance(data, list):
-            raise DecryptionError("memory is not a list of turns")
+            if not isinstance(data, list):
+                raise DecryptionError("memory is not a list of turns")
+        except (DecryptionError, ValueError) as exc:
+            log.warning(
+                "memory of tenant %s refused (%s; rolled back or tampered): "
+                "the conversation starts afresh",
+                tenant_id,
+                exc,
+            )
+            return []
+        self._seen[(tenant_id, conversation)] = version
         return [Turn(str(t["role"]), str(t["content"])) for t in data]
 
     async def save(self, tenant_id: str, conversation: str, turns: Sequence[Turn]) -> None:
         payload = json.dumps([{"role": t.role, "content": t.content} for t in turns]).encode()
+        key = (tenant_id, conversation)
         async with self._db.session() as s, s.begin():
             dek = await self._credentials.data_key(s, tenant_id)
-            blob = encrypt_blob(dek, payload, purpose="memory", object_id=conversation)
             row = await s.get(MemoryRow, (tenant_id, conversation))
+            # Never reuse a version: past the stored one and past any this process has seen.
+            version = max(row.version if row is not None else 0, self._seen.get(key, 0)) + 1
+            blob = encrypt_blob(
+                dek, payload, purpose="memory", object_id=conversation, version=version
+            )
             if row is None:
                 s.add(
                     MemoryRow(
                         tenant_id=tenant_id,
                         conversation=conversation,
                         blob=blob,
+                        version=version,
                         updated_at=self._clock.now(),
                     )
                 )
             else:
                 row.blob = blob
+                row.version = version
                 row.updated_at = self._clock.now()
+        self._seen[key] = version
 
     async def clear(self, tenant_id: str, conversation: str) -> None:
-        async with self._db.session() as s, s.begin():
-            await s.execute(
-                delete(MemoryRow).where(
-                    MemoryRow.tenant_id == tenant_id, MemoryRow.conversation == conversation
-                )
-            )
+        # An empty memory at the next version rather than no row: the stored version keeps
+        # growing, so an old row copied back after /reset is still refused after a restart.
+        await self.save(tenant_id, conversation, [])
 
 
 class DatabaseKeyHealth:

@@ -97,6 +97,8 @@ class Event:
     A SECRET_CANCELLED event carries the closed form's ``intake_token``.
     ``attachments`` lists the kinds of media the message carried (its ``text`` is then the
     caption, possibly empty).
+    ``links`` are link targets the message carries but does not show (Telegram ``text_link``
+    entities): the leak guard reads them too.
     """
 
     kind: EventKind
@@ -116,6 +118,7 @@ class Event:
     event_id: str = ""
     reply_to: str | None = None
     attachments: tuple[AttachmentKind, ...] = ()
+    links: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def conversation_key(self) -> str:

@@ -44,6 +44,8 @@ class CoreSettings:
     intake_sweep_interval_seconds: int = 30
     intake_max_attempts: int = 3
     verify_keys_live: bool = True
+    live_checks_per_hour: int = 10
+    live_checks_per_hour_total: int = 300
     messages_per_minute: int = 30
     max_message_chars: int = 8000
     log_level: str = "INFO"
@@ -408,6 +410,10 @@ def _parse_core(src: str, data: Mapping[str, Any]) -> CoreSettings:
         ),
         intake_max_attempts=t.positive_int("intake_max_attempts", d.intake_max_attempts),
         verify_keys_live=t.boolean("verify_keys_live", d.verify_keys_live),
+        live_checks_per_hour=t.positive_int("live_checks_per_hour", d.live_checks_per_hour),
+        live_checks_per_hour_total=t.positive_int(
+            "live_checks_per_hour_total", d.live_checks_per_hour_total
+        ),
         messages_per_minute=t.positive_int("messages_per_minute", d.messages_per_minute),
         max_message_chars=t.positive_int("max_message_chars", d.max_message_chars),
         log_level=level,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -15,8 +16,11 @@ __all__ = [
     "Leak",
     "ShapeProblem",
     "check_shape",
+    "continues_leak",
     "find_leaks",
     "fingerprint",
+    "fold",
+    "is_key_fragment",
     "normalize",
     "redact",
     "resembles_key",
@@ -244,15 +248,86 @@ _LEAK = re.compile("|".join(f"(?P<g{i}>{p})" for i, (_, p) in enumerate(_LEAK_PA
 _KIND_OF_GROUP: Final = {f"g{i}": kind for i, (kind, _) in enumerate(_LEAK_PATTERNS)}
 
 
+def fold(text: str) -> tuple[str, list[int] | None]:
+    """``text`` as a matcher should read it, and where each of its characters came from.
+
+    Format characters (Unicode category Cf: zero-width space and joiners, soft hyphen, word
+    joiner U+2060, BOM…) are dropped and every other character is NFKC-normalised, so
+    fullwidth or styled look-alikes read as ASCII. The index list maps each folded character
+    back to its position in ``text``; None when nothing changed (plain ASCII, the fast path).
+    """
+    if text.isascii():
+        return text, None
+    out: list[str] = []
+    origin: list[int] = []
+    for position, char in enumerate(text):
+        if char.isascii():
+            out.append(char)
+            origin.append(position)
+            continue
+        if unicodedata.category(char) == "Cf":
+            continue
+        for folded in unicodedata.normalize("NFKC", char):
+            out.append(folded)
+            origin.append(position)
+    return "".join(out), origin
+
+
 def find_leaks(text: str) -> list[Leak]:
-    """Return every credential-shaped span in ``text``, in order and non-overlapping."""
+    """Return every credential-shaped span in ``text``, in order and non-overlapping.
+
+    Matching reads the folded text (``fold``): a key with a zero-width space, a soft hyphen or
+    a word joiner inside, or typed in fullwidth letters, is still a key. Spans are positions
+    in ``text`` itself, so ``redact`` removes the hidden characters with the key.
+    """
+    folded, origin = fold(text)
     leaks: list[Leak] = []
-    for match in _LEAK.finditer(text):
+    for match in _LEAK.finditer(folded):
         group = match.lastgroup
         if group is None:  # pragma: no cover - every alternative is a named group
             continue
-        leaks.append(Leak(kind=_KIND_OF_GROUP[group], start=match.start(), end=match.end()))
+        start, end = match.start(), match.end()
+        if origin is not None:
+            start, end = origin[start], origin[end - 1] + 1
+        leaks.append(Leak(kind=_KIND_OF_GROUP[group], start=start, end=end))
     return leaks
+
+
+# A single word that starts a key: what the first of two messages holding a split key looks
+# like when it is too short to be a leak on its own.
+_FRAGMENT = re.compile(r"sk-(?:ant|proj|svcacct|admin|None)-[A-Za-z0-9_-]*|sk-[A-Za-z0-9]{8,}")
+# How much of the previous message can be the first part of a key (the longest keys are
+# ~110 characters), and how much of a key must continue in the new one: a short word
+# typed straight after a pasted key ("thanks") is not the rest of it.
+_SPLIT_TAIL: Final = 256
+_SPLIT_MIN_CONTINUATION: Final = 16
+_CONTINUATION = re.compile(r"[A-Za-z0-9_.:-]{16}")
+
+
+def is_key_fragment(text: str) -> bool:
+    """Whether a whole message is one word that starts like a key (``sk-ant-…``, ``sk-…``)."""
+    folded = fold(text)[0].strip().strip(_WRAPPERS)
+    return bool(folded) and _FRAGMENT.fullmatch(folded) is not None
+
+
+def continues_leak(previous: str, text: str) -> bool:
+    """Whether ``text`` carries on a key that ``previous`` (the message before it) began.
+
+    A key split over two messages: read together, a credential starts in ``previous`` and
+    goes on for at least 16 characters into ``text``.
+    """
+    if not previous or not text:
+        return False
+    # Cheap test first (this runs on every message): the new one must open with a long run
+    # of characters keys are made of.
+    if _CONTINUATION.match(fold(text[: _SPLIT_MIN_CONTINUATION * 4])[0]) is None:
+        return False
+    tail = previous[-_SPLIT_TAIL:]
+    joined = tail + text
+    return any(
+        leak.start < len(tail) and leak.end - len(tail) >= _SPLIT_MIN_CONTINUATION
+        for leak in find_leaks(joined)
+    )
 
 
 def redact(text: str) -> str:

@@ -373,6 +373,7 @@ class Tenants:
             row.paused = False
             row.updated_at = now
             audit.record(s, at=now, actor=actor, action="tenant.deleted", tenant_id=tenant_id)
+        await self._db.purge_deleted()
         await self._revoke(tenant_id, actor)
 
     async def list(

@@ -10,7 +10,7 @@ Associated data is a length-prefixed list of secret-free fields::
 
     DEK layer     (format, "dek", tenant id, KEK version)
     secret layer  (format, "secret", tenant id, secret id, provider, secret version)
-    blob layer    (format, "blob", purpose, tenant id, object id)
+    blob layer    (format, "blob", purpose, tenant id, object id[, version])
 
 The KEK version is bound in the wrap layer only, so rewrapping a DEK never invalidates the
 secrets it protects. Errors are the ``VaultError`` branch of ``core.errors``::
@@ -339,17 +339,32 @@ class DataKey:
         raise TypeError("DataKey cannot be pickled or copied")
 
 
-def encrypt_blob(dek: DataKey, data: bytes, *, purpose: str, object_id: str) -> bytes:
-    """Seal ``data`` (e.g. agent memory) bound to (purpose, tenant, object id)."""
+def _blob_ad(dek: DataKey, purpose: str, object_id: str, version: int | None) -> bytes:
+    if version is None:
+        return _ad(FORMAT_VERSION, "blob", purpose, dek.tenant_id, object_id)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise VaultError("a blob version must be a positive integer")
+    return _ad(FORMAT_VERSION, "blob", purpose, dek.tenant_id, object_id, version)
+
+
+def encrypt_blob(
+    dek: DataKey, data: bytes, *, purpose: str, object_id: str, version: int | None = None
+) -> bytes:
+    """Seal ``data`` (e.g. agent memory) bound to (purpose, tenant, object id[, version]).
+
+    With a ``version`` the blob opens only under that same version, so a store that keeps a
+    growing version beside the blob detects an older blob copied back (rollback).
+    """
     _check_id("purpose", purpose)
     _check_id("object_id", object_id)
-    ad = _ad(FORMAT_VERSION, "blob", purpose, dek.tenant_id, object_id)
-    return _seal(dek._aead, _MAGIC_BLOB, data, ad)
+    return _seal(dek._aead, _MAGIC_BLOB, data, _blob_ad(dek, purpose, object_id, version))
 
 
-def decrypt_blob(dek: DataKey, blob: bytes, *, purpose: str, object_id: str) -> bytes:
+def decrypt_blob(
+    dek: DataKey, blob: bytes, *, purpose: str, object_id: str, version: int | None = None
+) -> bytes:
     """Open a value from ``encrypt_blob``; raise ``DecryptionError`` on any mismatch."""
-    ad = _ad(FORMAT_VERSION, "blob", purpose, dek.tenant_id, object_id)
+    ad = _blob_ad(dek, purpose, object_id, version)
     return _open(dek._aead, _MAGIC_BLOB, blob, ad, "encrypted blob")
 
 

@@ -14,8 +14,11 @@ from core.keys import (
     Leak,
     ShapeProblem,
     check_shape,
+    continues_leak,
     find_leaks,
     fingerprint,
+    fold,
+    is_key_fragment,
     normalize,
     redact,
     resembles_key,
@@ -401,3 +404,53 @@ def test_leak_is_a_frozen_value() -> None:
 )
 def test_resembles_key(text: str, shape: str, expected: bool) -> None:
     assert resembles_key(text, shape) is expected
+
+
+# ----- leak guard: hidden characters, look-alikes, split keys (issue 12 item 8) -------------
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    ["\u200b", "\u200c", "\u200d", "\u00ad", "\u2060", "\ufeff", "\u180e"],
+)
+@pytest.mark.parametrize("at", [1, 2, 3, 6, 20])
+def test_format_characters_inside_a_key_do_not_hide_it(hidden: str, at: int) -> None:
+
+    key = anthropic_key()
+    text = f"my key {key[:at]}{hidden}{key[at:]} ok"
+    [leak] = find_leaks(text)
+    assert text[leak.start : leak.end] == f"{key[:at]}{hidden}{key[at:]}"
+    assert redact(text) == "my key [REDACTED anthropic] ok"
+
+
+def test_fullwidth_look_alikes_fold_to_ascii() -> None:
+
+    key = anthropic_key()
+    wide = "".join(chr(ord(c) + 0xFEE0) for c in "sk-ant-") + key[7:]
+    assert fold(wide)[0] == key
+    assert [leak.kind for leak in find_leaks(f"é {wide}")] == ["anthropic"]
+    assert redact(f"é {wide} ü") == "é [REDACTED anthropic] ü"
+    assert fold("plain ascii") == ("plain ascii", None)
+    assert find_leaks("naïve café résumé — no key here") == []
+
+
+def test_key_fragments_and_split_keys() -> None:
+
+    key = anthropic_key()
+    for first, second in ((key[:54], key[54:]), (key[:13], key[13:]), (key[:30], key[30:])):
+        assert continues_leak(first, second)
+        assert continues_leak(f"here: {first}", second)
+    other = openai_key()
+    assert continues_leak(other[:20], other[20:])
+    # A word typed right after a pasted key is not the rest of it.
+    assert not continues_leak(key, "thanks")
+    assert not continues_leak(key, " and a normal sentence after it")
+    assert not continues_leak("", key[54:])
+    assert not continues_leak("hello there", "general kenobi")
+    assert is_key_fragment("sk-ant-api03-")
+    assert is_key_fragment(" `sk-proj-abc` ")
+    assert is_key_fragment("sk-\u200bant-")
+    assert is_key_fragment("sk-abcdefgh12")
+    assert not is_key_fragment("sk-")
+    assert not is_key_fragment("ask-me anything")
+    assert not is_key_fragment("sk-ant- is how Anthropic keys start")

@@ -88,3 +88,35 @@ def test_rate_limiter_buckets_are_per_person() -> None:
     assert limiter.allow("a") == (False, True)
     assert limiter.allow("a") == (False, False)
     assert limiter.allow("b") == (True, False)
+
+
+async def test_a_key_split_over_two_messages_is_caught_within_the_window(world: World) -> None:
+    from tests.canaries import anthropic_key
+
+    key = anthropic_key()
+    ada = world.person()
+    bob = world.person(uid="2")
+    first = await ada.say(key[:13])  # a lone word that starts a key: never sent on
+    assert first.refused
+    # Someone else's message in between does not break the pair: the window is per chat.
+    await bob.say("unrelated")
+    second = await ada.say(key[13:])
+    assert second.refused
+    assert len(ada.messenger.deleted) == 2
+
+    # Past the window the pair is not joined (the rest alone carries no key shape).
+    world.app.router._recent = router_module._RecentTexts(window=0.0)
+    other = anthropic_key()
+    await ada.say(other[:54])
+    await ada.say(other[54:])
+    assert len(ada.messenger.deleted) == 3  # the first half only
+
+
+def test_recent_texts_are_bounded() -> None:
+    recent = router_module._RecentTexts(window=60.0, max_items=3)
+    assert recent.swap("a", "1") == ""
+    assert recent.swap("a", "2") == "1"
+    for key in "bcd":
+        recent.swap(key, key)
+    assert len(recent._texts) <= 3
+    assert recent.swap("a", "3") == ""  # "a" was the oldest and was dropped

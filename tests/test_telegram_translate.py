@@ -476,3 +476,35 @@ def test_render_markdown_never_produces_unbalanced_tags_or_longer_text() -> None
             assert opened == out.count(f"</{tag}>"), (text, out)
         visible = html.unescape(re.sub(r"<[^>]+>", "", out))
         assert translate.utf16_len(visible) <= translate.utf16_len(text), (text, out)
+
+
+def test_text_link_targets_reach_the_leak_guard() -> None:
+    body = private(
+        "see the doc",
+        entities=[
+            {"type": "text_link", "offset": 8, "length": 3, "url": "https://ex.test/?k=sk-ant-x"},
+            {"type": "bold", "offset": 0, "length": 3},
+        ],
+    )
+    got = event(body)
+    assert got is not None
+    assert got.links == ("https://ex.test/?k=sk-ant-x",)
+    assert "sk-ant" not in repr(got)
+    caption = {
+        "message": {
+            "message_id": 13,
+            "date": 1780000000,
+            "chat": {"id": 42, "type": "private", "first_name": "Ada"},
+            "from": ADA,
+            "photo": [{"file_id": "p", "file_unique_id": "u", "width": 1, "height": 1}],
+            "caption": "look",
+            "caption_entities": [
+                {"type": "text_link", "offset": 0, "length": 4, "url": "https://ex.test/c"}
+            ],
+        }
+    }
+    got = event(caption)
+    assert got is not None
+    assert got.links == ("https://ex.test/c",)
+    plain = event(private("no links"))
+    assert plain is not None and plain.links == ()

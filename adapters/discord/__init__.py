@@ -14,6 +14,7 @@ from adapters.discord.adapter import (
 )
 from adapters.discord.config import DiscordConfig, parse
 from core.config import Config, PlatformSettings
+from core.dedup import Deduplicator
 from core.errors import ConfigError
 
 __all__ = [
@@ -34,11 +35,13 @@ def build(
     *,
     config: Config | None = None,
     catalog: CommandCatalog | None = None,
+    dedup: Deduplicator | None = None,
 ) -> DiscordAdapter:
     """The adapter for ``[discord]``.
 
     Slash command choices and autocomplete offer the providers, plans and models of
     ``config`` (or an explicit ``catalog``); without either, the built-in provider names.
+    ``dedup`` remembers handled interactions and messages (the app passes the database's).
 
     Raises:
         ConfigError: a bad value or unknown setting in ``[discord]``, or the token variable is
@@ -54,4 +57,4 @@ def build(
         )
     if catalog is None and config is not None:
         catalog = catalog_from_config(config)
-    return DiscordAdapter(parsed, catalog=catalog)
+    return DiscordAdapter(parsed, catalog=catalog, dedup=dedup)

@@ -863,11 +863,16 @@ def _code(exc: SlackApiError) -> str:
 
 
 def build(
-    settings: PlatformSettings, env: Mapping[str, str], *, config: Config | None = None
+    settings: PlatformSettings,
+    env: Mapping[str, str],
+    *,
+    config: Config | None = None,
+    dedup: Deduplicator | None = None,
 ) -> ChatAdapter:
     """The Slack adapter.
 
-    ``config`` (the whole configuration) only names the file in error messages.
+    ``config`` (the whole configuration) only names the file in error messages; ``dedup``
+    remembers handled events (the app passes the database's, shared by replicas).
 
     Raises:
         ConfigError: a bad value or unknown setting in ``[slack]``, or a token the mode needs
@@ -889,4 +894,4 @@ def build(
     ):
         if secret is not None:
             register_secret(secret.reveal(), label=label)
-    return SlackAdapter(slack)
+    return SlackAdapter(slack, dedup=dedup)

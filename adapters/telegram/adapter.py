@@ -844,11 +844,16 @@ class _Stream:
 
 
 def build(
-    settings: PlatformSettings, env: Mapping[str, str], *, config: Config | None = None
+    settings: PlatformSettings,
+    env: Mapping[str, str],
+    *,
+    config: Config | None = None,
+    dedup: Deduplicator | None = None,
 ) -> TelegramAdapter:
     """The adapter for ``[telegram]``.
 
-    ``config`` (the whole configuration) only names the file in error messages.
+    ``config`` (the whole configuration) only names the file in error messages; ``dedup``
+    remembers handled updates (the app passes the database's, shared by replicas).
 
     Raises:
         ConfigError: a bad setting in ``[telegram]``, or the token variable is unset: an
@@ -861,4 +866,4 @@ def build(
             f"{source}: [telegram] is enabled but {parsed.token_env} is not set "
             "(export the bot token, or set enabled = false)"
         )
-    return TelegramAdapter(parsed)
+    return TelegramAdapter(parsed, dedup=dedup)

@@ -97,6 +97,12 @@ def _strip_mention(text: str, bot_username: str) -> str:
     return re.sub(r"[ \t]{2,}", " ", stripped).strip()
 
 
+def _hidden_links(message: Message) -> tuple[str, ...]:
+    """The targets of ``text_link`` entities: a URL behind a label can hide a key."""
+    entities = message.entities or message.caption_entities or ()
+    return tuple(e.url for e in entities if e.type == MessageEntity.TEXT_LINK and e.url)
+
+
 def attachments(message: Message) -> tuple[AttachmentKind, ...]:
     """The kinds of media on a message (a GIF is an animation *and* a document: one video)."""
     found: list[AttachmentKind] = []
@@ -157,6 +163,9 @@ def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
         "event_id": eid,
         "attachments": media,
     }
+    links = _hidden_links(message)
+    if links:
+        common["links"] = links
     if _is_reply_to_bot(message, bot_id) and message.reply_to_message is not None:
         # A reply to the bot's key prompt is the awaited key (the flow compares the id).
         common["reply_to"] = str(message.reply_to_message.message_id)

@@ -27,6 +27,7 @@ from core.credentials import Credentials
 from core.db import Database
 from core.flowstate import FlowStates
 from core.intake import Intake
+from core.livechecks import LiveChecks
 from core.plans import PlanCatalog
 from core.ports import Agents, Clock, Messenger
 from core.secret import Secret
@@ -123,6 +124,7 @@ class Services:
     verify_key: KeyVerifier | None = None
     budget: Budget | None = None
     rotate_master_key: Callable[[], Awaitable[tuple[int, int]]] | None = None
+    live_checks: LiveChecks | None = None
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
         """Write an audit row that is not part of a larger change."""

@@ -41,6 +41,7 @@ from core.errors import (
 from core.flowstate import FlowState
 from core.intake import IntakePurpose, IntakeTicket
 from core.keys import check_shape, normalize, resembles_key
+from core.livechecks import LiveCheckScope
 from core.secret import Secret
 from core.tenants import TenantStatus, TenantView
 
@@ -281,6 +282,7 @@ async def _accept(turn: Turn, ticket: IntakeTicket, secret: Secret, note: str = 
         ) from None
     models: list[str] = []
     if s.config.core.verify_keys_live and s.verify_key is not None:
+        await _admit_live_check(turn, provider, prefix)
         try:
             models = list(await s.verify_key(provider.id, key))
         except KeyRejected as exc:
@@ -317,6 +319,24 @@ async def _accept(turn: Turn, ticket: IntakeTicket, secret: Secret, note: str = 
     if info.replaced_same_key:
         text = f"{text}\n{texts.KEY_SAME_AS_BEFORE}"
     await turn.say(prefix + text, sensitive=True)
+
+
+async def _admit_live_check(turn: Turn, provider: ProviderSettings, prefix: str) -> None:
+    """The live check is bounded per person and platform-wide (it must be no key oracle)."""
+    limits = turn.services.live_checks
+    if limits is None:
+        return
+    refused = await limits.admit(turn.user.identity)
+    if refused is None:
+        return
+    log.warning("live key check refused: %s bound of %d per hour", refused.scope, refused.limit)
+    template = (
+        texts.KEY_CHECKS_PERSON_LIMIT
+        if refused.scope is LiveCheckScope.PERSON
+        else texts.KEY_CHECKS_PLATFORM_LIMIT
+    )
+    text = template.format(limit=refused.limit, minutes=refused.minutes, provider=provider.id)
+    raise Refusal(prefix + text, sensitive=True)
 
 
 async def on_secret_event(turn: Turn) -> Outcome | None:

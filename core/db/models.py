@@ -160,6 +160,9 @@ class MemoryRow(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     conversation: Mapped[str] = mapped_column(String(400), primary_key=True)
     blob: Mapped[bytes] = mapped_column(LargeBinary)
+    # Grows with every save and is bound into the blob's associated data, so an older blob
+    # copied back over a newer one fails to open (0: written before versions existed).
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[datetime]
 
 
@@ -229,3 +232,26 @@ class ReservationRow(Base):
     usd_micros: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class DeliveryRow(Base):
+    """A platform delivery (update, event, interaction) already handled, by any replica.
+
+    Rows older than the retention window are reused or swept, so a delivery id is recognised
+    across restarts and replicas for that window.
+    """
+
+    __tablename__ = "deliveries"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class LiveCheckRow(Base):
+    """One live key check against a provider, kept an hour to bound checks per person."""
+
+    __tablename__ = "live_checks"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    identity: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[datetime] = mapped_column(index=True)
