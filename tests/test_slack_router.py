@@ -6,6 +6,7 @@ one first), sees her Home tab, chats with her agent, and pastes a key in a chann
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,13 @@ async def test_onboarding_key_modal_home_and_chat(
     assert stored.fingerprint in confirmation
 
     # The Home tab shows her plan and key
+    published = len(fake.calls_to("views.publish"))
     await fake.envelope("events_api", event_callback(home_opened()))
+    # The listener runs after the ack and spawns the Home work only once dedup has answered.
+    for _ in range(500):
+        if len(fake.calls_to("views.publish")) > published:
+            break
+        await asyncio.sleep(0.01)
     await slack.drain()
     home = fake.calls_to("views.publish")[-1]["view"]
     shown = "\n".join(b["text"]["text"] for b in home["blocks"] if b["type"] == "section")
