@@ -30,17 +30,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+import httpx
+
 from core.llm import (
     ChatMessage,
     LLMClient,
     LLMError,
-    TextDelta,
-    Usage,
     make_client,
     new_http_client,
 )
 from core.runtime import codepack, protocol
 from core.runtime.errors import ProtocolError
+from core.runtime.tools import Tool, ToolContext, builtin
+from core.runtime.tools.loop import TooManySteps, offered, run_loop
 from core.secret import Secret
 
 PR_SET_DUMPABLE: Final = 4
@@ -51,8 +53,6 @@ MIB: Final = 1024 * 1024
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
     """The CA-verifying context, built once (in the template, before any fork)."""
-    import httpx
-
     return httpx.create_ssl_context()
 
 
@@ -243,15 +243,33 @@ def harden(cfg: protocol.Configure) -> None:
 class Worker:
     """Serves requests for one configured tenant until its input ends."""
 
-    def __init__(self, writer: asyncio.StreamWriter, client: LLMClient, timeout: float) -> None:
+    def __init__(
+        self,
+        writer: asyncio.StreamWriter,
+        client: LLMClient,
+        timeout: float,
+        *,
+        http: httpx.AsyncClient,
+        tools: protocol.ToolConfig | None = None,
+    ) -> None:
         self._writer = writer
         self._client = client
         self._timeout = timeout
+        self._http = http
+        self._tool_config = tools or protocol.ToolConfig()
+        self._tools: dict[str, Tool] = builtin()
+        self._cache: dict[str, object] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def send(self, msg: protocol.FromAgent) -> None:
         self._writer.write(protocol.encode(msg))
         await self._writer.drain()
+
+    async def aclose(self) -> None:
+        """Close what tools opened (web_fetch's client)."""
+        for value in self._cache.values():
+            if isinstance(value, httpx.AsyncClient):
+                await value.aclose()
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
@@ -272,17 +290,17 @@ class Worker:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _answer(self, req: protocol.Request) -> None:
+        cfg = self._tool_config
+        ctx = ToolContext(cfg, self._http, list(req.notes), self.send, req.id, self._cache)
+        tools = offered(req.tools, self._tools, cfg)
         try:
             async with asyncio.timeout(self._timeout):
-                async for item in self._client.stream(
-                    req.messages, model=req.model, system=req.system, max_tokens=req.max_tokens
-                ):
-                    if isinstance(item, TextDelta):
-                        await self.send(protocol.Chunk(req.id, item.text))
-                    elif isinstance(item, Usage):
-                        usage = protocol.UsageReport(req.id, item.input_tokens, item.output_tokens)
-                        await self.send(usage)
+                await run_loop(self._client, req, tools, ctx, self.send, max_steps=cfg.max_steps)
             await self.send(protocol.Done(req.id))
+        except TooManySteps:
+            await self.send(
+                protocol.Error(req.id, "tool_steps", f"over {cfg.max_steps} tool steps", None)
+            )
         except LLMError as exc:
             retry = getattr(exc, "retry_after", None)
             await self.send(protocol.Error(req.id, exc.code, exc.message, retry))
@@ -317,9 +335,12 @@ async def serve(
     verify = ssl_context()  # shared with the template: a new context costs ~1 MiB per agent
     async with new_http_client(timeout=cfg.request_timeout, verify=verify) as http:
         client = make_client(cfg.provider_kind, cfg.base_url, cfg.api_key, http=http)
-        worker = Worker(writer, client, timeout=cfg.request_timeout)
-        await worker.send(protocol.Ready(pid=os.getpid()))
-        await worker.serve(reader)
+        worker = Worker(writer, client, timeout=cfg.request_timeout, http=http, tools=cfg.tools)
+        try:
+            await worker.send(protocol.Ready(pid=os.getpid()))
+            await worker.serve(reader)
+        finally:
+            await worker.aclose()
     return 0
 
 
