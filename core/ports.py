@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
@@ -127,16 +128,40 @@ class SendOnlyAdapter(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ToolActivity:
+    """The agent started (``done`` False) or finished a tool, for the chat's status line.
+
+    ``name`` is the tool (``web_fetch``...), ``target`` what it works on (a host, a query).
+    """
+
+    name: str
+    target: str
+    done: bool = False
+    failed: bool = False
+
+
+ToolObserver = Callable[[ToolActivity], Awaitable[None]]
+
+
 class Agents(Protocol):
     """The tenant's hosted agent, as flows see it.
 
     ``reply`` streams the agent's answer to one message as text chunks; it raises
     ``core.errors.AgentUnavailable`` (with a short ``reason`` code that ``bot/texts.py``
     turns into words) when the agent cannot answer. ``conversation`` is the neutral chat's
-    conversation key, so each chat keeps its own memory.
+    conversation key, so each chat keeps its own memory. ``on_tool`` is told when the agent
+    starts and ends a tool, so the chat can show what it is doing meanwhile.
     """
 
-    def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]: ...
+    def reply(
+        self,
+        tenant_id: str,
+        conversation: str,
+        text: str,
+        *,
+        on_tool: ToolObserver | None = None,
+    ) -> AsyncIterator[str]: ...
 
     async def cancel(self, tenant_id: str, conversation: str) -> bool:
         """Stop a reply in progress; False when none was running."""
@@ -158,7 +183,14 @@ class Agents(Protocol):
 class UnavailableAgents:
     """The agent port when no agent runtime is configured: every message gets a clear answer."""
 
-    async def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]:
+    async def reply(
+        self,
+        tenant_id: str,
+        conversation: str,
+        text: str,
+        *,
+        on_tool: ToolObserver | None = None,
+    ) -> AsyncIterator[str]:
         from core.errors import AgentUnavailable
 
         if tenant_id:  # always true; the yield below makes this an async generator

@@ -178,8 +178,10 @@ class LLMClient(ABC):
         max_tokens: int,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[StreamItem]:
-        """Stream one step: ``TextDelta`` items in order, ``ToolCall`` items for each tool the
-        model asks for (after its arguments are complete), and a ``Usage`` when reported.
+        """Stream one step of a reply.
+
+        ``TextDelta`` items in order, a ``ToolCall`` for each tool the model asks for (once its
+        arguments are complete), and a ``Usage`` when reported.
 
         Raises an ``LLMError`` subclass; close the iterator to cancel the request.
         """

@@ -135,8 +135,10 @@ class ToolEvent:
 
 @dataclass(frozen=True, slots=True)
 class NoteEvent:
-    """Request ``id`` remembered (``op`` "add", with ``text``) or forgot (``op`` "forget") a
-    note; byokbot stores it encrypted and sends the notes with every later request."""
+    """Request ``id`` remembered (``op`` "add", with ``text``) or forgot ("forget") a note.
+
+    byokbot stores it encrypted and sends the notes with every later request.
+    """
 
     id: str
     op: str

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from core.llm import ToolSpec
 from core.runtime import protocol
@@ -25,10 +24,9 @@ def _no_target(_: Mapping[str, Any]) -> str:
     return ""
 
 
-@dataclass(frozen=True, slots=True)
 class Remember:
-    name: str = "remember"
-    spec: ToolSpec = ToolSpec(
+    name: Final = "remember"
+    spec: Final = ToolSpec(
         "remember",
         "Save a short fact about the person for future conversations (their name, "
         "preferences, ongoing projects). Use when they tell you something worth keeping or "
@@ -61,10 +59,9 @@ class Remember:
         return f"Remembered (note {note.id})."
 
 
-@dataclass(frozen=True, slots=True)
 class Recall:
-    name: str = "recall"
-    spec: ToolSpec = ToolSpec(
+    name: Final = "recall"
+    spec: Final = ToolSpec(
         "recall",
         "Look up the facts saved about the person in earlier conversations. Pass words to "
         "search for, or an empty query for all of them.",
@@ -90,10 +87,9 @@ class Recall:
         return prefix + "\n".join(f"[{n.id}] {n.text}" for n in found)
 
 
-@dataclass(frozen=True, slots=True)
 class Forget:
-    name: str = "forget"
-    spec: ToolSpec = ToolSpec(
+    name: Final = "forget"
+    spec: Final = ToolSpec(
         "forget",
         "Delete a saved fact about the person by its note id (from recall), when they ask "
         "you to forget it or it is no longer true.",

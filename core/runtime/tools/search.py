@@ -8,8 +8,7 @@ any, from the environment the control plane read it from; both reach the agent i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -38,10 +37,9 @@ def _results(backend: str, data: Any) -> list[tuple[str, str, str]]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
 class WebSearch:
-    name: str = "web_search"
-    spec: ToolSpec = ToolSpec(
+    name: Final = "web_search"
+    spec: Final = ToolSpec(
         "web_search",
         "Search the web and return the top results (title, URL, snippet). Use it for current "
         "events or facts you are unsure of; then web_fetch a result to read it.",
@@ -90,7 +88,8 @@ class WebSearch:
         if not found:
             return f"No results for {query!r}."
         return "\n\n".join(
-            f"{i}. {title}\n{link}\n{snippet}".rstrip() for i, (title, link, snippet) in enumerate(found, 1)
+            f"{i}. {title}\n{link}\n{snippet}".rstrip()
+            for i, (title, link, snippet) in enumerate(found, 1)
         )
 
 

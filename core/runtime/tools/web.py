@@ -20,7 +20,6 @@ import functools
 import ipaddress
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
@@ -39,7 +38,9 @@ class Refused(ToolFailed):
 
 
 @functools.cache
-def _networks(allowed: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(
+    allowed: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in allowed)
 
 
@@ -140,7 +141,9 @@ async def fetch(url: str, ctx: ToolContext) -> tuple[str, str, bytes, bool]:
             try:
                 response = await http.send(request, stream=True)
             except httpx.HTTPError as exc:
-                raise ToolFailed(f"{current.host} could not be reached ({type(exc).__name__})") from None
+                raise ToolFailed(
+                    f"{current.host} could not be reached ({type(exc).__name__})"
+                ) from None
             try:
                 if response.is_redirect:
                     location = response.headers.get("location", "")
@@ -183,10 +186,9 @@ def _decode(body: bytes, response_type: str) -> str:
     return body.decode("utf-8", errors="replace")
 
 
-@dataclass(frozen=True, slots=True)
 class WebFetch:
-    name: str = "web_fetch"
-    spec: ToolSpec = ToolSpec(
+    name: Final = "web_fetch"
+    spec: Final = ToolSpec(
         "web_fetch",
         "Fetch a web page (http or https URL) and return its readable text. Use it when the "
         "person gives a link or the answer needs a specific page.",
