@@ -78,7 +78,15 @@ def tool_rounds(messages: list[dict[str, Any]]) -> int:
 
 def echo_reply(messages: list[dict[str, Any]]) -> str:
     """Default answer: echoes the last user message, so tests can tell replies apart."""
-    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    # A tool result is a user turn too (Anthropic), but not what the person wrote.
+    last = next(
+        (
+            m["content"]
+            for m in reversed(messages)
+            if m["role"] == "user" and isinstance(m["content"], str)
+        ),
+        "",
+    )
     return f"echo: {last}"
 
 
