@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 
 from tests.canaries import anthropic_key
-from tests.fakes.llm_server import FakeCall, FakeLLMServer, ToolStep, tool_results, tool_rounds
+from tests.fakes.llm_server import (
+    FakeCall,
+    FakeLLMServer,
+    ToolStep,
+    echo_reply,
+    tool_results,
+    tool_rounds,
+)
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.fakes.web_site import FakeWebSite
 from tests.system.harness import CanaryScan, Workspace, eventually
@@ -275,3 +282,62 @@ async def test_a_version_1_external_agent_still_works(
     await signed_up(tg_ws, ada, canaries)
     ada.send("one two three")
     await ada.wait_text("^three two one$", within=30)
+
+
+async def test_managed_plan_meters_every_step_and_the_catalog_says_which_models_take_tools(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    site: FakeWebSite,
+    canaries: CanaryScan,
+) -> None:
+    from tests.system.managed_support import enable_proxy, query, sign_up_managed
+
+    enable_proxy(tg_ws, llm, canaries)
+    tg_ws.configure(
+        {
+            'proxy.models."model-small"': {"tools": False},
+            "tools.web_fetch": {"allow_networks": ["127.0.0.2/32"]},
+        }
+    )
+
+    def script(kind: str, messages: list[dict[str, Any]]) -> ToolStep | None:
+        if tool_rounds(messages) == 0 and "page" in last_user_text(messages):
+            return ToolStep([FakeCall("web_fetch", {"url": f"{site.url}/plain"})])
+        return None
+
+    llm.tool_script = script
+    llm.reply = lambda m: "read it"
+    await start_bot(tg_ws)
+    await sign_up_managed(ada)
+    ada.send("read the page")
+    await ada.wait_text("^read it$", within=30)
+    assert len(llm.requests) == 2 and "tools" in llm.requests[0].body
+    assert tool_results(llm.requests[1].body)[0][1].endswith("just plain text")
+
+    def metered() -> tuple[int, int] | None:
+        budget = query(tg_ws, "SELECT tokens_spent, tokens_reserved FROM budgets")
+        usage = query(
+            tg_ws, "SELECT SUM(input_tokens + output_tokens), SUM(requests) FROM usage_daily"
+        )
+        if not budget or not usage or usage[0][1] != 2 or budget[0][1] != 0:
+            return None
+        return budget[0][0], usage[0][0]
+
+    await eventually(lambda: metered() is not None, within=30)
+    spent, used = metered() or (0, 0)
+    # Both upstream calls were settled by the proxy: its spend is the two steps' tokens.
+    assert spent == used > 0
+
+    ada.send("/model")
+    await ada.wait_text("(?i)choose one")
+    ada.press("model-small")
+    await ada.wait_text("Model set to model-small")
+    llm.reply = echo_reply
+    before = len(llm.requests)
+    ada.send("hello small model")
+    await ada.wait_text("echo: hello small model", within=30)
+    assert len(llm.requests) == before + 1
+    assert llm.requests[-1].path == "/v1/chat/completions"
+    assert "tools" not in llm.requests[-1].body  # the catalog says model-small takes none
