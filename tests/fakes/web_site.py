@@ -27,12 +27,13 @@ does not survive frost.</p></article>
 @dataclass
 class FakeWebSite:
     """Routes: ``/page`` (an article), ``/plain``, ``/big``, ``/slow``, ``/redirect?to=URL``,
-    ``/search?q=..&format=json`` (SearXNG JSON). Every request is recorded as (path, headers)."""
+    ``/search?q=..&format=json`` (SearXNG JSON), ``/res/v1/web/search`` (Brave, ``brave_key``). Every request is recorded as (path, headers)."""
 
     host: str = "127.0.0.2"
     port: int = 0
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     search_results: list[dict[str, Any]] = field(default_factory=list)
+    brave_key: str = ""
     _runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> FakeWebSite:
@@ -43,6 +44,7 @@ class FakeWebSite:
         app.router.add_get("/slow", self._slow)
         app.router.add_get("/redirect", self._redirect)
         app.router.add_get("/search", self._search)
+        app.router.add_get("/res/v1/web/search", self._brave)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
@@ -87,6 +89,17 @@ class FakeWebSite:
     async def _redirect(self, request: web.Request) -> web.Response:
         self._record(request)
         raise web.HTTPFound(request.query["to"])
+
+    async def _brave(self, request: web.Request) -> web.Response:
+        """Brave's web search API: the key in ``X-Subscription-Token``, results under ``web``."""
+        self._record(request)
+        if request.headers.get("X-Subscription-Token") != self.brave_key:
+            return web.json_response({"error": "bad token"}, status=401)
+        results = [
+            {"title": r["title"], "url": r["url"], "description": r.get("content", "")}
+            for r in self.search_results
+        ]
+        return web.json_response({"web": {"results": results}})
 
     async def _search(self, request: web.Request) -> web.Response:
         self._record(request)

@@ -341,3 +341,66 @@ async def test_managed_plan_meters_every_step_and_the_catalog_says_which_models_
     assert len(llm.requests) == before + 1
     assert llm.requests[-1].path == "/v1/chat/completions"
     assert "tools" not in llm.requests[-1].body  # the catalog says model-small takes none
+
+
+async def test_web_search_through_the_operators_brave_backend(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    site: FakeWebSite,
+    canaries: CanaryScan,
+) -> None:
+    from tests.canaries import search_key
+
+    key = search_key()
+    canaries.add(key)
+    site.brave_key = key
+    site.search_results = [
+        {"title": "Heliotrope", "url": "https://example.org/h", "content": "A plant."}
+    ]
+    tg_ws.env["BRAVE_SEARCH_KEY"] = key
+    tg_ws.configure(
+        {
+            "tools.web_search": {
+                "backend": "brave",
+                "url": f"{site.url}/res/v1/web/search",
+                "key_env": "BRAVE_SEARCH_KEY",
+            }
+        }
+    )
+
+    def script(kind: str, messages: list[dict[str, Any]]) -> ToolStep | None:
+        if tool_rounds(messages) == 0 and "search" in last_user_text(messages):
+            return ToolStep([FakeCall("web_search", {"query": "heliotrope"})])
+        return None
+
+    llm.tool_script = script
+    llm.reply = lambda m: "It is a plant."
+    await signed_up(tg_ws, ada, canaries)
+    ada.send("search for heliotrope")
+    await eventually(lambda: status_messages(telegram, "🔎 searching the web for “heliotrope”…"))
+    await ada.wait_text("^It is a plant.$", within=30)
+    assert "web_search" in [t["name"] for t in llm.requests[-2].body["tools"]]
+    ((_, text, err),) = tool_results(llm.requests[-1].body)
+    assert not err and text == "1. Heliotrope\nhttps://example.org/h\nA plant."
+    assert site.paths() == ["/res/v1/web/search?q=heliotrope&count=5"]
+    assert key not in str(llm.requests[-1].body)  # the operator's key never reaches the model
+
+
+async def test_a_search_backend_whose_key_is_missing_stops_start_up(
+    tg_ws: Workspace, llm: FakeLLMServer
+) -> None:
+    tg_ws.configure(
+        {
+            "tools.web_search": {
+                "backend": "brave",
+                "url": "https://api.search.brave.com/res/v1/web/search",
+                "key_env": "BRAVE_SEARCH_KEY_UNSET",
+            }
+        }
+    )
+    bot = await tg_ws.start("run")
+    code = await bot.wait(within=30)
+    assert code != 0
+    assert "BRAVE_SEARCH_KEY_UNSET" in bot.output()
