@@ -311,7 +311,7 @@ def decode(line: bytes | str) -> Message:
                 )
             case "done":
                 return Done(_str(obj, "id"))
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         raise ProtocolError("a message is missing a field") from None
     raise ProtocolError("unknown message type")
 
