@@ -26,7 +26,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
@@ -74,6 +74,7 @@ _LAZY_IMPORTS: Final = (
 )
 
 
+REHEARSED_TOOLS: Final = ("web_fetch", "remember", "recall", "forget")
 # Rehearsals (one request per provider kind each) that warm the packed code (see ``warm``).
 _WARM_ROUNDS: Final = 10
 
@@ -117,6 +118,21 @@ _REHEARSAL: Final = (
     b'data: {"type":"message_stop"}\n\n'
     b"data: [DONE]\n\n"
 )
+# A first step that calls the recall tool, in both APIs' streaming shapes, so the tool loop's
+# code (calls, results, the bodies that carry them) is warmed too.
+_REHEARSAL_TOOL: Final = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+    b'event: message_start\ndata: {"type":"message_start","message":{"usage":{}}}\n\n'
+    b'data: {"type":"content_block_start","index":0,"content_block":'
+    b'{"type":"tool_use","id":"t1","name":"recall","input":{}}}\n\n'
+    b'data: {"type":"content_block_delta","index":0,"delta":'
+    b'{"type":"input_json_delta","partial_json":"{}"}}\n\n'
+    b'data: {"type":"content_block_stop","index":0}\n\n'
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"id":"t1","function":'
+    b'{"name":"recall","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}\n\n'
+    b'data: {"type":"message_stop"}\n\n'
+    b"data: [DONE]\n\n"
+)
 
 
 async def _rehearse(*, rounds: int) -> int:
@@ -126,13 +142,21 @@ async def _rehearse(*, rounds: int) -> int:
     agent would otherwise build for itself; done here they are shared copy-on-write, which
     saves about 1 MiB of unique memory per agent and time on its first reply. It runs the
     agent's own ``serve`` (configure, client construction, protocol lines over a socket pair,
-    ``Worker``) with hardening skipped, so that code is packed and warmed too. Returns how many
+    ``Worker``) with hardening skipped, so that code is packed and warmed too. Each request
+    offers the tools and takes one tool step (recall) before its answer. Returns how many
     replies ended in ``done``.
     """
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(_REHEARSAL)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await reader.readexactly(length)
+        stepped = b"tool_result" in body or b'"role":"tool"' in body
+        writer.write(_REHEARSAL if stepped else _REHEARSAL_TOOL)
         await writer.drain()
         writer.close()
 
@@ -164,9 +188,11 @@ async def _rehearse_serve(kind: str, base_url: str, rounds: int) -> int:
         if not isinstance(protocol.decode(await sup_in.readline()), protocol.Ready):
             raise ProtocolError("rehearsal: no ready")
         messages = (ChatMessage("user", "hi"),)
+        notes = (protocol.Note("n1", "rehearsal"),)
         done = 0
         for i in range(rounds):
-            sup_out.write(protocol.encode(protocol.Request(f"r{i}", messages, "m", "s", 1)))
+            request = protocol.Request(f"r{i}", messages, "m", "s", 1, REHEARSED_TOOLS, notes)
+            sup_out.write(protocol.encode(request))
             await sup_out.drain()
             while True:
                 reply = protocol.decode(await sup_in.readline())
@@ -257,7 +283,7 @@ class Worker:
         self._timeout = timeout
         self._http = http
         self._tool_config = tools or protocol.ToolConfig()
-        self._tools: dict[str, Tool] = builtin()
+        self._tools: Mapping[str, Tool] = builtin()
         self._cache: dict[str, object] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 

@@ -13,6 +13,7 @@ The control plane offers a tool per request by name; the agent runs only tools i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -76,8 +77,9 @@ def string_arg(args: Mapping[str, Any], name: str, *, limit: int = 2000) -> str:
     return value.strip()
 
 
-def builtin() -> dict[str, Tool]:
-    """Every built-in tool by name (imported here so the template preloads the small ones)."""
+@functools.cache
+def builtin() -> Mapping[str, Tool]:
+    """Every built-in tool by name (built once, in the template; shared by every agent)."""
     from core.runtime.tools.notes import FORGET, RECALL, REMEMBER
     from core.runtime.tools.search import WEB_SEARCH
     from core.runtime.tools.web import WEB_FETCH
