@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from core.chat import ChatRef, Event, MessageRef, Outcome, Platform, Reply, SecretRequest, UserRef
+from core.runtime.ports import ToolObserver
 
 EventHandler = Callable[[Event], Awaitable[Outcome]]
 """What an adapter calls for every translated event (the router's ``dispatch``)."""
@@ -126,22 +126,6 @@ class SendOnlyAdapter(Protocol):
     async def open_for_sending(self) -> None:
         """Log in so that ``messenger.send`` works; raises the adapter's start-up errors."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class ToolActivity:
-    """The agent started (``done`` False) or finished a tool, for the chat's status line.
-
-    ``name`` is the tool (``web_fetch``...), ``target`` what it works on (a host, a query).
-    """
-
-    name: str
-    target: str
-    done: bool = False
-    failed: bool = False
-
-
-ToolObserver = Callable[[ToolActivity], Awaitable[None]]
 
 
 class Agents(Protocol):

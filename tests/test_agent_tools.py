@@ -293,7 +293,7 @@ async def test_web_search_only_with_a_backend_and_through_it(site: FakeWebSite) 
         async with agent("anthropic", llm.anthropic_url, cfg) as a:
             await a.until_end(a.request("x", tools=("web_search",)))
     ((_, text, err),) = tool_results(llm.requests[1].body)
-    assert not err and "1. Heliotrope\nhttps://example.org/h\nA plant." == text
+    assert not err and text == "1. Heliotrope\nhttps://example.org/h\nA plant."
     assert site.paths() == ["/search?q=heliotrope&format=json"]
 
 
@@ -326,7 +326,7 @@ async def test_cancel_mid_loop_ends_with_done(site: FakeWebSite) -> None:
         ("192.168.1.1", False),
         ("169.254.169.254", False),
         ("100.64.0.1", False),
-        ("0.0.0.0", False),
+        ("0.0.0.0", False),  # noqa: S104 - an address to refuse, not a bind
         ("::1", False),
         ("fe80::1", False),
         ("fd00::1", False),

@@ -12,8 +12,7 @@ from core.agent_data import current_model
 from core.chat import Button, ButtonStyle, MessageRef, Outcome, Reply
 from core.errors import AgentUnavailable
 from core.llm.models import chat_models
-from core.ports import ToolActivity
-from core.runtime.ports import NotesStore, StoredNote
+from core.runtime.ports import NotesStore, StoredNote, ToolActivity
 from core.tenants import TenantStatus, TenantView
 
 PERSONA_LIMIT = 2000

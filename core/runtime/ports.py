@@ -7,12 +7,11 @@ the tenant's data key; ``UsageSink`` meters tokens; ``KeyHealth`` marks a key de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from core.errors import AgentUnavailable
-from core.ports import ToolActivity
 from core.secret import Secret
 
 
@@ -84,7 +83,21 @@ class NotesStore(Protocol):
         ...
 
 
-__all__ = ["ToolActivity"]  # re-exported for the supervisor
+@dataclass(frozen=True, slots=True)
+class ToolActivity:
+    """The agent started (``done`` False) or finished a tool, for the chat's status line.
+
+    ``name`` is the tool (``web_fetch``...), ``target`` what it works on (a host, a query).
+    """
+
+    name: str
+    target: str
+    done: bool = False
+    failed: bool = False
+
+
+ToolObserver = Callable[[ToolActivity], Awaitable[None]]
+"""Told when the agent starts or ends a tool (the chat shows a status line meanwhile)."""
 
 
 class UsageSink(Protocol):

@@ -35,7 +35,6 @@ from typing import Final
 from core.config import AgentSettings
 from core.errors import AgentUnavailable
 from core.llm import ChatMessage
-from core.ports import ToolObserver
 from core.runtime import protocol
 from core.runtime.errors import ProtocolError, ReplyFailed
 from core.runtime.launch import CommandLauncher, ForkserverLauncher, Launcher, WorkerHandle
@@ -46,6 +45,7 @@ from core.runtime.ports import (
     NotesStore,
     ProfileSource,
     ToolActivity,
+    ToolObserver,
     Turn,
     UsageSink,
 )

@@ -189,7 +189,7 @@ async def test_a_note_survives_reset_and_restart_and_is_erased_with_memory(
     await restart_bot(tg_ws, bot)
     ada.send("what is my cat called, after the restart?")
     await ada.wait_text("after the restart|Your cat is Pixelberry", within=30)
-    await eventually(lambda: sum("Your cat is Pixelberry." == t for t in ada.texts()) >= 2)
+    await eventually(lambda: sum(t == "Your cat is Pixelberry." for t in ada.texts()) >= 2)
 
     ada.send("/memory")
     await ada.wait_text(re.escape("1. " + fact))
