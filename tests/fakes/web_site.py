@@ -34,6 +34,8 @@ class FakeWebSite:
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     search_results: list[dict[str, Any]] = field(default_factory=list)
     brave_key: str = ""
+    # Extra text in /page's article (a test puts a canary there: it must reach the model only).
+    page_extra: str = ""
     _runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> FakeWebSite:
@@ -70,7 +72,8 @@ class FakeWebSite:
 
     async def _page(self, request: web.Request) -> web.Response:
         self._record(request)
-        return web.Response(text=ARTICLE, content_type="text/html")
+        extra = f"<p>{self.page_extra}</p></article>" if self.page_extra else "</article>"
+        return web.Response(text=ARTICLE.replace("</article>", extra), content_type="text/html")
 
     async def _plain(self, request: web.Request) -> web.Response:
         self._record(request)

@@ -63,11 +63,12 @@ def deleted(telegram: FakeTelegramServer, message_id: int) -> bool:
     return any(int(c["message_id"]) == message_id for c in telegram.calls_to("deleteMessage"))
 
 
-async def signed_up(ws: Workspace, ada: TelegramPerson, canaries: CanaryScan) -> None:
+async def signed_up(ws: Workspace, ada: TelegramPerson, canaries: CanaryScan) -> str:
     key = anthropic_key()
     canaries.add(key)
     await start_bot(ws)
     await sign_up_with_key(ada, key)
+    return key
 
 
 async def test_web_fetch_shows_a_status_line_replaced_by_the_answer(
@@ -93,7 +94,12 @@ async def test_web_fetch_shows_a_status_line_replaced_by_the_answer(
 
     llm.tool_script, llm.reply = script, answer
     llm.chunk_delay = 0.3  # the status line must be visible before the answer streams
-    await signed_up(tg_ws, ada, canaries)
+    # A secret printed on the page reaches the model as the tool's result, and nothing else:
+    # not the chat, the logs, the database or any file (the canary scan after the test).
+    leaked = anthropic_key()
+    canaries.add(leaked)
+    site.page_extra = f"Someone pasted a key here: {leaked}"
+    key = await signed_up(tg_ws, ada, canaries)
 
     ada.send(f"what is the secret word on {page} ?")
     await eventually(lambda: status_messages(telegram, r"🔎 reading 127\.0\.0\.2…"))
@@ -106,7 +112,11 @@ async def test_web_fetch_shows_a_status_line_replaced_by_the_answer(
     assert [t["name"] for t in first.body["tools"]][:1] == ["web_fetch"]
     ((_, text, is_error),) = tool_results(second.body)
     assert not is_error and "marzipan-lighthouse" in text and "do not show this" not in text
+    assert leaked in text
     assert site.paths() == ["/page"]
+    # The page was fetched without the tenant's key or any credential.
+    (headers,) = [h for _, h in site.requests]
+    assert key not in str(headers) and "Authorization" not in headers and "x-api-key" not in headers
 
 
 async def test_redirect_to_the_metadata_address_is_refused(
