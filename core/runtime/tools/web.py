@@ -117,8 +117,8 @@ def _client(ctx: ToolContext) -> httpx.AsyncClient:
     return client
 
 
-async def fetch(url: str, ctx: ToolContext) -> tuple[str, str, bytes, bool]:
-    """``(final URL, content type, body, truncated)`` after checked redirects."""
+async def fetch(url: str, ctx: ToolContext) -> tuple[str, str, str, bool]:
+    """``(final URL, content type, text, truncated)`` after checked redirects."""
     cfg = ctx.config
     current = _parse(url)
     http = _client(ctx)
@@ -155,6 +155,7 @@ async def fetch(url: str, ctx: ToolContext) -> tuple[str, str, bytes, bool]:
                 if response.status_code >= 400:
                     raise ToolFailed(f"the page answered HTTP {response.status_code}")
                 ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                charset = response.charset_encoding or ""
                 body = bytearray()
                 truncated = False
                 try:
@@ -166,7 +167,7 @@ async def fetch(url: str, ctx: ToolContext) -> tuple[str, str, bytes, bool]:
                             break
                 except httpx.HTTPError as exc:
                     raise ToolFailed(f"reading the page failed ({type(exc).__name__})") from None
-                return str(current), ctype, bytes(body), truncated
+                return str(current), ctype, _decode(bytes(body), charset), truncated
             finally:
                 await response.aclose()
     raise ToolFailed(f"more than {cfg.fetch_max_redirects} redirects")
@@ -182,8 +183,11 @@ def html_to_text(html: str, url: str) -> str:
     return str(text or "").strip()
 
 
-def _decode(body: bytes, response_type: str) -> str:
-    return body.decode("utf-8", errors="replace")
+def _decode(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")
 
 
 class WebFetch:
@@ -221,9 +225,9 @@ class WebFetch:
         if ctype in ("text/html", "application/xhtml+xml", ""):
             loop = asyncio.get_running_loop()
             # Parsing a big page takes a while: off the loop, so other chats keep streaming.
-            text = await loop.run_in_executor(None, html_to_text, _decode(body, ctype), final)
+            text = await loop.run_in_executor(None, html_to_text, body, final)
         elif ctype.startswith("text/") or ctype in _TEXT_TYPES:
-            text = _decode(body, ctype)
+            text = body
         else:
             raise ToolFailed(f"the page is {ctype}, not text or HTML")
         limit = ctx.config.fetch_max_chars
