@@ -6,6 +6,10 @@ while actively streaming (several conversations held mid-reply), and extrapolate
 live agents fit in 24 GiB. Baseline in the same run: a fresh interpreter that imported the
 worker (what an agent would cost without the template). Targets (PERFORMANCE.md): idle USS
 <= 5 MiB, active <= 30 MiB, >= 500 live agents on 24 GiB.
+
+Tools are enabled as in production (web_fetch and the note tools offered with every request).
+Two extra rows show what using them costs: idle after a reply that ran a tool step (recall),
+and idle after a web_fetch, which loads trafilatura (lazily, so only agents that fetched pay).
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ from core.runtime.ports import (
     AgentProfile,
     InMemoryKeyHealth,
     InMemoryMemory,
+    InMemoryNotes,
     InMemoryProfiles,
     InMemoryUsage,
 )
 from core.runtime.supervisor import AgentSupervisor
 from core.secret import Secret
-from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.llm_server import FakeCall, FakeLLMServer, ToolStep, tool_rounds
+from tests.fakes.web_site import FakeWebSite
+
+TOOLS = ("web_fetch", "remember", "recall", "forget")
 
 MIB = 1024 * 1024
 BUDGET_GIB = 24
@@ -62,7 +70,19 @@ def baseline() -> tuple[float, float, float]:
 async def run(n: int, active_n: int, workdir: Path) -> dict[str, list[tuple[float, float, float]]]:
     out: dict[str, list[tuple[float, float, float]]] = {}
     parent = psutil.Process()
-    async with FakeLLMServer() as fake:
+    async with FakeLLMServer() as fake, FakeWebSite() as site:
+
+        def script(kind: str, messages: list[dict[str, object]]) -> ToolStep | None:
+            said = str(messages[-1].get("content"))
+            if tool_rounds(messages):  # type: ignore[arg-type]
+                return None
+            if said.startswith("recall"):
+                return ToolStep([FakeCall("recall", {})])
+            if said.startswith("fetch"):
+                return ToolStep([FakeCall("web_fetch", {"url": f"{site.url}/page"})])
+            return None
+
+        fake.tool_script = script  # type: ignore[assignment]
         profiles = InMemoryProfiles()
         launcher = ForkserverLauncher()
         await launcher.warm()
@@ -74,6 +94,8 @@ async def run(n: int, active_n: int, workdir: Path) -> dict[str, list[tuple[floa
             AgentSettings(max_live_agents=n + 10),
             runtime_dir=workdir / "rt",
             launcher=launcher,
+            tools=protocol.ToolConfig(allow_networks=(f"{site.host}/32",)),
+            notes=InMemoryNotes(),
         )
         # Fresh: started and configured (hardened, client built), no message yet.
         fresh = []
@@ -113,6 +135,7 @@ async def run(n: int, active_n: int, workdir: Path) -> dict[str, list[tuple[floa
                     "be brief",
                     200,
                     8000,
+                    tools=TOOLS,
                 )
             )
             async for _ in sup.reply(tid, "c", "hello " * 50):
@@ -133,6 +156,16 @@ async def run(n: int, active_n: int, workdir: Path) -> dict[str, list[tuple[floa
         for stream in streams:
             async for _ in stream:
                 pass
+        tooled = [f"t{i}" for i in range(min(n, 10))]
+        for tid in tooled:
+            async for _ in sup.reply(tid, "tools", "recall what you know"):
+                pass
+        out["tool"] = [mem(pids[t]) for t in tooled]
+        fetched = tooled[:3]
+        for tid in fetched:
+            async for _ in sup.reply(tid, "fetch", "fetch the page"):
+                pass
+        out["fetch"] = [mem(pids[t]) for t in fetched]
         template_pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
         out["template"] = [mem(template_pid)] if template_pid else []
         out["live"] = [(float(len(sup.status())), 0.0, 0.0)]
@@ -164,7 +197,9 @@ def main() -> None:
     ]
     for name, key in (
         ("agent idle, configured, before any message", "fresh"),
-        ("agent idle after one reply", "idle"),
+        ("agent idle after one reply (tools offered)", "idle"),
+        ("agent idle after a reply with a tool step (recall)", "tool"),
+        ("agent idle after a web_fetch (trafilatura loaded)", "fetch"),
         ("agent active (4 streams mid-reply)", "active"),
         ("template (fork server), once", "template"),
     ):
@@ -214,7 +249,8 @@ def main() -> None:
     print(
         f"targets: idle USS <= 5 MiB -> {fresh_uss:.2f} before any message "
         f"({'ok' if fresh_uss <= 5 else 'MISSED'}), {idle_uss:.2f} after replying "
-        f"({'ok' if idle_uss <= 5 else 'MISSED'}); "
+        f"({'ok' if idle_uss <= 5 else 'MISSED'}), "
+        f"{median([x[0] for x in res['tool']]):.2f} after a tool step; "
         f"active USS <= 30 MiB -> {act_uss:.2f} ({'ok' if act_uss <= 30 else 'MISSED'})"
     )
 

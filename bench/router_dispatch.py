@@ -32,7 +32,9 @@ class StampingAgents:
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
 
-    async def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]:
+    async def reply(
+        self, tenant_id: str, conversation: str, text: str, **_: object
+    ) -> AsyncIterator[str]:
         self.arrived[text] = time.perf_counter()
         yield "ok"
 

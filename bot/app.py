@@ -18,7 +18,13 @@ from adapters.console import ConsoleAdapter
 from bot.alerts import DirectMessageAlerts
 from bot.flows.base import LiveKeyCheck, Services
 from bot.router import Router
-from core.agent_data import DatabaseKeyHealth, DatabaseMemory, DatabaseProfiles, ProxyAccess
+from core.agent_data import (
+    DatabaseKeyHealth,
+    DatabaseMemory,
+    DatabaseNotes,
+    DatabaseProfiles,
+    ProxyAccess,
+)
 from core.budget import Budget
 from core.chat import Platform
 from core.config import Config
@@ -44,7 +50,9 @@ from core.ports import (
 from core.proxy import ProxyServer
 from core.proxy_tokens import ProxyTokens
 from core.runtime import AgentSupervisor
+from core.runtime.protocol import ToolConfig
 from core.scheduler import Job, Scheduler, expire_intake_sessions
+from core.secret import Secret
 from core.tenants import Tenants
 from core.usage import UsageLedger
 from core.vault import MasterKeyRing, Vault
@@ -82,6 +90,31 @@ def master_key_source(config: Config, env: Mapping[str, str]) -> str:
     name = config.core.master_key_env
     return (
         name if env.get(name) is not None else str(config.resolve_path(config.core.master_key_file))
+    )
+
+
+def tool_config(config: Config, env: Mapping[str, str]) -> ToolConfig:
+    """The agent tools' settings for ``configure``, the search key read from its variable."""
+    t = config.tools
+    search = t.web_search
+    key = env.get(search.key_env) if search.key_env else None
+    if search.backend and search.key_env and not key:
+        raise StartupError(
+            f"{config.source}: [tools.web_search] key_env names {search.key_env}, which is not set"
+        )
+    return ToolConfig(
+        max_steps=config.agent.max_tool_steps,
+        fetch_max_bytes=t.web_fetch.max_bytes,
+        fetch_timeout=t.web_fetch.timeout_seconds,
+        fetch_max_redirects=t.web_fetch.max_redirects,
+        fetch_max_chars=t.web_fetch.max_chars,
+        allow_networks=t.web_fetch.allow_networks,
+        search_backend=search.backend,
+        search_url=search.url,
+        search_key=Secret(key) if key else None,
+        search_max_results=search.max_results,
+        max_notes=t.notes.max_notes,
+        max_note_chars=t.notes.max_note_chars,
     )
 
 
@@ -181,6 +214,9 @@ class App:
         )
         self.proxy_access = ProxyAccess(proxy, self.proxy_tokens)
         tenants.revoke_access = self._revoke_proxy_access
+        notes = DatabaseNotes(
+            self.db, credentials, self.clock, limit=self.config.tools.notes.max_notes
+        )
         if self.agents is None and self.agent_runtime:
             self.supervisor = AgentSupervisor(
                 DatabaseProfiles(
@@ -191,6 +227,8 @@ class App:
                 DatabaseKeyHealth(credentials, proxy=self.proxy_access),
                 self.config.agent,
                 runtime_dir=self.config.resolve_path("data/agents"),
+                tools=tool_config(self.config, self.env),
+                notes=notes,
             )
             self.agents = self.supervisor
         self.services = Services(
@@ -207,6 +245,7 @@ class App:
             ),
             flow_states=FlowStates(self.db, self.clock),
             agents=self.agents or UnavailableAgents(),
+            notes=notes,
             clock=self.clock,
             messengers=messengers,
             usage=usage,

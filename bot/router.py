@@ -40,6 +40,7 @@ COMMANDS: dict[str, Handler] = {
     "reset": agent.handle_reset,
     "stop": agent.handle_stop,
     "usage": agent.handle_usage,
+    "memory": agent.handle_memory,
     "admin": admin.handle_admin,
     "cancel": cancel.handle_cancel,
 }
@@ -51,6 +52,7 @@ BUTTONS: dict[str, ButtonHandler] = {
     "del": account.on_delete_button,
     "prov": keys.on_provider_button,
     "model": agent.on_model_button,
+    "mem": agent.on_memory_button,
     "cancel": cancel.on_cancel_button,
 }
 

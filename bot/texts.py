@@ -78,6 +78,7 @@ HELP = """Here's what I can do:
 /status — your plan, keys and agent
 /model — choose the model · /persona <text> — set how your agent behaves
 /reset — forget this conversation · /stop — stop a reply in progress
+/memory — what your agent remembers about you (and erase it)
 /usage — tokens used this month
 /pause · /resume — pause or resume your agent
 /link — use the same agent from another chat app
@@ -283,6 +284,7 @@ OPEN_DM_BUTTON = "Open a private chat"
 # -- agent --------------------------------------------------------------------------------
 
 AGENT_UNAVAILABLE = {
+    "tool_steps": "Your agent needed more tool steps than allowed for one reply and stopped there. Try asking for one thing at a time.",
     "not_configured": "Your agent isn't available on this server yet. An operator has to enable the agent runtime.",
     "proxy_off": "The managed plan isn't switched on on this server yet: an operator has to enable its metering proxy. Meanwhile you can use your own key with /plan byok.",
     "no_key": "Your agent has no API key to use. Add one with /key add <provider> in a private chat with me.",
@@ -395,3 +397,37 @@ def join(items: Iterable[str]) -> str:
 
 def day(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%d")
+
+
+# -- agent tools and long-term notes (issue 14) ----------------------------------------------
+
+TOOL_STATUS = {
+    "web_fetch": "🔎 reading {target}…",
+    "web_search": "🔎 searching the web for “{target}”…",
+    "remember": "📝 noting that down…",
+    "recall": "🧠 looking through my notes…",
+    "forget": "🧹 forgetting that…",
+}
+TOOL_STATUS_OTHER = "⚙️ working on it…"
+
+
+def tool_status(name: str, target: str) -> str:
+    """The status line shown while the agent runs tool ``name`` on ``target``."""
+    template = TOOL_STATUS.get(name, TOOL_STATUS_OTHER)
+    if "{target}" in template and not target:
+        return TOOL_STATUS_OTHER
+    return template.format(target=target)
+
+
+MEMORY_NONE = (
+    "Your agent hasn't noted anything about you yet. Tell it something to remember "
+    '("remember that I prefer metric units") and it keeps it across chats.'
+)
+MEMORY_LIST = "What your agent remembers about you:\n{lines}\n\nErase one with /memory forget <number>, or all with /memory clear."
+MEMORY_FORGET_BUTTON = "Forget {n}"
+MEMORY_CLEAR_BUTTON = "Forget everything"
+MEMORY_FORGOTTEN = "Forgotten: “{text}”."
+MEMORY_CLEARED = "Done: your agent's notes about you are erased ({count})."
+MEMORY_BAD_NUMBER = "There's no note number {arg}. Send /memory to see the numbered list."
+MEMORY_USAGE = "Use /memory to see the notes, /memory forget <number> to erase one, or /memory clear to erase all."
+MEMORY_OFF = "Long-term notes aren't available on this server."

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config, PlanSettings
 from core.credentials import Credentials, KeyInfo, KeyStatus
 from core.db import Database
-from core.db.models import MemoryRow
+from core.db.models import MemoryRow, NotesRow
 from core.errors import AgentUnavailable, DecryptionError, TenantNotFound
 from core.plans import PlanCatalog
 from core.ports import Clock
 from core.proxy.config import ProxySettings
 from core.proxy_tokens import ProxyTokens
-from core.runtime.ports import AgentProfile, Turn
+from core.runtime.ports import AgentProfile, StoredNote, Turn
 from core.secret import Secret
 from core.tenants import Tenants, TenantStatus, TenantView
 from core.vault import decrypt_blob, encrypt_blob
@@ -71,6 +72,16 @@ def current_model(
         return None
     picked = tenant.model if tenant.provider == provider.id and tenant.model else None
     return provider.id, picked or provider.default_model
+
+
+def offered_tools(config: Config, plan: PlanSettings) -> tuple[str, ...]:
+    """The agent tools a plan offers: its switches, web_search only with a backend."""
+    if config.agent.max_tool_steps == 0:
+        return ()
+    names = plan.tools.names()
+    if not config.tools.web_search.backend:
+        names = tuple(n for n in names if n != "web_search")
+    return names
 
 
 class ProxyAccess:
@@ -150,6 +161,7 @@ class DatabaseProfiles:
                 raise AgentUnavailable("proxy_off")
             model = managed_model(plan, tenant)
             kind, base_url, key_id, token = await self._managed(tenant_id, model)
+            route = self._config.proxy.models.get(model)
             return AgentProfile(
                 tenant_id=tenant_id,
                 provider_kind=kind,
@@ -160,6 +172,8 @@ class DatabaseProfiles:
                 persona=persona,
                 max_reply_tokens=agent.max_reply_tokens,
                 context_tokens=agent.context_tokens,
+                # The curated catalog says which models take tool calls.
+                tools=offered_tools(self._config, plan) if route is None or route.tools else (),
             )
         keys = list(await self._credentials.list(tenant_id))
         if not keys:
@@ -186,6 +200,7 @@ class DatabaseProfiles:
             persona=persona,
             max_reply_tokens=agent.max_reply_tokens,
             context_tokens=agent.context_tokens,
+            tools=offered_tools(self._config, plan),
         )
 
 
@@ -271,6 +286,102 @@ class DatabaseMemory:
         # An empty memory at the next version rather than no row: the stored version keeps
         # growing, so an old row copied back after /reset is still refused after a restart.
         await self.save(tenant_id, conversation, [])
+
+
+class DatabaseNotes:
+    """A person's long-term notes: one JSON list per tenant, encrypted with its data key.
+
+    ``purpose="notes"`` and the tenant id are bound into the blob, and a version as for
+    ``DatabaseMemory`` (an old blob copied back is refused). Deleting the tenant deletes the
+    row and shreds the key that opens it.
+    """
+
+    def __init__(
+        self, db: Database, credentials: Credentials, clock: Clock, *, limit: int = 100
+    ) -> None:
+        self._db = db
+        self._credentials = credentials
+        self._clock = clock
+        self._limit = limit
+        self._seen: dict[str, int] = {}
+
+    async def load(self, tenant_id: str) -> list[StoredNote]:
+        async with self._db.session() as s:
+            return (await self._read(s, tenant_id))[0]
+
+    async def _read(self, s: AsyncSession, tenant_id: str) -> tuple[list[StoredNote], int]:
+        row = await s.get(NotesRow, tenant_id)
+        if row is None:
+            return [], 0
+        dek = await self._credentials.data_key(s, tenant_id)
+        try:
+            if row.version < self._seen.get(tenant_id, 0):
+                raise DecryptionError("notes are older than a version already read")
+            raw = decrypt_blob(
+                dek, row.blob, purpose="notes", object_id=tenant_id, version=row.version
+            )
+            data = json.loads(raw)
+            if not isinstance(data, list):
+                raise DecryptionError("notes are not a list")
+            notes = [StoredNote(str(n["id"]), str(n["text"])) for n in data]
+        except (DecryptionError, ValueError, KeyError, TypeError) as exc:
+            log.warning("notes of tenant %s refused (%s): starting afresh", tenant_id, exc)
+            return [], row.version
+        self._seen[tenant_id] = row.version
+        return notes, row.version
+
+    async def _write(self, tenant_id: str, change: Callable[[list[StoredNote]], bool]) -> bool:
+        async with self._db.session() as s, s.begin():
+            notes, stored = await self._read(s, tenant_id)
+            if not change(notes):
+                return False
+            version = max(stored, self._seen.get(tenant_id, 0)) + 1
+            payload = json.dumps([{"id": n.id, "text": n.text} for n in notes]).encode()
+            dek = await self._credentials.data_key(s, tenant_id)
+            blob = encrypt_blob(dek, payload, purpose="notes", object_id=tenant_id, version=version)
+            row = await s.get(NotesRow, tenant_id)
+            if row is None:
+                s.add(
+                    NotesRow(
+                        tenant_id=tenant_id,
+                        blob=blob,
+                        version=version,
+                        updated_at=self._clock.now(),
+                    )
+                )
+            else:
+                row.blob, row.version, row.updated_at = blob, version, self._clock.now()
+        self._seen[tenant_id] = version
+        return True
+
+    async def add(self, tenant_id: str, note_id: str, text: str) -> bool:
+        def change(notes: list[StoredNote]) -> bool:
+            if len(notes) >= self._limit or any(n.id == note_id for n in notes):
+                return False
+            notes.append(StoredNote(note_id, text))
+            return True
+
+        return await self._write(tenant_id, change)
+
+    async def forget(self, tenant_id: str, note_id: str) -> bool:
+        def change(notes: list[StoredNote]) -> bool:
+            before = len(notes)
+            notes[:] = [n for n in notes if n.id != note_id]
+            return len(notes) < before
+
+        return await self._write(tenant_id, change)
+
+    async def clear(self, tenant_id: str) -> int:
+        count = 0
+
+        def change(notes: list[StoredNote]) -> bool:
+            nonlocal count
+            count = len(notes)
+            notes.clear()
+            return count > 0
+
+        await self._write(tenant_id, change)
+        return count
 
 
 class DatabaseKeyHealth:

@@ -9,6 +9,7 @@ in each adapter's ``config.py``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -52,6 +53,69 @@ class CoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSwitches:
+    """``[plans.<id>.tools]``: which of the agent's built-in tools a plan offers."""
+
+    web_fetch: bool = True
+    web_search: bool = True
+    notes: bool = True
+
+    def names(self) -> tuple[str, ...]:
+        """The protocol's tool names these switches turn on (``TOOL_NAMES``)."""
+        return tuple(n for s, names in TOOL_NAMES.items() if getattr(self, s) for n in names)
+
+
+TOOL_NAMES: Final[Mapping[str, tuple[str, ...]]] = {
+    "web_fetch": ("web_fetch",),
+    "web_search": ("web_search",),
+    "notes": ("remember", "recall", "forget"),
+}
+"""Each switch of ``ToolSwitches`` and the agent tools it enables."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebFetchSettings:
+    """``[tools.web_fetch]``: the bounds of one fetch.
+
+    ``allow_networks`` lists CIDRs that may be fetched although they are not public; keep it
+    empty in production (it exists so tests can serve a site on loopback).
+    """
+
+    max_bytes: int = 2_000_000
+    timeout_seconds: float = 15.0
+    max_redirects: int = 5
+    max_chars: int = 20_000
+    allow_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WebSearchSettings:
+    """``[tools.web_search]``: the search backend; without ``backend`` no search is offered."""
+
+    backend: str = ""  # "" | "searxng" | "brave"
+    url: str = ""
+    key_env: str = ""
+    max_results: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class NotesSettings:
+    """``[tools.notes]``: bounds of the long-term notes per person."""
+
+    max_notes: int = 100
+    max_note_chars: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ToolsSettings:
+    """``[tools]``: the agent's built-in tools (per-plan switches are in ``[plans.<id>.tools]``)."""
+
+    web_fetch: WebFetchSettings = field(default_factory=WebFetchSettings)
+    web_search: WebSearchSettings = field(default_factory=WebSearchSettings)
+    notes: NotesSettings = field(default_factory=NotesSettings)
+
+
+@dataclass(frozen=True, slots=True)
 class PlanSettings:
     """``[plans.<id>]``: one plan of the catalog."""
 
@@ -64,6 +128,7 @@ class PlanSettings:
     monthly_token_cap: int | None = None
     monthly_usd_cap: float | None = None
     description: str = ""
+    tools: ToolSwitches = field(default_factory=ToolSwitches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +157,7 @@ class AgentSettings:
     context_tokens: int = 32000
     max_reply_tokens: int = 1024
     command: tuple[str, ...] = ()
+    max_tool_steps: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +237,7 @@ class Config:
         default_factory=lambda: {n: PlatformSettings(name=n) for n in PLATFORM_SECTIONS}
     )
     proxy: ProxySettings = field(default_factory=lambda: _default_proxy())
+    tools: ToolsSettings = field(default_factory=ToolsSettings)
     source: str = "(defaults)"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -452,6 +519,7 @@ def _parse_plans(src: str, data: Mapping[str, Any]) -> dict[str, PlanSettings]:
                 else d.monthly_usd_cap
             ),
             description=t.string("description", d.description),
+            tools=_parse_switches(src, pid, t, d.tools),
         )
         if not byok and not plan.models:
             raise t.fail("models", "must list at least one model for a managed plan")
@@ -460,6 +528,59 @@ def _parse_plans(src: str, data: Mapping[str, Any]) -> dict[str, PlanSettings]:
     if not plans:
         raise ConfigError(f"{src}: [plans] must define at least one plan")
     return plans
+
+
+def _parse_switches(src: str, pid: str, t: TableReader, d: ToolSwitches) -> ToolSwitches:
+    raw = t.get("tools", dict, {})
+    r = TableReader(src, f"plans.{pid}.tools", raw)
+    out = ToolSwitches(**{name: r.boolean(name, getattr(d, name)) for name in TOOL_NAMES})
+    r.finish()
+    return out
+
+
+def _parse_tools(src: str, data: Mapping[str, Any]) -> ToolsSettings:
+    t = TableReader(src, "tools", data)
+    sub: dict[str, TableReader] = {}
+    for name in ("web_fetch", "web_search", "notes"):
+        sub[name] = TableReader(src, f"tools.{name}", t.get(name, dict, {}))
+    t.finish()
+    f, df = sub["web_fetch"], WebFetchSettings()
+    nets = f.strings("allow_networks", df.allow_networks)
+    for net in nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise f.fail(
+                "allow_networks", f"entries must be CIDRs like 127.0.0.1/32 (got {net!r})"
+            ) from None
+    fetch = WebFetchSettings(
+        max_bytes=f.integer("max_bytes", df.max_bytes, minimum=1024, maximum=50_000_000),
+        timeout_seconds=f.number("timeout_seconds", df.timeout_seconds, above=0, maximum=300),
+        max_redirects=f.integer("max_redirects", df.max_redirects, minimum=0, maximum=20),
+        max_chars=f.integer("max_chars", df.max_chars, minimum=100, maximum=1_000_000),
+        allow_networks=nets,
+    )
+    f.finish()
+    w, dw = sub["web_search"], WebSearchSettings()
+    backend = w.choice("backend", ("", "searxng", "brave"), dw.backend)
+    search = WebSearchSettings(
+        backend=backend,
+        url=w.url("url", dw.url, optional=True),
+        key_env=w.env_name("key_env", dw.key_env, optional=True),
+        max_results=w.integer("max_results", dw.max_results, minimum=1, maximum=20),
+    )
+    if backend and not search.url:
+        raise w.fail("url", f"is required with backend = {backend!r}")
+    if backend == "brave" and not search.key_env:
+        raise w.fail("key_env", "is required with backend = 'brave' (the API key's variable)")
+    w.finish()
+    n, dn = sub["notes"], NotesSettings()
+    notes = NotesSettings(
+        max_notes=n.integer("max_notes", dn.max_notes, minimum=1, maximum=1000),
+        max_note_chars=n.integer("max_note_chars", dn.max_note_chars, minimum=20, maximum=4000),
+    )
+    n.finish()
+    return ToolsSettings(web_fetch=fetch, web_search=search, notes=notes)
 
 
 def _parse_providers(src: str, data: Mapping[str, Any]) -> dict[str, ProviderSettings]:
@@ -510,6 +631,7 @@ def _parse_agent(src: str, data: Mapping[str, Any]) -> AgentSettings:
         context_tokens=t.positive_int("context_tokens", d.context_tokens),
         max_reply_tokens=t.positive_int("max_reply_tokens", d.max_reply_tokens),
         command=t.strings("command", d.command),
+        max_tool_steps=t.integer("max_tool_steps", d.max_tool_steps, minimum=0, maximum=50),
     )
     t.finish()
     return out
@@ -524,7 +646,15 @@ def _parse_platform(src: str, name: str, data: Mapping[str, Any]) -> PlatformSet
     return PlatformSettings(name=name, enabled=enabled, options=MappingProxyType(options))
 
 
-_TOP_LEVEL: Final = ("core", "plans", "providers", "agent", "proxy", *PLATFORM_SECTIONS)
+_TOP_LEVEL: Final = (
+    "core",
+    "plans",
+    "providers",
+    "agent",
+    "proxy",
+    "tools",
+    *PLATFORM_SECTIONS,
+)
 
 
 def _default_proxy() -> ProxySettings:
@@ -563,6 +693,7 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
             {n: _parse_platform(source, n, data.get(n, {})) for n in PLATFORM_SECTIONS}
         ),
         proxy=_parse_proxy_table(data.get("proxy"), source=source, plans=plans),
+        tools=_parse_tools(source, data.get("tools", {})),
         source=source,
         base_dir=base_dir,
     )

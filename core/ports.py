@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from core.chat import ChatRef, Event, MessageRef, Outcome, Platform, Reply, SecretRequest, UserRef
+from core.runtime.ports import ToolObserver
 
 EventHandler = Callable[[Event], Awaitable[Outcome]]
 """What an adapter calls for every translated event (the router's ``dispatch``)."""
@@ -133,10 +134,18 @@ class Agents(Protocol):
     ``reply`` streams the agent's answer to one message as text chunks; it raises
     ``core.errors.AgentUnavailable`` (with a short ``reason`` code that ``bot/texts.py``
     turns into words) when the agent cannot answer. ``conversation`` is the neutral chat's
-    conversation key, so each chat keeps its own memory.
+    conversation key, so each chat keeps its own memory. ``on_tool`` is told when the agent
+    starts and ends a tool, so the chat can show what it is doing meanwhile.
     """
 
-    def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]: ...
+    def reply(
+        self,
+        tenant_id: str,
+        conversation: str,
+        text: str,
+        *,
+        on_tool: ToolObserver | None = None,
+    ) -> AsyncIterator[str]: ...
 
     async def cancel(self, tenant_id: str, conversation: str) -> bool:
         """Stop a reply in progress; False when none was running."""
@@ -158,7 +167,14 @@ class Agents(Protocol):
 class UnavailableAgents:
     """The agent port when no agent runtime is configured: every message gets a clear answer."""
 
-    async def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]:
+    async def reply(
+        self,
+        tenant_id: str,
+        conversation: str,
+        text: str,
+        *,
+        on_tool: ToolObserver | None = None,
+    ) -> AsyncIterator[str]:
         from core.errors import AgentUnavailable
 
         if tenant_id:  # always true; the yield below makes this an async generator

@@ -27,6 +27,7 @@ from core.db.models import (
     IdentityRow,
     IntakeSessionRow,
     MemoryRow,
+    NotesRow,
     ProviderKeyRow,
     TenantRow,
 )
@@ -364,6 +365,7 @@ class Tenants:
             await s.execute(delete(IntakeSessionRow).where(IntakeSessionRow.tenant_id == tenant_id))
             await s.execute(delete(ProviderKeyRow).where(ProviderKeyRow.tenant_id == tenant_id))
             await s.execute(delete(MemoryRow).where(MemoryRow.tenant_id == tenant_id))
+            await s.execute(delete(NotesRow).where(NotesRow.tenant_id == tenant_id))
             await s.execute(delete(DataKeyRow).where(DataKeyRow.tenant_id == tenant_id))
             await s.execute(delete(IdentityRow).where(IdentityRow.tenant_id == tenant_id))
             row.status = TenantStatus.DELETED.value

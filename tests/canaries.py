@@ -14,6 +14,7 @@ __all__ = [
     "moonshot_key",
     "openai_key",
     "openai_legacy_key",
+    "search_key",
     "slack_app_token",
     "slack_bot_token",
     "telegram_token",
@@ -78,6 +79,11 @@ def slack_app_token() -> str:
 def byok_token() -> str:
     """A managed-plan proxy token: ``byok-`` + 43 base64url characters."""
     return "byok-" + secrets.token_urlsafe(32)
+
+
+def search_key() -> str:
+    """A web-search API key as Brave issues them: ``BSA`` + 28 alphanumerics (an operator's)."""
+    return "BSA" + _random(_ALNUM, 28)
 
 
 ALL_CANARIES = {

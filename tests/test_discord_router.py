@@ -38,7 +38,9 @@ class ScriptedAgents:
         self.chunks = chunks
         self.messages: list[str] = []
 
-    async def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]:
+    async def reply(
+        self, tenant_id: str, conversation: str, text: str, **_: object
+    ) -> AsyncIterator[str]:
         self.messages.append(text)
         for chunk in self.chunks:
             yield chunk

@@ -43,7 +43,16 @@ async def world(
                 "anthropic": {"base_url": fake.anthropic_url},
                 "openai": {"base_url": fake.openai_url},
             },
-            "plans": {"byok": {}, "managed": {"monthly_token_cap": 600, "monthly_usd_cap": 100.0}},
+            "plans": {
+                "byok": {},
+                # Tool definitions would add ~600 tokens to each request's estimate: this cap
+                # is sized for plain requests.
+                "managed": {
+                    "monthly_token_cap": 600,
+                    "monthly_usd_cap": 100.0,
+                    "tools": {"web_fetch": False, "web_search": False, "notes": False},
+                },
+            },
             "proxy": {
                 "enabled": True,
                 "port": _free_port(),

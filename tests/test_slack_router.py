@@ -40,7 +40,9 @@ class ScriptedAgents:
         self.chunks = chunks
         self.heard: list[str] = []
 
-    async def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]:
+    async def reply(
+        self, tenant_id: str, conversation: str, text: str, **_: object
+    ) -> AsyncIterator[str]:
         self.heard.append(text)
         for chunk in self.chunks:
             yield chunk

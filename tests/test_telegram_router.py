@@ -49,7 +49,7 @@ class ScriptedAgents(UnavailableAgents):
         self.seen: list[str] = []
 
     async def reply(  # type: ignore[override]
-        self, tenant_id: str, conversation: str, text: str
+        self, tenant_id: str, conversation: str, text: str, **_: object
     ) -> AsyncIterator[str]:
         self.seen.append(text)
         for chunk in self.chunks:

@@ -74,6 +74,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("persona", "Set your agent's persona"),
     ("reset", "Forget this conversation"),
     ("stop", "Stop the reply in progress"),
+    ("memory", "What your agent remembers about you"),
     ("status", "Your plan, key and agent"),
     ("usage", "Usage this month"),
     ("pause", "Pause your agent"),

@@ -9,9 +9,10 @@ from bot.alerts import cap_text
 from bot.charts import usage_chart
 from bot.flows.base import Refusal, Turn, button
 from core.agent_data import current_model
-from core.chat import Button, Outcome
+from core.chat import Button, ButtonStyle, MessageRef, Outcome, Reply
 from core.errors import AgentUnavailable
 from core.llm.models import chat_models
+from core.runtime.ports import NotesStore, StoredNote, ToolActivity
 from core.tenants import TenantStatus, TenantView
 
 PERSONA_LIMIT = 2000
@@ -46,6 +47,37 @@ def _usable(turn: Turn) -> TenantView:
     return tenant
 
 
+class StatusLine:
+    """The short line a chat shows while the agent runs a tool ("🔎 reading example.com…").
+
+    Posted when a tool starts, edited for the next one, and deleted as soon as the answer's
+    text continues (or the reply ends), so the answer takes its place.
+    """
+
+    def __init__(self, turn: Turn) -> None:
+        self._turn = turn
+        self._ref: MessageRef | None = None
+        self._shown = ""
+
+    async def on_tool(self, activity: ToolActivity) -> None:
+        if activity.done:
+            return  # the line stays until the answer (or the next tool) replaces it
+        text = texts.tool_status(activity.name, activity.target)
+        if text == self._shown:
+            return
+        messenger = self._turn.messenger
+        if self._ref is None:
+            self._ref = await messenger.respond(self._turn.event, Reply(text))
+        else:
+            await messenger.edit(self._ref, Reply(text))
+        self._shown = text
+
+    async def clear(self) -> None:
+        ref, self._ref, self._shown = self._ref, None, ""
+        if ref is not None:
+            await self._turn.messenger.delete(ref.chat, ref.id)
+
+
 async def handle_message(turn: Turn) -> Outcome | None:
     tenant = _usable(turn)
     agents = turn.services.agents
@@ -56,24 +88,30 @@ async def handle_message(turn: Turn) -> Outcome | None:
         what = texts.media_names(turn.event.attachments)
         await turn.say(texts.MEDIA_DROPPED.format(what=what))
     await turn.messenger.typing(turn.chat)
-    stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text)
+    status = StatusLine(turn)
+    stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text, on_tool=status.on_tool)
     try:
-        # The first chunk decides between a streamed reply and a clear refusal.
-        first = await anext(stream)
-    except StopAsyncIteration:
-        return None
-    except AgentUnavailable as exc:
-        raise Refusal(unavailable_text(exc, model=tenant.model, managed=managed)) from None
+        try:
+            # The first chunk decides between a streamed reply and a clear refusal.
+            first = await anext(stream)
+        except StopAsyncIteration:
+            return None
+        except AgentUnavailable as exc:
+            raise Refusal(unavailable_text(exc, model=tenant.model, managed=managed)) from None
 
-    async def chunks() -> AsyncIterator[str]:
-        yield first
-        async for chunk in stream:
-            yield chunk
+        async def chunks() -> AsyncIterator[str]:
+            await status.clear()
+            yield first
+            async for chunk in stream:
+                await status.clear()
+                yield chunk
 
-    try:
-        await turn.messenger.stream(turn.event, chunks())
-    except AgentUnavailable as exc:
-        await turn.say(unavailable_text(exc, model=tenant.model, managed=managed))
+        try:
+            await turn.messenger.stream(turn.event, chunks())
+        except AgentUnavailable as exc:
+            await turn.say(unavailable_text(exc, model=tenant.model, managed=managed))
+    finally:
+        await status.clear()
     return None
 
 
@@ -219,4 +257,67 @@ async def handle_usage(turn: Turn) -> Outcome | None:
         sensitive=True,
         image=usage_chart(days, month=s.clock.now().date()),
     )
+    return None
+
+
+MEMORY_BUTTONS = 10
+
+
+def _notes_store(turn: Turn) -> NotesStore:
+    notes = turn.services.notes
+    if notes is None:
+        raise Refusal(texts.MEMORY_OFF)
+    return notes
+
+
+async def _show_memory(turn: Turn, notes: list[StoredNote]) -> None:
+    if not notes:
+        await turn.say(texts.MEMORY_NONE, sensitive=True)
+        return
+    lines = "\n".join(f"{i}. {n.text}" for i, n in enumerate(notes, 1))
+    rows: list[list[Button]] = [
+        [button(texts.MEMORY_FORGET_BUTTON.format(n=i), f"mem:{n.id}")]
+        for i, n in enumerate(notes[:MEMORY_BUTTONS], 1)
+    ]
+    rows.append([button(texts.MEMORY_CLEAR_BUTTON, "mem:all", style=ButtonStyle.DANGER)])
+    await turn.say(texts.MEMORY_LIST.format(lines=lines), buttons=rows, sensitive=True)
+
+
+async def handle_memory(turn: Turn) -> Outcome | None:
+    """``/memory`` lists the notes; ``/memory forget N`` and ``/memory clear`` erase them."""
+    tenant = turn.require_tenant()
+    store = _notes_store(turn)
+    notes = await store.load(tenant.id)
+    args = [a.lower() for a in turn.event.args]
+    if not args:
+        await _show_memory(turn, notes)
+        return None
+    if args[0] in ("clear", "forget-all") and len(args) == 1:
+        count = await store.clear(tenant.id)
+        await turn.say(texts.MEMORY_CLEARED.format(count=count))
+        return None
+    if args[0] in ("forget", "delete", "erase") and len(args) == 2:
+        arg = args[1]
+        if not arg.isdigit() or not 1 <= int(arg) <= len(notes):
+            raise Refusal(texts.MEMORY_BAD_NUMBER.format(arg=arg[:20]))
+        note = notes[int(arg) - 1]
+        await store.forget(tenant.id, note.id)
+        await turn.say(texts.MEMORY_FORGOTTEN.format(text=note.text), sensitive=True)
+        return None
+    raise Refusal(texts.MEMORY_USAGE)
+
+
+async def on_memory_button(turn: Turn, args: list[str]) -> Outcome | None:
+    tenant = turn.require_tenant()
+    store = _notes_store(turn)
+    if len(args) != 1:
+        raise Refusal(texts.STALE_BUTTON)
+    if args[0] == "all":
+        count = await store.clear(tenant.id)
+        await turn.say(texts.MEMORY_CLEARED.format(count=count))
+        return None
+    note = next((n for n in await store.load(tenant.id) if n.id == args[0]), None)
+    if note is None or not await store.forget(tenant.id, note.id):
+        raise Refusal(texts.STALE_BUTTON)
+    await turn.say(texts.MEMORY_FORGOTTEN.format(text=note.text), sensitive=True)
     return None

@@ -30,6 +30,7 @@ from core.intake import Intake
 from core.livechecks import LiveChecks
 from core.plans import PlanCatalog
 from core.ports import Agents, Clock, Messenger
+from core.runtime.ports import NotesStore
 from core.secret import Secret
 from core.tenants import Tenants, TenantView
 from core.usage import UsageLedger
@@ -125,6 +126,7 @@ class Services:
     budget: Budget | None = None
     rotate_master_key: Callable[[], Awaitable[tuple[int, int]]] | None = None
     live_checks: LiveChecks | None = None
+    notes: NotesStore | None = None  # the agent's long-term notes (``/memory``)
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
         """Write an audit row that is not part of a larger change."""

@@ -166,6 +166,18 @@ class MemoryRow(Base):
     updated_at: Mapped[datetime]
 
 
+class NotesRow(Base):
+    """A person's long-term notes (one JSON list per tenant), encrypted with the data key."""
+
+    __tablename__ = "agent_notes"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    # Bound into the blob's associated data like MemoryRow.version: an old copy is refused.
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime]
+
+
 class UsageRow(Base):
     """Tokens used per tenant, day and model (rows are upserted in batches)."""
 

@@ -58,6 +58,51 @@ class ChatMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model: ``parameters`` is its arguments' JSON Schema."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model asks for tool ``name``; ``arguments`` is None when its JSON did not parse."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolTurn:
+    """An assistant step that asked for tools: its text so far and the calls, in order."""
+
+    text: str
+    calls: tuple[ToolCall, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool answered to call ``call_id``; ``is_error`` marks a failure the model sees."""
+
+    call_id: str
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResults:
+    """The results of one step's calls, sent back as the next user-side turn."""
+
+    results: tuple[ToolResult, ...]
+
+
+Turn = ChatMessage | ToolTurn | ToolResults
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     """A piece of the reply's text, in order."""
 
@@ -72,7 +117,7 @@ class Usage:
     output_tokens: int
 
 
-StreamItem = TextDelta | Usage
+StreamItem = TextDelta | Usage | ToolCall
 
 
 def default_timeout(seconds: float) -> httpx.Timeout:
@@ -112,20 +157,35 @@ class LLMClient(ABC):
 
     @abstractmethod
     def _body(
-        self, messages: Sequence[ChatMessage], *, model: str, system: str, max_tokens: int
+        self,
+        messages: Sequence[Turn],
+        *,
+        model: str,
+        system: str,
+        max_tokens: int,
+        tools: Sequence[ToolSpec],
     ) -> dict[str, Any]: ...
 
     @abstractmethod
     def _parse(self, events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[StreamItem]: ...
 
     async def stream(
-        self, messages: Sequence[ChatMessage], *, model: str, system: str, max_tokens: int
+        self,
+        messages: Sequence[Turn],
+        *,
+        model: str,
+        system: str,
+        max_tokens: int,
+        tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[StreamItem]:
-        """Stream one reply: ``TextDelta`` items in order, and a ``Usage`` when reported.
+        """Stream one step of a reply.
+
+        ``TextDelta`` items in order, a ``ToolCall`` for each tool the model asks for (once its
+        arguments are complete), and a ``Usage`` when reported.
 
         Raises an ``LLMError`` subclass; close the iterator to cancel the request.
         """
-        body = self._body(messages, model=model, system=system, max_tokens=max_tokens)
+        body = self._body(messages, model=model, system=system, max_tokens=max_tokens, tools=tools)
         request = self._http.build_request(
             "POST", self._stream_url(), json=body, headers=self._headers()
         )
@@ -178,26 +238,60 @@ class AnthropicClient(LLMClient):
         return f"{self._base}/v1/models?limit=1000"
 
     def _body(
-        self, messages: Sequence[ChatMessage], *, model: str, system: str, max_tokens: int
+        self,
+        messages: Sequence[Turn],
+        *,
+        model: str,
+        system: str,
+        max_tokens: int,
+        tools: Sequence[ToolSpec],
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": max_tokens,
             "stream": True,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [_anthropic_turn(m) for m in messages],
         }
         if system:
             body["system"] = system
+        if tools:
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": dict(t.parameters)}
+                for t in tools
+            ]
         return body
 
     async def _parse(self, events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[StreamItem]:
         input_tokens = output_tokens = 0
+        # index -> (id, name, argument JSON so far) of each tool_use block still open
+        open_calls: dict[int, tuple[str, str, list[str]]] = {}
         async for name, data in events:
             kind = data.get("type", name) if isinstance(data, dict) else name
             if kind == "content_block_delta":
                 delta = _get(self.kind, data, "delta")
-                if delta.get("type") == "text_delta" and delta.get("text"):
+                dtype = delta.get("type")
+                if dtype == "text_delta" and delta.get("text"):
                     yield TextDelta(str(delta["text"]))
+                elif dtype == "input_json_delta":
+                    call = open_calls.get(_int(data.get("index"), -1))
+                    if call is not None:
+                        call[2].append(str(delta.get("partial_json") or ""))
+            elif kind == "content_block_start":
+                block = _get(self.kind, data, "content_block")
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    parts: list[str] = []
+                    start = block.get("input")
+                    if isinstance(start, dict) and start:
+                        parts.append(json.dumps(start))
+                    open_calls[_int(data.get("index"), -1)] = (
+                        str(block.get("id") or ""),
+                        str(block.get("name") or ""),
+                        parts,
+                    )
+            elif kind == "content_block_stop":
+                call = open_calls.pop(_int(data.get("index"), -1), None)
+                if call is not None:
+                    yield ToolCall(call[0], call[1], _arguments("".join(call[2])))
             elif kind == "message_start":
                 usage = _get(self.kind, _get(self.kind, data, "message"), "usage", {})
                 input_tokens = _int(usage.get("input_tokens"))
@@ -233,21 +327,43 @@ class OpenAICompatibleClient(LLMClient):
         return f"{self._base}/models"
 
     def _body(
-        self, messages: Sequence[ChatMessage], *, model: str, system: str, max_tokens: int
+        self,
+        messages: Sequence[Turn],
+        *,
+        model: str,
+        system: str,
+        max_tokens: int,
+        tools: Sequence[ToolSpec],
     ) -> dict[str, Any]:
-        wire = [{"role": "system", "content": system}] if system else []
-        wire += [{"role": m.role, "content": m.content} for m in messages]
-        return {
+        wire: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+        for m in messages:
+            wire.extend(_openai_turn(m))
+        body: dict[str, Any] = {
             "model": model,
             "max_tokens": max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
             "messages": wire,
         }
+        if tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": dict(t.parameters),
+                    },
+                }
+                for t in tools
+            ]
+        return body
 
     async def _parse(self, events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[StreamItem]:
         usage: Usage | None = None
         finished = False
+        # index -> [id, name, argument fragments]: parallel calls arrive interleaved by index
+        calls: dict[int, list[Any]] = {}
         async for _name, data in events:
             if data == "[DONE]":
                 break
@@ -260,6 +376,17 @@ class OpenAICompatibleClient(LLMClient):
                 text = delta.get("content")
                 if text:
                     yield TextDelta(str(text))
+                for piece in delta.get("tool_calls") or ():
+                    if not isinstance(piece, dict):
+                        continue
+                    call = calls.setdefault(_int(piece.get("index"), len(calls)), ["", "", []])
+                    if piece.get("id"):
+                        call[0] = str(piece["id"])
+                    fn = piece.get("function") or {}
+                    if fn.get("name"):
+                        call[1] += str(fn["name"])
+                    if fn.get("arguments"):
+                        call[2].append(str(fn["arguments"]))
                 if choice.get("finish_reason"):
                     finished = True
             raw = data.get("usage")
@@ -269,6 +396,9 @@ class OpenAICompatibleClient(LLMClient):
             # Some compatible servers omit [DONE]; a finish_reason still marks a whole reply.
             if not finished:
                 raise BadResponse(f"{self.kind}: stream ended before [DONE]")
+        for index in sorted(calls):
+            cid, name, parts = calls[index]
+            yield ToolCall(cid or f"call_{index}", name, _arguments("".join(parts)))
         yield usage or Usage(0, 0)
 
 
@@ -308,6 +438,61 @@ async def verify_key(
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _arguments(raw: str) -> dict[str, Any] | None:
+    """A tool call's arguments; ``{}`` for none, None when they are not a JSON object."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _anthropic_turn(m: Turn) -> dict[str, Any]:
+    if isinstance(m, ChatMessage):
+        return {"role": m.role, "content": m.content}
+    if isinstance(m, ToolTurn):
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": m.text}] if m.text else []
+        blocks += [
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments or {}}
+            for c in m.calls
+        ]
+        return {"role": "assistant", "content": blocks}
+    results: list[dict[str, Any]] = []
+    for r in m.results:
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": r.call_id}
+        block["content"] = r.content
+        if r.is_error:
+            block["is_error"] = True
+        results.append(block)
+    return {"role": "user", "content": results}
+
+
+def _openai_turn(m: Turn) -> list[dict[str, Any]]:
+    if isinstance(m, ChatMessage):
+        return [{"role": m.role, "content": m.content}]
+    if isinstance(m, ToolTurn):
+        calls = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments or {})},
+            }
+            for c in m.calls
+        ]
+        return [{"role": "assistant", "content": m.text or None, "tool_calls": calls}]
+    # The chat-completions API has no error flag on a tool message: the text says it.
+    return [
+        {
+            "role": "tool",
+            "tool_call_id": r.call_id,
+            "content": f"Error: {r.content}" if r.is_error else r.content,
+        }
+        for r in m.results
+    ]
 
 
 async def _read_quietly(response: httpx.Response) -> None:

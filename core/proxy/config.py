@@ -36,6 +36,7 @@ class ModelRoute:
     input_usd_per_mtok: float
     output_usd_per_mtok: float
     upstream_model: str = ""
+    tools: bool = True  # whether the model takes tool calls (the agent offers none otherwise)
 
     @property
     def wire_model(self) -> str:
@@ -215,6 +216,7 @@ def _parse_models(
             input_usd_per_mtok=prices[0],
             output_usd_per_mtok=prices[1],
             upstream_model=t.get("upstream_model", str, ""),
+            tools=t.boolean("tools", True),
         )
         t.finish()
     if not out:

@@ -7,7 +7,7 @@ the tenant's data key; ``UsageSink`` meters tokens; ``KeyHealth`` marks a key de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,7 @@ class AgentProfile:
     persona: str  # the system prompt
     max_reply_tokens: int
     context_tokens: int
+    tools: tuple[str, ...] = ()  # agent tools offered (protocol names); () for none
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,49 @@ class MemoryStore(Protocol):
     async def save(self, tenant_id: str, conversation: str, turns: Sequence[Turn]) -> None: ...
 
     async def clear(self, tenant_id: str, conversation: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNote:
+    """One long-term note about the person: the agent's short id and the text."""
+
+    id: str
+    text: str
+
+
+class NotesStore(Protocol):
+    """A tenant's long-term notes (the database version encrypts them with the data key)."""
+
+    async def load(self, tenant_id: str) -> list[StoredNote]: ...
+
+    async def add(self, tenant_id: str, note_id: str, text: str) -> bool:
+        """False when the note was not kept (the limit, or a duplicate id)."""
+        ...
+
+    async def forget(self, tenant_id: str, note_id: str) -> bool:
+        """False when there was no such note."""
+        ...
+
+    async def clear(self, tenant_id: str) -> int:
+        """Forget every note; how many there were."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolActivity:
+    """The agent started (``done`` False) or finished a tool, for the chat's status line.
+
+    ``name`` is the tool (``web_fetch``...), ``target`` what it works on (a host, a query).
+    """
+
+    name: str
+    target: str
+    done: bool = False
+    failed: bool = False
+
+
+ToolObserver = Callable[[ToolActivity], Awaitable[None]]
+"""Told when the agent starts or ends a tool (the chat shows a status line meanwhile)."""
 
 
 class UsageSink(Protocol):
@@ -110,6 +154,33 @@ class InMemoryMemory:
 
     async def clear(self, tenant_id: str, conversation: str) -> None:
         self.turns.pop((tenant_id, conversation), None)
+
+
+class InMemoryNotes:
+    """Notes in a dict (volatile; the database version encrypts)."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self.notes: dict[str, list[StoredNote]] = {}
+        self.limit = limit
+
+    async def load(self, tenant_id: str) -> list[StoredNote]:
+        return list(self.notes.get(tenant_id, ()))
+
+    async def add(self, tenant_id: str, note_id: str, text: str) -> bool:
+        notes = self.notes.setdefault(tenant_id, [])
+        if len(notes) >= self.limit or any(n.id == note_id for n in notes):
+            return False
+        notes.append(StoredNote(note_id, text))
+        return True
+
+    async def forget(self, tenant_id: str, note_id: str) -> bool:
+        notes = self.notes.get(tenant_id, [])
+        kept = [n for n in notes if n.id != note_id]
+        self.notes[tenant_id] = kept
+        return len(kept) < len(notes)
+
+    async def clear(self, tenant_id: str) -> int:
+        return len(self.notes.pop(tenant_id, []))
 
 
 @dataclass(frozen=True, slots=True)

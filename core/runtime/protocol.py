@@ -3,7 +3,13 @@
 Documented for operators in ``docs/agent-protocol.md``. Supervisor -> agent: ``configure``
 (exactly once, first), ``request``, ``cancel``; end of input means "finish what is in flight,
 then exit". Agent -> supervisor: ``ready`` (once, after ``configure``), ``chunk``, ``usage``,
-``error``, ``done``. Every reply ends with exactly one ``error`` or ``done`` for its id.
+``tool`` and ``note`` (version 2), ``error``, ``done``. Every reply ends with exactly one
+``error`` or ``done`` for its id.
+
+Version 2 adds tools: ``configure.tools`` (their settings), ``request.tools`` (the names
+offered for this request) and ``request.notes`` (the person's long-term notes), and the
+``tool``/``note`` events. Unknown fields are ignored, so a version-1 agent keeps working: it
+just never uses tools.
 """
 
 from __future__ import annotations
@@ -16,9 +22,31 @@ from core.llm import ChatMessage
 from core.runtime.errors import ProtocolError
 from core.secret import Secret
 
-VERSION: Final = 1
+VERSION: Final = 2
 MAX_LINE: Final = 16 * 1024 * 1024
 """Longest line either side accepts (a full context window of text fits many times over)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolConfig:
+    """``configure.tools`` (version 2): how the agent's built-in tools behave.
+
+    ``allow_networks`` are CIDRs web_fetch may reach although they are not public (tests;
+    empty in production). ``search_backend`` is "" when no web_search backend is configured.
+    """
+
+    max_steps: int = 8
+    fetch_max_bytes: int = 2_000_000
+    fetch_timeout: float = 15.0
+    fetch_max_redirects: int = 5
+    fetch_max_chars: int = 20_000
+    allow_networks: tuple[str, ...] = ()
+    search_backend: str = ""
+    search_url: str = ""
+    search_key: Secret | None = None
+    search_max_results: int = 5
+    max_notes: int = 100
+    max_note_chars: int = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +61,15 @@ class Configure:
     memory_limit_mb: int
     max_open_files: int
     version: int = VERSION
+    tools: ToolConfig = ToolConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One long-term note about the person: a short id and its text."""
+
+    id: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +81,8 @@ class Request:
     model: str
     system: str
     max_tokens: int
+    tools: tuple[str, ...] = ()
+    notes: tuple[Note, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +118,35 @@ class UsageReport:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolEvent:
+    """Request ``id`` runs (``state`` "start") or finished ("end") tool ``name``.
+
+    ``target`` is what the status line names (a host, a query; may be ""); ``call`` the
+    model's call id; ``failed`` whether the tool's result was an error (on "end").
+    """
+
+    id: str
+    call: str
+    name: str
+    state: str
+    target: str = ""
+    failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NoteEvent:
+    """Request ``id`` remembered (``op`` "add", with ``text``) or forgot ("forget") a note.
+
+    byokbot stores it encrypted and sends the notes with every later request.
+    """
+
+    id: str
+    op: str
+    note: str
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Request ``id`` failed; ``code`` is an LLM error code, ``retry_after`` seconds or None."""
 
@@ -96,7 +164,7 @@ class Done:
 
 
 ToAgent = Configure | Request | Cancel
-FromAgent = Ready | Chunk | UsageReport | Error | Done
+FromAgent = Ready | Chunk | UsageReport | ToolEvent | NoteEvent | Error | Done
 Message = ToAgent | FromAgent
 
 
@@ -115,6 +183,7 @@ def encode(msg: Message) -> bytes:
                 "request_timeout": msg.request_timeout,
                 "memory_limit_mb": msg.memory_limit_mb,
                 "max_open_files": msg.max_open_files,
+                "tools": _tool_config(msg.tools),
             }
         case Request():
             obj = {
@@ -124,6 +193,8 @@ def encode(msg: Message) -> bytes:
                 "model": msg.model,
                 "system": msg.system,
                 "max_tokens": msg.max_tokens,
+                "tools": list(msg.tools),
+                "notes": [{"id": n.id, "text": n.text} for n in msg.notes],
             }
         case Cancel():
             obj = {"type": "cancel", "id": msg.id}
@@ -133,6 +204,18 @@ def encode(msg: Message) -> bytes:
             obj = {"type": "chunk", "id": msg.id, "text": msg.text}
         case UsageReport():
             obj = {"type": "usage", "id": msg.id, "input": msg.input, "output": msg.output}
+        case ToolEvent():
+            obj = {
+                "type": "tool",
+                "id": msg.id,
+                "call": msg.call,
+                "name": msg.name,
+                "state": msg.state,
+                "target": msg.target,
+                "failed": msg.failed,
+            }
+        case NoteEvent():
+            obj = {"type": "note", "id": msg.id, "op": msg.op, "note": msg.note, "text": msg.text}
         case Error():
             obj = {
                 "type": "error",
@@ -167,18 +250,25 @@ def decode(line: bytes | str) -> Message:
                     memory_limit_mb=int(_num(obj, "memory_limit_mb")),
                     max_open_files=int(_num(obj, "max_open_files")),
                     version=int(_num(obj, "version")),
+                    tools=_parse_tool_config(obj.get("tools")),
                 )
             case "request":
                 raw = obj["messages"]
                 if not isinstance(raw, list):
                     raise ProtocolError("request.messages must be a list")
                 messages = tuple(ChatMessage(_str(m, "role"), _str(m, "content")) for m in raw)
+                tools = obj.get("tools") or []
+                notes = obj.get("notes") or []
+                if not isinstance(tools, list) or not isinstance(notes, list):
+                    raise ProtocolError("request.tools and request.notes must be lists")
                 return Request(
                     id=_str(obj, "id"),
                     messages=messages,
                     model=_str(obj, "model"),
                     system=_str(obj, "system"),
                     max_tokens=int(_num(obj, "max_tokens")),
+                    tools=tuple(str(t) for t in tools),
+                    notes=tuple(Note(_str(n, "id"), _str(n, "text")) for n in notes),
                 )
             case "cancel":
                 return Cancel(_str(obj, "id"))
@@ -190,6 +280,23 @@ def decode(line: bytes | str) -> Message:
                 return UsageReport(
                     _str(obj, "id"), int(_num(obj, "input")), int(_num(obj, "output"))
                 )
+            case "tool":
+                state = _str(obj, "state")
+                if state not in ("start", "end"):
+                    raise ProtocolError("tool.state must be start or end")
+                return ToolEvent(
+                    _str(obj, "id"),
+                    str(obj.get("call", "")),
+                    _str(obj, "name"),
+                    state,
+                    str(obj.get("target", "")),
+                    bool(obj.get("failed", False)),
+                )
+            case "note":
+                op = _str(obj, "op")
+                if op not in ("add", "forget"):
+                    raise ProtocolError("note.op must be add or forget")
+                return NoteEvent(_str(obj, "id"), op, _str(obj, "note"), str(obj.get("text", "")))
             case "error":
                 retry = obj.get("retry_after")
                 if retry is not None and (
@@ -204,9 +311,53 @@ def decode(line: bytes | str) -> Message:
                 )
             case "done":
                 return Done(_str(obj, "id"))
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         raise ProtocolError("a message is missing a field") from None
     raise ProtocolError("unknown message type")
+
+
+def _tool_config(t: ToolConfig) -> dict[str, Any]:
+    return {
+        "max_steps": t.max_steps,
+        "fetch_max_bytes": t.fetch_max_bytes,
+        "fetch_timeout": t.fetch_timeout,
+        "fetch_max_redirects": t.fetch_max_redirects,
+        "fetch_max_chars": t.fetch_max_chars,
+        "allow_networks": list(t.allow_networks),
+        "search_backend": t.search_backend,
+        "search_url": t.search_url,
+        "search_key": t.search_key.reveal() if t.search_key is not None else None,
+        "search_max_results": t.search_max_results,
+        "max_notes": t.max_notes,
+        "max_note_chars": t.max_note_chars,
+    }
+
+
+def _parse_tool_config(raw: Any) -> ToolConfig:
+    """``configure.tools``; absent (a version-1 supervisor) means the defaults."""
+    if raw is None:
+        return ToolConfig()
+    if not isinstance(raw, dict):
+        raise ProtocolError("configure.tools must be an object")
+    d = ToolConfig()
+    key = raw.get("search_key")
+    nets = raw.get("allow_networks", [])
+    if not isinstance(nets, list) or not all(isinstance(n, str) for n in nets):
+        raise ProtocolError("configure.tools.allow_networks must be a list of strings")
+    return ToolConfig(
+        max_steps=int(raw.get("max_steps", d.max_steps)),
+        fetch_max_bytes=int(raw.get("fetch_max_bytes", d.fetch_max_bytes)),
+        fetch_timeout=float(raw.get("fetch_timeout", d.fetch_timeout)),
+        fetch_max_redirects=int(raw.get("fetch_max_redirects", d.fetch_max_redirects)),
+        fetch_max_chars=int(raw.get("fetch_max_chars", d.fetch_max_chars)),
+        allow_networks=tuple(nets),
+        search_backend=str(raw.get("search_backend") or ""),
+        search_url=str(raw.get("search_url") or ""),
+        search_key=Secret(key) if isinstance(key, str) and key else None,
+        search_max_results=int(raw.get("search_max_results", d.search_max_results)),
+        max_notes=int(raw.get("max_notes", d.max_notes)),
+        max_note_chars=int(raw.get("max_note_chars", d.max_note_chars)),
+    )
 
 
 def _str(obj: Any, key: str) -> str:

@@ -38,7 +38,17 @@ from core.llm import ChatMessage
 from core.runtime import protocol
 from core.runtime.errors import ProtocolError, ReplyFailed
 from core.runtime.launch import CommandLauncher, ForkserverLauncher, Launcher, WorkerHandle
-from core.runtime.ports import AgentProfile, KeyHealth, MemoryStore, ProfileSource, Turn, UsageSink
+from core.runtime.ports import (
+    AgentProfile,
+    KeyHealth,
+    MemoryStore,
+    NotesStore,
+    ProfileSource,
+    ToolActivity,
+    ToolObserver,
+    Turn,
+    UsageSink,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,7 @@ STOP_GRACE: Final = 5.0
 BACKOFF_MAX: Final = 60.0
 BACKOFF_RESET: Final = 60.0
 """A worker that lived this long before crashing resets the back-off."""
+NOTE_TOOLS: Final = frozenset({"remember", "recall", "forget"})
 
 
 class _Crashed:
@@ -168,6 +179,8 @@ class AgentSupervisor:
         launcher: how processes start; by default the fork-server template, or
             ``settings.command`` when the operator configured an external agent.
         clock: monotonic seconds, replaceable in tests.
+        tools: the built-in tools' settings sent in ``configure`` (protocol version 2).
+        notes: the tenants' long-term notes; without it no note tool is offered.
     """
 
     def __init__(
@@ -181,7 +194,11 @@ class AgentSupervisor:
         runtime_dir: Path,
         launcher: Launcher | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tools: protocol.ToolConfig | None = None,
+        notes: NotesStore | None = None,
     ) -> None:
+        self._tool_config = tools or protocol.ToolConfig(max_steps=settings.max_tool_steps)
+        self._notes = notes
         self._profiles = profiles
         self._memory = memory
         self._usage = usage
@@ -201,9 +218,25 @@ class AgentSupervisor:
 
     # --- the Agents port --------------------------------------------------------------------
 
-    async def reply(self, tenant_id: str, conversation: str, text: str) -> AsyncIterator[str]:
-        """Stream the agent's answer to ``text``; raises ``AgentUnavailable`` (``ReplyFailed``)."""
+    async def reply(
+        self,
+        tenant_id: str,
+        conversation: str,
+        text: str,
+        *,
+        on_tool: ToolObserver | None = None,
+    ) -> AsyncIterator[str]:
+        """Stream the agent's answer to ``text``; raises ``AgentUnavailable`` (``ReplyFailed``).
+
+        ``on_tool`` hears of each tool the agent runs meanwhile (start and end).
+        """
         profile = await self._profiles.profile(tenant_id)
+        offered = profile.tools if self._tool_config.max_steps > 0 else ()
+        if self._notes is None:
+            offered = tuple(t for t in offered if t not in NOTE_TOOLS)
+        notes: tuple[protocol.Note, ...] = ()
+        if self._notes is not None and NOTE_TOOLS & set(offered):
+            notes = tuple(protocol.Note(n.id, n.text) for n in await self._notes.load(tenant_id))
         tenant = self._tenant(tenant_id)
         async with tenant.conversation(conversation):
             history = await self._memory.load(tenant_id, conversation)
@@ -224,6 +257,8 @@ class AgentSupervisor:
                 model=profile.model,
                 system=profile.persona,
                 max_tokens=profile.max_reply_tokens,
+                tools=offered,
+                notes=notes,
             )
             try:
                 try:
@@ -238,9 +273,24 @@ class AgentSupervisor:
                         parts.append(event.text)
                         yield event.text
                     elif isinstance(event, protocol.UsageReport):
+                        # One per upstream call: a tool loop reports every step.
                         await self._usage.record(
                             tenant_id, profile.model, event.input, event.output
                         )
+                    elif isinstance(event, protocol.ToolEvent):
+                        if event.name not in offered:
+                            log.warning("agent %s ran a tool it was not offered", tenant_id)
+                        elif on_tool is not None:
+                            await on_tool(
+                                ToolActivity(
+                                    event.name,
+                                    event.target,
+                                    done=event.state == "end",
+                                    failed=event.failed,
+                                )
+                            )
+                    elif isinstance(event, protocol.NoteEvent):
+                        await self._note(tenant_id, offered, event)
                     elif isinstance(event, protocol.Done):
                         finished = True
                         break
@@ -266,6 +316,24 @@ class AgentSupervisor:
             if answer:
                 saved.append(Turn("assistant", answer))
             await self._memory.save(tenant_id, conversation, saved)
+
+    async def _note(
+        self, tenant_id: str, offered: Sequence[str], event: protocol.NoteEvent
+    ) -> None:
+        """Store (or drop) a note the agent took, within the configured bounds."""
+        cfg = self._tool_config
+        if self._notes is None or not NOTE_TOOLS & set(offered):
+            log.warning("agent %s sent a note without the note tools", tenant_id)
+            return
+        if not 0 < len(event.note) <= 32 or not event.note.isalnum():
+            log.warning("agent %s sent a note with a malformed id", tenant_id)
+            return
+        if event.op == "forget":
+            await self._notes.forget(tenant_id, event.note)
+            return
+        text = event.text.strip()[: cfg.max_note_chars]
+        if text and not await self._notes.add(tenant_id, event.note, text):
+            log.info("note of %s not kept (limit or duplicate)", tenant_id)
 
     async def cancel(self, tenant_id: str, conversation: str) -> bool:
         """Stop a reply in progress; the partial answer stays as it was shown."""
@@ -413,6 +481,7 @@ class AgentSupervisor:
                     request_timeout=float(s.request_timeout_seconds),
                     memory_limit_mb=s.memory_limit_mb,
                     max_open_files=s.max_open_files,
+                    tools=self._tool_config,
                 )
             )
             async with asyncio.timeout(READY_TIMEOUT):

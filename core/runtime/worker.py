@@ -26,21 +26,23 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
+
+import httpx
 
 from core.llm import (
     ChatMessage,
     LLMClient,
     LLMError,
-    TextDelta,
-    Usage,
     make_client,
     new_http_client,
 )
 from core.runtime import codepack, protocol
 from core.runtime.errors import ProtocolError
+from core.runtime.tools import Tool, ToolContext, builtin
+from core.runtime.tools.loop import TooManySteps, offered, run_loop
 from core.secret import Secret
 
 PR_SET_DUMPABLE: Final = 4
@@ -51,8 +53,6 @@ MIB: Final = 1024 * 1024
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
     """The CA-verifying context, built once (in the template, before any fork)."""
-    import httpx
-
     return httpx.create_ssl_context()
 
 
@@ -74,6 +74,7 @@ _LAZY_IMPORTS: Final = (
 )
 
 
+REHEARSED_TOOLS: Final = ("web_fetch", "remember", "recall", "forget")
 # Rehearsals (one request per provider kind each) that warm the packed code (see ``warm``).
 _WARM_ROUNDS: Final = 10
 
@@ -117,6 +118,21 @@ _REHEARSAL: Final = (
     b'data: {"type":"message_stop"}\n\n'
     b"data: [DONE]\n\n"
 )
+# A first step that calls the recall tool, in both APIs' streaming shapes, so the tool loop's
+# code (calls, results, the bodies that carry them) is warmed too.
+_REHEARSAL_TOOL: Final = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+    b'event: message_start\ndata: {"type":"message_start","message":{"usage":{}}}\n\n'
+    b'data: {"type":"content_block_start","index":0,"content_block":'
+    b'{"type":"tool_use","id":"t1","name":"recall","input":{}}}\n\n'
+    b'data: {"type":"content_block_delta","index":0,"delta":'
+    b'{"type":"input_json_delta","partial_json":"{}"}}\n\n'
+    b'data: {"type":"content_block_stop","index":0}\n\n'
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"id":"t1","function":'
+    b'{"name":"recall","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}\n\n'
+    b'data: {"type":"message_stop"}\n\n'
+    b"data: [DONE]\n\n"
+)
 
 
 async def _rehearse(*, rounds: int) -> int:
@@ -126,13 +142,21 @@ async def _rehearse(*, rounds: int) -> int:
     agent would otherwise build for itself; done here they are shared copy-on-write, which
     saves about 1 MiB of unique memory per agent and time on its first reply. It runs the
     agent's own ``serve`` (configure, client construction, protocol lines over a socket pair,
-    ``Worker``) with hardening skipped, so that code is packed and warmed too. Returns how many
+    ``Worker``) with hardening skipped, so that code is packed and warmed too. Each request
+    offers the tools and takes one tool step (recall) before its answer. Returns how many
     replies ended in ``done``.
     """
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(_REHEARSAL)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await reader.readexactly(length)
+        stepped = b"tool_result" in body or b'"role":"tool"' in body
+        writer.write(_REHEARSAL if stepped else _REHEARSAL_TOOL)
         await writer.drain()
         writer.close()
 
@@ -164,9 +188,11 @@ async def _rehearse_serve(kind: str, base_url: str, rounds: int) -> int:
         if not isinstance(protocol.decode(await sup_in.readline()), protocol.Ready):
             raise ProtocolError("rehearsal: no ready")
         messages = (ChatMessage("user", "hi"),)
+        notes = (protocol.Note("n1", "rehearsal"),)
         done = 0
         for i in range(rounds):
-            sup_out.write(protocol.encode(protocol.Request(f"r{i}", messages, "m", "s", 1)))
+            request = protocol.Request(f"r{i}", messages, "m", "s", 1, REHEARSED_TOOLS, notes)
+            sup_out.write(protocol.encode(request))
             await sup_out.drain()
             while True:
                 reply = protocol.decode(await sup_in.readline())
@@ -243,15 +269,33 @@ def harden(cfg: protocol.Configure) -> None:
 class Worker:
     """Serves requests for one configured tenant until its input ends."""
 
-    def __init__(self, writer: asyncio.StreamWriter, client: LLMClient, timeout: float) -> None:
+    def __init__(
+        self,
+        writer: asyncio.StreamWriter,
+        client: LLMClient,
+        timeout: float,
+        *,
+        http: httpx.AsyncClient,
+        tools: protocol.ToolConfig | None = None,
+    ) -> None:
         self._writer = writer
         self._client = client
         self._timeout = timeout
+        self._http = http
+        self._tool_config = tools or protocol.ToolConfig()
+        self._tools: Mapping[str, Tool] = builtin()
+        self._cache: dict[str, object] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def send(self, msg: protocol.FromAgent) -> None:
         self._writer.write(protocol.encode(msg))
         await self._writer.drain()
+
+    async def aclose(self) -> None:
+        """Close what tools opened (web_fetch's client)."""
+        for value in self._cache.values():
+            if isinstance(value, httpx.AsyncClient):
+                await value.aclose()
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
@@ -272,17 +316,17 @@ class Worker:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _answer(self, req: protocol.Request) -> None:
+        cfg = self._tool_config
+        ctx = ToolContext(cfg, self._http, list(req.notes), self.send, req.id, self._cache)
+        tools = offered(req.tools, self._tools, cfg)
         try:
             async with asyncio.timeout(self._timeout):
-                async for item in self._client.stream(
-                    req.messages, model=req.model, system=req.system, max_tokens=req.max_tokens
-                ):
-                    if isinstance(item, TextDelta):
-                        await self.send(protocol.Chunk(req.id, item.text))
-                    elif isinstance(item, Usage):
-                        usage = protocol.UsageReport(req.id, item.input_tokens, item.output_tokens)
-                        await self.send(usage)
+                await run_loop(self._client, req, tools, ctx, self.send, max_steps=cfg.max_steps)
             await self.send(protocol.Done(req.id))
+        except TooManySteps:
+            await self.send(
+                protocol.Error(req.id, "tool_steps", f"over {cfg.max_steps} tool steps", None)
+            )
         except LLMError as exc:
             retry = getattr(exc, "retry_after", None)
             await self.send(protocol.Error(req.id, exc.code, exc.message, retry))
@@ -317,9 +361,12 @@ async def serve(
     verify = ssl_context()  # shared with the template: a new context costs ~1 MiB per agent
     async with new_http_client(timeout=cfg.request_timeout, verify=verify) as http:
         client = make_client(cfg.provider_kind, cfg.base_url, cfg.api_key, http=http)
-        worker = Worker(writer, client, timeout=cfg.request_timeout)
-        await worker.send(protocol.Ready(pid=os.getpid()))
-        await worker.serve(reader)
+        worker = Worker(writer, client, timeout=cfg.request_timeout, http=http, tools=cfg.tools)
+        try:
+            await worker.send(protocol.Ready(pid=os.getpid()))
+            await worker.serve(reader)
+        finally:
+            await worker.aclose()
     return 0
 
 

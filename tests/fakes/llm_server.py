@@ -19,9 +19,74 @@ from aiohttp import web
 Reply = Callable[[list[dict[str, Any]]], str]
 
 
+@dataclass
+class FakeCall:
+    """A tool call the fake model makes: ``arguments`` as an object, or raw (maybe broken) JSON."""
+
+    name: str
+    arguments: dict[str, Any] | str
+    id: str = ""
+
+
+@dataclass
+class ToolStep:
+    """One step in which the fake model asks for tools (several calls: parallel), after ``text``."""
+
+    calls: list[FakeCall]
+    text: str = ""
+
+
+ToolScript = Callable[[str, list[dict[str, Any]]], "ToolStep | None"]
+"""Given the API kind and the request's messages, a ``ToolStep`` or None to answer in text."""
+
+
+def tool_results(body: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """``(call id, content, is_error)`` of every tool result a request carried, either API.
+
+    The OpenAI-compatible API has no error flag: a result is an error when it starts "Error:".
+    """
+    out: list[tuple[str, str, bool]] = []
+    for m in body.get("messages", []):
+        if m.get("role") == "tool":
+            text = str(m.get("content", ""))
+            out.append((str(m.get("tool_call_id")), text, text.startswith("Error:")))
+        elif m.get("role") == "user" and isinstance(m.get("content"), list):
+            for block in m["content"]:
+                if block.get("type") == "tool_result":
+                    content = block.get("content")
+                    out.append(
+                        (str(block["tool_use_id"]), str(content), bool(block.get("is_error")))
+                    )
+    return out
+
+
+def tool_rounds(messages: list[dict[str, Any]]) -> int:
+    """How many tool steps a conversation already holds (assistant turns that called tools)."""
+    return sum(
+        1
+        for m in messages
+        if m.get("role") == "assistant"
+        and (
+            m.get("tool_calls")
+            or (
+                isinstance(m.get("content"), list)
+                and any(b.get("type") == "tool_use" for b in m["content"])
+            )
+        )
+    )
+
+
 def echo_reply(messages: list[dict[str, Any]]) -> str:
     """Default answer: echoes the last user message, so tests can tell replies apart."""
-    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    # A tool result is a user turn too (Anthropic), but not what the person wrote.
+    last = next(
+        (
+            m["content"]
+            for m in reversed(messages)
+            if m["role"] == "user" and isinstance(m["content"], str)
+        ),
+        "",
+    )
     return f"echo: {last}"
 
 
@@ -64,6 +129,8 @@ class FakeLLMServer:
     # A model that always talks until cut off: the usage reports the largest output the
     # request allows (max_tokens / max_completion_tokens, times n), not the words sent.
     greedy: bool = False
+    # Scripted tool calls (None: never call a tool); see ``ToolScript``.
+    tool_script: ToolScript | None = None
     _runner: web.AppRunner | None = None
     port: int = 0
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -148,6 +215,9 @@ class FakeLLMServer:
         if refused is not None:
             return refused
         messages = list(body["messages"])
+        step = self.tool_script("anthropic", messages) if self.tool_script else None
+        if step is not None:
+            return await self._anthropic_tools(request, key, step, messages)
         text = self.reply(messages)
         words = _split(text)
         n_in = sum(len(str(m["content"]).split()) for m in messages)
@@ -219,6 +289,9 @@ class FakeLLMServer:
         if refused is not None:
             return refused
         messages = [m for m in body["messages"] if m["role"] != "system"]
+        step = self.tool_script("openai-compatible", messages) if self.tool_script else None
+        if step is not None:
+            return await self._openai_tools(request, key, step, body)
         text = self.reply(messages)
         words = _split(text)
         n_in = sum(len(str(m["content"]).split()) for m in body["messages"])
@@ -250,6 +323,155 @@ class FakeLLMServer:
                     }
                 )
             )
+        out.append(b"data: [DONE]\n\n")
+        return await self._stream(
+            request,
+            out,
+            1,
+            key,
+            error_event=lambda f: _data(
+                {"error": {"type": f.error_type, "message": f.message, "code": f.error_type}}
+            ),
+        )
+
+    async def _anthropic_tools(
+        self, request: web.Request, key: str, step: ToolStep, messages: list[dict[str, Any]]
+    ) -> web.StreamResponse:
+        """A tool_use turn: optional text block, then each call's input in two JSON pieces."""
+        n_in = sum(len(str(m["content"]).split()) for m in messages)
+        out = [
+            _sse(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {"id": "msg_t", "usage": {"input_tokens": n_in, "output_tokens": 1}},
+                },
+            )
+        ]
+        index = 0
+        if step.text:
+            out.append(
+                _sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+            )
+            out.append(
+                _sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": step.text},
+                    },
+                )
+            )
+            out.append(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            index = 1
+        for n, call in enumerate(step.calls):
+            raw = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
+            cid = call.id or f"toolu_{len(self.requests)}_{n}"
+            out.append(
+                _sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": cid,
+                            "name": call.name,
+                            "input": {},
+                        },
+                    },
+                )
+            )
+            half = len(raw) // 2
+            for piece in (raw[:half], raw[half:]):
+                out.append(
+                    _sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        },
+                    )
+                )
+            out.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+            index += 1
+        out.append(
+            _sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "tool_use"},
+                    "usage": {"output_tokens": 10 * len(step.calls)},
+                },
+            )
+        )
+        out.append(_sse("message_stop", {"type": "message_stop"}))
+        return await self._stream(
+            request,
+            out,
+            1,
+            key,
+            error_event=lambda f: _sse(
+                "error", {"type": "error", "error": {"type": f.error_type, "message": f.message}}
+            ),
+        )
+
+    async def _openai_tools(
+        self, request: web.Request, key: str, step: ToolStep, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        """Parallel tool_calls deltas, interleaved by index as OpenAI streams them."""
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return _data(
+                {
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+            )
+
+        out = [chunk({"role": "assistant", "content": None})]
+        if step.text:
+            out.append(chunk({"content": step.text}))
+        raws = [
+            c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)
+            for c in step.calls
+        ]
+        for i, call in enumerate(step.calls):
+            cid = call.id or f"call_{len(self.requests)}_{i}"
+            head = {"index": i, "id": cid, "type": "function"}
+            out.append(
+                chunk({"tool_calls": [{**head, "function": {"name": call.name, "arguments": ""}}]})
+            )
+        for part in (0, 1):  # each call's arguments in two pieces, calls interleaved
+            for i, raw in enumerate(raws):
+                half = len(raw) // 2
+                piece = raw[:half] if part == 0 else raw[half:]
+                out.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+        out.append(chunk({}, "tool_calls"))
+        n_in = sum(len(str(m.get("content")).split()) for m in body["messages"])
+        out.append(
+            _data(
+                {
+                    "id": "c1",
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": n_in,
+                        "completion_tokens": 10 * len(step.calls),
+                        "total_tokens": n_in + 10 * len(step.calls),
+                    },
+                }
+            )
+        )
         out.append(b"data: [DONE]\n\n")
         return await self._stream(
             request,

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from tests.canaries import anthropic_key
-from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.llm_server import FakeCall, FakeLLMServer, ToolStep, tool_rounds
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.system.harness import CanaryScan, Workspace
 from tests.system.people import TelegramPerson
@@ -20,6 +20,7 @@ def _stored(db: Path) -> list[bytes]:
         rows = [r[0] for r in conn.execute("SELECT wrapped FROM data_keys")]
         rows += [r[0] for r in conn.execute("SELECT ciphertext FROM provider_keys")]
         rows += [r[0] for r in conn.execute("SELECT blob FROM agent_memory")]
+        rows += [r[0] for r in conn.execute("SELECT blob FROM agent_notes")]
     finally:
         conn.close()
     return [bytes(r) for r in rows]
@@ -40,6 +41,12 @@ async def test_delete_leaves_no_ciphertext_in_the_file_or_the_wal(
 ) -> None:
     key = anthropic_key()
     canaries.add(key)
+    # The agent also keeps a long-term note (its remember tool): shredded with the rest.
+    llm.tool_script = lambda kind, messages: (
+        ToolStep([FakeCall("remember", {"fact": "the word is heliotrope"})])
+        if tool_rounds(messages) == 0
+        else None
+    )
     await start_bot(tg_ws)
     await sign_up_with_key(ada, key)
     ada.send("remember the word heliotrope")
@@ -47,7 +54,7 @@ async def test_delete_leaves_no_ciphertext_in_the_file_or_the_wal(
 
     db = tg_ws.root / "data" / "byokbot.db"
     stored = _stored(db)
-    assert len(stored) == 3, "expected a data key, a provider key and a memory blob"
+    assert len(stored) == 4, "expected a data key, a provider key, a memory and a notes blob"
 
     ada.send("/delete")
     await ada.wait_text("(?i)erase")
