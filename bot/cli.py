@@ -315,7 +315,10 @@ def _sandbox_check(config: Config) -> int:
     refused, escaped = sandbox_check.run(spec)
     if escaped or report.refused:
         failures = "; ".join([*escaped, *report.missing]) or "none"
-        print(f"byokbot: error: {texts.SANDBOX_CHECK_FAILED.format(failures=failures)}", file=sys.stderr)
+        print(
+            f"byokbot: error: {texts.SANDBOX_CHECK_FAILED.format(failures=failures)}",
+            file=sys.stderr,
+        )
         return 1
     print(texts.SANDBOX_CHECK_PASSED.format(count=len(refused)))
     for line in refused:

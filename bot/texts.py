@@ -396,11 +396,14 @@ def join(items: Iterable[str]) -> str:
 def day(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%d")
 
+
 # -- agent sandbox (issue 11) ---------------------------------------------------------------
 
 AGENT_UNAVAILABLE["sandbox"] = (
     "Your agent can't start on this server right now: its security sandbox isn't available "
     "here. An operator has been told; please try again later."
 )
-SANDBOX_CHECK_PASSED = "sandbox self-test: an agent process was refused every escape tried ({count})"
+SANDBOX_CHECK_PASSED = (
+    "sandbox self-test: an agent process was refused every escape tried ({count})"
+)
 SANDBOX_CHECK_FAILED = "sandbox self-test failed: {failures}"

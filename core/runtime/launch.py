@@ -237,7 +237,7 @@ class CommandLauncher:
             # Confined by a small launcher that then execs the program (Landlock, seccomp and
             # the uid survive exec): the bot's own process is threaded, so no preexec_fn.
             blob = json.dumps(_spec_json(spec))
-            command = (sys.executable, "-m", "core.runtime.confine", blob, "--", *command)
+            command = (sys.executable, "-I", "-c", _CONFINE, _confine_path(), blob, "--", *command)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,
@@ -258,6 +258,25 @@ class CommandLauncher:
 
     def close(self) -> None:
         return None
+
+
+# Isolated (-I: no PYTHONPATH, no user site, no current directory on the path), with only
+# this program's and libseccomp's binding's directories added: whatever the bot's own
+# environment put on its path, nothing of it runs before the agent is confined.
+_CONFINE: Final = (
+    "import sys; sys.path[:0] = sys.argv[1].split(':'); "
+    "from core.runtime.confine import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
+def _confine_path() -> str:
+    import importlib.util
+
+    dirs = [str(Path(__file__).resolve().parents[2])]
+    seccomp = importlib.util.find_spec("pyseccomp")
+    if seccomp is not None and seccomp.origin:
+        dirs.append(str(Path(seccomp.origin).resolve().parent))
+    return ":".join(dirs)
 
 
 def _spec_json(spec: Spec) -> dict[str, object]:

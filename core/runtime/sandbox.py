@@ -31,6 +31,7 @@ import ctypes
 import errno
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import resource
@@ -249,13 +250,21 @@ _SYSTEM_LIBS: Final = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/l
 _SYSTEM_EXEC: Final = ("/bin", "/usr/bin", "/usr/local/bin", *_SYSTEM_LIBS)
 
 
+_WORKER_PACKAGES: Final = ("httpx", "httpcore", "anyio", "h11", "certifi", "idna", "sniffio")
+
+
 def _packages() -> list[str]:
     """The interpreter's prefixes, site-packages and this program's own package directories."""
     paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     paths += site.getsitepackages()
     here = Path(__file__).resolve().parents[1]  # core/: an editable install lives elsewhere
     paths.append(str(here))
-    paths += [str(here.parent / "adapters"), str(here.parent / "bot")]
+    # The directories the worker's own dependencies were installed in (site-packages, or
+    # wherever PYTHONPATH put them), for a module imported lazily after confinement.
+    for name in _WORKER_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            paths.append(str(Path(spec.origin).resolve().parents[1]))
     verify = ssl.get_default_verify_paths()
     paths += [p for p in (verify.cafile, verify.capath) if p]
     return paths
@@ -392,6 +401,7 @@ def confine(spec: Spec) -> tuple[str, ...]:
     """
     applied: list[str] = []
     strict = spec.mode == "strict"
+    _seccomp_module()  # loading libseccomp runs ldconfig: not possible once confined
 
     def layer(name: str, fn: object) -> None:
         try:

@@ -38,8 +38,8 @@ from core.llm import ChatMessage
 from core.runtime import protocol, sandbox
 from core.runtime.errors import ProtocolError, ReplyFailed
 from core.runtime.launch import CommandLauncher, ForkserverLauncher, Launcher, WorkerHandle
-from core.runtime.sandbox import SandboxError
 from core.runtime.ports import AgentProfile, KeyHealth, MemoryStore, ProfileSource, Turn, UsageSink
+from core.runtime.sandbox import SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,12 @@ class AgentSupervisor:
             log.error("agent for %s not started: %s", tenant_id, report.line())
             raise ReplyFailed("sandbox")
         try:
-            handle = await self._launcher.launch(workdir, sandbox.spec_for(self._settings, self.sandbox_report(), tenant_id, profile.base_url, workdir))
+            handle = await self._launcher.launch(
+                workdir,
+                sandbox.spec_for(
+                    self._settings, self.sandbox_report(), tenant_id, profile.base_url, workdir
+                ),
+            )
         except SandboxError as exc:
             log.error("agent for %s not started: sandbox layer %s", tenant_id, exc)
             raise ReplyFailed("sandbox") from None

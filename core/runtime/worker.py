@@ -70,6 +70,9 @@ _LAZY_IMPORTS: Final = (
     "anyio.streams.stapled",
     "anyio.to_thread",
     "importlib.resources",
+    # getaddrinfo encodes a host name with this codec on first use; a sandboxed agent's uid
+    # may not be able to read the standard library to import it then.
+    "encodings.idna",
     # Unpickling the process object imports this in every forked child (its fd wrapper's
     # class lives there): measured 0.37 MiB of unique memory per agent, and disk reads.
     "multiprocessing.popen_forkserver",
