@@ -75,7 +75,7 @@ def _test_user() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(USER)
     except KeyError:
-        subprocess.run(  # noqa: S607 - useradd from the system's PATH
+        subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/bin/false", USER],
             check=True,
         )
