@@ -75,9 +75,9 @@ def _test_user() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(USER)
     except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/bin/false", USER],
-            check=True,
+            [useradd, "--system", "--no-create-home", "--shell", "/bin/false", USER], check=True
         )
         entry = pwd.getpwnam(USER)
     return entry.pw_uid, entry.pw_gid
