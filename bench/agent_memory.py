@@ -23,6 +23,7 @@ from _common import ROOT, machine, median, pct, table
 
 from core.config import AgentSettings
 from core.runtime import protocol
+from core.runtime import sandbox
 from core.runtime.launch import ForkserverLauncher
 from core.runtime.ports import (
     AgentProfile,
@@ -59,26 +60,32 @@ def baseline() -> tuple[float, float, float]:
         proc.wait()
 
 
-async def run(n: int, active_n: int, workdir: Path) -> dict[str, list[tuple[float, float, float]]]:
+async def run(
+    n: int, active_n: int, workdir: Path, mode: str
+) -> dict[str, list[tuple[float, float, float]]]:
     out: dict[str, list[tuple[float, float, float]]] = {}
     parent = psutil.Process()
     async with FakeLLMServer() as fake:
         profiles = InMemoryProfiles()
         launcher = ForkserverLauncher()
         await launcher.warm()
+        settings = AgentSettings(max_live_agents=n + 10, sandbox=mode)
+        report = sandbox.report_for(settings)
         sup = AgentSupervisor(
             profiles,
             InMemoryMemory(),
             InMemoryUsage(),
             InMemoryKeyHealth(),
-            AgentSettings(max_live_agents=n + 10),
+            settings,
             runtime_dir=workdir / "rt",
             launcher=launcher,
         )
         # Fresh: started and configured (hardened, client built), no message yet.
         fresh = []
         for i in range(min(n, 10)):
-            handle = await launcher.launch(workdir / f"fresh{i}")
+            wd = workdir / f"fresh{i}"
+            spec = sandbox.spec_for(settings, report, f"f{i}", fake.anthropic_url, wd)
+            handle = await launcher.launch(wd, None if mode == "off" else spec)
             handle.writer.write(
                 protocol.encode(
                     protocol.Configure(
@@ -150,7 +157,16 @@ def main() -> None:
     print(f"machine: {machine()}")
     base = baseline()
     with tempfile.TemporaryDirectory() as tmp:
-        res = asyncio.run(run(n, active_n, Path(tmp)))
+        off = asyncio.run(run(n, active_n, Path(tmp) / "off", "off"))
+        res = asyncio.run(run(n, active_n, Path(tmp) / "on", "strict"))
+    print(f"sandbox: {sandbox.report_for(AgentSettings()).line()}")
+    for key, what in (("fresh", "idle, before any message"), ("idle", "idle after one reply")):
+        on_uss = median([x[0] for x in res[key]])
+        off_uss = median([x[0] for x in off[key]])
+        print(
+            f"USS p50 {what}: sandbox off {off_uss:.2f} MiB, on {on_uss:.2f} MiB, "
+            f"added {on_uss - off_uss:+.2f} MiB (target <= 0.5)"
+        )
     rows = [
         (
             "fresh interpreter importing the worker [baseline]",

@@ -60,8 +60,7 @@ setattr(spawn, "_fixup_main_from_path", _no_main_fixup)  # noqa: B010
 setattr(spawn, "_fixup_main_from_name", _no_main_fixup)  # noqa: B010
 
 worker.warm()
-sandbox.landlock_abi()
-sandbox.seccomp_denied()  # loads libseccomp once, here, for every agent
+sandbox.warm()  # the seccomp filter is built once, here; every agent only loads it
 worker.scrub_environment()
 worker.set_dumpable(False)
 gc.freeze()
