@@ -534,7 +534,7 @@ def _uid_range(t: TableReader, default: tuple[int, int] | None) -> tuple[int, in
         return None  # as root, strict then refuses to start agents
     ok = len(value) == 2 and all(type(v) is int for v in value)
     if not ok or not 0 < value[0] <= value[1] < 2**32 - 1:
-        raise t.fail("uid_range", "must be [first, last]: two uids with 0 < first <= last")
+        raise t.fail("uid_range", "must be two uids [first, last] with 0 < first <= last")
     return (value[0], value[1])
 
 

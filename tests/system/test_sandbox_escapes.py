@@ -301,3 +301,43 @@ async def test_hostile_agent_is_refused_every_escape(
     # Still a working agent under the sandbox: it answers (streamed through the provider).
     ada.send("still with me?")
     await ada.wait_text("echo: still with me", within=30)
+
+
+async def test_sandbox_check_reports_the_layers_and_refuses_every_escape(ws: Workspace) -> None:
+    result = await ws.cli("sandbox", "check")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"agent sandbox: strict; in force: .*seccomp.*; missing: none", result.stdout)
+    for refusal in (
+        "read a file outside its directory: EACCES",
+        "read the bot's environment: EACCES",
+        "signal the bot: EPERM",
+        "ptrace the bot: EPERM",
+        "open a unix socket: EPERM",
+        "listen on a TCP port: EACCES",
+    ):
+        assert f"refused: {refusal}" in result.stdout
+
+
+async def test_strict_without_a_layer_refuses_agents_with_a_friendly_answer(
+    tg_ws: Workspace, ada: TelegramPerson, canaries: CanaryScan
+) -> None:
+    key = anthropic_key()
+    canaries.add(key)
+    # As root, an empty uid_range leaves the privileges layer missing.
+    tg_ws.configure({"agent": {"uid_range": []}})
+    check = await tg_ws.cli("sandbox", "check")
+    bot = await tg_ws.start("run")
+    await bot.wait_output(SERVING, within=30)
+    line = (await bot.wait_output(r"agent sandbox: [^\n]*")).group(0)
+    if os.geteuid() != 0:  # unprivileged: the user namespace needs no uid range
+        assert (check.returncode, "missing: none" in line) == (0, True)
+        return
+    assert check.returncode == 1
+    assert "byokbot: error: sandbox self-test failed: privileges" in check.stderr
+    assert "missing: privileges (the bot runs as root and [agent] uid_range is empty)" in line
+    assert line.endswith("agents will not start")
+    await sign_up_with_key(ada, key)
+    ada.send("hello?")
+    await ada.wait_text("its security sandbox isn't available here", within=30)
+    assert bot.returncode is None
+    assert "agent for" in bot.output() and "not started" in bot.output()
