@@ -22,8 +22,7 @@ import psutil
 from _common import ROOT, machine, median, pct, table
 
 from core.config import AgentSettings
-from core.runtime import protocol
-from core.runtime import sandbox
+from core.runtime import protocol, sandbox
 from core.runtime.launch import ForkserverLauncher
 from core.runtime.ports import (
     AgentProfile,
