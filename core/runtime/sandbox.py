@@ -344,9 +344,10 @@ class Report:
 @functools.cache
 def _userns_works() -> bool:
     """Whether this (unprivileged) process may create a user namespace: tried in a child."""
+    unshare = _libc().unshare  # resolved before the fork: the bot may have threads
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child only calls unshare and exits
-        os._exit(0 if _libc().unshare(CLONE_NEWUSER) == 0 else 1)
+        os._exit(0 if unshare(CLONE_NEWUSER) == 0 else 1)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) == 0
 
