@@ -89,6 +89,7 @@ class _ForkedHandle:
         self._proc = proc
         self._pool = pool
         self._waiter: asyncio.Future[int | None] | None = None
+        self.confine_seconds = 0.0  # how long the agent took to confine itself (benchmarks)
 
     async def wait(self) -> int | None:
         if self._waiter is None:
@@ -191,6 +192,7 @@ class ForkserverLauncher:
                 handle.kill()
                 await handle.wait()
                 raise SandboxError(str(report.get("layer", "sandbox")), str(report["error"]))
+            handle.confine_seconds = float(report.get("seconds", 0.0))
         return handle
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
@@ -376,13 +377,16 @@ def run_forked(sock: socket.socket, spec: sandbox.Spec | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _drop_inherited_channels()
     if spec is not None:
+        started = time.perf_counter()
         try:
             layers = sandbox.confine(spec)
         except sandbox.SandboxError as exc:
             report = {"type": "sandbox", "layer": exc.layer, "error": exc.reason}
             sock.sendall(json.dumps(report).encode() + b"\n")
             sys.exit(EXIT_SANDBOX)
-        sock.sendall(json.dumps({"type": "sandbox", "layers": list(layers)}).encode() + b"\n")
+        took = time.perf_counter() - started
+        done = {"type": "sandbox", "layers": list(layers), "seconds": round(took, 6)}
+        sock.sendall(json.dumps(done).encode() + b"\n")
     code = asyncio.run(_serve_socket(sock, confined=spec is not None))
     sys.exit(code)
 
