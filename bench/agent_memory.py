@@ -26,7 +26,7 @@ import psutil
 from _common import ROOT, machine, median, pct, table
 
 from core.config import AgentSettings
-from core.runtime import protocol
+from core.runtime import protocol, sandbox
 from core.runtime.launch import ForkserverLauncher
 from core.runtime.ports import (
     AgentProfile,
@@ -67,7 +67,9 @@ def baseline() -> tuple[float, float, float]:
         proc.wait()
 
 
-async def run(n: int, active_n: int, workdir: Path) -> dict[str, list[tuple[float, float, float]]]:
+async def run(
+    n: int, active_n: int, workdir: Path, mode: str
+) -> dict[str, list[tuple[float, float, float]]]:
     out: dict[str, list[tuple[float, float, float]]] = {}
     parent = psutil.Process()
     async with FakeLLMServer() as fake, FakeWebSite() as site:
@@ -86,12 +88,14 @@ async def run(n: int, active_n: int, workdir: Path) -> dict[str, list[tuple[floa
         profiles = InMemoryProfiles()
         launcher = ForkserverLauncher()
         await launcher.warm()
+        settings = AgentSettings(max_live_agents=n + 10, sandbox=mode)
+        report = sandbox.report_for(settings)
         sup = AgentSupervisor(
             profiles,
             InMemoryMemory(),
             InMemoryUsage(),
             InMemoryKeyHealth(),
-            AgentSettings(max_live_agents=n + 10),
+            settings,
             runtime_dir=workdir / "rt",
             launcher=launcher,
             tools=protocol.ToolConfig(allow_networks=(f"{site.host}/32",)),
@@ -100,7 +104,9 @@ async def run(n: int, active_n: int, workdir: Path) -> dict[str, list[tuple[floa
         # Fresh: started and configured (hardened, client built), no message yet.
         fresh = []
         for i in range(min(n, 10)):
-            handle = await launcher.launch(workdir / f"fresh{i}")
+            wd = workdir / f"fresh{i}"
+            spec = sandbox.spec_for(settings, report, f"f{i}", fake.anthropic_url, wd)
+            handle = await launcher.launch(wd, None if mode == "off" else spec)
             handle.writer.write(
                 protocol.encode(
                     protocol.Configure(
@@ -183,7 +189,16 @@ def main() -> None:
     print(f"machine: {machine()}")
     base = baseline()
     with tempfile.TemporaryDirectory() as tmp:
-        res = asyncio.run(run(n, active_n, Path(tmp)))
+        off = asyncio.run(run(n, active_n, Path(tmp) / "off", "off"))
+        res = asyncio.run(run(n, active_n, Path(tmp) / "on", "strict"))
+    print(f"sandbox: {sandbox.report_for(AgentSettings()).line()}")
+    for key, what in (("fresh", "idle, before any message"), ("idle", "idle after one reply")):
+        on_uss = median([x[0] for x in res[key]])
+        off_uss = median([x[0] for x in off[key]])
+        print(
+            f"USS p50 {what}: sandbox off {off_uss:.2f} MiB, on {on_uss:.2f} MiB, "
+            f"added {on_uss - off_uss:+.2f} MiB (target <= 0.5)"
+        )
     rows = [
         (
             "fresh interpreter importing the worker [baseline]",

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="validate the configuration").add_argument(
         "action", choices=["check"]
     )
+    sub.add_parser(
+        "sandbox", help="show the agent sandbox's layers and run its self-test escape"
+    ).add_argument("action", choices=["check"])
     admin = sub.add_parser("admin", help="operator commands, as in chat: byokbot admin stats")
     admin.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -88,6 +91,8 @@ async def _serve(config: Config, *, console_only: bool) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         await app.start()
+        if app.supervisor is not None:
+            print(app.supervisor.sandbox_report().line(), file=sys.stderr, flush=True)
         if app.console is not None:
             app.console.notice(texts.CONSOLE_BANNER)
         await app.run_until_stopped(stop)
@@ -291,6 +296,36 @@ async def _main(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)  # argparse restricts the choices
 
 
+def _sandbox_check(config: Config) -> int:
+    """``byokbot sandbox check``: the start-up line, then a confined child tries to escape."""
+    from pathlib import Path
+
+    from core.runtime import sandbox, sandbox_check
+
+    settings = config.agent
+    report = sandbox.report_for(settings)
+    print(report.line())
+    if report.mode == "off":
+        return 0
+    base_url = next(iter(config.providers.values())).base_url if config.providers else ""
+
+    def spec(workdir: str) -> sandbox.Spec:
+        return sandbox.spec_for(settings, report, "sandbox-check", base_url, Path(workdir))
+
+    refused, escaped = sandbox_check.run(spec)
+    if escaped or report.refused:
+        failures = "; ".join([*escaped, *report.missing]) or "none"
+        print(
+            f"byokbot: error: {texts.SANDBOX_CHECK_FAILED.format(failures=failures)}",
+            file=sys.stderr,
+        )
+        return 1
+    print(texts.SANDBOX_CHECK_PASSED.format(count=len(refused)))
+    for line in refused:
+        print(f"  refused: {line}")
+    return 0
+
+
 def _key_exists(config: Config) -> bool:
     return (
         os.environ.get(config.core.master_key_env) is not None
@@ -302,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "sandbox":
+            # Before any event loop or thread: the self-test forks.
+            return _sandbox_check(load_config(args.config))
         return asyncio.run(_main(args))
     except StartupError as exc:  # a service down or held by another process: runtime
         print(f"byokbot: error: {exc}", file=sys.stderr)

@@ -431,3 +431,13 @@ MEMORY_CLEARED = "Done: your agent's notes about you are erased ({count})."
 MEMORY_BAD_NUMBER = "There's no note number {arg}. Send /memory to see the numbered list."
 MEMORY_USAGE = "Use /memory to see the notes, /memory forget <number> to erase one, or /memory clear to erase all."
 MEMORY_OFF = "Long-term notes aren't available on this server."
+# -- agent sandbox (issue 11) ---------------------------------------------------------------
+
+AGENT_UNAVAILABLE["sandbox"] = (
+    "Your agent can't start on this server right now: its security sandbox isn't available "
+    "here. An operator has been told; please try again later."
+)
+SANDBOX_CHECK_PASSED = (
+    "sandbox self-test: an agent process was refused every escape tried ({count})"
+)
+SANDBOX_CHECK_FAILED = "sandbox self-test failed: {failures}"

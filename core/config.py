@@ -158,6 +158,13 @@ class AgentSettings:
     max_reply_tokens: int = 1024
     command: tuple[str, ...] = ()
     max_tool_steps: int = 8
+    # The agent sandbox (core/runtime/sandbox.py; README "Agent sandbox").
+    sandbox: str = "strict"
+    uid_range: tuple[int, int] | None = (3_000_000, 3_065_535)
+    extra_connect_ports: tuple[int, ...] = ()
+    read_paths: tuple[str, ...] = ()
+    cpu_seconds: int = 3600
+    max_processes: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,9 +639,32 @@ def _parse_agent(src: str, data: Mapping[str, Any]) -> AgentSettings:
         max_reply_tokens=t.positive_int("max_reply_tokens", d.max_reply_tokens),
         command=t.strings("command", d.command),
         max_tool_steps=t.integer("max_tool_steps", d.max_tool_steps, minimum=0, maximum=50),
+        sandbox=t.choice("sandbox", ("strict", "best-effort", "off"), d.sandbox),
+        uid_range=_uid_range(t, d.uid_range),
+        extra_connect_ports=_ports(t, "extra_connect_ports"),
+        read_paths=t.strings("read_paths", d.read_paths),
+        cpu_seconds=t.positive_int("cpu_seconds", d.cpu_seconds),
+        max_processes=t.positive_int("max_processes", d.max_processes),
     )
     t.finish()
     return out
+
+
+def _uid_range(t: TableReader, default: tuple[int, int] | None) -> tuple[int, int] | None:
+    value = t.get("uid_range", list, list(default or ()))
+    if not value:
+        return None  # as root, strict then refuses to start agents
+    ok = len(value) == 2 and all(type(v) is int for v in value)
+    if not ok or not 0 < value[0] <= value[1] < 2**32 - 1:
+        raise t.fail("uid_range", "must be two uids [first, last] with 0 < first <= last")
+    return (value[0], value[1])
+
+
+def _ports(t: TableReader, key: str) -> tuple[int, ...]:
+    value = t.get(key, list, [])
+    if not all(type(v) is int and 0 < v < 65536 for v in value):
+        raise t.fail(key, "must be a list of TCP ports (1-65535)")
+    return tuple(value)
 
 
 def _parse_platform(src: str, name: str, data: Mapping[str, Any]) -> PlatformSettings:

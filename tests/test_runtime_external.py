@@ -21,7 +21,11 @@ KEY = "sk-external-key-0123456789"
 
 
 def _settings() -> AgentSettings:
-    return AgentSettings(command=(sys.executable, ECHO_AGENT), request_timeout_seconds=5)
+    # The protocol, not the sandbox (tests/system/test_sandbox_escapes.py): this interpreter
+    # may live where an agent's own uid cannot reach it (e.g. under /root).
+    return AgentSettings(
+        command=(sys.executable, ECHO_AGENT), request_timeout_seconds=5, sandbox="off"
+    )
 
 
 def _behave(r: Rig, system: str) -> None:
@@ -57,7 +61,7 @@ async def test_external_agent_gets_no_parent_environment(
 
 async def test_external_agent_errors_crashes_and_garbage(tmp_path: Path) -> None:
     launcher = CommandLauncher([sys.executable, ECHO_AGENT])
-    async with rig(tmp_path, launcher=lambda: launcher) as r:
+    async with rig(tmp_path, launcher=lambda: launcher, settings=_settings()) as r:
         r.tenant("t1", KEY)
         _behave(r, "fail")
         with pytest.raises(ReplyFailed) as failed:
@@ -101,7 +105,9 @@ async def asyncio_timeout_iter(stream: AsyncIterator[str]) -> AsyncIterator[str]
 
 
 async def test_a_command_that_never_says_ready_fails_to_start(tmp_path: Path) -> None:
-    settings = AgentSettings(command=(sys.executable, "-c", "import sys; sys.stdin.readline()"))
+    settings = AgentSettings(
+        command=(sys.executable, "-c", "import sys; sys.stdin.readline()"), sandbox="off"
+    )
     async with rig(tmp_path, settings=settings) as r:
         r.tenant("t1", KEY)
         with pytest.raises(ReplyFailed) as info:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core.config import AgentSettings
 from core.runtime.launch import CommandLauncher
 from tests.fakes.agents import proc_file, rig
 
@@ -69,7 +70,10 @@ async def test_unprivileged_process_cannot_read_the_agents_environ_or_mem(
     command = [sys.executable, AS_USER, str(NOBODY), "worker"]
     control = _start_control()
     try:
-        async with rig(runtime_dir, launcher=lambda: CommandLauncher(command)) as r:
+        # The worker's own hardening, so without the sandbox (which would run the command as
+        # another uid; tests/system/test_sandbox_escapes.py covers that).
+        off = AgentSettings(sandbox="off")
+        async with rig(runtime_dir, launcher=lambda: CommandLauncher(command), settings=off) as r:
             r.tenant("t1", KEY)
             assert await r.say("t1", "hi") == "echo: hi"
             [pid] = r.pids("t1")

@@ -8,6 +8,7 @@ environment: the key travels later, in the ``configure`` line over the pipe.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing
 import os
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from core.runtime import protocol
+from core.runtime.sandbox import SandboxError, Spec
 
 TEMPLATE_MODULES: Final = ["core.runtime.template"]
+SANDBOX_TIMEOUT: Final = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,13 @@ class Launcher(Protocol):
         """Do the one-time start-up work now (at bot start), not on the first agent."""
         ...
 
-    async def launch(self, workdir: Path) -> WorkerHandle: ...
+    async def launch(self, workdir: Path, spec: Spec | None = None) -> WorkerHandle:
+        """Start the agent, confined by ``spec`` (None: unconfined, for tests and benchmarks).
+
+        Raises:
+            SandboxError: a layer ``spec`` requires could not be applied; the agent is gone.
+        """
+        ...
 
     def close(self) -> None:
         """Release the launcher's own resources (threads, the template's socket)."""
@@ -80,6 +89,7 @@ class _ForkedHandle:
         self._proc = proc
         self._pool = pool
         self._waiter: asyncio.Future[int | None] | None = None
+        self.confine_seconds = 0.0  # how long the agent took to confine itself (benchmarks)
 
     async def wait(self) -> int | None:
         if self._waiter is None:
@@ -151,13 +161,13 @@ class ForkserverLauncher:
                 code,
             )
 
-    async def launch(self, workdir: Path) -> WorkerHandle:
+    async def launch(self, workdir: Path, spec: Spec | None = None) -> WorkerHandle:
         from core.runtime.worker import run_forked
 
         parent, child = socket.socketpair()
         try:
             proc = self._ctx.Process(
-                target=run_forked, args=(child,), daemon=True, name="byokbot-agent"
+                target=run_forked, args=(child, spec), daemon=True, name="byokbot-agent"
             )
             await asyncio.get_running_loop().run_in_executor(self._pool, proc.start)
         except BaseException:
@@ -166,7 +176,24 @@ class ForkserverLauncher:
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=protocol.MAX_LINE)
-        return _ForkedHandle(proc, reader, writer, self._pool)
+        handle = _ForkedHandle(proc, reader, writer, self._pool)
+        if spec is not None:
+            # The agent says it is confined before anything (its key above all) is sent to it.
+            try:
+                async with asyncio.timeout(SANDBOX_TIMEOUT):
+                    line = await reader.readline()
+                report = json.loads(line) if line else {"error": "exited while confining itself"}
+            except (TimeoutError, ValueError):
+                report = {"error": "no sandbox report"}
+            if not isinstance(report, dict) or report.get("type") != "sandbox":
+                report = {"error": str(report.get("error", "bad sandbox report"))}
+            if "error" in report:
+                writer.close()
+                handle.kill()
+                await handle.wait()
+                raise SandboxError(str(report.get("layer", "sandbox")), str(report["error"]))
+            handle.confine_seconds = float(report.get("seconds", 0.0))
+        return handle
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -202,12 +229,20 @@ class CommandLauncher:
         self._command = tuple(command)
         self._env = {"PATH": os.defpath, **(env or {})}
 
-    async def launch(self, workdir: Path) -> WorkerHandle:
+    async def launch(self, workdir: Path, spec: Spec | None = None) -> WorkerHandle:
         os.makedirs(workdir, mode=0o700, exist_ok=True)
         log = os.open(workdir / "agent.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        command: tuple[str, ...] = self._command
+        if spec is not None:
+            if spec.uid is not None and spec.gid is not None:
+                os.fchown(log, spec.uid, spec.gid)
+            # Confined by a small launcher that then execs the program (Landlock, seccomp and
+            # the uid survive exec): the bot's own process is threaded, so no preexec_fn.
+            blob = json.dumps(_spec_json(spec))
+            command = (sys.executable, "-I", "-c", _CONFINE, _confine_path(), blob, "--", *command)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self._command,
+                *command,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
@@ -225,6 +260,31 @@ class CommandLauncher:
 
     def close(self) -> None:
         return None
+
+
+# Isolated (-I: no PYTHONPATH, no user site, no current directory on the path), with only
+# this program's and libseccomp's binding's directories added: whatever the bot's own
+# environment put on its path, nothing of it runs before the agent is confined.
+_CONFINE: Final = (
+    "import sys; sys.path[:0] = sys.argv[1].split(':'); "
+    "from core.runtime.confine import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
+def _confine_path() -> str:
+    import importlib.util
+
+    dirs = [str(Path(__file__).resolve().parents[2])]
+    seccomp = importlib.util.find_spec("pyseccomp")
+    if seccomp is not None and seccomp.origin:
+        dirs.append(str(Path(seccomp.origin).resolve().parent))
+    return ":".join(dirs)
+
+
+def _spec_json(spec: Spec) -> dict[str, object]:
+    import dataclasses
+
+    return dataclasses.asdict(spec)
 
 
 def python_command(*args: str) -> list[str]:

@@ -35,7 +35,7 @@ from typing import Final
 from core.config import AgentSettings
 from core.errors import AgentUnavailable
 from core.llm import ChatMessage
-from core.runtime import protocol
+from core.runtime import protocol, sandbox
 from core.runtime.errors import ProtocolError, ReplyFailed
 from core.runtime.launch import CommandLauncher, ForkserverLauncher, Launcher, WorkerHandle
 from core.runtime.ports import (
@@ -49,6 +49,7 @@ from core.runtime.ports import (
     Turn,
     UsageSink,
 )
+from core.runtime.sandbox import SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class AgentSupervisor:
                 CommandLauncher(settings.command) if settings.command else ForkserverLauncher()
             )
         self._launcher = launcher
+        self._report: sandbox.Report | None = None
         self._clock = clock
         self._tenants: dict[str, _Tenant] = {}
         self._draining: set[_Worker] = set()
@@ -383,6 +385,12 @@ class AgentSupervisor:
         """Start the agent template now (call once at bot start-up), so no agent pays for it."""
         await self._launcher.warm()
 
+    def sandbox_report(self) -> sandbox.Report:
+        """The sandbox layers agents get on this machine under ``[agent] sandbox`` (cached)."""
+        if self._report is None:
+            self._report = sandbox.report_for(self._settings)
+        return self._report
+
     async def stop_idle(self, now: float | None = None) -> int:
         """Stop agents idle for ``idle_timeout_seconds``; returns how many stopped."""
         now = self._clock() if now is None else now
@@ -458,13 +466,41 @@ class AgentSupervisor:
                 raise
             return tenant.current
 
+    def _tool_ports(self, profile: AgentProfile) -> tuple[int, ...]:
+        """The TCP ports the tools offered to ``profile`` connect to, for the sandbox."""
+        if self._tool_config.max_steps <= 0:
+            return ()
+        ports: set[int] = set()
+        if "web_fetch" in profile.tools:
+            ports.update((80, 443))
+        if "web_search" in profile.tools and self._tool_config.search_url:
+            ports.add(sandbox.connect_ports(self._tool_config.search_url, ())[0])
+        return tuple(sorted(ports))
+
     async def _start(self, tenant_id: str, profile: AgentProfile) -> _Worker:
         if self._closed:
             raise ReplyFailed("stopped")
         self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         workdir = self._runtime_dir / hashlib.sha256(tenant_id.encode()).hexdigest()[:24]
+        report = self.sandbox_report()
+        if report.refused:
+            log.error("agent for %s not started: %s", tenant_id, report.line())
+            raise ReplyFailed("sandbox")
         try:
-            handle = await self._launcher.launch(workdir)
+            handle = await self._launcher.launch(
+                workdir,
+                sandbox.spec_for(
+                    self._settings,
+                    self.sandbox_report(),
+                    tenant_id,
+                    profile.base_url,
+                    workdir,
+                    self._tool_ports(profile),
+                ),
+            )
+        except SandboxError as exc:
+            log.error("agent for %s not started: sandbox layer %s", tenant_id, exc)
+            raise ReplyFailed("sandbox") from None
         except OSError as exc:
             # fork/exec refused: out of memory or processes, a missing agent command.
             log.error("agent for %s could not be launched (%s)", tenant_id, exc.strerror)

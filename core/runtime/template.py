@@ -13,14 +13,42 @@ here, in the template process only; the bot's own ``multiprocessing`` is untouch
 
 The template also hardens itself: it was started with the bot's environment (which may hold
 platform tokens), so it clears that and turns non-dumpable, and every agent inherits both.
+
+And it survives a bad connection to its socket: ``multiprocessing``'s loop dies on an empty
+or malformed fork request (one empty connection used to kill it, and with it every future
+agent start). Its fd receiver is wrapped so that any such request is dropped the way the loop
+already drops an aborted connection (``ECONNABORTED``), after at most ``REQUEST_TIMEOUT``.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
-from multiprocessing import spawn
+import os
+import socket
+from multiprocessing import forkserver, reduction, spawn
+from typing import Final
 
-from core.runtime import worker
+from core.runtime import sandbox, worker
+
+REQUEST_TIMEOUT: Final = 5.0
+_recvfds = reduction.recvfds
+
+
+def _guarded_recvfds(sock: socket.socket, size: int) -> list[int]:
+    sock.settimeout(REQUEST_TIMEOUT)
+    try:
+        fds: list[int] = _recvfds(sock, size)
+    except (OSError, EOFError, RuntimeError, ValueError):
+        raise OSError(errno.ECONNABORTED, "malformed fork request") from None
+    if not 2 <= len(fds) <= forkserver.MAXFDS_TO_SEND:
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.ECONNABORTED, "malformed fork request")
+    return fds
+
+
+reduction.recvfds = _guarded_recvfds
 
 
 def _no_main_fixup(_: str) -> None:
@@ -32,6 +60,7 @@ setattr(spawn, "_fixup_main_from_path", _no_main_fixup)  # noqa: B010
 setattr(spawn, "_fixup_main_from_name", _no_main_fixup)  # noqa: B010
 
 worker.warm()
+sandbox.warm()  # the seccomp filter is built once, here; every agent only loads it
 worker.scrub_environment()
 worker.set_dumpable(False)
 gc.freeze()

@@ -20,12 +20,14 @@ import contextlib
 import ctypes
 import functools
 import importlib
+import json
 import os
 import resource
 import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
@@ -39,12 +41,13 @@ from core.llm import (
     make_client,
     new_http_client,
 )
-from core.runtime import codepack, protocol
+from core.runtime import codepack, protocol, sandbox
 from core.runtime.errors import ProtocolError
 from core.runtime.tools import Tool, ToolContext, builtin
 from core.runtime.tools.loop import TooManySteps, offered, run_loop
 from core.secret import Secret
 
+EXIT_SANDBOX: Final = 70
 PR_SET_DUMPABLE: Final = 4
 PR_GET_DUMPABLE: Final = 3
 MIB: Final = 1024 * 1024
@@ -68,6 +71,9 @@ _LAZY_IMPORTS: Final = (
     "anyio.streams.stapled",
     "anyio.to_thread",
     "importlib.resources",
+    # getaddrinfo encodes a host name with this codec on first use; a sandboxed agent's uid
+    # may not be able to read the standard library to import it then.
+    "encodings.idna",
     # Unpickling the process object imports this in every forked child (its fd wrapper's
     # class lives there): measured 0.37 MiB of unique memory per agent, and disk reads.
     "multiprocessing.popen_forkserver",
@@ -251,16 +257,21 @@ def _limit(which: int, value: int) -> None:
     resource.setrlimit(which, (new, new))
 
 
-def harden(cfg: protocol.Configure) -> None:
-    """Apply the isolation the agent owes its tenant (see the module docstring)."""
+def harden(cfg: protocol.Configure, *, confined: bool = False) -> None:
+    """Apply the isolation the agent owes its tenant (see the module docstring).
+
+    ``confined``: the sandbox already entered the work directory (whose absolute path the
+    agent's uid and Landlock may no longer reach) and set the limits.
+    """
     set_dumpable(False)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _limit(resource.RLIMIT_AS, cfg.memory_limit_mb * MIB)
     _limit(resource.RLIMIT_NOFILE, cfg.max_open_files)
-    scrub_environment()
-    os.makedirs(cfg.workdir, mode=0o700, exist_ok=True)
-    os.chmod(cfg.workdir, 0o700)
-    os.chdir(cfg.workdir)
+    if not confined:
+        scrub_environment()
+        os.makedirs(cfg.workdir, mode=0o700, exist_ok=True)
+        os.chmod(cfg.workdir, 0o700)
+        os.chdir(cfg.workdir)
     log = os.open("agent.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.dup2(log, 2)
     os.close(log)
@@ -370,10 +381,10 @@ async def serve(
     return 0
 
 
-async def _serve_socket(sock: socket.socket) -> int:
+async def _serve_socket(sock: socket.socket, *, confined: bool) -> int:
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=protocol.MAX_LINE)
     try:
-        return await serve(reader, writer)
+        return await serve(reader, writer, apply=functools.partial(harden, confined=confined))
     finally:
         writer.close()
 
@@ -383,13 +394,47 @@ def probe_template() -> None:
     sys.exit(0 if "core.runtime.template" in sys.modules else 3)
 
 
-def run_forked(sock: socket.socket) -> None:
-    """Fork-server target: serve the protocol on ``sock`` and exit with its status."""
+def _drop_inherited_channels() -> None:
+    """Close the fork server's keep-alive pipe and the resource tracker's, inherited from it.
+
+    An agent needs neither, and the tracker (running with the bot's privileges) obeys whatever
+    is written to its pipe, e.g. unlinking shared memory by name.
+    """
+    from multiprocessing import forkserver, resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    server = forkserver._forkserver
+    for owner, attr in ((tracker, "_fd"), (server, "_forkserver_alive_fd")):
+        fd = getattr(owner, attr, None)
+        if isinstance(fd, int):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            setattr(owner, attr, None)
+
+
+def run_forked(sock: socket.socket, spec: sandbox.Spec | None = None) -> None:
+    """Fork-server target: confine itself by ``spec``, serve the protocol on ``sock``, exit.
+
+    With a ``spec`` the first line it writes is the sandbox report (the layers applied, or the
+    one that failed); the launcher sends nothing (so no key) before reading it.
+    """
     # A forked agent shares the bot's process group, so Ctrl-C in the operator's terminal
     # reaches it too and would kill it mid-reply while the bot shuts down. Its supervisor
     # stops it (input closed, then killed), never a signal from the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    code = asyncio.run(_serve_socket(sock))
+    _drop_inherited_channels()
+    if spec is not None:
+        started = time.perf_counter()
+        try:
+            layers = sandbox.confine(spec)
+        except sandbox.SandboxError as exc:
+            report = {"type": "sandbox", "layer": exc.layer, "error": exc.reason}
+            sock.sendall(json.dumps(report).encode() + b"\n")
+            sys.exit(EXIT_SANDBOX)
+        took = time.perf_counter() - started
+        done = {"type": "sandbox", "layers": list(layers), "seconds": round(took, 6)}
+        sock.sendall(json.dumps(done).encode() + b"\n")
+    code = asyncio.run(_serve_socket(sock, confined=spec is not None))
     sys.exit(code)
 
 
