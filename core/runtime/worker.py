@@ -77,6 +77,10 @@ _LAZY_IMPORTS: Final = (
     # Unpickling the process object imports this in every forked child (its fd wrapper's
     # class lives there): measured 0.37 MiB of unique memory per agent, and disk reads.
     "multiprocessing.popen_forkserver",
+    # web_fetch's HTML-to-text library and the standard library it pulls in (gzip, ...): a
+    # confined agent whose uid cannot read the interpreter's directory could not import
+    # them at its first fetch. Shared template pages: no cost to an agent that never fetches.
+    "trafilatura",
 )
 
 

@@ -79,7 +79,13 @@ async def test_web_fetch_shows_a_status_line_replaced_by_the_answer(
     site: FakeWebSite,
     canaries: CanaryScan,
 ) -> None:
-    tg_ws.configure({"tools.web_fetch": {"allow_networks": ["127.0.0.2/32"]}})
+    tg_ws.configure(
+        {
+            "tools.web_fetch": {"allow_networks": ["127.0.0.2/32"]},
+            # The sandbox lets a fetching agent reach 80 and 443; the test site has its own port.
+            "agent": {"extra_connect_ports": [site.port]},
+        }
+    )
     page = f"{site.url}/page"
 
     def script(kind: str, messages: list[dict[str, Any]]) -> ToolStep | None:
@@ -127,7 +133,13 @@ async def test_redirect_to_the_metadata_address_is_refused(
     site: FakeWebSite,
     canaries: CanaryScan,
 ) -> None:
-    tg_ws.configure({"tools.web_fetch": {"allow_networks": ["127.0.0.2/32"]}})
+    tg_ws.configure(
+        {
+            "tools.web_fetch": {"allow_networks": ["127.0.0.2/32"]},
+            # The sandbox lets a fetching agent reach 80 and 443; the test site has its own port.
+            "agent": {"extra_connect_ports": [site.port]},
+        }
+    )
     async with FakeWebSite(host="127.0.0.1") as inner:
         urls = [
             f"{site.url}/redirect?to=http://169.254.169.254/latest/meta-data/",
@@ -223,7 +235,10 @@ async def test_stop_mid_loop_cancels_the_tool_and_clears_the_status(
     canaries: CanaryScan,
 ) -> None:
     tg_ws.configure(
-        {"tools.web_fetch": {"allow_networks": ["127.0.0.2/32"], "timeout_seconds": 60}}
+        {
+            "tools.web_fetch": {"allow_networks": ["127.0.0.2/32"], "timeout_seconds": 60},
+            "agent": {"extra_connect_ports": [site.port]},
+        }
     )
 
     def script(kind: str, messages: list[dict[str, Any]]) -> ToolStep | None:
@@ -288,7 +303,9 @@ async def test_a_version_1_external_agent_still_works(
     ada: TelegramPerson,
     canaries: CanaryScan,
 ) -> None:
-    tg_ws.configure({"agent": {"command": [sys.executable, str(ECHO_AGENT)]}})
+    # Protocol compatibility, not confinement (test_sandbox_escapes.py runs a command
+    # confined): this interpreter lives under /root, which an agent's own uid cannot read.
+    tg_ws.configure({"agent": {"command": [sys.executable, str(ECHO_AGENT)], "sandbox": "off"}})
     await signed_up(tg_ws, ada, canaries)
     ada.send("one two three")
     await ada.wait_text("^three two one$", within=30)
@@ -309,6 +326,7 @@ async def test_managed_plan_meters_every_step_and_the_catalog_says_which_models_
         {
             'proxy.models."model-small"': {"tools": False},
             "tools.web_fetch": {"allow_networks": ["127.0.0.2/32"]},
+            "agent": {"extra_connect_ports": [site.port]},
         }
     )
 
