@@ -30,6 +30,16 @@ PROVIDER_KINDS: Final = ("anthropic", "openai-compatible")
 KEY_SHAPES: Final = ("anthropic", "openai", "moonshot", "generic")
 PLATFORM_SECTIONS: Final = ("telegram", "discord", "slack")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The adapters' default secret variables (tests/test_hardening.py keeps this list in step with
+# their ``*_env`` defaults): removed from the environment even when a table does not name them.
+PLATFORM_SECRET_ENV_DEFAULTS: Final = (
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "DISCORD_BOT_TOKEN",
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SLACK_SIGNING_SECRET",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,8 @@ class AgentSettings:
     context_tokens: int = 32000
     max_reply_tokens: int = 1024
     command: tuple[str, ...] = ()
+    max_reply_chars: int = 32000
+    """A reply longer than this is cut (with a note) and its agent recycled: a flood guard."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +199,23 @@ class Config:
         if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
             return prefix + str(self.resolve_path(url[len(prefix) :]))
         return url
+
+    def secret_env_names(self) -> frozenset[str]:
+        """Every environment variable this configuration reads a secret from.
+
+        The master key variable, each platform table's ``*_env`` settings (and the adapters'
+        defaults), and every proxy upstream's ``key_env``. ``bot.cli`` takes them out of the
+        environment at start (``core.hardening.take_secrets``).
+        """
+        names = {self.core.master_key_env, *PLATFORM_SECRET_ENV_DEFAULTS}
+        for platform in self.platforms.values():
+            names |= {
+                v
+                for k, v in platform.options.items()
+                if k.endswith("_env") and isinstance(v, str) and v
+            }
+        names |= {up.key_env for up in self.proxy.upstreams.values()}
+        return frozenset(names)
 
     @property
     def offered_plans(self) -> tuple[PlanSettings, ...]:
@@ -510,6 +539,9 @@ def _parse_agent(src: str, data: Mapping[str, Any]) -> AgentSettings:
         context_tokens=t.positive_int("context_tokens", d.context_tokens),
         max_reply_tokens=t.positive_int("max_reply_tokens", d.max_reply_tokens),
         command=t.strings("command", d.command),
+        max_reply_chars=t.integer(
+            "max_reply_chars", d.max_reply_chars, minimum=100, maximum=10_000_000
+        ),
     )
     t.finish()
     return out

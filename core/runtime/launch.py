@@ -165,7 +165,9 @@ class ForkserverLauncher:
             raise
         finally:
             child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=protocol.MAX_LINE)
+        reader, writer = await asyncio.open_unix_connection(
+            sock=parent, limit=protocol.MAX_AGENT_LINE
+        )
         return _ForkedHandle(proc, reader, writer, self._pool)
 
     def close(self) -> None:
@@ -213,7 +215,7 @@ class CommandLauncher:
                 stderr=log,
                 cwd=workdir,
                 env=self._env,
-                limit=protocol.MAX_LINE,
+                limit=protocol.MAX_AGENT_LINE,
                 start_new_session=True,
             )
         finally:
