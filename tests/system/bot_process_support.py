@@ -50,10 +50,8 @@ def ensure_user() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(USER)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-            check=True,
-        )
+        useradd = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+        subprocess.run([*useradd, USER], check=True)
         entry = pwd.getpwnam(USER)
     return entry.pw_uid, entry.pw_gid
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import errno
 import os
+import re
 import signal
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,55 @@ async def test_a_forged_operator_update_needs_the_webhook_secret_no_process_give
     assert secret not in bot.output()
     for path in uws.files():
         assert secret.encode() not in path.read_bytes(), path
+
+
+FLOOD_AGENT = Path(__file__).with_name("scripts") / "flood_agent.py"
+
+
+def _sends(telegram: FakeTelegramServer, chat: int) -> int:
+    return sum(
+        1
+        for c in telegram.calls
+        if c.method in ("sendMessage", "editMessageText")
+        and str(c.params.get("chat_id")) == str(chat)
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "told"),
+    [
+        ("chunks", "reply was cut off here"),  # 64 MiB in 16 KiB chunks: past the reply cap
+        ("line", "sent something I couldn't understand"),  # one 4 MiB line: past the line bound
+    ],
+)
+async def test_a_flooding_agent_gives_one_capped_reply_and_few_platform_calls(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+    mode: str,
+    told: str,
+) -> None:
+    tg_ws.configure({"agent": {"command": [sys.executable, str(FLOOD_AGENT), mode]}})
+    key = anthropic_key()
+    canaries.add(key)
+    bot = await start_bot(tg_ws)
+    await sign_up_with_key(ada, key)
+    ada.send("hi")
+    await ada.wait_text("echo: hi", within=30)
+    before = _sends(telegram, ada.user_id)
+
+    ada.send("flood please")
+    await ada.wait_text(told, within=60)
+    await bot.wait_output(r"agent (for )?\S+ (sent a reply over 32000|broke the protocol)")
+    flood = sum(len(run) for run in re.findall(r"[xy]{100,}", "".join(ada.texts())))
+    assert flood <= 32000, flood
+    # The default cap (32k characters) is about eight Telegram messages and their edits.
+    assert _sends(telegram, ada.user_id) - before <= 60, _sends(telegram, ada.user_id) - before
+
+    # A fresh agent answers the next message. Over the cap is not a crash (no back-off); a
+    # line over the bound is a broken protocol, which is (the first one restarts at once).
+    ada.send("hello again")
+    await ada.wait_text("echo: hello again", within=30)
+    assert ("exited unexpectedly" in bot.output()) == (mode == "line"), bot.output()

@@ -65,7 +65,7 @@ def read_mem(pid: int, needles: list[str]) -> dict[str, Any]:
 
 def forge(webhook: dict[str, Any], secret: str) -> int:
     body = json.dumps(webhook["update"]).encode()
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - the test passes an http:// URL
         webhook["url"],
         data=body,
         headers={"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": secret},
