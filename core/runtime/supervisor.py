@@ -487,8 +487,10 @@ class AgentSupervisor:
         raise ReplyFailed(event.code, retry_after=event.retry_after)
 
     def _flooded(self, tenant: _Tenant, worker: _Worker, cap: int) -> None:
-        """Kill ``worker``, which sent a reply over ``cap`` characters; the next message
-        gets a fresh one. Not a crash: no back-off (the tenant did nothing wrong by asking)."""
+        """Kill ``worker``: it sent a reply over ``cap`` characters.
+
+        The next message gets a fresh one. Not a crash: no back-off (asking was no fault).
+        """
         log.warning(
             "agent for %s sent a reply over %d characters; cut there and the agent restarted",
             worker.tenant_id,
