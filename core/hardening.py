@@ -196,8 +196,16 @@ def secure_config_storage(config: Config, *, key_from_file: bool) -> None:
         files += sqlite_files(database)
     if key_from_file:
         dirs.append(config.resolve_path(config.core.master_key_file).parent)
-    secure_storage(data_dirs=dirs, files=files, protected=[config.base_dir])
+    # Only folders under the configuration's own are made private: a database configured
+    # as /var/lib/byokbot.db must not turn /var/lib 0700. Elsewhere a loose folder is named.
+    base = config.base_dir.resolve()
+    ours = [d for d in dirs if base in d.resolve().parents]
+    for other in (d for d in dirs if d not in ours and d.exists()):
+        if stat.S_IMODE(os.stat(other).st_mode) & 0o077:
+            log.warning("data folder %s is open to other users; consider chmod 700", other)
+    secure_storage(data_dirs=ours, files=files, protected=[config.base_dir])
     if database is not None and not database.exists():
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:

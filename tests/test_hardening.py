@@ -96,3 +96,22 @@ def test_secure_storage_tightens_ours_and_leaves_shared_dirs(tmp_path: Path) -> 
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777  # sticky: never ours alone
     assert stat.S_IMODE(fresh.stat().st_mode) & 0o077 == 0
+
+
+def test_a_database_outside_the_config_folder_does_not_close_its_folder(tmp_path: Path) -> None:
+    from core.hardening import secure_config_storage
+
+    shared = tmp_path / "var-lib"
+    shared.mkdir()
+    shared.chmod(0o755)
+    base = tmp_path / "etc"
+    base.mkdir()
+    config = parse_config(
+        {"core": {"database_url": f"sqlite+aiosqlite:///{shared / 'bot.db'}"}},
+        source="t.toml",
+        base_dir=base,
+    )
+    secure_config_storage(config, key_from_file=True)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE((shared / "bot.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((base / "data").stat().st_mode) == 0o700
