@@ -34,6 +34,7 @@ from core.db.instance import InstanceLock, wait_shared
 from core.dedup import DatabaseDeduplicator, LateDeduplicator
 from core.errors import ConfigError, KeyRetiredError, MasterKeyError, StartupError
 from core.flowstate import FlowStates
+from core.hardening import secure_config_storage
 from core.intake import Intake
 from core.livechecks import LiveChecks
 from core.plans import PlanCatalog
@@ -194,6 +195,8 @@ class App:
                 keys already stored.
         """
         url = self.config.database_url
+        # Before anything reads or creates them: private data dir, database and key files.
+        secure_config_storage(self.config, key_from_file=self._key_from_file)
         await upgrade(url)
         self.db = Database(url)
         ring = await open_master_keys(self.config, self.env, self.db)

@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from bot import texts
 from core.chat import (
@@ -21,6 +20,7 @@ from core.chat import (
 )
 from core.config import Config, load_config
 from core.errors import ConfigError, CoreError, StartupError
+from core.hardening import protect_process, take_secrets
 from core.logs import configure_logging
 
 CLI_OPERATOR = UserRef(Platform.CONSOLE, "cli", "operator")
@@ -72,13 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: Config, *, console_only: bool) -> int:
+async def _serve(config: Config, env: Mapping[str, str], *, console_only: bool) -> int:
     from adapters.console import ConsoleAdapter
     from bot.app import App
 
     any_platform = any(p.enabled for p in config.platforms.values())
     console = ConsoleAdapter() if console_only or not any_platform else None
-    app = App(config, console=console, platforms=not console_only)
+    app = App(config, env=env, console=console, platforms=not console_only)
     stop = asyncio.Event()
     signals: list[int] = []
 
@@ -103,15 +103,17 @@ async def _serve(config: Config, *, console_only: bool) -> int:
     return INTERRUPTED if signal.SIGINT in signals else 0
 
 
-async def _proxy(config: Config) -> int:
+async def _proxy(config: Config, env: Mapping[str, str]) -> int:
     # Only what the proxy needs is imported: no agents, adapters, ORM flows or Alembic, so the
     # standalone proxy stays small. Its database must already be migrated (byokbot db upgrade).
     from core.budget import LoggingAlertSink
     from core.db import Database
+    from core.hardening import secure_config_storage
     from core.ports import SystemClock
     from core.proxy import ProxyServer
     from core.proxy_tokens import ProxyTokens
 
+    secure_config_storage(config, key_from_file=False)
     db = Database(config.database_url)
     tokens = ProxyTokens(
         db,
@@ -123,7 +125,7 @@ async def _proxy(config: Config) -> int:
         config.proxy,
         db,
         plans=config.plans,
-        env=os.environ,
+        env=env,
         tokens=tokens,
         sink=LoggingAlertSink(),
     )
@@ -140,15 +142,15 @@ async def _proxy(config: Config) -> int:
     return 0
 
 
-async def _admin(config: Config, args: Sequence[str]) -> int:
+async def _admin(config: Config, env: Mapping[str, str], args: Sequence[str]) -> int:
     from bot.app import App
 
     if args and args[0].lower() == "rotate-master-key":
         # From a shell this is the CLI's rotation, with its guard against a running bot.
-        return await _master_key(config, "rotate", retire=False)
+        return await _master_key(config, env, "rotate", retire=False)
 
     core = dataclasses.replace(config.core, admins=(*config.core.admins, CLI_OPERATOR.identity))
-    app = App(dataclasses.replace(config, core=core), platforms=False, agent_runtime=False)
+    app = App(dataclasses.replace(config, core=core), env=env, platforms=False, agent_runtime=False)
     from collections import Counter
 
     from bot import texts
@@ -191,14 +193,14 @@ async def _admin(config: Config, args: Sequence[str]) -> int:
 NOTIFYING = frozenset({"broadcast", "suspend", "resume"})
 
 
-async def _master_key(config: Config, action: str, *, retire: bool) -> int:
+async def _master_key(config: Config, env: Mapping[str, str], action: str, *, retire: bool) -> int:
     from bot.app import App, load_master_keys
     from core.db import upgrade
 
     if action == "status":
-        ring = load_master_keys(config, os.environ, create=False)
+        ring = load_master_keys(config, env, create=False)
         await upgrade(config.database_url)
-        app = App(config, platforms=False, agent_runtime=False)
+        app = App(config, env=env, platforms=False, agent_runtime=False)
         await app.open()
         try:
             used = await app.services.credentials.kek_versions_in_use()
@@ -211,14 +213,14 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
         for version, count in sorted(used.items()):
             print(f"v{version}: {count} data key(s)")
         return 0
-    if os.environ.get(config.core.master_key_env) is not None:
+    if env.get(config.core.master_key_env) is not None:
         raise ConfigError(
             f"{config.core.master_key_env} is set: rotate by adding a new version to it "
             '("v1:<old>,v2:<new>") and running byokbot master-key rotate without it set'
         )
     from core.db.instance import InstanceLock
 
-    app = App(config, platforms=False, agent_runtime=False)
+    app = App(config, env=env, platforms=False, agent_runtime=False)
     await app.open()
     # Never beside a serving bot: it would meet data keys wrapped by a version it has not
     # loaded, and --retire could drop the version it still wraps new tenants with.
@@ -251,6 +253,9 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
 
 async def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    # Secrets leave the environment before anything can read or inherit it: the fork server
+    # and multiprocessing's resource tracker are exec'd with this process's environment.
+    env = take_secrets(config.secret_env_names())
     level = config.core.log_level
     console = args.command == "chat" or (
         args.command == "run" and not any(p.enabled for p in config.platforms.values())
@@ -261,38 +266,41 @@ async def _main(args: argparse.Namespace) -> int:
         level = "WARNING"
     configure_logging(level)
     if args.command == "run":
-        return await _serve(config, console_only=False)
+        return await _serve(config, env, console_only=False)
     if args.command == "chat":
-        return await _serve(config, console_only=True)
+        return await _serve(config, env, console_only=True)
     if args.command == "proxy":
-        return await _proxy(config)
+        return await _proxy(config, env)
     if args.command == "db":
         from bot.app import open_master_keys
         from core.db import Database, upgrade
+        from core.hardening import secure_config_storage
 
+        key_from_file = env.get(config.core.master_key_env) is None
+        secure_config_storage(config, key_from_file=key_from_file)
         await upgrade(config.database_url)
         db = Database(config.database_url)
         try:
             # Same rule as at start: a key is made for an empty database only.
-            await open_master_keys(config, os.environ, db)
+            await open_master_keys(config, env, db)
         finally:
             await db.dispose()
         print("database is up to date")
         return 0
     if args.command == "master-key":
-        return await _master_key(config, args.action, retire=args.retire)
+        return await _master_key(config, env, args.action, retire=args.retire)
     if args.command == "config":
         from bot.app import App
 
-        App(config).build_adapters()  # every enabled platform has its settings and tokens
-        if _key_exists(config):
+        App(config, env=env).build_adapters()  # every enabled platform has its settings, tokens
+        if _key_exists(config, env):
             from bot.app import load_master_keys
 
-            load_master_keys(config, os.environ, create=False)
+            load_master_keys(config, env, create=False)
         print(f"{config.source}: configuration is valid")
         return 0
     if args.command == "admin":
-        return await _admin(config, args.args)
+        return await _admin(config, env, args.args)
     raise AssertionError(args.command)  # argparse restricts the choices
 
 
@@ -326,15 +334,17 @@ def _sandbox_check(config: Config) -> int:
     return 0
 
 
-def _key_exists(config: Config) -> bool:
+def _key_exists(config: Config, env: Mapping[str, str]) -> bool:
     return (
-        os.environ.get(config.core.master_key_env) is not None
+        env.get(config.core.master_key_env) is not None
         or config.resolve_path(config.core.master_key_file).exists()
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    # First of all: this process will hold every tenant's key (see core.hardening).
+    protect_process()
     args = _parser().parse_args(argv)
     try:
         if args.command == "sandbox":

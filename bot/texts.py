@@ -320,6 +320,11 @@ AGENT_UNAVAILABLE_MANAGED = {
     "model_not_found": "Sorry — the model {model} isn't available on our managed service right now (a problem on our side). Pick another with /model.",
     "rate_limited": "You're sending requests faster than your plan allows. Please try again {retry}.",
 }
+# -- hardening: a reply over [agent] max_reply_chars is cut, and this follows it --
+AGENT_UNAVAILABLE["too_long"] = (
+    "✂️ Your agent's reply was cut off here: it went over this server's length limit. "
+    "Ask for a shorter answer, or for the rest in parts."
+)
 AGENT_GENERIC = "Your agent couldn't answer ({reason}). Please try again."
 STOPPED = "Stopped."
 NOTHING_TO_STOP = "There's no reply in progress."

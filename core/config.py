@@ -31,6 +31,16 @@ PROVIDER_KINDS: Final = ("anthropic", "openai-compatible")
 KEY_SHAPES: Final = ("anthropic", "openai", "moonshot", "generic")
 PLATFORM_SECTIONS: Final = ("telegram", "discord", "slack")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The adapters' default secret variables (tests/test_hardening.py keeps this list in step with
+# their ``*_env`` defaults): removed from the environment even when a table does not name them.
+PLATFORM_SECRET_ENV_DEFAULTS: Final = (
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "DISCORD_BOT_TOKEN",
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SLACK_SIGNING_SECRET",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +175,8 @@ class AgentSettings:
     read_paths: tuple[str, ...] = ()
     cpu_seconds: int = 3600
     max_processes: int = 64
+    max_reply_chars: int = 32000
+    """A reply longer than this is cut (with a note) and its agent recycled: a flood guard."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +273,25 @@ class Config:
         if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
             return prefix + str(self.resolve_path(url[len(prefix) :]))
         return url
+
+    def secret_env_names(self) -> frozenset[str]:
+        """Every environment variable this configuration reads a secret from.
+
+        The master key variable, each platform table's ``*_env`` settings (and the adapters'
+        defaults), and every proxy upstream's ``key_env``. ``bot.cli`` takes them out of the
+        environment at start (``core.hardening.take_secrets``).
+        """
+        names = {self.core.master_key_env, *PLATFORM_SECRET_ENV_DEFAULTS}
+        for platform in self.platforms.values():
+            names |= {
+                v
+                for k, v in platform.options.items()
+                if k.endswith("_env") and isinstance(v, str) and v
+            }
+        names |= {up.key_env for up in self.proxy.upstreams.values()}
+        if self.tools.web_search.key_env:
+            names.add(self.tools.web_search.key_env)
+        return frozenset(names)
 
     @property
     def offered_plans(self) -> tuple[PlanSettings, ...]:
@@ -645,6 +676,9 @@ def _parse_agent(src: str, data: Mapping[str, Any]) -> AgentSettings:
         read_paths=t.strings("read_paths", d.read_paths),
         cpu_seconds=t.positive_int("cpu_seconds", d.cpu_seconds),
         max_processes=t.positive_int("max_processes", d.max_processes),
+        max_reply_chars=t.integer(
+            "max_reply_chars", d.max_reply_chars, minimum=100, maximum=10_000_000
+        ),
     )
     t.finish()
     return out

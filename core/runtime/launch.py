@@ -175,7 +175,9 @@ class ForkserverLauncher:
             raise
         finally:
             child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=protocol.MAX_LINE)
+        reader, writer = await asyncio.open_unix_connection(
+            sock=parent, limit=protocol.MAX_AGENT_LINE
+        )
         handle = _ForkedHandle(proc, reader, writer, self._pool)
         if spec is not None:
             # The agent says it is confined before anything (its key above all) is sent to it.
@@ -248,7 +250,7 @@ class CommandLauncher:
                 stderr=log,
                 cwd=workdir,
                 env=self._env,
-                limit=protocol.MAX_LINE,
+                limit=protocol.MAX_AGENT_LINE,
                 start_new_session=True,
             )
         finally:

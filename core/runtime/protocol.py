@@ -24,7 +24,10 @@ from core.secret import Secret
 
 VERSION: Final = 2
 MAX_LINE: Final = 16 * 1024 * 1024
-"""Longest line either side accepts (a full context window of text fits many times over)."""
+"""Longest line an agent accepts (a request carries the whole trimmed conversation)."""
+MAX_AGENT_LINE: Final = 1024 * 1024
+"""Longest line the supervisor reads from an agent: a chunk is a few tokens, so a longer line
+is a flood (the agent is killed as broken); it also bounds what one agent makes the bot buffer."""
 
 
 @dataclass(frozen=True, slots=True)

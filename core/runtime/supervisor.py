@@ -252,6 +252,8 @@ class AgentSupervisor:
             worker.pending[rid] = queue
             tenant.active[conversation] = (worker, rid)
             parts: list[str] = []
+            size = 0
+            cap = self._settings.max_reply_chars
             finished = False
             request = protocol.Request(
                 id=rid,
@@ -272,8 +274,16 @@ class AgentSupervisor:
                 while True:
                     event = await queue.get()
                     if isinstance(event, protocol.Chunk):
-                        parts.append(event.text)
-                        yield event.text
+                        piece = event.text[: cap - size]
+                        size += len(piece)
+                        if piece:
+                            parts.append(piece)
+                            yield piece
+                        if len(piece) < len(event.text):
+                            # Past the cap: stop reading, and recycle an agent that floods.
+                            self._flooded(tenant, worker, cap)
+                            finished = True  # it is being killed; no cancel to send
+                            raise ReplyFailed("too_long")
                     elif isinstance(event, protocol.UsageReport):
                         # One per upstream call: a tool loop reports every step.
                         await self._usage.record(
@@ -580,6 +590,23 @@ class AgentSupervisor:
                 tenant.current = None
                 self._retire(worker)
         raise ReplyFailed(event.code, retry_after=event.retry_after)
+
+    def _flooded(self, tenant: _Tenant, worker: _Worker, cap: int) -> None:
+        """Kill ``worker``: it sent a reply over ``cap`` characters.
+
+        The next message gets a fresh one. Not a crash: no back-off (asking was no fault).
+        """
+        log.warning(
+            "agent for %s sent a reply over %d characters; cut there and the agent restarted",
+            worker.tenant_id,
+            cap,
+        )
+        if tenant.current is worker:
+            tenant.current = None
+        worker.stopping = True
+        self._draining.discard(worker)
+        worker.handle.kill()
+        worker.close_input()
 
     def _detach(self, worker: _Worker) -> None:
         tenant = self._tenants.get(worker.tenant_id)

@@ -92,6 +92,9 @@ class Workspace:
     env: dict[str, str] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
     processes: list[BotProcess] = field(default_factory=list)
+    # Words run before the console script (``setpriv ...``, ``prlimit ...``); each execs the next,
+    # so the pid is still byokbot's.
+    command_prefix: list[str] = field(default_factory=list)
     _runs: int = 0
 
     @property
@@ -136,6 +139,7 @@ class Workspace:
         out, err = self._log_files(name or argv[0])
         with out.open("wb") as fo, err.open("wb") as fe:
             proc = await asyncio.create_subprocess_exec(
+                *self.command_prefix,
                 *byokbot_command(),
                 *argv,
                 cwd=self.root,
