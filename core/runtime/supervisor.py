@@ -217,6 +217,7 @@ class AgentSupervisor:
             worker.pending[rid] = queue
             tenant.active[conversation] = (worker, rid)
             parts: list[str] = []
+            reports: list[protocol.UsageReport] = []
             finished = False
             request = protocol.Request(
                 id=rid,
@@ -238,9 +239,8 @@ class AgentSupervisor:
                         parts.append(event.text)
                         yield event.text
                     elif isinstance(event, protocol.UsageReport):
-                        await self._usage.record(
-                            tenant_id, profile.model, event.input, event.output
-                        )
+                        # Booked after the reply: no database write inside the stream.
+                        reports.append(event)
                     elif isinstance(event, protocol.Done):
                         finished = True
                         break
@@ -261,6 +261,8 @@ class AgentSupervisor:
                     with contextlib.suppress(ConnectionError):
                         await worker.send(protocol.Cancel(rid))
                 self._maybe_drained(worker)
+                for report in reports:
+                    await self._usage.record(tenant_id, profile.model, report.input, report.output)
             answer = "".join(parts)
             saved = [*history, Turn("user", text)]
             if answer:
