@@ -182,4 +182,6 @@ class DeferredMemory:
 
     async def clear(self, tenant_id: str, conversation: str) -> None:
         self._unsaved.pop((tenant_id, conversation), None)
+        # A save already running would land after the clear and bring the turns back.
+        await self._writer.drained()
         await self._store.clear(tenant_id, conversation)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import os
@@ -436,7 +437,7 @@ class TelegramAdapter:
         for u in updates:
             if translate.reachability(u) is not None:
                 continue
-            event = translate.to_event(u, bot_id=self._bot_id, bot_username=self._bot_username)
+            event = self._translate(u)
             if event is not None:
                 events[u.update_id] = event
         fresh = {e.event_id for e in await self._inbox.record(list(events.values()))}
@@ -488,7 +489,7 @@ class TelegramAdapter:
             else:
                 self._unreachable.add(chat_id)
             return
-        event = translate.to_event(update, bot_id=self._bot_id, bot_username=self._bot_username)
+        event = self._translate(update)
         if event is None:
             return
         self._unreachable.discard(event.chat.id)
@@ -508,6 +509,16 @@ class TelegramAdapter:
             await handler(event)
         finally:
             self._inbox.finish(event)
+
+    def _translate(self, update: Update) -> Event | None:
+        event = translate.to_event(update, bot_id=self._bot_id, bot_username=self._bot_username)
+        if event is None:
+            return None
+        # Update ids count per bot: two bots sharing a database must not take each other's
+        # deliveries for redeliveries.
+        return dataclasses.replace(
+            event, event_id=f"telegram:{self._bot_id}:update:{update.update_id}"
+        )
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         uid = update.update_id if isinstance(update, Update) else None
