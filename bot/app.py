@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from adapters.console import ConsoleAdapter
 from bot.alerts import DirectMessageAlerts
 from bot.flows.base import LiveKeyCheck, Services
@@ -390,6 +392,8 @@ class App:
     async def _recover_safely(self) -> None:
         try:
             await self.recovery.run()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("inbox: looking for unfinished turns failed (%s); retrying", exc)
         except Exception:
             log.exception("inbox: recovering unfinished turns failed; the job tries again")
 
@@ -447,8 +451,8 @@ class App:
 
         jobs = [Job("expire-intake", config.core.intake_sweep_interval_seconds, expire_intake)]
         lease = config.inbox.lease_seconds
-        jobs.append(Job("inbox-renew", max(lease / 3, 0.3), self.inbox.renew))
-        jobs.append(Job("inbox-recover", max(lease / 2, 0.5), self.recovery.run))
+        jobs.append(Job("inbox-renew", max(lease / 3, 0.3), self._renew_inbox))
+        jobs.append(Job("inbox-recover", max(lease / 2, 0.5), self._recover_safely))
         jobs.append(Job("inbox-sweep", 3600, self._sweep_inbox))
         if self.supervisor is not None:
             jobs.append(
@@ -466,7 +470,17 @@ class App:
         return jobs
 
     async def _sweep_inbox(self) -> None:
-        await self.inbox.sweep()
+        try:
+            await self.inbox.sweep()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("inbox: sweeping old deliveries failed (%s); next hour then", exc)
+
+    async def _renew_inbox(self) -> None:
+        try:
+            await self.inbox.renew()
+        except (SQLAlchemyError, OSError) as exc:
+            # A locked or restarting database: the lease has two more renewals to go.
+            log.warning("inbox: renewing this process's leases failed (%s)", type(exc).__name__)
 
     async def stop(self) -> None:
         """Stop adapters and jobs and close storage; safe to call more than once."""

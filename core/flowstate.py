@@ -17,6 +17,7 @@ from core.ports import Clock
 EXPIRED_KEPT_SECONDS = 86_400.0
 """How long an expired flow stays readable with ``get(expired=True)`` before the sweep."""
 
+
 @dataclass(frozen=True, slots=True)
 class FlowState:
     """A person's current step; ``data`` holds ids and choices, never a secret."""
