@@ -153,3 +153,34 @@ async def test_the_write_behind_retries_a_locked_database_and_memory_reads_unsav
     await writer.drained()
     assert saved == [[Turn("user", "hello")]] and writer.retried == 2
     await writer.close()
+
+
+async def test_two_first_data_keys_at_once_both_count_their_wrap(db: Database) -> None:
+    """The first sign-ups race on ``kek_usage``: one upsert each, neither fails (PostgreSQL)."""
+    from core.credentials import Credentials
+    from core.db.models import KekUsageRow
+    from core.vault import Vault
+
+    credentials = Credentials(db, Vault(RING), ManualClock())
+    async with db.session() as first, db.session() as second:
+        await first.begin()
+        await credentials._count_wrap(first, 1)  # inserted, not committed
+        if db.is_sqlite:
+            await first.commit()  # SQLite has one writer: the second waits its turn anyway
+        racing = asyncio.create_task(_count_in(credentials, second))
+        await asyncio.sleep(0.3)  # the second waits on the first's uncommitted row
+        if not db.is_sqlite:
+            await first.commit()
+        await asyncio.wait_for(racing, 10)
+    async with db.session() as s:
+        assert await s.scalar(select(KekUsageRow.wraps).where(KekUsageRow.version == 1)) == 2
+
+
+async def _count_in(credentials: object, session: object) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from core.credentials import Credentials
+
+    assert isinstance(credentials, Credentials) and isinstance(session, AsyncSession)
+    async with session.begin():
+        await credentials._count_wrap(session, 1)
