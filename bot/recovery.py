@@ -86,6 +86,8 @@ class Recovery:
                 self._inbox.finish(event)
             return
         messenger = self._messengers.get(event.user.platform)
+        if event.kind is EventKind.MESSAGE and not event.addressed:
+            messenger = None  # group chatter not meant for the bot: nothing to resend
         if messenger is not None:
             log.info(
                 "inbox: asking to resend a %s %s cut short by a restart",

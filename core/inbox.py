@@ -109,6 +109,7 @@ def _meta(event: Event) -> dict[str, Any]:
         "direct": event.chat.is_direct,
         "thread": event.chat.thread_id,
         "message": event.message_id,
+        "addressed": event.addressed,
     }
 
 
@@ -141,7 +142,7 @@ def event_from(key: str, meta: dict[str, Any], body: dict[str, Any] | None) -> E
         args=tuple(str(a) for a in b.get("args", [])),
         payload=str(b.get("payload", "")),
         message_id=meta.get("message"),
-        addressed=bool(b.get("addressed", True)),
+        addressed=bool(meta.get("addressed", b.get("addressed", True))),
         via_modal=bool(b.get("via_modal", False)),
         event_id=key,
         reply_to=b.get("reply_to"),
