@@ -491,8 +491,13 @@ class App:
                 log.exception("stopping the %s adapter failed", adapter.platform.value)
         self.adapters = []
         if self._recovering is not None:
+            # Awaited before the database closes: a query cut off by a closed pool never ends.
             self._recovering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovering
             self._recovering = None
+        with contextlib.suppress(AttributeError):
+            await self.recovery.aclose()
         with contextlib.suppress(AttributeError):
             self.scheduler.stop()
         if self.supervisor is not None:

@@ -59,6 +59,13 @@ class Recovery:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def aclose(self) -> None:
+        """Stop turns still being resumed (their rows stay pending for the next process)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def drain(self) -> None:
         """Wait for the turns being resumed (tests and shutdown)."""
         while self._tasks:
