@@ -14,9 +14,12 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from adapters.console import ConsoleAdapter
 from bot.alerts import DirectMessageAlerts
 from bot.flows.base import LiveKeyCheck, Services
+from bot.recovery import Recovery
 from bot.router import Router
 from core.agent_data import (
     DatabaseKeyHealth,
@@ -25,6 +28,7 @@ from core.agent_data import (
     DatabaseProfiles,
     ProxyAccess,
 )
+from core.bookkeeping import DeferredMemory, DeferredUsage, WriteBehind
 from core.budget import Budget
 from core.chat import Platform
 from core.config import Config
@@ -35,6 +39,7 @@ from core.dedup import DatabaseDeduplicator, LateDeduplicator
 from core.errors import ConfigError, KeyRetiredError, MasterKeyError, StartupError
 from core.flowstate import FlowStates
 from core.hardening import secure_config_storage
+from core.inbox import DatabaseInbox, LateInbox
 from core.intake import Intake
 from core.livechecks import LiveChecks
 from core.plans import PlanCatalog
@@ -184,7 +189,14 @@ class App:
     proxy_access: ProxyAccess = field(init=False)
     # Built with the adapters, before the database; open() points it at the database.
     dedup: LateDeduplicator = field(init=False, default_factory=LateDeduplicator)
+    # Likewise the durable inbox (issue 13): adapters record deliveries in it before confirming.
+    inbox_port: LateInbox = field(init=False, default_factory=LateInbox)
+    inbox: DatabaseInbox = field(init=False)
+    recovery: Recovery = field(init=False)
+    # Usage, memory and inbox marks are written here, after the reply and with retries.
+    bookkeeping: WriteBehind = field(init=False)
     _instance: InstanceLock | None = field(init=False, default=None)
+    _recovering: asyncio.Task[None] | None = field(init=False, default=None)
 
     async def open(self) -> None:
         """Storage, vault and services, without any adapter (the CLI's admin commands use this).
@@ -205,12 +217,24 @@ class App:
         credentials = Credentials(self.db, Vault(ring), self.clock)
         credentials.vault = Vault(ring, wrap_counts=await credentials.load_wrap_counts())
         self.vault = credentials.vault
+        self.bookkeeping = WriteBehind()
+        inbox = self.config.inbox
+        self.inbox = DatabaseInbox(
+            self.db,
+            self.clock,
+            lambda: self.vault.ring,
+            self.bookkeeping,
+            lease_seconds=inbox.lease_seconds,
+            retention_seconds=inbox.retention_hours * 3600.0,
+        )
+        self.inbox_port.target = self.inbox
         if self._key_from_file:
             credentials.reload_ring = self._reload_ring
         plans = PlanCatalog(self.config.plans)
         messengers: dict[Platform, Messenger] = {}
         tenants = Tenants(self.db, credentials, plans, self.clock)
         usage = UsageLedger(self.db, self.clock)
+        deferred_usage = DeferredUsage(usage, self.bookkeeping)
         proxy = self.config.proxy
         self.proxy_tokens = ProxyTokens(
             self.db, self.clock, keep=proxy.tokens_kept, cache_seconds=proxy.token_cache_seconds
@@ -225,8 +249,8 @@ class App:
                 DatabaseProfiles(
                     self.config, plans, tenants, credentials, managed=self.proxy_access
                 ),
-                DatabaseMemory(self.db, credentials, self.clock),
-                usage,
+                DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping),
+                deferred_usage,
                 DatabaseKeyHealth(credentials, proxy=self.proxy_access),
                 self.config.agent,
                 runtime_dir=self.config.resolve_path("data/agents"),
@@ -270,6 +294,13 @@ class App:
         )
         self.services.budget = self.budget
         self.router = Router(self.services)
+        self.recovery = Recovery(
+            self.inbox,
+            messengers,
+            self.router.dispatch,
+            resume_attempts=inbox.resume_attempts,
+            platforms=lambda: [a.platform for a in self.adapters],
+        )
 
     async def start_proxy(self) -> None:
         """The managed plan's metering proxy, in this process, sharing budget and tokens."""
@@ -346,7 +377,15 @@ class App:
                 if not settings.enabled:
                     continue
                 module = importlib.import_module(PLATFORM_MODULES[name])
-                built.append(module.build(settings, self.env, config=self.config, dedup=self.dedup))
+                built.append(
+                    module.build(
+                        settings,
+                        self.env,
+                        config=self.config,
+                        dedup=self.dedup,
+                        inbox=self.inbox_port,
+                    )
+                )
         built.extend(self.extra_adapters)
         if self.console is not None:
             built.append(self.console)
@@ -389,6 +428,16 @@ class App:
         for adapter in self.adapters:
             await self._start_adapter(adapter)
             log.info("%s adapter started", adapter.platform.value)
+        # Turns a previous process left unfinished (their leases may have run out already).
+        self._recovering = asyncio.create_task(self._recover_safely())
+
+    async def _recover_safely(self) -> None:
+        try:
+            await self.recovery.run()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("inbox: looking for unfinished turns failed (%s); retrying", exc)
+        except Exception:
+            log.exception("inbox: recovering unfinished turns failed; the job tries again")
 
     async def _start_adapter(self, adapter: ChatAdapter) -> None:
         await self._guarded(adapter, adapter.start(self.router.dispatch))
@@ -443,6 +492,10 @@ class App:
             await expire_intake_sessions(services.intake, services.flow_states)
 
         jobs = [Job("expire-intake", config.core.intake_sweep_interval_seconds, expire_intake)]
+        lease = config.inbox.lease_seconds
+        jobs.append(Job("inbox-renew", max(lease / 3, 0.3), self._renew_inbox))
+        jobs.append(Job("inbox-recover", max(lease / 2, 0.5), self._recover_safely))
+        jobs.append(Job("inbox-sweep", 3600, self._sweep_inbox))
         if self.supervisor is not None:
             jobs.append(
                 Job(
@@ -458,6 +511,19 @@ class App:
             jobs.append(Job("roll-budget-month", every, self.budget.reset_month))
         return jobs
 
+    async def _sweep_inbox(self) -> None:
+        try:
+            await self.inbox.sweep()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("inbox: sweeping old deliveries failed (%s); next hour then", exc)
+
+    async def _renew_inbox(self) -> None:
+        try:
+            await self.inbox.renew()
+        except (SQLAlchemyError, OSError) as exc:
+            # A locked or restarting database: the lease has two more renewals to go.
+            log.warning("inbox: renewing this process's leases failed (%s)", type(exc).__name__)
+
     async def stop(self) -> None:
         """Stop adapters and jobs and close storage; safe to call more than once."""
         for adapter in reversed(self.adapters):
@@ -466,10 +532,21 @@ class App:
             except Exception:
                 log.exception("stopping the %s adapter failed", adapter.platform.value)
         self.adapters = []
+        if self._recovering is not None:
+            # Awaited before the database closes: a query cut off by a closed pool never ends.
+            self._recovering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovering
+            self._recovering = None
+        with contextlib.suppress(AttributeError):
+            await self.recovery.aclose()
         with contextlib.suppress(AttributeError):
             self.scheduler.stop()
         if self.supervisor is not None:
             await self.supervisor.aclose()
+        with contextlib.suppress(AttributeError):
+            # Usage and memory of the last replies; a locked database gets a few seconds.
+            await self.bookkeeping.close()
         if self.proxy_server is not None:
             await self.proxy_server.stop()
             self.proxy_server = None

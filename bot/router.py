@@ -13,11 +13,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from bot import texts
 from bot.flows import account, admin, agent, cancel, keys
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
+from core.flowstate import FlowState
 from core.keys import continues_leak, find_leaks, is_key_fragment
 
 log = logging.getLogger("byokbot.router")
@@ -155,6 +157,10 @@ class _Held:
         self.owner._release(self.key, self.lock)
 
 
+def _expired(state: FlowState, now: datetime) -> bool:
+    return state.expires_at is not None and state.expires_at <= now
+
+
 class Router:
     """Maps events to flows. ``dispatch`` is what every adapter calls."""
 
@@ -251,11 +257,13 @@ class Router:
                 raise Refusal(texts.MEDIA_ONLY.format(what=texts.media_names(event.attachments)))
             awaiting = None
             if event.chat.is_direct:
-                state = await s.flow_states.get(event.user.identity)
+                state = await s.flow_states.get(event.user.identity, expired=True)
                 if state is not None and state.flow == "keys" and state.step == "await_secret":
                     if keys.answers_prompt(turn, state):
+                        # Past its time too: the key flow deletes it and says it expired.
                         return await keys.on_dm_secret(turn, state)
-                    awaiting = state  # not the key: an ordinary message, the request stays open
+                    if not _expired(state, s.clock.now()):
+                        awaiting = state  # not the key: an ordinary message, the request stays open
             if leaked or (
                 # Where only the form takes the key, what looks like it never reaches the agent.
                 awaiting is not None and keys.looks_like_awaited_key(turn, awaiting)

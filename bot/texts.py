@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -393,6 +394,29 @@ CLI_UNDELIVERED = (
 ADMIN_NOTICE_SENT = " The tenant was told in {sent} of {total} chats."
 TENANT_SUSPENDED_NOTICE = "An operator has suspended your account{reason}."
 TENANT_RESUMED_NOTICE = "Your account has been resumed. Welcome back!"
+
+
+# ----- the durable inbox and retry wording (issue 13) ------------------------------------------
+INBOX_RESEND = (
+    "Sorry — I restarted before I could finish answering your last message. Please send it again."
+)
+RETRY_IN_A_MOMENT = "in a moment"
+RETRY_IN_ONE_SECOND = "in 1 second"
+RETRY_IN_SECONDS = "in {n} seconds"
+RETRY_IN_A_MINUTE = "in a minute"
+RETRY_IN_MINUTES = "in {n} minutes"
+
+
+def retry_in(seconds: float | None) -> str:
+    """When to try again, in words: never "in 0 seconds" (a wait under a second rounds up)."""
+    if seconds is None or seconds <= 0:
+        return RETRY_IN_A_MINUTE
+    whole = math.ceil(seconds)
+    if whole == 1:
+        return RETRY_IN_ONE_SECOND
+    if whole < 60:
+        return RETRY_IN_SECONDS.format(n=whole)
+    return RETRY_IN_A_MINUTE if whole < 90 else RETRY_IN_MINUTES.format(n=math.ceil(whole / 60))
 
 
 def join(items: Iterable[str]) -> str:

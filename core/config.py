@@ -180,6 +180,21 @@ class AgentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class InboxSettings:
+    """``[inbox]``: the durable inbox of platform deliveries.
+
+    A turn whose process died is taken over once its lease (renewed every third of it by the
+    live owner) runs out; it is run again ``resume_attempts`` times at most, after that the
+    person is told to resend. Done deliveries are remembered ``retention_hours`` to recognise
+    a redelivery.
+    """
+
+    lease_seconds: float = 30.0
+    resume_attempts: int = 1
+    retention_hours: int = 48
+
+
+@dataclass(frozen=True, slots=True)
 class PlatformSettings:
     """``[telegram]``, ``[discord]``, ``[slack]``: common switches plus the adapter's own table.
 
@@ -257,6 +272,7 @@ class Config:
     )
     proxy: ProxySettings = field(default_factory=lambda: _default_proxy())
     tools: ToolsSettings = field(default_factory=ToolsSettings)
+    inbox: InboxSettings = field(default_factory=InboxSettings)
     source: str = "(defaults)"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -717,8 +733,21 @@ _TOP_LEVEL: Final = (
     "agent",
     "proxy",
     "tools",
+    "inbox",
     *PLATFORM_SECTIONS,
 )
+
+
+def _parse_inbox(src: str, data: Mapping[str, Any]) -> InboxSettings:
+    t = TableReader(src, "inbox", data)
+    d = InboxSettings()
+    out = InboxSettings(
+        lease_seconds=t.number("lease_seconds", d.lease_seconds, minimum=1.0),
+        resume_attempts=t.integer("resume_attempts", d.resume_attempts, minimum=0),
+        retention_hours=t.positive_int("retention_hours", d.retention_hours),
+    )
+    t.finish()
+    return out
 
 
 def _default_proxy() -> ProxySettings:
@@ -758,6 +787,7 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         ),
         proxy=_parse_proxy_table(data.get("proxy"), source=source, plans=plans),
         tools=_parse_tools(source, data.get("tools", {})),
+        inbox=_parse_inbox(source, data.get("inbox", {})),
         source=source,
         base_dir=base_dir,
     )

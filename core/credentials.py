@@ -72,13 +72,19 @@ class Credentials:
             return {v: w for v, w in rows.all()}
 
     async def _count_wrap(self, s: AsyncSession, version: int) -> None:
-        updated = await s.execute(
-            update(KekUsageRow)
-            .where(KekUsageRow.version == version)
-            .values(wraps=KekUsageRow.wraps + 1)
+        # One upsert: an update-then-insert lets two first sign-ups both insert (PostgreSQL
+        # then refuses the second with a duplicate key on pk_kek_usage).
+        if self._db.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+        statement = dialect_insert(KekUsageRow).values(version=version, wraps=1)
+        await s.execute(
+            statement.on_conflict_do_update(
+                index_elements=[KekUsageRow.version],
+                set_={"wraps": KekUsageRow.wraps + 1},
+            )
         )
-        if updated.rowcount == 0:  # type: ignore[attr-defined]
-            s.add(KekUsageRow(version=version, wraps=1))
 
     async def create_data_key(self, s: AsyncSession, tenant_id: str) -> DataKey:
         """Make and store a tenant's data key inside the caller's transaction."""

@@ -14,6 +14,9 @@ from core.db import Database
 from core.db.models import FlowStateRow
 from core.ports import Clock
 
+EXPIRED_KEPT_SECONDS = 86_400.0
+"""How long an expired flow stays readable with ``get(expired=True)`` before the sweep."""
+
 
 @dataclass(frozen=True, slots=True)
 class FlowState:
@@ -35,7 +38,12 @@ class FlowStates:
         # (this process's own writes invalidate at once).
         self._none: TTLCache[str, bool] = TTLCache(ttl=cache_seconds)
 
-    async def get(self, identity: str) -> FlowState | None:
+    async def get(self, identity: str, *, expired: bool = False) -> FlowState | None:
+        """The person's flow; an expired one too when ``expired`` is true.
+
+        Expired flows are kept a day, so an answer that comes too late is told so rather than
+        taken for something else (a key after its request expired is not a leak).
+        """
         hit, _ = self._none.get(identity)
         if hit:
             return None
@@ -47,7 +55,7 @@ class FlowStates:
         expires = row.expires_at
         if expires is not None:
             expires = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
-            if expires <= self._clock.now():
+            if expires <= self._clock.now() and not expired:
                 return None
         return FlowState(row.flow, row.step, dict(row.data), expires)
 
@@ -75,9 +83,9 @@ class FlowStates:
         async with self._db.session() as s, s.begin():
             await s.execute(delete(FlowStateRow).where(FlowStateRow.identity == identity))
 
-    async def expire_due(self) -> int:
+    async def expire_due(self, *, keep_seconds: float = EXPIRED_KEPT_SECONDS) -> int:
+        """Delete flows expired more than ``keep_seconds`` ago."""
+        cutoff = self._clock.now() - timedelta(seconds=keep_seconds)
         async with self._db.session() as s, s.begin():
-            res = await s.execute(
-                delete(FlowStateRow).where(FlowStateRow.expires_at <= self._clock.now())
-            )
+            res = await s.execute(delete(FlowStateRow).where(FlowStateRow.expires_at <= cutoff))
             return int(res.rowcount)  # type: ignore[attr-defined]

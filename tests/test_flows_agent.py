@@ -98,6 +98,8 @@ async def test_a_whole_conversation(world: World, fake: FakeLLMServer) -> None:
     assert ada.last == texts.RESET_DONE
     await ada.say("fresh start")
     assert [m["content"] for m in fake.requests[-1].body["messages"]] == ["fresh start"]
+    # Usage is booked after each reply, off the reply path (issue 13).
+    await world.app.bookkeeping.drained()
     await ada.command("/usage")
     assert "over 3 requests" in ada.last
     assert set(fake.keys()) == {key}

@@ -204,3 +204,61 @@ async def test_a_taken_port_is_a_clear_start_up_error(
             await adapter.start(script)
     assert str(info.value).startswith(f"cannot listen on 127.0.0.1:{port}: ")
     assert "setWebhook" not in server.methods()
+
+
+class _Inbox:
+    """An inbox that can be made to refuse, as a locked or unreachable database does."""
+
+    def __init__(self) -> None:
+        self.refuse = True
+        self.recorded: list[str] = []
+        self.finished: list[str] = []
+
+    async def record(self, events: Any) -> list[Any]:
+        if self.refuse:
+            raise OSError("database unreachable")
+        fresh = [e for e in events if e.event_id not in self.recorded]
+        self.recorded += [e.event_id for e in fresh]
+        return fresh
+
+    def finish(self, event: Any) -> None:
+        self.finished.append(event.event_id)
+
+
+async def test_the_webhook_answers_200_only_once_the_update_is_recorded(
+    server: FakeTelegramServer, script: Script
+) -> None:
+    port = free_port()
+    settings = PlatformSettings(
+        "telegram",
+        True,
+        {
+            "api_base_url": server.base_url,
+            "file_base_url": server.file_base_url,
+            "mode": "webhook",
+            "webhook_listen": "127.0.0.1",
+            "webhook_port": port,
+            "webhook_path": "/tg/hook",
+            "webhook_public_url": "https://bot.example.org/tg/hook",
+        },
+    )
+    env = {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": SECRET}
+    inbox = _Inbox()
+    adapter = TelegramAdapter(parse(settings, env), inbox=inbox)
+    await adapter.start(script)
+    try:
+        url = f"http://127.0.0.1:{port}/tg/hook"
+        headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+        body = {"update_id": 77, **message(42, ADA, "stored first", message_id=9)}
+        # Not recorded: Telegram is told to try again, and nothing is handled.
+        assert await post(url, body, headers) == 503
+        assert script.events == []
+        inbox.refuse = False
+        assert await post(url, body, headers) == 200
+        await script.handled(1)
+        assert await post(url, body, headers) == 200  # Telegram's retry: recorded, not new
+        await server.wait_for(lambda: len(inbox.finished) == 1)
+        assert [e.text for e in script.events] == ["stored first"]
+        assert inbox.finished == inbox.recorded
+    finally:
+        await adapter.stop()

@@ -16,6 +16,7 @@ from adapters.discord.config import DiscordConfig, parse
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator
 from core.errors import ConfigError
+from core.inbox import InboxPort
 
 __all__ = [
     "CommandCatalog",
@@ -36,12 +37,14 @@ def build(
     config: Config | None = None,
     catalog: CommandCatalog | None = None,
     dedup: Deduplicator | None = None,
+    inbox: InboxPort | None = None,
 ) -> DiscordAdapter:
     """The adapter for ``[discord]``.
 
     Slash command choices and autocomplete offer the providers, plans and models of
     ``config`` (or an explicit ``catalog``); without either, the built-in provider names.
-    ``dedup`` remembers handled interactions and messages (the app passes the database's).
+    ``dedup`` remembers handled interactions and messages (the app passes the database's);
+    ``inbox`` keeps each turn pending until it ends (a crash leaves a note to resend).
 
     Raises:
         ConfigError: a bad value or unknown setting in ``[discord]``, or the token variable is
@@ -57,4 +60,4 @@ def build(
         )
     if catalog is None and config is not None:
         catalog = catalog_from_config(config)
-    return DiscordAdapter(parsed, catalog=catalog, dedup=dedup)
+    return DiscordAdapter(parsed, catalog=catalog, dedup=dedup, inbox=inbox)

@@ -48,6 +48,7 @@ from core.chat import (
 )
 from core.config import Config
 from core.dedup import Deduplicator, InMemoryDeduplicator
+from core.inbox import InboxPort, MemoryInbox
 from core.logs import register_secret
 from core.ports import EventHandler
 
@@ -228,6 +229,7 @@ class DiscordAdapter:
         *,
         catalog: CommandCatalog | None = None,
         dedup: Deduplicator | None = None,
+        inbox: InboxPort | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         guild_ready_timeout: float = 2.0,
@@ -241,6 +243,9 @@ class DiscordAdapter:
             {"plan": self._catalog.plans, "name": self._catalog.models},
         )
         self._dedup = dedup or InMemoryDeduplicator()
+        # The gateway does not redeliver, so deduplication stays with ``dedup``; the inbox
+        # marks each turn pending until it ends, so a crash leaves a note to resend.
+        self._inbox: InboxPort = inbox or MemoryInbox()
         self._clock = clock
         self._sleep = sleep
         self._guild_ready_timeout = guild_ready_timeout
@@ -394,11 +399,25 @@ class DiscordAdapter:
         handler = self._handler
         if handler is None:
             raise DiscordError("the Discord adapter is not started")
+        recorded = await self._record(event)
         try:
             return await handler(event)
         except Exception as exc:  # noqa: BLE001 - the router is the catch-all; this is the net
             _log.error("discord: handler failed for %s: %s", event.event_id, type(exc).__name__)
             return None
+        finally:
+            if recorded:
+                self._inbox.finish(event)
+
+    async def _record(self, event: Event) -> bool:
+        """Put the turn in the inbox; a storage failure only costs the crash note."""
+        if not event.event_id:
+            return False
+        try:
+            return bool(await self._inbox.record([event]))
+        except Exception as exc:  # noqa: BLE001 - the turn goes on without the record
+            _log.warning("discord: %s not recorded in the inbox (%s)", event.event_id, exc)
+            return False
 
     async def _on_message(self, message: discord.Message) -> None:
         if self._handler is None or self._client is None or self._client.user is None:

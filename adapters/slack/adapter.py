@@ -60,6 +60,7 @@ from core.chat import (
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.errors import ConfigError
+from core.inbox import InboxPort, MemoryInbox
 from core.logs import register_secret
 from core.ports import ChatAdapter, EventHandler, Messenger
 
@@ -126,6 +127,7 @@ class SlackAdapter:
         config: SlackConfig,
         *,
         dedup: Deduplicator | None = None,
+        inbox: InboxPort | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         ack_budget: float = _ACK_BUDGET,
@@ -135,6 +137,9 @@ class SlackAdapter:
         self.config = config
         self.messenger: Messenger = self
         self._dedup: Deduplicator = dedup or InMemoryDeduplicator()
+        # Slack's retries are caught by ``dedup``; the inbox keeps each turn pending until it
+        # ends, so a crash leaves a note to resend.
+        self._inbox: InboxPort = inbox or MemoryInbox()
         self._monotonic = monotonic
         self._sleep = sleep
         self._ack_budget = ack_budget
@@ -550,10 +555,13 @@ class SlackAdapter:
         if handler is None:
             return None
         self._contexts[event.event_id] = ctx
+        recorded = not ctx.home and await self._record(event)
         try:
             outcome = await handler(event)
         finally:
             self._contexts.pop(event.event_id, None)
+            if recorded:
+                self._inbox.finish(event)
         if (
             not ctx.home
             and event.kind is not EventKind.MESSAGE
@@ -561,6 +569,16 @@ class SlackAdapter:
         ):
             self._spawn(self._refresh_home(event.user))
         return outcome
+
+    async def _record(self, event: Event) -> bool:
+        """Put the turn in the inbox; a storage failure only costs the crash note."""
+        if not event.event_id:
+            return False
+        try:
+            return bool(await self._inbox.record([event]))
+        except Exception as exc:  # noqa: BLE001 - the turn goes on without the record
+            _log.warning("slack: %s not recorded in the inbox (%s)", event.event_id, exc)
+            return False
 
     async def _refresh_home(self, user: UserRef) -> None:
         channel = self._home_channels.get(user.id, "")
@@ -868,6 +886,7 @@ def build(
     *,
     config: Config | None = None,
     dedup: Deduplicator | None = None,
+    inbox: InboxPort | None = None,
 ) -> ChatAdapter:
     """The Slack adapter.
 
@@ -894,4 +913,4 @@ def build(
     ):
         if secret is not None:
             register_secret(secret.reveal(), label=label)
-    return SlackAdapter(slack, dedup=dedup)
+    return SlackAdapter(slack, dedup=dedup, inbox=inbox)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import os
@@ -54,6 +55,7 @@ from core.chat import ChatRef, Event, EventKind, MessageRef, Platform, Reply, Se
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.errors import ConfigError
+from core.inbox import InboxPort, MemoryInbox
 from core.logs import RedactingFilter, register_secret
 from core.ports import EventHandler
 
@@ -158,7 +160,10 @@ class TelegramAdapter:
     Args:
         config: the parsed ``[telegram]`` table; ``config.token`` must be set.
         clock: monotonic seconds, for stream pacing (tests pass a manual clock).
-        dedup: remembers processed ``update_id`` values (one per process by default).
+        dedup: remembers processed ``update_id`` values (one per process by default); only
+            used when no ``inbox`` is given.
+        inbox: where every update is recorded before its offset is confirmed (or its webhook
+            answered); the app passes the database's durable inbox.
         commands: the ``setMyCommands`` menu as ``(command, description)`` pairs.
         typing_refresh: seconds between "typing..." actions while a reply is awaited
             (Telegram shows one for about five seconds).
@@ -173,6 +178,7 @@ class TelegramAdapter:
         *,
         clock: Callable[[], float] = time.monotonic,
         dedup: Deduplicator | None = None,
+        inbox: InboxPort | None = None,
         commands: Sequence[tuple[str, str]] = COMMANDS,
         typing_refresh: float = 4.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -181,7 +187,8 @@ class TelegramAdapter:
             raise ValueError(f"{config.token_env} is not set")
         self.config = config
         self._clock = clock
-        self._dedup = dedup or InMemoryDeduplicator()
+        self._inbox: InboxPort = inbox or MemoryInbox(dedup or InMemoryDeduplicator())
+        self._poller: asyncio.Task[None] | None = None
         self._commands = tuple(commands)
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._handler: EventHandler | None = None
@@ -266,13 +273,10 @@ class TelegramAdapter:
                 # server the newest request wins, so the probe above can pass): still ours to
                 # refuse while we are starting.
                 self._conflict_fatal_until = self._clock() + cfg.poll_timeout + 15.0
-                await app.updater.start_polling(
-                    poll_interval=0,
-                    timeout=cfg.poll_timeout,
-                    allowed_updates=ALLOWED_UPDATES,
-                    drop_pending_updates=cfg.drop_pending_updates,
-                    error_callback=self._on_poll_error,
-                )
+                # Our own loop rather than the SDK's updater: the updater confirms an update
+                # (the next offset) before it is handled, so a crash would lose it.
+                await app.bot.delete_webhook(drop_pending_updates=cfg.drop_pending_updates)
+                self._poller = asyncio.create_task(self._poll(app))
         except (TelegramError, TelegramAdapterError, OSError) as exc:
             await self.stop()
             if isinstance(exc, TelegramAdapterError):
@@ -382,9 +386,70 @@ class TelegramAdapter:
         if update is None:
             log.info("telegram: webhook body is not an update; refused")
             return web.Response(status=400)
-        # The application's update queue feeds the same handler as polling does.
-        await app.update_queue.put(update)
+        try:
+            fresh = await self._accept([update])
+        except Exception as exc:  # noqa: BLE001 - any storage failure: Telegram must retry
+            log.warning("telegram: webhook update not recorded (%s); answered 503", exc)
+            return web.Response(status=503)
+        # The 200 goes out only now that the update is in the inbox; the application's update
+        # queue feeds the same handler as polling does.
+        for u in fresh:
+            await app.update_queue.put(u)
         return web.Response(status=200)
+
+    async def _poll(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        """Long-poll ``getUpdates``; the offset moves past a batch only once it is recorded."""
+        cfg = self.config
+        offset: int | None = None
+        delay = 0.0
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                updates = await app.bot.get_updates(
+                    offset=offset, timeout=cfg.poll_timeout, allowed_updates=ALLOWED_UPDATES
+                )
+            except TelegramError as exc:
+                self._on_poll_error(exc)
+                delay = min(max(delay * 2, 1.0), 30.0)
+                continue
+            if not updates:
+                delay = 0.0
+                continue
+            try:
+                fresh = await self._accept(updates)
+            except Exception as exc:  # noqa: BLE001 - any storage failure: do not confirm
+                log.warning(
+                    "telegram: %d update(s) not recorded (%s); not confirmed, retrying",
+                    len(updates),
+                    exc,
+                )
+                delay = min(max(delay * 2, 0.5), 10.0)
+                continue
+            delay = 0.0
+            # The next getUpdates confirms them; the inbox holds them if we die first.
+            offset = max(u.update_id for u in updates) + 1
+            for u in fresh:
+                await app.update_queue.put(u)
+
+    async def _accept(self, updates: Sequence[Update]) -> list[Update]:
+        """Record the updates that carry an event; return those to handle (new or eventless)."""
+        events: dict[int, Event] = {}
+        for u in updates:
+            if translate.reachability(u) is not None:
+                continue
+            event = self._translate(u)
+            if event is not None:
+                events[u.update_id] = event
+        fresh = {e.event_id for e in await self._inbox.record(list(events.values()))}
+        out: list[Update] = []
+        for u in updates:
+            event = events.get(u.update_id)
+            if event is not None and event.event_id not in fresh:
+                log.info("telegram: update %s was delivered again; ignored", u.update_id)
+                continue
+            out.append(u)
+        return out
 
     async def stop(self) -> None:
         """Stop polling or the webhook server, then the application; safe to call twice."""
@@ -392,6 +457,11 @@ class TelegramAdapter:
         webhook, self._webhook = self._webhook, None
         if webhook is not None:
             await webhook.cleanup()
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
         if app is None:
             return
         if app.updater is not None and app.updater.running:
@@ -410,9 +480,7 @@ class TelegramAdapter:
     # ----- incoming ------------------------------------------------------------------------
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        if not await self._dedup.first_time(translate.event_id(update.update_id)):
-            log.info("telegram: update %s was delivered again; ignored", update.update_id)
-            return
+        # Only new updates get here: the poll loop and the webhook recorded them (``_accept``).
         membership = translate.reachability(update)
         if membership is not None:
             chat_id, reachable = membership
@@ -422,7 +490,7 @@ class TelegramAdapter:
             else:
                 self._unreachable.add(chat_id)
             return
-        event = translate.to_event(update, bot_id=self._bot_id, bot_username=self._bot_username)
+        event = self._translate(update)
         if event is None:
             return
         self._unreachable.discard(event.chat.id)
@@ -438,7 +506,20 @@ class TelegramAdapter:
             except TelegramError as exc:
                 # Too late (older than ~15 s) or already answered; the press still counts.
                 log.info("telegram: callback answer refused: %s", type(exc).__name__)
-        await handler(event)
+        try:
+            await handler(event)
+        finally:
+            self._inbox.finish(event)
+
+    def _translate(self, update: Update) -> Event | None:
+        event = translate.to_event(update, bot_id=self._bot_id, bot_username=self._bot_username)
+        if event is None:
+            return None
+        # Update ids count per bot: two bots sharing a database must not take each other's
+        # deliveries for redeliveries.
+        return dataclasses.replace(
+            event, event_id=f"telegram:{self._bot_id}:update:{update.update_id}"
+        )
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         uid = update.update_id if isinstance(update, Update) else None
@@ -850,11 +931,13 @@ def build(
     *,
     config: Config | None = None,
     dedup: Deduplicator | None = None,
+    inbox: InboxPort | None = None,
 ) -> TelegramAdapter:
     """The adapter for ``[telegram]``.
 
     ``config`` (the whole configuration) only names the file in error messages; ``dedup``
-    remembers handled updates (the app passes the database's, shared by replicas).
+    remembers handled updates (the app passes the database's, shared by replicas); ``inbox``
+    records each update before it is confirmed (the app passes the durable inbox).
 
     Raises:
         ConfigError: a bad setting in ``[telegram]``, or the token variable is unset: an
@@ -867,4 +950,4 @@ def build(
             f"{source}: [telegram] is enabled but {parsed.token_env} is not set "
             "(export the bot token, or set enabled = false)"
         )
-    return TelegramAdapter(parsed, dedup=dedup)
+    return TelegramAdapter(parsed, dedup=dedup, inbox=inbox)

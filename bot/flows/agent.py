@@ -34,7 +34,7 @@ def unavailable_text(
     if template is None:
         return texts.AGENT_GENERIC.format(reason=exc.reason)
     retry_after = getattr(exc, "retry_after", None)
-    retry = f"in {int(retry_after)} seconds" if retry_after else "in a minute"
+    retry = texts.retry_in(retry_after)
     return template.format(retry=retry, model=model or "you chose")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,10 +32,22 @@ def alembic_config(url: str) -> AlembicConfig:
 
 
 def _upgrade(url: str, revision: str) -> None:
+    lock: int | None = None
     if url.startswith("sqlite+aiosqlite:///"):
         path = url.removeprefix("sqlite+aiosqlite:///")
         if path and ":memory:" not in path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # One process migrates, the others wait here (PostgreSQL: an advisory lock in env.py).
+            lock = os.open(f"{path}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        _run_alembic(url, revision)
+    finally:
+        if lock is not None:
+            os.close(lock)  # releases the flock
+
+
+def _run_alembic(url: str, revision: str) -> None:
     import logging
 
     # Alembic announces each of its plugins at INFO when it is imported (so before the

@@ -267,3 +267,27 @@ class LiveCheckRow(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     identity: Mapped[str] = mapped_column(String(200), index=True)
     at: Mapped[datetime] = mapped_column(index=True)
+
+
+class InboxRow(Base):
+    """A platform delivery recorded before it is confirmed to the platform (the durable inbox).
+
+    ``pending`` while its turn runs under ``owner``'s lease; ``done`` afterwards, kept for the
+    retention window so a redelivery is recognised. ``meta`` holds only ids (user, chat,
+    message) so a person can be told to resend; ``body`` is the whole event sealed under a key
+    derived from the master key (``kek_version``), dropped once the turn is done.
+    """
+
+    __tablename__ = "inbox"
+    __table_args__ = (Index("ix_inbox_state_lease", "state", "lease_until"),)
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(10))
+    owner: Mapped[str] = mapped_column(String(40))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    lease_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    kek_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

@@ -254,6 +254,7 @@ class AgentSupervisor:
             parts: list[str] = []
             size = 0
             cap = self._settings.max_reply_chars
+            reports: list[protocol.UsageReport] = []
             finished = False
             request = protocol.Request(
                 id=rid,
@@ -285,10 +286,9 @@ class AgentSupervisor:
                             finished = True  # it is being killed; no cancel to send
                             raise ReplyFailed("too_long")
                     elif isinstance(event, protocol.UsageReport):
-                        # One per upstream call: a tool loop reports every step.
-                        await self._usage.record(
-                            tenant_id, profile.model, event.input, event.output
-                        )
+                        # One per upstream call (a tool loop reports every step), booked
+                        # after the reply: no database write inside the stream.
+                        reports.append(event)
                     elif isinstance(event, protocol.ToolEvent):
                         if event.name not in offered:
                             log.warning("agent %s ran a tool it was not offered", tenant_id)
@@ -323,6 +323,8 @@ class AgentSupervisor:
                     with contextlib.suppress(ConnectionError):
                         await worker.send(protocol.Cancel(rid))
                 self._maybe_drained(worker)
+                for report in reports:
+                    await self._usage.record(tenant_id, profile.model, report.input, report.output)
             answer = "".join(parts)
             saved = [*history, Turn("user", text)]
             if answer:

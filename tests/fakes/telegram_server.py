@@ -90,6 +90,10 @@ class FakeTelegramServer:
     # Telegram serves one poller per bot: a getUpdates while another is held gets 409.
     exclusive_polling: bool = False
     _polls: int = 0
+    # Every update pushed, by update_id (a test redelivers one as it was).
+    pushed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Methods whose calls wait until ``release`` (a bot killed mid-call never gets an answer).
+    _holds: dict[str, asyncio.Event] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -122,6 +126,7 @@ class FakeTelegramServer:
         """Queue an update for ``getUpdates``; assigns and returns its ``update_id``."""
         self._next_update_id += 1
         update = {"update_id": self._next_update_id, **update}
+        self.pushed[self._next_update_id] = update
         self._updates.append(update)
         self._arrived.set()
         self._notify()
@@ -132,6 +137,15 @@ class FakeTelegramServer:
         self._forced.append({"update_id": update_id, **update})
         self._arrived.set()
         self._notify()
+
+    def hold(self, method: str) -> None:
+        """Calls to ``method`` are recorded but not answered until ``release(method)``."""
+        self._holds.setdefault(method, asyncio.Event())
+
+    def release(self, method: str) -> None:
+        gate = self._holds.pop(method, None)
+        if gate is not None:
+            gate.set()
 
     def fail(
         self,
@@ -227,6 +241,10 @@ class FakeTelegramServer:
             call.status = 404
             self._notify()
             return self._error(404, "Not Found")
+        gate = self._holds.get(method)
+        if gate is not None:
+            self._notify()
+            await gate.wait()
         if method == "getUpdates" and self.exclusive_polling and self._polls:
             call.status = 409
             self._notify()

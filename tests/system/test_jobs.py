@@ -82,9 +82,11 @@ async def test_an_intake_past_its_ttl_is_closed_and_the_next_message_reaches_the
     assert query(tg_ws, "SELECT step FROM flow_states") == [("await_secret",)]
 
     def closed() -> bool:
+        # The expired flow row is kept a day (a late key then gets "expired", issue 13); what
+        # matters is that the session is closed and the next message is not taken for a key.
         return query(tg_ws, "SELECT status FROM intake_sessions WHERE purpose = 'rotate'") == [
             ("expired",)
-        ] and not query(tg_ws, "SELECT step FROM flow_states")
+        ]
 
     await eventually(
         closed,

@@ -7,7 +7,7 @@ import sqlite3
 from tests.canaries import anthropic_key
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegramServer
-from tests.system.harness import CanaryScan, Workspace
+from tests.system.harness import CanaryScan, Workspace, eventually
 from tests.system.people import TelegramPerson
 from tests.system.telegram_steps import sign_up_with_key, start_bot
 
@@ -16,6 +16,15 @@ def _user_texts(llm: FakeLLMServer) -> list[str]:
     """The user messages of the last chat request the provider got."""
     chats = [r for r in llm.requests if r.body.get("messages")]
     return [str(m.get("content")) for m in chats[-1].body["messages"] if m.get("role") == "user"]
+
+
+def _blob(db: object) -> bytes | None:
+    conn = sqlite3.connect(db, timeout=10)  # type: ignore[arg-type]
+    try:
+        row = conn.execute("SELECT blob FROM agent_memory").fetchone()
+    finally:
+        conn.close()
+    return None if row is None else bytes(row[0])
 
 
 async def test_an_old_memory_blob_copied_back_is_refused(
@@ -33,13 +42,14 @@ async def test_an_old_memory_blob_copied_back_is_refused(
 
     ada.send("first turn amaryllis")
     await ada.wait_text("echo: first turn amaryllis", within=30)
-    with sqlite3.connect(db, timeout=10) as conn:
-        (old,) = conn.execute("SELECT blob FROM agent_memory").fetchone()
-    conn.close()
+    # Memory is saved just after the reply, off the reply path (issue 13).
+    await eventually(lambda: _blob(db) is not None)
+    old = _blob(db)
 
     ada.send("second turn begonia")
     await ada.wait_text("echo: second turn begonia", within=30)
     assert "first turn amaryllis" in _user_texts(llm)
+    await eventually(lambda: _blob(db) != old)
 
     # The attacker with write access to the database puts the older blob back.
     with sqlite3.connect(db, timeout=10) as conn:

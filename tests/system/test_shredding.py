@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.canaries import anthropic_key
 from tests.fakes.llm_server import FakeCall, FakeLLMServer, ToolStep, tool_rounds
 from tests.fakes.telegram_server import FakeTelegramServer
-from tests.system.harness import CanaryScan, Workspace
+from tests.system.harness import CanaryScan, Workspace, eventually
 from tests.system.people import TelegramPerson
 from tests.system.telegram_steps import sign_up_with_key, start_bot
 
@@ -53,6 +53,8 @@ async def test_delete_leaves_no_ciphertext_in_the_file_or_the_wal(
     await ada.wait_text("echo: remember the word heliotrope", within=30)
 
     db = tg_ws.root / "data" / "byokbot.db"
+    # Memory is saved just after the reply, off the reply path (issue 13).
+    await eventually(lambda: len(_stored(db)) == 3)
     stored = _stored(db)
     assert len(stored) == 4, "expected a data key, a provider key, a memory and a notes blob"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -13,8 +14,15 @@ from core.db.models import Base
 
 target_metadata = Base.metadata
 
+# The advisory lock two starting processes agree on, so one migrates while the other waits.
+MIGRATION_LOCK_ID = 0x6279_6F6B_6D69_67  # "byokmig"
+
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Held to the end of the transaction the migrations run in (alembic joins it), so the
+        # second process reads alembic_version only after the first committed.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -1,7 +1,7 @@
 """agent notes
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-02 01:10:00
 
 ``agent_notes`` keeps each person's long-term notes (the agent's remember/recall/forget tools)
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
