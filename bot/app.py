@@ -28,6 +28,7 @@ from core.db.instance import InstanceLock, wait_shared
 from core.dedup import DatabaseDeduplicator, LateDeduplicator
 from core.errors import ConfigError, KeyRetiredError, MasterKeyError, StartupError
 from core.flowstate import FlowStates
+from core.health import HealthServer
 from core.intake import Intake
 from core.livechecks import LiveChecks
 from core.plans import PlanCatalog
@@ -151,6 +152,9 @@ class App:
     # Built with the adapters, before the database; open() points it at the database.
     dedup: LateDeduplicator = field(init=False, default_factory=LateDeduplicator)
     _instance: InstanceLock | None = field(init=False, default=None)
+    health: HealthServer | None = field(init=False, default=None)
+    # Set once every adapter has started; cleared when one reports a failure.
+    _serving: bool = field(init=False, default=False)
 
     async def open(self) -> None:
         """Storage, vault and services, without any adapter (the CLI's admin commands use this).
@@ -329,6 +333,15 @@ class App:
                 f"{self.config.source}: no platform is enabled and configured, and no console"
             )
         await self.open()
+        from core import metrics
+
+        metrics.watch_sdk_retries()
+        if self.supervisor is not None:
+            supervisor = self.supervisor
+            metrics.watch_agents(lambda: [a.pid for a in supervisor.status()])
+        if self.config.health.enabled:
+            # Early: a liveness probe answers during start-up, readiness once all is up.
+            await self._start_health()
         self._instance = InstanceLock(self.db)
         if not await wait_shared(self._instance):
             raise StartupError(
@@ -347,6 +360,27 @@ class App:
         for adapter in self.adapters:
             await self._start_adapter(adapter)
             log.info("%s adapter started", adapter.platform.value)
+        self._serving = True
+
+    async def _start_health(self) -> None:
+        from bot.readiness import readiness_checks
+
+        settings = self.config.health
+        self.health = HealthServer(settings.host, settings.port, readiness_checks(self))
+        try:
+            port = await self.health.start()
+        except OSError as exc:
+            self.health = None
+            raise ConfigError(
+                f"{self.config.source}: [health] cannot listen on {settings.listen}"
+                f" ({exc.strerror or type(exc).__name__})"
+            ) from None
+        log.info("health listener on %s:%s (/healthz /readyz /metrics)", settings.host, port)
+
+    @property
+    def serving(self) -> bool:
+        """Every adapter started and none has reported a failure since."""
+        return self._serving
 
     async def _start_adapter(self, adapter: ChatAdapter) -> None:
         await self._guarded(adapter, adapter.start(self.router.dispatch))
@@ -418,6 +452,10 @@ class App:
 
     async def stop(self) -> None:
         """Stop adapters and jobs and close storage; safe to call more than once."""
+        self._serving = False
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
         for adapter in reversed(self.adapters):
             try:
                 await adapter.stop()
@@ -455,4 +493,5 @@ class App:
                 w.cancel()
         for task in done:
             if task in failures:
+                self._serving = False
                 raise StartupError(f"{failures[task]}: {task.result()}")

@@ -254,7 +254,7 @@ async def _main(args: argparse.Namespace) -> int:
     if (console or one_shot) and level == "INFO":
         # The terminal is the chat, or shows one command's outcome: no routine log lines.
         level = "WARNING"
-    configure_logging(level)
+    configure_logging(level, json_lines=config.logging.format == "json")
     if args.command == "run":
         return await _serve(config, console_only=False)
     if args.command == "chat":

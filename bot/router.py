@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bot import texts
-from bot.flows import account, admin, agent, cancel, keys
+from bot.flows import account, admin, agent, cancel, keys, whoami
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.keys import continues_leak, find_leaks, is_key_fragment
+from core.metrics import LEAK_GUARD_HITS, UPDATES
 
 log = logging.getLogger("byokbot.router")
 
@@ -42,6 +43,7 @@ COMMANDS: dict[str, Handler] = {
     "usage": agent.handle_usage,
     "admin": admin.handle_admin,
     "cancel": cancel.handle_cancel,
+    "whoami": whoami.handle_whoami,
 }
 
 LOCK_FREE_COMMANDS = frozenset({"stop"})
@@ -165,6 +167,7 @@ class Router:
 
     async def dispatch(self, event: Event) -> Outcome:
         """Handle one event; never raises (the catch-all answers the person)."""
+        UPDATES.labels(event.user.platform.value, event.kind.value).inc()
         try:
             return await self._dispatch(event)
         except Exception:
@@ -258,6 +261,7 @@ class Router:
                 # Where only the form takes the key, what looks like it never reaches the agent.
                 awaiting is not None and keys.looks_like_awaited_key(turn, awaiting)
             ):
+                LEAK_GUARD_HITS.labels(event.user.platform.value).inc()
                 return await keys.on_leak(turn)
             if len(event.text) > limit:
                 raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))
@@ -268,6 +272,7 @@ class Router:
             return await agent.handle_message(turn)
         # COMMAND
         if leaked:
+            LEAK_GUARD_HITS.labels(event.user.platform.value).inc()
             return await keys.on_leak(turn)
         if len(event.text) > limit:
             raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))

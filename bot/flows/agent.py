@@ -8,6 +8,7 @@ from bot import texts
 from bot.alerts import cap_text
 from bot.charts import usage_chart
 from bot.flows.base import Refusal, Turn, button
+from bot.replytimer import ReplyTimer
 from core.agent_data import current_model
 from core.chat import Button, Outcome
 from core.errors import AgentUnavailable
@@ -55,6 +56,7 @@ async def handle_message(turn: Turn) -> Outcome | None:
         # Only the caption reaches the agent; the person must not think it saw the media.
         what = texts.media_names(turn.event.attachments)
         await turn.say(texts.MEDIA_DROPPED.format(what=what))
+    timer = ReplyTimer(turn.user.platform.value)
     await turn.messenger.typing(turn.chat)
     stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text)
     try:
@@ -63,9 +65,11 @@ async def handle_message(turn: Turn) -> Outcome | None:
     except StopAsyncIteration:
         return None
     except AgentUnavailable as exc:
+        timer.done("unavailable")
         raise Refusal(unavailable_text(exc, model=tenant.model, managed=managed)) from None
 
     async def chunks() -> AsyncIterator[str]:
+        timer.first_visible()  # handed to the messenger, which shows it at once
         yield first
         async for chunk in stream:
             yield chunk
@@ -73,7 +77,10 @@ async def handle_message(turn: Turn) -> Outcome | None:
     try:
         await turn.messenger.stream(turn.event, chunks())
     except AgentUnavailable as exc:
+        timer.done("failed")
         await turn.say(unavailable_text(exc, model=tenant.model, managed=managed))
+    else:
+        timer.done("ok")
     return None
 
 
