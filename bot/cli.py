@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="validate the configuration").add_argument(
         "action", choices=["check"]
     )
+    sub.add_parser(
+        "doctor",
+        help="check config, master key, database, platform tokens, webhook, proxy keys, sandbox",
+    )
+    bk = sub.add_parser("backup", help="copy the SQLite database to FILE (not the master key)")
+    bk.add_argument("file", help="the backup file to write (must not exist)")
+    rs = sub.add_parser("restore", help="put a backup made by byokbot backup in place")
+    rs.add_argument("file", help="the backup file")
+    rs.add_argument("--force", action="store_true", help="replace an existing database")
     admin = sub.add_parser("admin", help="operator commands, as in chat: byokbot admin stats")
     admin.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -245,6 +254,8 @@ async def _master_key(config: Config, action: str, *, retire: bool) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    if args.command == "doctor":
+        return await _doctor(args)
     config = load_config(args.config)
     level = config.core.log_level
     console = args.command == "chat" or (
@@ -288,7 +299,29 @@ async def _main(args: argparse.Namespace) -> int:
         return 0
     if args.command == "admin":
         return await _admin(config, args.args)
+    if args.command in ("backup", "restore"):
+        from pathlib import Path
+
+        from bot import backup
+
+        if args.command == "backup":
+            print(await backup.backup(config, Path(args.file)))
+        else:
+            print(await backup.restore(config, os.environ, Path(args.file), force=args.force))
+        return 0
     raise AssertionError(args.command)  # argparse restricts the choices
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    from bot.doctor import doctor, fail
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(fail("config", str(exc)))
+        return 1
+    configure_logging("WARNING", json_lines=config.logging.format == "json")
+    return await doctor(config, os.environ)
 
 
 def _key_exists(config: Config) -> bool:

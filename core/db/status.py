@@ -20,6 +20,15 @@ def head_revisions() -> frozenset[str]:
     return frozenset(script.get_heads())
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision of the shipped chain."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return frozenset(s.revision for s in script.walk_revisions())
+
+
 async def current_revisions(db: Database) -> frozenset[str]:
     """The revisions the database records (empty for a database never migrated).
 
@@ -60,4 +69,11 @@ async def ping(db: Database) -> None:
         await conn.execute(text("SELECT 1"))
 
 
-__all__ = ["DBAPIError", "current_revisions", "head_revisions", "migration_problem", "ping"]
+__all__ = [
+    "DBAPIError",
+    "current_revisions",
+    "head_revisions",
+    "known_revisions",
+    "migration_problem",
+    "ping",
+]
