@@ -200,6 +200,7 @@ async def handle_usage(turn: Turn) -> Outcome | None:
     days = await s.usage.month(tenant.id)
     allowance = ""
     plan = s.plans.get(tenant.plan)
+    caps = None
     if not plan.byok and s.budget is not None:
         summary = await s.budget.summary(tenant.id, plan.id)
         allowance = texts.USAGE_MANAGED.format(
@@ -207,6 +208,7 @@ async def handle_usage(turn: Turn) -> Outcome | None:
             pct=summary.percent,
             resets=summary.spent.resets_on.isoformat(),
         )
+        caps = summary.caps
     if not days:
         text = f"{allowance}\n{texts.USAGE_NONE}" if allowance else texts.USAGE_NONE
         await turn.say(text, sensitive=True)
@@ -224,6 +226,6 @@ async def handle_usage(turn: Turn) -> Outcome | None:
     await turn.say(
         f"{allowance}\n{text}" if allowance else text,
         sensitive=True,
-        image=usage_chart(days, month=s.clock.now().date()),
+        image=await usage_chart(s, tenant.id, byok=plan.byok, caps=caps),
     )
     return None
