@@ -229,7 +229,7 @@ class Doctor:
             self.add(fail("telegram token", f"{cfg.token_env} is not set"))
             return
         base = f"{cfg.api_base_url}{cfg.token.reveal()}"
-        got = await self._call(http, "telegram token", "GET", f"{base}/getMe")
+        got = await self._call(http, "telegram token", "POST", f"{base}/getMe")
         if got is None:
             return
         status, body = got
@@ -241,7 +241,7 @@ class Doctor:
         if cfg.mode != "webhook":
             self.add(info("telegram webhook", "not used (polling)"))
             return
-        got = await self._call(http, "telegram webhook", "GET", f"{base}/getWebhookInfo")
+        got = await self._call(http, "telegram webhook", "POST", f"{base}/getWebhookInfo")
         if got is None:
             return
         status, body = got
