@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import time
@@ -151,6 +152,7 @@ async def test_readyz_names_the_failing_check(
     tg_ws: Workspace, telegram: FakeTelegramServer
 ) -> None:
     base = with_health(tg_ws)
+    tg_ws.configure({"logging": {"format": "json"}})
     bot = await start_bot(tg_ws)
     assert (await get(f"{base}/readyz"))[0] == 200
     # A migration applied behind the bot's back: the schema is not the one it was built for.
@@ -163,7 +165,11 @@ async def test_readyz_names_the_failing_check(
     assert body.startswith("migrations: at revision ffff, expected"), body
     assert "database" not in body  # only the failing check is named
     assert (await get(f"{base}/healthz"))[0] == 200
-    await bot.terminate()
+    assert await bot.terminate() == 0
+    # [logging] format = "json": every line on stderr is one JSON object.
+    records = [json.loads(line) for line in bot.stderr().splitlines() if line.strip()]
+    assert records and {"time", "level", "logger", "message"} <= set(records[0])
+    assert any(r["message"].startswith("telegram: serving @") for r in records)
 
 
 def a_master_key() -> str:
