@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot import texts
 from core.chat import (
@@ -22,6 +23,10 @@ from core.chat import (
 from core.config import Config, load_config
 from core.errors import ConfigError, CoreError, StartupError
 from core.logs import configure_logging
+
+if TYPE_CHECKING:
+    from core.db import Database
+    from core.health import HealthServer
 
 CLI_OPERATOR = UserRef(Platform.CONSOLE, "cli", "operator")
 INTERRUPTED = 130  # the exit code of a program stopped by Ctrl-C (128 + SIGINT)
@@ -136,12 +141,43 @@ async def _proxy(config: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, serving.cancel)
     print(f"metering proxy on {config.proxy.url}", flush=True)
+    health = await _proxy_health(config, db, serving) if config.health.enabled else None
     try:
         with contextlib.suppress(asyncio.CancelledError):  # SIGINT/SIGTERM: a normal stop
             await serving
     finally:
+        if health is not None:
+            await health.stop()
         await db.dispose()
     return 0
+
+
+async def _proxy_health(config: Config, db: Database, serving: asyncio.Task[None]) -> HealthServer:
+    """``[health]`` for the standalone proxy: its database, migrations and listener."""
+    from core.db.status import migration_problem, ping
+    from core.health import HealthServer, Readiness
+
+    async def database() -> str | None:
+        try:
+            await ping(db)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return f"unreachable ({type(exc).__name__})"
+        return None
+
+    async def migrations() -> str | None:
+        return await migration_problem(db)
+
+    async def proxy() -> str | None:
+        return "stopped" if serving.done() else None
+
+    checks = [
+        Readiness("database", database),
+        Readiness("migrations", migrations),
+        Readiness("proxy", proxy),
+    ]
+    server = HealthServer(config.health.host, config.health.port, checks)
+    await server.start()
+    return server
 
 
 async def _admin(config: Config, args: Sequence[str]) -> int:

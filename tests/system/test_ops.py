@@ -319,3 +319,38 @@ async def test_backup_delete_restore_brings_every_tenant_back(
     ]
     assert ada_keys and set(ada_keys) == {keys[ada.user_id]}
     await bot.terminate()
+
+
+async def test_the_standalone_proxy_serves_health_and_metrics(
+    ws: Workspace, llm: FakeLLMServer, canaries: CanaryScan
+) -> None:
+    enable_proxy(ws, llm, canaries)
+    base = with_health(ws)
+    result, _ = await run_to_exit(ws, "db", "upgrade")
+    assert result.returncode == 0, result.output
+    proxy = await ws.start("proxy")
+    await proxy.wait_output(r"metering proxy on http://127\.0\.0\.1:\d+")
+
+    async def ready() -> tuple[int, str]:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return await get(f"{base}/readyz")
+            except aiohttp.ClientConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    status, body = await ready()
+    assert status == 200, body
+    assert body == "ready\ndatabase: ok\nmigrations: ok\nproxy: ok\n"
+    # A request without a proxy token is refused, and counted by status.
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", proxy.stdout()).group(1))  # type: ignore[union-attr]
+    async with (
+        aiohttp.ClientSession(trust_env=False) as http,
+        http.post(f"http://127.0.0.1:{port}/v1/messages", json={}) as r,
+    ):
+        assert r.status == 401
+    _, metrics = await get(f"{base}/metrics")
+    assert sample(metrics, "byokbot_proxy_requests_total", api="anthropic", status="401") == 1
+    assert await proxy.terminate() == 0
