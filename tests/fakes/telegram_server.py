@@ -32,6 +32,7 @@ _KNOWN_METHODS = frozenset(
         "setMyCommands",
         "deleteWebhook",
         "setWebhook",
+        "getWebhookInfo",
         "answerCallbackQuery",
         "sendChatAction",
         "sendMessageDraft",
@@ -90,6 +91,10 @@ class FakeTelegramServer:
     # Telegram serves one poller per bot: a getUpdates while another is held gets 409.
     exclusive_polling: bool = False
     _polls: int = 0
+    # The webhook as setWebhook / deleteWebhook left it, and the delivery error Telegram would
+    # report for it (getWebhookInfo's last_error_message), scripted by a test.
+    webhook_url: str = ""
+    webhook_error: str = ""
 
     @property
     def base_url(self) -> str:
@@ -321,6 +326,21 @@ class FakeTelegramServer:
         if method == "deleteMessage":
             self.chats.get(chat_id, {}).pop(int(params["message_id"]), None)
             return True
+        if method == "setWebhook":
+            self.webhook_url = str(params.get("url", ""))
+            return True
+        if method == "deleteWebhook":
+            self.webhook_url = ""
+            return True
+        if method == "getWebhookInfo":
+            info: dict[str, Any] = {
+                "url": self.webhook_url,
+                "has_custom_certificate": False,
+                "pending_update_count": 0,
+            }
+            if self.webhook_error:
+                info |= {"last_error_date": 1_780_000_000, "last_error_message": self.webhook_error}
+            return info
         if method == "getChat":
             cid = int(chat_id)
             return {"id": cid, "type": "private" if cid > 0 else "supergroup"}

@@ -354,3 +354,43 @@ async def test_the_standalone_proxy_serves_health_and_metrics(
     _, metrics = await get(f"{base}/metrics")
     assert sample(metrics, "byokbot_proxy_requests_total", api="anthropic", status="401") == 1
     assert await proxy.terminate() == 0
+
+
+async def test_doctor_checks_the_telegram_webhook(
+    tg_ws: Workspace, telegram: FakeTelegramServer
+) -> None:
+    secret = "whsec_" + base64.b32encode(os.urandom(15)).decode().rstrip("=")
+    # Not a canary: setWebhook hands it to Telegram, which is where it belongs.
+    tg_ws.env["TELEGRAM_WEBHOOK_SECRET"] = secret
+    public = "https://bot.example.test/telegram"
+    tg_ws.configure(
+        {
+            "telegram": {
+                "mode": "webhook",
+                "webhook_listen": "127.0.0.1",
+                "webhook_port": free_port(),
+                "webhook_public_url": public,
+            }
+        }
+    )
+    result, _ = await run_to_exit(tg_ws, "db", "upgrade")
+    assert result.returncode == 0, result.output
+    code, lines = await _doctor(tg_ws)
+    assert code == 1
+    assert _failing(lines) == [
+        f"FAIL  telegram webhook: set to none, not {public} (byokbot run sets it)"
+    ]
+
+    bot = await tg_ws.start("run")
+    await bot.wait_output(r"telegram: serving @\w+ by webhook", within=30)
+    code, lines = await _doctor(tg_ws)
+    assert code == 0, lines
+    assert f"ok    telegram webhook: {public} set and reached (0 pending)" in lines
+
+    telegram.webhook_error = "Connection timed out"
+    code, lines = await _doctor(tg_ws)
+    assert code == 1
+    assert _failing(lines) == [
+        f"FAIL  telegram webhook: {public} set, but Telegram cannot reach it: Connection timed out"
+    ]
+    await bot.terminate()
