@@ -17,13 +17,18 @@ from collections.abc import Callable
 import aiohttp
 
 from tests.canaries import anthropic_key
+from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.system.cli_helpers import assert_one_error, closed_port, run_to_exit
+from tests.system.discord_fixtures import DISCORD_TOKEN_ENV, discord, discord_tables
 from tests.system.harness import BotProcess, CanaryScan, Workspace
 from tests.system.managed_support import enable_proxy, free_port, sign_up_managed
 from tests.system.people import TelegramPerson
+from tests.system.slack_fixtures import SlackSide, slack_fixture
 from tests.system.telegram_steps import llm_saw, sign_up_with_key, start_bot
+
+__all__ = ["discord", "slack_fixture"]  # fixtures used by the tests below
 
 
 async def get(url: str) -> tuple[int, str]:
@@ -394,3 +399,28 @@ async def test_doctor_checks_the_telegram_webhook(
         f"FAIL  telegram webhook: {public} set, but Telegram cannot reach it: Connection timed out"
     ]
     await bot.terminate()
+
+
+async def test_doctor_checks_discord_and_slack_tokens(
+    ws: Workspace, discord: FakeDiscord, slack: SlackSide
+) -> None:
+    ws.configure(discord_tables(discord))
+    ws.env[DISCORD_TOKEN_ENV] = discord.token
+    slack.configure(ws, "http")
+    result, _ = await run_to_exit(ws, "db", "upgrade")
+    assert result.returncode == 0, result.output
+    code, lines = await _doctor(ws)
+    assert code == 0, lines
+    assert "ok    discord token: valid for byokbot" in lines
+    assert "ok    slack token: valid for byokbot in Test" in lines
+    assert any(ln.startswith("info  slack request url: Slack posts") for ln in lines)
+    (me,) = discord.find("GET", r"^/users/@me$")
+    assert me.headers["Authorization"] == f"Bot {discord.token}"
+
+    discord.fail_next("GET", r"^/users/@me$", 401, {"message": "401: Unauthorized", "code": 0})
+    code, lines = await _doctor(ws, {"SLACK_BOT_TOKEN": "xoxb-" + "9" * 40})
+    assert code == 1
+    assert _failing(lines) == [
+        "FAIL  discord token: Discord answered 401",
+        "FAIL  slack token: Slack answered 200 (invalid_auth)",
+    ]
