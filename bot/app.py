@@ -39,6 +39,7 @@ from core.dedup import DatabaseDeduplicator, LateDeduplicator
 from core.errors import ConfigError, KeyRetiredError, MasterKeyError, StartupError
 from core.flowstate import FlowStates
 from core.hardening import secure_config_storage
+from core.health import HealthServer
 from core.inbox import DatabaseInbox, LateInbox
 from core.intake import Intake
 from core.livechecks import LiveChecks
@@ -197,6 +198,9 @@ class App:
     bookkeeping: WriteBehind = field(init=False)
     _instance: InstanceLock | None = field(init=False, default=None)
     _recovering: asyncio.Task[None] | None = field(init=False, default=None)
+    health: HealthServer | None = field(init=False, default=None)
+    # Set once every adapter has started; cleared when one reports a failure.
+    _serving: bool = field(init=False, default=False)
 
     async def open(self) -> None:
         """Storage, vault and services, without any adapter (the CLI's admin commands use this).
@@ -410,6 +414,15 @@ class App:
                 f"{self.config.source}: no platform is enabled and configured, and no console"
             )
         await self.open()
+        from core import metrics
+
+        metrics.watch_sdk_retries()
+        if self.supervisor is not None:
+            supervisor = self.supervisor
+            metrics.watch_agents(lambda: [a.pid for a in supervisor.status()])
+        if self.config.health.enabled:
+            # Early: a liveness probe answers during start-up, readiness once all is up.
+            await self._start_health()
         self._instance = InstanceLock(self.db)
         if not await wait_shared(self._instance):
             raise StartupError(
@@ -430,6 +443,7 @@ class App:
             log.info("%s adapter started", adapter.platform.value)
         # Turns a previous process left unfinished (their leases may have run out already).
         self._recovering = asyncio.create_task(self._recover_safely())
+        self._serving = True
 
     async def _recover_safely(self) -> None:
         try:
@@ -438,6 +452,26 @@ class App:
             log.warning("inbox: looking for unfinished turns failed (%s); retrying", exc)
         except Exception:
             log.exception("inbox: recovering unfinished turns failed; the job tries again")
+
+    async def _start_health(self) -> None:
+        from bot.readiness import readiness_checks
+
+        settings = self.config.health
+        self.health = HealthServer(settings.host, settings.port, readiness_checks(self))
+        try:
+            port = await self.health.start()
+        except OSError as exc:
+            self.health = None
+            raise ConfigError(
+                f"{self.config.source}: [health] cannot listen on {settings.listen}"
+                f" ({exc.strerror or type(exc).__name__})"
+            ) from None
+        log.info("health listener on %s:%s (/healthz /readyz /metrics)", settings.host, port)
+
+    @property
+    def serving(self) -> bool:
+        """Every adapter started and none has reported a failure since."""
+        return self._serving
 
     async def _start_adapter(self, adapter: ChatAdapter) -> None:
         await self._guarded(adapter, adapter.start(self.router.dispatch))
@@ -526,6 +560,10 @@ class App:
 
     async def stop(self) -> None:
         """Stop adapters and jobs and close storage; safe to call more than once."""
+        self._serving = False
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
         for adapter in reversed(self.adapters):
             try:
                 await adapter.stop()
@@ -574,4 +612,5 @@ class App:
                 w.cancel()
         for task in done:
             if task in failures:
+                self._serving = False
                 raise StartupError(f"{failures[task]}: {task.result()}")

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from bot import texts
 from core.chat import (
@@ -22,6 +24,10 @@ from core.config import Config, load_config
 from core.errors import ConfigError, CoreError, StartupError
 from core.hardening import protect_process, take_secrets
 from core.logs import configure_logging
+
+if TYPE_CHECKING:
+    from core.db import Database
+    from core.health import HealthServer
 
 CLI_OPERATOR = UserRef(Platform.CONSOLE, "cli", "operator")
 INTERRUPTED = 130  # the exit code of a program stopped by Ctrl-C (128 + SIGINT)
@@ -67,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "sandbox", help="show the agent sandbox's layers and run its self-test escape"
     ).add_argument("action", choices=["check"])
+    sub.add_parser(
+        "doctor",
+        help="check config, master key, database, platform tokens, webhook, proxy keys, sandbox",
+    )
+    bk = sub.add_parser("backup", help="copy the SQLite database to FILE (not the master key)")
+    bk.add_argument("file", help="the backup file to write (must not exist)")
+    rs = sub.add_parser("restore", help="put a backup made by byokbot backup in place")
+    rs.add_argument("file", help="the backup file")
+    rs.add_argument("--force", action="store_true", help="replace an existing database")
     admin = sub.add_parser("admin", help="operator commands, as in chat: byokbot admin stats")
     admin.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -134,12 +149,43 @@ async def _proxy(config: Config, env: Mapping[str, str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, serving.cancel)
     print(f"metering proxy on {config.proxy.url}", flush=True)
+    health = await _proxy_health(config, db, serving) if config.health.enabled else None
     try:
         with contextlib.suppress(asyncio.CancelledError):  # SIGINT/SIGTERM: a normal stop
             await serving
     finally:
+        if health is not None:
+            await health.stop()
         await db.dispose()
     return 0
+
+
+async def _proxy_health(config: Config, db: Database, serving: asyncio.Task[None]) -> HealthServer:
+    """``[health]`` for the standalone proxy: its database, migrations and listener."""
+    from core.db.status import migration_problem, ping
+    from core.health import HealthServer, Readiness
+
+    async def database() -> str | None:
+        try:
+            await ping(db)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return f"unreachable ({type(exc).__name__})"
+        return None
+
+    async def migrations() -> str | None:
+        return await migration_problem(db)
+
+    async def proxy() -> str | None:
+        return "stopped" if serving.done() else None
+
+    checks = [
+        Readiness("database", database),
+        Readiness("migrations", migrations),
+        Readiness("proxy", proxy),
+    ]
+    server = HealthServer(config.health.host, config.health.port, checks)
+    await server.start()
+    return server
 
 
 async def _admin(config: Config, env: Mapping[str, str], args: Sequence[str]) -> int:
@@ -252,6 +298,8 @@ async def _master_key(config: Config, env: Mapping[str, str], action: str, *, re
 
 
 async def _main(args: argparse.Namespace) -> int:
+    if args.command == "doctor":
+        return await _doctor(args)
     config = load_config(args.config)
     # Secrets leave the environment before anything can read or inherit it: the fork server
     # and multiprocessing's resource tracker are exec'd with this process's environment.
@@ -264,7 +312,7 @@ async def _main(args: argparse.Namespace) -> int:
     if (console or one_shot) and level == "INFO":
         # The terminal is the chat, or shows one command's outcome: no routine log lines.
         level = "WARNING"
-    configure_logging(level)
+    configure_logging(level, json_lines=config.logging.format == "json")
     if args.command == "run":
         return await _serve(config, env, console_only=False)
     if args.command == "chat":
@@ -301,7 +349,29 @@ async def _main(args: argparse.Namespace) -> int:
         return 0
     if args.command == "admin":
         return await _admin(config, env, args.args)
+    if args.command in ("backup", "restore"):
+        from pathlib import Path
+
+        from bot import backup
+
+        if args.command == "backup":
+            print(await backup.backup(config, Path(args.file)))
+        else:
+            print(await backup.restore(config, env, Path(args.file), force=args.force))
+        return 0
     raise AssertionError(args.command)  # argparse restricts the choices
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    from bot.doctor import doctor, fail
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(fail("config", str(exc)))
+        return 1
+    configure_logging("WARNING", json_lines=config.logging.format == "json")
+    return await doctor(config, os.environ)  # before take_secrets: doctor checks them
 
 
 def _sandbox_check(config: Config) -> int:

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot import texts
-from bot.flows import account, admin, agent, cancel, keys
+from bot.flows import account, admin, agent, cancel, keys, whoami
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.flowstate import FlowState
 from core.keys import continues_leak, find_leaks, is_key_fragment
+from core.metrics import LEAK_GUARD_HITS, UPDATES
 
 log = logging.getLogger("byokbot.router")
 
@@ -45,6 +46,7 @@ COMMANDS: dict[str, Handler] = {
     "memory": agent.handle_memory,
     "admin": admin.handle_admin,
     "cancel": cancel.handle_cancel,
+    "whoami": whoami.handle_whoami,
 }
 
 LOCK_FREE_COMMANDS = frozenset({"stop"})
@@ -173,6 +175,7 @@ class Router:
 
     async def dispatch(self, event: Event) -> Outcome:
         """Handle one event; never raises (the catch-all answers the person)."""
+        UPDATES.labels(event.user.platform.value, event.kind.value).inc()
         try:
             return await self._dispatch(event)
         except Exception:
@@ -268,6 +271,7 @@ class Router:
                 # Where only the form takes the key, what looks like it never reaches the agent.
                 awaiting is not None and keys.looks_like_awaited_key(turn, awaiting)
             ):
+                LEAK_GUARD_HITS.labels(event.user.platform.value).inc()
                 return await keys.on_leak(turn)
             if len(event.text) > limit:
                 raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))
@@ -278,6 +282,7 @@ class Router:
             return await agent.handle_message(turn)
         # COMMAND
         if leaked:
+            LEAK_GUARD_HITS.labels(event.user.platform.value).inc()
             return await keys.on_leak(turn)
         if len(event.text) > limit:
             raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))

@@ -83,6 +83,7 @@ HELP = """Here's what I can do:
 /usage — tokens used this month
 /pause · /resume — pause or resume your agent
 /link — use the same agent from another chat app
+/whoami — your id here (what an operator puts in the admin list)
 /cancel — drop a pending key request or confirmation
 /delete — erase your account and everything in it
 Anything else you write goes to your agent."""
@@ -470,3 +471,8 @@ SANDBOX_CHECK_PASSED = (
     "sandbox self-test: an agent process was refused every escape tried ({count})"
 )
 SANDBOX_CHECK_FAILED = "sandbox self-test failed: {failures}"
+# -- operations (issue 16): /whoami ----------------------------------------------------------
+
+WHOAMI = """You are {identity} here.
+To make you an admin, an operator adds "{identity}" to admins in the [core] table of the config."""
+WHOAMI_ADMIN = "You are an admin of this bot."

@@ -195,6 +195,29 @@ class InboxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """``[health]``: the ``/healthz``, ``/readyz`` and ``/metrics`` listener of ``byokbot run``.
+
+    Off unless ``listen`` is set ("127.0.0.1:9464"): an open port is the operator's choice.
+    """
+
+    listen: str = ""
+    host: str = ""
+    port: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """``[logging]``: ``format = "text"`` (default) or ``"json"`` (one object per line)."""
+
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
 class PlatformSettings:
     """``[telegram]``, ``[discord]``, ``[slack]``: common switches plus the adapter's own table.
 
@@ -273,6 +296,8 @@ class Config:
     proxy: ProxySettings = field(default_factory=lambda: _default_proxy())
     tools: ToolsSettings = field(default_factory=ToolsSettings)
     inbox: InboxSettings = field(default_factory=InboxSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: str = "(defaults)"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -734,6 +759,8 @@ _TOP_LEVEL: Final = (
     "proxy",
     "tools",
     "inbox",
+    "health",
+    "logging",
     *PLATFORM_SECTIONS,
 )
 
@@ -746,6 +773,26 @@ def _parse_inbox(src: str, data: Mapping[str, Any]) -> InboxSettings:
         resume_attempts=t.integer("resume_attempts", d.resume_attempts, minimum=0),
         retention_hours=t.positive_int("retention_hours", d.retention_hours),
     )
+    t.finish()
+    return out
+
+
+def _parse_health(src: str, data: Mapping[str, Any]) -> HealthSettings:
+    t = TableReader(src, "health", data)
+    listen = t.string("listen", "").strip()
+    t.finish()
+    if not listen:
+        return HealthSettings()
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:9464
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise t.fail("listen", f'must look like "127.0.0.1:9464" (got {listen!r})')
+    return HealthSettings(listen=listen, host=host, port=int(port))
+
+
+def _parse_logging(src: str, data: Mapping[str, Any]) -> LoggingSettings:
+    t = TableReader(src, "logging", data)
+    out = LoggingSettings(format=t.choice("format", ("text", "json"), "text"))
     t.finish()
     return out
 
@@ -788,6 +835,8 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         proxy=_parse_proxy_table(data.get("proxy"), source=source, plans=plans),
         tools=_parse_tools(source, data.get("tools", {})),
         inbox=_parse_inbox(source, data.get("inbox", {})),
+        health=_parse_health(source, data.get("health", {})),
+        logging=_parse_logging(source, data.get("logging", {})),
         source=source,
         base_dir=base_dir,
     )

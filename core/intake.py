@@ -21,6 +21,7 @@ from core.chat import UserRef
 from core.db import Database
 from core.db.models import IntakeSessionRow
 from core.errors import IntakeExpired, IntakeLocked, IntakeNotYours, IntakeUsed
+from core.metrics import INTAKE_SESSIONS
 from core.ports import Clock
 
 
@@ -147,6 +148,7 @@ class Intake:
                 expires_at=now + self.ttl,
             )
             s.add(row)
+            INTAKE_SESSIONS.labels("opened").inc()
             audit.record(
                 s,
                 at=now,
@@ -231,6 +233,7 @@ class Intake:
         """Mark the session used, atomically: a second concurrent submission gets IntakeUsed."""
         async with self._db.session() as s, s.begin():
             await _mark_used(s, ticket.id)
+        INTAKE_SESSIONS.labels("used").inc()
 
     async def open_link(self, *, tenant_id: str, user: UserRef) -> tuple[str, datetime]:
         """A short one-time code that attaches another platform account to this tenant."""
@@ -315,4 +318,6 @@ class Intake:
                 )
                 .values(status=IntakeStatus.EXPIRED.value)
             )
-            return int(res.rowcount)  # type: ignore[attr-defined]
+            expired = int(res.rowcount)  # type: ignore[attr-defined]
+        INTAKE_SESSIONS.labels("expired").inc(expired)
+        return expired

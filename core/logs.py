@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import IO, Final
 
@@ -13,6 +15,7 @@ from core.keys import redact
 __all__ = [
     "QUIET_LOGGERS",
     "SDK_LOGGERS",
+    "JsonFormatter",
     "RedactingFilter",
     "configure_logging",
     "install_filter",
@@ -126,6 +129,31 @@ class _FloorFilter(logging.Filter):
         return True
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, exception, and ``extra=`` fields.
+
+    It formats what ``RedactingFilter`` left on the record, so the redaction holds here too.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = record.stack_info
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD_ATTRS and name not in out:
+                out[name] = value if isinstance(value, str | int | float | bool) else str(value)
+        return json.dumps(out, ensure_ascii=False)
+
+
 class _ByokbotHandler(logging.StreamHandler[IO[str]]):
     """The root handler ``configure_logging`` installs; a type so a second call finds it."""
 
@@ -136,13 +164,16 @@ def install_filter(handler: logging.Handler) -> None:
         handler.addFilter(RedactingFilter())
 
 
-def configure_logging(level: str = "INFO", *, stream: IO[str] | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", *, stream: IO[str] | None = None, json_lines: bool = False
+) -> None:
     """Install one redacting root handler and keep httpx/httpcore at WARNING. Idempotent.
 
     The filter sits on the handler, not a logger, so records propagated from every logger
     (third-party ones included) pass through it. The handler also drops SDK records below
     INFO (see ``SDK_LOGGERS``); uncaught exceptions (main and other threads) and warnings
-    are logged through it instead of printed raw.
+    are logged through it instead of printed raw. ``json_lines`` writes ``JsonFormatter``'s
+    one object per line instead of plain text.
     """
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
@@ -152,12 +183,12 @@ def configure_logging(level: str = "INFO", *, stream: IO[str] | None = None) -> 
     handler = next((h for h in root.handlers if isinstance(h, _ByokbotHandler)), None)
     if handler is None:
         handler = _ByokbotHandler(target)
-        handler.setFormatter(logging.Formatter(_FORMAT))
         handler.addFilter(_FloorFilter())
         install_filter(handler)
         root.addHandler(handler)
     elif handler.stream is not target:
         handler.setStream(target)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(_FORMAT))
     root.setLevel(numeric)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

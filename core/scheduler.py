@@ -18,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from core.flowstate import FlowStates
 from core.intake import Intake
+from core.metrics import counted_job
 
 log = logging.getLogger("byokbot.scheduler")
 
@@ -56,7 +57,7 @@ class Scheduler:
     def start(self) -> None:
         for job in self.jobs:
             self._scheduler.add_job(
-                job.run,
+                counted_job(job.name, job.run),
                 "interval",
                 seconds=job.seconds,
                 id=job.name,
@@ -70,6 +71,11 @@ class Scheduler:
     def scheduled(self) -> list[tuple[str, Callable[..., Any]]]:
         """``(name, function)`` of every job APScheduler holds (what it will call)."""
         return [(j.name, j.func) for j in self._scheduler.get_jobs()]
+
+    @property
+    def running(self) -> bool:
+        """Whether APScheduler is running the jobs (``/readyz`` asks)."""
+        return bool(self._scheduler.running)
 
     def stop(self) -> None:
         if self._scheduler.running:

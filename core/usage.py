@@ -71,3 +71,30 @@ class UsageLedger:
                 .order_by(UsageRow.day)
             )
             return [DayUsage(d, int(i or 0), int(o or 0), int(r or 0)) for d, i, o, r in rows.all()]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDay:
+    """Tokens of one model on one day (for the chart's cost estimate)."""
+
+    day: date
+    model: str
+    input_tokens: int
+    output_tokens: int
+
+
+async def model_days(ledger: UsageLedger, tenant_id: str, start: date, end: date) -> list[ModelDay]:
+    """Per-day, per-model totals with ``start <= day < end``, oldest first."""
+    async with ledger._db.session() as s:
+        rows = await s.execute(
+            select(
+                UsageRow.day,
+                UsageRow.model,
+                func.sum(UsageRow.input_tokens),
+                func.sum(UsageRow.output_tokens),
+            )
+            .where(UsageRow.tenant_id == tenant_id, UsageRow.day >= start, UsageRow.day < end)
+            .group_by(UsageRow.day, UsageRow.model)
+            .order_by(UsageRow.day)
+        )
+        return [ModelDay(d, str(m), int(i or 0), int(o or 0)) for d, m, i, o in rows.all()]

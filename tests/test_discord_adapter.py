@@ -95,6 +95,7 @@ async def test_login_ready_and_first_command_sync(fake: FakeDiscord) -> None:
             "status",
             "stop",
             "usage",
+            "whoami",
         ]
     )
 

@@ -342,6 +342,7 @@ def test_command_definitions_cover_the_command_set() -> None:
             "status",
             "stop",
             "usage",
+            "whoami",
         ]
     )
     key = next(d for d in defs if d["name"] == "key")

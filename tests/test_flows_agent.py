@@ -213,34 +213,33 @@ async def test_pause_and_delete_stop_the_agent(world: World) -> None:
     assert supervisor.status() == []
 
 
-def test_usage_chart_is_a_png_with_one_bar_per_busy_day() -> None:
+def test_usage_chart_is_a_png_with_this_month_last_month_and_caps() -> None:
     import struct
-    import zlib
     from datetime import date
 
-    from bot.charts import usage_chart
-    from core.usage import DayUsage
+    from bot.charts import ChartSpec, previous_month, render, series
 
-    png = usage_chart(
-        [DayUsage(date(2026, 2, 3), 100, 50, 2), DayUsage(date(2026, 2, 10), 10, 5, 1)],
-        month=date(2026, 2, 1),
+    this, priced = series(
+        date(2026, 2, 1), [(date(2026, 2, 3), 150, 0.5), (date(2026, 2, 10), 15, None)]
     )
+    last, _ = series(date(2026, 1, 1), [(date(2026, 1, 30), 99, None)])
+    assert priced and this.tokens == {3: 150, 10: 15} and this.usd == {3: 0.5}
+    assert last.tokens == {30: 99} and previous_month(date(2026, 1, 15)) == date(2025, 12, 1)
+    png = render(ChartSpec(this, last, today=10, token_cap=5000, usd_cap=3.0, usd_label="spend"))
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    width, height = struct.unpack(">II", png[16:24])
-    assert (width, height) == (6 * 2 + 28 * 11, 120)
-    idat = png.index(b"IDAT")
-    length = struct.unpack(">I", png[idat - 4 : idat])[0]
-    raw = zlib.decompress(png[idat + 4 : idat + 4 + length])
-    rows = [raw[i * (width * 3 + 1) + 1 : (i + 1) * (width * 3 + 1)] for i in range(height)]
-    blue = bytes((64, 120, 220))
+    assert struct.unpack(">II", png[16:24]) == (800, 600)
+    # Without caps or prices the chart still draws (no dollar axis).
+    bare = render(ChartSpec(this, last, today=10, priced=False))
+    assert bare.startswith(b"\x89PNG") and bare != png
 
-    def bar_height(day: int) -> int:
-        x = (6 + (day - 1) * 11) * 3
-        return sum(1 for row in rows if row[x : x + 3] == blue)
 
-    assert bar_height(3) == 108  # the busiest day fills the chart
-    assert bar_height(10) == 11  # a tenth of the tokens, a tenth of the height
-    assert bar_height(4) == 0
+def test_list_prices_match_the_longest_prefix() -> None:
+    from core.prices import cost_usd, price_of
+
+    assert price_of("gpt-4.1-mini-2025-04-14") == (0.4, 1.6)
+    assert price_of("gpt-4.1-2025") == (2.0, 8.0)
+    assert price_of("some-unknown-model") is None
+    assert cost_usd("claude-sonnet-4-5", 1_000_000, 0) == 3.0
 
 
 async def test_managed_tenant_without_a_proxy_is_told_what_to_do(world: World) -> None:

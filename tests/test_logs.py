@@ -358,3 +358,30 @@ def test_warnings_go_through_the_redacting_handler(capsys: pytest.CaptureFixture
     assert "py.warnings:" in stream.getvalue()
     assert "UserWarning: unclosed Bot[token=[REDACTED telegram]]" in stream.getvalue()
     assert_clean(stream.getvalue() + capsys.readouterr().err, token)
+
+
+def test_json_logs_keep_the_redaction() -> None:
+    """[logging] format = "json": one object per line, the redaction filter still applied."""
+    import json
+
+    from tests.canaries import anthropic_key
+
+    key = anthropic_key()
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream, json_lines=True)
+    log = logging.getLogger("byokbot.test")
+    log.info("tenant pasted %s", key, extra={"tenant": "t1", "detail": key})
+    try:
+        raise ValueError(key)
+    except ValueError:
+        log.exception("failed")
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    configure_logging("INFO", stream=stream)  # back to text: the same handler, reformatted
+    log.info("plain again")
+    assert key not in stream.getvalue()
+    first, second = lines[-2], lines[-1]
+    assert first["level"] == "INFO" and first["logger"] == "byokbot.test"
+    assert first["message"].startswith("tenant pasted [REDACTED")
+    assert first["tenant"] == "t1" and "[REDACTED" in first["detail"]
+    assert "ValueError" in second["exception"] and "[REDACTED" in second["exception"]
+    assert stream.getvalue().splitlines()[-1].endswith("byokbot.test: plain again")

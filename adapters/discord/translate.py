@@ -66,6 +66,7 @@ _SIMPLE_COMMANDS: Final = (
     ("stop", "Stop the reply in progress"),
     ("pause", "Pause your agent"),
     ("resume", "Resume your agent"),
+    ("whoami", "Your id, as an operator's admin list names you"),
     ("delete", "Erase your account and everything stored for it"),
 )
 

@@ -36,7 +36,6 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -44,6 +43,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack import translate
 from adapters.slack.config import SlackConfig, parse
+from adapters.slack.throttle import CountedRateLimitRetryHandler
 from core.chat import (
     ChatRef,
     Event,
@@ -259,7 +259,7 @@ class SlackAdapter:
         client.base_url = self.config.api_base_url
         client.retry_handlers = [
             AsyncConnectionErrorRetryHandler(max_retry_count=1),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=_RETRY_LIMIT),
+            CountedRateLimitRetryHandler(max_retry_count=_RETRY_LIMIT),
         ]
         return client
 

@@ -57,6 +57,7 @@ from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.errors import ConfigError
 from core.inbox import InboxPort, MemoryInbox
 from core.logs import RedactingFilter, register_secret
+from core.metrics import PLATFORM_RATE_LIMITED
 from core.ports import EventHandler
 
 T = TypeVar("T")
@@ -83,6 +84,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("resume", "Resume your agent"),
     ("link", "Link another chat account"),
     ("cancel", "Cancel a pending request"),
+    ("whoami", "Your id for the admin list"),
     ("delete", "Delete your account and data"),
     ("admin", "Operator commands"),
 )
@@ -534,6 +536,7 @@ class TelegramAdapter:
                 return ChatUnreachable(chat_id, exc.message)
             return TelegramRequestRejected(f"{what}: {exc.message}")
         if isinstance(exc, RetryAfter):
+            PLATFORM_RATE_LIMITED.labels("telegram").inc()  # after AIORateLimiter's retries
             return TelegramRateLimited(f"{what}: flood control ({exc})")
         if isinstance(exc, BadRequest):
             return TelegramRequestRejected(f"{what}: {exc.message}")

@@ -8,6 +8,7 @@ from bot import texts
 from bot.alerts import cap_text
 from bot.charts import usage_chart
 from bot.flows.base import Refusal, Turn, button
+from bot.replytimer import ReplyTimer
 from core.agent_data import current_model
 from core.chat import Button, ButtonStyle, MessageRef, Outcome, Reply
 from core.errors import AgentUnavailable
@@ -87,6 +88,7 @@ async def handle_message(turn: Turn) -> Outcome | None:
         # Only the caption reaches the agent; the person must not think it saw the media.
         what = texts.media_names(turn.event.attachments)
         await turn.say(texts.MEDIA_DROPPED.format(what=what))
+    timer = ReplyTimer(turn.user.platform.value)
     await turn.messenger.typing(turn.chat)
     status = StatusLine(turn)
     stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text, on_tool=status.on_tool)
@@ -97,10 +99,12 @@ async def handle_message(turn: Turn) -> Outcome | None:
         except StopAsyncIteration:
             return None
         except AgentUnavailable as exc:
+            timer.done("unavailable")
             raise Refusal(unavailable_text(exc, model=tenant.model, managed=managed)) from None
 
         async def chunks() -> AsyncIterator[str]:
             await status.clear()
+            timer.first_visible()  # handed to the messenger, which shows it at once
             yield first
             async for chunk in stream:
                 await status.clear()
@@ -109,7 +113,10 @@ async def handle_message(turn: Turn) -> Outcome | None:
         try:
             await turn.messenger.stream(turn.event, chunks())
         except AgentUnavailable as exc:
+            timer.done("failed")
             await turn.say(unavailable_text(exc, model=tenant.model, managed=managed))
+        else:
+            timer.done("ok")
     finally:
         await status.clear()
     return None
@@ -231,6 +238,7 @@ async def handle_usage(turn: Turn) -> Outcome | None:
     days = await s.usage.month(tenant.id)
     allowance = ""
     plan = s.plans.get(tenant.plan)
+    caps = None
     if not plan.byok and s.budget is not None:
         summary = await s.budget.summary(tenant.id, plan.id)
         allowance = texts.USAGE_MANAGED.format(
@@ -238,6 +246,7 @@ async def handle_usage(turn: Turn) -> Outcome | None:
             pct=summary.percent,
             resets=summary.spent.resets_on.isoformat(),
         )
+        caps = summary.caps
     if not days:
         text = f"{allowance}\n{texts.USAGE_NONE}" if allowance else texts.USAGE_NONE
         await turn.say(text, sensitive=True)
@@ -255,7 +264,7 @@ async def handle_usage(turn: Turn) -> Outcome | None:
     await turn.say(
         f"{allowance}\n{text}" if allowance else text,
         sensitive=True,
-        image=usage_chart(days, month=s.clock.now().date()),
+        image=await usage_chart(s, tenant.id, byok=plan.byok, caps=caps),
     )
     return None
 

@@ -47,6 +47,7 @@ from core.budget import (
 )
 from core.config import PlanSettings
 from core.db import Database
+from core.metrics import BUDGET_REFUSALS, PROXY_REQUESTS, PROXY_SPEND, PROXY_TOKENS
 from core.ports import Clock, SystemClock
 from core.proxy import policy
 from core.proxy.config import ModelRoute, ProxySettings, UpstreamSettings, load_upstream_keys
@@ -159,7 +160,9 @@ class ProxyServer:
         self._watcher: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.app = web.Application(client_max_size=settings.max_body_bytes)
+        self.app = web.Application(
+            client_max_size=settings.max_body_bytes, middlewares=[_count_requests]
+        )
         self.app.router.add_post("/v1/messages", self._anthropic)
         self.app.router.add_post("/v1/chat/completions", self._openai)
 
@@ -290,6 +293,7 @@ class ProxyServer:
         try:
             return await self.budget.reserve(a.tenant_id, a.plan_id, a.estimate)
         except CapReached as exc:
+            BUDGET_REFUSALS.labels("cap").inc()
             raise _Refusal(
                 402,
                 USAGE_CAP_REACHED,
@@ -297,6 +301,7 @@ class ProxyServer:
                 f"{exc.resets_on.isoformat()}",
             ) from None
         except RateLimitExceeded as exc:
+            BUDGET_REFUSALS.labels("rate").inc()
             seconds = str(math.ceil(exc.retry_after))
             raise _Refusal(
                 429,
@@ -305,6 +310,7 @@ class ProxyServer:
                 headers={"retry-after": seconds},
             ) from None
         except NotMetered:
+            BUDGET_REFUSALS.labels("not_metered").inc()
             raise _Refusal(
                 403, "permission_error", "your plan does not include managed models"
             ) from None
@@ -504,12 +510,27 @@ class ProxyServer:
                 output_usd_per_mtok=a.route.output_usd_per_mtok,
             )
             await self.budget.settle(reservation, cost, plan_id=a.plan_id)
+            _count_usage(a.route.wire_model, inp, out, cost.usd_micros)
         except Exception as exc:  # noqa: BLE001 - the sweeper releases it; the reply is sent
             log.error(
                 "settling reservation for tenant %s failed (%s); the sweeper will release it",
                 a.tenant_id,
                 type(exc).__name__,
             )
+
+
+@web.middleware
+async def _count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    api = "anthropic" if request.path.endswith("/messages") else "openai"
+    PROXY_REQUESTS.labels(api, str(response.status)).inc()
+    return response
+
+
+def _count_usage(model: str, input_tokens: int, output_tokens: int, usd_micros: int) -> None:
+    PROXY_TOKENS.labels(model, "input").inc(input_tokens)
+    PROXY_TOKENS.labels(model, "output").inc(output_tokens)
+    PROXY_SPEND.labels(model).inc(usd_micros / 1_000_000)
 
 
 async def _events(upstream: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes, Any]]:

@@ -35,6 +35,7 @@ from typing import Final
 from core.config import AgentSettings
 from core.errors import AgentUnavailable
 from core.llm import ChatMessage
+from core.metrics import AGENT_CRASHES
 from core.runtime import protocol, sandbox
 from core.runtime.errors import ProtocolError, ReplyFailed
 from core.runtime.launch import CommandLauncher, ForkserverLauncher, Launcher, WorkerHandle
@@ -580,6 +581,7 @@ class AgentSupervisor:
             log.warning("agent for %s exited unexpectedly (code %s)", worker.tenant_id, code)
 
     def _crashed(self, tenant: _Tenant) -> None:
+        AGENT_CRASHES.inc()
         delay = 0.0 if tenant.crashes == 0 else min(2.0 ** (tenant.crashes - 1), BACKOFF_MAX)
         tenant.crashes += 1
         tenant.next_start = self._clock() + delay

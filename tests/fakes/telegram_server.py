@@ -32,6 +32,7 @@ _KNOWN_METHODS = frozenset(
         "setMyCommands",
         "deleteWebhook",
         "setWebhook",
+        "getWebhookInfo",
         "answerCallbackQuery",
         "sendChatAction",
         "sendMessageDraft",
@@ -94,6 +95,10 @@ class FakeTelegramServer:
     pushed: dict[int, dict[str, Any]] = field(default_factory=dict)
     # Methods whose calls wait until ``release`` (a bot killed mid-call never gets an answer).
     _holds: dict[str, asyncio.Event] = field(default_factory=dict)
+    # The webhook as setWebhook / deleteWebhook left it, and the delivery error Telegram would
+    # report for it (getWebhookInfo's last_error_message), scripted by a test.
+    webhook_url: str = ""
+    webhook_error: str = ""
 
     @property
     def base_url(self) -> str:
@@ -339,6 +344,21 @@ class FakeTelegramServer:
         if method == "deleteMessage":
             self.chats.get(chat_id, {}).pop(int(params["message_id"]), None)
             return True
+        if method == "setWebhook":
+            self.webhook_url = str(params.get("url", ""))
+            return True
+        if method == "deleteWebhook":
+            self.webhook_url = ""
+            return True
+        if method == "getWebhookInfo":
+            info: dict[str, Any] = {
+                "url": self.webhook_url,
+                "has_custom_certificate": False,
+                "pending_update_count": 0,
+            }
+            if self.webhook_error:
+                info |= {"last_error_date": 1_780_000_000, "last_error_message": self.webhook_error}
+            return info
         if method == "getChat":
             cid = int(chat_id)
             return {"id": cid, "type": "private" if cid > 0 else "supergroup"}
