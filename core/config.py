@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from core.billing_config import AccessSettings, BillingSettings
     from core.proxy.config import ProxySettings
 
 T = TypeVar("T")
@@ -171,6 +172,8 @@ class Config:
         default_factory=lambda: {n: PlatformSettings(name=n) for n in PLATFORM_SECTIONS}
     )
     proxy: ProxySettings = field(default_factory=lambda: _default_proxy())
+    billing: BillingSettings = field(default_factory=lambda: _default_billing())
+    access: AccessSettings = field(default_factory=lambda: _default_access())
     source: str = "(defaults)"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -524,7 +527,30 @@ def _parse_platform(src: str, name: str, data: Mapping[str, Any]) -> PlatformSet
     return PlatformSettings(name=name, enabled=enabled, options=MappingProxyType(options))
 
 
-_TOP_LEVEL: Final = ("core", "plans", "providers", "agent", "proxy", *PLATFORM_SECTIONS)
+_TOP_LEVEL: Final = (
+    "core",
+    "plans",
+    "providers",
+    "agent",
+    "proxy",
+    "billing",
+    "access",
+    *PLATFORM_SECTIONS,
+)
+
+
+def _default_billing() -> BillingSettings:
+    # [billing] and [access] are parsed in core.billing_config (imported at call time, as
+    # [proxy] is).
+    from core.billing_config import BillingSettings
+
+    return BillingSettings()
+
+
+def _default_access() -> AccessSettings:
+    from core.billing_config import AccessSettings
+
+    return AccessSettings()
 
 
 def _default_proxy() -> ProxySettings:
@@ -563,6 +589,8 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
             {n: _parse_platform(source, n, data.get(n, {})) for n in PLATFORM_SECTIONS}
         ),
         proxy=_parse_proxy_table(data.get("proxy"), source=source, plans=plans),
+        billing=_parse_billing_table(data.get("billing"), source=source, plans=plans),
+        access=_parse_access_table(data.get("access"), source=source),
         source=source,
         base_dir=base_dir,
     )
@@ -574,6 +602,20 @@ def _parse_proxy_table(
     from core.proxy.config import parse_proxy
 
     return parse_proxy(data, source=source, plans=plans)
+
+
+def _parse_billing_table(
+    data: Mapping[str, Any] | None, *, source: str, plans: Mapping[str, PlanSettings]
+) -> BillingSettings:
+    from core.billing_config import parse_billing
+
+    return parse_billing(data, source=source, plans=plans)
+
+
+def _parse_access_table(data: Mapping[str, Any] | None, *, source: str) -> AccessSettings:
+    from core.billing_config import parse_access
+
+    return parse_access(data, source=source)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
