@@ -31,7 +31,7 @@ async def test_app_serves_the_console_until_input_ends(
     console = ConsoleAdapter(stdin=io.StringIO("/start\n1\n/usage\n"), stdout=out)
     app = App(make_config(sqlite_url, tmp_path), env=master_key_env, console=console)
     await app.start()
-    assert [j.name for j in app.scheduler.jobs] == ["expire-intake", "stop-idle-agents"]
+    assert [j.name for j in app.scheduler.jobs] == ["expire-intake", "billing", "stop-idle-agents"]
     assert app.proxy_server is None
     await asyncio.wait_for(app.run_until_stopped(asyncio.Event()), timeout=10)
     await app.stop()
@@ -77,6 +77,7 @@ async def test_every_scheduled_job_is_awaited_in_the_loop(
         scheduled = app.scheduler.scheduled()
         assert [name for name, _ in scheduled] == [
             "expire-intake",
+            "billing",
             "stop-idle-agents",
             "sweep-reservations",
             "roll-budget-month",

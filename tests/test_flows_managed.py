@@ -44,6 +44,8 @@ async def world(
                 "openai": {"base_url": fake.openai_url},
             },
             "plans": {"byok": {}, "managed": {"monthly_token_cap": 600, "monthly_usd_cap": 100.0}},
+            # A managed plan is never free: a trial stands in for the payment here.
+            "billing": {"plans": {"managed": {"trial_days": 30}}},
             "proxy": {
                 "enabled": True,
                 "port": _free_port(),

@@ -173,7 +173,7 @@ async def handle_status(turn: Turn) -> Outcome | None:
     await turn.say(
         texts.STATUS.format(
             plan=plan.name,
-            price=f"${plan.price_usd:g}/month",
+            price=f"${plan.price_usd:g}/month" if billing.priced(s, plan) else "no price set",
             status=f"{_state(tenant, plan.byok, stored)}{reason}",
             paused=" (paused)" if tenant.paused else "",
             model=_model_line(turn, tenant, stored),
