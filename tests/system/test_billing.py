@@ -1,0 +1,133 @@
+"""Paying in chat through ``byokbot run``: Telegram Stars, and who may use the managed plan."""
+
+from __future__ import annotations
+
+from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.telegram_server import FakeTelegramServer
+from tests.system.billing_support import (
+    STARS,
+    audit_actions,
+    link_buttons,
+    operator,
+    stars_tables,
+    subscription,
+    wait_link,
+)
+from tests.system.harness import CanaryScan, Workspace, eventually
+from tests.system.managed_support import enable_proxy, start_bot
+from tests.system.people import TelegramPerson
+
+
+async def test_a_person_pays_with_stars_and_their_agent_answers(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    enable_proxy(tg_ws, llm, canaries, managed_trial=False)
+    tg_ws.configure(stars_tables())
+    await start_bot(tg_ws, telegram)
+
+    ada.send("/start")
+    await ada.wait_text("Pick a plan")
+    assert any("$39" in t for t in ada.texts()), "a priced plan shows its price"
+    ada.press("Managed")
+    link = await wait_link(telegram, ada.user_id, f"Pay {STARS}")
+    (invoice,) = telegram.calls_to("createInvoiceLink")
+    assert invoice["currency"] == "XTR"
+    assert int(invoice["subscription_period"]) == 2592000
+    assert [int(p["amount"]) for p in invoice["prices"]] == [STARS]
+    assert "provider_token" not in invoice or not invoice["provider_token"]
+
+    # Not paid yet: the agent does not answer and no model request is made.
+    ada.send("hello before paying")
+    await ada.wait_text("isn't paid for")
+    assert not llm.requests
+
+    charge = await telegram.pay_stars(ada.user, link)
+    assert charge is not None
+    (answer,) = telegram.calls_to("answerPreCheckoutQuery")
+    assert str(answer["ok"]).lower() == "true"
+    await ada.wait_text(f"Payment received: {STARS} ⭐.*{charge}")
+    assert subscription(tg_ws) == ("active", "managed", "stars")
+
+    ada.send("hello agent")
+    await ada.wait_text("^echo: hello agent", within=30)
+    assert llm.requests
+
+    # The same charge delivered again is recorded once; a renewal is a new charge.
+    receipts = sum("Payment received" in t for t in ada.texts())
+    renewal = telegram.stars_charge(ada.user, link)
+    await eventually(lambda: sum("Payment received" in t for t in ada.texts()) == receipts + 1)
+    assert renewal in ada.texts()[-1] or any(renewal in t for t in ada.texts())
+
+    # An operator refunds the renewal: refundStarPayment with the payer and charge, and the
+    # subscription ends.
+    op = operator(telegram)
+    op.send(f"/admin refund {renewal}")
+    await op.wait_text(f"Refunded {renewal}")
+    (refund,) = telegram.refunds
+    assert refund["telegram_payment_charge_id"] == renewal
+    assert int(refund["user_id"]) == ada.user_id
+    await ada.wait_text("was refunded")
+    await eventually(lambda: subscription(tg_ws) == ("cancelled", "managed", "stars"))
+    assert {"billing.paid", "billing.refunded", "billing.cancelled"} <= set(audit_actions(tg_ws))
+    ada.send("still there?")
+    await ada.wait_text("isn't paid for")
+
+
+async def test_a_checkout_for_another_tenant_or_price_is_refused(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    enable_proxy(tg_ws, llm, canaries, managed_trial=False)
+    tg_ws.configure(stars_tables())
+    await start_bot(tg_ws, telegram)
+    ada.send("/start")
+    await ada.wait_text("Pick a plan")
+    ada.press("Managed")
+    link = await wait_link(telegram, ada.user_id, "Pay")
+
+    # Someone else opening Ada's invoice, and Ada paying a different amount, are refused.
+    eve = TelegramPerson(telegram, 5151, "Eve", "eve")
+    assert await telegram.pay_stars(eve.user, link) is None
+    assert await telegram.pay_stars(ada.user, link, amount=1) is None
+    refusals = [a for a in telegram.calls_to("answerPreCheckoutQuery")]
+    assert [str(a["ok"]).lower() for a in refusals] == ["false", "false"]
+    assert all(a.get("error_message") for a in refusals)
+    assert subscription(tg_ws) is None
+    assert not link_buttons(telegram, eve.user_id)
+
+
+async def test_a_stranger_cannot_use_managed_without_paying_a_trial_or_a_grant(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    # No payment provider at all: nothing is priced, and managed is only an operator's gift.
+    enable_proxy(tg_ws, llm, canaries, managed_trial=False)
+    await start_bot(tg_ws, telegram)
+    ada.send("/start")
+    await ada.wait_text("Pick a plan")
+    assert not any("$" in t for t in ada.texts()), "no provider: no price is promised"
+    ada.press("Managed")
+    await ada.wait_text("given out by the operators")
+    ada.send("hello")
+    await ada.wait_text("isn't paid for")
+    assert not llm.requests
+    assert not link_buttons(telegram, ada.user_id)
+
+    op = operator(telegram)
+    op.send(f"/admin comp telegram:{ada.user_id} managed 30")
+    await op.wait_text("has the managed plan until")
+    await ada.wait_text("An operator gave you the Managed plan")
+    ada.send("hello agent")
+    await ada.wait_text("^echo: hello agent", within=30)
+    op.send(f"/admin tenant telegram:{ada.user_id}")
+    await op.wait_text("Subscription: active until .* · grant")
