@@ -16,6 +16,8 @@ __all__ = [
     "openai_legacy_key",
     "slack_app_token",
     "slack_bot_token",
+    "stripe_api_key",
+    "stripe_webhook_secret",
     "telegram_token",
 ]
 
@@ -78,6 +80,16 @@ def slack_app_token() -> str:
 def byok_token() -> str:
     """A managed-plan proxy token: ``byok-`` + 43 base64url characters."""
     return "byok-" + secrets.token_urlsafe(32)
+
+
+def stripe_api_key() -> str:
+    """A Stripe secret key: ``sk_test_`` + 99 alphanumerics (the operator's, never a person's)."""
+    return "sk_test_" + _random(_ALNUM, 99)
+
+
+def stripe_webhook_secret() -> str:
+    """A webhook endpoint's signing secret: ``whsec_`` + 32 alphanumerics."""
+    return "whsec_" + _random(_ALNUM, 32)
 
 
 ALL_CANARIES = {

@@ -6,11 +6,18 @@ from the platform calls the fakes recorded, and billing state from the SQLite fi
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import psutil
+import pytest
+
+from tests.canaries import stripe_api_key, stripe_webhook_secret
+from tests.fakes.stripe_server import FakeStripe
 from tests.fakes.telegram_server import FakeTelegramServer
-from tests.system.harness import Workspace, eventually
-from tests.system.managed_support import query
+from tests.system.harness import BotProcess, CanaryScan, Workspace, eventually
+from tests.system.managed_support import free_port, query
 from tests.system.people import TelegramPerson
 
 STARS = 250  # the managed plan's Star price in these tests
@@ -71,3 +78,73 @@ def stars_tables(*, stars: int = STARS, **billing: Any) -> dict[str, dict[str, A
         "billing": {"stars": True, "check_interval_seconds": 0.2, **billing},
         "billing.plans.managed": {"stars": stars},
     }
+
+
+# ----- Stripe ------------------------------------------------------------------------------
+
+STRIPE_KEY_ENV = "STRIPE_API_KEY"
+STRIPE_SECRET_ENV = "STRIPE_WEBHOOK_SECRET"
+WEBHOOK_READY = r"stripe: webhook listening on (http://127\.0\.0\.1:\d+/\S+)"
+
+
+@pytest.fixture(name="stripe_fake")
+async def stripe_fixture(canaries: CanaryScan) -> AsyncIterator[FakeStripe]:
+    """The fake Stripe API; its secret key and webhook secret are canaries."""
+    fake = FakeStripe(api_key=stripe_api_key(), webhook_secret=stripe_webhook_secret())
+    await fake.start()
+    canaries.add(fake.api_key, fake.webhook_secret)
+
+    def calls() -> Iterable[tuple[str, bytes]]:
+        # What the bot sent Stripe (the key travels only in the Authorization header).
+        yield "stripe requests", json.dumps([r.form for r in fake.requests]).encode()
+
+    canaries.watch(calls)
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+def enable_stripe(ws: Workspace, fake: FakeStripe, **billing: Any) -> None:
+    """``[billing.stripe]`` on the fake, its webhook on a free port, managed priced by Stripe."""
+    ws.configure(
+        {
+            "billing": {"check_interval_seconds": 0.2, **billing},
+            "billing.stripe": {
+                "enabled": True,
+                "api_base": fake.api_base,
+                "webhook_host": "127.0.0.1",
+                "webhook_port": free_port(),
+                "success_url": "https://bot.example.org/paid",
+                "cancel_url": "https://bot.example.org/cancelled",
+            },
+            "billing.plans.managed": {"stripe_price": "price_managed_monthly"},
+        }
+    )
+    ws.env[STRIPE_KEY_ENV] = fake.api_key
+    ws.env[STRIPE_SECRET_ENV] = fake.webhook_secret
+
+
+async def webhook_ready(bot: BotProcess, fake: FakeStripe) -> None:
+    found = await bot.wait_output(WEBHOOK_READY, within=30)
+    fake.webhook_url = found.group(1)
+
+
+def payments(ws: Workspace) -> list[tuple[Any, ...]]:
+    return query(ws, "SELECT provider, charge_id, amount, currency FROM payments ORDER BY id")
+
+
+def agent_pids(bot: BotProcess) -> set[int]:
+    """Agent processes: descendants of the bot forked by the fork server (not its helpers)."""
+    try:
+        tree = psutil.Process(bot.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return set()
+    out: set[int] = set()
+    for p in tree:
+        try:
+            if p.ppid() != bot.pid and p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return out
