@@ -54,6 +54,9 @@ async def handle_start(turn: Turn) -> Outcome | None:
         return None
     if turn.event.args and turn.services.access is not None:
         return await billing.redeem_invite(turn, turn.event.args[0])
+    if turn.services.config.access.mode == "invite" and not turn.services.is_admin(turn.user):
+        await turn.say(texts.ACCESS_INVITE_ONLY)
+        return None
     await turn.say(f"{texts.WELCOME}\n{_plan_lines(turn)}", buttons=_plan_buttons(turn))
     return None
 

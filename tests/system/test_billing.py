@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fakes.telegram_server import FakeTelegramServer
+from tests.fakes.telegram_server import FakeTelegramServer, callback
 from tests.system.billing_support import (
     STARS,
     audit_actions,
@@ -14,7 +16,7 @@ from tests.system.billing_support import (
     wait_link,
 )
 from tests.system.harness import CanaryScan, Workspace, eventually
-from tests.system.managed_support import enable_proxy, start_bot
+from tests.system.managed_support import enable_proxy, query, start_bot
 from tests.system.people import TelegramPerson
 
 
@@ -131,3 +133,83 @@ async def test_a_stranger_cannot_use_managed_without_paying_a_trial_or_a_grant(
     await ada.wait_text("^echo: hello agent", within=30)
     op.send(f"/admin tenant telegram:{ada.user_id}")
     await op.wait_text("Subscription: active until .* · grant")
+
+
+async def test_invite_mode_admits_only_with_an_operators_code(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    enable_proxy(tg_ws, llm, canaries, managed_trial=False)
+    tg_ws.configure({"access": {"mode": "invite"}})
+    await start_bot(tg_ws, telegram)
+    ada.send("/start")
+    await ada.wait_text("invite-only")
+    ada.send("/start NOTACODE99")
+    await ada.wait_text("isn't valid")
+    assert subscription(tg_ws) is None
+
+    op = operator(telegram)
+    op.send("/admin invite managed 1")
+    invite = await op.wait_text("Invite code: ")
+    code = re.search(r"Invite code: (\w+)", invite)
+    assert code is not None
+    ada.send(f"/start {code.group(1)}")
+    await ada.wait_text("Invite accepted")
+    await ada.wait_text("(?i)just write to me")
+    ada.send("hello agent")
+    await ada.wait_text("^echo: hello agent", within=30)
+    assert subscription(tg_ws) == ("active", "managed", "grant")
+
+    bob = TelegramPerson(telegram, 5252, "Bob", "bob")
+    bob.send(f"/start {code.group(1)}")
+    await bob.wait_text("used up")
+    assert len(query(tg_ws, "SELECT id FROM tenants")) == 1
+
+
+async def test_approval_mode_asks_the_operators_in_chat(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    enable_proxy(tg_ws, llm, canaries, managed_trial=False)
+    tg_ws.configure({"access": {"mode": "approval"}})
+    await start_bot(tg_ws, telegram)
+    op = operator(telegram)
+
+    ada.send("/start")
+    await ada.wait_text("Pick a plan")
+    ada.press("Managed")
+    await ada.wait_text("sent your request")
+    await op.wait_text(f"Sign-up request from Ada \\(telegram:{ada.user_id}\\) for the Managed")
+    ada.send("/plan managed")
+    await ada.wait_text("waiting for an operator")
+    assert not query(tg_ws, "SELECT id FROM tenants")
+
+    # Ada cannot press the operator's button; the operator can.
+    (mid, _, data), *_ = [b for b in op.buttons() if b[1] == "Approve"]
+    ada.server.push_update(callback(op.user_id, ada.user, data, message_id=mid, query_id="qx"))
+    await op.wait_text("belongs to someone else")
+    assert not query(tg_ws, "SELECT id FROM tenants")
+    op.press("Approve")
+    await op.wait_text("approved")
+    await ada.wait_text("An operator approved your sign-up")
+    ada.send("hello agent")
+    await ada.wait_text("^echo: hello agent", within=30)
+
+    bob = TelegramPerson(telegram, 5353, "Bob", "bob")
+    bob.send("/start")
+    await bob.wait_text("Pick a plan")
+    bob.press("Managed")
+    await op.wait_text("Sign-up request from Bob")
+    op.press("Deny")
+    await bob.wait_text("declined")
+    bob.send("/plan managed")
+    await bob.wait_text("declined")
+    assert len(query(tg_ws, "SELECT id FROM tenants")) == 1
+    actions = audit_actions(tg_ws)
+    assert {"access.requested", "access.approved", "access.denied"} <= set(actions)
