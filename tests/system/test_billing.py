@@ -8,8 +8,10 @@ from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegramServer, callback
 from tests.system.billing_support import (
     STARS,
+    agent_pids,
     audit_actions,
     link_buttons,
+    live_proxy_tokens,
     operator,
     stars_tables,
     subscription,
@@ -64,9 +66,15 @@ async def test_a_person_pays_with_stars_and_their_agent_answers(
     await eventually(lambda: sum("Payment received" in t for t in ada.texts()) == receipts + 1)
     assert renewal in ada.texts()[-1] or any(renewal in t for t in ada.texts())
 
+    op = operator(telegram)
+    op.send("/admin revenue")
+    revenue = await op.wait_text("^Revenue")
+    assert f"MRR: {STARS} ⭐ (Telegram Stars) · $0.00 (Stripe)" in revenue
+    assert f"Paid in the last 30 days: {2 * STARS} ⭐" in revenue
+    assert "active 1" in revenue
+
     # An operator refunds the renewal: refundStarPayment with the payer and charge, and the
     # subscription ends.
-    op = operator(telegram)
     op.send(f"/admin refund {renewal}")
     await op.wait_text(f"Refunded {renewal}")
     (refund,) = telegram.refunds
@@ -213,3 +221,46 @@ async def test_approval_mode_asks_the_operators_in_chat(
     assert len(query(tg_ws, "SELECT id FROM tenants")) == 1
     actions = audit_actions(tg_ws)
     assert {"access.requested", "access.approved", "access.denied"} <= set(actions)
+
+
+async def test_a_trial_runs_out_then_suspends_and_is_had_once(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    enable_proxy(tg_ws, llm, canaries, managed_trial=False)
+    tg_ws.configure(
+        {
+            # A four-second trial, reminded at once, with two seconds of grace.
+            "billing": {"check_interval_seconds": 0.2, "reminder_days": 1, "grace_days": 2 / 86400},
+            "billing.plans.managed": {"trial_days": 4 / 86400},
+        }
+    )
+    bot = await start_bot(tg_ws, telegram)
+    ada.send("/start")
+    await ada.wait_text("Pick a plan")
+    ada.press("Managed")
+    await ada.wait_text("free trial has started")
+    await ada.wait_text("free trial ends on")  # the reminder job
+    ada.send("hello agent")
+    await ada.wait_text("^echo: hello agent", within=30)
+    assert subscription(tg_ws) == ("trial", "managed", "trial")
+    await ada.wait_text("free trial has ended", within=20)
+    await ada.wait_text("is suspended because", within=20)
+    await eventually(lambda: not agent_pids(bot), message="the agent process still runs")
+    assert live_proxy_tokens(tg_ws) == 0
+    ada.send("hello again")
+    await ada.wait_text("suspended")
+
+    # Erased and signed up again: no second trial.
+    ada.send("/delete")
+    await ada.wait_text("(?i)erase")
+    ada.press("Yes, erase")
+    await ada.wait_text("(?i)erased")
+    ada.send("/start")
+    await ada.wait_text("Pick a plan")
+    ada.press("Managed")
+    await ada.wait_text("given out by the operators")
+    assert sum("free trial has started" in t for t in ada.texts()) == 1

@@ -16,6 +16,7 @@ from tests.system.billing_support import (
     audit_actions,
     enable_stripe,
     live_proxy_tokens,
+    operator,
     payments,
     stripe_fixture,  # noqa: F401 - fixture
     subscription,
@@ -96,6 +97,11 @@ async def test_bad_or_replayed_signatures_are_refused_and_events_apply_once(
     assert await stripe_fake.complete(link) == [200, 200, 200]
     await eventually(lambda: subscription(tg_ws) == ("active", "managed", "stripe"))
     sub_id = next(iter(stripe_fake.subscriptions))
+    op = operator(telegram)
+    op.send("/admin revenue")
+    revenue = await op.wait_text("^Revenue")
+    assert "MRR: 0 ⭐ (Telegram Stars) · $39.00 (Stripe)" in revenue
+    assert "stripe $39.00" in revenue
     before = audit_actions(tg_ws)
 
     cancel = stripe_fake.event(
