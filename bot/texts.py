@@ -454,7 +454,10 @@ BILLING_NEEDS_PAYMENT = (
 BILLING_CHECKOUT_FAILED = (
     "I couldn't open the payment page just now. Please try /plan again in a minute."
 )
-BILLING_TRIAL_USED = "You've already had a free trial."
+BILLING_TRIAL_CAP = (
+    "You've used your free trial's allowance ({cap:,} tokens). Send /plan to subscribe and "
+    "keep talking to your agent."
+)
 BILLING_STATUS = "\nSubscription: {state}{until}{provider}"
 BILLING_STATE_NAMES: dict[str, str] = {
     "trial": "free trial",

@@ -159,6 +159,16 @@ class Billing:
         sub = await self.get(tenant.id)
         return sub is not None and sub.plan == tenant.plan and sub.state in ENTITLED
 
+    async def trial_cap(self, tenant: TenantView) -> int | None:
+        """The smaller token allowance of a trial of the tenant's plan, while it is in one."""
+        cap = self._settings.plan(tenant.plan).trial_token_cap
+        if cap is None:
+            return None
+        sub = await self.get(tenant.id)
+        if sub is None or sub.state is not SubState.TRIAL or sub.plan != tenant.plan:
+            return None
+        return cap
+
     async def find_by_external(self, external_id: str) -> Subscription | None:
         async with self._db.session() as s:
             row = await s.scalar(

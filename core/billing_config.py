@@ -28,7 +28,8 @@ class PlanBilling:
     stars: int | None = None
     stripe_price: str = ""
     trial_days: float = 0.0
-    # A managed plan's trial spends less of the platform's budget than a paid month.
+    # A managed plan's trial spends less of the platform's budget than a paid month
+    # (checked before each message, so the last trial reply may overshoot it by one reply).
     trial_token_cap: int | None = None
 
 

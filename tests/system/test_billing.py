@@ -264,3 +264,26 @@ async def test_a_trial_runs_out_then_suspends_and_is_had_once(
     ada.press("Managed")
     await ada.wait_text("given out by the operators")
     assert sum("free trial has started" in t for t in ada.texts()) == 1
+
+
+async def test_a_managed_trial_has_a_smaller_allowance(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    enable_proxy(tg_ws, llm, canaries, managed_trial=False)
+    tg_ws.configure({"billing.plans.managed": {"trial_days": 7, "trial_token_cap": 5}})
+    await start_bot(tg_ws, telegram)
+    ada.send("/start")
+    await ada.wait_text("Pick a plan")
+    ada.press("Managed")
+    await ada.wait_text("free trial has started")
+    ada.send("hello agent")
+    await ada.wait_text("^echo: hello agent", within=30)
+    await eventually(lambda: query(tg_ws, "SELECT tokens_spent FROM budgets")[0][0] >= 5)
+    requests = len(llm.requests)
+    ada.send("and again")
+    await ada.wait_text("used your free trial's allowance \\(5 tokens\\)")
+    assert len(llm.requests) == requests
