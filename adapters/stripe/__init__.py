@@ -100,6 +100,10 @@ class StripeGateway:
         )
         return str(session.url)
 
+    async def cancel_subscription(self, external_id: str) -> None:
+        """Cancel now (an erased account); Stripe then sends customer.subscription.deleted."""
+        await self._client.v1.subscriptions.cancel_async(external_id)
+
     # ----- webhook -------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -263,6 +263,11 @@ async def on_delete_button(turn: Turn, args: list[str]) -> Outcome | None:
         await turn.say(texts.DELETE_CANCELLED)
         return None
     await s.agents.forget(tenant.id)
+    if s.billing is not None:
+        # Nothing renews for an erased account (a Stars subscription is cancelled by the
+        # person in Telegram; it cannot be charged for a tenant that no longer exists).
+        await billing.stop_renewal(turn, tenant.id)
+        await s.billing.cancel(tenant.id, actor=turn.actor)
     await s.tenants.delete(tenant.id, actor=turn.actor)
     turn.tenant = None
     await turn.say(texts.DELETED)

@@ -226,6 +226,18 @@ async def portal_button(turn: Turn, sub: Subscription | None) -> list[list[Butto
     return [[button(texts.BILLING_PORTAL, link)]]
 
 
+async def stop_renewal(turn: Turn, tenant_id: str) -> None:
+    """Cancel the tenant's Stripe subscription at Stripe (an account being erased)."""
+    s = turn.services
+    sub = await s.billing.get(tenant_id) if s.billing is not None else None
+    if s.checkout is None or sub is None or sub.provider != "stripe" or not sub.external_id:
+        return
+    try:
+        await s.checkout.cancel_subscription(sub.external_id)
+    except Exception as exc:  # the erasure goes on; the operator cancels it in Stripe
+        log.warning("stripe subscription of %s not cancelled: %s", tenant_id, exc, exc_info=True)
+
+
 def status_line(sub: Subscription | None) -> str:
     if sub is None:
         return ""

@@ -76,6 +76,7 @@ class FakeStripe:
         app = web.Application()
         app.router.add_post("/v1/checkout/sessions", self._checkout)
         app.router.add_post("/v1/billing_portal/sessions", self._portal)
+        app.router.add_delete("/v1/subscriptions/{sub}", self._cancel_now)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -135,6 +136,16 @@ class FakeStripe:
                 "return_url": form.get("return_url"),
             }
         )
+
+    async def _cancel_now(self, request: web.Request) -> web.Response:
+        _, refused = await self._form(request)
+        if refused is not None:
+            return refused
+        sub = self.subscriptions.get(request.match_info["sub"])
+        if sub is None:
+            body = {"error": {"type": "invalid_request_error", "message": "No such subscription"}}
+            return web.json_response(body, status=404)
+        return web.json_response(self._subscription_object(sub, status="canceled"))
 
     # ----- Stripe's side ---------------------------------------------------------------------
 

@@ -77,6 +77,16 @@ async def test_a_person_on_slack_pays_through_a_stripe_link(
     (asked,) = [r for r in stripe_fake.requests if r.path == "/v1/billing_portal/sessions"]
     assert asked.form["customer"] == stripe_fake.session_of(link)["customer"]
 
+    # Erasing the account cancels the Stripe subscription: nothing is charged again.
+    await ada.command("delete")
+    await ada.wait_text("(?i)erase")
+    await ada.press("Yes, erase")
+    await ada.wait_text("(?i)erased")
+    sub_id = stripe_fake.session_of(link)["subscription"]
+    cancelled = [r for r in stripe_fake.requests if r.path == f"/v1/subscriptions/{sub_id}"]
+    assert [r.key for r in cancelled] == [stripe_fake.api_key]
+    assert subscription(ws) == ("cancelled", "managed", "stripe")
+
 
 async def test_bad_or_replayed_signatures_are_refused_and_events_apply_once(
     tg_ws: Workspace,
