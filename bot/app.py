@@ -13,14 +13,17 @@ import os
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapters.console import ConsoleAdapter
 from bot.alerts import DirectMessageAlerts
 from bot.flows.base import LiveKeyCheck, Services
+from bot.flows.billing import DirectMessageNotices
 from bot.recovery import Recovery
 from bot.router import Router
+from core.access import Access
 from core.agent_data import (
     DatabaseKeyHealth,
     DatabaseMemory,
@@ -28,6 +31,7 @@ from core.agent_data import (
     DatabaseProfiles,
     ProxyAccess,
 )
+from core.billing import Billing
 from core.bookkeeping import DeferredMemory, DeferredUsage, WriteBehind
 from core.budget import Budget
 from core.chat import Platform
@@ -188,6 +192,8 @@ class App:
     budget: Budget = field(init=False)
     proxy_tokens: ProxyTokens = field(init=False)
     proxy_access: ProxyAccess = field(init=False)
+    billing: Billing = field(init=False)
+    stripe: Any = field(init=False, default=None)  # adapters.stripe.StripeGateway when enabled
     # Built with the adapters, before the database; open() points it at the database.
     dedup: LateDeduplicator = field(init=False, default_factory=LateDeduplicator)
     # Likewise the durable inbox (issue 13): adapters record deliveries in it before confirming.
@@ -297,6 +303,21 @@ class App:
             reservation_ttl=timedelta(seconds=proxy.reservation_ttl_seconds),
         )
         self.services.budget = self.budget
+        self.billing = Billing(
+            self.db,
+            tenants,
+            self.config,
+            self.clock,
+            agents=self.services.agents,
+            notices=DirectMessageNotices(self.services),
+        )
+        self.services.billing = self.billing
+        self.services.access = Access(self.db, self.clock)
+        if self.config.billing.stripe.enabled:
+            from adapters.stripe import StripeGateway
+
+            self.stripe = StripeGateway(self.config.billing.stripe, self.env, self.billing)
+            self.services.checkout = self.stripe
         self.router = Router(self.services)
         self.recovery = Recovery(
             self.inbox,
@@ -436,6 +457,15 @@ class App:
         assert isinstance(messengers, dict)  # noqa: S101 - built as a dict in open()
         for adapter in self.adapters:
             messengers[adapter.platform] = adapter.messenger
+        if self.config.billing.stars:
+            stars = next((a for a in self.adapters if hasattr(a, "stars_invoice_link")), None)
+            if stars is None:
+                raise ConfigError(
+                    f"{self.config.source}: [billing] stars = true needs [telegram] enabled"
+                )
+            self.services.stars = stars  # type: ignore[assignment]
+        if self.stripe is not None:
+            await self.stripe.start()
         self.scheduler = Scheduler(self.jobs())
         self.scheduler.start()
         for adapter in self.adapters:
@@ -530,6 +560,8 @@ class App:
         jobs.append(Job("inbox-renew", max(lease / 3, 0.3), self._renew_inbox))
         jobs.append(Job("inbox-recover", max(lease / 2, 0.5), self._recover_safely))
         jobs.append(Job("inbox-sweep", 3600, self._sweep_inbox))
+        # Trials and periods end, grace runs out, reminders fall due (issue 15).
+        jobs.append(Job("billing", config.billing.check_interval_seconds, self.billing.tick))
         if self.supervisor is not None:
             jobs.append(
                 Job(
@@ -580,6 +612,8 @@ class App:
             await self.recovery.aclose()
         with contextlib.suppress(AttributeError):
             self.scheduler.stop()
+        if self.stripe is not None:
+            await self.stripe.stop()
         if self.supervisor is not None:
             await self.supervisor.aclose()
         with contextlib.suppress(AttributeError):

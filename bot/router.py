@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot import texts
-from bot.flows import account, admin, agent, cancel, keys, whoami
+from bot.flows import account, admin, agent, billing, cancel, keys, whoami
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.flowstate import FlowState
@@ -58,7 +58,12 @@ BUTTONS: dict[str, ButtonHandler] = {
     "model": agent.on_model_button,
     "mem": agent.on_memory_button,
     "cancel": cancel.on_cancel_button,
+    "acc": billing.on_access_button,
 }
+
+# Payments are answered at once: no rate limit, no conversation lock (Telegram gives a
+# pre-checkout query 10 s), and they carry no text for the leak guard.
+PAYMENT_KINDS = frozenset({EventKind.PAYMENT_CHECK, EventKind.PAYMENT})
 
 
 @dataclass(slots=True)
@@ -215,6 +220,12 @@ class Router:
         )
 
     async def _dispatch(self, event: Event) -> Outcome:
+        if event.kind in PAYMENT_KINDS:
+            tenant = await self.services.tenants.find(event.user.identity)
+            turn = Turn(event, self.services, tenant)
+            if event.kind is EventKind.PAYMENT_CHECK:
+                return await billing.on_payment_check(turn)
+            return await billing.on_payment(turn)
         leaked = event.kind in (EventKind.MESSAGE, EventKind.COMMAND) and self._leaked(event)
         if event.kind is EventKind.MESSAGE and not event.addressed and not leaked:
             return Outcome(handled=False)  # group chatter not meant for us

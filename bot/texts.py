@@ -97,7 +97,10 @@ ADMIN_HELP = """Operator commands:
 /admin audit [tenant] — recent audit entries
 /admin broadcast <text> — message every tenant
 /admin models — the managed plans' curated models and prices
-/admin rotate-master-key — rewrap every data key under a new master key"""
+/admin rotate-master-key — rewrap every data key under a new master key
+/admin invite [plan] [uses] — an invite code · /admin requests — waiting sign-ups
+/admin revenue — MRR and subscriptions · /admin comp <tenant> <plan> <days>
+/admin refund <charge id> — refund a Stars payment"""
 
 # -- onboarding and plans -----------------------------------------------------------------
 
@@ -107,13 +110,15 @@ WELCOME = (
 WELCOME_BACK = "Welcome back! You're on the {plan} plan. Send /help to see what I can do."
 
 
-def plan_line(plan: PlanSettings) -> str:
-    """One plan in a list."""
+def plan_line(plan: PlanSettings, *, priced: bool = True) -> str:
+    """One plan in a list; without a payment provider no price is promised."""
+    if not priced:
+        return f"• {plan.name}: {plan.description}"
     return f"• {plan.name} — ${plan.price_usd:g}/month: {plan.description}"
 
 
-def plan_button(plan: PlanSettings) -> str:
-    return f"{plan.name} (${plan.price_usd:g}/mo)"
+def plan_button(plan: PlanSettings, *, priced: bool = True) -> str:
+    return f"{plan.name} (${plan.price_usd:g}/mo)" if priced else plan.name
 
 
 PLAN_CHOOSE = "Choose a plan:\n{lines}"
@@ -371,7 +376,7 @@ Identities: {identities}
 Plan: {plan} · Status: {status}{reason}{paused}
 Model: {model}
 Keys: {keys}
-Created: {created}"""
+Created: {created}{billing}"""
 ADMIN_NO_TENANT = "No tenant matches “{ref}”."
 ADMIN_USAGE = "Usage: /admin {sub} {args}"
 ADMIN_UNKNOWN = "Unknown admin command “{sub}”.\n" + ADMIN_HELP
@@ -476,3 +481,105 @@ SANDBOX_CHECK_FAILED = "sandbox self-test failed: {failures}"
 WHOAMI = """You are {identity} here.
 To make you an admin, an operator adds "{identity}" to admins in the [core] table of the config."""
 WHOAMI_ADMIN = "You are an admin of this bot."
+# -- billing and access (issue 15) ----------------------------------------------------------
+
+BILLING_NOTICES: dict[str, str] = {
+    "trial_started": "🎁 Your free trial has started. It runs until {end}.",
+    "trial_ending": "⏳ Your free trial ends on {end}. Send /plan to subscribe and keep your agent.",
+    "trial_ended": (
+        "Your free trial has ended. Send /plan to subscribe; your agent stops on {grace} "
+        "otherwise. Your keys, memory and settings are kept."
+    ),
+    "renewal_reminder": "🔔 Your {plan} subscription renews on {end}.",
+    "receipt": "🧾 Payment received: {amount} for the {plan} plan (charge {charge}). "
+    "Paid until {end}. Thank you!",
+    "past_due": (
+        "⚠️ Your {plan} payment didn't go through. Your agent keeps working until {grace}; "
+        "send /plan to pay or update your card."
+    ),
+    "suspended": (
+        "⛔ Your account is suspended because the {plan} subscription is unpaid. Your agent "
+        "has stopped; your keys, memory and settings are kept. Send /plan to pay and resume."
+    ),
+    "resumed": "✅ Your account is active again on the {plan} plan. Welcome back!",
+    "cancelling": "Your {plan} subscription won't renew; it stays active until {end}.",
+    "cancelled": (
+        "Your {plan} subscription has ended and your agent has stopped. Your keys, memory "
+        "and settings are kept; send /plan to subscribe again."
+    ),
+    "granted": "🎟 An operator gave you the {plan} plan until {end}.",
+    "refunded": "💸 Your payment of {amount} was refunded.",
+    "plan_pending": "You'll move to the {plan} plan when the current period ends on {end}.",
+    "plan_prorated": (
+        "You're on the {plan} plan now; what was left of your period was converted: "
+        "paid until {end}."
+    ),
+}
+BILLING_PAY = (
+    "The {plan} plan is ${price:g}/month. Pay below; your agent starts as soon as the "
+    "payment arrives."
+)
+BILLING_PAY_STARS = "Pay {stars} ⭐ / month"
+BILLING_PAY_CARD = "Pay by card (Stripe)"
+BILLING_PORTAL = "Manage card or cancel"
+BILLING_PORTAL_TEXT = "Change your card or cancel your subscription on Stripe:"
+BILLING_NO_PROVIDER = (
+    "The {plan} plan is given out by the operators here. Ask one of them to grant it to you "
+    "(or pick another plan with /plan)."
+)
+BILLING_NEEDS_PAYMENT = (
+    "Your {plan} plan isn't paid for, so your agent can't answer. Send /plan to subscribe."
+)
+BILLING_CHECKOUT_FAILED = (
+    "I couldn't open the payment page just now. Please try /plan again in a minute."
+)
+BILLING_TRIAL_CAP = (
+    "You've used your free trial's allowance ({cap:,} tokens). Send /plan to subscribe and "
+    "keep talking to your agent."
+)
+BILLING_STATUS = "\nSubscription: {state}{until}{provider}"
+BILLING_STATE_NAMES: dict[str, str] = {
+    "trial": "free trial",
+    "active": "active",
+    "past_due": "payment overdue",
+    "suspended": "suspended (unpaid)",
+    "cancelled": "cancelled",
+}
+PAYMENT_BAD_INVOICE = "This invoice is no longer valid. Send /plan in chat for a fresh one."
+PAYMENT_WRONG_PERSON = "This invoice belongs to someone else's account."
+PAYMENT_ALREADY = "Payment {charge} was already recorded."
+ACCESS_INVITE_ONLY = "This bot is invite-only. If you have an invite code, send /start <code>."
+ACCESS_BAD_CODE = "That invite code isn't valid or has been used up. Ask an operator for a new one."
+ACCESS_ADMITTED = "Invite accepted. Welcome!"
+ACCESS_REQUESTED = (
+    "Thanks! Sign-ups here are approved by an operator. I've sent your request and will "
+    "tell you here as soon as it's decided."
+)
+ACCESS_PENDING = "Your request to sign up is waiting for an operator. I'll tell you here."
+ACCESS_DENIED_BEFORE = "An operator declined your sign-up request."
+ACCESS_APPROVED = (
+    "🎉 An operator approved your sign-up: you're on the {plan} plan. Send /plan to continue."
+)
+ACCESS_DENIED = "Sorry — an operator declined your sign-up request."
+ACCESS_REQUEST_TO_ADMIN = "Sign-up request from {name} ({identity}) for the {plan} plan."
+ACCESS_APPROVE = "Approve"
+ACCESS_DENY = "Deny"
+ACCESS_DECIDED = "{identity}: {decision}."
+ACCESS_ALREADY_DECIDED = "That request was already decided."
+ADMIN_INVITE = "Invite code: {code} — {uses} use(s){plan}. The person sends /start {code}."
+ADMIN_REQUESTS_EMPTY = "No sign-up requests are waiting."
+ADMIN_REQUEST_LINE = "• {identity} ({name}) — {plan}, since {at}"
+ADMIN_REVENUE = """Revenue
+MRR: {stars} ⭐ (Telegram Stars) · ${usd:,.2f} (Stripe)
+Subscriptions: {states}
+Renewing: {providers}
+Paid in the last 30 days: {paid}"""
+ADMIN_COMP_DONE = "Tenant {id} has the {plan} plan until {end}."
+ADMIN_COMP_BAD_DAYS = "Days must be a positive number (got “{days}”)."
+ADMIN_REFUND_DONE = "Refunded {charge}: {amount}."
+ADMIN_REFUND_UNKNOWN = "No refundable payment has the charge id “{charge}”."
+ADMIN_REFUND_NOT_STARS = (
+    "That charge was paid through Stripe; refund it in the Stripe dashboard "
+    "(the webhook ends the subscription)."
+)
+ADMIN_REFUND_FAILED = "Telegram refused the refund: {reason}"

@@ -66,6 +66,27 @@ class EventKind(StrEnum):
     # The person closed a private form without submitting it (a Slack modal's view_closed):
     # the intake it was opened for ends, as with /cancel.
     SECRET_CANCELLED = "secret_cancelled"  # noqa: S105 - an event kind, not a password
+    # In-chat payments (Telegram Stars): the platform asks whether to accept a checkout
+    # (answered through ``Outcome``), then reports the charge.
+    PAYMENT_CHECK = "payment_check"
+    PAYMENT = "payment"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentInfo:
+    """A checkout to approve (PAYMENT_CHECK) or a charge made (PAYMENT), in the payer's chat.
+
+    ``amount`` is in the currency's smallest unit (Stars are whole: currency ``XTR``);
+    ``payload`` is what the bot put in the invoice; ``charge_id`` the platform's charge id.
+    """
+
+    currency: str
+    amount: int
+    payload: str
+    charge_id: str = ""
+    provider_charge_id: str = ""
+    expires_at: datetime | None = None
+    recurring: bool = False
 
 
 class AttachmentKind(StrEnum):
@@ -119,6 +140,7 @@ class Event:
     reply_to: str | None = None
     attachments: tuple[AttachmentKind, ...] = ()
     links: tuple[str, ...] = field(default=(), repr=False)
+    payment: PaymentInfo | None = None
 
     @property
     def conversation_key(self) -> str:
@@ -136,7 +158,10 @@ class ButtonStyle(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Button:
-    """A button; ``payload`` comes back in an ``Event`` of kind BUTTON (at most 64 bytes)."""
+    """A button; ``payload`` comes back in an ``Event`` of kind BUTTON (at most 64 bytes).
+
+    A payload that is an ``http(s)://`` URL makes a link button (a checkout page, say).
+    """
 
     label: str
     payload: str
@@ -200,6 +225,8 @@ class Outcome:
     secret_error: str | None = None
     refused: bool = False
     secret_retry: bool = False
+    # A refused PAYMENT_CHECK: why, in words the platform shows the payer.
+    error: str | None = None
 
 
 OPEN_DM_PAYLOAD = "@open-dm"
@@ -213,6 +240,11 @@ OPEN_DM_PAYLOAD = "@open-dm"
 def is_open_dm(payload: str) -> bool:
     """Whether a button payload asks for an open-a-DM link."""
     return payload == OPEN_DM_PAYLOAD or payload.startswith(OPEN_DM_PAYLOAD + ":")
+
+
+def is_link(payload: str) -> bool:
+    """Whether a button payload is a URL to open rather than data to send back."""
+    return payload.startswith(("https://", "http://"))
 
 
 def button_owner_tag(user: UserRef) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from core.billing_config import AccessSettings, BillingSettings
     from core.proxy.config import ProxySettings
 
 T = TypeVar("T")
@@ -298,6 +299,8 @@ class Config:
     inbox: InboxSettings = field(default_factory=InboxSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    billing: BillingSettings = field(default_factory=lambda: _default_billing())
+    access: AccessSettings = field(default_factory=lambda: _default_access())
     source: str = "(defaults)"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -761,6 +764,8 @@ _TOP_LEVEL: Final = (
     "inbox",
     "health",
     "logging",
+    "billing",
+    "access",
     *PLATFORM_SECTIONS,
 )
 
@@ -795,6 +800,20 @@ def _parse_logging(src: str, data: Mapping[str, Any]) -> LoggingSettings:
     out = LoggingSettings(format=t.choice("format", ("text", "json"), "text"))
     t.finish()
     return out
+
+
+def _default_billing() -> BillingSettings:
+    # [billing] and [access] are parsed in core.billing_config (imported at call time, as
+    # [proxy] is).
+    from core.billing_config import BillingSettings
+
+    return BillingSettings()
+
+
+def _default_access() -> AccessSettings:
+    from core.billing_config import AccessSettings
+
+    return AccessSettings()
 
 
 def _default_proxy() -> ProxySettings:
@@ -837,6 +856,8 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         inbox=_parse_inbox(source, data.get("inbox", {})),
         health=_parse_health(source, data.get("health", {})),
         logging=_parse_logging(source, data.get("logging", {})),
+        billing=_parse_billing_table(data.get("billing"), source=source, plans=plans),
+        access=_parse_access_table(data.get("access"), source=source),
         source=source,
         base_dir=base_dir,
     )
@@ -848,6 +869,20 @@ def _parse_proxy_table(
     from core.proxy.config import parse_proxy
 
     return parse_proxy(data, source=source, plans=plans)
+
+
+def _parse_billing_table(
+    data: Mapping[str, Any] | None, *, source: str, plans: Mapping[str, PlanSettings]
+) -> BillingSettings:
+    from core.billing_config import parse_billing
+
+    return parse_billing(data, source=source, plans=plans)
+
+
+def _parse_access_table(data: Mapping[str, Any] | None, *, source: str) -> AccessSettings:
+    from core.billing_config import parse_access
+
+    return parse_access(data, source=source)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

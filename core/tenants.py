@@ -116,6 +116,10 @@ class Tenants:
         if self.revoke_access is not None:
             await self.revoke_access(tenant_id, actor)
 
+    async def revoke_proxy(self, tenant_id: str, actor: str) -> None:
+        """Revoke the tenant's proxy tokens without another change (a cancelled subscription)."""
+        await self._revoke(tenant_id, actor)
+
     def _forget(self) -> None:
         # Tenant changes are rare next to messages: dropping the whole cache keeps it simple
         # (a tenant may have several identities).

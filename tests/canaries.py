@@ -17,6 +17,8 @@ __all__ = [
     "search_key",
     "slack_app_token",
     "slack_bot_token",
+    "stripe_api_key",
+    "stripe_webhook_secret",
     "telegram_token",
 ]
 
@@ -84,6 +86,16 @@ def byok_token() -> str:
 def search_key() -> str:
     """A web-search API key as Brave issues them: ``BSA`` + 28 alphanumerics (an operator's)."""
     return "BSA" + _random(_ALNUM, 28)
+
+
+def stripe_api_key() -> str:
+    """A Stripe secret key: ``sk_test_`` + 99 alphanumerics (the operator's, never a person's)."""
+    return "sk_test_" + _random(_ALNUM, 99)
+
+
+def stripe_webhook_secret() -> str:
+    """A webhook endpoint's signing secret: ``whsec_`` + 32 alphanumerics."""
+    return "whsec_" + _random(_ALNUM, 32)
 
 
 ALL_CANARIES = {

@@ -60,12 +60,22 @@ def master_key_env() -> Iterator[dict[str, str]]:
     return {"BYOKBOT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
 
 
+MANAGED_TRIAL: dict[str, object] = {"plans": {"managed": {"trial_days": 30}}}
+
+
 def make_config(
-    url: str, tmp_path: Path, *, proxy: dict[str, object] | None = None, **core: object
+    url: str,
+    tmp_path: Path,
+    *,
+    proxy: dict[str, object] | None = None,
+    billing: dict[str, object] | None = MANAGED_TRIAL,
+    **core: object,
 ) -> Config:
     """A config rooted in tmp_path, with an admin on every platform for admin tests.
 
     ``proxy`` is the ``[proxy]`` table; a managed plan is offered only with it enabled.
+    ``billing`` is the ``[billing]`` table: by default a 30-day managed trial, so tests written
+    before billing (a managed plan was free then) sign up for it as they did.
     """
     data: dict[str, object] = {
         "core": {
@@ -78,6 +88,8 @@ def make_config(
     }
     if proxy is not None:
         data["proxy"] = proxy
+    if billing is not None:
+        data["billing"] = billing
     return parse_config(data, source="test.toml", base_dir=tmp_path)
 
 

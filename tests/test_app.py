@@ -36,6 +36,7 @@ async def test_app_serves_the_console_until_input_ends(
         "inbox-renew",
         "inbox-recover",
         "inbox-sweep",
+        "billing",
         "stop-idle-agents",
     ]
     assert app.proxy_server is None
@@ -85,6 +86,7 @@ async def test_every_scheduled_job_is_awaited_in_the_loop(
         assert sorted(name for name, _ in scheduled) == sorted(
             [
                 "expire-intake",
+                "billing",
                 "inbox-renew",
                 "inbox-recover",
                 "inbox-sweep",

@@ -170,7 +170,7 @@ async def sign_up_and_add_key(land: Discordland, key: str) -> None:
     fake = land.fake
     alice = fake.user(ALICE_ID, "alice")
     await land.interact(fake.slash(alice, "start"), answers=1)
-    await land.interact(fake.button(alice, land.button_ids()["BYOK ($15/mo)"]), answers=3)
+    await land.interact(fake.button(alice, land.button_ids()["BYOK"]), answers=3)
     await land.interact(fake.button(alice, land.button_ids()["Anthropic"]), answers=4)
     assert land.callbacks()[-1]["type"] == 9  # the key form
     token_id = land.callbacks()[-1]["data"]["custom_id"]
@@ -213,7 +213,7 @@ async def test_expired_key_form_is_answered_ephemerally(land: Discordland) -> No
     fake = land.fake
     alice = fake.user(ALICE_ID, "alice")
     await land.interact(fake.slash(alice, "start"), answers=1)
-    await land.interact(fake.button(alice, land.button_ids()["BYOK ($15/mo)"]), answers=3)
+    await land.interact(fake.button(alice, land.button_ids()["BYOK"]), answers=3)
     await land.interact(fake.button(alice, land.button_ids()["Anthropic"]), answers=4)
     token_id = land.callbacks()[-1]["data"]["custom_id"]
     clock = land.app.clock
@@ -233,7 +233,7 @@ async def test_someone_elses_button_is_refused(land: Discordland) -> None:
     fake = land.fake
     alice, bob = fake.user(ALICE_ID, "alice"), fake.user(BOB_ID, "bob")
     await land.interact(fake.slash(alice, "start", channel_id=GUILD_CHANNEL_ID), answers=1)
-    byok = land.button_ids()["BYOK ($15/mo)"]
+    byok = land.button_ids()["BYOK"]
     await land.interact(fake.button(bob, byok, channel_id=GUILD_CHANNEL_ID), answers=2)
     # Only Bob sees the refusal (ephemeral): the channel is not told about his mistake.
     assert land.answers()[-1] == (texts.NOT_YOUR_BUTTON, True)
@@ -322,7 +322,7 @@ async def test_slow_key_check_is_deferred_then_confirmed_privately(land: Discord
     alice = fake.user(ALICE_ID, "alice")
     key = anthropic_key()
     await land.interact(fake.slash(alice, "start", channel_id=GUILD_CHANNEL_ID), answers=1)
-    byok = land.button_ids()["BYOK ($15/mo)"]
+    byok = land.button_ids()["BYOK"]
     await land.interact(fake.button(alice, byok, channel_id=GUILD_CHANNEL_ID), answers=3)
     anthropic = land.button_ids()["Anthropic"]
     await land.interact(fake.button(alice, anthropic, channel_id=GUILD_CHANNEL_ID), answers=4)

@@ -252,7 +252,7 @@ async def test_managed_tenant_without_a_proxy_is_told_what_to_do(world: World) -
     await ada.command("/plan byok")
     # A tenant put on it anyway (by an operator, or before the proxy was switched off).
     admin = world.person(uid="900", name="Op")
-    await admin.command("/admin setplan telegram:1 managed")
+    await admin.command("/admin comp telegram:1 managed 30")
     assert "managed" in admin.last.lower()
     await ada.say("hello")
     assert ada.last == texts.AGENT_UNAVAILABLE["proxy_off"]

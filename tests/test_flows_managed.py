@@ -53,6 +53,8 @@ async def world(
                     "tools": {"web_fetch": False, "web_search": False, "notes": False},
                 },
             },
+            # A managed plan is never free: a trial stands in for the payment here.
+            "billing": {"plans": {"managed": {"trial_days": 30}}},
             "proxy": {
                 "enabled": True,
                 "port": _free_port(),

@@ -98,6 +98,7 @@ async def test_start_registers_the_webhook_with_its_secret(
         "edited_message",
         "callback_query",
         "my_chat_member",
+        "pre_checkout_query",
     ]
     assert "getUpdates" not in server.methods()
 

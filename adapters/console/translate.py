@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.chat import Button, ChatRef, Event, EventKind, Reply, UserRef
+from core.chat import Button, ChatRef, Event, EventKind, Reply, UserRef, is_link
 
 
 def to_event(
@@ -46,8 +46,15 @@ def to_event(
 
 def render(reply: Reply) -> tuple[str, list[Button]]:
     """The text to print and the buttons it offers, numbered from 1 in reading order."""
-    buttons = [b for row in reply.buttons for b in row if not b.payload.startswith("@")]
+    links = [b for row in reply.buttons for b in row if is_link(b.payload)]
+    text = reply.text + "".join(f"\n  {b.label}: {b.payload}" for b in links)
+    buttons = [
+        b
+        for row in reply.buttons
+        for b in row
+        if not b.payload.startswith("@") and not is_link(b.payload)
+    ]
     if not buttons:
-        return reply.text, []
+        return text, []
     choices = "\n".join(f"  [{i}] {b.label}" for i, b in enumerate(buttons, start=1))
-    return f"{reply.text}\n{choices}\n(type a number to choose)", buttons
+    return f"{text}\n{choices}\n(type a number to choose)", buttons

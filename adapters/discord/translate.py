@@ -31,6 +31,7 @@ from core.chat import (
     SecretRequest,
     TextFormat,
     UserRef,
+    is_link,
     is_open_dm,
 )
 from core.secret import Secret
@@ -429,6 +430,8 @@ def to_view(buttons: Sequence[Sequence[Button]], *, bot_id: str = "") -> StaticV
                 item = discord.ui.Button(
                     label=label, url=f"https://discord.com/users/{bot_id}", row=row_number
                 )
+            elif is_link(button.payload):
+                item = discord.ui.Button(label=label, url=button.payload, row=row_number)
             else:
                 item = discord.ui.Button(
                     label=label,

@@ -26,6 +26,7 @@ from core.chat import (
     SecretRequest,
     TextFormat,
     UserRef,
+    is_link,
     is_open_dm,
 )
 from core.secret import Secret
@@ -379,6 +380,9 @@ def button_element(button: Button, action_id: str, *, dm_url: str = "") -> dict[
     if is_open_dm(button.payload) and dm_url:
         element["action_id"] = f"{LINK_ACTION}:{action_id}"
         element["url"] = dm_url
+    elif is_link(button.payload):  # a checkout page: Slack opens it, and still sends an action
+        element["action_id"] = f"{LINK_ACTION}:{action_id}"
+        element["url"] = button.payload
     else:
         element["value"] = button.payload
     if button.style is not ButtonStyle.DEFAULT:

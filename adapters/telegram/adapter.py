@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, Final, TypeVar
 
 from aiohttp import web
-from telegram import BotCommand, Message, ReplyParameters, Update
+from telegram import BotCommand, LabeledPrice, Message, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import (
     BadRequest,
@@ -90,7 +90,13 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
 )
 """The command menu sent with ``setMyCommands`` (the composition root may pass its own)."""
 
-ALLOWED_UPDATES: Final = ("message", "edited_message", "callback_query", "my_chat_member")
+ALLOWED_UPDATES: Final = (
+    "message",
+    "edited_message",
+    "callback_query",
+    "my_chat_member",
+    "pre_checkout_query",
+)
 _CONFLICT: Final = (
     "another process is polling this bot (Telegram answered 409 Conflict); stop it first, "
     "or use webhook mode to run several processes"
@@ -509,9 +515,17 @@ class TelegramAdapter:
                 # Too late (older than ~15 s) or already answered; the press still counts.
                 log.info("telegram: callback answer refused: %s", type(exc).__name__)
         try:
-            await handler(event)
+            outcome = await handler(event)
         finally:
             self._inbox.finish(event)
+        checkout = update.pre_checkout_query
+        if checkout is not None:
+            # Telegram waits 10 s for this answer; the router checked tenant and plan.
+            ok = not outcome.refused
+            try:
+                await checkout.answer(ok=ok, error_message=None if ok else outcome.error)
+            except TelegramError as exc:
+                log.warning("telegram: pre-checkout answer refused: %s", type(exc).__name__)
 
     def _translate(self, update: Update) -> Event | None:
         event = translate.to_event(update, bot_id=self._bot_id, bot_username=self._bot_username)
@@ -725,6 +739,35 @@ class TelegramAdapter:
         except TelegramError as exc:
             raise self._wrap(exc, "sendMessage", chat_id) from None
         return MessageRef(ChatRef(Platform.TELEGRAM, chat_id, is_direct=True), str(sent.message_id))
+
+    # ----- Telegram Stars ------------------------------------------------------------------
+
+    async def stars_invoice_link(
+        self, *, title: str, description: str, payload: str, stars: int, period_seconds: int
+    ) -> str:
+        """A Stars subscription invoice link (currency XTR, no provider token)."""
+        link: str = await self._call(
+            "createInvoiceLink",
+            None,
+            self._bot.create_invoice_link(
+                title=title[:32],
+                description=description[:255],
+                payload=payload,
+                currency="XTR",
+                prices=[LabeledPrice(title[:32], stars)],
+                subscription_period=period_seconds,
+            ),
+        )
+        return link
+
+    async def refund_stars(self, user_id: str, charge_id: str) -> None:
+        await self._call(
+            "refundStarPayment",
+            None,
+            self._bot.refund_star_payment(
+                user_id=int(user_id), telegram_payment_charge_id=charge_id
+            ),
+        )
 
     async def typing(self, chat: ChatRef) -> None:
         """Show "typing..." for a few seconds; failures are logged, never raised.

@@ -32,6 +32,7 @@ from core.chat import (
     ChatRef,
     Event,
     EventKind,
+    PaymentInfo,
     Platform,
     Reply,
     SecretRequest,
@@ -132,6 +133,40 @@ def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
     request to the agent.
     """
     eid = event_id(update.update_id)
+    checkout = update.pre_checkout_query
+    if checkout is not None:
+        user = _user_ref(checkout.from_user)
+        return Event(
+            EventKind.PAYMENT_CHECK,
+            user,
+            ChatRef(Platform.TELEGRAM, user.id, is_direct=True),
+            event_id=eid,
+            payment=PaymentInfo(
+                currency=checkout.currency,
+                amount=checkout.total_amount,
+                payload=checkout.invoice_payload,
+                charge_id=checkout.id,  # the query's id, answered with answerPreCheckoutQuery
+            ),
+        )
+    paid = update.message.successful_payment if update.message is not None else None
+    if paid is not None and update.message is not None and update.message.from_user is not None:
+        user = _user_ref(update.message.from_user)
+        return Event(
+            EventKind.PAYMENT,
+            user,
+            _chat_ref(update.message),
+            event_id=eid,
+            message_id=str(update.message.message_id),
+            payment=PaymentInfo(
+                currency=paid.currency,
+                amount=paid.total_amount,
+                payload=paid.invoice_payload,
+                charge_id=paid.telegram_payment_charge_id,
+                provider_charge_id=paid.provider_payment_charge_id,
+                expires_at=paid.subscription_expiration_date,
+                recurring=bool(paid.is_recurring),
+            ),
+        )
     query = update.callback_query
     if query is not None:
         if query.data is None:  # a game button; byokbot sends none
@@ -226,7 +261,7 @@ def _button(button: Button, *, bot_username: str) -> InlineKeyboardButton:
     if payload == OPEN_DM_PAYLOAD or payload.startswith(OPEN_DM_PAYLOAD + ":"):
         start = payload.partition(":")[2]
         return InlineKeyboardButton(button.label, url=deep_link(bot_username, start), style=style)
-    if payload.startswith("https://"):
+    if payload.startswith(("https://", "http://")):
         return InlineKeyboardButton(button.label, url=payload, style=style)
     if len(payload.encode()) > CALLBACK_DATA_LIMIT:
         raise ValueError(f"button payload is {len(payload.encode())} bytes; Telegram allows 64")

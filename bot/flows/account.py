@@ -5,27 +5,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bot import texts
-from bot.flows import keys
+from bot.flows import billing, keys
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Turn, button
 from core.agent_data import current_model
 from core.chat import Button, ButtonStyle, Outcome
+from core.config import PlanSettings
 from core.credentials import KeyInfo
 from core.errors import IntakeError, PlanError
 from core.tenants import TenantStatus, TenantView
 
 
 def _plan_buttons(turn: Turn) -> list[list[Button]]:
+    s = turn.services
     return [
-        [button(texts.plan_button(p), f"plan:{p.id}")] for p in turn.services.config.offered_plans
+        [button(texts.plan_button(p, priced=billing.priced(s, p)), f"plan:{p.id}")]
+        for p in s.config.offered_plans
     ]
 
 
 def _plan_lines(turn: Turn) -> str:
-    return "\n".join(texts.plan_line(p) for p in turn.services.config.offered_plans)
+    s = turn.services
+    return "\n".join(
+        texts.plan_line(p, priced=billing.priced(s, p)) for p in s.config.offered_plans
+    )
 
 
-def _require_usable_account(turn: Turn) -> TenantView:
+def _require_usable_account(turn: Turn, *, billing_ok: bool = False) -> TenantView:
+    """The tenant, unless suspended (``billing_ok``: a billing suspension may pay its way out)."""
+    from core.billing import BILLING_REASON
+
     tenant = turn.require_tenant()
+    if billing_ok and tenant.status_reason == BILLING_REASON:
+        return tenant
     if tenant.status is TenantStatus.SUSPENDED:
         reason = f" ({tenant.status_reason})" if tenant.status_reason else ""
         raise Refusal(texts.SUSPENDED.format(reason=reason))
@@ -40,6 +51,11 @@ async def handle_start(turn: Turn) -> Outcome | None:
             return await keys.ask_provider(turn)
         plan = turn.services.plans.get(tenant.plan)
         await turn.say(texts.WELCOME_BACK.format(plan=plan.name))
+        return None
+    if turn.event.args and turn.services.access is not None:
+        return await billing.redeem_invite(turn, turn.event.args[0])
+    if turn.services.config.access.mode == "invite" and not turn.services.is_admin(turn.user):
+        await turn.say(texts.ACCESS_INVITE_ONLY)
         return None
     await turn.say(f"{texts.WELCOME}\n{_plan_lines(turn)}", buttons=_plan_buttons(turn))
     return None
@@ -62,11 +78,17 @@ async def handle_plan(turn: Turn) -> Outcome | None:
             texts.PLAN_CHOOSE.format(lines=_plan_lines(turn)), buttons=_plan_buttons(turn)
         )
         return None
-    plan = turn.services.plans.get(turn.tenant.plan)
+    s = turn.services
+    tenant = turn.tenant
+    plan = s.plans.get(tenant.plan)
+    sub = await s.billing.get(tenant.id) if s.billing is not None else None
     await turn.say(
-        texts.PLAN_CURRENT.format(plan=plan.name, lines=_plan_lines(turn)),
-        buttons=_plan_buttons(turn),
+        texts.PLAN_CURRENT.format(plan=plan.name, lines=_plan_lines(turn))
+        + billing.status_line(sub),
+        buttons=_plan_buttons(turn) + await billing.portal_button(turn, sub),
     )
+    if s.billing is not None and not await s.billing.entitled(tenant):
+        await billing.entitled_or_offer(turn, tenant, plan)
     return None
 
 
@@ -93,19 +115,40 @@ async def choose_plan(turn: Turn, plan_id: str) -> Outcome | None:
         return Outcome(refused=True)
     tenant = turn.tenant
     if tenant is None:
+        if not await billing.admit(turn, plan):
+            return None
         dm = turn.chat.id if turn.chat.is_direct else None
         tenant = await s.tenants.sign_up(turn.user, plan.id, dm_chat_id=dm)
         turn.tenant = tenant
         await turn.say(texts.SIGNED_UP.format(plan=plan.name))
     else:
-        _require_usable_account(turn)
+        _require_usable_account(turn, billing_ok=True)
         if tenant.plan == plan.id:
+            if s.billing is not None and not await s.billing.entitled(tenant):
+                return await set_up(turn, tenant, plan)
             await turn.say(texts.PLAN_SAME.format(plan=plan.name))
             return None
+        if s.billing is not None:
+            change = await s.billing.change_plan(tenant.id, plan.id, actor=turn.actor)
+            if change != "now":
+                return None  # told by the billing notice: pending, or prorated and switched
         tenant = await s.tenants.set_plan(tenant.id, plan.id, actor=turn.actor)
         turn.tenant = tenant
         await s.agents.reconfigure(tenant.id)
         await turn.say(texts.PLAN_CHANGED.format(plan=plan.name))
+    return await set_up(turn, tenant, plan)
+
+
+async def set_up(turn: Turn, tenant: TenantView, plan: PlanSettings) -> Outcome | None:
+    """After sign-up or a plan change: payment (or trial) where the plan needs it, then ready."""
+    if not await billing.entitled_or_offer(turn, tenant, plan):
+        return None
+    return await ready(turn, tenant, plan)
+
+
+async def ready(turn: Turn, tenant: TenantView, plan: PlanSettings) -> Outcome | None:
+    """The plan may be used: ask for a key (BYOK) or say the managed agent is ready."""
+    s = turn.services
     if plan.byok:
         active = [k for k in await s.credentials.list(tenant.id) if k.status.value == "active"]
         if not active:
@@ -133,7 +176,7 @@ async def handle_status(turn: Turn) -> Outcome | None:
     await turn.say(
         texts.STATUS.format(
             plan=plan.name,
-            price=f"${plan.price_usd:g}/month",
+            price=f"${plan.price_usd:g}/month" if billing.priced(s, plan) else "no price set",
             status=f"{_state(tenant, plan.byok, stored)}{reason}",
             paused=" (paused)" if tenant.paused else "",
             model=_model_line(turn, tenant, stored),
@@ -220,6 +263,11 @@ async def on_delete_button(turn: Turn, args: list[str]) -> Outcome | None:
         await turn.say(texts.DELETE_CANCELLED)
         return None
     await s.agents.forget(tenant.id)
+    if s.billing is not None:
+        # Nothing renews for an erased account (a Stars subscription is cancelled by the
+        # person in Telegram; it cannot be charged for a tenant that no longer exists).
+        await billing.stop_renewal(turn, tenant.id)
+        await s.billing.cancel(tenant.id, actor=turn.actor)
     await s.tenants.delete(tenant.id, actor=turn.actor)
     turn.tenant = None
     await turn.say(texts.DELETED)
@@ -248,5 +296,7 @@ async def handle_link(turn: Turn) -> Outcome | None:
         )
     dm = turn.chat.id if turn.chat.is_direct else None
     turn.tenant = await s.tenants.attach_identity(tenant_id, turn.user, dm_chat_id=dm)
+    if s.billing is not None:  # one trial per person, whichever platform they come from
+        await s.billing.note_identity(turn.user.identity, tenant_id)
     await turn.say(texts.LINKED)
     return None

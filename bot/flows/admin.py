@@ -6,8 +6,10 @@ import logging
 
 from bot import texts
 from bot.alerts import cap_text
+from bot.flows import billing
 from bot.flows.base import Refusal, Turn
 from core import audit
+from core.billing import day
 from core.chat import ChatRef, Outcome, Platform, Reply
 from core.errors import PlanError, TenantError, TenantNotFound
 from core.tenants import TenantView
@@ -100,6 +102,7 @@ async def _tenant_detail(turn: Turn, args: list[str]) -> Outcome | None:
             keys=texts.join(f"{k.provider} {k.fingerprint} ({k.status.value})" for k in stored)
             or "none",
             created=texts.day(t.created_at),
+            billing=billing.status_line(await s.billing.get(t.id)) if s.billing else "",
         )
         + spend,
         sensitive=True,
@@ -257,7 +260,125 @@ async def _rotate_master_key(turn: Turn, args: list[str]) -> Outcome | None:
     return None
 
 
+async def _invite(turn: Turn, args: list[str]) -> Outcome | None:
+    s = turn.services
+    if s.access is None:
+        raise Refusal(texts.ADMIN_UNKNOWN.format(sub="invite"))
+    plan: str | None = None
+    uses = 1
+    for arg in args[:2]:
+        if arg.isdigit() and int(arg) > 0:
+            uses = min(int(arg), 10_000)
+        elif arg.lower() in s.plans:
+            plan = arg.lower()
+        else:
+            raise Refusal(texts.ADMIN_USAGE.format(sub="invite", args="[plan] [uses]"))
+    invite = await s.access.create_invite(plan=plan, uses=uses, actor=turn.actor)
+    await turn.say(
+        texts.ADMIN_INVITE.format(
+            code=invite.code, uses=uses, plan=f" for the {plan} plan" if plan else ""
+        ),
+        sensitive=True,
+    )
+    return None
+
+
+async def _requests(turn: Turn, args: list[str]) -> Outcome | None:
+    s = turn.services
+    waiting = await s.access.pending() if s.access is not None else []
+    if not waiting:
+        await turn.say(texts.ADMIN_REQUESTS_EMPTY, sensitive=True)
+        return None
+    lines = [
+        texts.ADMIN_REQUEST_LINE.format(
+            identity=r.identity, name=r.display_name or "—", plan=r.plan, at=texts.day(r.created_at)
+        )
+        for r in waiting
+    ]
+    await turn.say("\n".join(lines), sensitive=True)
+    return None
+
+
+async def _revenue(turn: Turn, args: list[str]) -> Outcome | None:
+    s = turn.services
+    if s.billing is None:
+        raise Refusal(texts.ADMIN_UNKNOWN.format(sub="revenue"))
+    r = await s.billing.revenue()
+    paid = texts.join(
+        f"{amount} ⭐" if provider == "stars" else f"{provider} ${amount / 100:,.2f}"
+        for provider, amount in sorted(r.paid_30d.items())
+    )
+    await turn.say(
+        texts.ADMIN_REVENUE.format(
+            stars=r.mrr_stars,
+            usd=r.mrr_usd,
+            states=texts.join(f"{k} {v}" for k, v in sorted(r.by_state.items())) or "none",
+            providers=texts.join(f"{k} {v}" for k, v in sorted(r.by_provider.items())) or "none",
+            paid=paid or "nothing",
+        ),
+        sensitive=True,
+    )
+    return None
+
+
+async def _comp(turn: Turn, args: list[str]) -> Outcome | None:
+    _need(args, 3, "comp", "<tenant> <plan> <days>")
+    s = turn.services
+    if s.billing is None:
+        raise Refusal(texts.ADMIN_UNKNOWN.format(sub="comp"))
+    t = await _tenant(turn, args[0])
+    plan = args[1].lower()
+    if plan not in s.plans:
+        raise Refusal(texts.PLAN_UNKNOWN.format(plan=args[1][:40], plans=texts.join(s.plans.ids)))
+    try:
+        days = float(args[2])
+    except ValueError:
+        days = 0.0
+    if not 0 < days <= 3660:
+        raise Refusal(texts.ADMIN_COMP_BAD_DAYS.format(days=args[2][:20]))
+    try:
+        sub = await s.billing.grant(t.id, plan, days, actor=turn.actor)
+    except TenantError:
+        raise Refusal(texts.ADMIN_NO_TENANT.format(ref=args[0][:80])) from None
+    await turn.say(
+        texts.ADMIN_COMP_DONE.format(id=t.id, plan=plan, end=day(sub.period_end)),
+        sensitive=True,
+    )
+    return None
+
+
+async def _refund(turn: Turn, args: list[str]) -> Outcome | None:
+    _need(args, 1, "refund", "<charge id>")
+    s = turn.services
+    if s.billing is None:
+        raise Refusal(texts.ADMIN_UNKNOWN.format(sub="refund"))
+    charge = args[0]
+    payment = await s.billing.payment(charge)
+    if payment is None or payment.refunded:
+        raise Refusal(texts.ADMIN_REFUND_UNKNOWN.format(charge=charge[:80]))
+    if payment.provider != "stars":
+        raise Refusal(texts.ADMIN_REFUND_NOT_STARS)
+    if s.stars is None:
+        raise Refusal(texts.ADMIN_REFUND_FAILED.format(reason="Telegram is not enabled here"))
+    try:
+        await s.stars.refund_stars(payment.payer, charge)
+    except Exception as exc:  # Telegram's refusal, in one line for the operator
+        log.warning("stars refund of %s refused: %s", charge[:80], exc, exc_info=True)
+        raise Refusal(texts.ADMIN_REFUND_FAILED.format(reason=str(exc)[:200])) from None
+    done = await s.billing.refunded(charge, actor=turn.actor)
+    amount = f"{payment.amount} ⭐" if done is not None else "already refunded"
+    await turn.say(
+        texts.ADMIN_REFUND_DONE.format(charge=charge[:80], amount=amount), sensitive=True
+    )
+    return None
+
+
 _SUBCOMMANDS = {
+    "invite": _invite,
+    "requests": _requests,
+    "revenue": _revenue,
+    "comp": _comp,
+    "refund": _refund,
     "stats": _stats,
     "tenants": _tenants,
     "tenant": _tenant_detail,

@@ -83,6 +83,16 @@ async def handle_message(turn: Turn) -> Outcome | None:
     tenant = _usable(turn)
     agents = turn.services.agents
     plans = turn.services.plans
+    billing = turn.services.billing
+    if billing is not None and not await billing.entitled(tenant):
+        name = plans.get(tenant.plan).name if tenant.plan in plans else tenant.plan
+        raise Refusal(texts.BILLING_NEEDS_PAYMENT.format(plan=name))
+    budget = turn.services.budget
+    if billing is not None and budget is not None:
+        cap = await billing.trial_cap(tenant)
+        # Checked per message: the trial's last reply may overshoot the allowance by one reply.
+        if cap is not None and (await budget.summary(tenant.id, tenant.plan)).spent.tokens >= cap:
+            raise Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap))
     managed = tenant.plan in plans and not plans.get(tenant.plan).byok
     if turn.event.attachments:
         # Only the caption reaches the agent; the person must not think it saw the media.

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core import audit
+from core.access import Access
+from core.billing import Billing, CheckoutLinks, StarsInvoices
 from core.budget import Budget
 from core.chat import (
     OPEN_DM_PAYLOAD,
@@ -21,6 +23,7 @@ from core.chat import (
     TextFormat,
     UserRef,
     button_owner_tag,
+    is_link,
 )
 from core.config import Config
 from core.credentials import Credentials
@@ -127,6 +130,12 @@ class Services:
     rotate_master_key: Callable[[], Awaitable[tuple[int, int]]] | None = None
     live_checks: LiveChecks | None = None
     notes: NotesStore | None = None  # the agent's long-term notes (``/memory``)
+    # Subscriptions and sign-up admission (issue 15); None in tests that build Services by
+    # hand: every plan is then free, as before billing existed.
+    billing: Billing | None = None
+    access: Access | None = None
+    stars: StarsInvoices | None = None
+    checkout: CheckoutLinks | None = None
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
         """Write an audit row that is not part of a larger change."""
@@ -149,7 +158,9 @@ def tag_buttons(rows: Sequence[Sequence[Button]], owner: UserRef) -> tuple[tuple
     tag = button_owner_tag(owner)
     return tuple(
         tuple(
-            b if b.payload.startswith("@") else Button(b.label, f"{tag}|{b.payload}", b.style)
+            b
+            if b.payload.startswith("@") or is_link(b.payload)
+            else Button(b.label, f"{tag}|{b.payload}", b.style)
             for b in row
         )
         for row in rows

@@ -291,3 +291,88 @@ class InboxRow(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
     kek_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class SubscriptionRow(Base):
+    """A tenant's subscription: state, paid period, grace, and the provider's references.
+
+    No card data: Stripe keeps it; only its customer and subscription ids are stored here.
+    """
+
+    __tablename__ = "subscriptions"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    plan: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    provider: Mapped[str] = mapped_column(String(16), default="")
+    period_start: Mapped[datetime | None] = mapped_column(default=None)
+    period_end: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    grace_until: Mapped[datetime | None] = mapped_column(default=None)
+    pending_plan: Mapped[str | None] = mapped_column(String(64), default=None)
+    external_id: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
+    customer_id: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
+    auto_renew: Mapped[bool] = mapped_column(default=False)
+    reminded_for: Mapped[datetime | None] = mapped_column(default=None)
+    # The provider's time of the newest event applied: older ones arriving late change nothing.
+    last_event_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime]
+
+
+class PaymentRow(Base):
+    """One charge (a Stars payment or a paid Stripe invoice), by the provider's charge id."""
+
+    __tablename__ = "payments"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    charge_id: Mapped[str] = mapped_column(String(200), unique=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(8))
+    plan: Mapped[str] = mapped_column(String(64))
+    payer: Mapped[str] = mapped_column(String(200), default="")
+    at: Mapped[datetime] = mapped_column(index=True)
+    refunded: Mapped[bool] = mapped_column(default=False)
+
+
+class BillingEventRow(Base):
+    """A provider event (a Stripe webhook) already processed: each one takes effect once."""
+
+    __tablename__ = "billing_events"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[datetime]
+
+
+class InviteRow(Base):
+    """An invite code an operator made: how many sign-ups it still admits, and to which plan."""
+
+    __tablename__ = "invites"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    plan: Mapped[str | None] = mapped_column(String(64), default=None)
+    uses_left: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class AccessRequestRow(Base):
+    """A stranger's request to sign up (``[access] mode = "approval"``)."""
+
+    __tablename__ = "access_requests"
+
+    identity: Mapped[str] = mapped_column(String(200), primary_key=True)
+    plan: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    dm_chat_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime]
+
+
+class TrialUseRow(Base):
+    """An identity that has had a trial; kept after deletion so a trial is had once."""
+
+    __tablename__ = "trial_uses"
+
+    identity: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[datetime]

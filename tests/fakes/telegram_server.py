@@ -21,7 +21,15 @@ from aiohttp import web
 
 # Parameters the SDK sends as JSON strings inside a form body.
 _JSON_FIELDS = frozenset(
-    {"reply_markup", "entities", "commands", "allowed_updates", "reply_parameters", "scope"}
+    {
+        "reply_markup",
+        "entities",
+        "commands",
+        "allowed_updates",
+        "reply_parameters",
+        "scope",
+        "prices",
+    }
 )
 
 
@@ -42,6 +50,10 @@ _KNOWN_METHODS = frozenset(
         "editMessageReplyMarkup",
         "deleteMessage",
         "getChat",
+        # Telegram Stars (issue 15)
+        "createInvoiceLink",
+        "answerPreCheckoutQuery",
+        "refundStarPayment",
     }
 )
 
@@ -99,6 +111,10 @@ class FakeTelegramServer:
     # report for it (getWebhookInfo's last_error_message), scripted by a test.
     webhook_url: str = ""
     webhook_error: str = ""
+    # Stars invoices by link (createInvoiceLink's params), and refunded charge ids.
+    invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunds: list[dict[str, Any]] = field(default_factory=list)
+    _charges: int = 0
 
     @property
     def base_url(self) -> str:
@@ -362,7 +378,98 @@ class FakeTelegramServer:
         if method == "getChat":
             cid = int(chat_id)
             return {"id": cid, "type": "private" if cid > 0 else "supergroup"}
+        if method == "createInvoiceLink":
+            link = f"https://t.me/$invoice{len(self.invoices) + 1}"
+            self.invoices[link] = params
+            return link
+        if method == "refundStarPayment":
+            self.refunds.append(params)
+            return True
         return True  # methods whose result is plain ``true``
+
+    # ----- Telegram Stars: a person paying ----------------------------------------------------
+
+    async def pay_stars(
+        self,
+        user: dict[str, Any],
+        link: str,
+        *,
+        recurring: bool = False,
+        amount: int | None = None,
+        within: float = 10.0,
+    ) -> str | None:
+        """The person opens ``link`` and pays, as Telegram runs it.
+
+        A ``pre_checkout_query`` update first; the bot must answer it (Telegram gives 10 s).
+        Only if it answered ``ok`` does the charge happen: a message with ``successful_payment``
+        (``is_recurring`` for a subscription, ``is_first_recurring`` on its first charge).
+        Returns the charge id, or None when the bot refused the checkout.
+        """
+        invoice = self.invoices[link]
+        total = int(invoice["prices"][0]["amount"]) if amount is None else amount
+        self._charges += 1
+        query_id = f"pcq{self._charges}"
+        self.push_update(
+            {
+                "pre_checkout_query": {
+                    "id": query_id,
+                    "from": user,
+                    "currency": invoice["currency"],
+                    "total_amount": total,
+                    "invoice_payload": invoice["payload"],
+                }
+            }
+        )
+        await self.wait_for(
+            lambda: any(
+                c["pre_checkout_query_id"] == query_id
+                for c in self.calls_to("answerPreCheckoutQuery")
+            ),
+            within,
+        )
+        (answer,) = [
+            c
+            for c in self.calls_to("answerPreCheckoutQuery")
+            if c["pre_checkout_query_id"] == query_id
+        ]
+        if str(answer.get("ok")).lower() != "true":
+            return None
+        return self.stars_charge(user, link, amount=total, first=not recurring)
+
+    def stars_charge(
+        self, user: dict[str, Any], link: str, *, amount: int | None = None, first: bool = False
+    ) -> str:
+        """A ``successful_payment`` for ``link``'s subscription (a renewal unless ``first``)."""
+        invoice = self.invoices[link]
+        total = int(invoice["prices"][0]["amount"]) if amount is None else amount
+        self._charges += 1
+        charge = f"stxcharge{self._charges:04d}"
+        period = int(invoice.get("subscription_period", 0) or 0)
+        paid: dict[str, Any] = {
+            "currency": invoice["currency"],
+            "total_amount": total,
+            "invoice_payload": invoice["payload"],
+            "telegram_payment_charge_id": charge,
+            "provider_payment_charge_id": "",
+        }
+        if period:
+            paid |= {
+                "subscription_expiration_date": int(time.time()) + period,
+                "is_recurring": True,
+                "is_first_recurring": first,
+            }
+        self.push_update(
+            {
+                "message": {
+                    "message_id": self.next_message_id(),
+                    "date": int(time.time()),
+                    "chat": {"id": user["id"], "type": "private", "first_name": user["first_name"]},
+                    "from": user,
+                    "successful_payment": paid,
+                }
+            }
+        )
+        return charge
 
 
 # ----- recorded update shapes --------------------------------------------------------------

@@ -46,6 +46,7 @@ def enable_proxy(
     *,
     token_cap: int = 1_000_000,
     proxy: dict[str, Any] | None = None,
+    managed_trial: bool = True,
 ) -> PlatformKeys:
     """``[proxy] enabled = true`` on a free port, upstreams and models on the fake LLM.
 
@@ -90,6 +91,9 @@ def enable_proxy(
             "agent": {"max_reply_tokens": 20},
         }
     )
+    if managed_trial:
+        # A managed plan is never free (issue 15): a trial stands in for paying.
+        ws.configure({"billing.plans.managed": {"trial_days": 30}})
     return keys
 
 
