@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -107,7 +108,16 @@ async def _serve(config: Config, env: Mapping[str, str], *, console_only: bool) 
     try:
         await app.start()
         if app.supervisor is not None:
-            print(app.supervisor.sandbox_report().line(), file=sys.stderr, flush=True)
+            report = app.supervisor.sandbox_report()
+            line = report.line()
+            if config.logging.format == "json":
+                # Every stderr line is one JSON object in this format, the start-up line too.
+                weak = report.mode == "off" or bool(report.missing)
+                logging.getLogger("byokbot.sandbox").log(
+                    logging.WARNING if weak else logging.INFO, line
+                )
+            else:
+                print(line, file=sys.stderr, flush=True)
         if app.console is not None:
             app.console.notice(texts.CONSOLE_BANNER)
         await app.run_until_stopped(stop)

@@ -271,7 +271,10 @@ async def test_a_flooding_agent_gives_one_capped_reply_and_few_platform_calls(
     mode: str,
     told: str,
 ) -> None:
-    tg_ws.configure({"agent": {"command": [sys.executable, str(FLOOD_AGENT), mode]}})
+    # The flood script lives under /root, which a sandboxed agent uid cannot read.
+    tg_ws.configure(
+        {"agent": {"command": [sys.executable, str(FLOOD_AGENT), mode], "sandbox": "off"}}
+    )
     key = anthropic_key()
     canaries.add(key)
     bot = await start_bot(tg_ws)

@@ -179,6 +179,8 @@ async def test_help_and_hints_use_discords_command_syntax(
 
     await ada_dc.slash("start")
     await ada_dc.press("BYOK")
+    # The press is acknowledged before it is handled: wait for the plan to be taken.
+    await ada_dc.wait_text("(?i)which provider")
     await ada_dc.slash("key", "list")
     hint = (await ada_dc.wait_text("(?i)no keys")).content
     assert "/key add provider:" in hint, hint

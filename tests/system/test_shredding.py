@@ -54,7 +54,7 @@ async def test_delete_leaves_no_ciphertext_in_the_file_or_the_wal(
 
     db = tg_ws.root / "data" / "byokbot.db"
     # Memory is saved just after the reply, off the reply path (issue 13).
-    await eventually(lambda: len(_stored(db)) == 3)
+    await eventually(lambda: len(_stored(db)) == 4)
     stored = _stored(db)
     assert len(stored) == 4, "expected a data key, a provider key, a memory and a notes blob"
 
