@@ -4,6 +4,9 @@ One server answers both APIs: ``anthropic_url`` for the Anthropic kind (``/v1/me
 ``openai_url`` (which ends in ``/v1``) for the OpenAI-compatible kind. Every request is recorded
 with the key it carried; tests script failures (status codes, stalls, malformed streams) and
 hold a stream open at a gate to act in the middle of a reply.
+
+A request without ``"stream": true`` gets the provider's plain JSON reply (with its usage), as
+the real APIs answer; gates and scripted failures hold or break it the same way.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class FakeLLMServer:
     # A model that always talks until cut off: the usage reports the largest output the
     # request allows (max_tokens / max_completion_tokens, times n), not the words sent.
     greedy: bool = False
+    # Anthropic prompt-cache usage added to every reply's usage (message_start when streamed),
+    # e.g. {"cache_creation_input_tokens": 1000, "cache_read_input_tokens": 5000}.
+    cache_usage: dict[str, int] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     port: int = 0
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -160,7 +166,11 @@ class FakeLLMServer:
                         "type": "message_start",
                         "message": {
                             "id": "msg_1",
-                            "usage": {"input_tokens": n_in, "output_tokens": 1},
+                            "usage": {
+                                "input_tokens": n_in,
+                                "output_tokens": 1,
+                                **self.cache_usage,
+                            },
                         },
                     },
                 )
@@ -201,6 +211,25 @@ class FakeLLMServer:
             out.append(_sse("message_stop", {"type": "message_stop"}))
             return out
 
+        if body.get("stream") is not True:
+            return await self._plain(
+                request,
+                key,
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body.get("model"),
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn",
+                    "stop_sequence": None,
+                    "usage": {
+                        "input_tokens": n_in,
+                        "output_tokens": _allowed(body) if self.greedy else len(words),
+                        **self.cache_usage,
+                    },
+                },
+            )
         return await self._stream(
             request,
             events(),
@@ -233,6 +262,28 @@ class FakeLLMServer:
             )
 
         n_out = _allowed(body) if self.greedy else len(words)
+        if body.get("stream") is not True:
+            return await self._plain(
+                request,
+                key,
+                {
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "model": body.get("model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": n_in,
+                        "completion_tokens": n_out,
+                        "total_tokens": n_in + n_out,
+                    },
+                },
+            )
         out = [chunk({"role": "assistant", "content": ""})]
         out += [chunk({"content": w}) for w in words]
         out.append(chunk({}, "stop"))
@@ -260,6 +311,26 @@ class FakeLLMServer:
                 {"error": {"type": f.error_type, "message": f.message, "code": f.error_type}}
             ),
         )
+
+    async def _plain(
+        self, request: web.Request, key: str, reply: dict[str, Any]
+    ) -> web.StreamResponse:
+        """A non-streaming reply; a gate holds it before it is sent (as if mid-generation)."""
+        failure = self._take_failure()
+        if failure is not None and failure.mode in ("status", "stream_error"):
+            return _error_response(failure)
+        if failure is not None and failure.mode in ("stall", "stall_mid"):
+            self.mid_stream.set()
+            await self._closed.wait()
+            return web.Response(status=503)
+        if failure is not None and failure.mode == "malformed":
+            return web.Response(body=b"{not json", content_type="application/json")
+        if self.gate is not None and (self.gate_keys is None or key in self.gate_keys):
+            self.mid_stream.set()
+            await self.gate.wait()
+        if self.chunk_delay:
+            await asyncio.sleep(self.chunk_delay)
+        return web.json_response(reply)
 
     async def _stream(
         self,
