@@ -21,6 +21,11 @@ paused through ``core.tenants``) must not wait for that:
   behind, the next cache hit reads it inline. A changed counter empties the cache. The same
   code runs on SQLite and PostgreSQL (a counter row, not LISTEN/NOTIFY, which SQLite lacks).
 
+The cache refreshes ahead: a hit older than half of ``cache_seconds`` is served and re-read in
+the background, so a busy token never expires under the requests using it (which would all
+miss at once: the latency tail). Lookups are single-flight: concurrent misses of one token
+share one query. An entry is never served older than ``cache_seconds``.
+
 A lookup that raced a revocation is not cached (an epoch counter bumped by every forget),
 so a stale answer read just before the revocation cannot outlive it. Rotation (``issue``
 retiring tokens beyond ``keep``) is not a revocation: another process may accept a retired
@@ -122,6 +127,8 @@ class ProxyTokens:
         # digest -> (monotonic expiry, owner). Only hits are cached, so random tokens cannot
         # grow it; a revocation in this process drops the tenant's entries at once.
         self._cache: dict[str, tuple[float, TokenOwner]] = {}
+        # digest -> (epoch it started in, the lookup): concurrent misses share one query.
+        self._flights: dict[str, tuple[int, asyncio.Future[TokenOwner | None]]] = {}
         self._epoch = 0  # bumped by every forget: a lookup that raced one is not cached
         self._generation: int | None = None  # proxy_revocations as last read
         self._checked = -math.inf  # monotonic time that read started
@@ -191,17 +198,43 @@ class ProxyTokens:
         if not looks_like_token(token):
             return None
         digest = _digest(token)
-        if self._cache_seconds:
-            now = time.monotonic()
-            hit = self._cache.get(digest)
-            if hit is not None and hit[0] > now:
-                if now - self._checked > self.check_seconds:
-                    await self.check_revocations()  # the background reader fell behind
-                    hit = self._cache.get(digest)
-                if hit is not None:
-                    return hit[1]
-            elif self._generation is None:
-                await self.check_revocations()  # the baseline, before anything is cached
+        if not self._cache_seconds:
+            return await self._lookup(digest)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            if now - self._checked > self.check_seconds:
+                await self.check_revocations()  # the background reader fell behind
+                hit = self._cache.get(digest)
+            if hit is not None:
+                if hit[0] - now < self._cache_seconds / 2:
+                    self._refresh(digest)  # refresh ahead; this request does not wait
+                return hit[1]
+        elif self._generation is None:
+            await self.check_revocations()  # the baseline, before anything is cached
+        return await asyncio.shield(self._flight(digest))
+
+    def _flight(self, digest: str) -> asyncio.Future[TokenOwner | None]:
+        """The lookup of ``digest`` in flight in this epoch, or a new one."""
+        flight = self._flights.get(digest)
+        if flight is not None and flight[0] == self._epoch:
+            return flight[1]
+        future = asyncio.ensure_future(self._lookup(digest))
+        self._flights[digest] = (self._epoch, future)
+
+        def landed(f: asyncio.Future[TokenOwner | None]) -> None:
+            if self._flights.get(digest, (0, None))[1] is f:
+                del self._flights[digest]
+            if not f.cancelled():
+                f.exception()  # retrieved: a failed background refresh is not an error here
+
+        future.add_done_callback(landed)
+        return future
+
+    def _refresh(self, digest: str) -> None:
+        self._flight(digest)
+
+    async def _lookup(self, digest: str) -> TokenOwner | None:
         epoch = self._epoch
         async with self._db.session() as s:
             row = (
@@ -218,6 +251,8 @@ class ProxyTokens:
                 )
             ).first()
         if row is None or not hmac.compare_digest(row[0], digest):
+            if epoch == self._epoch:
+                self._cache.pop(digest, None)  # a refresh found it retired
             return None
         owner = TokenOwner(tenant_id=row[1], plan=row[2], status=row[3], paused=bool(row[4]))
         if self._cache_seconds and epoch == self._epoch:
