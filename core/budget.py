@@ -748,8 +748,46 @@ RETURNING tokens_spent, usd_micros_spent, alerted_pct, period_start
 """
 
 
+def _batch(conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+    """Group commit: each ``fn`` in a savepoint of one transaction; results or exceptions.
+
+    Each keeps its own conditional statements, run one after another under the one write
+    lock, so a cap is checked against every reservation before it exactly as with separate
+    transactions; one failing ``fn`` is rolled back alone. A busy database aborts them all.
+    """
+    out: list[Any] = []
+    for fn in fns:
+        conn.execute("SAVEPOINT op")
+        try:
+            out.append(fn(conn))
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise
+            conn.execute("ROLLBACK TO op")
+            out.append(_Failed(exc))
+        except Exception as exc:  # noqa: BLE001 - handed to that op's caller, not swallowed
+            conn.execute("ROLLBACK TO op")
+            out.append(_Failed(exc))
+        conn.execute("RELEASE op")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: BaseException
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes: low byte
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class _SQLiteWriter:
     """The request path's transactions on SQLite: on the event loop's thread, never waiting.
+
+    Group commit: the reserves and settles asked for in one turn of the event loop run in one
+    transaction (``_batch``), so a busy proxy pays one BEGIN/COMMIT (and one WAL write of the
+    budget pages) per batch, not two per request.
 
     A reserve or settle transaction takes ~25 us, while a hop to a worker thread and back
     costs ~130 us of CPU on a small VM (measured), twice per request. So they run inline, on a
@@ -767,6 +805,8 @@ class _SQLiteWriter:
         self._inline_conn: sqlite3.Connection | None = None
         self._commits = 0
         self._checkpointing: asyncio.Future[None] | None = None
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flushing = False
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -795,17 +835,46 @@ class _SQLiteWriter:
         self._conn = self._inline_conn = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._inline()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append((fn, future))
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flushing = False
+        # A caller cancelled while queued (its request was dropped) is not run at all.
+        batch, self._queue = [op for op in self._queue if not op[1].done()], []
+        if not batch:
+            return
+        fns = [fn for fn, _ in batch]
+        futures = [f for _, f in batch]
         try:
-            out = _transaction(conn, fn)
+            results = _transaction(self._inline(), lambda c: _batch(c, fns))
         except sqlite3.OperationalError as exc:
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes: low byte
-            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise
+            if not _busy(exc):
+                _deliver(futures, [_Failed(exc)] * len(futures))
+                return
             # Another writer has the database: wait for it on the worker thread, not here.
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, _transaction, self._connection(), fn
+            waited = asyncio.get_running_loop().run_in_executor(
+                self._pool, _transaction, self._connection(), lambda c: _batch(c, fns)
             )
+
+            def landed(done: asyncio.Future[list[Any]]) -> None:
+                if done.cancelled():
+                    _deliver(futures, [_Failed(asyncio.CancelledError())] * len(futures))
+                    return
+                error = done.exception()
+                _deliver(futures, [_Failed(error)] * len(futures) if error else done.result())
+
+            waited.add_done_callback(landed)
+            return
+        except Exception as exc:  # noqa: BLE001 - every caller gets the error
+            _deliver(futures, [_Failed(exc)] * len(futures))
+            return
+        _deliver(futures, results)
         self._commits += 1
         if self._commits >= _CHECKPOINT_EVERY and self._checkpointing is None:
             self._commits = 0
@@ -813,7 +882,6 @@ class _SQLiteWriter:
                 self._pool, self._checkpoint
             )
             self._checkpointing.add_done_callback(self._checkpointed)
-        return out
 
     def _checkpoint(self) -> None:
         self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -890,6 +958,16 @@ class _SQLiteWriter:
             return int(spent_t), int(spent_u), int(alerted), date.fromisoformat(str(period))
 
         return await self._run(work)
+
+
+def _deliver(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
+    for future, result in zip(futures, results, strict=True):
+        if future.done():
+            continue  # its caller was cancelled; the work is done (settle: nothing leaks)
+        if isinstance(result, _Failed):
+            future.set_exception(result.error)
+        else:
+            future.set_result(result)
 
 
 _FAST_WRITERS: weakref.WeakKeyDictionary[Database, _SQLiteWriter] = weakref.WeakKeyDictionary()
