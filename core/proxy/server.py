@@ -200,6 +200,7 @@ class ProxyServer:
         self._watcher: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.listening = asyncio.Event()  # set by start(); what ``byokbot proxy`` waits on
         self.app = web.Application(client_max_size=settings.max_body_bytes)
         self.app.router.add_post("/v1/messages", self._anthropic)
         self.app.router.add_post("/v1/chat/completions", self._openai)
@@ -242,6 +243,7 @@ class ProxyServer:
         sockets = getattr(server, "sockets", None) or ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else None
         log.info("metering proxy listening on port %s", self.port)
+        self.listening.set()
         return self.port or 0
 
     async def stop(self) -> None:
@@ -260,14 +262,14 @@ class ProxyServer:
             await self._http.close()
             self._http = None
 
-    async def serve_forever(self, *, jobs: bool = True) -> None:
+    async def serve_forever(self, *, jobs: bool = True, reuse_port: bool = False) -> None:
         """``byokbot proxy``: listen until cancelled, sweeping orphans and rolling periods.
 
         With ``jobs`` the proxy runs ``sweep_orphans`` and ``reset_month`` itself every
         ``sweep_interval_seconds`` (both are idempotent, so also scheduling them elsewhere is
-        harmless).
+        harmless). ``reuse_port``: see ``start``.
         """
-        await self.start()
+        await self.start(reuse_port=reuse_port)
         try:
             while True:
                 await asyncio.sleep(self.settings.sweep_interval_seconds)
