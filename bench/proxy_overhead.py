@@ -465,7 +465,7 @@ async def main(args: argparse.Namespace) -> None:
         rounds = 2 if quick else 5
         scale = 1 if quick else 5
         stages = [
-            ("stream c=1", True, 1, 40 * scale),
+            ("stream c=1", True, 1, 40 * scale * (1 + 9 * bool(args.only))),
             ("stream c=16", True, 16, 200 * scale),
             ("stream c=64", True, 64, 400 * scale),
             ("json c=16", False, 16, 200 * scale),
@@ -496,6 +496,8 @@ async def main(args: argparse.Namespace) -> None:
                 f"{'req/s':>8} {'err':>4}   (TTFT added over direct, ms; json: total time)"
             )
             for label, stream, concurrency, n in stages:
+                if args.only and args.only not in label:
+                    continue
                 res = await run_stage(
                     session, sides, stream=stream, concurrency=concurrency, n=n, rounds=rounds
                 )
@@ -589,6 +591,11 @@ if __name__ == "__main__":
     )
     parser.add_argument("--workers", type=int, default=1, help="processes per server")
     parser.add_argument("--scaling", action="store_true", help="also 1 vs 2 workers")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="run only the stages whose label contains this (e.g. 'c=1'), for profiling",
+    )
     parser.add_argument("--role", choices=("main", "fake", "proxy", "relay"), default="main")
     parser.add_argument("--port-file", default="")
     parser.add_argument("--port", type=int, default=0)
