@@ -176,10 +176,13 @@ class ProxyTokens:
                     self._path, isolation_level=None, check_same_thread=False
                 )
                 self._raw.execute("PRAGMA busy_timeout=0")
-            row = self._raw.execute(sql, args).fetchone()
+            # fetchall, not fetchone: the statement must run to its end, or its read
+            # transaction stays open, pinning an old snapshot (stale answers, a WAL that
+            # cannot be checkpointed).
+            rows = self._raw.execute(sql, args).fetchall()
         except sqlite3.OperationalError:
             return False  # busy, or a schema this path does not know: the ORM decides
-        return tuple(row) if row is not None else None
+        return tuple(rows[0]) if rows else None
 
     @property
     def caching(self) -> bool:
