@@ -1,25 +1,33 @@
-"""Metering proxy overhead: proxy vs direct to the same fake upstream, in the same run.
+"""Metering proxy overhead against a bare aiohttp relay on the same stack, in the same run.
 
-Three processes, so the proxy's event loop is not shared with the load or the upstream:
+Processes, so no event loop is shared between the load and what it measures:
 
-* the fake Anthropic upstream (``tests/fakes/llm_server.py``),
-* the proxy (``core.proxy.ProxyServer``) on SQLite (or ``--pg URL``),
+* the fake Anthropic upstream (``tests/fakes/llm_server.py``), streamed or plain JSON,
+* the **relay**: a bare aiohttp pass-through (no auth, budget or metering) on the same aiohttp
+  server and client stack, the baseline,
+* the **proxy** (``core.proxy.ProxyServer``) on SQLite (or ``--pg URL``),
 * this process, the load generator (aiohttp client).
 
-For concurrency 1, 16 and 64 it sends the same streaming ``/v1/messages`` request directly to
-the upstream and through the proxy, and reports time to first token (first ``text_delta``)
-and total time, p50/p99, the added time (proxy minus direct, per percentile) and throughput.
-Then 500 concurrent streams through the proxy (errors counted), then the proxy's RSS after
-10,000 requests (``--quick``: fewer requests everywhere; the whole run stays under a minute).
+Stages: streamed ``/v1/messages`` at 1, 16 and 64 concurrent streams, and non-streaming at
+16. Each stage runs in interleaved rounds (direct, relay, proxy; the order alternates per
+round), so the load of a shared machine falls on both sides alike; every figure is the median
+over rounds. Per stage: CPU per request of the relay's and the proxy's processes, TTFT added
+over going direct (p50, p99), req/s, and the ratios proxy/relay. Then 500 concurrent streams
+through each (errors counted) and both servers' RSS after 20,000 requests each
+(``--quick``: 2,000 and fewer rounds; CI runs it). ``--workers N`` runs N processes of each
+server on one port (SO_REUSEPORT); ``--scaling`` adds req/s at 64 streams of 1 vs 2 workers.
 
-    /work/venv/bin/python bench/proxy_overhead.py --quick
+    .venv/bin/python bench/proxy_overhead.py --quick
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -29,8 +37,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import machine  # noqa: E402
+
 PLATFORM_KEY = "sk-ant-api03-" + "B3nch" * 18 + "xyz" + "AA"
 REPLY = " ".join(f"word{i}" for i in range(40))
+
+
+def _loop_runner() -> Any:
+    """uvloop when installed (as the proxy itself), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 # --- child roles ---------------------------------------------------------------------------------
@@ -46,10 +65,49 @@ async def run_fake(port_file: str, chunk_ms: float) -> None:
         await asyncio.Event().wait()
 
 
-async def run_proxy(port_file: str, db_url: str, upstream: str) -> None:
+async def run_relay(port_file: str, port: int, upstream: str) -> None:
+    """The baseline: forward the body and stream the reply back, nothing else."""
+    import aiohttp
+    from aiohttp import web
+
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=False,
+    )
+    url = f"{upstream}/v1/messages"
+    headers = {
+        "x-api-key": PLATFORM_KEY,
+        "anthropic-version": "2023-06-01",
+        "content-type": "application/json",
+    }
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        async with http.post(url, data=body, headers=headers) as up:
+            if up.headers.get("Content-Type", "").startswith("text/event-stream"):
+                response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await response.prepare(request)
+                async for chunk in up.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+            return web.Response(
+                status=up.status, body=await up.read(), content_type="application/json"
+            )
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", relay)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=True)
+    await site.start()
+    Path(port_file).write_text(str(port))  # noqa: ASYNC240 - once, at start-up
+    await asyncio.Event().wait()
+
+
+def bench_plans() -> dict[str, Any]:
     from core.config import Config, PlanSettings
-    from core.db import Database
-    from core.proxy import ProxyServer, parse_proxy
 
     plans = dict(Config().plans)
     plans["managed"] = PlanSettings(
@@ -62,6 +120,14 @@ async def run_proxy(port_file: str, db_url: str, upstream: str) -> None:
         monthly_token_cap=10**15,
         monthly_usd_cap=10.0**9,
     )
+    return plans
+
+
+async def run_proxy(port_file: str, port: int, db_url: str, upstream: str) -> None:
+    from core.db import Database
+    from core.proxy import ProxyServer, parse_proxy
+
+    plans = bench_plans()
     settings = parse_proxy(
         {
             "upstreams": {
@@ -81,35 +147,26 @@ async def run_proxy(port_file: str, db_url: str, upstream: str) -> None:
     )
     db = Database(db_url)
     server = ProxyServer(settings, db, plans=plans, env={"BENCH_UPSTREAM_KEY": PLATFORM_KEY})
-    port = await server.start("127.0.0.1", 0)
+    try:
+        await server.start("127.0.0.1", port, reuse_port=True)  # type: ignore[call-arg]
+    except TypeError:  # a proxy from before --workers: one process only
+        await server.start("127.0.0.1", port)
     Path(port_file).write_text(str(port))  # noqa: ASYNC240 - once, at start-up
-    profile = os.environ.get("BENCH_PROFILE")
-    if not profile:
-        await asyncio.Event().wait()
-    import cProfile
-    import signal
-
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    prof = cProfile.Profile()
-    prof.enable()
-    await stop.wait()
-    prof.disable()
-    prof.dump_stats(profile)
-    await server.stop()
+    await asyncio.Event().wait()
 
 
 # --- load ------------------------------------------------------------------------------------
 
 
 async def one(session: Any, url: str, headers: dict[str, str], body: bytes) -> tuple[float, float]:
+    """(time to first text, total) of one request, in seconds."""
     start = time.perf_counter()
     ttft = 0.0
     async with session.post(url, data=body, headers=headers) as r:
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {(await r.read())[:200]!r}")
         async for chunk in r.content.iter_any():
-            if not ttft and b"text_delta" in chunk:
+            if not ttft and (b"text_delta" in chunk or b'"text"' in chunk):
                 ttft = time.perf_counter() - start
     return ttft, time.perf_counter() - start
 
@@ -152,9 +209,16 @@ async def stage(
     return ttfts, totals, time.perf_counter() - start, errors
 
 
-def cpu_seconds(process: Any) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+def cpu_seconds(processes: list[Any]) -> float:
+    total = 0.0
+    for p in processes:
+        times = p.cpu_times()
+        total += float(times.user + times.system)
+    return total
+
+
+def rss_mib(processes: list[Any]) -> float:
+    return sum(p.memory_info().rss for p in processes) / 2**20
 
 
 def pct(values: list[float], q: float) -> float:
@@ -164,26 +228,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def row(
-    concurrency: int, name: str, ttfts: list[float], totals: list[float], elapsed: float, err: int
-) -> str:
-    return (
-        f"{concurrency:>4} {name:>6} {len(totals):>6} {pct(ttfts, 0.5):>9.2f} "
-        f"{pct(ttfts, 0.99):>9.2f} {pct(totals, 0.5):>10.2f} {pct(totals, 0.99):>10.2f} "
-        f"{len(totals) / elapsed:>8.0f} {err:>4}"
-    )
-
-
-def added(
-    concurrency: int, d: tuple[list[float], list[float]], p: tuple[list[float], list[float]]
-) -> str:
-    def diff(i: int, q: float) -> float:
-        return pct(p[i], q) - pct(d[i], q)
-
-    return (
-        f"{concurrency:>4}  added: ttft p50 {diff(0, 0.5):+.2f}  p99 {diff(0, 0.99):+.2f}  "
-        f"total p50 {diff(1, 0.5):+.2f}  p99 {diff(1, 0.99):+.2f}"
-    )
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 async def wait_port(path: Path, proc: asyncio.subprocess.Process) -> int:
@@ -197,11 +243,122 @@ async def wait_port(path: Path, proc: asyncio.subprocess.Process) -> int:
     raise RuntimeError("child did not start")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Side:
+    """One server under test (N processes on one port) and its per-round results."""
+
+    def __init__(self, name: str, url: str, headers: list[dict[str, str]], body: dict[bool, bytes]):
+        self.name, self.url, self.headers, self.body = name, url, headers, body
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.ps: list[Any] = []
+        self.served = 0
+
+    def body_for(self, stream: bool) -> bytes:
+        return self.body[stream]
+
+
+async def spawn(
+    me: str, role: str, tmp: Path, workers: int, env: dict[str, str], *extra: str
+) -> tuple[int, list[asyncio.subprocess.Process]]:
+    import psutil  # noqa: F401 - checked early: the bench needs it
+
+    port = free_port()
+    procs = []
+    for i in range(workers):
+        port_file = tmp / f"{role}.{port}.{i}.port"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            me,
+            "--role",
+            role,
+            "--port-file",
+            str(port_file),
+            "--port",
+            str(port),
+            *extra,
+            env=env,
+        )
+        await wait_port(port_file, proc)
+        procs.append(proc)
+    return port, procs
+
+
+async def run_stage(
+    session: Any,
+    sides: list[Side],
+    *,
+    stream: bool,
+    concurrency: int,
+    n: int,
+    rounds: int,
+) -> dict[str, dict[str, list[float]]]:
+    """Interleaved rounds; per side, per round: ttft p50/p99, total p50/p99, req/s, CPU/req."""
+    out: dict[str, dict[str, list[float]]] = {
+        s.name: {k: [] for k in ("t50", "t99", "tot50", "tot99", "rps", "cpu", "err")}
+        for s in sides
+    }
+    for r in range(rounds):
+        order = sides if r % 2 == 0 else [sides[0], *reversed(sides[1:])]
+        for side in order:
+            before = cpu_seconds(side.ps) if side.ps else 0.0
+            ttfts, totals, elapsed, errors = await stage(
+                session,
+                side.url,
+                side.headers,
+                side.body_for(stream),
+                concurrency=concurrency,
+                requests=n,
+            )
+            side.served += n
+            o = out[side.name]
+            o["t50"].append(pct(ttfts, 0.5))
+            o["t99"].append(pct(ttfts, 0.99))
+            o["tot50"].append(pct(totals, 0.5))
+            o["tot99"].append(pct(totals, 0.99))
+            o["rps"].append(len(totals) / elapsed)
+            o["err"].append(errors)
+            if side.ps:
+                o["cpu"].append((cpu_seconds(side.ps) - before) / max(1, len(totals)) * 1e6)
+    return out
+
+
+def report(label: str, res: dict[str, dict[str, list[float]]], stream: bool) -> list[str]:
+    """Lines of the table for one stage, and the ratios proxy/relay."""
+    d, rel, pro = res["direct"], res["relay"], res["proxy"]
+    # Added TTFT per round (side minus direct in the same round), then the median of rounds.
+    t = "t50" if stream else "tot50"
+    t99 = "t99" if stream else "tot99"
+
+    def added(side: dict[str, list[float]], key: str) -> float:
+        return med([a - b for a, b in zip(side[key], d[key], strict=True)])
+
+    lines = []
+    for name, side in (("relay", rel), ("proxy", pro)):
+        lines.append(
+            f"{label:<14} {name:<6} {med(side['cpu']):>8.0f} {added(side, t):>+9.2f} "
+            f"{added(side, t99):>+9.2f} {med(side['rps']):>8.0f} {int(sum(side['err'])):>4}"
+        )
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+    lines.append(
+        f"{label:<14} ratio  {ratio(med(pro['cpu']), med(rel['cpu'])):>8} "
+        f"{ratio(added(pro, t), added(rel, t)):>9} {ratio(added(pro, t99), added(rel, t99)):>9} "
+        f"{ratio(med(pro['rps']), med(rel['rps'])):>8}"
+    )
+    return lines
+
+
 async def main(args: argparse.Namespace) -> None:
     import aiohttp
     import psutil
 
-    from core.config import PlanSettings
     from core.db import Database, upgrade
     from core.db.models import TenantRow
     from core.ports import SystemClock
@@ -222,7 +379,6 @@ async def main(args: argparse.Namespace) -> None:
         db_url = f"{args.pg.rpartition('/')[0]}/{pg_name}"
     await upgrade(db_url)
     db = Database(db_url)
-    del PlanSettings
     tokens = ProxyTokens(db, SystemClock())
     now = SystemClock().now()
     n_tenants = 64
@@ -251,8 +407,8 @@ async def main(args: argparse.Namespace) -> None:
 
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["PYTHONPATH"] = str(ROOT)
-    fake_port_file, proxy_port_file = tmp / "fake.port", tmp / "proxy.port"
     me = str(ROOT / "bench" / "proxy_overhead.py")
+    fake_port_file = tmp / "fake.port"
     fake = await asyncio.create_subprocess_exec(
         sys.executable,
         me,
@@ -264,113 +420,152 @@ async def main(args: argparse.Namespace) -> None:
         str(args.chunk_ms),
         env=env,
     )
-    fake_port = await wait_port(fake_port_file, fake)
-    upstream = f"http://127.0.0.1:{fake_port}"
-    proxy = await asyncio.create_subprocess_exec(
-        sys.executable,
-        me,
-        "--role",
-        "proxy",
-        "--port-file",
-        str(proxy_port_file),
-        "--db",
-        db_url,
-        "--upstream",
-        upstream,
-        env=env,
-    )
+    children = [fake]
     try:
-        proxy_port = await wait_port(proxy_port_file, proxy)
-        proxy_ps = psutil.Process(proxy.pid)
-        rss_idle = proxy_ps.memory_info().rss / 2**20
-        direct_url = f"{upstream}/v1/messages"
-        proxy_url = f"http://127.0.0.1:{proxy_port}/v1/messages"
-        direct_headers = [{"x-api-key": PLATFORM_KEY, "anthropic-version": "2023-06-01"}]
+        fake_port = await wait_port(fake_port_file, fake)
+        upstream = f"http://127.0.0.1:{fake_port}"
 
-        def body_for(model: str) -> bytes:
-            import json
-
+        def body_for(model: str, stream: bool) -> bytes:
             return json.dumps(
                 {
                     "model": model,
                     "max_tokens": 256,
-                    "stream": True,
+                    "stream": stream,
                     "messages": [{"role": "user", "content": "tell me something " * 20}],
                 }
             ).encode()
 
-        direct_body, proxy_body = body_for("model-large"), body_for("claude-bench")
+        direct_headers = [{"x-api-key": PLATFORM_KEY, "anthropic-version": "2023-06-01"}]
+        upstream_bodies = {s: body_for("model-large", s) for s in (True, False)}
+        proxy_bodies = {s: body_for("claude-bench", s) for s in (True, False)}
+
+        async def start_pair(workers: int) -> tuple[Side, Side]:
+            rport, rprocs = await spawn(me, "relay", tmp, workers, env, "--upstream", upstream)
+            children.extend(rprocs)
+            pport, pprocs = await spawn(
+                me, "proxy", tmp, workers, env, "--db", db_url, "--upstream", upstream
+            )
+            children.extend(pprocs)
+            relay = Side(
+                "relay", f"http://127.0.0.1:{rport}/v1/messages", direct_headers, upstream_bodies
+            )
+            proxy = Side(
+                "proxy", f"http://127.0.0.1:{pport}/v1/messages", proxy_headers, proxy_bodies
+            )
+            for side, procs in ((relay, rprocs), (proxy, pprocs)):
+                side.procs = procs
+                side.ps = [psutil.Process(p.pid) for p in procs]
+            return relay, proxy
+
+        relay, proxy = await start_pair(args.workers)
+        direct = Side("direct", f"{upstream}/v1/messages", direct_headers, upstream_bodies)
+        sides = [direct, relay, proxy]
+        rss_idle = {s.name: rss_mib(s.ps) for s in (relay, proxy)}
         quick = args.quick
-        if quick and args.chunk_ms:
-            plan, n500 = [(1, 40), (16, 320), (64, 640)], 500
-        elif quick:
-            plan, n500 = [(1, 150), (16, 800), (64, 1600)], 500
-        else:
-            plan, n500 = [(1, 1000), (16, 5000), (64, 10000)], 2000
+        rounds = 2 if quick else 5
+        scale = 1 if quick else 5
+        stages = [
+            ("stream c=1", True, 1, 40 * scale * (1 + 9 * bool(args.only))),
+            ("stream c=16", True, 16, 200 * scale),
+            ("stream c=64", True, 64, 400 * scale),
+            ("json c=16", False, 16, 200 * scale),
+        ]
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for url, h, b in (
-                (direct_url, direct_headers, direct_body),
-                (proxy_url, proxy_headers, proxy_body),
-            ):
-                await stage(session, url, h, b, concurrency=8, requests=100)  # warm-up
+            for side in sides:  # warm-up: connections, caches, the budget rows
+                for stream in (True, False):
+                    await stage(
+                        session,
+                        side.url,
+                        side.headers,
+                        side.body_for(stream),
+                        concurrency=8,
+                        requests=100,
+                    )
+                    side.served += 100
+            load = os.getloadavg()
+            print(f"machine: {machine()}")
             print(
                 f"database: {'PostgreSQL' if args.pg else 'SQLite (WAL)'}; reply: 40 words, "
                 f"upstream pause {args.chunk_ms} ms between events; {n_tenants} tenants "
-                "round-robin; times in ms"
+                f"round-robin; {args.workers} worker(s) each; {rounds} interleaved rounds, "
+                f"medians; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
             )
-            header = (
-                f"{'conc':>4} {'path':>6} {'n':>6} {'ttft p50':>9} {'ttft p99':>9} "
-                f"{'total p50':>10} {'total p99':>10} {'req/s':>8} {'err':>4}"
+            print(
+                f"{'stage':<14} {'side':<6} {'CPU us/req':>8} {'TTFT+p50':>9} {'TTFT+p99':>9} "
+                f"{'req/s':>8} {'err':>4}   (TTFT added over direct, ms; json: total time)"
             )
-            print(header)
-            for concurrency, n in plan:
-                results = {}
-                for name, url, h, b in (
-                    ("direct", direct_url, direct_headers, direct_body),
-                    ("proxy", proxy_url, proxy_headers, proxy_body),
-                ):
-                    cpu_before = cpu_seconds(proxy_ps)
-                    ttfts, totals, elapsed, errors = await stage(
-                        session, url, h, b, concurrency=concurrency, requests=n
-                    )
-                    results[name] = (ttfts, totals)
-                    print(row(concurrency, name, ttfts, totals, elapsed, errors))
-                cpu_us = (cpu_seconds(proxy_ps) - cpu_before) / max(1, len(totals)) * 1e6
-                print(added(concurrency, results["direct"], results["proxy"]))
+            for label, stream, concurrency, n in stages:
+                if args.only and args.only not in label:
+                    continue
+                res = await run_stage(
+                    session, sides, stream=stream, concurrency=concurrency, n=n, rounds=rounds
+                )
+                for line in report(label, res, stream):
+                    print(line)
+            n500 = 500 if quick else 2000
+            for side in (relay, proxy):  # both, so both hold 500 connections' worth of memory
+                ttfts, totals, elapsed, errors = await stage(
+                    session,
+                    side.url,
+                    side.headers,
+                    side.body_for(True),
+                    concurrency=500,
+                    requests=n500,
+                )
+                side.served += n500
                 print(
-                    f"{concurrency:>4}  proxy CPU {cpu_us:.0f} us/request (user+sys); "
-                    f"RSS {proxy_ps.memory_info().rss / 2**20:.1f} MiB"
+                    f"500 concurrent streams through the {side.name}: {len(totals)} ok, "
+                    f"{errors} errors, ttft p50 {pct(ttfts, 0.5):.1f} p99 "
+                    f"{pct(ttfts, 0.99):.1f} ms, {len(totals) / elapsed:.0f} req/s"
                 )
-            ttfts, totals, elapsed, errors = await stage(
-                session,
-                proxy_url,
-                proxy_headers,
-                proxy_body,
-                concurrency=500,
-                requests=n500,
-            )
+            target = 2000 if quick else 20000
+            for side in (relay, proxy):
+                extra = max(0, target - side.served)
+                if extra:
+                    await stage(
+                        session,
+                        side.url,
+                        side.headers,
+                        side.body_for(True),
+                        concurrency=64,
+                        requests=extra,
+                    )
+                    side.served += extra
             print(
-                f"500 concurrent streams through the proxy: {len(totals)} ok, {errors} errors, "
-                f"ttft p50 {pct(ttfts, 0.5):.1f} p99 {pct(ttfts, 0.99):.1f}, "
-                f"{len(totals) / elapsed:.0f} req/s; "
-                f"RSS {proxy_ps.memory_info().rss / 2**20:.1f} MiB"
+                f"RSS after {target} requests each: relay {rss_mib(relay.ps):.1f} MiB, "
+                f"proxy {rss_mib(proxy.ps):.1f} MiB (idle after start: relay "
+                f"{rss_idle['relay']:.1f}, proxy {rss_idle['proxy']:.1f}; "
+                f"{args.workers} process(es) each)"
             )
-            rss_n = 2000 if quick else 10000
-            done = 100 + sum(n for _, n in plan) + n500
-            extra = max(0, rss_n - done)
-            if extra:
-                await stage(
-                    session, proxy_url, proxy_headers, proxy_body, concurrency=64, requests=extra
+            if args.scaling:
+                relay2, proxy2 = await start_pair(2)
+                relay2.name, proxy2.name = "relay2", "proxy2"
+                scale_sides = [direct, relay, relay2, proxy, proxy2]
+                res = await run_stage(
+                    session,
+                    scale_sides,
+                    stream=True,
+                    concurrency=64,
+                    n=400 if quick else 2000,
+                    rounds=rounds,
                 )
-            total_done = done + extra
-            rss = proxy_ps.memory_info().rss / 2**20
-            print(
-                f"proxy RSS after {total_done} requests: {rss:.1f} MiB "
-                f"(idle after start: {rss_idle:.1f} MiB)"
-            )
+                print("scaling, 64 streams, req/s (median of rounds) and CPU us/req:")
+                for name in ("relay", "relay2", "proxy", "proxy2"):
+                    print(
+                        f"  {name:<7} {med(res[name]['rps']):>7.0f} req/s "
+                        f"{med(res[name]['cpu']):>7.0f} us/req"
+                    )
+                rps = {name: med(r["rps"]) for name, r in res.items()}
+                print(
+                    f"  2 workers / 1: relay {rps['relay2'] / rps['relay']:.2f}x, "
+                    f"proxy {rps['proxy2'] / rps['proxy']:.2f}x; "
+                    f"proxy2/relay2 {rps['proxy2'] / rps['relay2']:.2f}x"
+                )
+            load = os.getloadavg()
+            print(f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     finally:
-        for p in (proxy, fake):
+        for p in children:
             if p.returncode is None:
                 p.terminate()
                 await p.wait()
@@ -396,14 +591,25 @@ if __name__ == "__main__":
         help="upstream pause between stream events (0: the whole reply at once, which makes"
         " every stage throughput-bound; 5: a 40-word reply streams over ~0.25 s)",
     )
-    parser.add_argument("--role", choices=("main", "fake", "proxy"), default="main")
+    parser.add_argument("--workers", type=int, default=1, help="processes per server")
+    parser.add_argument("--scaling", action="store_true", help="also 1 vs 2 workers")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="run only the stages whose label contains this (e.g. 'c=1'), for profiling",
+    )
+    parser.add_argument("--role", choices=("main", "fake", "proxy", "relay"), default="main")
     parser.add_argument("--port-file", default="")
+    parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--db", default="")
     parser.add_argument("--upstream", default="")
     a = parser.parse_args()
+    run = _loop_runner() if a.role in ("proxy", "relay") else asyncio.run
     if a.role == "fake":
         asyncio.run(run_fake(a.port_file, a.chunk_ms))
     elif a.role == "proxy":
-        asyncio.run(run_proxy(a.port_file, a.db, a.upstream))
+        run(run_proxy(a.port_file, a.port, a.db, a.upstream))
+    elif a.role == "relay":
+        run(run_relay(a.port_file, a.port, a.upstream))
     else:
         asyncio.run(main(a))

@@ -10,8 +10,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bot import texts
 from core.chat import (
@@ -58,7 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="serve every enabled platform (the console when none is enabled)")
     sub.add_parser("chat", help="chat with byokbot in this terminal")
-    sub.add_parser("proxy", help="run only the managed plan's metering proxy ([proxy] table)")
+    px = sub.add_parser("proxy", help="run only the managed plan's metering proxy ([proxy] table)")
+    px.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the [proxy] port (SO_REUSEPORT; default 1, about one per core)",
+    )
+    px.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
     mk = sub.add_parser("master-key", help="master key maintenance")
@@ -128,7 +135,77 @@ async def _serve(config: Config, env: Mapping[str, str], *, console_only: bool) 
     return INTERRUPTED if signal.SIGINT in signals else 0
 
 
-async def _proxy(config: Config, env: Mapping[str, str]) -> int:
+async def _proxy_workers(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
+    """``--workers N``: N proxy processes on one port; each is ``byokbot proxy`` itself.
+
+    The kernel spreads connections among them (SO_REUSEPORT). They share the budget through
+    the database, whose conditional reservation already holds across processes. Only worker 0
+    runs the periodic jobs. Output: the workers' lines, then one ``metering proxy on`` line
+    once all listen. A worker that dies stops the others (exit 1).
+    """
+    argv = [sys.executable, "-m", "bot"]
+    if args.config:
+        argv += ["--config", args.config]
+    workers: list[asyncio.subprocess.Process] = []
+    for i in range(args.workers):
+        workers.append(
+            await asyncio.create_subprocess_exec(
+                *argv,
+                "proxy",
+                "--worker-index",
+                str(i),
+                stdout=asyncio.subprocess.PIPE,
+                # The secrets were taken out of this process's environment: hand them on.
+                env=dict(env),
+            )
+        )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+
+    async def relay(proc: asyncio.subprocess.Process, ready: asyncio.Event) -> None:
+        assert proc.stdout is not None  # noqa: S101 - a pipe, asked for above
+        async for line in proc.stdout:
+            if line.startswith(b"metering proxy worker"):
+                ready.set()
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+
+    readies = [asyncio.Event() for _ in workers]
+    relays = [asyncio.create_task(relay(p, r)) for p, r in zip(workers, readies, strict=True)]
+    exits = [asyncio.create_task(p.wait()) for p in workers]
+
+    async def ready_all() -> None:
+        for r in readies:
+            await r.wait()
+
+    all_ready = asyncio.create_task(ready_all())
+    stop = asyncio.create_task(stopping.wait())
+    await asyncio.wait([all_ready, stop, *exits], return_when=asyncio.FIRST_COMPLETED)
+    if all_ready.done() and not stop.done():
+        print(f"metering proxy on {config.proxy.url} ({args.workers} workers)", flush=True)
+        await asyncio.wait([stop, *exits], return_when=asyncio.FIRST_COMPLETED)
+    all_ready.cancel()
+    died = [i for i, e in enumerate(exits) if e.done()] if not stop.done() else []
+    for p in workers:
+        if p.returncode is None:
+            p.terminate()
+    await asyncio.gather(*exits)
+    await asyncio.gather(*relays)
+    stop.cancel()
+    if died:
+        i = died[0]
+        print(
+            f"byokbot: error: proxy worker {i} exited with code {workers[i].returncode}; "
+            "stopped the others",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+async def _proxy(config: Config, env: Mapping[str, str], worker: int | None = None) -> int:
     # Only what the proxy needs is imported: no agents, adapters, ORM flows or Alembic, so the
     # standalone proxy stays small. Its database must already be migrated (byokbot db upgrade).
     from core.budget import LoggingAlertSink
@@ -154,12 +231,23 @@ async def _proxy(config: Config, env: Mapping[str, str]) -> int:
         tokens=tokens,
         sink=LoggingAlertSink(),
     )
-    serving = asyncio.create_task(server.serve_forever())
+    # A worker of --workers shares the port with its siblings; only worker 0 runs the jobs.
+    serving = asyncio.create_task(
+        server.serve_forever(jobs=not worker, reuse_port=worker is not None)
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, serving.cancel)
-    print(f"metering proxy on {config.proxy.url}", flush=True)
-    health = await _proxy_health(config, db, serving) if config.health.enabled else None
+    listening = asyncio.create_task(server.listening.wait())
+    await asyncio.wait([listening, serving], return_when=asyncio.FIRST_COMPLETED)
+    listening.cancel()
+    if server.listening.is_set():
+        where = "" if worker is None else f" worker {worker}"
+        print(f"metering proxy{where} on {config.proxy.url}", flush=True)
+    # Workers share one port for requests, not for health: worker 0 answers it.
+    health = (
+        await _proxy_health(config, db, serving) if config.health.enabled and not worker else None
+    )
     try:
         with contextlib.suppress(asyncio.CancelledError):  # SIGINT/SIGTERM: a normal stop
             await serving
@@ -328,7 +416,12 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "chat":
         return await _serve(config, env, console_only=True)
     if args.command == "proxy":
-        return await _proxy(config, env)
+        if args.workers < 1:
+            print("byokbot: error: --workers must be at least 1", file=sys.stderr)
+            return 2
+        if args.workers > 1 and args.worker_index is None:
+            return await _proxy_workers(args, config, env)
+        return await _proxy(config, env, args.worker_index)
     if args.command == "db":
         from bot.app import open_master_keys
         from core.db import Database, upgrade
@@ -421,6 +514,17 @@ def _key_exists(config: Config, env: Mapping[str, str]) -> bool:
     )
 
 
+def _runner(command: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """The proxy runs on uvloop when installed (``pip install 'byokbot[fast]'``), else asyncio."""
+    if command == "proxy":
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run
+        return uvloop.run
+    return asyncio.run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     # First of all: this process will hold every tenant's key (see core.hardening).
@@ -430,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sandbox":
             # Before any event loop or thread: the self-test forks.
             return _sandbox_check(load_config(args.config))
-        return asyncio.run(_main(args))
+        return _runner(args.command)(_main(args))
     except StartupError as exc:  # a service down or held by another process: runtime
         print(f"byokbot: error: {exc}", file=sys.stderr)
         return 1

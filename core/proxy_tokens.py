@@ -21,6 +21,16 @@ paused through ``core.tenants``) must not wait for that:
   behind, the next cache hit reads it inline. A changed counter empties the cache. The same
   code runs on SQLite and PostgreSQL (a counter row, not LISTEN/NOTIFY, which SQLite lacks).
 
+The cache refreshes ahead: a hit older than half of ``cache_seconds`` is served and re-read in
+the background, so a busy token never expires under the requests using it (which would all
+miss at once: the latency tail). Lookups are single-flight: concurrent misses of one token
+share one query. An entry is never served older than ``cache_seconds``.
+
+On a file-backed SQLite database both reads (a token, the revocation counter) run on a plain
+sqlite3 connection on the event loop's thread (~20 us; a WAL reader does not wait for
+writers), not through SQLAlchemy and aiosqlite's thread (~1 ms of CPU); if SQLite ever answers
+busy, the read goes the ORM way.
+
 A lookup that raced a revocation is not cached (an epoch counter bumped by every forget),
 so a stale answer read just before the revocation cannot outlive it. Rotation (``issue``
 retiring tokens beyond ``keep``) is not a revocation: another process may accept a retired
@@ -39,10 +49,11 @@ import hashlib
 import hmac
 import math
 import secrets
+import sqlite3
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,6 +71,22 @@ REVOCATION_CHECK_SECONDS: Final = 0.5
 
 _LIVE: weakref.WeakSet[ProxyTokens] = weakref.WeakSet()
 
+_LOOKUP_SQL: Final = """
+SELECT t.token_hash, n.id, n.plan, n.status, n.paused
+FROM proxy_tokens AS t JOIN tenants AS n ON n.id = t.tenant_id
+WHERE t.token_hash = ?
+"""
+_GENERATION_SQL: Final = "SELECT generation FROM proxy_revocations WHERE id = 1"
+
+
+def _sqlite_path(db: Database) -> str:
+    """The file of a file-backed SQLite database, else "" (memory, URIs, PostgreSQL)."""
+    prefix = "sqlite+aiosqlite:///"
+    path = db.url[len(prefix) :] if db.url.startswith(prefix) else ""
+    if not path or ":memory:" in path or "?" in path or path.startswith("file:"):
+        return ""
+    return path
+
 
 async def record_revocation(session: AsyncSession) -> None:
     """In the caller's transaction: every proxy process drops its cached tokens (< 1 s)."""
@@ -74,6 +101,12 @@ def forget_everywhere(tenant_id: str) -> None:
     """After the revocation committed: every ``ProxyTokens`` of this process forgets the tenant."""
     for tokens in list(_LIVE):
         tokens.forget(tenant_id)
+
+
+def _close(state: dict[str, Any]) -> None:
+    raw = state.get("_raw")
+    if raw is not None:
+        raw.close()
 
 
 def _digest(token: str) -> str:
@@ -122,11 +155,34 @@ class ProxyTokens:
         # digest -> (monotonic expiry, owner). Only hits are cached, so random tokens cannot
         # grow it; a revocation in this process drops the tenant's entries at once.
         self._cache: dict[str, tuple[float, TokenOwner]] = {}
+        # digest -> (epoch it started in, the lookup): concurrent misses share one query.
+        self._flights: dict[str, tuple[int, asyncio.Future[TokenOwner | None]]] = {}
         self._epoch = 0  # bumped by every forget: a lookup that raced one is not cached
         self._generation: int | None = None  # proxy_revocations as last read
         self._checked = -math.inf  # monotonic time that read started
         self._checking: asyncio.Future[None] | None = None
+        self._path = _sqlite_path(db)
+        self._raw: sqlite3.Connection | None = None
         _LIVE.add(self)
+        weakref.finalize(self, _close, self.__dict__)
+
+    def _read(self, sql: str, args: tuple[str, ...] = ()) -> tuple[Any, ...] | bool | None:
+        """One row by the raw driver; False when this path is not available (or was busy)."""
+        if not self._path:
+            return False
+        try:
+            if self._raw is None:
+                self._raw = sqlite3.connect(
+                    self._path, isolation_level=None, check_same_thread=False
+                )
+                self._raw.execute("PRAGMA busy_timeout=0")
+            # fetchall, not fetchone: the statement must run to its end, or its read
+            # transaction stays open, pinning an old snapshot (stale answers, a WAL that
+            # cannot be checkpointed).
+            rows = self._raw.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:
+            return False  # busy, or a schema this path does not know: the ORM decides
+        return tuple(rows[0]) if rows else None
 
     @property
     def caching(self) -> bool:
@@ -150,10 +206,14 @@ class ProxyTokens:
 
     async def _check(self) -> None:
         started = time.monotonic()
-        async with self._db.session() as s:
-            generation = await s.scalar(
-                select(ProxyRevocationRow.generation).where(ProxyRevocationRow.id == 1)
-            )
+        raw = self._read(_GENERATION_SQL)
+        if raw is False:
+            async with self._db.session() as s:
+                generation = await s.scalar(
+                    select(ProxyRevocationRow.generation).where(ProxyRevocationRow.id == 1)
+                )
+        else:
+            generation = raw[0] if isinstance(raw, tuple) else 0
         generation = int(generation or 0)
         if self._generation is not None and generation != self._generation:
             self._epoch += 1
@@ -191,20 +251,63 @@ class ProxyTokens:
         if not looks_like_token(token):
             return None
         digest = _digest(token)
-        if self._cache_seconds:
-            now = time.monotonic()
-            hit = self._cache.get(digest)
-            if hit is not None and hit[0] > now:
-                if now - self._checked > self.check_seconds:
-                    await self.check_revocations()  # the background reader fell behind
-                    hit = self._cache.get(digest)
-                if hit is not None:
-                    return hit[1]
-            elif self._generation is None:
-                await self.check_revocations()  # the baseline, before anything is cached
+        if not self._cache_seconds:
+            return await self._lookup(digest)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            if now - self._checked > self.check_seconds:
+                await self.check_revocations()  # the background reader fell behind
+                hit = self._cache.get(digest)
+            if hit is not None:
+                if hit[0] - now < self._cache_seconds / 2:
+                    self._refresh(digest)  # refresh ahead; this request does not wait
+                return hit[1]
+        elif self._generation is None:
+            await self.check_revocations()  # the baseline, before anything is cached
+        return await asyncio.shield(self._flight(digest))
+
+    def _flight(self, digest: str) -> asyncio.Future[TokenOwner | None]:
+        """The lookup of ``digest`` in flight in this epoch, or a new one."""
+        flight = self._flights.get(digest)
+        if flight is not None and flight[0] == self._epoch:
+            return flight[1]
+        future = asyncio.ensure_future(self._lookup(digest))
+        self._flights[digest] = (self._epoch, future)
+
+        def landed(f: asyncio.Future[TokenOwner | None]) -> None:
+            if self._flights.get(digest, (0, None))[1] is f:
+                del self._flights[digest]
+            if not f.cancelled():
+                f.exception()  # retrieved: a failed background refresh is not an error here
+
+        future.add_done_callback(landed)
+        return future
+
+    def _refresh(self, digest: str) -> None:
+        self._flight(digest)
+
+    async def _lookup(self, digest: str) -> TokenOwner | None:
         epoch = self._epoch
+        row: Any = self._read(_LOOKUP_SQL, (digest,))
+        if row is False:
+            row = await self._orm_lookup(digest)
+        if row is None or not hmac.compare_digest(str(row[0]), digest):
+            if epoch == self._epoch:
+                self._cache.pop(digest, None)  # a refresh found it retired
+            return None
+        owner = TokenOwner(
+            tenant_id=str(row[1]), plan=str(row[2]), status=str(row[3]), paused=bool(row[4])
+        )
+        if self._cache_seconds and epoch == self._epoch:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[digest] = (time.monotonic() + self._cache_seconds, owner)
+        return owner
+
+    async def _orm_lookup(self, digest: str) -> Any:
         async with self._db.session() as s:
-            row = (
+            return (
                 await s.execute(
                     select(
                         ProxyTokenRow.token_hash,
@@ -217,14 +320,6 @@ class ProxyTokens:
                     .where(ProxyTokenRow.token_hash == digest)
                 )
             ).first()
-        if row is None or not hmac.compare_digest(row[0], digest):
-            return None
-        owner = TokenOwner(tenant_id=row[1], plan=row[2], status=row[3], paused=bool(row[4]))
-        if self._cache_seconds and epoch == self._epoch:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[digest] = (time.monotonic() + self._cache_seconds, owner)
-        return owner
 
     async def resolve(self, token: str) -> str | None:
         """The tenant id a token belongs to, or None when it is unknown or revoked."""

@@ -308,12 +308,14 @@ async def test_openai_stream_without_include_usage_gets_no_usage_chunk(world: Wo
     assert (await world.settled()).spent.tokens == 5
 
 
-async def test_anthropic_non_streaming_reply_is_folded_from_the_stream(world: World) -> None:
+async def test_anthropic_non_streaming_request_is_forwarded_as_such(world: World) -> None:
+    """Not streamed upstream, metered from the JSON reply's usage, its bytes passed on."""
     token = await world.token()
     r = await post_anthropic(world, token, anthropic_body())
     assert r.status_code == 200
     assert r.json() == {
         "id": "msg_1",
+        "model": "model-large",
         "type": "message",
         "role": "assistant",
         "content": [{"type": "text", "text": "echo: hello there"}],
@@ -321,16 +323,17 @@ async def test_anthropic_non_streaming_reply_is_folded_from_the_stream(world: Wo
         "stop_sequence": None,
         "usage": {"input_tokens": 2, "output_tokens": 3},
     }
-    assert world.fake.requests[-1].body["stream"] is True
+    assert world.fake.requests[-1].body["stream"] is False
     assert (await world.settled()).spent.tokens == 5
 
 
-async def test_openai_non_streaming_reply_is_folded_from_the_stream(world: World) -> None:
+async def test_openai_non_streaming_request_is_forwarded_as_such(world: World) -> None:
     token = await world.token()
     r = await post_openai(world, token, openai_body(max_tokens=20))
     assert r.status_code == 200
     assert r.json() == {
         "object": "chat.completion",
+        "model": "model-small",
         "id": "c1",
         "choices": [
             {
@@ -341,7 +344,8 @@ async def test_openai_non_streaming_reply_is_folded_from_the_stream(world: World
         ],
         "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
     }
-    assert world.fake.requests[-1].body["max_tokens"] == 20
+    sent = world.fake.requests[-1].body
+    assert (sent["max_tokens"], sent["stream"], "stream_options" in sent) == (20, False, False)
     assert (await world.settled()).spent.tokens == 5
 
 

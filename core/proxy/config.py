@@ -37,11 +37,30 @@ class ModelRoute:
     output_usd_per_mtok: float
     upstream_model: str = ""
     tools: bool = True  # whether the model takes tool calls (the agent offers none otherwise)
+    # Anthropic prompt caching: writes and reads of the cache, per million tokens. Unset, they
+    # are priced as input (writes cost more at the provider: set them from its price list).
+    cache_write_usd_per_mtok: float | None = None
+    cache_read_usd_per_mtok: float | None = None
 
     @property
     def wire_model(self) -> str:
         """The model id sent upstream (defaults to the curated name)."""
         return self.upstream_model or self.model
+
+    @property
+    def cache_write_price(self) -> float:
+        w = self.cache_write_usd_per_mtok
+        return self.input_usd_per_mtok if w is None else w
+
+    @property
+    def cache_read_price(self) -> float:
+        r = self.cache_read_usd_per_mtok
+        return self.input_usd_per_mtok if r is None else r
+
+    @property
+    def max_input_usd_per_mtok(self) -> float:
+        """What a reservation prices each prompt token at: the dearest kind of input."""
+        return max(self.input_usd_per_mtok, self.cache_write_price, self.cache_read_price)
 
 
 def _default_upstreams() -> dict[str, UpstreamSettings]:
@@ -210,6 +229,15 @@ def _parse_models(
             if price < 0:
                 raise t.fail(key, "must not be negative")
             prices.append(price)
+        cache: list[float | None] = []
+        for key in ("cache_write_usd_per_mtok", "cache_read_usd_per_mtok"):
+            if key not in raw:
+                cache.append(None)
+                continue
+            price = t.get(key, float, 0.0)
+            if price < 0:
+                raise t.fail(key, "must not be negative")
+            cache.append(price)
         out[model] = ModelRoute(
             model=model,
             upstream=t.get("upstream", str, ""),
@@ -217,6 +245,8 @@ def _parse_models(
             output_usd_per_mtok=prices[1],
             upstream_model=t.get("upstream_model", str, ""),
             tools=t.boolean("tools", True),
+            cache_write_usd_per_mtok=cache[0],
+            cache_read_usd_per_mtok=cache[1],
         )
         t.finish()
     if not out:

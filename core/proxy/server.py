@@ -6,11 +6,18 @@ One request, in order::
     plan has caps; model in the plan's catalog                 403 / 404 model_not_in_plan
     body, tools and headers on the allow-list (policy.py)      400 invalid_request_error
     reserve an upper-bound cost (one atomic statement)         402 usage_cap_reached / 429
-    stream from the operator's upstream (redirects refused)   errors: status + type, no text
-    settle to the usage the stream reported                    (also on disconnect or error)
+    forward to the operator's upstream (redirects refused)    errors: status + type, no text
+    settle to the usage the reply reported                     (also on disconnect or error)
 
-The upstream is always asked to stream, so the usage is always read from the stream; a client
-that wanted a plain JSON reply gets the stream folded back into the provider's JSON shape.
+A streamed request is streamed upstream and metered from the stream's usage events; a
+non-streaming one is forwarded as such and metered from the JSON reply's ``usage`` (cheaper on
+both sides than streaming and folding the stream back). Anthropic's prompt-cache tokens
+(``cache_creation_input_tokens``, ``cache_read_input_tokens``) are metered as input, at the
+route's cache prices.
+
+Per upstream, the URL and headers are built once. A stream has one idle watchdog (a timer
+re-armed only when it fires), not a timer per read; the upstream is asked for identity
+encoding and its bytes are relayed as they are (no decompression).
 
 Latency: when this process last saw the tenant with ample room (``Budget.likely_admits``), the
 upstream call is opened while the reservation commits, so the reservation hides behind the
@@ -28,6 +35,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -56,9 +64,7 @@ from core.proxy.wire import (
     MODEL_NOT_IN_PLAN,
     OPENAI,
     USAGE_CAP_REACHED,
-    AnthropicMessage,
     Meter,
-    OpenAICompletion,
     as_json,
     error_body,
     sanitized_error,
@@ -88,6 +94,37 @@ class _SSEResponse(web.StreamResponse):
     """
 
     _send_headers_immediately = False
+
+
+class _Idle:
+    """A stream's idle watchdog: one timer, re-armed only when it fires; reads stamp ``last``.
+
+    A ``sock_read`` timeout costs a ``call_later`` and a cancel per read; this costs one
+    ``loop.time()`` per read. When nothing arrived for ``seconds`` it closes the upstream
+    response, which ends the read loop; ``fired`` then tells the relay it was a timeout.
+    """
+
+    __slots__ = ("_handle", "_loop", "_upstream", "clock", "fired", "last", "seconds")
+
+    def __init__(self, upstream: aiohttp.ClientResponse, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.clock = self._loop.time
+        self._upstream = upstream
+        self.seconds = seconds
+        self.last = self._loop.time()
+        self.fired = False
+        self._handle = self._loop.call_at(self.last + seconds, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self.seconds
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self.fired = True
+        self._upstream.close()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class _Refusal(Exception):
@@ -145,6 +182,10 @@ class ProxyServer:
         self._plans = plans
         self._clock = clock or SystemClock()
         self._keys: dict[str, Secret] = load_upstream_keys(settings, env)
+        # Per upstream, built once: the URL and headers (with the platform key) of every call.
+        self._targets: dict[str, tuple[str, dict[str, str]]] = {
+            uid: _target(settings.upstreams[uid], key) for uid, key in self._keys.items()
+        }
         self.budget = budget or Budget(
             db,
             plans,
@@ -160,6 +201,7 @@ class ProxyServer:
         self._watcher: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.listening = asyncio.Event()  # set by start(); what ``byokbot proxy`` waits on
         self.app = web.Application(
             client_max_size=settings.max_body_bytes, middlewares=[_count_requests]
         )
@@ -168,15 +210,22 @@ class ProxyServer:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def start(self, host: str | None = None, port: int | None = None) -> int:
-        """Listen on ``host:port`` (default: the settings; port 0 picks one); returns the port."""
+    async def start(
+        self, host: str | None = None, port: int | None = None, *, reuse_port: bool = False
+    ) -> int:
+        """Listen on ``host:port`` (default: the settings; port 0 picks one); returns the port.
+
+        ``reuse_port`` (SO_REUSEPORT) lets several processes listen on one port, the kernel
+        spreading connections among them (``byokbot proxy --workers N``).
+        """
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=10, sock_read=self.settings.upstream_timeout_seconds
-            ),
+            # No sock_read: a timer per read; the waits are bounded in _open and by _Idle.
+            timeout=aiohttp.ClientTimeout(total=None, connect=10),
             trust_env=False,
-            auto_decompress=True,
+            # Identity encoding is asked for, so there is nothing to decompress.
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
         )
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -184,6 +233,7 @@ class ProxyServer:
             self._runner,
             host if host is not None else self.settings.host,
             port if port is not None else self.settings.port,
+            reuse_port=reuse_port or None,
         )
         try:
             await site.start()
@@ -196,6 +246,7 @@ class ProxyServer:
         sockets = getattr(server, "sockets", None) or ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else None
         log.info("metering proxy listening on port %s", self.port)
+        self.listening.set()
         return self.port or 0
 
     async def stop(self) -> None:
@@ -214,14 +265,14 @@ class ProxyServer:
             await self._http.close()
             self._http = None
 
-    async def serve_forever(self, *, jobs: bool = True) -> None:
+    async def serve_forever(self, *, jobs: bool = True, reuse_port: bool = False) -> None:
         """``byokbot proxy``: listen until cancelled, sweeping orphans and rolling periods.
 
         With ``jobs`` the proxy runs ``sweep_orphans`` and ``reset_month`` itself every
         ``sweep_interval_seconds`` (both are idempotent, so also scheduling them elsewhere is
-        harmless).
+        harmless). ``reuse_port``: see ``start``.
         """
-        await self.start()
+        await self.start(reuse_port=reuse_port)
         try:
             while True:
                 await asyncio.sleep(self.settings.sweep_interval_seconds)
@@ -279,7 +330,7 @@ class ProxyServer:
                     return await self._upstream_failed(api, a, upstream)
                 if a.stream:
                     return await self._relay(request, api, a, upstream, meter)
-                return await self._fold(api, upstream, meter)
+                return await self._forward(api, a, upstream, meter)
         except _Refusal as r:
             return _error(api, r.status, r.error_type, r.message, headers=r.headers)
         finally:
@@ -356,14 +407,14 @@ class ProxyServer:
         estimate = Cost.of(
             input_estimate,
             checked.max_output,
-            input_usd_per_mtok=route.input_usd_per_mtok,
+            # Any prompt token may turn out to be a cache write, the dearest kind of input.
+            input_usd_per_mtok=route.max_input_usd_per_mtok,
             output_usd_per_mtok=route.output_usd_per_mtok,
         )
-        client_wants_usage = bool(body.get("stream_options", {}).get("include_usage"))
+        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         body["model"] = route.wire_model
-        body["stream"] = True
-        if api == OPENAI:
-            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        if stream and api == OPENAI:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return _Admitted(
             tenant_id=owner.tenant_id,
             plan_id=plan.id,
@@ -376,32 +427,24 @@ class ProxyServer:
             client_wants_usage=client_wants_usage,
         )
 
-    def _upstream_request(
-        self, api: str, a: _Admitted, request: web.Request
-    ) -> tuple[str, dict[str, str]]:
-        key = self._keys[a.upstream.id].reveal()
-        if api == ANTHROPIC:
-            # The only client header forwarded (policy: anthropic-beta is refused earlier).
-            headers = {
-                "x-api-key": key,
-                "anthropic-version": request.headers.get("anthropic-version", ANTHROPIC_VERSION),
-                "content-type": "application/json",
-            }
-            return f"{a.upstream.base_url}/v1/messages", headers
-        return f"{a.upstream.base_url}/chat/completions", {
-            "Authorization": f"Bearer {key}",
-            "content-type": "application/json",
-        }
-
     async def _open(self, api: str, a: _Admitted, request: web.Request) -> aiohttp.ClientResponse:
-        """Send the request upstream; returns once the response headers are in."""
+        """Send the request upstream; returns once the response headers are in.
+
+        Bounded by ``upstream_timeout_seconds`` (a non-streaming reply's headers come when
+        the whole reply is ready).
+        """
         assert self._http is not None, "ProxyServer.start() was not called"  # noqa: S101
-        url, headers = self._upstream_request(api, a, request)
+        url, headers = self._targets[a.upstream.id]
+        version = request.headers.get("anthropic-version")
+        if api == ANTHROPIC and version is not None and version != ANTHROPIC_VERSION:
+            # The only client header forwarded (policy allows listed versions only).
+            headers = {**headers, "anthropic-version": version}
         try:
             # Never follow a redirect: it would carry the platform's key to another origin.
-            return await self._http.post(
-                url, data=as_json(a.body), headers=headers, allow_redirects=False
-            )
+            async with asyncio.timeout(self.settings.upstream_timeout_seconds):
+                return await self._http.post(
+                    url, data=as_json(a.body), headers=headers, allow_redirects=False
+                )
         except TimeoutError:
             raise _Refusal(504, "api_error", "upstream provider did not answer in time") from None
         except aiohttp.ClientError as exc:
@@ -456,60 +499,73 @@ class ProxyServer:
     ) -> web.StreamResponse:
         response = _SSEResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
+        idle = _Idle(upstream, self.settings.upstream_timeout_seconds)
         try:
             # One write per upstream read: events that arrived together leave together. The end
             # of the body waits for the upstream's end (not just its last event): a client
             # that saw the end sends its next request on this connection, which would wait
             # behind this handler while it drained the upstream.
-            async for out in _relayed(upstream, api, meter, a.client_wants_usage):
+            async for out in _relayed(upstream, api, meter, a.client_wants_usage, idle):
                 if out:
                     await response.write(out)
+            if idle.fired:
+                raise TimeoutError
             await response.write_eof()
         except ConnectionResetError:
             log.debug("client left mid-stream (tenant %s)", a.tenant_id)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("upstream stream broke (%s)", type(exc).__name__)
+            kind = "TimeoutError" if idle.fired else type(exc).__name__
+            log.warning("upstream stream broke (%s)", kind)
             with contextlib.suppress(ConnectionResetError):
                 await response.write(_sse_error(api, {"error": {"type": "api_error"}}))
                 await response.write_eof()
+        finally:
+            idle.cancel()
         return response
 
-    async def _fold(
-        self, api: str, upstream: aiohttp.ClientResponse, meter: Meter
+    async def _forward(
+        self, api: str, a: _Admitted, upstream: aiohttp.ClientResponse, meter: Meter
     ) -> web.StreamResponse:
-        folder: AnthropicMessage | OpenAICompletion = (
-            AnthropicMessage() if api == ANTHROPIC else OpenAICompletion()
-        )
+        """A non-streaming reply: metered from its ``usage``, its bytes passed on as they are."""
+        idle = _Idle(upstream, self.settings.upstream_timeout_seconds)
         try:
-            async for _raw, data in _events(upstream):
-                meter.feed(api, data)
-                if _is_error_event(api, data):
-                    return web.Response(
-                        status=status_of_stream_error(data),
-                        body=as_json(sanitized_error(api, data, None)),
-                        content_type="application/json",
-                    )
-                folder.feed(data)
+            raw = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("upstream stream broke (%s)", type(exc).__name__)
-            raise _Refusal(502, "api_error", "upstream provider stream broke") from None
-        if not meter.final:
-            raise _Refusal(502, "api_error", "upstream provider stream ended early")
-        return web.Response(body=as_json(folder.result()), content_type="application/json")
+            kind = "TimeoutError" if idle.fired else type(exc).__name__
+            log.warning("upstream reply broke (%s)", kind)
+            meter.unknown = True  # the provider may have billed it all: charge the estimate
+            raise _Refusal(502, "api_error", "upstream provider reply broke") from None
+        finally:
+            idle.cancel()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not meter.feed_reply(api, data):
+            log.warning("upstream %s sent a reply without usage", a.upstream.id)
+            meter.unknown = True
+            if not isinstance(data, dict):
+                raise _Refusal(502, "api_error", "upstream provider sent a malformed reply")
+        if _is_error_event(api, data):
+            return web.Response(
+                status=status_of_stream_error(data),
+                body=as_json(sanitized_error(api, data, None)),
+                content_type="application/json",
+            )
+        return web.Response(body=raw, content_type="application/json")
 
     async def _settle(self, a: _Admitted, reservation: Reservation, meter: Meter) -> None:
-        inp, out = meter.billed(a.input_estimate)
         try:
-            if inp == 0 and out == 0:
-                await self.budget.release(reservation)
-                return
-            cost = Cost.of(
-                inp,
-                out,
-                input_usd_per_mtok=a.route.input_usd_per_mtok,
-                output_usd_per_mtok=a.route.output_usd_per_mtok,
-            )
+            if meter.unknown:
+                # A reply whose usage we could not read: the reservation's bound, in full.
+                cost = a.estimate
+            else:
+                cost = _priced(meter, a)
+                if cost.tokens == 0:
+                    await self.budget.release(reservation)
+                    return
             await self.budget.settle(reservation, cost, plan_id=a.plan_id)
+            inp, out = meter.billed(a.input_estimate)
             _count_usage(a.route.wire_model, inp, out, cost.usd_micros)
         except Exception as exc:  # noqa: BLE001 - the sweeper releases it; the reply is sent
             log.error(
@@ -533,32 +589,53 @@ def _count_usage(model: str, input_tokens: int, output_tokens: int, usd_micros: 
     PROXY_SPEND.labels(model).inc(usd_micros / 1_000_000)
 
 
-async def _events(upstream: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes, Any]]:
-    """SSE events as (raw bytes to forward, parsed ``data``); ``[DONE]`` comes as a string."""
-    buffer = b""
-    async for chunk in upstream.content.iter_any():
-        buffer += chunk
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
-        while True:
-            end = buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, buffer = buffer[: end + 2], buffer[end + 2 :]
-            yield event, _data_of(event)
-    if buffer.strip():
-        yield buffer + b"\n\n", _data_of(buffer)
+def _target(up: UpstreamSettings, key: Secret) -> tuple[str, dict[str, str]]:
+    """The URL and headers of every call to ``up`` (identity encoding: relayed byte for byte)."""
+    if up.kind == ANTHROPIC:
+        return f"{up.base_url}/v1/messages", {
+            "x-api-key": key.reveal(),
+            "anthropic-version": ANTHROPIC_VERSION,
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+        }
+    return f"{up.base_url}/chat/completions", {
+        "Authorization": f"Bearer {key.reveal()}",
+        "content-type": "application/json",
+        "accept-encoding": "identity",
+    }
+
+
+def _priced(meter: Meter, a: _Admitted) -> Cost:
+    """The metered usage at the route's prices (prompt-cache tokens at their own)."""
+    inp, out = meter.billed(a.input_estimate)
+    route = a.route
+    micros = (
+        inp * route.input_usd_per_mtok
+        + out * route.output_usd_per_mtok
+        + meter.cache_write_tokens * route.cache_write_price
+        + meter.cache_read_tokens * route.cache_read_price
+    )
+    tokens = inp + out + meter.cache_write_tokens + meter.cache_read_tokens
+    return Cost(tokens, math.ceil(round(micros, 6)))
 
 
 async def _relayed(
-    upstream: aiohttp.ClientResponse, api: str, meter: Meter, keep_usage: bool
+    upstream: aiohttp.ClientResponse,
+    api: str,
+    meter: Meter,
+    keep_usage: bool,
+    idle: _Idle | None = None,
 ) -> AsyncIterator[bytes]:
     """Per upstream read: the complete events in it, as they are to be sent on.
 
-    Events are metered on the way; an incomplete one waits for the next read.
+    Events are metered on the way; an incomplete one waits for the next read. A read takes
+    everything buffered, so under loop lag the events of several packets leave in one write.
     """
     rest = b""
+    clock = time.monotonic if idle is None else idle.clock
     async for chunk in upstream.content.iter_any():
+        if idle is not None:
+            idle.last = clock()
         if rest:
             chunk = rest + chunk
         if b"\r" in chunk:
@@ -581,6 +658,18 @@ def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> by
     usage chunk, which we asked for and this client did not).
     """
     anthropic = api == ANTHROPIC
+    n_events = events.count(b"\n\n")
+    if anthropic:
+        # Most reads are only text deltas: count them at event starts, send them untouched.
+        framed = b"\n\n" + events
+        deltas = framed.count(b"\n\nevent: content_block_delta\n")
+        opaque = deltas + sum(framed.count(b"\n\n" + p + b"\n") for p in _ANTHROPIC_OPAQUE[1:])
+        if opaque == n_events:
+            meter.deltas += deltas
+            return events
+    elif not any(marker in events for marker in _OPENAI_MARKERS):
+        meter.deltas += n_events
+        return events
     kept: list[bytes] = []
     changed = False
     for event in events[:-2].split(b"\n\n"):
@@ -607,6 +696,9 @@ def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> by
     if not changed:
         return events
     return b"".join(event + b"\n\n" for event in kept)
+
+
+_OPENAI_MARKERS: Final = (b'"usage":{', b'"usage": {', b'"error"', b"[DONE]")
 
 
 def _worth_parsing(api: str, event: bytes) -> bool:

@@ -1,8 +1,9 @@
-"""The two wire formats as the proxy sees them: error bodies, stream metering, aggregation.
+"""The two wire formats as the proxy sees them: error bodies, metering, aggregation.
 
-Pure functions and small accumulators, no I/O: ``server.py`` feeds them parsed SSE events.
-Both APIs are always streamed upstream, so usage is always read from the stream; a client that
-asked for a non-streaming reply gets the stream folded back into the provider's JSON shape.
+Pure functions and small accumulators, no I/O: ``server.py`` feeds them parsed SSE events (a
+streamed request) or the JSON reply (a non-streaming one, forwarded as such). The folders
+(``AnthropicMessage``, ``OpenAICompletion``) rebuild a reply object from a stream; the proxy no
+longer needs them, they stay for callers that do.
 """
 
 from __future__ import annotations
@@ -116,6 +117,32 @@ class Meter:
     deltas: int = 0
     final: bool = False
     reported_input: bool = False
+    # Anthropic prompt caching: tokens written to and read from the cache (beside input).
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    # The reply's usage could not be read although the provider may have billed it.
+    unknown: bool = False
+
+    def _cache(self, usage: dict[str, Any]) -> None:
+        self.cache_write_tokens = _int(
+            usage.get("cache_creation_input_tokens"), self.cache_write_tokens
+        )
+        self.cache_read_tokens = _int(usage.get("cache_read_input_tokens"), self.cache_read_tokens)
+
+    def feed_reply(self, api: str, data: dict[str, Any]) -> bool:
+        """A non-streaming reply's ``usage``; False when it has none (or is an error)."""
+        usage = data.get("usage")
+        if not isinstance(usage, dict):
+            return False
+        if api == ANTHROPIC:
+            self.input_tokens = _int(usage.get("input_tokens"))
+            self.output_tokens = _int(usage.get("output_tokens"))
+            self._cache(usage)
+        else:
+            self.input_tokens = _int(usage.get("prompt_tokens"))
+            self.output_tokens = _int(usage.get("completion_tokens"))
+        self.reported_input = self.final = True
+        return True
 
     def feed(self, api: str, data: Any) -> None:
         if not isinstance(data, dict):
@@ -128,11 +155,13 @@ class Meter:
                 usage = (data.get("message") or {}).get("usage") or {}
                 self.input_tokens = _int(usage.get("input_tokens"))
                 self.output_tokens = _int(usage.get("output_tokens"))
+                self._cache(usage)
                 self.reported_input = True
             elif kind == "message_delta":
                 usage = data.get("usage") or {}
                 self.input_tokens = _int(usage.get("input_tokens"), self.input_tokens)
                 self.output_tokens = _int(usage.get("output_tokens"), self.output_tokens)
+                self._cache(usage)
             elif kind == "message_stop":
                 self.final = True
             return

@@ -4,6 +4,9 @@ One server answers both APIs: ``anthropic_url`` for the Anthropic kind (``/v1/me
 ``openai_url`` (which ends in ``/v1``) for the OpenAI-compatible kind. Every request is recorded
 with the key it carried; tests script failures (status codes, stalls, malformed streams) and
 hold a stream open at a gate to act in the middle of a reply.
+
+A request without ``"stream": true`` gets the provider's plain JSON reply (with its usage), as
+the real APIs answer; gates and scripted failures hold or break it the same way.
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ class FakeLLMServer:
     greedy: bool = False
     # Scripted tool calls (None: never call a tool); see ``ToolScript``.
     tool_script: ToolScript | None = None
+    # Anthropic prompt-cache usage added to every reply's usage (message_start when streamed),
+    # e.g. {"cache_creation_input_tokens": 1000, "cache_read_input_tokens": 5000}.
+    cache_usage: dict[str, int] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     port: int = 0
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -230,7 +236,11 @@ class FakeLLMServer:
                         "type": "message_start",
                         "message": {
                             "id": "msg_1",
-                            "usage": {"input_tokens": n_in, "output_tokens": 1},
+                            "usage": {
+                                "input_tokens": n_in,
+                                "output_tokens": 1,
+                                **self.cache_usage,
+                            },
                         },
                     },
                 )
@@ -271,6 +281,25 @@ class FakeLLMServer:
             out.append(_sse("message_stop", {"type": "message_stop"}))
             return out
 
+        if body.get("stream") is not True:
+            return await self._plain(
+                request,
+                key,
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body.get("model"),
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn",
+                    "stop_sequence": None,
+                    "usage": {
+                        "input_tokens": n_in,
+                        "output_tokens": _allowed(body) if self.greedy else len(words),
+                        **self.cache_usage,
+                    },
+                },
+            )
         return await self._stream(
             request,
             events(),
@@ -306,6 +335,28 @@ class FakeLLMServer:
             )
 
         n_out = _allowed(body) if self.greedy else len(words)
+        if body.get("stream") is not True:
+            return await self._plain(
+                request,
+                key,
+                {
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "model": body.get("model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": n_in,
+                        "completion_tokens": n_out,
+                        "total_tokens": n_in + n_out,
+                    },
+                },
+            )
         out = [chunk({"role": "assistant", "content": ""})]
         out += [chunk({"content": w}) for w in words]
         out.append(chunk({}, "stop"))
@@ -482,6 +533,26 @@ class FakeLLMServer:
                 {"error": {"type": f.error_type, "message": f.message, "code": f.error_type}}
             ),
         )
+
+    async def _plain(
+        self, request: web.Request, key: str, reply: dict[str, Any]
+    ) -> web.StreamResponse:
+        """A non-streaming reply; a gate holds it before it is sent (as if mid-generation)."""
+        failure = self._take_failure()
+        if failure is not None and failure.mode in ("status", "stream_error"):
+            return _error_response(failure)
+        if failure is not None and failure.mode in ("stall", "stall_mid"):
+            self.mid_stream.set()
+            await self._closed.wait()
+            return web.Response(status=503)
+        if failure is not None and failure.mode == "malformed":
+            return web.Response(body=b"{not json", content_type="application/json")
+        if self.gate is not None and (self.gate_keys is None or key in self.gate_keys):
+            self.mid_stream.set()
+            await self.gate.wait()
+        if self.chunk_delay:
+            await asyncio.sleep(self.chunk_delay)
+        return web.json_response(reply)
 
     async def _stream(
         self,

@@ -1,0 +1,196 @@
+"""Issue 17 through the real program: ``byokbot proxy --workers 2`` sharing one budget.
+
+The proxy runs as a subprocess with a config written here; the tenant and its token come from
+``scripts/managed_tenant.py``. The test sees HTTP answers, what reached the loopback fake, the
+budget row in the program's database file, exit codes and output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import sys
+
+import httpx
+import pytest
+
+from tests.canaries import anthropic_key
+from tests.fakes.llm_server import FakeLLMServer
+from tests.system.harness import BotProcess, CanaryScan, Workspace, eventually
+from tests.system.managed_support import query
+from tests.system.test_proxy_holes import SCRIPT, free_port
+
+CAP = 12_000
+MAX_TOKENS = 400
+
+
+async def start_proxy(
+    ws: Workspace, llm: FakeLLMServer, canaries: CanaryScan, *args: str
+) -> tuple[BotProcess, str, str, str]:
+    """(process, url, tenant, token) of ``byokbot proxy <args>`` in front of the fake."""
+    key = anthropic_key()
+    canaries.add(key)
+    llm.valid_keys = {key}
+    ws.env["PX_ANTHROPIC"] = key
+    port = free_port()
+    ws.configure(
+        {
+            "plans.managed": {
+                "name": "Managed",
+                "price_usd": 39,
+                "byok": False,
+                "models": ["claude-sys"],
+                "requests_per_minute": 100_000,
+                "monthly_token_cap": CAP,
+            },
+            "proxy": {"enabled": True, "host": "127.0.0.1", "port": port},
+            "proxy.upstreams.up-a": {
+                "kind": "anthropic",
+                "base_url": llm.anthropic_url,
+                "key_env": "PX_ANTHROPIC",
+            },
+            'proxy.models."claude-sys"': {
+                "upstream": "up-a",
+                "upstream_model": "model-large",
+                "input_usd_per_mtok": 3.0,
+                "output_usd_per_mtok": 15.0,
+                "cache_write_usd_per_mtok": 3.75,
+                "cache_read_usd_per_mtok": 0.3,
+            },
+        }
+    )
+    migrated = await ws.cli("db", "upgrade")
+    assert migrated.returncode == 0, migrated.output
+    made = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(SCRIPT),
+        "managed",
+        "1717",
+        cwd=ws.root,
+        env=ws.environment(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await made.communicate()
+    assert made.returncode == 0, err.decode()
+    tenant, token = out.decode().split()
+    process = await ws.start("proxy", *args)
+    await process.wait_output(r"metering proxy on", within=60)
+    return process, f"http://127.0.0.1:{port}", tenant, token
+
+
+def budget_row(ws: Workspace, tenant: str) -> tuple[int, int, int]:
+    rows = query(
+        ws,
+        "SELECT tokens_spent, tokens_reserved, usd_micros_spent FROM budgets WHERE tenant_id = ?",
+        tenant,
+    )
+    return rows[0] if rows else (0, 0, 0)
+
+
+async def test_two_workers_share_one_budget_and_200_racing_requests_keep_the_cap(
+    ws: Workspace, llm: FakeLLMServer, canaries: CanaryScan
+) -> None:
+    llm.greedy = True  # every admitted request bills all the output it allows
+    process, url, tenant, token = await start_proxy(ws, llm, canaries, "--workers", "2")
+    assert "metering proxy worker 0 on" in process.stdout()
+    assert "metering proxy worker 1 on" in process.stdout()
+    assert len(process.children()) >= 2
+
+    def body(stream: bool) -> bytes:
+        return json.dumps(
+            {
+                "model": "claude-sys",
+                "max_tokens": MAX_TOKENS,
+                "stream": stream,
+                "messages": [{"role": "user", "content": "hello"}],
+            }
+        ).encode()
+
+    async with httpx.AsyncClient(
+        trust_env=False, timeout=60, limits=httpx.Limits(max_connections=200)
+    ) as http:
+
+        async def one(i: int) -> int:
+            r = await http.post(
+                f"{url}/v1/messages",
+                content=body(i % 2 == 0),
+                headers={"x-api-key": token, "content-type": "application/json"},
+            )
+            return r.status_code
+
+        codes = await asyncio.gather(*(one(i) for i in range(200)))
+    assert set(codes) == {200, 402}, codes
+    await eventually(lambda: budget_row(ws, tenant)[1] == 0, within=30)
+    spent, _reserved, _ = budget_row(ws, tenant)
+    assert spent <= CAP  # the hard cap, across both processes
+    # Every admitted request was billed exactly (1 input word, all its output), none lost.
+    assert spent == codes.count(200) * (1 + MAX_TOKENS)
+    assert codes.count(200) >= CAP // (len(body(True)) // 2 + MAX_TOKENS + 1)
+    assert "Traceback" not in process.output()
+    assert await process.terminate() == 0
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "non-streaming"])
+async def test_prompt_cache_tokens_are_metered_through_the_proxy(
+    ws: Workspace, llm: FakeLLMServer, canaries: CanaryScan, stream: bool
+) -> None:
+    llm.cache_usage = {"cache_creation_input_tokens": 1_000, "cache_read_input_tokens": 4_000}
+    process, url, tenant, token = await start_proxy(ws, llm, canaries)
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+        r = await http.post(
+            f"{url}/v1/messages",
+            json={
+                "model": "claude-sys",
+                "max_tokens": 50,
+                "stream": stream,
+                "messages": [{"role": "user", "content": "hello"}],
+            },
+            headers={"x-api-key": token},
+        )
+    assert r.status_code == 200
+    assert llm.requests[-1].body.get("stream") is stream  # forwarded as the client asked
+    if not stream:
+        assert r.json()["usage"]["cache_read_input_tokens"] == 4_000
+    await eventually(lambda: budget_row(ws, tenant)[0] > 0 and budget_row(ws, tenant)[1] == 0)
+    spent, _, micros = budget_row(ws, tenant)
+    reply_words = len(llm.requests[-1].body["messages"][0]["content"].split())
+    output = 2  # "echo: hello", one token per word
+    assert spent == reply_words + output + 5_000
+    assert micros == math.ceil(reply_words * 3.0 + output * 15.0 + 1_000 * 3.75 + 4_000 * 0.3)
+    assert await process.terminate() == 0
+
+
+async def test_a_worker_that_dies_stops_the_proxy_with_an_error(
+    ws: Workspace, llm: FakeLLMServer, canaries: CanaryScan
+) -> None:
+    process, _url, _tenant, _token = await start_proxy(ws, llm, canaries, "--workers", "2")
+    workers = process.children()
+    assert len(workers) >= 2
+    os.kill(workers[-1], signal.SIGKILL)
+    code = await process.wait(30)
+    assert code == 1
+    assert "proxy worker" in process.stderr() and "exited" in process.stderr()
+    await eventually(lambda: not _alive(workers))
+
+
+def _alive(pids: list[int]) -> bool:
+    """Whether any of ``pids`` still runs (a zombie does not count)."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            return True
+    return False
+
+
+async def test_workers_below_one_is_one_line_and_exit_2(ws: Workspace) -> None:
+    result = await ws.cli("proxy", "--workers", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "byokbot: error: --workers must be at least 1"
