@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bot import texts
-from bot.flows import account, admin, agent, cancel, keys
+from bot.flows import account, admin, agent, cancel, keys, tasks
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.keys import continues_leak, find_leaks, is_key_fragment
@@ -41,6 +41,8 @@ COMMANDS: dict[str, Handler] = {
     "stop": agent.handle_stop,
     "usage": agent.handle_usage,
     "memory": agent.handle_memory,
+    "tasks": tasks.handle_tasks,
+    "timezone": tasks.handle_timezone,
     "admin": admin.handle_admin,
     "cancel": cancel.handle_cancel,
 }
@@ -53,6 +55,7 @@ BUTTONS: dict[str, ButtonHandler] = {
     "prov": keys.on_provider_button,
     "model": agent.on_model_button,
     "mem": agent.on_memory_button,
+    "task": tasks.on_task_button,
     "cancel": cancel.on_cancel_button,
 }
 

@@ -407,6 +407,7 @@ TOOL_STATUS = {
     "remember": "📝 noting that down…",
     "recall": "🧠 looking through my notes…",
     "forget": "🧹 forgetting that…",
+    "schedule_task": "⏰ scheduling that…",
 }
 TOOL_STATUS_OTHER = "⚙️ working on it…"
 
@@ -431,3 +432,36 @@ MEMORY_CLEARED = "Done: your agent's notes about you are erased ({count})."
 MEMORY_BAD_NUMBER = "There's no note number {arg}. Send /memory to see the numbered list."
 MEMORY_USAGE = "Use /memory to see the notes, /memory forget <number> to erase one, or /memory clear to erase all."
 MEMORY_OFF = "Long-term notes aren't available on this server."
+
+
+# --- scheduled tasks (issue 14: schedule_task, /tasks, /timezone) ---
+TASK_OUTCOME = {
+    "needs_timezone": (
+        "⏰ I'll keep that task, but I need your time zone first. "
+        "Send /timezone followed by your zone, e.g. /timezone Europe/Paris."
+    ),
+    "limit": (
+        "⏰ You already have {limit} scheduled task(s), the most your plan allows. "
+        "Cancel one in /tasks first."
+    ),
+    "past": "⏰ That time has already passed, so I did not schedule it. Ask again with a later time.",
+    "bad": "⏰ I could not understand when to run that task. Ask again with a clear time.",
+}
+TASK_PROMPT = "(Scheduled task, running now as the person asked earlier.) {}"
+TASK_HEADER = "⏰ "
+TASK_EMPTY = "(the agent had nothing to say)"
+TASK_FAILED = "A scheduled task could not run: your agent is unavailable right now. See /status."
+TASKS_OFF = "Scheduled tasks are not available on this bot."
+TASKS_NONE = "You have no scheduled tasks. Ask your agent, e.g. “remind me tomorrow at 9 to …”."
+TASKS_LIST = "Your scheduled tasks:\n{lines}"
+TASK_LINE = "{n}. {when} — next: {next}"
+TASK_NO_TZ = "waiting for /timezone"
+TASK_CANCEL_BUTTON = "Cancel {n}"
+TASK_CANCELLED = "Cancelled that task."
+TIMEZONE_ASK = (
+    "No time zone set yet. Send /timezone followed by your zone, e.g. /timezone Europe/Paris."
+)
+TIMEZONE_SHOW = "Your time zone is {tz}. Change it with /timezone Area/City."
+TIMEZONE_USAGE = "Use /timezone Area/City, e.g. /timezone America/New_York."
+TIMEZONE_BAD = "“{tz}” is not a time zone I know. Use Area/City, e.g. /timezone Europe/Paris."
+TIMEZONE_SET = "Time zone set to {tz}. {scheduled} waiting task(s) scheduled."

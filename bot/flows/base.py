@@ -32,6 +32,7 @@ from core.plans import PlanCatalog
 from core.ports import Agents, Clock, Messenger
 from core.runtime.ports import NotesStore
 from core.secret import Secret
+from core.tasks import DatabaseTasks
 from core.tenants import Tenants, TenantView
 from core.usage import UsageLedger
 
@@ -127,6 +128,7 @@ class Services:
     rotate_master_key: Callable[[], Awaitable[tuple[int, int]]] | None = None
     live_checks: LiveChecks | None = None
     notes: NotesStore | None = None  # the agent's long-term notes (``/memory``)
+    tasks: DatabaseTasks | None = None  # scheduled tasks and time zones (``/tasks``)
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
         """Write an audit row that is not part of a larger change."""
