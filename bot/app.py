@@ -23,6 +23,7 @@ from bot.flows.base import LiveKeyCheck, Services
 from bot.flows.billing import DirectMessageNotices
 from bot.recovery import Recovery
 from bot.router import Router
+from bot.tasks import BotTasks
 from core.access import Access
 from core.agent_data import (
     DatabaseKeyHealth,
@@ -64,6 +65,7 @@ from core.runtime import AgentSupervisor
 from core.runtime.protocol import ToolConfig
 from core.scheduler import Job, Scheduler, expire_intake_sessions
 from core.secret import Secret
+from core.tasks import DatabaseTasks
 from core.tenants import Tenants
 from core.usage import UsageLedger
 from core.vault import MasterKeyRing, Vault
@@ -187,6 +189,7 @@ class App:
     router: Router = field(init=False)
     adapters: list[ChatAdapter] = field(init=False, default_factory=list)
     scheduler: Scheduler = field(init=False)
+    tasks: BotTasks = field(init=False)
     supervisor: AgentSupervisor | None = field(init=False, default=None)
     proxy_server: ProxyServer | None = field(init=False, default=None)
     budget: Budget = field(init=False)
@@ -254,6 +257,9 @@ class App:
         notes = DatabaseNotes(
             self.db, credentials, self.clock, limit=self.config.tools.notes.max_notes
         )
+        self.tasks = BotTasks(
+            DatabaseTasks(self.db, credentials, self.clock), tenants, plans, messengers
+        )
         if self.agents is None and self.agent_runtime:
             self.supervisor = AgentSupervisor(
                 DatabaseProfiles(
@@ -266,6 +272,7 @@ class App:
                 runtime_dir=self.config.resolve_path("data/agents"),
                 tools=tool_config(self.config, self.env),
                 notes=notes,
+                tasks=self.tasks,
             )
             self.agents = self.supervisor
         self.services = Services(
@@ -283,6 +290,7 @@ class App:
             flow_states=FlowStates(self.db, self.clock),
             agents=self.agents or UnavailableAgents(),
             notes=notes,
+            tasks=self.tasks.store,
             clock=self.clock,
             messengers=messengers,
             usage=usage,
@@ -570,6 +578,9 @@ class App:
                     self.supervisor.idle_job,
                 )
             )
+        if self.supervisor is not None:
+            self.tasks.agents = self.services.agents
+            jobs.append(Job("run-tasks", config.tools.tasks.interval_seconds, self.tasks.run_due))
         if self.proxy_server is not None:
             # The same jobs ``byokbot proxy`` runs on its own (both are idempotent).
             every = config.proxy.sweep_interval_seconds

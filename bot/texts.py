@@ -80,6 +80,7 @@ HELP = """Here's what I can do:
 /model — choose the model · /persona <text> — set how your agent behaves
 /reset — forget this conversation · /stop — stop a reply in progress
 /memory — what your agent remembers about you (and erase it)
+/tasks — your scheduled reminders · /timezone <zone> — your time zone for them
 /usage — tokens used this month
 /pause · /resume — pause or resume your agent
 /link — use the same agent from another chat app
@@ -442,6 +443,7 @@ TOOL_STATUS = {
     "remember": "📝 noting that down…",
     "recall": "🧠 looking through my notes…",
     "forget": "🧹 forgetting that…",
+    "schedule_task": "⏰ scheduling that…",
 }
 TOOL_STATUS_OTHER = "⚙️ working on it…"
 
@@ -583,3 +585,36 @@ ADMIN_REFUND_NOT_STARS = (
     "(the webhook ends the subscription)."
 )
 ADMIN_REFUND_FAILED = "Telegram refused the refund: {reason}"
+
+
+# --- scheduled tasks (issue 14: schedule_task, /tasks, /timezone) ---
+TASK_OUTCOME = {
+    "needs_timezone": (
+        "⏰ I'll keep that task, but I need your time zone first. "
+        "Send /timezone followed by your zone, e.g. /timezone Europe/Paris."
+    ),
+    "limit": (
+        "⏰ You already have {limit} scheduled task(s), the most your plan allows. "
+        "Cancel one in /tasks first."
+    ),
+    "past": "⏰ That time has already passed, so I did not schedule it. Ask again with a later time.",
+    "bad": "⏰ I could not understand when to run that task. Ask again with a clear time.",
+}
+TASK_PROMPT = "(Scheduled task, running now as the person asked earlier.) {}"
+TASK_HEADER = "⏰ "
+TASK_EMPTY = "(the agent had nothing to say)"
+TASK_FAILED = "A scheduled task could not run: your agent is unavailable right now. See /status."
+TASKS_OFF = "Scheduled tasks are not available on this bot."
+TASKS_NONE = "You have no scheduled tasks. Ask your agent, e.g. “remind me tomorrow at 9 to …”."
+TASKS_LIST = "Your scheduled tasks:\n{lines}"
+TASK_LINE = "{n}. {when} — next: {next}"
+TASK_NO_TZ = "waiting for /timezone"
+TASK_CANCEL_BUTTON = "Cancel {n}"
+TASK_CANCELLED = "Cancelled that task."
+TIMEZONE_ASK = (
+    "No time zone set yet. Send /timezone followed by your zone, e.g. /timezone Europe/Paris."
+)
+TIMEZONE_SHOW = "Your time zone is {tz}. Change it with /timezone Area/City."
+TIMEZONE_USAGE = "Use /timezone Area/City, e.g. /timezone America/New_York."
+TIMEZONE_BAD = "“{tz}” is not a time zone I know. Use Area/City, e.g. /timezone Europe/Paris."
+TIMEZONE_SET = "Time zone set to {tz}. {scheduled} waiting task(s) scheduled."

@@ -70,6 +70,7 @@ class ToolSwitches:
     web_fetch: bool = True
     web_search: bool = True
     notes: bool = True
+    tasks: bool = True
 
     def names(self) -> tuple[str, ...]:
         """The protocol's tool names these switches turn on (``TOOL_NAMES``)."""
@@ -80,6 +81,7 @@ TOOL_NAMES: Final[Mapping[str, tuple[str, ...]]] = {
     "web_fetch": ("web_fetch",),
     "web_search": ("web_search",),
     "notes": ("remember", "recall", "forget"),
+    "tasks": ("schedule_task",),
 }
 """Each switch of ``ToolSwitches`` and the agent tools it enables."""
 
@@ -118,12 +120,20 @@ class NotesSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TasksSettings:
+    """``[tools.tasks]``: how often due scheduled tasks are looked for."""
+
+    interval_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class ToolsSettings:
     """``[tools]``: the agent's built-in tools (per-plan switches are in ``[plans.<id>.tools]``)."""
 
     web_fetch: WebFetchSettings = field(default_factory=WebFetchSettings)
     web_search: WebSearchSettings = field(default_factory=WebSearchSettings)
     notes: NotesSettings = field(default_factory=NotesSettings)
+    tasks: TasksSettings = field(default_factory=TasksSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +150,7 @@ class PlanSettings:
     monthly_usd_cap: float | None = None
     description: str = ""
     tools: ToolSwitches = field(default_factory=ToolSwitches)
+    max_tasks: int = 10  # scheduled tasks a tenant of this plan may keep
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,6 +613,7 @@ def _parse_plans(src: str, data: Mapping[str, Any]) -> dict[str, PlanSettings]:
             ),
             description=t.string("description", d.description),
             tools=_parse_switches(src, pid, t, d.tools),
+            max_tasks=t.integer("max_tasks", d.max_tasks, minimum=0, maximum=1000),
         )
         if not byok and not plan.models:
             raise t.fail("models", "must list at least one model for a managed plan")
@@ -623,7 +635,7 @@ def _parse_switches(src: str, pid: str, t: TableReader, d: ToolSwitches) -> Tool
 def _parse_tools(src: str, data: Mapping[str, Any]) -> ToolsSettings:
     t = TableReader(src, "tools", data)
     sub: dict[str, TableReader] = {}
-    for name in ("web_fetch", "web_search", "notes"):
+    for name in ("web_fetch", "web_search", "notes", "tasks"):
         sub[name] = TableReader(src, f"tools.{name}", t.get(name, dict, {}))
     t.finish()
     f, df = sub["web_fetch"], WebFetchSettings()
@@ -662,7 +674,14 @@ def _parse_tools(src: str, data: Mapping[str, Any]) -> ToolsSettings:
         max_note_chars=n.integer("max_note_chars", dn.max_note_chars, minimum=20, maximum=4000),
     )
     n.finish()
-    return ToolsSettings(web_fetch=fetch, web_search=search, notes=notes)
+    k = sub["tasks"]
+    tasks = TasksSettings(
+        interval_seconds=k.number(
+            "interval_seconds", TasksSettings().interval_seconds, above=0, maximum=3600
+        )
+    )
+    k.finish()
+    return ToolsSettings(web_fetch=fetch, web_search=search, notes=notes, tasks=tasks)
 
 
 def _parse_providers(src: str, data: Mapping[str, Any]) -> dict[str, ProviderSettings]:

@@ -29,7 +29,9 @@ from core.db.models import (
     MemoryRow,
     NotesRow,
     ProviderKeyRow,
+    TaskRow,
     TenantRow,
+    TimezoneRow,
 )
 from core.errors import TenantDeleted, TenantNotFound
 from core.plans import PlanCatalog
@@ -370,6 +372,8 @@ class Tenants:
             await s.execute(delete(ProviderKeyRow).where(ProviderKeyRow.tenant_id == tenant_id))
             await s.execute(delete(MemoryRow).where(MemoryRow.tenant_id == tenant_id))
             await s.execute(delete(NotesRow).where(NotesRow.tenant_id == tenant_id))
+            await s.execute(delete(TaskRow).where(TaskRow.tenant_id == tenant_id))
+            await s.execute(delete(TimezoneRow).where(TimezoneRow.tenant_id == tenant_id))
             await s.execute(delete(DataKeyRow).where(DataKeyRow.tenant_id == tenant_id))
             await s.execute(delete(IdentityRow).where(IdentityRow.tenant_id == tenant_id))
             row.status = TenantStatus.DELETED.value

@@ -38,6 +38,7 @@ async def test_app_serves_the_console_until_input_ends(
         "inbox-sweep",
         "billing",
         "stop-idle-agents",
+        "run-tasks",
     ]
     assert app.proxy_server is None
     await asyncio.wait_for(app.run_until_stopped(asyncio.Event()), timeout=10)
@@ -90,6 +91,7 @@ async def test_every_scheduled_job_is_awaited_in_the_loop(
                 "inbox-renew",
                 "inbox-recover",
                 "inbox-sweep",
+                "run-tasks",
                 "stop-idle-agents",
                 "sweep-reservations",
                 "roll-budget-month",

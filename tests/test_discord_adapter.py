@@ -81,10 +81,12 @@ async def test_login_ready_and_first_command_sync(fake: FakeDiscord) -> None:
     assert names == sorted(
         [
             "admin",
+            "cancel",
             "delete",
             "help",
             "key",
             "link",
+            "memory",
             "model",
             "pause",
             "persona",
@@ -94,6 +96,8 @@ async def test_login_ready_and_first_command_sync(fake: FakeDiscord) -> None:
             "start",
             "status",
             "stop",
+            "tasks",
+            "timezone",
             "usage",
             "whoami",
         ]

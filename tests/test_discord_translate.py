@@ -328,10 +328,12 @@ def test_command_definitions_cover_the_command_set() -> None:
     assert [d["name"] for d in defs] == sorted(
         [
             "admin",
+            "cancel",
             "delete",
             "help",
             "key",
             "link",
+            "memory",
             "model",
             "pause",
             "persona",
@@ -341,6 +343,8 @@ def test_command_definitions_cover_the_command_set() -> None:
             "start",
             "status",
             "stop",
+            "tasks",
+            "timezone",
             "usage",
             "whoami",
         ]

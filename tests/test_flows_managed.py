@@ -50,7 +50,12 @@ async def world(
                 "managed": {
                     "monthly_token_cap": 600,
                     "monthly_usd_cap": 100.0,
-                    "tools": {"web_fetch": False, "web_search": False, "notes": False},
+                    "tools": {
+                        "web_fetch": False,
+                        "web_search": False,
+                        "notes": False,
+                        "tasks": False,
+                    },
                 },
             },
             # A managed plan is never free: a trial stands in for the payment here.

@@ -67,6 +67,9 @@ _SIMPLE_COMMANDS: Final = (
     ("stop", "Stop the reply in progress"),
     ("pause", "Pause your agent"),
     ("resume", "Resume your agent"),
+    ("memory", "What your agent remembers about you"),
+    ("tasks", "Your scheduled reminders and tasks"),
+    ("cancel", "Drop a pending key request or confirmation"),
     ("whoami", "Your id, as an operator's admin list names you"),
     ("delete", "Erase your account and everything stored for it"),
 )
@@ -136,6 +139,9 @@ def command_definitions(providers: Sequence[str]) -> list[dict[str, Any]]:
         _command("model", "See or choose a model", [_opt("name", "Model", autocomplete=True)]),
         _command("persona", "See or set your agent's persona", [_opt("text", "New persona")]),
         _command("link", "Link this account to another platform", [_opt("code", "Link code")]),
+        _command(
+            "timezone", "Your time zone for scheduled tasks", [_opt("zone", "e.g. Europe/Paris")]
+        ),
         _command("admin", "Operator commands", [_opt("args", "e.g. tenants, suspend <id>")]),
     ]
     return sorted(defs, key=lambda d: d["name"])

@@ -78,6 +78,8 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("reset", "Forget this conversation"),
     ("stop", "Stop the reply in progress"),
     ("memory", "What your agent remembers about you"),
+    ("tasks", "Your scheduled reminders"),
+    ("timezone", "Your time zone for reminders"),
     ("status", "Your plan, key and agent"),
     ("usage", "Usage this month"),
     ("pause", "Pause your agent"),

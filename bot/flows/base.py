@@ -35,6 +35,7 @@ from core.plans import PlanCatalog
 from core.ports import Agents, Clock, Messenger
 from core.runtime.ports import NotesStore
 from core.secret import Secret
+from core.tasks import DatabaseTasks
 from core.tenants import Tenants, TenantView
 from core.usage import UsageLedger
 
@@ -136,6 +137,7 @@ class Services:
     access: Access | None = None
     stars: StarsInvoices | None = None
     checkout: CheckoutLinks | None = None
+    tasks: DatabaseTasks | None = None  # scheduled tasks and time zones (``/tasks``)
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
         """Write an audit row that is not part of a larger change."""

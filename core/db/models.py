@@ -376,3 +376,30 @@ class TrialUseRow(Base):
 
     identity: Mapped[str] = mapped_column(String(200), primary_key=True)
     at: Mapped[datetime]
+
+
+class TimezoneRow(Base):
+    """A person's time zone (IANA name), asked once for their scheduled tasks."""
+
+    __tablename__ = "tenant_timezones"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    tz: Mapped[str] = mapped_column(String(64))
+
+
+class TaskRow(Base):
+    """A scheduled task: its chat, its schedule, and its prompt encrypted with the data key.
+
+    ``next_run`` is None while the person's time zone is unknown (and after a one-off ran);
+    a run is claimed by a conditional UPDATE on it, so two processes never both run it.
+    """
+
+    __tablename__ = "scheduled_tasks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    conversation: Mapped[str] = mapped_column(String(400))
+    when: Mapped[str] = mapped_column(String(100))
+    prompt_blob: Mapped[bytes] = mapped_column(LargeBinary)
+    next_run: Mapped[datetime | None] = mapped_column(index=True)
+    created_at: Mapped[datetime]

@@ -65,6 +65,12 @@ class StoredNote:
     text: str
 
 
+class TaskSink(Protocol):
+    """Where the agent's ``schedule_task`` calls go (the bot stores them and answers the chat)."""
+
+    async def schedule(self, tenant_id: str, conversation: str, when: str, prompt: str) -> None: ...
+
+
 class NotesStore(Protocol):
     """A tenant's long-term notes (the database version encrypts them with the data key)."""
 

@@ -150,6 +150,18 @@ class NoteEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """Request ``id`` scheduled ``prompt`` at ``when`` (an ISO local time or a 5-field cron).
+
+    byokbot validates and stores it, and at the time runs the prompt in the same chat.
+    """
+
+    id: str
+    when: str
+    prompt: str
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Request ``id`` failed; ``code`` is an LLM error code, ``retry_after`` seconds or None."""
 
@@ -167,7 +179,7 @@ class Done:
 
 
 ToAgent = Configure | Request | Cancel
-FromAgent = Ready | Chunk | UsageReport | ToolEvent | NoteEvent | Error | Done
+FromAgent = Ready | Chunk | UsageReport | ToolEvent | NoteEvent | TaskEvent | Error | Done
 Message = ToAgent | FromAgent
 
 
@@ -219,6 +231,8 @@ def encode(msg: Message) -> bytes:
             }
         case NoteEvent():
             obj = {"type": "note", "id": msg.id, "op": msg.op, "note": msg.note, "text": msg.text}
+        case TaskEvent():
+            obj = {"type": "task", "id": msg.id, "when": msg.when, "prompt": msg.prompt}
         case Error():
             obj = {
                 "type": "error",
@@ -300,6 +314,8 @@ def decode(line: bytes | str) -> Message:
                 if op not in ("add", "forget"):
                     raise ProtocolError("note.op must be add or forget")
                 return NoteEvent(_str(obj, "id"), op, _str(obj, "note"), str(obj.get("text", "")))
+            case "task":
+                return TaskEvent(_str(obj, "id"), _str(obj, "when"), _str(obj, "prompt"))
             case "error":
                 retry = obj.get("retry_after")
                 if retry is not None and (

@@ -45,6 +45,7 @@ from core.runtime.ports import (
     MemoryStore,
     NotesStore,
     ProfileSource,
+    TaskSink,
     ToolActivity,
     ToolObserver,
     Turn,
@@ -183,6 +184,7 @@ class AgentSupervisor:
         clock: monotonic seconds, replaceable in tests.
         tools: the built-in tools' settings sent in ``configure`` (protocol version 2).
         notes: the tenants' long-term notes; without it no note tool is offered.
+        tasks: where scheduled tasks go; without it ``schedule_task`` is not offered.
     """
 
     def __init__(
@@ -198,9 +200,11 @@ class AgentSupervisor:
         clock: Callable[[], float] = time.monotonic,
         tools: protocol.ToolConfig | None = None,
         notes: NotesStore | None = None,
+        tasks: TaskSink | None = None,
     ) -> None:
         self._tool_config = tools or protocol.ToolConfig(max_steps=settings.max_tool_steps)
         self._notes = notes
+        self._tasks = tasks
         self._profiles = profiles
         self._memory = memory
         self._usage = usage
@@ -237,6 +241,8 @@ class AgentSupervisor:
         offered = profile.tools if self._tool_config.max_steps > 0 else ()
         if self._notes is None:
             offered = tuple(t for t in offered if t not in NOTE_TOOLS)
+        if self._tasks is None:
+            offered = tuple(t for t in offered if t != "schedule_task")
         notes: tuple[protocol.Note, ...] = ()
         if self._notes is not None and NOTE_TOOLS & set(offered):
             notes = tuple(protocol.Note(n.id, n.text) for n in await self._notes.load(tenant_id))
@@ -304,6 +310,13 @@ class AgentSupervisor:
                             )
                     elif isinstance(event, protocol.NoteEvent):
                         await self._note(tenant_id, offered, event)
+                    elif isinstance(event, protocol.TaskEvent):
+                        if self._tasks is None or "schedule_task" not in offered:
+                            log.warning("agent %s scheduled a task unoffered", tenant_id)
+                        else:
+                            await self._tasks.schedule(
+                                tenant_id, conversation, event.when[:100], event.prompt[:2000]
+                            )
                     elif isinstance(event, protocol.Done):
                         finished = True
                         break

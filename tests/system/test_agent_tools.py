@@ -293,7 +293,8 @@ async def test_plan_switch_turns_tools_off(
     ada.send("hello")
     await ada.wait_text("echo: hello", within=30)
     names = [t["name"] for t in llm.requests[-1].body["tools"]]
-    assert names == ["remember", "recall", "forget"]  # no web_fetch, no web_search backend
+    # no web_fetch, no web_search backend
+    assert names == ["remember", "recall", "forget", "schedule_task"]
 
 
 async def test_a_version_1_external_agent_still_works(

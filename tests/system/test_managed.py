@@ -50,7 +50,14 @@ async def test_managed_journey_through_the_proxy_in_byokbot_run(
     # CAP is sized for plain requests: tool definitions would add ~600 tokens to each
     # request's estimate (the agent's tools are metered in tests/system/test_agent_tools.py).
     tg_ws.configure(
-        {"plans.managed.tools": {"web_fetch": False, "web_search": False, "notes": False}}
+        {
+            "plans.managed.tools": {
+                "web_fetch": False,
+                "web_search": False,
+                "notes": False,
+                "tasks": False,
+            }
+        }
     )
     llm.reply = _reply
     await start_bot(tg_ws, telegram)

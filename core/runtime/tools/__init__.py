@@ -82,10 +82,11 @@ def builtin() -> Mapping[str, Tool]:
     """Every built-in tool by name (built once, in the template; shared by every agent)."""
     from core.runtime.tools.notes import FORGET, RECALL, REMEMBER
     from core.runtime.tools.search import WEB_SEARCH
+    from core.runtime.tools.tasks import SCHEDULE_TASK
     from core.runtime.tools.web import WEB_FETCH
 
-    return {t.name: t for t in (WEB_FETCH, WEB_SEARCH, REMEMBER, RECALL, FORGET)}
+    return {t.name: t for t in (WEB_FETCH, WEB_SEARCH, REMEMBER, RECALL, FORGET, SCHEDULE_TASK)}
 
 
-NAMES: Final = ("web_fetch", "web_search", "remember", "recall", "forget")
+NAMES: Final = ("web_fetch", "web_search", "remember", "recall", "forget", "schedule_task")
 """The names ``request.tools`` may carry (protocol version 2)."""
