@@ -403,3 +403,13 @@ class TaskRow(Base):
     prompt_blob: Mapped[bytes] = mapped_column(LargeBinary)
     next_run: Mapped[datetime | None] = mapped_column(index=True)
     created_at: Mapped[datetime]
+
+
+class JobLeaseRow(Base):
+    """Which replica last ran a background job, and until when no other may (PostgreSQL)."""
+
+    __tablename__ = "job_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime]
