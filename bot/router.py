@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot import texts
-from bot.flows import account, admin, agent, billing, cancel, keys, tasks, whoami
+from bot.flows import account, admin, agent, billing, cancel, keys, media, tasks, whoami
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.flowstate import FlowState
@@ -269,8 +269,9 @@ class Router:
             return await self._route_button(turn)
         limit = s.config.core.max_message_chars
         if event.kind is EventKind.MESSAGE:
-            if event.attachments and not event.text.strip():
-                # A photo, voice note, file or sticker alone: no text for the agent (or a key).
+            readable = bool(media.readable_files(turn))
+            if event.attachments and not event.text.strip() and not readable:
+                # A sticker or video alone: nothing the agent can read (nor a key).
                 raise Refusal(texts.MEDIA_ONLY.format(what=texts.media_names(event.attachments)))
             awaiting = None
             if event.chat.is_direct:
@@ -289,7 +290,7 @@ class Router:
                 return await keys.on_leak(turn)
             if len(event.text) > limit:
                 raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))
-            if not event.text.strip():
+            if not event.text.strip() and not readable:
                 raise Refusal(texts.EMPTY_MESSAGE)
             if awaiting is not None:
                 await keys.note_still_open(turn, awaiting)

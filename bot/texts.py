@@ -64,6 +64,60 @@ MEDIA_DROPPED = (
 )
 
 
+# Photos, voice notes and documents the agent reads (bot/flows/media.py).
+MEDIA_TOO_LARGE = (
+    "That {what} is too large for me ({size}; the limit is {limit}). Please send a smaller one."
+)
+MEDIA_UNAVAILABLE = (
+    "I couldn't download that file from the chat service. Please try sending it again."
+)
+MEDIA_TOO_MANY_IMAGES = "I can pass on at most {limit} photos at once. Please send fewer."
+MEDIA_NO_IMAGES = (
+    "The model {model} can't look at images. Choose another with /model, or describe the "
+    "picture in words."
+)
+MEDIA_TRANSCRIPT = "🎙️ I heard: “{text}”"
+MEDIA_VOICE_NEEDS_KEY = (
+    "To understand voice messages I need an OpenAI API key (for transcription). Add one with "
+    "/key add openai, or type your message instead."
+)
+MEDIA_VOICE_MANAGED = (
+    "Voice messages aren't supported on the managed plan yet. Please type your message instead."
+)
+MEDIA_TRANSCRIPTION_FAILED = {
+    "invalid_key": (
+        "Your OpenAI key was refused when transcribing the voice message. Check it with "
+        "/key list, or type your message instead."
+    ),
+    "rate_limited": "The transcription service is busy right now. Please try again in a minute.",
+    "network": "I couldn't reach the transcription service. Please try again in a minute.",
+    "empty": "I couldn't hear any words in that voice message. Please try again or type it.",
+    "failed": "Transcribing the voice message failed. Please try again or type your message.",
+}
+MEDIA_REFUSED = {
+    "image_type": "I can read JPEG, PNG, GIF and WebP images only. Please send it as one of those.",
+    "document_type": (
+        "I can read text, Markdown, code and PDF files only. Please send the file in one of "
+        "those formats, or paste the text."
+    ),
+    "document_empty": (
+        "I found no text in that file (a scanned PDF has only pictures of pages). Please send "
+        "a file with text in it."
+    ),
+    "pdf_unreadable": (
+        "I couldn't read that PDF (it is damaged or password-protected). Please send another "
+        "copy, or paste the text."
+    ),
+    "pdf_pages": (
+        "That PDF has {pages} pages; I read at most {limit}. Please send the part you need."
+    ),
+    "document_chars": (
+        "That file has {chars} characters of text; I pass on at most {limit}. Please send the "
+        "part you need."
+    ),
+}
+
+
 def media_names(kinds: Iterable[AttachmentKind]) -> str:
     """``photos``, ``photos or files``: the kinds of media in a message, for prose."""
     names = list(dict.fromkeys(MEDIA_NAMES[k] for k in kinds))

@@ -26,6 +26,7 @@ from core.chat import (
     ChatRef,
     Event,
     EventKind,
+    FileRef,
     Platform,
     Reply,
     SecretRequest,
@@ -313,6 +314,28 @@ def attachments(payload: Mapping[str, Any]) -> tuple[AttachmentKind, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def files(payload: Mapping[str, Any]) -> tuple[FileRef, ...]:
+    """The attachments the bot can download (their CDN ``url``), in order."""
+    found: list[FileRef] = []
+    voice = bool(int(payload.get("flags") or 0) & _VOICE_MESSAGE_FLAG)
+    for item in payload.get("attachments") or ():
+        url = item.get("url")
+        if not isinstance(url, str) or not url:
+            continue
+        (kind,) = attachments({"attachments": [item], "flags": _VOICE_MESSAGE_FLAG * voice})
+        size = item.get("size")
+        found.append(
+            FileRef(
+                kind,
+                url,
+                str(item.get("filename") or ""),
+                str(item.get("content_type") or ""),
+                size if isinstance(size, int) else None,
+            )
+        )
+    return tuple(found)
+
+
 def message_to_event(
     payload: Mapping[str, Any], *, bot_id: str, agent_channels: Iterable[str] = ()
 ) -> Event | None:
@@ -353,6 +376,7 @@ def message_to_event(
         addressed=addressed,
         event_id=f"discord:message:{payload['id']}",
         attachments=media,
+        files=files(payload),
     )
 
 

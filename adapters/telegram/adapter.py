@@ -51,14 +51,24 @@ from telegram.ext import (
 
 from adapters.telegram import translate
 from adapters.telegram.config import TelegramConfig, parse
-from core.chat import ChatRef, Event, EventKind, MessageRef, Platform, Reply, SecretRequest, UserRef
+from core.chat import (
+    ChatRef,
+    Event,
+    EventKind,
+    FileRef,
+    MessageRef,
+    Platform,
+    Reply,
+    SecretRequest,
+    UserRef,
+)
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.errors import ConfigError
 from core.inbox import InboxPort, MemoryInbox
 from core.logs import RedactingFilter, register_secret
 from core.metrics import PLATFORM_RATE_LIMITED
-from core.ports import EventHandler
+from core.ports import EventHandler, FileTooLarge, FileUnavailable
 
 T = TypeVar("T")
 
@@ -706,6 +716,24 @@ class TelegramAdapter:
             )
             return False
         return True
+
+    async def download(self, file: FileRef, limit: int) -> bytes:
+        """getFile, then the file URL (which carries the token: it stays in this process)."""
+        if file.size is not None and file.size > limit:
+            raise FileTooLarge(file.size)
+        try:
+            found = await self._bot.get_file(file.ref)
+            if found.file_size is not None and found.file_size > limit:
+                raise FileTooLarge(found.file_size)
+            if not found.file_path:
+                raise FileUnavailable("no file path")  # over the Bot API's 20 MB
+            data = bytes(await found.download_as_bytearray())
+        except TelegramError as exc:
+            log.warning("telegram: download failed: %s", type(exc).__name__)
+            raise FileUnavailable(type(exc).__name__) from None
+        if len(data) > limit:
+            raise FileTooLarge(len(data))
+        return data
 
     async def open_dm(self, user: UserRef) -> ChatRef | None:
         """The person's DM, or None if they never started the bot or blocked it.

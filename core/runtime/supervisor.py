@@ -34,7 +34,7 @@ from typing import Final
 
 from core.config import AgentSettings
 from core.errors import AgentUnavailable
-from core.llm import ChatMessage
+from core.llm import ChatMessage, ImageInput
 from core.metrics import AGENT_CRASHES
 from core.runtime import protocol, sandbox
 from core.runtime.errors import ProtocolError, ReplyFailed
@@ -232,10 +232,12 @@ class AgentSupervisor:
         text: str,
         *,
         on_tool: ToolObserver | None = None,
+        images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[str]:
         """Stream the agent's answer to ``text``; raises ``AgentUnavailable`` (``ReplyFailed``).
 
-        ``on_tool`` hears of each tool the agent runs meanwhile (start and end).
+        ``on_tool`` hears of each tool the agent runs meanwhile (start and end). ``images``
+        go with this message only (memory keeps its text).
         """
         profile = await self._profiles.profile(tenant_id)
         offered = profile.tools if self._tool_config.max_steps > 0 else ()
@@ -265,7 +267,10 @@ class AgentSupervisor:
             finished = False
             request = protocol.Request(
                 id=rid,
-                messages=tuple(ChatMessage(t.role, t.content) for t in turns),
+                messages=(
+                    *(ChatMessage(t.role, t.content) for t in turns[:-1]),
+                    ChatMessage("user", text, tuple(images)),
+                ),
                 model=profile.model,
                 system=profile.persona,
                 max_tokens=profile.max_reply_tokens,
@@ -340,7 +345,9 @@ class AgentSupervisor:
                 for report in reports:
                     await self._usage.record(tenant_id, profile.model, report.input, report.output)
             answer = "".join(parts)
-            saved = [*history, Turn("user", text)]
+            # Memory keeps text only: later turns know an image was sent, not its bytes.
+            said = f"[{len(images)} image(s)] {text}".strip() if images else text
+            saved = [*history, Turn("user", said)]
             if answer:
                 saved.append(Turn("assistant", answer))
             await self._memory.save(tenant_id, conversation, saved)

@@ -37,6 +37,7 @@ _KNOWN_METHODS = frozenset(
     {
         "getMe",
         "getUpdates",
+        "getFile",
         "setMyCommands",
         "deleteWebhook",
         "setWebhook",
@@ -115,6 +116,10 @@ class FakeTelegramServer:
     invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: list[dict[str, Any]] = field(default_factory=list)
     _charges: int = 0
+    # Files people "uploaded", by file_id (``add_file``), served by getFile + the file URL;
+    # each download's file path is recorded.
+    files: dict[str, bytes] = field(default_factory=dict)
+    downloads: list[str] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -128,6 +133,7 @@ class FakeTelegramServer:
         self._changed = asyncio.Condition()
         app = web.Application()
         app.router.add_post("/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -190,6 +196,20 @@ class FakeTelegramServer:
                 migrate_to,
             )
         )
+
+    def add_file(self, file_id: str, data: bytes) -> None:
+        """Make ``file_id`` downloadable (getFile, then GET /file/bot<token>/<path>)."""
+        self.files[file_id] = data
+
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.Response(status=401)
+        path = request.match_info["path"]
+        file_id = path.removeprefix("media/")
+        if file_id not in self.files:
+            return web.Response(status=404)
+        self.downloads.append(path)
+        return web.Response(body=self.files[file_id])
 
     def next_message_id(self) -> int:
         self._next_message_id += 1
@@ -345,6 +365,17 @@ class FakeTelegramServer:
         chat_id = str(params.get("chat_id", ""))
         if method == "getMe":
             return self._user()
+        if method == "getFile":
+            file_id = str(params.get("file_id", ""))
+            data = self.files.get(file_id)
+            if data is None:
+                return {"file_id": file_id, "file_unique_id": f"u{file_id}"}  # no file_path
+            return {
+                "file_id": file_id,
+                "file_unique_id": f"u{file_id}",
+                "file_size": len(data),
+                "file_path": f"media/{file_id}",
+            }
         if method in ("sendMessage", "sendPhoto"):
             mid = self.next_message_id()
             text = str(params.get("text", params.get("caption", "")))
