@@ -37,6 +37,7 @@ from core.bookkeeping import DeferredMemory, DeferredUsage, WriteBehind
 from core.budget import Budget
 from core.chat import Platform
 from core.config import Config
+from core.conversations import DatabaseThreads
 from core.credentials import Credentials
 from core.db import Database, upgrade
 from core.db.instance import InstanceLock, wait_shared
@@ -260,12 +261,14 @@ class App:
         self.tasks = BotTasks(
             DatabaseTasks(self.db, credentials, self.clock), tenants, plans, messengers
         )
+        memory = DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping)
+        threads = DatabaseThreads(self.db, memory, self.clock)
         if self.agents is None and self.agent_runtime:
             self.supervisor = AgentSupervisor(
                 DatabaseProfiles(
                     self.config, plans, tenants, credentials, managed=self.proxy_access
                 ),
-                DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping),
+                memory,
                 deferred_usage,
                 DatabaseKeyHealth(credentials, proxy=self.proxy_access),
                 self.config.agent,
@@ -273,6 +276,8 @@ class App:
                 tools=tool_config(self.config, self.env),
                 notes=notes,
                 tasks=self.tasks,
+                conversations=self.config.conversations,
+                threads=threads,
             )
             self.agents = self.supervisor
         self.services = Services(
@@ -291,6 +296,7 @@ class App:
             agents=self.agents or UnavailableAgents(),
             notes=notes,
             tasks=self.tasks.store,
+            conversations=threads,
             clock=self.clock,
             messengers=messengers,
             usage=usage,

@@ -46,6 +46,7 @@ _KNOWN_METHODS = frozenset(
         "sendMessageDraft",
         "sendMessage",
         "sendPhoto",
+        "sendDocument",
         "editMessageText",
         "editMessageReplyMarkup",
         "deleteMessage",
@@ -66,6 +67,17 @@ class Call:
     params: dict[str, Any]
     status: int = 200
     message_id: int | None = None  # of the message a send created
+
+
+@dataclass
+class Upload:
+    """A file a send carried (multipart): which method, chat and field, its name and bytes."""
+
+    method: str
+    chat_id: str
+    field: str
+    filename: str
+    content: bytes
 
 
 @dataclass
@@ -115,6 +127,8 @@ class FakeTelegramServer:
     invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: list[dict[str, Any]] = field(default_factory=list)
     _charges: int = 0
+    # Every uploaded file with its bytes (``Call.params`` keeps only name and size).
+    uploads: list[Upload] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -236,11 +250,17 @@ class FakeTelegramServer:
             return dict(raw) if isinstance(raw, dict) else {}
         form = await request.post()
         params: dict[str, Any] = {}
+        files: list[tuple[str, str, bytes]] = []
         for key, value in form.items():
             if isinstance(value, str):
                 params[key] = json.loads(value) if key in _JSON_FIELDS else value
             else:  # a file upload
-                params[key] = {"filename": value.filename, "size": len(value.file.read())}
+                content = value.file.read()
+                files.append((key, str(value.filename), content))
+                params[key] = {"filename": value.filename, "size": len(content)}
+        method = request.match_info.get("method", "")
+        for key, name, content in files:
+            self.uploads.append(Upload(method, str(params.get("chat_id", "")), key, name, content))
         return params
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -345,7 +365,7 @@ class FakeTelegramServer:
         chat_id = str(params.get("chat_id", ""))
         if method == "getMe":
             return self._user()
-        if method in ("sendMessage", "sendPhoto"):
+        if method in ("sendMessage", "sendPhoto", "sendDocument"):
             mid = self.next_message_id()
             text = str(params.get("text", params.get("caption", "")))
             self.chats.setdefault(chat_id, {})[mid] = text
