@@ -40,6 +40,7 @@ from core.budget import Budget
 from core.changes import ChangeFeed, JobLeases
 from core.chat import Platform
 from core.config import Config
+from core.conversations import DatabaseThreads
 from core.credentials import Credentials
 from core.db import Database, upgrade
 from core.db.instance import InstanceLock, wait_shared
@@ -266,12 +267,14 @@ class App:
         self.tasks = BotTasks(
             DatabaseTasks(self.db, credentials, self.clock), tenants, plans, messengers
         )
+        memory = DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping)
+        threads = DatabaseThreads(self.db, memory, self.clock)
         if self.agents is None and self.agent_runtime:
             self.supervisor = AgentSupervisor(
                 DatabaseProfiles(
                     self.config, plans, tenants, credentials, managed=self.proxy_access
                 ),
-                DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping),
+                memory,
                 deferred_usage,
                 DatabaseKeyHealth(credentials, proxy=self.proxy_access),
                 self.config.agent,
@@ -279,6 +282,8 @@ class App:
                 tools=tool_config(self.config, self.env),
                 notes=notes,
                 tasks=self.tasks,
+                conversations=self.config.conversations,
+                threads=threads,
             )
             self.agents = self.supervisor
         self.services = Services(
@@ -297,6 +302,7 @@ class App:
             agents=self.agents or UnavailableAgents(),
             notes=notes,
             tasks=self.tasks.store,
+            conversations=threads,
             clock=self.clock,
             messengers=messengers,
             usage=usage,

@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot import texts
-from bot.flows import account, admin, agent, billing, cancel, keys, media, tasks, whoami
+from bot.flows import (
+    account,
+    admin,
+    agent,
+    billing,
+    cancel,
+    conversations,
+    keys,
+    media,
+    tasks,
+    whoami,
+)
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.flowstate import FlowState
@@ -44,6 +55,9 @@ COMMANDS: dict[str, Handler] = {
     "stop": agent.handle_stop,
     "usage": agent.handle_usage,
     "memory": agent.handle_memory,
+    "compact": conversations.handle_compact,
+    "new": conversations.handle_new,
+    "history": conversations.handle_history,
     "tasks": tasks.handle_tasks,
     "timezone": tasks.handle_timezone,
     "admin": admin.handle_admin,
@@ -60,6 +74,7 @@ BUTTONS: dict[str, ButtonHandler] = {
     "model": agent.on_model_button,
     "mem": agent.on_memory_button,
     "task": tasks.on_task_button,
+    "conv": conversations.on_history_button,
     "cancel": cancel.on_cancel_button,
     "acc": billing.on_access_button,
 }

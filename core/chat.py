@@ -211,12 +211,20 @@ class SecretRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Document:
+    """A file to send with a reply (``/history export``): its name and bytes."""
+
+    filename: str
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """Something to show a person.
 
     ``sensitive`` marks personal information: ephemeral where the platform has it, otherwise
     sent only to a DM by the flow. ``buttons`` are rows of buttons. ``image`` is a PNG the
-    adapter may attach where the platform shows images.
+    adapter may attach where the platform shows images; ``document`` a file it attaches.
     """
 
     text: str
@@ -224,6 +232,7 @@ class Reply:
     sensitive: bool = False
     format: TextFormat = TextFormat.PLAIN
     image: bytes | None = field(default=None, repr=False)
+    document: Document | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,6 +192,23 @@ class AgentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationSettings:
+    """``[conversations]``: long conversations and the ones kept after ``/new``.
+
+    The context budget is ``[agent] context_tokens`` (estimated, ~4 characters a token) less
+    the reply and the persona; when a message would overflow it, the older turns are
+    summarised by the tenant's model and replaced by the summary, keeping the newest
+    ``keep_recent_tokens`` (0: half the budget) as they are.
+    """
+
+    compaction: bool = True
+    keep_recent_tokens: int = 0
+    summary_max_tokens: int = 512
+    history_listed: int = 5
+    """How many conversations ``/history`` lists."""
+
+
+@dataclass(frozen=True, slots=True)
 class InboxSettings:
     """``[inbox]``: the durable inbox of platform deliveries.
 
@@ -326,6 +343,7 @@ class Config:
     proxy: ProxySettings = field(default_factory=lambda: _default_proxy())
     tools: ToolsSettings = field(default_factory=ToolsSettings)
     inbox: InboxSettings = field(default_factory=InboxSettings)
+    conversations: ConversationSettings = field(default_factory=ConversationSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     billing: BillingSettings = field(default_factory=lambda: _default_billing())
@@ -801,12 +819,26 @@ _TOP_LEVEL: Final = (
     "proxy",
     "tools",
     "inbox",
+    "conversations",
     "health",
     "logging",
     "billing",
     "access",
     *PLATFORM_SECTIONS,
 )
+
+
+def _parse_conversations(src: str, data: Mapping[str, Any]) -> ConversationSettings:
+    t = TableReader(src, "conversations", data)
+    d = ConversationSettings()
+    out = ConversationSettings(
+        compaction=t.boolean("compaction", d.compaction),
+        keep_recent_tokens=t.integer("keep_recent_tokens", d.keep_recent_tokens, minimum=0),
+        summary_max_tokens=t.positive_int("summary_max_tokens", d.summary_max_tokens),
+        history_listed=t.positive_int("history_listed", d.history_listed),
+    )
+    t.finish()
+    return out
 
 
 def _parse_inbox(src: str, data: Mapping[str, Any]) -> InboxSettings:
@@ -893,6 +925,7 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         proxy=_parse_proxy_table(data.get("proxy"), source=source, plans=plans),
         tools=_parse_tools(source, data.get("tools", {})),
         inbox=_parse_inbox(source, data.get("inbox", {})),
+        conversations=_parse_conversations(source, data.get("conversations", {})),
         health=_parse_health(source, data.get("health", {})),
         logging=_parse_logging(source, data.get("logging", {})),
         billing=_parse_billing_table(data.get("billing"), source=source, plans=plans),

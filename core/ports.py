@@ -18,7 +18,7 @@ from core.chat import (
     UserRef,
 )
 from core.llm import ImageInput
-from core.runtime.ports import ToolObserver
+from core.runtime.ports import Compacted, ToolObserver
 
 EventHandler = Callable[[Event], Awaitable[Outcome]]
 """What an adapter calls for every translated event (the router's ``dispatch``)."""
@@ -191,6 +191,13 @@ class Agents(Protocol):
         """Forget the conversation's memory."""
         ...
 
+    async def compact(self, tenant_id: str, conversation: str) -> Compacted | None:
+        """Summarise the conversation so far (``/compact``); None when it is empty.
+
+        Raises ``AgentUnavailable`` like ``reply``.
+        """
+        ...
+
     async def reconfigure(self, tenant_id: str) -> None:
         """The tenant's key, model, persona or plan changed: new requests use the new settings."""
         ...
@@ -223,6 +230,11 @@ class UnavailableAgents:
 
     async def reset(self, tenant_id: str, conversation: str) -> None:
         return None
+
+    async def compact(self, tenant_id: str, conversation: str) -> Compacted | None:
+        from core.errors import AgentUnavailable
+
+        raise AgentUnavailable("not_configured")
 
     async def reconfigure(self, tenant_id: str) -> None:
         return None

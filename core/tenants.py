@@ -32,6 +32,7 @@ from core.db.models import (
     ProviderKeyRow,
     TaskRow,
     TenantRow,
+    ThreadRow,
     TimezoneRow,
 )
 from core.errors import TenantDeleted, TenantNotFound
@@ -381,6 +382,7 @@ class Tenants:
             await s.execute(delete(ProviderKeyRow).where(ProviderKeyRow.tenant_id == tenant_id))
             await s.execute(delete(MemoryRow).where(MemoryRow.tenant_id == tenant_id))
             await s.execute(delete(NotesRow).where(NotesRow.tenant_id == tenant_id))
+            await s.execute(delete(ThreadRow).where(ThreadRow.tenant_id == tenant_id))
             await s.execute(delete(TaskRow).where(TaskRow.tenant_id == tenant_id))
             await s.execute(delete(TimezoneRow).where(TimezoneRow.tenant_id == tenant_id))
             await s.execute(delete(DataKeyRow).where(DataKeyRow.tenant_id == tenant_id))

@@ -990,6 +990,8 @@ def _interaction_chat(interaction: discord.Interaction[Any]) -> ChatRef:
 
 
 def _file(reply: Reply) -> discord.File | None:
-    if reply.image is None:
-        return None
-    return discord.File(io.BytesIO(reply.image), filename="image.png")
+    if reply.image is not None:
+        return discord.File(io.BytesIO(reply.image), filename="image.png")
+    if reply.document is not None:
+        return discord.File(io.BytesIO(reply.document.content), filename=reply.document.filename)
+    return None

@@ -70,6 +70,8 @@ _SIMPLE_COMMANDS: Final = (
     ("resume", "Resume your agent"),
     ("memory", "What your agent remembers about you"),
     ("tasks", "Your scheduled reminders and tasks"),
+    ("new", "Start a new conversation (the old one stays in /history)"),
+    ("compact", "Summarise this conversation so far to free up context"),
     ("cancel", "Drop a pending key request or confirmation"),
     ("whoami", "Your id, as an operator's admin list names you"),
     ("delete", "Erase your account and everything stored for it"),
@@ -142,6 +144,11 @@ def command_definitions(providers: Sequence[str]) -> list[dict[str, Any]]:
         _command("link", "Link this account to another platform", [_opt("code", "Link code")]),
         _command(
             "timezone", "Your time zone for scheduled tasks", [_opt("zone", "e.g. Europe/Paris")]
+        ),
+        _command(
+            "history",
+            "Your recent conversations: switch back, or export this one",
+            [_opt("args", "export, or a conversation's number")],
         ),
         _command("admin", "Operator commands", [_opt("args", "e.g. tenants, suspend <id>")]),
     ]

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, Final, TypeVar
 
 from aiohttp import web
-from telegram import BotCommand, LabeledPrice, Message, ReplyParameters, Update
+from telegram import BotCommand, InputFile, LabeledPrice, Message, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import (
     BadRequest,
@@ -53,6 +53,7 @@ from adapters.telegram import translate
 from adapters.telegram.config import TelegramConfig, parse
 from core.chat import (
     ChatRef,
+    Document,
     Event,
     EventKind,
     FileRef,
@@ -86,6 +87,9 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("model", "Pick the model"),
     ("persona", "Set your agent's persona"),
     ("reset", "Forget this conversation"),
+    ("new", "Start a new conversation"),
+    ("history", "Recent conversations, switch or export"),
+    ("compact", "Summarise this conversation so far"),
     ("stop", "Stop the reply in progress"),
     ("memory", "What your agent remembers about you"),
     ("tasks", "Your scheduled reminders"),
@@ -669,6 +673,8 @@ class TelegramAdapter:
             for i, part in enumerate(parts):
                 extra = {"reply_parameters": quote} if quote is not None and i == 0 else {}
                 last = await self._send_text(chat, part, **extra)
+            if reply.document is not None:
+                last = await self._send_document(chat, reply.document)
         except ChatUnreachable as exc:
             log.info("telegram: %s; marked unreachable", exc)
             return None
@@ -685,6 +691,21 @@ class TelegramAdapter:
             kwargs["message_thread_id"] = int(chat.thread_id)
         msg = await self._call(
             "sendPhoto", chat.id, self._bot.send_photo(chat.id, photo=image, **kwargs)
+        )
+        return MessageRef(chat, str(msg.message_id))
+
+    async def _send_document(self, chat: ChatRef, document: Document) -> MessageRef:
+        kwargs: dict[str, Any] = {}
+        if chat.thread_id is not None:
+            kwargs["message_thread_id"] = int(chat.thread_id)
+        msg = await self._call(
+            "sendDocument",
+            chat.id,
+            self._bot.send_document(
+                chat.id,
+                document=InputFile(document.content, filename=document.filename),
+                **kwargs,
+            ),
         )
         return MessageRef(chat, str(msg.message_id))
 

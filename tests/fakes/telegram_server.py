@@ -47,6 +47,7 @@ _KNOWN_METHODS = frozenset(
         "sendMessageDraft",
         "sendMessage",
         "sendPhoto",
+        "sendDocument",
         "editMessageText",
         "editMessageReplyMarkup",
         "deleteMessage",
@@ -67,6 +68,17 @@ class Call:
     params: dict[str, Any]
     status: int = 200
     message_id: int | None = None  # of the message a send created
+
+
+@dataclass
+class Upload:
+    """A file a send carried (multipart): which method, chat and field, its name and bytes."""
+
+    method: str
+    chat_id: str
+    field: str
+    filename: str
+    content: bytes
 
 
 @dataclass
@@ -256,11 +268,17 @@ class FakeTelegramServer:
             return dict(raw) if isinstance(raw, dict) else {}
         form = await request.post()
         params: dict[str, Any] = {}
+        files: list[tuple[str, str, bytes]] = []
         for key, value in form.items():
             if isinstance(value, str):
                 params[key] = json.loads(value) if key in _JSON_FIELDS else value
             else:  # a file upload
-                params[key] = {"filename": value.filename, "size": len(value.file.read())}
+                content = value.file.read()
+                files.append((key, str(value.filename), content))
+                params[key] = {"filename": value.filename, "size": len(content)}
+        method = request.match_info.get("method", "")
+        for key, name, content in files:
+            self.uploads.append(Upload(method, str(params.get("chat_id", "")), key, name, content))
         return params
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -376,7 +394,7 @@ class FakeTelegramServer:
                 "file_size": len(data),
                 "file_path": f"media/{file_id}",
             }
-        if method in ("sendMessage", "sendPhoto"):
+        if method in ("sendMessage", "sendPhoto", "sendDocument"):
             mid = self.next_message_id()
             text = str(params.get("text", params.get("caption", "")))
             self.chats.setdefault(chat_id, {})[mid] = text
