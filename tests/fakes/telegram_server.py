@@ -132,6 +132,8 @@ class FakeTelegramServer:
     # each download's file path is recorded.
     files: dict[str, bytes] = field(default_factory=dict)
     downloads: list[str] = field(default_factory=list)
+    # Every uploaded file with its bytes (``Call.params`` keeps only name and size).
+    uploads: list[Upload] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
