@@ -512,10 +512,17 @@ class App:
         def everything_changed() -> None:
             services.tenants.changed()
             services.flow_states.changed()
+            if services.billing is not None:
+                services.billing.changed()
+
+        def billing_changed(tenant_id: str) -> None:
+            if services.billing is not None:
+                services.billing.changed(tenant_id)
 
         feed.on(changes.TENANT, tenant_changed)
         feed.on(changes.KEYS, self._swap_agent)
         feed.on(changes.FLOW, services.flow_states.changed)
+        feed.on(changes.BILLING, billing_changed)
         feed.on_gap(everything_changed)
         await feed.start()
         self.changes = feed

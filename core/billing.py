@@ -23,6 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
+from core.cache import TTLCache
+from core.changes import BILLING, announce
 from core.config import Config
 from core.db import Database
 from core.db.models import BillingEventRow, PaymentRow, SubscriptionRow, TrialUseRow
@@ -130,6 +132,10 @@ class Billing:
         self._clock = clock
         self.agents = agents
         self.notices = notices
+        # Read on every message (entitlement, trial cap); this process's writes drop their
+        # entry once committed, another replica's within the time limit or at once through
+        # ``changed`` (core.changes).
+        self._subs: TTLCache[str, Subscription | None] = TTLCache(ttl=5.0)
 
     # ----- reading -------------------------------------------------------------------------
 
@@ -148,9 +154,22 @@ class Billing:
         return self._settings.plan(plan_id).trial_days
 
     async def get(self, tenant_id: str) -> Subscription | None:
+        hit, cached = self._subs.get(tenant_id)
+        if hit:
+            return cached
+        since = self._subs.generation
         async with self._db.session() as s:
             row = await s.get(SubscriptionRow, tenant_id)
-            return _view(row) if row is not None else None
+            view = _view(row) if row is not None else None
+        self._subs.put(tenant_id, view, since=since)
+        return view
+
+    def changed(self, tenant_id: str | None = None) -> None:
+        """A subscription changed elsewhere (another replica): read it again."""
+        if tenant_id is None:
+            self._subs.clear()
+        else:
+            self._subs.invalidate(tenant_id)
 
     async def entitled(self, tenant: TenantView) -> bool:
         """Whether the tenant may use its plan now."""
@@ -227,6 +246,23 @@ class Billing:
         **values: object,
     ) -> tuple[Subscription, SubState | None] | None:
         """Create or change the row; None when ``event_at`` is older than the last applied."""
+        try:
+            return await self._write(
+                tenant_id, actor=actor, action=action, event_at=event_at, detail=detail, **values
+            )
+        finally:
+            self._subs.invalidate(tenant_id)  # after the commit: no reader caches the old row
+
+    async def _write(
+        self,
+        tenant_id: str,
+        *,
+        actor: str,
+        action: str,
+        event_at: datetime | None,
+        detail: Mapping[str, str] | None,
+        **values: object,
+    ) -> tuple[Subscription, SubState | None] | None:
         now = self._clock.now()
         async with self._db.session() as s, s.begin():
             row = await s.get(SubscriptionRow, tenant_id, with_for_update=True)
@@ -260,6 +296,7 @@ class Billing:
                 plan=row.plan,
                 **dict(detail or {}),
             )
+            await announce(s, BILLING, tenant_id)
             await s.flush()
             return _view(row), before
 
@@ -673,6 +710,7 @@ class Billing:
                     tenant_id=sub.tenant_id,
                     renews=end.isoformat(),
                 )
+            self._subs.invalidate(sub.tenant_id)
             kind = "trial_ending" if sub.state is SubState.TRIAL else "renewal_reminder"
             await self._tell(sub.tenant_id, kind, plan=sub.plan, end=day(end))
             return 1

@@ -31,6 +31,7 @@ CHANNEL: Final = "byokbot_changes"
 TENANT: Final = "tenant"  # key: tenant id (status, plan, pause, model, persona, identities)
 KEYS: Final = "keys"  # key: tenant id (a provider key stored, removed or marked dead)
 FLOW: Final = "flow"  # key: identity (a flow step set or cleared)
+BILLING: Final = "billing"  # key: tenant id (a subscription created or moved on)
 
 Handler = Callable[[str], Awaitable[None] | None]
 

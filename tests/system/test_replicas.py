@@ -8,6 +8,7 @@ the replicas in turn: consecutive updates of one person land on different proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from tests.canaries import anthropic_key
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.system.harness import CanaryScan, eventually
-from tests.system.managed_support import free_port
+from tests.system.managed_support import enable_proxy, free_port
 from tests.system.people import TelegramPerson
 from tests.system.replica_fixtures import (
     Nginx,
@@ -57,6 +58,14 @@ async def _cluster(
     extra: dict[str, dict[str, object]] | None = None,
 ) -> AsyncIterator[Cluster]:
     replicas = replica_spaces(tmp_path, llm, telegram, pg, canaries, SECRET, extra)
+    async with _cluster_of(tmp_path, telegram, replicas) as cluster:
+        yield cluster
+
+
+@contextlib.asynccontextmanager
+async def _cluster_of(
+    tmp_path: Path, telegram: FakeTelegramServer, replicas: Replicas
+) -> AsyncIterator[Cluster]:
     nginx = Nginx(tmp_path / "nginx", (replicas.ports[0], replicas.ports[1]))
     pusher = WebhookPusher(telegram, "", SECRET)
     try:
@@ -166,6 +175,43 @@ async def test_a_suspension_on_one_replica_is_seen_by_the_other_within_a_second(
     )
     assert len(llm.requests) == before
     assert not any(t == f"echo: {line}" for t in ada.texts() for line in lines)
+
+
+async def test_a_grant_on_one_replica_is_honoured_by_the_other_at_once(
+    tmp_path: Path,
+    llm: FakeLLMServer,
+    telegram: FakeTelegramServer,
+    pg_url: str,
+    canaries: CanaryScan,
+    ada: TelegramPerson,
+) -> None:
+    replicas = replica_spaces(tmp_path, llm, telegram, pg_url, canaries, SECRET, LEASE)
+    for ws in replicas.spaces:
+        enable_proxy(ws, llm, canaries, managed_trial=False)
+    async with _cluster_of(tmp_path, telegram, replicas) as cluster:
+        op = TelegramPerson(telegram, 900, "Op", "op")
+        ada.send("/start")
+        await ada.wait_text("Pick a plan")
+        ada.press("Managed")
+        await ada.wait_text("given out by the operators")
+        # Both replicas read Ada's (missing) subscription and keep it for a few seconds.
+        for line in ("one", "two"):
+            ada.send(line)
+        await eventually(lambda: sum("isn't paid for" in t for t in ada.texts()) >= 2)
+        assert {cluster.replica_of(u) for u in list(telegram.pushed)[-2:]} == {0, 1}
+
+        op.send(f"/admin comp telegram:{ada.user_id} managed 30")
+        await op.wait_text("has the managed plan until")
+        lines = ["paid on one", "paid on the other"]
+        for line in lines:
+            ada.send(line)
+        await eventually(lambda: cluster.pusher.delivered(_last_update(telegram)))
+        assert {cluster.replica_of(u) for u in list(telegram.pushed)[-2:]} == {0, 1}
+        for line in lines:
+            await ada.wait_text(f"^echo: {line}$", within=30)
+        assert sum("isn't paid for" in t for t in ada.texts()) == 2
+        for bot in cluster.replicas.bots:
+            assert "Traceback" not in bot.stderr(), bot.stderr()
 
 
 def _job_runs(text: str, job: str) -> float:
