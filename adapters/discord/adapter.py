@@ -331,6 +331,14 @@ class DiscordAdapter:
             raise DiscordLoginError(f"Discord gateway connection failed ({reason})")
         _log.info("discord: connected as bot %s", client.user.id if client.user else "?")
 
+    def is_connected(self) -> bool:
+        """Whether the gateway connection is up (down while discord.py reconnects)."""
+        client = self._client
+        if client is None or client.is_closed() or not client.is_ready():
+            return False
+        ws = client.ws
+        return ws is not None and ws.open
+
     async def open_for_sending(self) -> None:
         """Log in over REST to send only (``byokbot admin`` notices): no gateway connection."""
         if self._client is not None:

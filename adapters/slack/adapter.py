@@ -222,6 +222,16 @@ class SlackAdapter:
                 "Slack listening on http://%s:%s%s", cfg.listen_host, self.http_port, cfg.path
             )
 
+    def is_connected(self) -> bool:
+        """Socket Mode: the link is open (down while the SDK reconnects); HTTP: serving."""
+        if self._runner is not None:
+            return True
+        if self._socket is None:
+            return False
+        client = self._socket.client
+        session = client.current_session
+        return not client.closed and session is not None and not session.closed
+
     async def open_for_sending(self) -> None:
         """Check the bot token to send only (``byokbot admin`` notices): no socket, no server."""
         cfg = self.config

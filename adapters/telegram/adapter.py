@@ -228,6 +228,7 @@ class TelegramAdapter:
         self._webhook: web.AppRunner | None = None
         self._failed: asyncio.Future[Exception] | None = None
         self._conflict_fatal_until = 0.0
+        self._poll_failing = False  # the last getUpdates failed: not connected (``/readyz``)
         register_secret(config.token.reveal(), label="telegram bot token")
         if config.webhook_secret is not None:
             register_secret(config.webhook_secret.reveal(), label="telegram webhook secret")
@@ -434,9 +435,11 @@ class TelegramAdapter:
                     offset=offset, timeout=cfg.poll_timeout, allowed_updates=ALLOWED_UPDATES
                 )
             except TelegramError as exc:
+                self._poll_failing = True
                 self._on_poll_error(exc)
                 delay = min(max(delay * 2, 1.0), 30.0)
                 continue
+            self._poll_failing = False
             if not updates:
                 delay = 0.0
                 continue
@@ -455,6 +458,14 @@ class TelegramAdapter:
             offset = max(u.update_id for u in updates) + 1
             for u in fresh:
                 await app.update_queue.put(u)
+
+    def is_connected(self) -> bool:
+        """Whether updates can reach us: the last poll got through, or the webhook is set."""
+        if self._app is None:
+            return False
+        if self.config.mode == "webhook":
+            return self._webhook is not None
+        return self._poller is not None and not self._poller.done() and not self._poll_failing
 
     async def _accept(self, updates: Sequence[Update]) -> list[Update]:
         """Record the updates that carry an event; return those to handle (new or eventless)."""

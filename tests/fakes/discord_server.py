@@ -146,6 +146,7 @@ class FakeDiscord:
         self.port = 0
         self.dm_channels: dict[str, str] = {}
         self.send_ready = True  # False: a gateway that never says READY
+        self.gateway_refused = False  # an outage (``drop_gateway``): new connections get 503
         # Attachments people "uploaded" (``add_attachment``), served like the CDN (no token),
         # and the ids downloaded.
         self.attachment_files: dict[str, bytes] = {}
@@ -179,7 +180,7 @@ class FakeDiscord:
 
     async def __aenter__(self) -> FakeDiscord:
         app = web.Application()
-        app.router.add_get("/gw", self._gateway)
+        app.router.add_get("/gw", self._gateway_gate)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
         app.router.add_get("/attachments/{id}/{name}", self._attachment)
         self._runner = web.AppRunner(app)
@@ -734,6 +735,19 @@ class FakeDiscord:
     async def _send(self, frame: dict[str, Any]) -> None:
         assert self._ws is not None
         await self._ws.send_str(json.dumps(frame))
+
+    async def _gateway_gate(self, request: web.Request) -> web.StreamResponse:
+        if self.gateway_refused:
+            return web.Response(status=503, text="service unavailable")
+        return await self._gateway(request)
+
+    async def drop_gateway(self, *, refuse: bool = True) -> None:
+        """Close the gateway with 4000 (unknown error: clients resume) as an outage would."""
+        self.gateway_refused = refuse
+        self.resumed.clear()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close(code=4000, message=b"outage")
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()

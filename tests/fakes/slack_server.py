@@ -67,11 +67,13 @@ class FakeSlack:
     # download's file id is recorded.
     files: dict[str, bytes] = field(default_factory=dict)
     downloads: list[str] = field(default_factory=list)
+    # An outage (``drop_link``): the Socket Mode link is closed and new ones refused.
+    link_refused: bool = False
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
-        app.router.add_get("/link", self._link)
+        app.router.add_get("/link", self._link_gate)
         app.router.add_get("/files-pri/{team_file}/{name}", self._file)
         app.router.add_post("/respond/{name}", self._respond)
         self._runner = web.AppRunner(app, access_log=None)
@@ -196,6 +198,19 @@ class FakeSlack:
         return web.Response(text="ok")
 
     # -------------------------------------------------------------- Socket Mode
+
+    async def _link_gate(self, request: web.Request) -> web.StreamResponse:
+        if self.link_refused:
+            return web.Response(status=503, text="service unavailable")
+        return await self._link(request)
+
+    async def drop_link(self, *, refuse: bool = True) -> None:
+        """Close the Socket Mode link as an outage would; refuse new links while ``refuse``."""
+        self.link_refused = refuse
+        self.connected.clear()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
 
     async def _link(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,11 +272,19 @@ class BotProcess:
 
 
 async def eventually(
-    predicate: Callable[[], bool], within: float = 10.0, message: str | Callable[[], str] = ""
+    predicate: Callable[[], bool] | Callable[[], Awaitable[bool]],
+    within: float = 10.0,
+    message: str | Callable[[], str] = "",
 ) -> None:
-    """Poll ``predicate`` until it holds, or fail with ``message``."""
+    """Poll ``predicate`` (plain or async) until it holds, or fail with ``message``."""
     deadline = time.monotonic() + within
-    while not predicate():
+
+    async def holds() -> bool:
+        result = predicate()
+        # An async predicate returns a coroutine, which is always truthy: await it.
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+    while not await holds():
         if time.monotonic() > deadline:
             text = message() if callable(message) else message
             raise AssertionError(text or "condition not met in time")
