@@ -66,7 +66,8 @@ pid {root}/nginx.pid;
 error_log {root}/error.log info;
 events {{ worker_connections 256; }}
 http {{
-    access_log {root}/access.log;
+    log_format upstream '$request_uri $upstream_addr $status';
+    access_log {root}/access.log upstream;
     client_body_temp_path {root}/body;
     proxy_temp_path {root}/proxy;
     fastcgi_temp_path {root}/fastcgi;
@@ -86,6 +87,13 @@ http {{
             proxy_next_upstream error timeout http_502 http_503 non_idempotent;
             add_header X-Upstream $upstream_addr always;
         }}
+        location /slack {{
+            proxy_pass http://replicas;
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 10s;
+            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            add_header X-Upstream $upstream_addr always;
+        }}
     }}
 }}
 """
@@ -93,7 +101,7 @@ http {{
 
 @dataclass
 class Nginx:
-    """nginx in the foreground, balancing ``/telegram`` over two local ports."""
+    """nginx in the foreground, balancing ``/telegram`` and ``/slack`` over two local ports."""
 
     root: Path
     ports: tuple[int, int]
@@ -134,6 +142,16 @@ class Nginx:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/telegram"
+
+    def served(self, path_prefix: str) -> list[int]:
+        """Which replica port served each request under ``path_prefix``, in order."""
+        out: list[int] = []
+        for line in (self.root / "access.log").read_text().splitlines():
+            uri, upstream, _status = line.split(" ", 2)
+            if uri.startswith(path_prefix) and upstream != "-":
+                last = upstream.split(",")[-1].strip()
+                out.append(int(last.rsplit(":", 1)[1]))
+        return out
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
