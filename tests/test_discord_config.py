@@ -90,6 +90,22 @@ def test_overrides() -> None:
         ),
         ({"sync_commands": "yes"}, "config.toml: [discord] sync_commands must be true or false"),
         ({"token_env": ""}, "config.toml: [discord] token_env must be a non-empty string"),
+        (
+            {"shard_count": 2},
+            "config.toml: [discord] shard_ids must name the shards of the 2 this process serves",
+        ),
+        (
+            {"shard_count": 2, "shard_ids": [2]},
+            "config.toml: [discord] shard_ids must be numbers from 0 to 1 (got 2)",
+        ),
+        (
+            {"shard_count": 3, "shard_ids": [1, 1]},
+            "config.toml: [discord] shard_ids names shard 1 twice",
+        ),
+        (
+            {"shard_ids": [0, "1"]},
+            "config.toml: [discord] shard_ids must be numbers from 0 to 0 (got '1')",
+        ),
     ],
 )
 def test_bad_settings_are_named(options: dict[str, Any], message: str) -> None:
@@ -149,3 +165,11 @@ def test_build_takes_choices_from_the_configuration() -> None:
         "gpt-4.1-mini",
         "kimi-k2-0905-preview",
     )
+
+
+def test_shards_are_read_and_shard_0_serves_dms() -> None:
+    cfg = parse(settings(shard_count=4, shard_ids=[2, 3]), {"DISCORD_BOT_TOKEN": "tok"})
+    assert cfg is not None
+    assert (cfg.shard_ids, cfg.shard_count, cfg.serves_dms) == ((2, 3), 4, False)
+    plain = parse(settings(), {"DISCORD_BOT_TOKEN": "tok"})
+    assert plain is not None and plain.serves_dms and plain.shard_ids == ()

@@ -193,12 +193,10 @@ def install_log_filter() -> None:
 # -- the client ---------------------------------------------------------------------------
 
 
-class _Client(discord.Client):
-    """A plain client (no command tree: interactions arrive raw) that forwards to the adapter."""
+class _Forwarding:
+    """The gateway events the adapter handles (no command tree: interactions arrive raw)."""
 
-    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
-        super().__init__(**options)
-        self._adapter = adapter
+    _adapter: DiscordAdapter
 
     async def on_message(self, message: discord.Message) -> None:
         await self._adapter._on_message(message)
@@ -208,6 +206,32 @@ class _Client(discord.Client):
 
     async def on_raw_message_edit(self, update: discord.RawMessageUpdateEvent) -> None:
         await self._adapter._on_edit(update.message)
+
+
+class _Client(_Forwarding, discord.Client):
+    """A plain client, one gateway connection (unsharded, or one shard of ``shard_count``)."""
+
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
+        self._adapter = adapter
+
+
+class _ShardedClient(_Forwarding, discord.AutoShardedClient):
+    """Several shards of ``shard_count`` in this process (``shard_ids``)."""
+
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
+        self._adapter = adapter
+
+
+def _make_client(adapter: DiscordAdapter, cfg: DiscordConfig, **options: Any) -> discord.Client:
+    if len(cfg.shard_ids) > 1:
+        return _ShardedClient(
+            adapter, shard_ids=list(cfg.shard_ids), shard_count=cfg.shard_count, **options
+        )
+    if cfg.shard_ids:
+        return _Client(adapter, shard_id=cfg.shard_ids[0], shard_count=cfg.shard_count, **options)
+    return _Client(adapter, **options)
 
 
 def _intents(cfg: DiscordConfig) -> discord.Intents:
@@ -257,7 +281,7 @@ class DiscordAdapter:
         self._guild_ready_timeout = guild_ready_timeout
         self._ready_timeout = ready_timeout
         self.typing_refresh = typing_refresh
-        self._client: _Client | None = None
+        self._client: discord.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._handler: EventHandler | None = None
         self._live: dict[str, _Live] = {}
@@ -290,8 +314,9 @@ class DiscordAdapter:
         Route.BASE = self._cfg.api_base_url
         DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._cfg.gateway_url)
         self._handler = handler
-        client = _Client(
+        client = _make_client(
             self,
+            self._cfg,
             intents=_intents(self._cfg),
             allowed_mentions=discord.AllowedMentions.none(),
             chunk_guilds_at_startup=False,
@@ -310,7 +335,8 @@ class DiscordAdapter:
         except discord.HTTPException as exc:
             await self._close()
             raise DiscordLoginError(f"Discord login failed: HTTP {exc.status}") from None
-        if self._cfg.sync_commands:
+        # Replicas split the shards: the one serving shard 0 (DMs) registers the commands.
+        if self._cfg.sync_commands and self._cfg.serves_dms:
             try:
                 await self.sync_commands()
             except discord.HTTPException as exc:
@@ -336,6 +362,8 @@ class DiscordAdapter:
         client = self._client
         if client is None or client.is_closed() or not client.is_ready():
             return False
+        if isinstance(client, discord.AutoShardedClient):
+            return all(not shard.is_closed() for shard in client.shards.values())
         ws = client.ws
         return ws is not None and ws.open
 

@@ -20,7 +20,8 @@ class DiscordConfig:
     ``edit_interval`` is the pause between two edits of a streamed reply in one channel
     (Discord allows about 5 message edits per 5 seconds per channel). ``defer_after`` is how
     long an interaction may wait for its first answer before the adapter defers it (Discord
-    drops interactions not answered within 3 seconds).
+    drops interactions not answered within 3 seconds). ``shard_ids`` of ``shard_count`` are
+    the gateway shards this process serves (replicas split them; empty: unsharded).
     """
 
     token: Secret
@@ -33,6 +34,13 @@ class DiscordConfig:
     sync_commands: bool = True
     edit_interval: float = 1.0
     defer_after: float = 1.5
+    shard_ids: tuple[int, ...] = ()
+    shard_count: int = 1
+
+    @property
+    def serves_dms(self) -> bool:
+        """Discord delivers DMs (and their interactions) to shard 0 only."""
+        return not self.shard_ids or 0 in self.shard_ids
 
 
 def _snowflakes(t: TableReader, key: str) -> tuple[str, ...]:
@@ -46,6 +54,22 @@ def _snowflakes(t: TableReader, key: str) -> tuple[str, ...]:
             raise t.fail(key, f"must be a list of numeric Discord ids (got {item!r})")
         out.append(text)
     return tuple(out)
+
+
+def _shards(t: TableReader) -> tuple[tuple[int, ...], int]:
+    """``shard_ids`` and ``shard_count``: both or neither, each id below the count."""
+    count = t.integer("shard_count", 1, minimum=1, maximum=65_536, must="be a number of shards")
+    raw: list[Any] = t.get("shard_ids", list, [], must="be a list of shard numbers")
+    ids: list[int] = []
+    for item in raw:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < count:
+            raise t.fail("shard_ids", f"must be numbers from 0 to {count - 1} (got {item!r})")
+        if item in ids:
+            raise t.fail("shard_ids", f"names shard {item} twice")
+        ids.append(item)
+    if count > 1 and not ids:
+        raise t.fail("shard_ids", f"must name the shards of the {count} this process serves")
+    return tuple(ids), count
 
 
 def _url(t: TableReader, key: str, default: str, schemes: tuple[str, ...]) -> str:
@@ -77,6 +101,7 @@ def parse(
     sync_commands = t.boolean("sync_commands", True)
     edit_interval = _seconds(t, "edit_interval", 1.0, maximum=60)
     defer_after = _seconds(t, "defer_after", 1.5, maximum=2.5)
+    shard_ids, shard_count = _shards(t)
     t.finish()
     token = env.get(token_env, "").strip()
     if not token:
@@ -92,4 +117,6 @@ def parse(
         sync_commands=sync_commands,
         edit_interval=edit_interval,
         defer_after=defer_after,
+        shard_ids=shard_ids,
+        shard_count=shard_count,
     )

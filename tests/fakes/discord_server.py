@@ -147,6 +147,12 @@ class FakeDiscord:
         self.dm_channels: dict[str, str] = {}
         self.send_ready = True  # False: a gateway that never says READY
         self.gateway_refused = False  # an outage (``drop_gateway``): new connections get 503
+        # Sharding: each IDENTIFY's ``[shard_id, shard_count]``, and the connection of each
+        # shard. Events go where Discord sends them: a guild's to shard
+        # ``(guild_id >> 22) % shard_count``, DMs to shard 0.
+        self.identifies: list[tuple[int, int]] = []
+        self.shards: dict[int, web.WebSocketResponse] = {}
+        self.shard_count = 1
         # Attachments people "uploaded" (``add_attachment``), served like the CDN (no token),
         # and the ids downloaded.
         self.attachment_files: dict[str, bytes] = {}
@@ -228,13 +234,23 @@ class FakeDiscord:
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         """Send one gateway DISPATCH event to the connected client."""
-        assert self._ws is not None, "no client connected"
+        ws = self._ws_for(data)
+        assert ws is not None, "no client connected"
         if event == "INTERACTION_CREATE":
             self.interactions[data["token"]] = _Pending(data, time.monotonic())
         elif event == "MESSAGE_CREATE" and not data.get("author", {}).get("bot"):
             self.person_messages[str(data["id"])] = str(data["channel_id"])
         self._seq += 1
-        await self._send({"op": 0, "t": event, "s": self._seq, "d": data})
+        await self._send({"op": 0, "t": event, "s": self._seq, "d": data}, ws)
+
+    def shard_of(self, guild_id: str | None) -> int:
+        return (int(guild_id) >> 22) % self.shard_count if guild_id else 0
+
+    def _ws_for(self, data: dict[str, Any]) -> web.WebSocketResponse | None:
+        if self.shard_count <= 1:
+            return self._ws
+        guild = data.get("guild_id")
+        return self.shards.get(self.shard_of(str(guild) if guild else None))
 
     def visible(self, user_id: str, channel_id: str) -> list[BotMessage]:
         """The bot's messages in a channel as this person sees them, oldest first."""
@@ -732,9 +748,10 @@ class FakeDiscord:
 
     # -- gateway ---------------------------------------------------------------------------
 
-    async def _send(self, frame: dict[str, Any]) -> None:
-        assert self._ws is not None
-        await self._ws.send_str(json.dumps(frame))
+    async def _send(self, frame: dict[str, Any], ws: web.WebSocketResponse | None = None) -> None:
+        ws = ws or self._ws
+        assert ws is not None
+        await ws.send_str(json.dumps(frame))
 
     async def _gateway_gate(self, request: web.Request) -> web.StreamResponse:
         if self.gateway_refused:
@@ -753,7 +770,7 @@ class FakeDiscord:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._ws = ws
-        await self._send({"op": 10, "d": {"heartbeat_interval": 45000}})
+        await self._send({"op": 10, "d": {"heartbeat_interval": 45000}}, ws)
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
@@ -761,27 +778,36 @@ class FakeDiscord:
             self.gateway_frames.append(frame)
             op = frame["op"]
             if op == 1:
-                await self._send({"op": 11, "d": None})
-            elif op == 2 and self.send_ready:
-                await self._ready()
+                await self._send({"op": 11, "d": None}, ws)
+            elif op == 2:
+                shard_id, count = (frame["d"].get("shard") or [0, 1])[:2]
+                self.identifies.append((int(shard_id), int(count)))
+                self.shard_count = max(self.shard_count, int(count))
+                self.shards[int(shard_id)] = ws
+                if self.send_ready:
+                    await self._ready(ws, int(shard_id))
             elif op == 6:
                 self._seq = max(self._seq, frame["d"].get("seq") or 0)
                 self._seq += 1
-                await self._send({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}})
+                await self._send({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}}, ws)
                 self.resumed.set()
         return ws
 
-    async def _ready(self) -> None:
+    async def _ready(self, ws: web.WebSocketResponse, shard_id: int = 0) -> None:
         self._seq += 1
+        ours = self.shard_of(GUILD_ID) == shard_id
         ready = {
             "v": 10,
             "user": _user(BOT_ID, "byokbot", bot=True),
-            "session_id": "fake-session",
+            "session_id": f"fake-session-{shard_id}",
             "resume_gateway_url": self.gateway_url,
-            "guilds": [{"id": GUILD_ID, "unavailable": True}],
+            "guilds": [{"id": GUILD_ID, "unavailable": True}] if ours else [],
             "application": {"id": APP_ID, "flags": 0},
         }
-        await self._send({"op": 0, "t": "READY", "s": self._seq, "d": ready})
+        await self._send({"op": 0, "t": "READY", "s": self._seq, "d": ready}, ws)
+        if not ours:
+            self.identified.set()
+            return
         self._seq += 1
         guild = {
             "id": GUILD_ID,
@@ -821,5 +847,5 @@ class FakeDiscord:
             "presences": [],
             "joined_at": TIMESTAMP,
         }
-        await self._send({"op": 0, "t": "GUILD_CREATE", "s": self._seq, "d": guild})
+        await self._send({"op": 0, "t": "GUILD_CREATE", "s": self._seq, "d": guild}, ws)
         self.identified.set()
