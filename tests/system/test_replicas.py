@@ -214,6 +214,40 @@ async def test_a_grant_on_one_replica_is_honoured_by_the_other_at_once(
             assert "Traceback" not in bot.stderr(), bot.stderr()
 
 
+async def test_a_rotation_on_one_replica_swaps_the_agents_of_both(
+    cluster: Cluster,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    first, second = anthropic_key(), anthropic_key()
+    canaries.add(first, second)
+    await _sign_up_across(cluster, telegram, ada, first)
+    # Both replicas answer her, so both run an agent holding the first key.
+    for line in ("warm one", "warm two"):
+        ada.send(line)
+        await ada.wait_text(f"echo: {line}", within=60)
+    assert {cluster.replica_of(u) for u in list(telegram.pushed)[-2:]} == {0, 1}
+    assert set(llm.keys("anthropic")) == {first}
+
+    ada.send("/key rotate anthropic")
+    await eventually(lambda: prompts(ada) >= 2, message=lambda: "\n".join(ada.texts()))
+    ada.reply_to_prompt(second)
+    await ada.wait_text("(?i)key rotated", within=30)
+    before = len(llm.requests)
+    lines = ["after one", "after two"]
+    for line in lines:
+        ada.send(line)
+        await ada.wait_text(f"echo: {line}", within=60)
+    assert {cluster.replica_of(u) for u in list(telegram.pushed)[-2:]} == {0, 1}
+    # Every request after the rotation, from either replica, carried the new key.
+    after = [r.key for r in llm.requests[before:] if r.path != "/v1/models"]
+    assert after and set(after) == {second}, after
+    for bot in cluster.replicas.bots:
+        assert "Traceback" not in bot.stderr(), bot.stderr()
+
+
 def _job_runs(text: str, job: str) -> float:
     m = re.search(rf'^byokbot_job_runs_total\{{job="{job}"\}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
