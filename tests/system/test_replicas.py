@@ -214,7 +214,7 @@ async def test_a_grant_on_one_replica_is_honoured_by_the_other_at_once(
             assert "Traceback" not in bot.stderr(), bot.stderr()
 
 
-async def test_a_rotation_on_one_replica_swaps_the_agents_of_both(
+async def test_a_rotation_or_removal_on_one_replica_reaches_the_agents_of_both(
     cluster: Cluster,
     telegram: FakeTelegramServer,
     llm: FakeLLMServer,
@@ -244,6 +244,22 @@ async def test_a_rotation_on_one_replica_swaps_the_agents_of_both(
     # Every request after the rotation, from either replica, carried the new key.
     after = [r.key for r in llm.requests[before:] if r.path != "/v1/models"]
     assert after and set(after) == {second}, after
+
+    # Removed on one replica: neither replica's agent uses the key any more.
+    ada.send("/key remove anthropic")
+    await ada.wait_text("Removed your Anthropic key", within=30)
+    before = len(llm.requests)
+    lines = ["removed one", "removed two"]
+    for line in lines:
+        ada.send(line)
+    await eventually(lambda: cluster.pusher.delivered(_last_update(telegram)))
+    assert {cluster.replica_of(u) for u in list(telegram.pushed)[-2:]} == {0, 1}
+    await eventually(
+        lambda: sum("has no API key" in t for t in ada.texts()) >= 2,
+        within=30,
+        message=lambda: "\n---\n".join(ada.texts()[-4:]),
+    )
+    assert not [r for r in llm.requests[before:] if r.path != "/v1/models"]
     for bot in cluster.replicas.bots:
         assert "Traceback" not in bot.stderr(), bot.stderr()
 
