@@ -438,6 +438,8 @@ def run_forked(sock: socket.socket, spec: sandbox.Spec | None = None) -> None:
         took = time.perf_counter() - started
         done = {"type": "sandbox", "layers": list(layers), "seconds": round(took, 6)}
         sock.sendall(json.dumps(done).encode() + b"\n")
+    else:
+        sandbox.close_template_handles()
     code = asyncio.run(_serve_socket(sock, confined=spec is not None))
     sys.exit(code)
 
