@@ -189,6 +189,9 @@ class AgentSettings:
     max_processes: int = 64
     max_reply_chars: int = 32000
     """A reply longer than this is cut (with a note) and its agent recycled: a flood guard."""
+    recycle_after_idle_seconds: int = 60
+    """An agent idle this long since a reply is replaced by a fresh fork of the template,
+    which gives back the memory the reply touched (0: never). See README "Agents"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -778,6 +781,9 @@ def _parse_agent(src: str, data: Mapping[str, Any]) -> AgentSettings:
         max_processes=t.positive_int("max_processes", d.max_processes),
         max_reply_chars=t.integer(
             "max_reply_chars", d.max_reply_chars, minimum=100, maximum=10_000_000
+        ),
+        recycle_after_idle_seconds=t.integer(
+            "recycle_after_idle_seconds", d.recycle_after_idle_seconds, minimum=0, maximum=86_400
         ),
     )
     t.finish()

@@ -381,3 +381,43 @@ async def test_messages_in_one_conversation_are_answered_in_turn(tmp_path: Path)
             Turn("assistant", "echo: two"),
         ]
         assert [len(req.body["messages"]) for req in r.fake.requests] == [1, 3]
+
+
+async def test_an_agent_idle_after_a_reply_is_recycled_into_a_fresh_fork(tmp_path: Path) -> None:
+    settings = AgentSettings(idle_timeout_seconds=600, recycle_after_idle_seconds=60)
+    async with rig(tmp_path, settings=settings) as r:
+        r.tenant("t1", "sk-one")
+        assert await r.say("t1", "first") == "echo: first"
+        [used] = r.pids("t1")
+        r.now[0] += 30
+        await r.sup.idle_job()
+        assert r.pids("t1") == [used]  # not idle long enough yet
+        r.now[0] += 31
+        await r.sup.idle_job()
+        await eventually(lambda: len(r.pids("t1")) == 1 and r.pids("t1") != [used])
+        assert await _gone(used)
+        [fresh] = r.pids("t1")
+        # A fresh fork that has answered nothing is not recycled again.
+        r.now[0] += 120
+        await r.sup.idle_job()
+        assert r.pids("t1") == [fresh]
+        # It holds the same key, and the conversation goes on (the history is the supervisor's).
+        assert await r.say("t1", "second") == "echo: second"
+        assert r.pids("t1") == [fresh]
+        assert r.fake.requests[-1].key == "sk-one"
+        assert "first" in str(r.fake.requests[-1].body)
+        # The idle timeout still counts from the last reply: recycling did not reset it.
+        r.now[0] += 601
+        await r.sup.idle_job()
+        assert r.sup.status() == []
+
+
+async def test_recycling_off_keeps_the_agent(tmp_path: Path) -> None:
+    settings = AgentSettings(idle_timeout_seconds=600, recycle_after_idle_seconds=0)
+    async with rig(tmp_path, settings=settings) as r:
+        r.tenant("t1", "sk-one")
+        await r.say("t1", "first")
+        [used] = r.pids("t1")
+        r.now[0] += 300
+        await r.sup.idle_job()
+        assert r.pids("t1") == [used]

@@ -62,6 +62,7 @@ READY_TIMEOUT: Final = 10.0
 STOP_GRACE: Final = 5.0
 BACKOFF_MAX: Final = 60.0
 BACKOFF_RESET: Final = 60.0
+RECYCLE_PER_TICK: Final = 32
 """A worker that lived this long before crashing resets the back-off."""
 NOTE_TOOLS: Final = frozenset({"remember", "recall", "forget"})
 
@@ -121,6 +122,7 @@ class _Worker:
         self.stopping = False
         self.draining = False
         self.broken = False  # killed for breaking the protocol
+        self.served = 0  # requests sent to it (a fresh one is not recycled again)
         self.dead = asyncio.Event()
         self.reader_task: asyncio.Task[None] | None = None
 
@@ -264,6 +266,7 @@ class AgentSupervisor:
             room = budget - (estimate_tokens(summary) if summary else 0)
             turns = trim_turns([*history, Turn("user", text)], room)
             worker = await self._acquire(tenant, profile)
+            worker.served += 1
             rid = str(next(self._ids))
             queue: asyncio.Queue[_Event] = asyncio.Queue()
             worker.pending[rid] = queue
@@ -570,7 +573,42 @@ class AgentSupervisor:
         await asyncio.gather(*(self._stop(w) for w in idle))
         if idle:
             log.info("stopped %d idle agents", len(idle))
+        recycled = await self._recycle(now)
+        if recycled:
+            log.info("recycled %d idle agents", recycled)
         return len(idle)
+
+    async def _recycle(self, now: float) -> int:
+        """Replace agents idle ``recycle_after_idle_seconds`` since a reply with fresh forks.
+
+        A reply leaves ~2.5 MiB of the template's pages copied into the agent (reference
+        counts written on shared objects, heap the allocator keeps); a fresh fork has none
+        of it. Agents are stateless between requests (the supervisor sends the history), so
+        the swap is the key rotation's: the new one is started before the old one retires.
+        """
+        after = self._settings.recycle_after_idle_seconds
+        if after <= 0 or self._closed:
+            return 0
+        done = 0
+        for tenant_id, tenant in list(self._tenants.items()):
+            if done >= RECYCLE_PER_TICK:
+                break  # the rest next tick: a tick's forks stay a fraction of a second
+            old = tenant.current
+            if old is None or old.pending or not old.served or now - old.last_used < after:
+                continue
+            async with tenant.lock:
+                if tenant.current is not old or old.pending or old.dead.is_set():
+                    continue  # a message took it meanwhile, or it is gone
+                try:
+                    fresh = await self._start(tenant_id, old.profile)
+                except ReplyFailed as exc:
+                    log.warning("agent for %s not recycled (%s)", tenant_id, exc.reason)
+                    continue
+                fresh.last_used = old.last_used  # still stopped at the same idle timeout
+                tenant.current = fresh
+                self._retire(old)
+                done += 1
+        return done
 
     async def idle_job(self) -> None:
         """The APScheduler job (every ``[agent] idle_check_interval_seconds``; see ``App.jobs``)."""

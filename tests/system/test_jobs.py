@@ -131,6 +131,50 @@ async def test_idle_agents_are_stopped(
     assert NEVER_AWAITED not in bot.stderr()
 
 
+async def test_an_idle_agent_is_recycled_into_a_fresh_one_that_goes_on(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    key = anthropic_key()
+    canaries.add(key)
+    tg_ws.configure(
+        {
+            "agent": {
+                "idle_timeout_seconds": 600,
+                "idle_check_interval_seconds": 1,
+                "recycle_after_idle_seconds": 2,
+            }
+        }
+    )
+    bot = await start_bot(tg_ws, telegram)
+    await sign_up_byok(ada, key)
+    ada.send("remember the word heron")
+    await ada.wait_text("echo: remember the word heron", within=30)
+    used = _agent_pids(bot)
+    assert len(used) == 1, used
+
+    # Idle for the recycle time: a new agent process replaces it, the used one exits.
+    await eventually(
+        lambda: len(_agent_pids(bot)) == 1 and not (_agent_pids(bot) & used),
+        within=10,
+        message=lambda: f"agents {_agent_pids(bot)} (used: {used})\n{bot.stderr()}",
+    )
+    fresh = _agent_pids(bot)
+    await asyncio.sleep(3)  # more ticks: a fresh agent that answered nothing stays
+    assert _agent_pids(bot) == fresh
+
+    ada.send("what was the word")
+    await ada.wait_text("echo: what was the word", within=30)
+    assert _agent_pids(bot) == fresh  # the recycled agent answered, no new start
+    assert llm.keys()[-1] == key
+    assert "heron" in str(llm.requests[-1].body)  # the conversation went on
+    assert "recycled 1 idle agents" in bot.stderr()
+    assert NEVER_AWAITED not in bot.stderr()
+
+
 async def test_a_reservation_orphaned_by_a_crash_is_released_after_restart(
     tg_ws: Workspace,
     telegram: FakeTelegramServer,
