@@ -653,10 +653,22 @@ def seccomp_program() -> bytes:
         os.close(fd)
 
 
+# The filter's buffer and sock_fprog, built in the template (``warm``): made in the agent,
+# these ctypes objects cost 0.36 ms of its cold start, the prctl itself 0.2 ms.
+_fprog: tuple[ctypes.Array[ctypes.c_char], _SockFprog] | None = None
+
+
+def _seccomp_fprog() -> _SockFprog:
+    global _fprog
+    if _fprog is None:
+        program = seccomp_program()
+        buf = ctypes.create_string_buffer(program, len(program))
+        _fprog = (buf, _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p)))
+    return _fprog[1]
+
+
 def _seccomp() -> None:
-    program = seccomp_program()
-    buf = ctypes.create_string_buffer(program, len(program))
-    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    prog = _seccomp_fprog()
     rc = _libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0)
     _check(rc, "seccomp filter", "seccomp")
 
@@ -686,9 +698,15 @@ def warm() -> None:
     _last_cap()
     _capset_number()
     if seccomp_available():
-        seccomp_program()
+        _seccomp_fprog()
     if landlock_abi() >= 1:
         _open_read_paths()
+    # ctypes builds a foreign function and a structure's machinery on first use: here, once.
+    libc = _libc()
+    for name in ("prctl", "syscall", "unshare"):
+        getattr(libc, name)
+    for struct in (_RulesetAttr(0, 0, 0), _PathBeneath(0, 0), _NetPort(0, 0)):
+        ctypes.byref(struct)
     if os.geteuid() == 0 and not _bounding_set_empty:
         try:
             _drop_bounding_set()
