@@ -307,6 +307,10 @@ class ProxyServer:
         try:
             a = await self._admit(request, api)
         except _Refusal as r:
+            if r.status in (401, 403):
+                # Names the check that failed (never the token): a managed agent told "invalid
+                # key" is the platform's problem, and the operator needs to know which.
+                log.warning("proxy: refused %d %s: %s", r.status, r.error_type, r.message)
             return _error(api, r.status, r.error_type, r.message, headers=r.headers)
         early: asyncio.Task[aiohttp.ClientResponse] | None = None
         if self.budget.likely_admits(a.tenant_id, a.plan_id, a.estimate):

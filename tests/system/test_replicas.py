@@ -208,7 +208,11 @@ async def test_a_grant_on_one_replica_is_honoured_by_the_other_at_once(
         await eventually(lambda: cluster.pusher.delivered(_last_update(telegram)))
         assert {cluster.replica_of(u) for u in list(telegram.pushed)[-2:]} == {0, 1}
         for line in lines:
-            await ada.wait_text(f"^echo: {line}$", within=30)
+            try:
+                await ada.wait_text(f"^echo: {line}$", within=30)
+            except AssertionError as exc:
+                logs = "\n".join(b.stderr()[-3000:] for b in cluster.replicas.bots)
+                raise AssertionError(f"{exc}\nreplicas:\n{logs}") from None
         assert sum("isn't paid for" in t for t in ada.texts()) == 2
         for bot in cluster.replicas.bots:
             assert "Traceback" not in bot.stderr(), bot.stderr()
