@@ -516,6 +516,10 @@ BILLING_NOTICES: dict[str, str] = {
         "You're on the {plan} plan now; what was left of your period was converted: "
         "paid until {end}."
     ),
+    "plan_prorated_card": (
+        "You're on the {plan} plan now. Stripe settles the difference for the rest of this "
+        "period on your next invoice."
+    ),
 }
 BILLING_PAY = (
     "The {plan} plan is ${price:g}/month. Pay below; your agent starts as soon as the "
@@ -618,3 +622,9 @@ TIMEZONE_SHOW = "Your time zone is {tz}. Change it with /timezone Area/City."
 TIMEZONE_USAGE = "Use /timezone Area/City, e.g. /timezone America/New_York."
 TIMEZONE_BAD = "“{tz}” is not a time zone I know. Use Area/City, e.g. /timezone Europe/Paris."
 TIMEZONE_SET = "Time zone set to {tz}. {scheduled} waiting task(s) scheduled."
+
+# ----- billing2 (issue 15): plan changes at Stripe -------------------------------------------
+BILLING_PLAN_CHANGE_FAILED = (
+    "I couldn't change your subscription at Stripe just now, so your plan stays as it is. "
+    "Please try /plan again in a few minutes."
+)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -232,6 +233,15 @@ def _percent(tokens: int, micros: int, token_cap: int | None, usd_cap: float | N
     return pct
 
 
+def _capped(plan: PlanSettings, token_cap: int | None) -> PlanSettings:
+    """``plan`` with its token cap lowered to ``token_cap`` (a trial's), if that is smaller."""
+    if token_cap is None or (
+        plan.monthly_token_cap is not None and plan.monthly_token_cap <= token_cap
+    ):
+        return plan
+    return dataclasses.replace(plan, monthly_token_cap=token_cap)
+
+
 def _micros(usd: float) -> int:
     return round(usd * MICROS)
 
@@ -297,12 +307,16 @@ class Budget:
 
     # --- the request path -------------------------------------------------------------------
 
-    async def reserve(self, tenant_id: str, plan_id: str, estimate: Cost) -> Reservation:
+    async def reserve(
+        self, tenant_id: str, plan_id: str, estimate: Cost, *, token_cap: int | None = None
+    ) -> Reservation:
         """Reserve ``estimate`` against the tenant's caps and count one request this minute.
 
-        Raises ``CapReached``, ``RateLimitExceeded`` or ``NotMetered``.
+        ``token_cap`` (a trial's smaller allowance) replaces the plan's monthly token cap when
+        it is smaller, in the same atomic statement. Raises ``CapReached``,
+        ``RateLimitExceeded`` or ``NotMetered``.
         """
-        plan = self._plan(plan_id)
+        plan = _capped(self._plan(plan_id), token_cap)
         # Counted before the first await, so ``likely_admits`` sees every reservation in flight.
         tokens, micros = _cost(estimate)
         t, u, n = self._pending.get(tenant_id, (0, 0, 0))
@@ -397,7 +411,9 @@ class Budget:
             )
         )
 
-    def likely_admits(self, tenant_id: str, plan_id: str, estimate: Cost) -> bool:
+    def likely_admits(
+        self, tenant_id: str, plan_id: str, estimate: Cost, *, token_cap: int | None = None
+    ) -> bool:
         """Whether this process last saw ample room (4x the estimate, 2 requests this minute).
 
         Counts what this process has in flight on top of the last reservation's figures.
@@ -409,6 +425,7 @@ class Budget:
         hint, plan = self._hints.get(tenant_id), self._plans.get(plan_id)
         if hint is None or plan is None or plan.byok:
             return False
+        plan = _capped(plan, token_cap)
         used_t, used_u, minute, requests = hint
         pending_t, pending_u, pending_n = self._pending.get(tenant_id, (0, 0, 0))
         used_t, used_u, requests = used_t + pending_t, used_u + pending_u, requests + pending_n
