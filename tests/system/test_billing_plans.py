@@ -41,7 +41,9 @@ def updates(fake: FakeStripe, sub_id: str) -> list[dict[str, str]]:
     return [r.form for r in fake.requests if r.path == f"/v1/subscriptions/{sub_id}" and r.form]
 
 
-async def subscribe_byok(ada: TelegramPerson, telegram: FakeTelegramServer, fake: FakeStripe) -> str:
+async def subscribe_byok(
+    ada: TelegramPerson, telegram: FakeTelegramServer, fake: FakeStripe
+) -> str:
     ada.send("/start")
     await ada.wait_text("Pick a plan")
     ada.press("BYOK")
