@@ -1,7 +1,7 @@
 """billing: subscriptions.due_at, when the billing job next has to look at a row
 
 Revision ID: 0015
-Revises: 0008
+Revises: 0011
 Create Date: 2026-12-02 05:00:00
 
 The billing job reads only rows whose ``due_at`` has come (an indexed range), not every live
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0008"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
