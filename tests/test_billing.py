@@ -331,7 +331,12 @@ async def test_a_trial_cap_replaces_a_larger_monthly_cap_at_reservation(db_url: 
             "plans": {
                 "managed": {"byok": False, "models": ["m"], "monthly_token_cap": 10_000},
             },
-            "proxy": {"enabled": True},
+            "proxy": {
+                "enabled": True,
+                "models": {
+                    "m": {"upstream": "anthropic", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}
+                },
+            },
         },
         source="test.toml",
         base_dir=Path("."),
