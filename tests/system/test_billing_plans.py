@@ -158,9 +158,10 @@ async def test_a_paid_subscription_is_reminded_before_renewal_and_gets_a_receipt
     canaries: CanaryScan,
 ) -> None:
     enable_proxy(tg_ws, llm, canaries, managed_trial=False)
-    # A twelve-second period, reminded eight seconds before it renews: the job runs in
-    # ``byokbot run`` on its own schedule, with no message from anyone.
-    tg_ws.configure(stars_tables(period_days=12 / 86400, reminder_days=8 / 86400))
+    # Telegram sets a Stars subscription's period (30 days, its expiration date), so the
+    # reminder is made due about eight seconds after the payment: 30 days less 8 s before
+    # the renewal. The job runs in ``byokbot run`` on its own schedule, with no message.
+    tg_ws.configure(stars_tables(reminder_days=30 - 8 / 86400))
     await start_bot(tg_ws, telegram)
     ada.send("/start")
     await ada.wait_text("Pick a plan")
