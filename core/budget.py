@@ -316,13 +316,14 @@ class Budget:
         it is smaller, in the same atomic statement. Raises ``CapReached``,
         ``RateLimitExceeded`` or ``NotMetered``.
         """
-        plan = _capped(self._plan(plan_id), token_cap)
+        monthly = self._plan(plan_id)
+        plan = _capped(monthly, token_cap)
         # Counted before the first await, so ``likely_admits`` sees every reservation in flight.
         tokens, micros = _cost(estimate)
         t, u, n = self._pending.get(tenant_id, (0, 0, 0))
         self._pending[tenant_id] = (t + tokens, u + micros, n + 1)
         try:
-            return await self._reserve(tenant_id, plan, estimate)
+            return await self._reserve(tenant_id, plan, estimate, alert=plan is monthly)
         finally:
             t, u, n = self._pending[tenant_id]
             if n == 1:
@@ -330,7 +331,9 @@ class Budget:
             else:
                 self._pending[tenant_id] = (t - tokens, u - micros, n - 1)
 
-    async def _reserve(self, tenant_id: str, plan: PlanSettings, estimate: Cost) -> Reservation:
+    async def _reserve(
+        self, tenant_id: str, plan: PlanSettings, estimate: Cost, *, alert: bool = True
+    ) -> Reservation:
         for _ in range(3):
             now = self._clock.now()
             period, minute = period_of(now), int(now.timestamp() // 60)
@@ -348,7 +351,7 @@ class Budget:
                 await self._prepare(tenant_id, period, now)
                 continue
             # The row exists and is current: the refusal is real unless room appeared since.
-            await self._refuse(row, plan, estimate, period, minute, now)
+            await self._refuse(row, plan, estimate, period, minute, now, alert=alert)
         raise BudgetError(f"tenant {tenant_id}: reservation did not settle after retries")
 
     async def _reserve_row(
@@ -472,6 +475,8 @@ class Budget:
         period: date,
         minute: int,
         now: datetime,
+        *,
+        alert: bool = True,
     ) -> None:
         tenant_id = row.tenant_id
         if row.window_minute == minute and row.window_requests >= plan.requests_per_minute:
@@ -487,10 +492,13 @@ class Budget:
             plan.monthly_usd_cap
         ):
             return
-        # Nothing fits any more: the tenant has, in effect, reached the cap.
-        await self._maybe_alert(
-            tenant_id, plan, 100, row.tokens_spent, row.usd_micros_spent, period
-        )
+        # Nothing fits any more: the tenant has, in effect, reached the cap. A trial's cap is
+        # not the month's allowance: the bot words that refusal, and the month's 100% alert
+        # stays unclaimed for after the trial is paid for.
+        if alert:
+            await self._maybe_alert(
+                tenant_id, plan, 100, row.tokens_spent, row.usd_micros_spent, period
+            )
         raise CapReached(tenant_id, which, next_period(period))
 
     async def settle(self, reservation: Reservation, actual: Cost, *, plan_id: str) -> None:

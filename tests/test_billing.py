@@ -324,7 +324,7 @@ async def test_tick_reads_only_the_subscriptions_that_are_due(world: World) -> N
 
 
 async def test_a_trial_cap_replaces_a_larger_monthly_cap_at_reservation(db_url: str) -> None:
-    from core.budget import Budget, CapReached, Cost
+    from core.budget import Budget, CapReached, Cost, RecordingAlertSink
 
     cfg = parse_config(
         {
@@ -334,7 +334,11 @@ async def test_a_trial_cap_replaces_a_larger_monthly_cap_at_reservation(db_url: 
             "proxy": {
                 "enabled": True,
                 "models": {
-                    "m": {"upstream": "anthropic", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}
+                    "m": {
+                        "upstream": "anthropic",
+                        "input_usd_per_mtok": 1,
+                        "output_usd_per_mtok": 1,
+                    }
                 },
             },
         },
@@ -344,14 +348,22 @@ async def test_a_trial_cap_replaces_a_larger_monthly_cap_at_reservation(db_url: 
     w = await make_world(db_url, cfg)
     try:
         tid = await sign_up(w)
-        budget = Budget(w.db, cfg.plans, w.clock)
+        sink = RecordingAlertSink()
+        budget = Budget(w.db, cfg.plans, w.clock, sink=sink)
         r = await budget.reserve(tid, "managed", Cost(100, 100), token_cap=250)
         await budget.settle(r, Cost(100, 100), plan_id="managed")
         await budget.reserve(tid, "managed", Cost(100, 100), token_cap=250)
         with pytest.raises(CapReached):
             await budget.reserve(tid, "managed", Cost(100, 100), token_cap=250)
+        # The trial's refusal is not the month's allowance used up: no 100% alert, and the
+        # month's alert stays unclaimed for after the trial is paid for.
+        assert sink.alerts == []
         # Without the trial's cap the plan's own applies; a larger "cap" never raises it.
         await budget.reserve(tid, "managed", Cost(100, 100))
         assert not budget.likely_admits(tid, "managed", Cost(100, 100), token_cap=250)
+        with pytest.raises(CapReached):
+            await budget.reserve(tid, "managed", Cost(9_800, 9_800), token_cap=1_000_000)
+        assert [pct for _, pct, _, _ in sink.alerts] == [100]
+        assert sink.alerts[0][3].tokens == 10_000
     finally:
         await w.db.dispose()

@@ -92,6 +92,8 @@ async def handle_plan(turn: Turn) -> Outcome | None:
     )
     if s.billing is not None and not await s.billing.entitled(tenant):
         await billing.entitled_or_offer(turn, tenant, plan)
+    else:
+        await billing.offer_in_trial(turn, tenant, plan)
     return None
 
 
@@ -130,6 +132,7 @@ async def choose_plan(turn: Turn, plan_id: str) -> Outcome | None:
             if s.billing is not None and not await s.billing.entitled(tenant):
                 return await set_up(turn, tenant, plan)
             await turn.say(texts.PLAN_SAME.format(plan=plan.name))
+            await billing.offer_in_trial(turn, tenant, plan)
             return None
         if s.billing is not None:
             try:

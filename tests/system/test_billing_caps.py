@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,8 +19,18 @@ import httpx
 
 from tests.canaries import anthropic_key
 from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.stripe_server import FakeStripe
+from tests.fakes.telegram_server import FakeTelegramServer
+from tests.system.billing_support import (
+    enable_stripe,
+    stripe_fixture,  # noqa: F401 - fixture
+    subscription,
+    wait_link,
+    webhook_ready,
+)
 from tests.system.harness import CanaryScan, Workspace, eventually
-from tests.system.managed_support import free_port, query
+from tests.system.managed_support import enable_proxy, free_port, query, start_bot
+from tests.system.people import TelegramPerson
 
 SCRIPT = Path(__file__).with_name("scripts") / "trial_tenant.py"
 TRIAL_CAP = 600
@@ -137,3 +148,84 @@ async def test_a_managed_trial_cap_is_hard_under_a_race_and_a_grant_lifts_it(
     assert proxy.returncode is None, proxy.output()
     assert "Traceback" not in proxy.output()
     assert await proxy.terminate() == 0
+
+
+# ----- in ``byokbot run``: the trial's cap in chat, then paying lifts it --------------------
+
+CHAT_TRIAL_CAP = 500
+
+
+def chat_spent(ws: Workspace) -> int:
+    rows = query(ws, "SELECT tokens_spent FROM budgets")
+    return int(rows[0][0]) if rows else 0
+
+
+async def test_a_chat_trial_is_told_its_cap_and_paying_by_stripe_brings_the_monthly_one(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    stripe_fake: FakeStripe,
+    canaries: CanaryScan,
+) -> None:
+    # The in-process proxy of ``byokbot run``; the monthly cap (1,000,000) dwarfs the trial's.
+    enable_proxy(tg_ws, llm, canaries, managed_trial=False)
+    enable_stripe(tg_ws, stripe_fake)
+    tg_ws.configure(
+        {
+            "billing.plans.managed": {"trial_days": 7, "trial_token_cap": CHAT_TRIAL_CAP},
+            # Plain requests: tool definitions would make each reservation ~600 tokens larger.
+            "plans.managed.tools": {
+                "web_fetch": False,
+                "web_search": False,
+                "notes": False,
+                "tasks": False,
+            },
+        }
+    )
+    llm.greedy = True  # each reply spends all the output it may: the worst case for a cap
+    bot = await start_bot(tg_ws, telegram)
+    await webhook_ready(bot, stripe_fake)
+    ada.send("/start")
+    await ada.wait_text("Pick a plan")
+    ada.press("Managed")
+    await ada.wait_text("free trial has started")
+
+    cap_text = f"used your free trial's allowance \\({CHAT_TRIAL_CAP:,} tokens\\)"
+    answered = 0
+    for n in range(12):
+        asked = len(llm.requests)
+        ada.send(f"trial message {n}")
+        said = await ada.wait_text(f"^echo: trial message {n}|{cap_text}", within=30)
+        if re.search(cap_text, said):
+            # Refused at the proxy's reservation (or before it): the model never saw it.
+            assert len(llm.requests) == asked, "a request past the trial cap reached the model"
+            break
+        answered += 1
+    else:
+        raise AssertionError(f"{answered} replies and the trial cap was never reached")
+    assert answered >= 2, "the trial cap refused before any reply fitted under it"
+    assert chat_spent(tg_ws) <= CHAT_TRIAL_CAP
+    ada.send("still there?")
+    await eventually(lambda: sum(bool(re.search(cap_text, t)) for t in ada.texts()) == 2)
+    assert subscription(tg_ws) == ("trial", "managed", "trial")
+    # Only the trial's words: not the month's "allowance used up … switch to BYOK" alert.
+    assert not [t for t in ada.texts() if "allowance for this month" in t]
+
+    # The cap's words say to send /plan: it offers the card payment during the trial.
+    ada.send("/plan")
+    link = await wait_link(telegram, ada.user_id, "Pay by card")
+    assert stripe_fake.session_of(link)["price"] == "price_managed_monthly"
+    assert await stripe_fake.complete(link) == [200, 200, 200]
+    await ada.wait_text("Payment received: 39.00 USD")
+    await eventually(lambda: subscription(tg_ws) == ("active", "managed", "stripe"))
+
+    # Paid: the monthly cap applies in the same running proxy, past the trial's allowance.
+    for n in range(20):
+        ada.send(f"paid message {n}")
+        await ada.wait_text(f"^echo: paid message {n}", within=30)
+        if chat_spent(tg_ws) > CHAT_TRIAL_CAP:
+            break
+    assert chat_spent(tg_ws) > CHAT_TRIAL_CAP
+    assert sum(bool(re.search(cap_text, t)) for t in ada.texts()) == 2
+    assert "Traceback" not in bot.output()
