@@ -86,6 +86,10 @@ async def test_a_prorated_upgrade_is_made_at_stripe_and_the_next_invoice_carries
     assert change["items[0][price]"] == "price_managed_monthly"
     assert change["proration_behavior"] == "create_prorations"
     assert change["metadata[plan]"] == "managed"
+    # Made with the operator's secret key, by the SDK (retrieve, then update).
+    made = [r for r in stripe_fake.requests if r.path == f"/v1/subscriptions/{sub_id}"]
+    assert [bool(r.form) for r in made] == [False, True]
+    assert {r.key for r in made} == {stripe_fake.api_key}
     assert plans(tg_ws) == ("managed", "managed", None)
     # On the managed plan now: the agent answers through the metering proxy.
     ada.send("hello managed")
