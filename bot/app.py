@@ -338,6 +338,7 @@ class App:
 
             self.stripe = StripeGateway(self.config.billing.stripe, self.env, self.billing)
             self.services.checkout = self.stripe
+            self.billing.cards = self.stripe
         self.router = Router(self.services)
         self.recovery = Recovery(
             self.inbox,
@@ -357,6 +358,7 @@ class App:
             clock=self.clock,
             budget=self.budget,
             tokens=self.proxy_tokens,
+            trial_caps=self.config.billing.trial_caps,
         )
         settings = self.config.proxy
         try:

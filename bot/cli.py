@@ -230,6 +230,7 @@ async def _proxy(config: Config, env: Mapping[str, str], worker: int | None = No
         env=env,
         tokens=tokens,
         sink=LoggingAlertSink(),
+        trial_caps=config.billing.trial_caps,
     )
     # A worker of --workers shares the port with its siblings; only worker 0 runs the jobs.
     serving = asyncio.create_task(

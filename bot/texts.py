@@ -572,6 +572,10 @@ BILLING_NOTICES: dict[str, str] = {
         "You're on the {plan} plan now; what was left of your period was converted: "
         "paid until {end}."
     ),
+    "plan_prorated_card": (
+        "You're on the {plan} plan now. Stripe settles the difference for the rest of this "
+        "period on your next invoice."
+    ),
 }
 BILLING_PAY = (
     "The {plan} plan is ${price:g}/month. Pay below; your agent starts as soon as the "
@@ -675,7 +679,6 @@ TIMEZONE_USAGE = "Use /timezone Area/City, e.g. /timezone America/New_York."
 TIMEZONE_BAD = "“{tz}” is not a time zone I know. Use Area/City, e.g. /timezone Europe/Paris."
 TIMEZONE_SET = "Time zone set to {tz}. {scheduled} waiting task(s) scheduled."
 
-
 # -- conversations: /compact, /new, /history (issue 14) -------------------------------------
 
 COMPACTED = (
@@ -716,3 +719,9 @@ EXPORT_TITLE = "Conversation exported by byokbot on {when}"
 EXPORT_SUMMARY = "Summary of the earlier messages (compacted):"
 EXPORT_PERSON = "You"
 EXPORT_AGENT = "Agent"
+
+# ----- billing2 (issue 15): plan changes at Stripe -------------------------------------------
+BILLING_PLAN_CHANGE_FAILED = (
+    "I couldn't change your subscription at Stripe just now, so your plan stays as it is. "
+    "Please try /plan again in a few minutes."
+)

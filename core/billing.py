@@ -30,6 +30,7 @@ from core.db import Database
 from core.db.models import BillingEventRow, PaymentRow, SubscriptionRow, TrialUseRow
 from core.errors import TenantError
 from core.ports import Agents, Clock
+from core.proxy_tokens import forget_everywhere, record_revocation
 from core.tenants import Tenants, TenantStatus, TenantView
 
 log = logging.getLogger("byokbot.billing")
@@ -108,6 +109,19 @@ def _view(row: SubscriptionRow) -> Subscription:
     )
 
 
+def _due_at(row: SubscriptionRow, reminder_days: float) -> datetime | None:
+    """When ``tick`` next has to look at ``row``: reminder, period end or grace end."""
+    state, end = row.state, _aware(row.period_end)
+    if state == SubState.PAST_DUE.value:
+        return _aware(row.grace_until)
+    if state not in (SubState.TRIAL.value, SubState.ACTIVE.value) or end is None:
+        return None
+    reminds = row.auto_renew or state == SubState.TRIAL.value
+    if reminds and reminder_days > 0 and _aware(row.reminded_for) != end:
+        return end - timedelta(days=reminder_days)
+    return end
+
+
 def day(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "—"
 
@@ -136,6 +150,9 @@ class Billing:
         # entry once committed, another replica's within the time limit or at once through
         # ``changed`` (core.changes).
         self._subs: TTLCache[str, Subscription | None] = TTLCache(ttl=5.0)
+        # The card provider (Stripe), when configured: plan changes of its subscriptions are
+        # made there, so what it charges and what byokbot grants agree.
+        self.cards: CheckoutLinks | None = None
 
     # ----- reading -------------------------------------------------------------------------
 
@@ -286,6 +303,7 @@ class Billing:
             if event_at is not None:
                 row.last_event_at = event_at
             row.updated_at = now
+            row.due_at = _due_at(row, self._settings.reminder_days)
             audit.record(
                 s,
                 at=now,
@@ -298,7 +316,14 @@ class Billing:
             )
             await announce(s, BILLING, tenant_id)
             await s.flush()
-            return _view(row), before
+            trial_changed = (before is SubState.TRIAL) != (row.state == SubState.TRIAL.value)
+            if trial_changed:
+                # The proxy caches whether a token's tenant is in a trial (its smaller cap).
+                await record_revocation(s)
+            view = _view(row)
+        if trial_changed:
+            forget_everywhere(tenant_id)
+        return view, before
 
     async def _tell(self, tenant_id: str, kind: str, **params: str) -> None:
         if self.notices is None:
@@ -608,7 +633,26 @@ class Billing:
             or current.provider == "trial"
         ):
             return "now"
-        if self._settings.plan_change == "period_end":
+        prorate = self._settings.plan_change == "prorate"
+        price = self._settings.plan(plan).stripe_price
+        if current.provider == "stripe" and current.external_id and self.cards and price:
+            # Stripe charges for the change (or not) by proration_behavior; byokbot follows.
+            await self.cards.change_price(
+                current.external_id, tenant_id=tenant_id, plan=plan, price=price, prorate=prorate
+            )
+            if prorate:
+                await self._switch_plan(tenant_id, plan, actor)
+                await self._save(
+                    tenant_id,
+                    actor=actor,
+                    action="billing.plan_prorated",
+                    detail={"from": current.plan, "to": plan, "by": "stripe"},
+                    plan=plan,
+                    pending_plan=None,
+                )
+                await self._tell(tenant_id, "plan_prorated_card", plan=plan)
+                return "prorated"
+        if not prorate:
             await self._save(
                 tenant_id,
                 actor=actor,
@@ -638,28 +682,48 @@ class Billing:
 
     # ----- time passing --------------------------------------------------------------------
 
-    async def tick(self) -> int:
-        """Move every subscription on by the clock; returns how many transitions it made."""
+    async def tick(self, *, batch: int = 500) -> int:
+        """Move due subscriptions on by the clock; returns how many transitions it made.
+
+        Reads only rows whose ``due_at`` has come (an indexed range, ``batch`` at a time), so a
+        round costs what is due, not the number of subscriptions.
+        """
         now = self._clock.now()
         moved = 0
-        async with self._db.session() as s:
-            rows = (
-                await s.scalars(
-                    select(SubscriptionRow).where(
-                        SubscriptionRow.state.in_(
-                            [SubState.TRIAL.value, SubState.ACTIVE.value, SubState.PAST_DUE.value]
-                        )
+        seen: set[str] = set()
+        while True:
+            async with self._db.session() as s:
+                rows = (
+                    await s.scalars(
+                        select(SubscriptionRow)
+                        .where(SubscriptionRow.due_at <= now)
+                        .order_by(SubscriptionRow.due_at)
+                        .limit(batch)
                     )
-                )
-            ).all()
-            subs = [_view(r) for r in rows]
-            reminded = {r.tenant_id: _aware(r.reminded_for) for r in rows}
-        for sub in subs:
-            try:
-                moved += await self._advance(sub, now, reminded.get(sub.tenant_id))
-            except TenantError:
-                continue  # deleted meanwhile
-        return moved
+                ).all()
+                fresh = [r for r in rows if r.tenant_id not in seen]
+                subs = [_view(r) for r in fresh]
+                reminded = {r.tenant_id: _aware(r.reminded_for) for r in fresh}
+            for sub in subs:
+                seen.add(sub.tenant_id)
+                try:
+                    made = await self._advance(sub, now, reminded.get(sub.tenant_id))
+                except TenantError:
+                    made = 0  # deleted meanwhile
+                if not made:
+                    await self._reschedule(sub.tenant_id, now)
+                moved += made
+            if len(rows) < batch or not fresh:
+                return moved
+
+    async def _reschedule(self, tenant_id: str, now: datetime) -> None:
+        """A due row with nothing to do (a migrated row, a deleted tenant): set its next time."""
+        async with self._db.session() as s, s.begin():
+            row = await s.get(SubscriptionRow, tenant_id, with_for_update=True)
+            if row is None:
+                return
+            due = _due_at(row, self._settings.reminder_days)
+            row.due_at = due if due is not None and due > now else None
 
     async def _advance(self, sub: Subscription, now: datetime, reminded: datetime | None) -> int:
         end, settings = sub.period_end, self._settings
@@ -697,10 +761,11 @@ class Billing:
         due = end - timedelta(days=settings.reminder_days)
         if now >= due and reminded != end and (sub.auto_renew or sub.state is SubState.TRIAL):
             async with self._db.session() as s, s.begin():
+                # Reminded: next due at the period's end.
                 await s.execute(
                     update(SubscriptionRow)
                     .where(SubscriptionRow.tenant_id == sub.tenant_id)
-                    .values(reminded_for=end)
+                    .values(reminded_for=end, due_at=end)
                 )
                 audit.record(
                     s,
@@ -783,3 +848,9 @@ class CheckoutLinks(Protocol):
     async def portal_link(self, customer_id: str) -> str: ...
 
     async def cancel_subscription(self, external_id: str) -> None: ...
+
+    async def change_price(
+        self, external_id: str, *, tenant_id: str, plan: str, price: str, prorate: bool
+    ) -> None:
+        """Move the provider's subscription to ``price``, prorated now or from its renewal."""
+        ...

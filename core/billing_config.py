@@ -28,8 +28,8 @@ class PlanBilling:
     stars: int | None = None
     stripe_price: str = ""
     trial_days: float = 0.0
-    # A managed plan's trial spends less of the platform's budget than a paid month
-    # (checked before each message, so the last trial reply may overshoot it by one reply).
+    # A managed plan's trial spends less of the platform's budget than a paid month: a hard
+    # cap, reserved against at the proxy like the monthly one.
     trial_token_cap: int | None = None
 
 
@@ -70,6 +70,13 @@ class BillingSettings:
         return tuple(
             name for name, on in (("stars", self.stars), ("stripe", self.stripe.enabled)) if on
         )
+
+    @property
+    def trial_caps(self) -> dict[str, int]:
+        """Plan id -> the token cap of its trial, for the plans that set one."""
+        return {
+            pid: p.trial_token_cap for pid, p in self.plans.items() if p.trial_token_cap is not None
+        }
 
     def plan(self, plan_id: str) -> PlanBilling:
         return self.plans.get(plan_id) or PlanBilling(plan=plan_id)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -232,6 +233,15 @@ def _percent(tokens: int, micros: int, token_cap: int | None, usd_cap: float | N
     return pct
 
 
+def _capped(plan: PlanSettings, token_cap: int | None) -> PlanSettings:
+    """``plan`` with its token cap lowered to ``token_cap`` (a trial's), if that is smaller."""
+    if token_cap is None or (
+        plan.monthly_token_cap is not None and plan.monthly_token_cap <= token_cap
+    ):
+        return plan
+    return dataclasses.replace(plan, monthly_token_cap=token_cap)
+
+
 def _micros(usd: float) -> int:
     return round(usd * MICROS)
 
@@ -297,18 +307,23 @@ class Budget:
 
     # --- the request path -------------------------------------------------------------------
 
-    async def reserve(self, tenant_id: str, plan_id: str, estimate: Cost) -> Reservation:
+    async def reserve(
+        self, tenant_id: str, plan_id: str, estimate: Cost, *, token_cap: int | None = None
+    ) -> Reservation:
         """Reserve ``estimate`` against the tenant's caps and count one request this minute.
 
-        Raises ``CapReached``, ``RateLimitExceeded`` or ``NotMetered``.
+        ``token_cap`` (a trial's smaller allowance) replaces the plan's monthly token cap when
+        it is smaller, in the same atomic statement. Raises ``CapReached``,
+        ``RateLimitExceeded`` or ``NotMetered``.
         """
-        plan = self._plan(plan_id)
+        monthly = self._plan(plan_id)
+        plan = _capped(monthly, token_cap)
         # Counted before the first await, so ``likely_admits`` sees every reservation in flight.
         tokens, micros = _cost(estimate)
         t, u, n = self._pending.get(tenant_id, (0, 0, 0))
         self._pending[tenant_id] = (t + tokens, u + micros, n + 1)
         try:
-            return await self._reserve(tenant_id, plan, estimate)
+            return await self._reserve(tenant_id, plan, estimate, alert=plan is monthly)
         finally:
             t, u, n = self._pending[tenant_id]
             if n == 1:
@@ -316,7 +331,9 @@ class Budget:
             else:
                 self._pending[tenant_id] = (t - tokens, u - micros, n - 1)
 
-    async def _reserve(self, tenant_id: str, plan: PlanSettings, estimate: Cost) -> Reservation:
+    async def _reserve(
+        self, tenant_id: str, plan: PlanSettings, estimate: Cost, *, alert: bool = True
+    ) -> Reservation:
         for _ in range(3):
             now = self._clock.now()
             period, minute = period_of(now), int(now.timestamp() // 60)
@@ -334,7 +351,7 @@ class Budget:
                 await self._prepare(tenant_id, period, now)
                 continue
             # The row exists and is current: the refusal is real unless room appeared since.
-            await self._refuse(row, plan, estimate, period, minute, now)
+            await self._refuse(row, plan, estimate, period, minute, now, alert=alert)
         raise BudgetError(f"tenant {tenant_id}: reservation did not settle after retries")
 
     async def _reserve_row(
@@ -397,7 +414,9 @@ class Budget:
             )
         )
 
-    def likely_admits(self, tenant_id: str, plan_id: str, estimate: Cost) -> bool:
+    def likely_admits(
+        self, tenant_id: str, plan_id: str, estimate: Cost, *, token_cap: int | None = None
+    ) -> bool:
         """Whether this process last saw ample room (4x the estimate, 2 requests this minute).
 
         Counts what this process has in flight on top of the last reservation's figures.
@@ -409,6 +428,7 @@ class Budget:
         hint, plan = self._hints.get(tenant_id), self._plans.get(plan_id)
         if hint is None or plan is None or plan.byok:
             return False
+        plan = _capped(plan, token_cap)
         used_t, used_u, minute, requests = hint
         pending_t, pending_u, pending_n = self._pending.get(tenant_id, (0, 0, 0))
         used_t, used_u, requests = used_t + pending_t, used_u + pending_u, requests + pending_n
@@ -455,6 +475,8 @@ class Budget:
         period: date,
         minute: int,
         now: datetime,
+        *,
+        alert: bool = True,
     ) -> None:
         tenant_id = row.tenant_id
         if row.window_minute == minute and row.window_requests >= plan.requests_per_minute:
@@ -470,10 +492,13 @@ class Budget:
             plan.monthly_usd_cap
         ):
             return
-        # Nothing fits any more: the tenant has, in effect, reached the cap.
-        await self._maybe_alert(
-            tenant_id, plan, 100, row.tokens_spent, row.usd_micros_spent, period
-        )
+        # Nothing fits any more: the tenant has, in effect, reached the cap. A trial's cap is
+        # not the month's allowance: the bot words that refusal, and the month's 100% alert
+        # stays unclaimed for after the trial is paid for.
+        if alert:
+            await self._maybe_alert(
+                tenant_id, plan, 100, row.tokens_spent, row.usd_micros_spent, period
+            )
         raise CapReached(tenant_id, which, next_period(period))
 
     async def settle(self, reservation: Reservation, actual: Cost, *, plan_id: str) -> None:

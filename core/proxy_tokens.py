@@ -55,12 +55,12 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
 from core.db import Database
-from core.db.models import ProxyRevocationRow, ProxyTokenRow, TenantRow
+from core.db.models import ProxyRevocationRow, ProxyTokenRow, SubscriptionRow, TenantRow
 from core.ports import Clock
 from core.secret import Secret
 
@@ -72,8 +72,10 @@ REVOCATION_CHECK_SECONDS: Final = 0.5
 _LIVE: weakref.WeakSet[ProxyTokens] = weakref.WeakSet()
 
 _LOOKUP_SQL: Final = """
-SELECT t.token_hash, n.id, n.plan, n.status, n.paused
+SELECT t.token_hash, n.id, n.plan, n.status, n.paused,
+       s.state = 'trial' AND s.plan = n.plan
 FROM proxy_tokens AS t JOIN tenants AS n ON n.id = t.tenant_id
+LEFT JOIN subscriptions AS s ON s.tenant_id = n.id
 WHERE t.token_hash = ?
 """
 _GENERATION_SQL: Final = "SELECT generation FROM proxy_revocations WHERE id = 1"
@@ -131,6 +133,8 @@ class TokenOwner:
     plan: str
     status: str
     paused: bool
+    # In a trial of its plan: the proxy holds it to the plan's smaller trial cap.
+    trial: bool = False
 
 
 class ProxyTokens:
@@ -297,7 +301,11 @@ class ProxyTokens:
                 self._cache.pop(digest, None)  # a refresh found it retired
             return None
         owner = TokenOwner(
-            tenant_id=str(row[1]), plan=str(row[2]), status=str(row[3]), paused=bool(row[4])
+            tenant_id=str(row[1]),
+            plan=str(row[2]),
+            status=str(row[3]),
+            paused=bool(row[4]),
+            trial=bool(row[5]),
         )
         if self._cache_seconds and epoch == self._epoch:
             if len(self._cache) >= _CACHE_MAX:
@@ -315,8 +323,12 @@ class ProxyTokens:
                         TenantRow.plan,
                         TenantRow.status,
                         TenantRow.paused,
+                        and_(
+                            SubscriptionRow.state == "trial", SubscriptionRow.plan == TenantRow.plan
+                        ),
                     )
                     .join(TenantRow, TenantRow.id == ProxyTokenRow.tenant_id)
+                    .outerjoin(SubscriptionRow, SubscriptionRow.tenant_id == TenantRow.id)
                     .where(ProxyTokenRow.token_hash == digest)
                 )
             ).first()

@@ -286,3 +286,84 @@ def test_a_byok_plan_is_free_unless_a_provider_prices_it() -> None:
     assert free.billing.payable("byok") == ()
     priced = config()
     assert priced.billing.payable("byok") == ("stars",)
+
+
+async def test_tick_reads_only_the_subscriptions_that_are_due(world: World) -> None:
+    """The billing job's cost is what is due, not how many subscriptions there are."""
+    from sqlalchemy import event
+
+    from core.db.models import SubscriptionRow
+
+    w = world
+    tids = [await sign_up(w, str(100 + i)) for i in range(40)]
+    for i, tid in enumerate(tids):
+        # Periods ending 10..49 days from now; grants do not renew, so nothing is reminded.
+        await w.billing.grant(tid, "managed", 10 + i, actor="op")
+    loaded: list[str] = []
+
+    def on_load(target: SubscriptionRow, _context: object) -> None:
+        loaded.append(target.tenant_id)
+
+    event.listen(SubscriptionRow, "load", on_load)
+    try:
+        w.clock.advance(1 * DAY)
+        assert await w.billing.tick() == 0
+        assert loaded == [], f"{len(loaded)} subscriptions read while none was due"
+        w.clock.advance(11.5 * DAY)  # the first three periods have ended
+        assert await w.billing.tick() == 3
+        assert set(loaded) == set(tids[:3])
+        loaded.clear()
+        assert await w.billing.tick() == 0
+        assert loaded == []
+    finally:
+        event.remove(SubscriptionRow, "load", on_load)
+    cancelled = [(await w.billing.get(t)) for t in tids[:4]]
+    assert [s.state if s else None for s in cancelled] == [SubState.CANCELLED] * 3 + [
+        SubState.ACTIVE
+    ]
+
+
+async def test_a_trial_cap_replaces_a_larger_monthly_cap_at_reservation(db_url: str) -> None:
+    from core.budget import Budget, CapReached, Cost, RecordingAlertSink
+
+    cfg = parse_config(
+        {
+            "plans": {
+                "managed": {"byok": False, "models": ["m"], "monthly_token_cap": 10_000},
+            },
+            "proxy": {
+                "enabled": True,
+                "models": {
+                    "m": {
+                        "upstream": "anthropic",
+                        "input_usd_per_mtok": 1,
+                        "output_usd_per_mtok": 1,
+                    }
+                },
+            },
+        },
+        source="test.toml",
+        base_dir=Path("."),
+    )
+    w = await make_world(db_url, cfg)
+    try:
+        tid = await sign_up(w)
+        sink = RecordingAlertSink()
+        budget = Budget(w.db, cfg.plans, w.clock, sink=sink)
+        r = await budget.reserve(tid, "managed", Cost(100, 100), token_cap=250)
+        await budget.settle(r, Cost(100, 100), plan_id="managed")
+        await budget.reserve(tid, "managed", Cost(100, 100), token_cap=250)
+        with pytest.raises(CapReached):
+            await budget.reserve(tid, "managed", Cost(100, 100), token_cap=250)
+        # The trial's refusal is not the month's allowance used up: no 100% alert, and the
+        # month's alert stays unclaimed for after the trial is paid for.
+        assert sink.alerts == []
+        # Without the trial's cap the plan's own applies; a larger "cap" never raises it.
+        await budget.reserve(tid, "managed", Cost(100, 100))
+        assert not budget.likely_admits(tid, "managed", Cost(100, 100), token_cap=250)
+        with pytest.raises(CapReached):
+            await budget.reserve(tid, "managed", Cost(9_800, 9_800), token_cap=1_000_000)
+        assert [pct for _, pct, _, _ in sink.alerts] == [100]
+        assert sink.alerts[0][3].tokens == 10_000
+    finally:
+        await w.db.dispose()

@@ -100,6 +100,28 @@ class StripeGateway:
         )
         return str(session.url)
 
+    async def change_price(
+        self, external_id: str, *, tenant_id: str, plan: str, price: str, prorate: bool
+    ) -> None:
+        """Move the subscription's item to ``price``: prorated now, or from the next invoice.
+
+        ``proration_behavior`` "create_prorations" puts the difference for the rest of the
+        period on the next invoice; "none" leaves this period as paid and bills the new price
+        from the next renewal. The metadata's plan follows, so later invoices name it.
+        """
+        sub = await self._client.v1.subscriptions.retrieve_async(external_id)
+        item = _get(sub, "items", "data", 0, "id")
+        if not item:
+            raise stripe.StripeError(f"Stripe subscription {external_id} has no item to change")
+        await self._client.v1.subscriptions.update_async(
+            external_id,
+            {
+                "items": [{"id": str(item), "price": price}],
+                "proration_behavior": "create_prorations" if prorate else "none",
+                "metadata": {"tenant_id": tenant_id, "plan": plan},
+            },
+        )
+
     async def cancel_subscription(self, external_id: str) -> None:
         """Cancel now (an erased account); Stripe then sends customer.subscription.deleted."""
         await self._client.v1.subscriptions.cancel_async(external_id)

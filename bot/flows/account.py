@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from bot import texts
@@ -13,6 +14,8 @@ from core.config import PlanSettings
 from core.credentials import KeyInfo
 from core.errors import IntakeError, PlanError
 from core.tenants import TenantStatus, TenantView
+
+log = logging.getLogger("byokbot.account")
 
 
 def _plan_buttons(turn: Turn) -> list[list[Button]]:
@@ -89,6 +92,8 @@ async def handle_plan(turn: Turn) -> Outcome | None:
     )
     if s.billing is not None and not await s.billing.entitled(tenant):
         await billing.entitled_or_offer(turn, tenant, plan)
+    else:
+        await billing.offer_in_trial(turn, tenant, plan)
     return None
 
 
@@ -127,9 +132,15 @@ async def choose_plan(turn: Turn, plan_id: str) -> Outcome | None:
             if s.billing is not None and not await s.billing.entitled(tenant):
                 return await set_up(turn, tenant, plan)
             await turn.say(texts.PLAN_SAME.format(plan=plan.name))
+            await billing.offer_in_trial(turn, tenant, plan)
             return None
         if s.billing is not None:
-            change = await s.billing.change_plan(tenant.id, plan.id, actor=turn.actor)
+            try:
+                change = await s.billing.change_plan(tenant.id, plan.id, actor=turn.actor)
+            except Exception as exc:  # the card provider is down or refused: nothing changed
+                log.warning("plan change of %s failed: %s", tenant.id, exc, exc_info=True)
+                await turn.say(texts.BILLING_PLAN_CHANGE_FAILED)
+                return Outcome(refused=True)
             if change != "now":
                 return None  # told by the billing notice: pending, or prorated and switched
         tenant = await s.tenants.set_plan(tenant.id, plan.id, actor=turn.actor)

@@ -90,9 +90,10 @@ async def handle_message(turn: Turn) -> Outcome | None:
         name = plans.get(tenant.plan).name if tenant.plan in plans else tenant.plan
         raise Refusal(texts.BILLING_NEEDS_PAYMENT.format(plan=name))
     budget = turn.services.budget
+    cap: int | None = None
     if billing is not None and budget is not None:
         cap = await billing.trial_cap(tenant)
-        # Checked per message: the trial's last reply may overshoot the allowance by one reply.
+        # The proxy enforces the cap on every request; this check words it for the person.
         if cap is not None and (await budget.summary(tenant.id, tenant.plan)).spent.tokens >= cap:
             raise Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap))
     managed = tenant.plan in plans and not plans.get(tenant.plan).byok
@@ -115,6 +116,9 @@ async def handle_message(turn: Turn) -> Outcome | None:
             return None
         except AgentUnavailable as exc:
             timer.done("unavailable")
+            if exc.reason == "cap_reached" and cap is not None:
+                # The proxy held the trial to its smaller cap: word it as the trial's.
+                raise Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap)) from None
             raise Refusal(unavailable_text(exc, model=tenant.model, managed=managed)) from None
 
         async def chunks() -> AsyncIterator[str]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from bot import texts
 from bot.flows.base import Refusal, Services, Turn, button, tag_buttons
 from core.access import Invite
-from core.billing import Subscription, day
+from core.billing import Subscription, SubState, day
 from core.chat import Button, ButtonStyle, ChatRef, Outcome, Platform, Reply, UserRef
 from core.config import PlanSettings
 from core.errors import TenantError
@@ -174,6 +174,19 @@ async def entitled_or_offer(turn: Turn, tenant: TenantView, plan: PlanSettings) 
         return True
     await offer(turn, tenant, plan)
     return False
+
+
+async def offer_in_trial(turn: Turn, tenant: TenantView, plan: PlanSettings) -> None:
+    """Payment buttons while a trial of ``plan`` runs: it may be paid for at any time.
+
+    The trial cap's words send the person to /plan, so /plan must offer the payment.
+    """
+    s = turn.services
+    sub = await s.billing.get(tenant.id) if s.billing is not None else None
+    if sub is None or sub.state is not SubState.TRIAL or sub.plan != plan.id:
+        return
+    if s.config.billing.payable(plan.id):
+        await offer(turn, tenant, plan)
 
 
 async def offer(turn: Turn, tenant: TenantView, plan: PlanSettings) -> None:

@@ -332,6 +332,9 @@ class SubscriptionRow(Base):
     # The provider's time of the newest event applied: older ones arriving late change nothing.
     last_event_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime]
+    # When the billing job next has something to do here (a reminder, the period's end, the
+    # grace's end); None when nothing will happen by time alone. The job reads only due rows.
+    due_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
 
 
 class PaymentRow(Base):

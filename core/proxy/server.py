@@ -145,6 +145,7 @@ class _Admitted:
     route: ModelRoute
     upstream: UpstreamSettings
     estimate: Cost
+    token_cap: int | None  # a trial's cap, below the plan's monthly one
     input_estimate: int
     body: dict[str, Any]
     stream: bool
@@ -164,6 +165,8 @@ class ProxyServer:
         tokens: an existing ``ProxyTokens``; built if omitted. Pass the bot's own instance
             when the proxy runs inside ``byokbot run``, so its revocations skip the cache.
         sink: where usage alerts go when the budget is built here.
+        trial_caps: plan id -> the token cap of a trial of that plan; a tenant in a trial
+            is held to it at reservation, as to the monthly cap.
     """
 
     def __init__(
@@ -177,9 +180,11 @@ class ProxyServer:
         budget: Budget | None = None,
         tokens: ProxyTokens | None = None,
         sink: AlertSink | None = None,
+        trial_caps: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = settings
         self._plans = plans
+        self._trial_caps = dict(trial_caps or {})
         self._clock = clock or SystemClock()
         self._keys: dict[str, Secret] = load_upstream_keys(settings, env)
         # Per upstream, built once: the URL and headers (with the platform key) of every call.
@@ -313,7 +318,7 @@ class ProxyServer:
                 log.warning("proxy: refused %d %s: %s", r.status, r.error_type, r.message)
             return _error(api, r.status, r.error_type, r.message, headers=r.headers)
         early: asyncio.Task[aiohttp.ClientResponse] | None = None
-        if self.budget.likely_admits(a.tenant_id, a.plan_id, a.estimate):
+        if self.budget.likely_admits(a.tenant_id, a.plan_id, a.estimate, token_cap=a.token_cap):
             # Ample room last time: open the upstream call while the reservation commits, so
             # its cost hides behind the provider's time to first token. Nothing is relayed
             # before the reservation succeeds; if it fails, the call is dropped.
@@ -346,7 +351,9 @@ class ProxyServer:
 
     async def _reserve(self, a: _Admitted) -> Reservation:
         try:
-            return await self.budget.reserve(a.tenant_id, a.plan_id, a.estimate)
+            return await self.budget.reserve(
+                a.tenant_id, a.plan_id, a.estimate, token_cap=a.token_cap
+            )
         except CapReached as exc:
             BUDGET_REFUSALS.labels("cap").inc()
             raise _Refusal(
@@ -425,6 +432,7 @@ class ProxyServer:
             route=route,
             upstream=upstream,
             estimate=estimate,
+            token_cap=self._trial_caps.get(plan.id) if owner.trial else None,
             input_estimate=input_estimate,
             body=body,
             stream=stream,

@@ -64,6 +64,8 @@ class FakeStripe:
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
+    # price id -> monthly amount in cents, for proration on a price change
+    prices: dict[str, int] = field(default_factory=dict)
     port: int = 0
     _runner: web.AppRunner | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -77,6 +79,8 @@ class FakeStripe:
         app.router.add_post("/v1/checkout/sessions", self._checkout)
         app.router.add_post("/v1/billing_portal/sessions", self._portal)
         app.router.add_delete("/v1/subscriptions/{sub}", self._cancel_now)
+        app.router.add_get("/v1/subscriptions/{sub}", self._retrieve)
+        app.router.add_post("/v1/subscriptions/{sub}", self._update)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -147,6 +151,48 @@ class FakeStripe:
             return web.json_response(body, status=404)
         return web.json_response(self._subscription_object(sub, status="canceled"))
 
+    async def _retrieve(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        self.requests.append(Request(request.path, {}, key))
+        if key != self.api_key:
+            body = {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}
+            return web.json_response(body, status=401)
+        sub = self.subscriptions.get(request.match_info["sub"])
+        if sub is None:
+            body = {"error": {"type": "invalid_request_error", "message": "No such subscription"}}
+            return web.json_response(body, status=404)
+        return web.json_response(self._subscription_object(sub))
+
+    async def _update(self, request: web.Request) -> web.Response:
+        """A price change as Stripe makes it: the item's price now; with proration_behavior
+        "create_prorations" the difference for the rest of the period is a pending invoice
+        item (``sub["prorations"]``) that the next invoice carries; with "none" nothing."""
+        form, refused = await self._form(request)
+        if refused is not None:
+            return refused
+        sub = self.subscriptions.get(request.match_info["sub"])
+        if sub is None:
+            body = {"error": {"type": "invalid_request_error", "message": "No such subscription"}}
+            return web.json_response(body, status=404)
+        if form.get("items[0][id]") not in (None, f"si_{sub['id']}"):
+            body = {"error": {"type": "invalid_request_error", "message": "No such item"}}
+            return web.json_response(body, status=400)
+        if "items[0][price]" in form:
+            old, new = sub["price"], form["items[0][price]"]
+            sub["price"] = new
+            behavior = form.get("proration_behavior", "create_prorations")
+            sub.setdefault("prorations", [])
+            if behavior != "none" and old != new:
+                left = max(0, sub["period_end"] - int(time.time())) / sub["period_seconds"]
+                old_amount = self.prices.get(old, sub["amount"])
+                new_amount = self.prices.get(new, sub["amount"])
+                sub["prorations"].append(round((new_amount - old_amount) * left))
+            sub["amount"] = self.prices.get(new, sub["amount"])
+        meta = _nested(form, "metadata")
+        if meta:
+            sub["metadata"] = {**sub["metadata"], **meta}
+        return web.json_response(self._subscription_object(sub))
+
     # ----- Stripe's side ---------------------------------------------------------------------
 
     def session_of(self, url: str) -> dict[str, Any]:
@@ -199,12 +245,16 @@ class FakeStripe:
 
     def _invoice(self, sub: dict[str, Any], *, paid: bool) -> dict[str, Any]:
         end = int(time.time()) + int(sub["period_seconds"])
+        # A paid invoice settles the prorations pending since the last one.
+        due = sub["amount"] + sum(sub.get("prorations", []))
+        if paid:
+            sub["prorations"] = []
         return {
             "id": self._id("in"),
             "object": "invoice",
             "customer": sub["customer"],
-            "amount_paid": sub["amount"] if paid else 0,
-            "amount_due": sub["amount"],
+            "amount_paid": due if paid else 0,
+            "amount_due": due,
             "currency": "usd",
             "status": "paid" if paid else "open",
             "parent": {
@@ -228,7 +278,14 @@ class FakeStripe:
             "metadata": sub["metadata"],
             "items": {
                 "object": "list",
-                "data": [{"price": {"id": sub["price"]}, "current_period_end": sub["period_end"]}],
+                "data": [
+                    {
+                        "id": f"si_{sub['id']}",
+                        "object": "subscription_item",
+                        "price": {"id": sub["price"]},
+                        "current_period_end": sub["period_end"],
+                    }
+                ],
             },
         }
 
