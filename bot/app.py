@@ -48,6 +48,7 @@ from core.health import HealthServer
 from core.inbox import DatabaseInbox, LateInbox
 from core.intake import Intake
 from core.livechecks import LiveChecks
+from core.mcp_servers import McpServers
 from core.plans import PlanCatalog
 from core.ports import (
     Agents,
@@ -260,10 +261,16 @@ class App:
         self.tasks = BotTasks(
             DatabaseTasks(self.db, credentials, self.clock), tenants, plans, messengers
         )
+        mcp_servers = McpServers(self.db, credentials, self.clock)
         if self.agents is None and self.agent_runtime:
             self.supervisor = AgentSupervisor(
                 DatabaseProfiles(
-                    self.config, plans, tenants, credentials, managed=self.proxy_access
+                    self.config,
+                    plans,
+                    tenants,
+                    credentials,
+                    managed=self.proxy_access,
+                    mcp=mcp_servers,
                 ),
                 DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping),
                 deferred_usage,
@@ -273,6 +280,7 @@ class App:
                 tools=tool_config(self.config, self.env),
                 notes=notes,
                 tasks=self.tasks,
+                confirm_timeout=self.config.mcp.confirm_timeout_seconds,
             )
             self.agents = self.supervisor
         self.services = Services(
@@ -291,6 +299,7 @@ class App:
             agents=self.agents or UnavailableAgents(),
             notes=notes,
             tasks=self.tasks.store,
+            mcp=mcp_servers,
             clock=self.clock,
             messengers=messengers,
             usage=usage,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot import texts
-from bot.flows import account, admin, agent, billing, cancel, keys, tasks, whoami
+from bot.flows import account, admin, agent, billing, cancel, keys, mcp, tasks, whoami
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.flowstate import FlowState
@@ -46,6 +46,7 @@ COMMANDS: dict[str, Handler] = {
     "memory": agent.handle_memory,
     "tasks": tasks.handle_tasks,
     "timezone": tasks.handle_timezone,
+    "mcp": mcp.handle_mcp,
     "admin": admin.handle_admin,
     "cancel": cancel.handle_cancel,
     "whoami": whoami.handle_whoami,
@@ -62,6 +63,7 @@ BUTTONS: dict[str, ButtonHandler] = {
     "task": tasks.on_task_button,
     "cancel": cancel.on_cancel_button,
     "acc": billing.on_access_button,
+    mcp.CONFIRM_ACTION: mcp.on_confirm_button,
 }
 
 # Payments are answered at once: no rate limit, no conversation lock (Telegram gives a
@@ -237,8 +239,11 @@ class Router:
             if first_refusal:
                 await self._answer_safely(event, texts.SLOW_DOWN)
             return Outcome(refused=True)
-        if event.kind is EventKind.COMMAND and event.command in LOCK_FREE_COMMANDS:
-            # /stop must reach a reply that is streaming under the conversation's lock.
+        if (event.kind is EventKind.COMMAND and event.command in LOCK_FREE_COMMANDS) or (
+            event.kind is EventKind.BUTTON and mcp.is_confirm_press(event.payload)
+        ):
+            # /stop and an MCP tool's Allow / Deny must reach a reply that is streaming under
+            # the conversation's lock.
             return await self._turn(event, leaked)
         lock = await self._locks(event.conversation_key)
         async with lock:

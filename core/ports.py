@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from core.chat import ChatRef, Event, MessageRef, Outcome, Platform, Reply, SecretRequest, UserRef
-from core.runtime.ports import ToolObserver
+from core.runtime.ports import ToolConfirmer, ToolObserver
 
 EventHandler = Callable[[Event], Awaitable[Outcome]]
 """What an adapter calls for every translated event (the router's ``dispatch``)."""
@@ -135,7 +135,9 @@ class Agents(Protocol):
     ``core.errors.AgentUnavailable`` (with a short ``reason`` code that ``bot/texts.py``
     turns into words) when the agent cannot answer. ``conversation`` is the neutral chat's
     conversation key, so each chat keeps its own memory. ``on_tool`` is told when the agent
-    starts and ends a tool, so the chat can show what it is doing meanwhile.
+    starts and ends a tool, so the chat can show what it is doing meanwhile; ``on_confirm``
+    asks the person before an MCP tool that is not read-only runs (without it, such a tool
+    is refused).
     """
 
     def reply(
@@ -145,6 +147,7 @@ class Agents(Protocol):
         text: str,
         *,
         on_tool: ToolObserver | None = None,
+        on_confirm: ToolConfirmer | None = None,
     ) -> AsyncIterator[str]: ...
 
     async def cancel(self, tenant_id: str, conversation: str) -> bool:
@@ -174,6 +177,7 @@ class UnavailableAgents:
         text: str,
         *,
         on_tool: ToolObserver | None = None,
+        on_confirm: ToolConfirmer | None = None,
     ) -> AsyncIterator[str]:
         from core.errors import AgentUnavailable
 

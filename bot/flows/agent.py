@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 from bot import texts
 from bot.alerts import cap_text
 from bot.charts import usage_chart
+from bot.flows import mcp
 from bot.flows.base import Refusal, Turn, button
 from bot.replytimer import ReplyTimer
 from core.agent_data import current_model
@@ -101,7 +103,13 @@ async def handle_message(turn: Turn) -> Outcome | None:
     timer = ReplyTimer(turn.user.platform.value)
     await turn.messenger.typing(turn.chat)
     status = StatusLine(turn)
-    stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text, on_tool=status.on_tool)
+    stream = agents.reply(
+        tenant.id,
+        conversation_of(turn),
+        turn.event.text,
+        on_tool=status.on_tool,
+        on_confirm=functools.partial(mcp.ask, turn),
+    )
     try:
         try:
             # The first chunk decides between a streamed reply and a clear refusal.

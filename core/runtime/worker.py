@@ -23,6 +23,7 @@ import importlib
 import json
 import os
 import resource
+import secrets
 import signal
 import socket
 import ssl
@@ -81,6 +82,10 @@ _LAZY_IMPORTS: Final = (
     # confined agent whose uid cannot read the interpreter's directory could not import
     # them at its first fetch. Shared template pages: no cost to an agent that never fetches.
     "trafilatura",
+    # The official MCP SDK's client (and its httpx2): same reason, for the MCP servers' tools.
+    "mcp.client.client",
+    "mcp.client.streamable_http",
+    "core.runtime.tools.mcp",
 )
 
 
@@ -292,8 +297,13 @@ class Worker:
         *,
         http: httpx.AsyncClient,
         tools: protocol.ToolConfig | None = None,
+        mcp: tuple[protocol.McpServer, ...] = (),
+        confirm_timeout: float = 120.0,
     ) -> None:
         self._writer = writer
+        self._mcp = mcp
+        self._confirm_timeout = confirm_timeout
+        self._confirms: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self._client = client
         self._timeout = timeout
         self._http = http
@@ -325,17 +335,50 @@ class Worker:
                 task = self._tasks.get(msg.id)
                 if task is not None:
                     task.cancel()
+            elif isinstance(msg, protocol.Confirmed):
+                waiting = self._confirms.get((msg.id, msg.call))
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(msg.allow)
             else:
                 raise ProtocolError("unexpected message after configure")
         # End of input: the supervisor retired us. Finish what is in flight, then exit.
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
+    async def _confirm(self, rid: str, name: str, tool: str, arguments: str) -> bool:
+        """Ask the person (through the supervisor) whether ``tool`` may run; False on timeout."""
+        call = secrets.token_hex(6)
+        waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._confirms[(rid, call)] = waiting
+        try:
+            await self.send(protocol.Confirm(rid, call, name, tool, arguments))
+            async with asyncio.timeout(self._confirm_timeout):
+                return await waiting
+        except TimeoutError:
+            return False
+        finally:
+            self._confirms.pop((rid, call), None)
+
     async def _answer(self, req: protocol.Request) -> None:
         cfg = self._tool_config
-        ctx = ToolContext(cfg, self._http, list(req.notes), self.send, req.id, self._cache)
+        ctx = ToolContext(
+            cfg,
+            self._http,
+            list(req.notes),
+            self.send,
+            req.id,
+            self._cache,
+            confirm=functools.partial(self._confirm, req.id),
+        )
         tools = offered(req.tools, self._tools, cfg)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout), contextlib.AsyncExitStack() as stack:
+                if self._mcp and any(t.startswith("mcp:") for t in req.tools):
+                    from core.runtime.tools import mcp
+
+                    found = await mcp.connect(
+                        self._mcp, req.tools, stack, allowed=cfg.allow_networks
+                    )
+                    tools = {**tools, **found}
                 await run_loop(self._client, req, tools, ctx, self.send, max_steps=cfg.max_steps)
             await self.send(protocol.Done(req.id))
         except TooManySteps:
@@ -376,7 +419,15 @@ async def serve(
     verify = ssl_context()  # shared with the template: a new context costs ~1 MiB per agent
     async with new_http_client(timeout=cfg.request_timeout, verify=verify) as http:
         client = make_client(cfg.provider_kind, cfg.base_url, cfg.api_key, http=http)
-        worker = Worker(writer, client, timeout=cfg.request_timeout, http=http, tools=cfg.tools)
+        worker = Worker(
+            writer,
+            client,
+            timeout=cfg.request_timeout,
+            http=http,
+            tools=cfg.tools,
+            mcp=cfg.mcp,
+            confirm_timeout=cfg.confirm_timeout,
+        )
         try:
             await worker.send(protocol.Ready(pid=os.getpid()))
             await worker.serve(reader)
