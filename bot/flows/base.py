@@ -18,6 +18,7 @@ from core.chat import (
     Button,
     ButtonStyle,
     ChatRef,
+    Document,
     Event,
     MessageRef,
     Platform,
@@ -28,6 +29,7 @@ from core.chat import (
     is_link,
 )
 from core.config import Config
+from core.conversations import DatabaseThreads
 from core.credentials import Credentials
 from core.db import Database
 from core.flowstate import FlowStates
@@ -167,6 +169,7 @@ class Services:
     tasks: DatabaseTasks | None = None  # scheduled tasks and time zones (``/tasks``)
     mcp: McpServers | None = None  # the tenants' MCP servers (``/mcp``)
     confirmations: Confirmations = field(default_factory=lambda: Confirmations())
+    conversations: DatabaseThreads | None = None  # a chat's conversations (``/history``)
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
         """Write an audit row that is not part of a larger change."""
@@ -234,6 +237,7 @@ class Turn:
         sensitive: bool = False,
         markdown: bool = False,
         image: bytes | None = None,
+        document: Document | None = None,
     ) -> MessageRef | None:
         """Answer the event. Sensitive answers stay private: ephemeral, or moved to a DM."""
         reply = Reply(
@@ -242,6 +246,7 @@ class Turn:
             sensitive=sensitive,
             format=TextFormat.MARKDOWN if markdown else TextFormat.PLAIN,
             image=image,
+            document=document,
         )
         if sensitive and not self.chat.is_direct and self.user.platform not in EPHEMERAL_PLATFORMS:
             from bot import texts

@@ -1,7 +1,7 @@
 """mcp servers
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0011
 Create Date: 2026-12-02 04:50:00
 
 ``mcp_servers`` holds each tenant's remote MCP servers: name, URL, and the bearer token
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
