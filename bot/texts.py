@@ -372,6 +372,7 @@ AGENT_UNAVAILABLE = {
     "protocol": "Your agent sent something I couldn't understand. An operator has been told; please try again later.",
     "bad_response": "Your provider sent a reply I couldn't read. Please try again.",
     "deleted": "This account has been erased. Send /start to set up a new agent.",
+    "agent_failed": "Your agent hit an internal error while answering. Please try again; if it keeps happening, tell an operator.",
 }
 # A managed tenant's agent talks to our metering proxy with our keys: when that path fails,
 # the problem is ours, never the person's provider or key.
@@ -719,6 +720,7 @@ MCP_DM_NEEDED = (
     "I can't message you privately yet. Open a private chat with me, press Start, "
     "then send /mcp rotate {name} there."
 )
+MCP_MESSAGE_DELETED = "I deleted your message with the token from this chat."
 MCP_BAD_TOKEN = (
     "That doesn't look like an access token (empty, too long, or with spaces). {attempts_left}"
 )

@@ -86,6 +86,21 @@ _LAZY_IMPORTS: Final = (
     "mcp.client.client",
     "mcp.client.streamable_http",
     "core.runtime.tools.mcp",
+    "core.runtime.tools.web",
+    # ... and what that client imports only at its first connection (httpx2's transport,
+    # truststore) and at its first tool result with an output schema (jsonschema, which
+    # pulls in the standard library's pprint; its metaschemas are read with
+    # importlib.resources). Missed, the agent's first MCP tool call died on
+    # "No module named 'pprint'" under the strict sandbox. tests/test_mcp_imports.py
+    # checks that an MCP session imports nothing past this list.
+    "httpcore2",
+    "httpcore2._backends.anyio",
+    "truststore",
+    "jsonschema",
+    "jsonschema_specifications",
+    "referencing.jsonschema",
+    "importlib.readers",
+    "importlib.resources.readers",
 )
 
 
@@ -371,15 +386,22 @@ class Worker:
         )
         tools = offered(req.tools, self._tools, cfg)
         try:
-            async with asyncio.timeout(self._timeout), contextlib.AsyncExitStack() as stack:
-                if self._mcp and any(t.startswith("mcp:") for t in req.tools):
-                    from core.runtime.tools import mcp
+            try:
+                async with asyncio.timeout(self._timeout), contextlib.AsyncExitStack() as stack:
+                    if self._mcp and any(t.startswith("mcp:") for t in req.tools):
+                        from core.runtime.tools import mcp
 
-                    found = await mcp.connect(
-                        self._mcp, req.tools, stack, allowed=cfg.allow_networks
+                        found = await mcp.connect(
+                            self._mcp, req.tools, stack, allowed=cfg.allow_networks
+                        )
+                        tools = {**tools, **found}
+                    await run_loop(
+                        self._client, req, tools, ctx, self.send, max_steps=cfg.max_steps
                     )
-                    tools = {**tools, **found}
-                await run_loop(self._client, req, tools, ctx, self.send, max_steps=cfg.max_steps)
+            except BaseExceptionGroup as group:
+                # The MCP client's anyio task groups wrap whatever crosses them (an LLMError,
+                # TooManySteps, ...): answer as for the first one, below.
+                raise _first_leaf(group) from None
             await self.send(protocol.Done(req.id))
         except TooManySteps:
             await self.send(
@@ -393,8 +415,19 @@ class Worker:
         except asyncio.CancelledError:
             # Cancelled by a ``cancel`` line: the reply ends here, and says so.
             await self.send(protocol.Done(req.id))
+        except Exception as exc:  # noqa: BLE001 - every reply must end with error or done
+            # A bug or a broken dependency: without this line the supervisor would wait for
+            # this reply forever. The class only: a message may quote a secret.
+            print(f"agent: request failed ({type(exc).__name__})", file=sys.stderr)
+            await self.send(protocol.Error(req.id, "agent_failed", type(exc).__name__, None))
         finally:
             self._tasks.pop(req.id, None)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception inside ``group`` and the groups nested in it."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def serve(
