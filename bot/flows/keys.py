@@ -419,6 +419,8 @@ async def on_dm_secret(turn: Turn, state: FlowState) -> Outcome | None:
         deleted = await turn.messenger.delete(turn.chat, turn.event.message_id)
         note = texts.KEY_MESSAGE_DELETED if deleted else texts.KEY_DELETE_FAILED
     provider = str(state.data.get("provider", ""))
+    if note == texts.KEY_MESSAGE_DELETED and provider.startswith("mcp:"):
+        note = texts.MCP_MESSAGE_DELETED
     try:
         ticket = await s.intake.get(str(state.data.get("ticket", "")), turn.user)
     except IntakeError as exc:

@@ -2,7 +2,8 @@
 
 It checks the bearer token of every request (401 otherwise, counted in ``refused``) and has
 two tools: ``lookup_order`` (annotated ``readOnlyHint``) and ``cancel_order`` (not read-only:
-byokbot must ask the person first). ``calls`` records each tool call that ran. The server
+byokbot must ask the person first). ``calls`` records each tool call that ran; assigning
+``token`` rotates it (the old one is refused from the next request on). The server
 runs under uvicorn in the test's event loop, on a socket bound by the fake itself.
 """
 
@@ -56,10 +57,11 @@ class FakeMcpServer:
             return f"Order {number} is cancelled; the refund takes 3 days."
 
         inner = mcp.streamable_http_app(host=self.host)
-        expected = f"Bearer {self.token}".encode()
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":
+                # Read per request: a test rotates the token by assigning ``token``.
+                expected = f"Bearer {self.token}".encode()
                 got = dict(scope["headers"]).get(b"authorization", b"")
                 if not hmac.compare_digest(got, expected):
                     self.refused += 1
@@ -76,9 +78,7 @@ class FakeMcpServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app(), log_level="warning", lifespan="on", access_log=False
-        )
+        config = uvicorn.Config(self._app(), log_level="warning", lifespan="on", access_log=False)
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

@@ -2,7 +2,9 @@
 
 A fake MCP server (the official SDK, streamable HTTP, on 127.0.0.3) checks the bearer token;
 the fake provider scripts the model's tool calls. Asserted on the Telegram, provider and MCP
-fakes only.
+fakes only. The token is a canary: it may cross the wire only in the MCP fake's Authorization
+header, never in a file (the database, logs), process output, a chat message or a provider
+request.
 """
 
 from __future__ import annotations
@@ -59,9 +61,12 @@ async def test_mcp_server_added_used_with_confirmation_and_removed(
         }
     )
 
+    # What the model was sent (messages, tool results, tool specs) and what the MCP server's
+    # tools were called with. Not the provider's key header: the API key belongs there.
     def requests() -> Iterable[tuple[str, bytes]]:
         for r in llm.requests:
-            yield f"provider request {r.path}", (r.key + json.dumps(r.body)).encode()
+            yield f"provider request {r.path}", json.dumps(r.body).encode()
+        yield "MCP tool calls", repr(shop.calls).encode()
 
     canaries.watch(requests)
 
@@ -96,9 +101,15 @@ async def test_mcp_server_added_used_with_confirmation_and_removed(
     ada.send("/mcp add shop ftp://nowhere")
     await ada.wait_text("isn't a URL I can use")
 
+    ada.send("/mcp add Shop! https://example.com/mcp")
+    await ada.wait_text("can't be a server name")
+    ada.send("/mcp rotate shop")
+    await ada.wait_text("You have no MCP server named shop")
+
     ada.send(f"/mcp add shop {shop.url}")
     await ada.wait_text("MCP server shop added")
     token_message = ada.reply_to_prompt(shop.token)
+    await ada.wait_text("I deleted your message with the token")
     await ada.wait_text("Token saved for MCP server shop: …")
     assert any(int(c["message_id"]) == token_message for c in telegram.calls_to("deleteMessage"))
     ada.send("/mcp")
@@ -134,6 +145,27 @@ async def test_mcp_server_added_used_with_confirmation_and_removed(
     assert is_error or text.startswith("Error:")
     assert "did not allow" in text
 
+    # Rotation: the server now takes only the new token, and the agent uses it.
+    old_token, new_token = shop.token, mcp_token()
+    canaries.add(new_token)
+
+    def prompts() -> int:
+        return sum(1 for t in ada.texts() if "Paste the access token for MCP server shop" in t)
+
+    ada.send("/mcp rotate shop")
+    await eventually(lambda: prompts() == 2)
+    shop.token = new_token
+    ada.reply_to_prompt(new_token)
+    rotated = await ada.wait_text("Token rotated for MCP server shop: …")
+    assert new_token[-4:] in rotated and old_token[-4:] not in rotated
+    before = shop.authorized
+    ada.send("what is the status of order 42 now?")
+    await eventually(
+        lambda: sum(1 for t in ada.texts() if "Your order ships Friday." in t) >= 2, within=30
+    )
+    assert shop.authorized > before and shop.refused == 0
+    assert [c[0] for c in shop.calls] == ["lookup_order", "cancel_order", "lookup_order"]
+
     # Removed: its tools are no longer offered.
     ada.send("/mcp remove shop")
     await ada.wait_text("MCP server shop removed")
@@ -142,3 +174,7 @@ async def test_mcp_server_added_used_with_confirmation_and_removed(
     names = [t["name"] for t in llm.requests[-1].body.get("tools", [])]
     assert not any(n.startswith("shop__") for n in names)
     assert shop.refused == 0
+    # The provider only ever saw the person's API key, never the MCP token, as its key.
+    assert {r.key for r in llm.requests} == {key}
+    ada.send("/mcp")
+    await ada.wait_text("No MCP servers yet")
