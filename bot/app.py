@@ -52,6 +52,7 @@ from core.health import HealthServer
 from core.inbox import DatabaseInbox, LateInbox
 from core.intake import Intake
 from core.livechecks import LiveChecks
+from core.mcp_servers import McpServers
 from core.plans import PlanCatalog
 from core.ports import (
     Agents,
@@ -267,12 +268,18 @@ class App:
         self.tasks = BotTasks(
             DatabaseTasks(self.db, credentials, self.clock), tenants, plans, messengers
         )
+        mcp_servers = McpServers(self.db, credentials, self.clock)
         memory = DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping)
         threads = DatabaseThreads(self.db, memory, self.clock)
         if self.agents is None and self.agent_runtime:
             self.supervisor = AgentSupervisor(
                 DatabaseProfiles(
-                    self.config, plans, tenants, credentials, managed=self.proxy_access
+                    self.config,
+                    plans,
+                    tenants,
+                    credentials,
+                    managed=self.proxy_access,
+                    mcp=mcp_servers,
                 ),
                 memory,
                 deferred_usage,
@@ -282,6 +289,7 @@ class App:
                 tools=tool_config(self.config, self.env),
                 notes=notes,
                 tasks=self.tasks,
+                confirm_timeout=self.config.mcp.confirm_timeout_seconds,
                 conversations=self.config.conversations,
                 threads=threads,
             )
@@ -302,6 +310,7 @@ class App:
             agents=self.agents or UnavailableAgents(),
             notes=notes,
             tasks=self.tasks.store,
+            mcp=mcp_servers,
             conversations=threads,
             clock=self.clock,
             messengers=messengers,

@@ -24,6 +24,7 @@ from bot.flows import (
     cancel,
     conversations,
     keys,
+    mcp,
     media,
     tasks,
     whoami,
@@ -60,6 +61,7 @@ COMMANDS: dict[str, Handler] = {
     "history": conversations.handle_history,
     "tasks": tasks.handle_tasks,
     "timezone": tasks.handle_timezone,
+    "mcp": mcp.handle_mcp,
     "admin": admin.handle_admin,
     "cancel": cancel.handle_cancel,
     "whoami": whoami.handle_whoami,
@@ -77,6 +79,7 @@ BUTTONS: dict[str, ButtonHandler] = {
     "conv": conversations.on_history_button,
     "cancel": cancel.on_cancel_button,
     "acc": billing.on_access_button,
+    mcp.CONFIRM_ACTION: mcp.on_confirm_button,
 }
 
 # Payments are answered at once: no rate limit, no conversation lock (Telegram gives a
@@ -252,8 +255,11 @@ class Router:
             if first_refusal:
                 await self._answer_safely(event, texts.SLOW_DOWN)
             return Outcome(refused=True)
-        if event.kind is EventKind.COMMAND and event.command in LOCK_FREE_COMMANDS:
-            # /stop must reach a reply that is streaming under the conversation's lock.
+        if (event.kind is EventKind.COMMAND and event.command in LOCK_FREE_COMMANDS) or (
+            event.kind is EventKind.BUTTON and mcp.is_confirm_press(event.payload)
+        ):
+            # /stop and an MCP tool's Allow / Deny must reach a reply that is streaming under
+            # the conversation's lock.
             return await self._turn(event, leaked)
         lock = await self._locks(event.conversation_key)
         async with lock:

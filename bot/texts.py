@@ -137,6 +137,7 @@ HELP = """Here's what I can do:
 /history — recent conversations: switch back, or export this one as a file
 /memory — what your agent remembers about you (and erase it)
 /tasks — your scheduled reminders · /timezone <zone> — your time zone for them
+/mcp add <name> <url> — connect an MCP server's tools (also: rotate, remove; /mcp lists)
 /usage — tokens used this month
 /pause · /resume — pause or resume your agent
 /link — use the same agent from another chat app
@@ -371,6 +372,7 @@ AGENT_UNAVAILABLE = {
     "protocol": "Your agent sent something I couldn't understand. An operator has been told; please try again later.",
     "bad_response": "Your provider sent a reply I couldn't read. Please try again.",
     "deleted": "This account has been erased. Send /start to set up a new agent.",
+    "agent_failed": "Your agent hit an internal error while answering. Please try again; if it keeps happening, tell an operator.",
 }
 # A managed tenant's agent talks to our metering proxy with our keys: when that path fails,
 # the problem is ours, never the person's provider or key.
@@ -506,6 +508,8 @@ TOOL_STATUS_OTHER = "⚙️ working on it…"
 
 def tool_status(name: str, target: str) -> str:
     """The status line shown while the agent runs tool ``name`` on ``target``."""
+    if name.startswith("mcp:"):
+        return MCP_STATUS.format(server=name[4:], tool=target or "a tool")
     template = TOOL_STATUS.get(name, TOOL_STATUS_OTHER)
     if "{target}" in template and not target:
         return TOOL_STATUS_OTHER
@@ -679,6 +683,70 @@ TIMEZONE_USAGE = "Use /timezone Area/City, e.g. /timezone America/New_York."
 TIMEZONE_BAD = "“{tz}” is not a time zone I know. Use Area/City, e.g. /timezone Europe/Paris."
 TIMEZONE_SET = "Time zone set to {tz}. {scheduled} waiting task(s) scheduled."
 
+
+# --- MCP servers (issue 14 item 3: /mcp, the token intake, Allow / Deny) ---
+MCP_STATUS = "🔌 {server}: {tool}…"
+MCP_OFF = "Connecting MCP servers is turned off on this bot."
+MCP_USAGE = (
+    "Usage: /mcp (list) · /mcp add <name> <https://server/mcp> · /mcp rotate <name> · "
+    "/mcp remove <name>"
+)
+MCP_BAD_NAME = (
+    "“{name}” can't be a server name: use up to 32 lower-case letters, digits, - or _, "
+    "starting with a letter (e.g. /mcp add github https://…)."
+)
+MCP_BAD_URL = {
+    "url": "That isn't a URL I can use: send the server's full address, e.g. https://example.com/mcp.",
+    "credentials": "Leave the user name and password out of the URL — I'll ask for the token privately.",
+    "private": "That address is private or internal; I can only connect to public MCP servers.",
+    "https": "Use an https:// address: the token must not travel unencrypted.",
+}
+MCP_EXISTS = "You already have a server named {name}. Use /mcp rotate {name} or /mcp remove {name}."
+MCP_TOO_MANY = "You have {limit} MCP servers, the most allowed. Remove one with /mcp remove <name>."
+MCP_UNKNOWN = "You have no MCP server named {name}. Send /mcp to see yours."
+MCP_ADDED = "MCP server {name} added ({url}). Now its access token, privately:"
+MCP_ASK_TITLE = "Token for MCP server {name}"
+MCP_ASK_PROMPT = (
+    "Paste the access token for MCP server {name} as a reply to this message. I'll delete your "
+    "message the moment I've read it and keep the token encrypted. This request expires in "
+    "{minutes} minutes."
+)
+MCP_ASK_PROMPT_HIDDEN = (
+    "Paste the access token for MCP server {name} at the hidden prompt below — nothing you "
+    "type is shown. Press Enter on an empty line to cancel. This request expires in "
+    "{minutes} minutes."
+)
+MCP_ASK_PROMPT_MODAL = (
+    "Paste the access token for MCP server {name}. It is encrypted at rest and never shown in chat."
+)
+MCP_ASK_LABEL = "Token for {name}"
+MCP_DM_NEEDED = (
+    "I can't message you privately yet. Open a private chat with me, press Start, "
+    "then send /mcp rotate {name} there."
+)
+MCP_MESSAGE_DELETED = "I deleted your message with the token from this chat."
+MCP_BAD_TOKEN = (
+    "That doesn't look like an access token (empty, too long, or with spaces). {attempts_left}"
+)
+MCP_TOKEN_SAVED = (
+    "Token saved for MCP server {name}: {fingerprint}. Your agent can use its tools from the "
+    "next message; anything that changes data asks you first."
+)
+MCP_TOKEN_ROTATED = (
+    "Token rotated for MCP server {name}: {fingerprint}. New replies use the new token."
+)
+MCP_REMOVED = "MCP server {name} removed, with its token. Your agent no longer sees its tools."
+MCP_LIST_EMPTY = "No MCP servers yet. Connect one with /mcp add <name> <https://server/mcp>."
+MCP_LIST = "Your MCP servers:\n{lines}"
+MCP_LINE = "• {name} — {url} — token {token} (since {date})"
+MCP_NO_TOKEN = "not given yet (/mcp rotate <name>)"
+MCP_CONFIRM = "Your agent wants to run {tool} on MCP server {server} with:\n{arguments}"
+MCP_ALLOW_BUTTON = "Allow"
+MCP_DENY_BUTTON = "Deny"
+MCP_CONFIRM_ALLOWED = "✅ Allowed."
+MCP_CONFIRM_DENIED = "🚫 Denied — the tool did not run."
+MCP_CONFIRM_EXPIRED = "⌛ No answer in time — the tool did not run."
+MCP_CONFIRM_STALE = "That question is closed (answered, or the reply ended)."
 # -- conversations: /compact, /new, /history (issue 14) -------------------------------------
 
 COMPACTED = (

@@ -6,6 +6,7 @@ bound to the conversation id), so deleting the tenant shreds it with everything 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from core.credentials import Credentials, KeyInfo, KeyStatus
 from core.db import Database
 from core.db.models import MemoryRow, NotesRow
 from core.errors import AgentUnavailable, DecryptionError, TenantNotFound
+from core.mcp_servers import McpServers
 from core.plans import PlanCatalog
 from core.ports import Clock
 from core.proxy.config import ProxySettings
@@ -135,7 +137,9 @@ class DatabaseProfiles:
         credentials: Credentials,
         *,
         managed: ProxyAccess | None = None,
+        mcp: McpServers | None = None,
     ) -> None:
+        self._mcp = mcp
         self._config = config
         self._plans = plans
         self._tenants = tenants
@@ -143,6 +147,19 @@ class DatabaseProfiles:
         self._managed = managed
 
     async def profile(self, tenant_id: str) -> AgentProfile:
+        profile = await self._profile(tenant_id)
+        if self._mcp is None or self._config.agent.max_tool_steps == 0:
+            return profile
+        if profile.key_id.startswith("managed:") and not profile.tools:
+            return profile  # the curated model takes no tool calls
+        plan = self._plans.get((await self._tenants.get(tenant_id)).plan)
+        if not plan.tools.mcp:
+            return profile
+        servers = await self._mcp.reveal(tenant_id)
+        names = tuple(f"mcp:{m.name}" for m in servers)
+        return dataclasses.replace(profile, tools=profile.tools + names, mcp=servers)
+
+    async def _profile(self, tenant_id: str) -> AgentProfile:
         try:
             tenant = await self._tenants.get(tenant_id)
         except TenantNotFound:

@@ -71,6 +71,7 @@ class ToolSwitches:
     web_search: bool = True
     notes: bool = True
     tasks: bool = True
+    mcp: bool = True  # the tenant's own MCP servers (offered as ``mcp:<name>``)
 
     def names(self) -> tuple[str, ...]:
         """The protocol's tool names these switches turn on (``TOOL_NAMES``)."""
@@ -82,6 +83,7 @@ TOOL_NAMES: Final[Mapping[str, tuple[str, ...]]] = {
     "web_search": ("web_search",),
     "notes": ("remember", "recall", "forget"),
     "tasks": ("schedule_task",),
+    "mcp": (),  # per server: ``core.agent_data.offered_tools``
 }
 """Each switch of ``ToolSwitches`` and the agent tools it enables."""
 
@@ -134,6 +136,19 @@ class ToolsSettings:
     web_search: WebSearchSettings = field(default_factory=WebSearchSettings)
     notes: NotesSettings = field(default_factory=NotesSettings)
     tasks: TasksSettings = field(default_factory=TasksSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class McpSettings:
+    """``[mcp]``: tenants' remote MCP servers (``/mcp``).
+
+    An MCP server's address is checked like web_fetch's (public addresses only, plus
+    ``[tools.web_fetch] allow_networks``). ``confirm_timeout_seconds``: how long the Allow /
+    Deny question for a tool that is not read-only waits; no answer is a Deny.
+    """
+
+    max_servers: int = 5
+    confirm_timeout_seconds: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +367,7 @@ class Config:
     billing: BillingSettings = field(default_factory=lambda: _default_billing())
     access: AccessSettings = field(default_factory=lambda: _default_access())
     media: MediaSettings = field(default_factory=MediaSettings)
+    mcp: McpSettings = field(default_factory=McpSettings)
     source: str = "(defaults)"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -817,6 +833,7 @@ def _parse_platform(src: str, name: str, data: Mapping[str, Any]) -> PlatformSet
 
 
 _TOP_LEVEL: Final = (
+    "mcp",
     "core",
     "media",
     "plans",
@@ -937,6 +954,7 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         billing=_parse_billing_table(data.get("billing"), source=source, plans=plans),
         access=_parse_access_table(data.get("access"), source=source),
         media=_parse_media(source, data.get("media", {})),
+        mcp=_parse_mcp(source, data.get("mcp", {})),
         source=source,
         base_dir=base_dir,
     )
@@ -964,6 +982,18 @@ def _parse_media(src: str, data: Mapping[str, Any]) -> MediaSettings:
         transcription_model=t.string("transcription_model", d.transcription_model),
         transcription_timeout=t.number(
             "transcription_timeout", d.transcription_timeout, above=0, maximum=600
+        ),
+    )
+    t.finish()
+    return out
+
+
+def _parse_mcp(src: str, data: Mapping[str, Any]) -> McpSettings:
+    t, d = TableReader(src, "mcp", data), McpSettings()
+    out = McpSettings(
+        max_servers=t.integer("max_servers", d.max_servers, minimum=0, maximum=50),
+        confirm_timeout_seconds=t.number(
+            "confirm_timeout_seconds", d.confirm_timeout_seconds, above=0, maximum=3600
         ),
     )
     t.finish()

@@ -18,7 +18,7 @@ from core.chat import (
     UserRef,
 )
 from core.llm import ImageInput
-from core.runtime.ports import Compacted, ToolObserver
+from core.runtime.ports import Compacted, ToolConfirmer, ToolObserver
 
 EventHandler = Callable[[Event], Awaitable[Outcome]]
 """What an adapter calls for every translated event (the router's ``dispatch``)."""
@@ -170,7 +170,9 @@ class Agents(Protocol):
     ``core.errors.AgentUnavailable`` (with a short ``reason`` code that ``bot/texts.py``
     turns into words) when the agent cannot answer. ``conversation`` is the neutral chat's
     conversation key, so each chat keeps its own memory. ``on_tool`` is told when the agent
-    starts and ends a tool, so the chat can show what it is doing meanwhile.
+    starts and ends a tool, so the chat can show what it is doing meanwhile; ``on_confirm``
+    asks the person before an MCP tool that is not read-only runs (without it, such a tool
+    is refused).
     """
 
     def reply(
@@ -180,6 +182,7 @@ class Agents(Protocol):
         text: str,
         *,
         on_tool: ToolObserver | None = None,
+        on_confirm: ToolConfirmer | None = None,
         images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[str]: ...
 
@@ -217,6 +220,7 @@ class UnavailableAgents:
         text: str,
         *,
         on_tool: ToolObserver | None = None,
+        on_confirm: ToolConfirmer | None = None,
         images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[str]:
         from core.errors import AgentUnavailable

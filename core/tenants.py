@@ -27,6 +27,7 @@ from core.db.models import (
     FlowStateRow,
     IdentityRow,
     IntakeSessionRow,
+    McpServerRow,
     MemoryRow,
     NotesRow,
     ProviderKeyRow,
@@ -382,6 +383,7 @@ class Tenants:
             await s.execute(delete(ProviderKeyRow).where(ProviderKeyRow.tenant_id == tenant_id))
             await s.execute(delete(MemoryRow).where(MemoryRow.tenant_id == tenant_id))
             await s.execute(delete(NotesRow).where(NotesRow.tenant_id == tenant_id))
+            await s.execute(delete(McpServerRow).where(McpServerRow.tenant_id == tenant_id))
             await s.execute(delete(ThreadRow).where(ThreadRow.tenant_id == tenant_id))
             await s.execute(delete(TaskRow).where(TaskRow.tenant_id == tenant_id))
             await s.execute(delete(TimezoneRow).where(TimezoneRow.tenant_id == tenant_id))

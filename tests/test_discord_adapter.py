@@ -88,6 +88,7 @@ async def test_login_ready_and_first_command_sync(fake: FakeDiscord) -> None:
             "history",
             "key",
             "link",
+            "mcp",
             "memory",
             "model",
             "new",

@@ -69,6 +69,33 @@ def test_slash_command_with_subcommand_becomes_command_event() -> None:
     )
 
 
+def test_slash_mcp_add_gives_the_words_of_the_chat_command() -> None:
+    payload = {
+        **SLASH_KEY_ADD,
+        "data": {
+            "id": "1500000000000000009",
+            "name": "mcp",
+            "type": 1,
+            "options": [
+                {
+                    "type": 1,
+                    "name": "add",
+                    "options": [
+                        {"type": 3, "name": "name", "value": "shop"},
+                        {"type": 3, "name": "url", "value": "https://shop.example/mcp"},
+                    ],
+                }
+            ],
+        },
+    }
+    event = translate.interaction_to_event(payload)
+    assert event is not None
+    assert (event.command, event.args) == ("mcp", ("add", "shop", "https://shop.example/mcp"))
+    defs = translate.command_definitions(["anthropic"])
+    mcp = next(d for d in defs if d["name"] == "mcp")
+    assert [o["name"] for o in mcp["options"]] == ["add", "rotate", "remove", "list"]
+
+
 def test_slash_command_in_dm_with_free_text_option() -> None:
     payload = {
         "id": "1400000000000000002",
@@ -335,6 +362,7 @@ def test_command_definitions_cover_the_command_set() -> None:
             "history",
             "key",
             "link",
+            "mcp",
             "memory",
             "model",
             "new",

@@ -135,10 +135,38 @@ def command_definitions(providers: Sequence[str]) -> list[dict[str, Any]]:
         },
         {"type": SUB_COMMAND, "name": "list", "description": "List your keys", "options": []},
     ]
+    server = _opt("name", "The server's short name, e.g. github", required=True)
+    mcp_subs = [
+        {
+            "type": SUB_COMMAND,
+            "name": "add",
+            "description": "Connect an MCP server (its token is asked privately)",
+            "options": [server, _opt("url", "https://server/mcp", required=True)],
+        },
+        {
+            "type": SUB_COMMAND,
+            "name": "rotate",
+            "description": "Replace an MCP server's token",
+            "options": [server],
+        },
+        {
+            "type": SUB_COMMAND,
+            "name": "remove",
+            "description": "Remove an MCP server and its token",
+            "options": [server],
+        },
+        {
+            "type": SUB_COMMAND,
+            "name": "list",
+            "description": "List your MCP servers",
+            "options": [],
+        },
+    ]
     defs = [_command(n, d, []) for n, d in _SIMPLE_COMMANDS]
     defs += [
         _command("plan", "See or choose a plan", [_opt("plan", "Plan id", autocomplete=True)]),
         _command("key", "Manage your provider keys", key_subs),
+        _command("mcp", "Your MCP servers: their tools for your agent", mcp_subs),
         _command("model", "See or choose a model", [_opt("name", "Model", autocomplete=True)]),
         _command("persona", "See or set your agent's persona", [_opt("text", "New persona")]),
         _command("link", "Link this account to another platform", [_opt("code", "Link code")]),

@@ -94,6 +94,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("memory", "What your agent remembers about you"),
     ("tasks", "Your scheduled reminders"),
     ("timezone", "Your time zone for reminders"),
+    ("mcp", "Your MCP servers (tools)"),
     ("status", "Your plan, key and agent"),
     ("usage", "Usage this month"),
     ("pause", "Pause your agent"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 from bot import texts
 from bot.alerts import cap_text
 from bot.charts import usage_chart
-from bot.flows import media
+from bot.flows import mcp, media
 from bot.flows.base import Refusal, Turn, button
 from bot.replytimer import ReplyTimer
 from core.agent_data import current_model
@@ -106,7 +107,12 @@ async def handle_message(turn: Turn) -> Outcome | None:
     await turn.messenger.typing(turn.chat)
     status = StatusLine(turn)
     stream = agents.reply(
-        tenant.id, conversation_of(turn), text, on_tool=status.on_tool, images=images
+        tenant.id,
+        conversation_of(turn),
+        text,
+        on_tool=status.on_tool,
+        on_confirm=functools.partial(mcp.ask, turn),
+        images=images,
     )
     try:
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core import audit
@@ -33,6 +35,7 @@ from core.db import Database
 from core.flowstate import FlowStates
 from core.intake import Intake
 from core.livechecks import LiveChecks
+from core.mcp_servers import McpServers
 from core.plans import PlanCatalog
 from core.ports import Agents, Clock, Messenger
 from core.runtime.ports import NotesStore
@@ -113,6 +116,30 @@ class Refusal(Exception):
         self.secret_retry = secret_retry
 
 
+class Confirmations:
+    """The open Allow / Deny questions of this process, by a random id."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, asyncio.Future[bool]] = {}
+
+    def open(self) -> tuple[str, asyncio.Future[bool]]:
+        cid = secrets.token_hex(8)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._open[cid] = future
+        return cid, future
+
+    def answer(self, cid: str, allow: bool) -> bool:
+        """Resolve question ``cid``; False when it is no longer open."""
+        future = self._open.pop(cid, None)
+        if future is None or future.done():
+            return False
+        future.set_result(allow)
+        return True
+
+    def close(self, cid: str) -> None:
+        self._open.pop(cid, None)
+
+
 @dataclass(slots=True)
 class Services:
     """Everything flows may use. Built once by the composition root."""
@@ -140,6 +167,8 @@ class Services:
     stars: StarsInvoices | None = None
     checkout: CheckoutLinks | None = None
     tasks: DatabaseTasks | None = None  # scheduled tasks and time zones (``/tasks``)
+    mcp: McpServers | None = None  # the tenants' MCP servers (``/mcp``)
+    confirmations: Confirmations = field(default_factory=lambda: Confirmations())
     conversations: DatabaseThreads | None = None  # a chat's conversations (``/history``)
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:

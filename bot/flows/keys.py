@@ -16,6 +16,7 @@ never the key: a key-shaped one is the leak guard's case.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from bot import texts
 from bot.flows.base import (
@@ -109,48 +110,76 @@ async def on_provider_button(turn: Turn, args: list[str]) -> Outcome | None:
     return await start_intake(turn, _provider(turn, args[0]), IntakePurpose(args[1]))
 
 
+@dataclass(frozen=True, slots=True)
+class IntakeWords:
+    """What the private prompt says (an API key's words, or an MCP server token's)."""
+
+    title: str
+    prompt: str  # {minutes}
+    prompt_hidden: str  # {minutes}
+    prompt_modal: str
+    label: str
+    dm_needed: str
+
+
 async def start_intake(
     turn: Turn, provider: ProviderSettings, purpose: IntakePurpose
 ) -> Outcome | None:
     """Open a one-time session and ask for the key in the most private place the platform has."""
+    p = provider.name
+    words = IntakeWords(
+        title=texts.KEY_ASK_TITLE.format(provider=p),
+        prompt=texts.KEY_ASK_PROMPT.replace("{provider}", p),
+        prompt_hidden=texts.KEY_ASK_PROMPT_HIDDEN.replace("{provider}", p),
+        prompt_modal=texts.KEY_ASK_PROMPT_MODAL.format(provider=p),
+        label=texts.KEY_ASK_LABEL.format(provider=p),
+        dm_needed=texts.KEY_DM_NEEDED.format(provider=provider.id),
+    )
+    return await open_intake(turn, provider.id, purpose, words)
+
+
+async def open_intake(
+    turn: Turn, provider_id: str, purpose: IntakePurpose, words: IntakeWords
+) -> Outcome | None:
+    """The one-time private exchange for ``provider_id`` (a provider, or ``mcp:<server>``)."""
     s = turn.services
     tenant = _account(turn)
     token, ticket = await s.intake.open(
         tenant_id=tenant.id,
         user=turn.user,
-        provider=provider.id,
+        provider=provider_id,
         purpose=purpose,
         origin_chat_id=turn.chat.id,
     )
     modal = turn.user.platform in MODAL_PLATFORMS
     data: dict[str, object] = {
         "ticket": ticket.id,
-        "provider": provider.id,
+        "provider": provider_id,
         "answer": ANSWER_MODAL if modal else ANSWER_REPLY,
     }
     # Written before asking, so a restart right after the prompt still knows it is open.
     await s.flow_states.set(turn.user.identity, "keys", "await_secret", data=data, ttl=s.intake.ttl)
     minutes = max(1, int(s.intake.ttl.total_seconds() // 60))
     if modal:
-        prompt = texts.KEY_ASK_PROMPT_MODAL.format(provider=provider.name)
+        prompt = words.prompt_modal
     elif turn.user.platform in HIDDEN_INPUT_PLATFORMS:
-        prompt = texts.KEY_ASK_PROMPT_HIDDEN.format(provider=provider.name, minutes=minutes)
+        prompt = words.prompt_hidden.format(minutes=minutes)
     else:
-        prompt = texts.KEY_ASK_PROMPT.format(provider=provider.name, minutes=minutes)
+        prompt = words.prompt.format(minutes=minutes)
     request = SecretRequest(
         token=token,
-        provider=provider.id,
-        title=texts.KEY_ASK_TITLE.format(provider=provider.name),
+        provider=provider_id,
+        title=words.title,
         prompt=prompt,
         expires_at=ticket.expires_at,
-        label=texts.KEY_ASK_LABEL.format(provider=provider.name),
+        label=words.label,
     )
     reached = await turn.messenger.ask_secret(turn.event, request)
     if reached is False:
         await s.intake.cancel_for(turn.user)
         await s.flow_states.clear(turn.user.identity)
         await turn.say(
-            texts.KEY_DM_NEEDED.format(provider=provider.id),
+            words.dm_needed,
             buttons=[[Button(texts.OPEN_DM_BUTTON, f"{OPEN_DM_PAYLOAD}:key")]],
         )
         return None
@@ -259,6 +288,11 @@ def _intake_refusal(exc: IntakeError, provider: str | None) -> Refusal:
 async def _accept(turn: Turn, ticket: IntakeTicket, secret: Secret, note: str = "") -> None:
     """Check, verify, store. Refusals count an attempt; the key is never echoed."""
     s = turn.services
+    if ticket.provider.startswith("mcp:"):
+        from bot.flows import mcp  # it builds on this module's intake
+
+        await mcp.accept_token(turn, ticket, secret, note)
+        return
     provider = s.config.providers.get(ticket.provider)
     if provider is None:  # the operator removed the provider while the session was open
         raise Refusal(
@@ -385,6 +419,8 @@ async def on_dm_secret(turn: Turn, state: FlowState) -> Outcome | None:
         deleted = await turn.messenger.delete(turn.chat, turn.event.message_id)
         note = texts.KEY_MESSAGE_DELETED if deleted else texts.KEY_DELETE_FAILED
     provider = str(state.data.get("provider", ""))
+    if note == texts.KEY_MESSAGE_DELETED and provider.startswith("mcp:"):
+        note = texts.MCP_MESSAGE_DELETED
     try:
         ticket = await s.intake.get(str(state.data.get("ticket", "")), turn.user)
     except IntakeError as exc:

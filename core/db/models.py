@@ -424,6 +424,26 @@ class TaskRow(Base):
     created_at: Mapped[datetime]
 
 
+class McpServerRow(Base):
+    """A tenant's remote MCP server: its URL, and its token sealed with the tenant's data key.
+
+    ``ciphertext`` is empty (and ``fingerprint`` "") until the token arrives through the intake.
+    """
+
+    __tablename__ = "mcp_servers"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2000))
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 class JobLeaseRow(Base):
     """Which replica last ran a background job, and until when no other may (PostgreSQL)."""
 

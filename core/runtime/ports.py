@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from core.errors import AgentUnavailable
+from core.runtime.protocol import McpServer
 from core.secret import Secret
 
 
@@ -29,6 +30,7 @@ class AgentProfile:
     max_reply_tokens: int
     context_tokens: int
     tools: tuple[str, ...] = ()  # agent tools offered (protocol names); () for none
+    mcp: tuple[McpServer, ...] = ()  # the tenant's MCP servers, tokens decrypted for its agent
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,19 @@ class ToolActivity:
 
 
 ToolObserver = Callable[[ToolActivity], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmRequest:
+    """The agent wants to run ``tool`` of MCP server ``server`` (not annotated read-only)."""
+
+    server: str
+    tool: str
+    arguments: str
+
+
+ToolConfirmer = Callable[[ConfirmRequest], Awaitable[bool]]
+"""Asks the person (Allow / Deny); True to run the tool. Bounded in time by the caller."""
 """Told when the agent starts or ends a tool (the chat shows a status line meanwhile)."""
 
 

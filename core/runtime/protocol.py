@@ -1,15 +1,17 @@
 """The agent line protocol: one JSON object per line between the supervisor and an agent.
 
 Documented for operators in ``docs/agent-protocol.md``. Supervisor -> agent: ``configure``
-(exactly once, first), ``request``, ``cancel``; end of input means "finish what is in flight,
-then exit". Agent -> supervisor: ``ready`` (once, after ``configure``), ``chunk``, ``usage``,
-``tool`` and ``note`` (version 2), ``error``, ``done``. Every reply ends with exactly one
-``error`` or ``done`` for its id.
+(exactly once, first), ``request``, ``cancel``, ``confirmed``; end of input means "finish
+what is in flight, then exit". Agent -> supervisor: ``ready`` (once, after ``configure``),
+``chunk``, ``usage``, ``tool``, ``note``, ``task`` and ``confirm`` (version 2), ``error``,
+``done``. Every reply ends with exactly one ``error`` or ``done`` for its id.
 
 Version 2 adds tools: ``configure.tools`` (their settings), ``request.tools`` (the names
 offered for this request) and ``request.notes`` (the person's long-term notes), and the
-``tool``/``note`` events. Unknown fields are ignored, so a version-1 agent keeps working: it
-just never uses tools.
+``tool``/``note`` events; ``configure.mcp`` (the tenant's MCP servers with their tokens),
+``request.tools`` entries ``mcp:<server>``, and the ``confirm`` (agent) / ``confirmed``
+(supervisor) exchange before an MCP tool that is not read-only runs. Unknown fields are
+ignored, so a version-1 agent keeps working: it just never uses tools.
 """
 
 from __future__ import annotations
@@ -53,6 +55,18 @@ class ToolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class McpServer:
+    """``configure.mcp``: one remote MCP server (streamable HTTP) of the tenant, with its token.
+
+    The token travels like the API key: only on this pipe, only to this tenant's agent.
+    """
+
+    name: str
+    url: str
+    token: Secret
+
+
+@dataclass(frozen=True, slots=True)
 class Configure:
     """Sent once, first: the provider, the key, and the limits the agent applies to itself."""
 
@@ -65,6 +79,8 @@ class Configure:
     max_open_files: int
     version: int = VERSION
     tools: ToolConfig = ToolConfig()
+    mcp: tuple[McpServer, ...] = ()
+    confirm_timeout: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +109,15 @@ class Cancel:
     """Stop request ``id``; the agent still ends it with ``done``."""
 
     id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """The person's answer to ``confirm`` ``call`` of request ``id``: run it, or refuse it."""
+
+    id: str
+    call: str
+    allow: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +187,23 @@ class TaskEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Confirm:
+    """Request ``id`` asks to run ``tool`` of MCP server ``name`` (``mcp:<server>``).
+
+    The tool is not annotated read-only: byokbot asks the person (Allow / Deny) and answers
+    ``confirmed``.
+
+    ``call`` is the agent's id for this question; ``arguments`` the call's JSON, shortened.
+    """
+
+    id: str
+    call: str
+    name: str
+    tool: str
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Request ``id`` failed; ``code`` is an LLM error code, ``retry_after`` seconds or None."""
 
@@ -178,8 +220,8 @@ class Done:
     id: str
 
 
-ToAgent = Configure | Request | Cancel
-FromAgent = Ready | Chunk | UsageReport | ToolEvent | NoteEvent | TaskEvent | Error | Done
+ToAgent = Configure | Request | Cancel | Confirmed
+FromAgent = Ready | Chunk | UsageReport | ToolEvent | NoteEvent | TaskEvent | Confirm | Error | Done
 Message = ToAgent | FromAgent
 
 
@@ -199,6 +241,8 @@ def encode(msg: Message) -> bytes:
                 "memory_limit_mb": msg.memory_limit_mb,
                 "max_open_files": msg.max_open_files,
                 "tools": _tool_config(msg.tools),
+                "mcp": [{"name": m.name, "url": m.url, "token": m.token.reveal()} for m in msg.mcp],
+                "confirm_timeout": msg.confirm_timeout,
             }
         case Request():
             obj = {
@@ -213,6 +257,17 @@ def encode(msg: Message) -> bytes:
             }
         case Cancel():
             obj = {"type": "cancel", "id": msg.id}
+        case Confirmed():
+            obj = {"type": "confirmed", "id": msg.id, "call": msg.call, "allow": msg.allow}
+        case Confirm():
+            obj = {
+                "type": "confirm",
+                "id": msg.id,
+                "call": msg.call,
+                "name": msg.name,
+                "tool": msg.tool,
+                "arguments": msg.arguments,
+            }
         case Ready():
             obj = {"type": "ready", "version": msg.version, "pid": msg.pid}
         case Chunk():
@@ -286,6 +341,8 @@ def decode(line: bytes | str) -> Message:
                     max_open_files=int(_num(obj, "max_open_files")),
                     version=int(_num(obj, "version")),
                     tools=_parse_tool_config(obj.get("tools")),
+                    mcp=_parse_mcp(obj.get("mcp")),
+                    confirm_timeout=float(obj.get("confirm_timeout", 120.0)),
                 )
             case "request":
                 raw = obj["messages"]
@@ -307,6 +364,19 @@ def decode(line: bytes | str) -> Message:
                 )
             case "cancel":
                 return Cancel(_str(obj, "id"))
+            case "confirmed":
+                allow = obj["allow"]
+                if not isinstance(allow, bool):
+                    raise ProtocolError("confirmed.allow must be true or false")
+                return Confirmed(_str(obj, "id"), _str(obj, "call"), allow)
+            case "confirm":
+                return Confirm(
+                    _str(obj, "id"),
+                    _str(obj, "call"),
+                    _str(obj, "name"),
+                    _str(obj, "tool"),
+                    str(obj.get("arguments", "")),
+                )
             case "ready":
                 return Ready(pid=int(_num(obj, "pid")), version=int(obj.get("version", VERSION)))
             case "chunk":
@@ -395,6 +465,15 @@ def _parse_tool_config(raw: Any) -> ToolConfig:
         max_notes=int(raw.get("max_notes", d.max_notes)),
         max_note_chars=int(raw.get("max_note_chars", d.max_note_chars)),
     )
+
+
+def _parse_mcp(raw: Any) -> tuple[McpServer, ...]:
+    """``configure.mcp``; absent (an older supervisor) means none."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ProtocolError("configure.mcp must be a list")
+    return tuple(McpServer(_str(m, "name"), _str(m, "url"), Secret(_str(m, "token"))) for m in raw)
 
 
 def _str(obj: Any, key: str) -> str:

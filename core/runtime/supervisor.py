@@ -43,6 +43,7 @@ from core.runtime.launch import CommandLauncher, ForkserverLauncher, Launcher, W
 from core.runtime.ports import (
     AgentProfile,
     Compacted,
+    ConfirmRequest,
     KeyHealth,
     MemoryStore,
     NotesStore,
@@ -50,6 +51,7 @@ from core.runtime.ports import (
     TaskSink,
     ThreadPointer,
     ToolActivity,
+    ToolConfirmer,
     ToolObserver,
     Turn,
     UsageSink,
@@ -133,7 +135,7 @@ class _Worker:
             profile.provider_kind,
             profile.base_url,
             profile.key_id,
-        ) and p.api_key == profile.api_key
+        ) and (p.api_key, p.mcp) == (profile.api_key, profile.mcp)
 
     async def send(self, msg: protocol.ToAgent) -> None:
         self.handle.writer.write(protocol.encode(msg))
@@ -185,6 +187,7 @@ class AgentSupervisor:
         tools: the built-in tools' settings sent in ``configure`` (protocol version 2).
         notes: the tenants' long-term notes; without it no note tool is offered.
         tasks: where scheduled tasks go; without it ``schedule_task`` is not offered.
+        confirm_timeout: seconds the person has to Allow an MCP tool that is not read-only.
         conversations: the ``[conversations]`` table (compaction of long conversations).
         threads: which stored conversation a chat continues (``/new``, ``/history``);
             without it each chat has one.
@@ -204,9 +207,11 @@ class AgentSupervisor:
         tools: protocol.ToolConfig | None = None,
         notes: NotesStore | None = None,
         tasks: TaskSink | None = None,
+        confirm_timeout: float = 120.0,
         conversations: ConversationSettings | None = None,
         threads: ThreadPointer | None = None,
     ) -> None:
+        self._confirm_timeout = confirm_timeout
         self._conversations = conversations or ConversationSettings()
         self._threads = threads
         self._tool_config = tools or protocol.ToolConfig(max_steps=settings.max_tool_steps)
@@ -239,11 +244,13 @@ class AgentSupervisor:
         text: str,
         *,
         on_tool: ToolObserver | None = None,
+        on_confirm: ToolConfirmer | None = None,
         images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[str]:
         """Stream the agent's answer to ``text``; raises ``AgentUnavailable`` (``ReplyFailed``).
 
-        ``on_tool`` hears of each tool the agent runs meanwhile (start and end). ``images``
+        ``on_tool`` hears of each tool the agent runs meanwhile (start and end);
+        ``on_confirm`` is asked before an MCP tool that is not read-only runs. ``images``
         go with this message only (memory keeps its text).
         """
         profile = await self._profiles.profile(tenant_id)
@@ -333,6 +340,10 @@ class AgentSupervisor:
                             await self._tasks.schedule(
                                 tenant_id, conversation, event.when[:100], event.prompt[:2000]
                             )
+                    elif isinstance(event, protocol.Confirm):
+                        allow = await self._confirm(tenant_id, offered, event, on_confirm)
+                        with contextlib.suppress(ConnectionError):
+                            await worker.send(protocol.Confirmed(rid, event.call, allow))
                     elif isinstance(event, protocol.Done):
                         finished = True
                         break
@@ -502,6 +513,26 @@ class AgentSupervisor:
         text = event.text.strip()[: cfg.max_note_chars]
         if text and not await self._notes.add(tenant_id, event.note, text):
             log.info("note of %s not kept (limit or duplicate)", tenant_id)
+
+    async def _confirm(
+        self,
+        tenant_id: str,
+        offered: Sequence[str],
+        event: protocol.Confirm,
+        on_confirm: ToolConfirmer | None,
+    ) -> bool:
+        """The person's Allow (True) or Deny; no answer within the timeout is a Deny."""
+        if event.name not in offered or not event.name.startswith("mcp:"):
+            log.warning("agent %s asked to confirm a tool it was not offered", tenant_id)
+            return False
+        if on_confirm is None:
+            return False  # nobody to ask (a scheduled task): such tools do not run
+        ask = ConfirmRequest(event.name[4:], event.tool[:200], event.arguments[:500])
+        try:
+            async with asyncio.timeout(self._confirm_timeout):
+                return await on_confirm(ask)
+        except TimeoutError:
+            return False
 
     async def cancel(self, tenant_id: str, conversation: str) -> bool:
         """Stop a reply in progress; the partial answer stays as it was shown."""
@@ -676,6 +707,10 @@ class AgentSupervisor:
             ports.update((80, 443))
         if "web_search" in profile.tools and self._tool_config.search_url:
             ports.add(sandbox.connect_ports(self._tool_config.search_url, ())[0])
+        for server in profile.mcp:
+            # Each MCP server's port, for this tenant's agent only (its client runs there).
+            if f"mcp:{server.name}" in profile.tools:
+                ports.add(sandbox.connect_ports(server.url, ())[0])
         return tuple(sorted(ports))
 
     async def _start(self, tenant_id: str, profile: AgentProfile) -> _Worker:
@@ -719,6 +754,8 @@ class AgentSupervisor:
                     memory_limit_mb=s.memory_limit_mb,
                     max_open_files=s.max_open_files,
                     tools=self._tool_config,
+                    mcp=tuple(m for m in profile.mcp if f"mcp:{m.name}" in profile.tools),
+                    confirm_timeout=self._confirm_timeout,
                 )
             )
             async with asyncio.timeout(READY_TIMEOUT):

@@ -23,6 +23,7 @@ import importlib
 import json
 import os
 import resource
+import secrets
 import signal
 import socket
 import ssl
@@ -81,6 +82,25 @@ _LAZY_IMPORTS: Final = (
     # confined agent whose uid cannot read the interpreter's directory could not import
     # them at its first fetch. Shared template pages: no cost to an agent that never fetches.
     "trafilatura",
+    # The official MCP SDK's client (and its httpx2): same reason, for the MCP servers' tools.
+    "mcp.client.client",
+    "mcp.client.streamable_http",
+    "core.runtime.tools.mcp",
+    "core.runtime.tools.web",
+    # ... and what that client imports only at its first connection (httpx2's transport,
+    # truststore) and at its first tool result with an output schema (jsonschema, which
+    # pulls in the standard library's pprint; its metaschemas are read with
+    # importlib.resources). Missed, the agent's first MCP tool call died on
+    # "No module named 'pprint'" under the strict sandbox. tests/test_mcp_imports.py
+    # checks that an MCP session imports nothing past this list.
+    "httpcore2",
+    "httpcore2._backends.anyio",
+    "truststore",
+    "jsonschema",
+    "jsonschema_specifications",
+    "referencing.jsonschema",
+    "importlib.readers",
+    "importlib.resources.readers",
 )
 
 
@@ -292,8 +312,13 @@ class Worker:
         *,
         http: httpx.AsyncClient,
         tools: protocol.ToolConfig | None = None,
+        mcp: tuple[protocol.McpServer, ...] = (),
+        confirm_timeout: float = 120.0,
     ) -> None:
         self._writer = writer
+        self._mcp = mcp
+        self._confirm_timeout = confirm_timeout
+        self._confirms: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self._client = client
         self._timeout = timeout
         self._http = http
@@ -325,18 +350,58 @@ class Worker:
                 task = self._tasks.get(msg.id)
                 if task is not None:
                     task.cancel()
+            elif isinstance(msg, protocol.Confirmed):
+                waiting = self._confirms.get((msg.id, msg.call))
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(msg.allow)
             else:
                 raise ProtocolError("unexpected message after configure")
         # End of input: the supervisor retired us. Finish what is in flight, then exit.
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
+    async def _confirm(self, rid: str, name: str, tool: str, arguments: str) -> bool:
+        """Ask the person (through the supervisor) whether ``tool`` may run; False on timeout."""
+        call = secrets.token_hex(6)
+        waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._confirms[(rid, call)] = waiting
+        try:
+            await self.send(protocol.Confirm(rid, call, name, tool, arguments))
+            async with asyncio.timeout(self._confirm_timeout):
+                return await waiting
+        except TimeoutError:
+            return False
+        finally:
+            self._confirms.pop((rid, call), None)
+
     async def _answer(self, req: protocol.Request) -> None:
         cfg = self._tool_config
-        ctx = ToolContext(cfg, self._http, list(req.notes), self.send, req.id, self._cache)
+        ctx = ToolContext(
+            cfg,
+            self._http,
+            list(req.notes),
+            self.send,
+            req.id,
+            self._cache,
+            confirm=functools.partial(self._confirm, req.id),
+        )
         tools = offered(req.tools, self._tools, cfg)
         try:
-            async with asyncio.timeout(self._timeout):
-                await run_loop(self._client, req, tools, ctx, self.send, max_steps=cfg.max_steps)
+            try:
+                async with asyncio.timeout(self._timeout), contextlib.AsyncExitStack() as stack:
+                    if self._mcp and any(t.startswith("mcp:") for t in req.tools):
+                        from core.runtime.tools import mcp
+
+                        found = await mcp.connect(
+                            self._mcp, req.tools, stack, allowed=cfg.allow_networks
+                        )
+                        tools = {**tools, **found}
+                    await run_loop(
+                        self._client, req, tools, ctx, self.send, max_steps=cfg.max_steps
+                    )
+            except BaseExceptionGroup as group:
+                # The MCP client's anyio task groups wrap whatever crosses them (an LLMError,
+                # TooManySteps, ...): answer as for the first one, below.
+                raise _first_leaf(group) from None
             await self.send(protocol.Done(req.id))
         except TooManySteps:
             await self.send(
@@ -350,8 +415,19 @@ class Worker:
         except asyncio.CancelledError:
             # Cancelled by a ``cancel`` line: the reply ends here, and says so.
             await self.send(protocol.Done(req.id))
+        except Exception as exc:  # noqa: BLE001 - every reply must end with error or done
+            # A bug or a broken dependency: without this line the supervisor would wait for
+            # this reply forever. The class only: a message may quote a secret.
+            print(f"agent: request failed ({type(exc).__name__})", file=sys.stderr)
+            await self.send(protocol.Error(req.id, "agent_failed", type(exc).__name__, None))
         finally:
             self._tasks.pop(req.id, None)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception inside ``group`` and the groups nested in it."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def serve(
@@ -376,7 +452,15 @@ async def serve(
     verify = ssl_context()  # shared with the template: a new context costs ~1 MiB per agent
     async with new_http_client(timeout=cfg.request_timeout, verify=verify) as http:
         client = make_client(cfg.provider_kind, cfg.base_url, cfg.api_key, http=http)
-        worker = Worker(writer, client, timeout=cfg.request_timeout, http=http, tools=cfg.tools)
+        worker = Worker(
+            writer,
+            client,
+            timeout=cfg.request_timeout,
+            http=http,
+            tools=cfg.tools,
+            mcp=cfg.mcp,
+            confirm_timeout=cfg.confirm_timeout,
+        )
         try:
             await worker.send(protocol.Ready(pid=os.getpid()))
             await worker.serve(reader)

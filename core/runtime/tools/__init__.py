@@ -41,6 +41,9 @@ class ToolContext:
     request_id: str
     # Lazily built client for web_fetch (its own limits, no pooling to other tools' hosts).
     cache: dict[str, Any] = field(default_factory=dict)
+    # Asks the person before an MCP tool that is not read-only runs: (offered name, tool,
+    # arguments shown) -> allowed. None where nobody can be asked (then such tools refuse).
+    confirm: Callable[[str, str, str], Awaitable[bool]] | None = None
 
 
 class Tool(Protocol):

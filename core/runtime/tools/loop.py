@@ -42,7 +42,9 @@ async def run_call(tools: Mapping[str, Tool], call: ToolCall, ctx: ToolContext) 
     """One call's result, errors included (the model sees them and can recover)."""
     tool = tools.get(call.name)
     target = tool.target(call.arguments or {}) if tool is not None else ""
-    await ctx.emit(protocol.ToolEvent(ctx.request_id, call.id, call.name, "start", target))
+    # An MCP server's tool is reported under the name it was offered as (``mcp:<server>``).
+    name = str(getattr(tool, "offered_as", call.name))
+    await ctx.emit(protocol.ToolEvent(ctx.request_id, call.id, name, "start", target))
     failed = True
     try:
         if tool is None:
@@ -58,9 +60,7 @@ async def run_call(tools: Mapping[str, Tool], call: ToolCall, ctx: ToolContext) 
         # Unexpected, but the model can still answer without the tool: say so, log the class.
         log.warning("tool %s failed: %s", call.name, type(exc).__name__)
         text = f"the tool failed ({type(exc).__name__})"
-    await ctx.emit(
-        protocol.ToolEvent(ctx.request_id, call.id, call.name, "end", target, failed=failed)
-    )
+    await ctx.emit(protocol.ToolEvent(ctx.request_id, call.id, name, "end", target, failed=failed))
     return ToolResult(call.id, text, is_error=failed)
 
 
