@@ -41,7 +41,6 @@ from telegram.error import (
     TelegramError,
 )
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     ApplicationBuilder,
     ContextTypes,
@@ -51,6 +50,7 @@ from telegram.ext import (
 
 from adapters.telegram import translate
 from adapters.telegram.config import TelegramConfig, parse
+from adapters.telegram.pacing import FloodLimits, FloodScheduler, Priority, granted
 from core.chat import ChatRef, Event, EventKind, MessageRef, Platform, Reply, SecretRequest, UserRef
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
@@ -178,6 +178,8 @@ class TelegramAdapter:
         typing_refresh: seconds between "typing..." actions while a reply is awaited
             (Telegram shows one for about five seconds).
         sleep: waits until a paced stream update is due (tests pass a controllable one).
+        limits: the flood windows of the outbound scheduler (Telegram's by default); they
+            count real time, not ``clock``.
     """
 
     platform = Platform.TELEGRAM
@@ -192,6 +194,7 @@ class TelegramAdapter:
         commands: Sequence[tuple[str, str]] = COMMANDS,
         typing_refresh: float = 4.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        limits: FloodLimits | None = None,
     ) -> None:
         if config.token is None:
             raise ValueError(f"{config.token_env} is not set")
@@ -206,6 +209,9 @@ class TelegramAdapter:
         self._bot_username = ""
         self._unreachable: set[str] = set()
         self._next_edit: dict[str, float] = {}
+        # One scheduler for every request of this bot: Telegram's limits are per bot.
+        self._scheduler = FloodScheduler(limits, retries=config.rate_limit_retries)
+        self._live: dict[str, int] = {}  # streams in progress, by chat
         self._typing_at: dict[str, float] = {}
         self._typing_refresh = typing_refresh
         self._sleep = sleep
@@ -251,7 +257,7 @@ class TelegramAdapter:
             .token(cfg.token.reveal())
             .base_url(cfg.api_base_url)
             .base_file_url(cfg.file_base_url)
-            .rate_limiter(AIORateLimiter(max_retries=cfg.rate_limit_retries))
+            .rate_limiter(self._scheduler)
             .concurrent_updates(True)
             .get_updates_read_timeout(cfg.poll_timeout + 10.0)
             .job_queue(None)
@@ -797,6 +803,7 @@ class TelegramAdapter:
         chat = event.chat
         use_drafts = chat.is_direct and self._drafts_ok and chat.thread_id is None
         stream = _Stream(self, chat, use_drafts=use_drafts, quote=_quote(event))
+        self._live[chat.id] = self._live.get(chat.id, 0) + 1
         await self.typing(chat)
         keep_typing = asyncio.create_task(self._keep_typing(chat, stream.started))
         try:
@@ -811,6 +818,11 @@ class TelegramAdapter:
         finally:
             keep_typing.cancel()
             stream.abandon()  # if the turn itself was cancelled, no paced update fires later
+            left = self._live.get(chat.id, 1) - 1
+            if left > 0:
+                self._live[chat.id] = left
+            else:
+                self._live.pop(chat.id, None)
         return await stream.finish()
 
     async def _keep_typing(self, chat: ChatRef, started: asyncio.Event) -> None:
@@ -821,8 +833,22 @@ class TelegramAdapter:
             await self.typing(chat)
 
     def _interval(self, chat: ChatRef) -> float:
+        """Seconds until a stream's next intermediate update: longer when the bot is busy.
+
+        Edits share what the windows leave after their reserve for first answers; half of
+        that is planned for, so first answers and final texts rarely wait.
+        """
         cfg = self.config
-        return cfg.edit_interval if chat.is_direct else cfg.group_edit_interval
+        base = cfg.edit_interval if chat.is_direct else cfg.group_edit_interval
+        limits = self._scheduler.limits
+        bot = limits.bot
+        per_second = (bot.limit - bot.reserve) / bot.seconds / 2
+        interval = max(base, sum(self._live.values()) / per_second)
+        if not chat.is_direct:
+            group = limits.group
+            share = group.seconds / max(group.limit - group.reserve, 1)
+            interval = max(interval, (self._live.get(chat.id, 1) - 1) * share)
+        return interval
 
     def _new_draft_id(self) -> int:
         self._draft_seq += 1
@@ -874,31 +900,52 @@ class _Stream:
         )
 
     async def feed(self, delta: str) -> None:
-        async with self.lock:
-            self.buf += delta
-            while translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
-                head, self.buf = translate.split_once(self.buf)
-                await self._commit(head)
-            if not self.buf.strip() or self.buf == self.shown:
-                return
-            now = self.a._clock()
-            due = self.a._next_edit.get(self.chat.id, 0.0)
-            if now >= due:
-                await self._show_paced(now)
-            elif self.flusher is None or self.flusher.done():
-                self.flusher = asyncio.create_task(self._flush_later(due - now))
+        # Appended without the lock: a paced update waiting for its slot sends the latest text.
+        self.buf += delta
+        if translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
+            async with self.lock:
+                while translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
+                    head, self.buf = translate.split_once(self.buf)
+                    await self._commit(head)
+        if not self.buf.strip() or self.buf == self.shown:
+            return
+        if not self.started.is_set():
+            # The first visible text goes at once, ahead of other streams' edits.
+            async with self.lock:
+                if not self.started.is_set() and self.buf.strip():
+                    await self._show(self.buf)
+                    self._paced()
+            return
+        now = self.a._clock()
+        due = self.a._next_edit.get(self.chat.id, 0.0)
+        if now >= due and self.a._scheduler.try_acquire(self.chat.id, Priority.LOW):
+            async with self.lock:
+                with granted():
+                    await self._show(self.buf)
+                self._paced()
+        elif self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush_later(max(due - now, 0.0)))
 
-    async def _show_paced(self, now: float) -> None:
-        await self._show(self.buf)
-        self.a._next_edit[self.chat.id] = now + self.a._interval(self.chat)
+    def _paced(self) -> None:
+        # The clock is read after the send: a send the scheduler held must not make every
+        # later chunk due at once.
+        self.a._next_edit[self.chat.id] = self.a._clock() + self.a._interval(self.chat)
 
     async def _flush_later(self, delay: float) -> None:
-        await self.a._sleep(delay)
+        if delay > 0:
+            await self.a._sleep(delay)
         async with self.lock:
             if not self.buf.strip() or self.buf == self.shown:
                 return
             try:
-                await self._show_paced(self.a._clock())
+                await self.a._scheduler.acquire(self.chat.id, Priority.LOW)
+                # Whatever arrived while waiting for the slot goes in the same update.
+                text = self.buf
+                if text == self.shown or translate.utf16_len(text) > translate.MESSAGE_LIMIT:
+                    return
+                with granted():
+                    await self._show(text)
+                self._paced()
             except TelegramAdapterError as exc:
                 # The next chunk or the final commit shows the text anyway.
                 log.info("telegram: a paced stream update failed: %s", exc)
