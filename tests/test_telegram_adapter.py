@@ -38,6 +38,7 @@ from core.chat import (
     UserRef,
 )
 from core.config import PlatformSettings
+from core.metrics import REGISTRY
 from tests.fakes.telegram_server import (
     PROXY_VARS,
     FakeTelegramServer,
@@ -925,8 +926,15 @@ async def test_server_errors_are_wrapped_and_deletion_reports_false(
     with pytest.raises(TelegramUnavailable):
         await adapter.send(chat, Reply("hello"))
     server.fail("sendMessage", 429, "Too Many Requests", retry_after=0.05)
+    limited = REGISTRY.get_sample_value(
+        "byokbot_platform_rate_limited_total", {"platform": "telegram"}
+    )
     with pytest.raises(TelegramRateLimited):
         await adapter.send(chat, Reply("hello"))
+    # One 429 answer, counted once (by the scheduler, not again when it is wrapped).
+    assert REGISTRY.get_sample_value(
+        "byokbot_platform_rate_limited_total", {"platform": "telegram"}
+    ) == (limited or 0.0) + 1
     server.fail("deleteMessage", 502, "Bad Gateway")
     caplog.set_level(logging.INFO, logger="adapters.telegram.adapter")
     assert await adapter.delete(chat, "7") is False

@@ -68,7 +68,6 @@ from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.errors import ConfigError
 from core.inbox import InboxPort, MemoryInbox
 from core.logs import RedactingFilter, register_secret
-from core.metrics import PLATFORM_RATE_LIMITED
 from core.ports import EventHandler, FileTooLarge, FileUnavailable
 
 T = TypeVar("T")
@@ -572,7 +571,7 @@ class TelegramAdapter:
                 return ChatUnreachable(chat_id, exc.message)
             return TelegramRequestRejected(f"{what}: {exc.message}")
         if isinstance(exc, RetryAfter):
-            PLATFORM_RATE_LIMITED.labels("telegram").inc()  # after AIORateLimiter's retries
+            # Already counted by the scheduler, which sees every 429 (retried or not).
             return TelegramRateLimited(f"{what}: flood control ({exc})")
         if isinstance(exc, BadRequest):
             return TelegramRequestRejected(f"{what}: {exc.message}")
@@ -962,18 +961,31 @@ class _Stream:
             # The first visible text goes at once, ahead of other streams' edits.
             async with self.lock:
                 if not self.started.is_set() and self.buf.strip():
-                    await self._show(self.buf)
-                    self._paced()
+                    await self._update(self.buf)
             return
         now = self.a._clock()
         due = self.a._next_edit.get(self.chat.id, 0.0)
-        if now >= due and self.a._scheduler.try_acquire(self.chat.id, Priority.LOW):
+        slot = self.a._scheduler.try_acquire(self.chat.id, Priority.LOW) if now >= due else None
+        if slot is not None:
             async with self.lock:
-                with granted():
-                    await self._show(self.buf)
-                self._paced()
+                with granted(slot):
+                    await self._update(self.buf)
         elif self.flusher is None or self.flusher.done():
             self.flusher = asyncio.create_task(self._flush_later(max(due - now, 0.0)))
+
+    async def _update(self, text: str) -> None:
+        """Show an intermediate state. A failed draft or edit (after the scheduler's retries)
+        does not end the reply: the next update or the final text shows it. A first message
+        that failed does end it: its answer may be lost with the message already in the chat,
+        and another would show the text twice."""
+        creating = not self.use_drafts and self.message is None
+        try:
+            await self._show(text)
+        except (TelegramUnavailable, TelegramRateLimited) as exc:
+            if creating:
+                raise
+            log.info("telegram: a stream update failed: %s", exc)
+        self._paced()
 
     def _paced(self) -> None:
         # The clock is read after the send: a send the scheduler held must not make every
@@ -987,12 +999,12 @@ class _Stream:
             if not self.buf.strip() or self.buf == self.shown:
                 return
             try:
-                await self.a._scheduler.acquire(self.chat.id, Priority.LOW)
-                # Whatever arrived while waiting for the slot goes in the same update.
-                text = self.buf
-                if text == self.shown or translate.utf16_len(text) > translate.MESSAGE_LIMIT:
-                    return
-                with granted():
+                slot = await self.a._scheduler.acquire(self.chat.id, Priority.LOW)
+                with granted(slot):
+                    # Whatever arrived while waiting for the slot goes in the same update.
+                    text = self.buf
+                    if text == self.shown or translate.utf16_len(text) > translate.MESSAGE_LIMIT:
+                        return
                     await self._show(text)
                 self._paced()
             except TelegramAdapterError as exc:

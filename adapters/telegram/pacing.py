@@ -3,7 +3,10 @@
 Every Bot API request passes through ``FloodScheduler.process_request`` (python-telegram-bot's
 rate-limiter hook). Message-producing requests take a slot from sliding windows (the whole bot,
 the chat, and the group) before they go out, so nothing is sent that Telegram would answer
-with a 429. Waiters are served by priority, then in arrival order (fair across chats):
+with a 429. A slot is counted from the moment its request *finished* (and occupies its windows
+while in flight): Telegram counts a request when it arrives, which is somewhere between our
+send and its answer, so however late a request travels the windows Telegram sees are never
+fuller than ours. Waiters are served by priority, then in arrival order (fair across chats):
 
 * ``HIGH`` (the default): replies, notices, a stream's first visible text and its final text;
 * ``LOW``: a stream's intermediate drafts and edits, which must also leave a reserve of each
@@ -21,6 +24,7 @@ import collections
 import contextlib
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -31,7 +35,7 @@ import httpx
 from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
 from telegram.ext import BaseRateLimiter
 
-from core.metrics import PLATFORM_RATE_LIMITED
+from core.metrics import PLATFORM_RATE_LIMITED, PLATFORM_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -83,26 +87,47 @@ class FloodLimits:
     group: Window = Window(20, 61.0, reserve=6)  # 20 a minute in a group
 
 
-# A stream that took its slot itself (``try_acquire``) marks its next request as granted.
-_GRANTED: contextvars.ContextVar[bool] = contextvars.ContextVar("telegram_slot", default=False)
+Key = tuple[str, str]
+
+
+class Slot:
+    """Room in every window of one chat, held from its grant until its request finished."""
+
+    __slots__ = ("_owner", "keys", "open")
+
+    def __init__(self, owner: FloodScheduler, keys: tuple[Key, ...]) -> None:
+        self._owner, self.keys, self.open = owner, keys, True
+
+    def release(self) -> None:
+        """The request is over (answered, failed or never made): the windows count it from now."""
+        if self.open:
+            self.open = False
+            self._owner._release(self)
+
+
+# A stream that took its slot itself (``try_acquire``) hands it to its next request.
+_GRANTED: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
+    "telegram_slot", default=None
+)
 
 
 @contextlib.contextmanager
-def granted() -> Iterator[None]:
-    """The next request made inside already holds its slot (taken by the stream itself)."""
-    token = _GRANTED.set(True)
+def granted(slot: Slot) -> Iterator[None]:
+    """The next message request made inside uses ``slot``; released on leaving if unused."""
+    token = _GRANTED.set(slot)
     try:
         yield
     finally:
         _GRANTED.reset(token)
+        slot.release()
 
 
 @dataclass(eq=False)
 class _Waiter:
     priority: Priority
     seq: int
-    keys: tuple[tuple[str, str], ...]
-    future: asyncio.Future[None]
+    keys: tuple[Key, ...]
+    future: asyncio.Future[Slot]
 
 
 class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
@@ -127,7 +152,9 @@ class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
         self.retries = retries
         self._clock = clock
         self._backoff = backoff
-        self._sent: dict[tuple[str, str], collections.deque[float]] = {}
+        # Per window: when each finished request ended (in order), and how many are in flight.
+        self._sent: dict[Key, collections.deque[float]] = {}
+        self._inflight: dict[Key, int] = {}
         self._waiters: list[_Waiter] = []
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -148,7 +175,7 @@ class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
 
     # ----- windows -------------------------------------------------------------------------
 
-    def _keys(self, chat_id: str | None) -> tuple[tuple[str, str], ...]:
+    def _keys(self, chat_id: str | None) -> tuple[Key, ...]:
         if chat_id is None or chat_id == "":
             return (("bot", ""),)
         # Telegram's groups and channels have negative ids.
@@ -160,58 +187,71 @@ class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
         limits = self.limits
         return limits.bot if kind == "bot" else limits.chat if kind == "chat" else limits.group
 
-    def _wait_time(
-        self, keys: tuple[tuple[str, str], ...], priority: Priority, now: float
-    ) -> float:
-        """0 when every window has room now, else seconds until the tightest one may."""
+    def _wait_time(self, keys: tuple[Key, ...], priority: Priority, now: float) -> float:
+        """0 when every window has room now, else seconds until the tightest one may.
+
+        ``inf`` when only a request still in flight can make room: its end re-dispatches.
+        """
         wait = 0.0
         for key in keys:
             w = self._window(key[0])
             sent = self._sent.get(key)
-            if not sent:
-                continue
             while sent and sent[0] <= now - w.seconds:
                 sent.popleft()
+            done = len(sent) if sent else 0
+            count = done + self._inflight.get(key, 0)
             room = w.limit - (w.reserve if priority is Priority.LOW else 0)
-            if len(sent) >= room:
-                # The oldest that must expire before one more fits.
-                idx = len(sent) - room
+            if count >= room:
+                # The finished one that must expire before one more fits, oldest first.
+                idx = count - room
+                if sent is None or idx >= done:
+                    return math.inf
                 wait = max(wait, sent[idx] + w.seconds - now)
         return wait
 
-    def _take(self, keys: tuple[tuple[str, str], ...], now: float) -> None:
+    def _occupy(self, keys: tuple[Key, ...]) -> Slot:
         for key in keys:
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+        return Slot(self, keys)
+
+    def _release(self, slot: Slot) -> None:
+        now = self._clock()
+        for key in slot.keys:
+            left = self._inflight.get(key, 1) - 1
+            if left > 0:
+                self._inflight[key] = left
+            else:
+                self._inflight.pop(key, None)
             self._sent.setdefault(key, collections.deque()).append(now)
+        if self._waiters:
+            self.dispatch()
 
-    def busy(self) -> float:
-        """How many LOW requests wait: streams use it to slow their edits."""
-        return float(sum(1 for w in self._waiters if w.priority is Priority.LOW))
+    def try_acquire(self, chat_id: str | None, priority: Priority = Priority.LOW) -> Slot | None:
+        """A slot now if one is free and nobody of the same or higher priority waits.
 
-    def try_acquire(self, chat_id: str | None, priority: Priority = Priority.LOW) -> bool:
-        """Take a slot now if one is free and nobody of the same or higher priority waits."""
+        Hand it to the request with ``granted(slot)``.
+        """
         keys = self._keys(chat_id)
         if any(w.priority <= priority for w in self._waiters):
-            return False
-        now = self._clock()
-        if self._wait_time(keys, priority, now) > 0:
-            return False
-        self._take(keys, now)
-        return True
+            return None
+        if self._wait_time(keys, priority, self._clock()) > 0:
+            return None
+        return self._occupy(keys)
 
-    async def acquire(self, chat_id: str | None, priority: Priority = Priority.HIGH) -> None:
-        """Wait for a slot in every window of ``chat_id``."""
+    async def acquire(self, chat_id: str | None, priority: Priority = Priority.HIGH) -> Slot:
+        """Wait for a slot in every window of ``chat_id``; the caller releases it."""
         self._seq += 1
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(priority, self._seq, self._keys(chat_id), future)
         self._waiters.append(waiter)
         self.dispatch()
         try:
-            await future
+            return await future
         except asyncio.CancelledError:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-            elif future.done() and not future.cancelled():
-                pass  # granted just before the cancel: the slot stays used (conservative)
+            if future.done() and not future.cancelled():
+                future.result().release()  # granted just before the cancel
             raise
 
     def dispatch(self) -> None:
@@ -226,10 +266,9 @@ class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
                 continue
             wait = self._wait_time(w.keys, w.priority, now)
             if wait <= 0:
-                self._take(w.keys, now)
-                w.future.set_result(None)
+                w.future.set_result(self._occupy(w.keys))
                 granted.append(w)
-            else:
+            elif wait < math.inf:
                 next_wait = wait if next_wait is None else min(next_wait, wait)
         for w in granted:
             self._waiters.remove(w)
@@ -251,25 +290,36 @@ class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
         rate_limit_args: dict[str, Any] | None,
     ) -> bool | dict[str, Any] | list[dict[str, Any]]:
         if endpoint in _BYPASS:
-            return await callback(*args, **kwargs)
+            try:
+                return await callback(*args, **kwargs)
+            except RetryAfter:
+                self._count_429()
+                raise
         limited = endpoint in MESSAGE_METHODS
         chat = data.get("chat_id")
         chat_id = None if chat is None else str(chat)
-        granted = _GRANTED.get()
-        _GRANTED.set(False)
+        slot: Slot | None = None
+        if limited:
+            slot = _GRANTED.get()
+            _GRANTED.set(None)  # for this request only
         priority = Priority(int((rate_limit_args or {}).get("priority", Priority.HIGH)))
         attempt = 0
         while True:
-            if limited and not granted:
-                await self.acquire(chat_id, priority)
-            granted = False
+            if limited and slot is None:
+                slot = await self.acquire(chat_id, priority)
             try:
-                return await callback(*args, **kwargs)
+                try:
+                    return await callback(*args, **kwargs)
+                finally:
+                    # Counted from its end (answered or not), before any back-off below.
+                    if slot is not None:
+                        slot.release()
+                        slot = None
             except RetryAfter as exc:
-                self.rate_limited += 1
-                PLATFORM_RATE_LIMITED.labels("telegram").inc()
+                self._count_429()
                 if attempt >= self.retries:
                     raise
+                PLATFORM_RETRIES.labels("telegram").inc()
                 delay = exc.retry_after
                 seconds = delay.total_seconds() if not isinstance(delay, int | float) else delay
                 log.warning("telegram: %s answered 429; retrying in %.1f s", endpoint, seconds)
@@ -280,12 +330,19 @@ class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
                 if attempt >= self.retries or not _may_repeat(endpoint, exc):
                     raise
                 self.retried += 1
+                PLATFORM_RETRIES.labels("telegram").inc()
                 log.info(
                     "telegram: %s failed (%s); retry %d", endpoint, type(exc).__name__, attempt + 1
                 )
                 await asyncio.sleep(min(self._backoff * 2**attempt, 8.0))
             attempt += 1
             priority = Priority.HIGH  # a retry must not queue behind fresh edits
+
+    def _count_429(self) -> None:
+        # The one place a Telegram 429 is counted: every request passes through here, and the
+        # adapter's error wrapping does not count again.
+        self.rate_limited += 1
+        PLATFORM_RATE_LIMITED.labels("telegram").inc()
 
 
 def _may_repeat(endpoint: str, exc: NetworkError) -> bool:
