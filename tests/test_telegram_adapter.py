@@ -932,9 +932,10 @@ async def test_server_errors_are_wrapped_and_deletion_reports_false(
     with pytest.raises(TelegramRateLimited):
         await adapter.send(chat, Reply("hello"))
     # One 429 answer, counted once (by the scheduler, not again when it is wrapped).
-    assert REGISTRY.get_sample_value(
-        "byokbot_platform_rate_limited_total", {"platform": "telegram"}
-    ) == (limited or 0.0) + 1
+    assert (
+        REGISTRY.get_sample_value("byokbot_platform_rate_limited_total", {"platform": "telegram"})
+        == (limited or 0.0) + 1
+    )
     server.fail("deleteMessage", 502, "Bad Gateway")
     caplog.set_level(logging.INFO, logger="adapters.telegram.adapter")
     assert await adapter.delete(chat, "7") is False

@@ -7,15 +7,27 @@ scheduler's own timer counts real time and only ever grants later, never more).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
 
+from adapters.telegram import TelegramAdapter
+from adapters.telegram.config import parse
 from adapters.telegram.pacing import FloodLimits, FloodScheduler, Priority, Window, granted
+from core.chat import ChatRef, Platform, Reply
+from core.config import PlatformSettings
 from core.metrics import REGISTRY
-from tests.fakes.telegram_server import TickingClock
+from tests.fakes.telegram_server import (
+    PROXY_VARS,
+    FakeTelegramServer,
+    FloodRules,
+    Script,
+    TickingClock,
+)
 
 SMALL = FloodLimits(
     bot=Window(4, 1.0, reserve=1), chat=Window(2, 3.0, reserve=1), group=Window(3, 60.0, reserve=1)
@@ -234,3 +246,74 @@ async def test_every_429_is_counted_once_retried_or_not() -> None:
         await sched.process_request(polled, (), {}, "getUpdates", {}, None)
     assert metric("byokbot_platform_rate_limited_total") == limited + 3
     await sched.shutdown()
+
+
+# ----- against the fake Bot API with its flood limits on -------------------------------------
+
+TOKEN = "5550001234:AAE-pacing-TOKEN-0123456789"
+
+
+@pytest.fixture
+async def flooded(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeTelegramServer]:
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    fake = FakeTelegramServer(token=TOKEN)
+    await fake.start()
+    # Telegram's limits, the group's minute shrunk to 2 s so the test is quick.
+    fake.enforce_flood_limits(FloodRules(per_group=4, group_seconds=2.0))
+    yield fake
+    await fake.stop()
+
+
+async def test_the_fake_refuses_what_telegram_would_with_retry_after(
+    flooded: FakeTelegramServer,
+) -> None:
+    url = f"{flooded.base_url}{TOKEN}/sendMessage"
+    async with aiohttp.ClientSession() as http:
+        answers = []
+        for i in range(4):
+            async with http.post(url, json={"chat_id": 42, "text": f"m{i}"}) as r:
+                answers.append((r.status, await r.json()))
+        async with http.post(
+            f"{flooded.base_url}{TOKEN}/sendChatAction", json={"chat_id": 42}
+        ) as r:
+            assert r.status == 200  # not a message: not limited
+    assert [s for s, _ in answers] == [200, 200, 200, 429]  # bursts of 3 in a chat
+    body = answers[3][1]
+    assert body["ok"] is False and body["error_code"] == 429
+    assert body["parameters"]["retry_after"] >= 1
+    assert len(flooded.flood_refusals()) == 1
+    assert flooded.texts(42) == ["m0", "m1", "m2"]
+
+
+async def adapter_on(fake: FakeTelegramServer, limits: FloodLimits) -> TelegramAdapter:
+    settings = PlatformSettings(
+        "telegram",
+        True,
+        {"api_base_url": fake.base_url, "file_base_url": fake.file_base_url, "poll_timeout": 1},
+    )
+    adapter = TelegramAdapter(parse(settings, {"TELEGRAM_BOT_TOKEN": TOKEN}), limits=limits)
+    await adapter.start(Script())
+    return adapter
+
+
+async def test_the_scheduler_keeps_under_the_fakes_limits_in_chats_groups_and_the_bot(
+    flooded: FakeTelegramServer,
+) -> None:
+    limits = FloodLimits(group=Window(4, 2.05, reserve=1))
+    adapter = await adapter_on(flooded, limits)
+    try:
+        direct = ChatRef(Platform.TELEGRAM, "42", is_direct=True)
+        group = ChatRef(Platform.TELEGRAM, "-100777", is_direct=False)
+        many = [ChatRef(Platform.TELEGRAM, str(1000 + i), is_direct=True) for i in range(45)]
+        sends = [adapter.send(direct, Reply(f"d{i}")) for i in range(5)]
+        sends += [adapter.send(group, Reply(f"g{i}")) for i in range(6)]
+        sends += [adapter.send(chat, Reply("hello")) for chat in many]
+        await asyncio.gather(*sends)
+    finally:
+        await adapter.stop()
+    assert flooded.flood_refusals() == []
+    assert sorted(flooded.texts(42)) == [f"d{i}" for i in range(5)]
+    assert sorted(flooded.texts(-100777)) == [f"g{i}" for i in range(6)]
+    assert all(flooded.texts(c.id) == ["hello"] for c in many)
+    assert flooded.most_in_window(-100777, 2.0) <= 4

@@ -974,10 +974,12 @@ class _Stream:
             self.flusher = asyncio.create_task(self._flush_later(max(due - now, 0.0)))
 
     async def _update(self, text: str) -> None:
-        """Show an intermediate state. A failed draft or edit (after the scheduler's retries)
-        does not end the reply: the next update or the final text shows it. A first message
-        that failed does end it: its answer may be lost with the message already in the chat,
-        and another would show the text twice."""
+        """Show an intermediate state; a failed draft or edit does not end the reply.
+
+        The next update or the final text shows it (the scheduler has retried already). A first
+        message that failed does end it: its answer may be lost with the message already in the
+        chat, and another would show the text twice.
+        """
         creating = not self.use_drafts and self.message is None
         try:
             await self._show(text)
