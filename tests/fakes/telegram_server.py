@@ -173,6 +173,8 @@ class FakeTelegramServer:
     downloads: list[str] = field(default_factory=list)
     # Every uploaded file with its bytes (``Call.params`` keeps only name and size).
     uploads: list[Upload] = field(default_factory=list)
+    # When each update was first handed to the bot by getUpdates (monotonic), by update_id.
+    served: dict[int, float] = field(default_factory=dict)
     # Flood limits, when enforced, and the arrival times of the calls they accepted per window.
     flood: FloodRules | None = None
     _flooded: dict[tuple[str, str], collections.deque[float]] = field(default_factory=dict)
@@ -495,7 +497,11 @@ class FakeTelegramServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
         forced, self._forced = self._forced, []
-        return forced + list(self._updates)
+        out = forced + list(self._updates)
+        now = time.monotonic()
+        for u in out:
+            self.served.setdefault(u["update_id"], now)
+        return out
 
     def _user(self) -> dict[str, Any]:
         return {
