@@ -941,6 +941,8 @@ class _Stream:
         self.started = asyncio.Event()
         self.lock = asyncio.Lock()
         self.flusher: asyncio.Task[None] | None = None
+        self.sending = False  # an update is on its way: not to be cancelled
+        self.failed: TelegramAdapterError | None = None  # a first message that failed
 
     def _part(self, text: str) -> translate.Outgoing:
         return translate.Outgoing(
@@ -948,7 +950,13 @@ class _Stream:
         )
 
     async def feed(self, delta: str) -> None:
-        # Appended without the lock: a paced update waiting for its slot sends the latest text.
+        # An update whose slot is free now goes out at once; one that must wait for its slot
+        # goes from a background task that sends the latest text when its turn comes
+        # (coalesced), so the agent's stream is read at its own pace meanwhile, and a reply
+        # that ends before its first update's turn sends only its final text.
+        if self.failed is not None:
+            failed, self.failed = self.failed, None
+            raise failed
         self.buf += delta
         if translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
             async with self.lock:
@@ -957,21 +965,25 @@ class _Stream:
                     await self._commit(head)
         if not self.buf.strip() or self.buf == self.shown:
             return
+        pending = self.flusher is not None and not self.flusher.done()
+        if pending and self.sending:
+            return  # the next update is due after this one anyway
         if not self.started.is_set():
             # The first visible text goes at once, ahead of other streams' edits.
-            async with self.lock:
-                if not self.started.is_set() and self.buf.strip():
-                    await self._update(self.buf)
+            delay, priority = 0.0, Priority.HIGH
+        else:
+            due = self.a._next_edit.get(self.chat.id, 0.0)
+            delay, priority = max(due - self.a._clock(), 0.0), Priority.LOW
+        slot = self.a._scheduler.try_acquire(self.chat.id, priority) if delay <= 0 else None
+        if slot is None:
+            if not pending:  # else the pending update will carry this text too
+                self.flusher = asyncio.create_task(self._flush_later(delay, priority))
             return
-        now = self.a._clock()
-        due = self.a._next_edit.get(self.chat.id, 0.0)
-        slot = self.a._scheduler.try_acquire(self.chat.id, Priority.LOW) if now >= due else None
-        if slot is not None:
+        if pending and self.flusher is not None:
+            self.flusher.cancel()  # still waiting for its time: this update replaces it
+        with granted(slot):
             async with self.lock:
-                with granted(slot):
-                    await self._update(self.buf)
-        elif self.flusher is None or self.flusher.done():
-            self.flusher = asyncio.create_task(self._flush_later(max(due - now, 0.0)))
+                await self._update(self.buf)
 
     async def _update(self, text: str) -> None:
         """Show an intermediate state; a failed draft or edit does not end the reply.
@@ -994,36 +1006,51 @@ class _Stream:
         # later chunk due at once.
         self.a._next_edit[self.chat.id] = self.a._clock() + self.a._interval(self.chat)
 
-    async def _flush_later(self, delay: float) -> None:
+    async def _flush_later(self, delay: float, priority: Priority) -> None:
         if delay > 0:
             await self.a._sleep(delay)
-        async with self.lock:
-            if not self.buf.strip() or self.buf == self.shown:
-                return
-            try:
-                slot = await self.a._scheduler.acquire(self.chat.id, Priority.LOW)
-                with granted(slot):
-                    # Whatever arrived while waiting for the slot goes in the same update.
-                    text = self.buf
-                    if text == self.shown or translate.utf16_len(text) > translate.MESSAGE_LIMIT:
-                        return
-                    await self._show(text)
-                self._paced()
-            except TelegramAdapterError as exc:
-                # The next chunk or the final commit shows the text anyway.
-                log.info("telegram: a paced stream update failed: %s", exc)
+        slot = await self.a._scheduler.acquire(self.chat.id, priority)
+        with granted(slot):
+            async with self.lock:
+                # Whatever arrived while waiting for the slot goes in the same update.
+                text = self.buf
+                if (
+                    not text.strip()
+                    or text == self.shown
+                    or translate.utf16_len(text) > translate.MESSAGE_LIMIT
+                ):
+                    return
+                # From here the update is not cancelled: a message whose answer is cut off
+                # may be in the chat already.
+                self.sending = True
+                try:
+                    await self._update(text)
+                except TelegramAdapterError as exc:
+                    self.failed = exc  # raised by finish(): the flow explains it
+                finally:
+                    self.sending = False
+
+    async def _settle(self) -> None:
+        """Drop an update still waiting for its turn; let one being sent finish."""
+        flusher = self.flusher
+        if flusher is None or flusher.done():
+            return
+        if not self.sending:
+            flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
 
     def abandon(self) -> None:
         """Cancel a pending paced update: the stream ended, or its turn was cancelled."""
-        if self.flusher is not None and not self.flusher.done():
+        if self.flusher is not None and not self.flusher.done() and not self.sending:
             self.flusher.cancel()
 
     async def finish(self) -> MessageRef | None:
-        if self.flusher is not None:
-            self.flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.flusher
+        await self._settle()
         async with self.lock:
+            if self.failed is not None:
+                failed, self.failed = self.failed, None
+                raise failed
             if self.buf.strip():
                 await self._commit(self.buf)
             self.buf = ""
