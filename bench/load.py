@@ -7,7 +7,8 @@ paced chunks (default 20 x 50 ms). Tenants are signed up beforehand through the 
 services (sign-up is not what is measured); most talk in private chats (drafts), some in groups
 of four (edits of one message). One round warms the agents up; the next is measured.
 
-Figures, per reply, on the fake Telegram's clock: first visible text (update handed to the bot
+Figures, per reply, on the fake Telegram's clock: update -> the provider's request (the bot and
+the agent layer), first visible text (update handed to the bot
 by getUpdates -> first draft/message in the chat), whole reply visible minus provider time (the
 provider's own streaming time for one reply, measured in the same run by streaming straight
 from the fake provider at the same concurrency), platform calls per reply, 429s, the most
@@ -65,6 +66,7 @@ class Sample:
     first_visible: float
     whole: float
     calls: int
+    dispatch: float  # update handed to the bot -> the provider got the request
 
 
 def tables(root: Path, llm: FakeLLMServer, telegram: FakeTelegramServer) -> dict[str, Any]:
@@ -134,7 +136,11 @@ async def wait_until(predicate: Any, within: float, what: str) -> None:
 
 
 async def round_of(
-    telegram: FakeTelegramServer, people: list[Person], tag: str, words: int
+    telegram: FakeTelegramServer,
+    people: list[Person],
+    tag: str,
+    words: int,
+    asked: dict[str, float],
 ) -> list[Sample]:
     """Everyone writes at once; wait for every whole reply; the figures of each."""
     since = len(telegram.calls)
@@ -150,14 +156,22 @@ async def round_of(
     )
     out: list[Sample] = []
     for p in people:
-        uid, mid, _ = sent[p.user_id]
+        uid, mid, text = sent[p.user_id]
         served = telegram.served[uid]
         reply: Delivered = (
             group_reply(telegram, p.chat_id, mid)
             if p.in_group
             else direct_reply(telegram, p.chat_id, since)
         )
-        out.append(Sample(p, reply.first - served, reply.last - served, len(reply.calls)))
+        out.append(
+            Sample(
+                p,
+                reply.first - served,
+                reply.last - served,
+                len(reply.calls),
+                asked[text] - served,
+            )
+        )
     return out
 
 
@@ -204,13 +218,16 @@ def uss_mib(pids: list[int]) -> float:
 
 def row(name: str, samples: list[Sample], provider: float) -> list[str]:
     if not samples:
-        return [name, "0", "-", "-", "-", "-", "-", "-"]
+        return [name, "0", "-", "-", "-", "-", "-", "-", "-", "-"]
+    dispatch = [s.dispatch for s in samples]
     first = [s.first_visible for s in samples]
     extra = [s.whole - provider for s in samples]
     calls = [s.calls for s in samples]
     return [
         name,
         str(len(samples)),
+        f"{median(dispatch):.2f}",
+        f"{pct(dispatch, 99):.2f}",
         f"{median(first):.2f}",
         f"{pct(first, 99):.2f}",
         f"{median(extra):+.2f}",
@@ -231,9 +248,12 @@ async def main(tenants: int, words: int, delay: float, group_share: float) -> No
             p.chat_id = p.user_id
     alone = Person(7_999_999, 7_999_999)
 
+    asked: dict[str, float] = {}  # when the provider got each message's request
+
     def reply(messages: list[dict[str, Any]]) -> str:
         # The message's own tag (one word), then the rest: ``words`` chunks in all.
         last = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        asked.setdefault(str(last), time.monotonic())
         return f"{last} {long_reply(words - 1)}"
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -256,16 +276,16 @@ async def main(tenants: int, words: int, delay: float, group_share: float) -> No
                 bot = await ws.start("run")
                 await bot.wait_output(SERVING, within=60)
                 baseline_provider = median(await provider_time(llm, 1))
-                await round_of(telegram, [alone], "warmup-alone", words)
+                await round_of(telegram, [alone], "warmup-alone", words, asked)
                 base: list[Sample] = []
                 for i in range(3):
                     # Apart, so no reply waits for the previous one's room in the chat.
                     await asyncio.sleep(QUIET)
-                    base += await round_of(telegram, [alone], f"alone{i}", words)
-                await round_of(telegram, people, "warmup", words)
+                    base += await round_of(telegram, [alone], f"alone{i}", words, asked)
+                await round_of(telegram, people, "warmup", words, asked)
                 loaded_provider = median(await provider_time(llm, tenants))
                 await asyncio.sleep(QUIET)
-                samples = await round_of(telegram, people, "measured", words)
+                samples = await round_of(telegram, people, "measured", words, asked)
                 rss = rss_mib(bot.pid)
                 uss = uss_mib(bot.children())
                 refusals = len(telegram.flood_refusals())
@@ -294,6 +314,8 @@ async def main(tenants: int, words: int, delay: float, group_share: float) -> No
             [
                 "replies",
                 "n",
+                "to provider p50 s",
+                "p99 s",
                 "first visible p50 s",
                 "p99 s",
                 "whole - provider p50 s",
