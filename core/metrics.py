@@ -206,9 +206,9 @@ def watch_agents(pids: Callable[[], Sequence[int]]) -> None:
 
 
 # What each SDK logs when it meets a 429 and retries; their own retry loops never reach our
-# code, so their log records are the only place to see them.
+# code, so their log records are the only place to see them. (Telegram's requests pass through
+# our own scheduler, adapters/telegram/pacing.py, which counts its 429s itself.)
 _SDK_RETRY_LINES: Final = (
-    ("telegram", "telegram.ext.AIORateLimiter", ("Rate limit hit",)),
     ("discord", "discord.http", ("We are being rate limited", "Global rate limit")),
 )
 

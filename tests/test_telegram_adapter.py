@@ -23,6 +23,7 @@ from adapters.telegram import (
     TelegramUnavailable,
     parse,
 )
+from adapters.telegram.pacing import FloodLimits, Window
 from adapters.telegram.translate import utf16_len
 from core.chat import (
     Button,
@@ -37,6 +38,7 @@ from core.chat import (
     UserRef,
 )
 from core.config import PlatformSettings
+from core.metrics import REGISTRY
 from tests.fakes.telegram_server import (
     PROXY_VARS,
     FakeTelegramServer,
@@ -82,6 +84,9 @@ def sleep() -> HeldSleep:
     return HeldSleep()
 
 
+OPEN_LIMITS = FloodLimits(Window(1000, 1.0), Window(1000, 1.0), Window(1000, 1.0))
+
+
 @pytest.fixture
 async def make(
     server: FakeTelegramServer, script: Script, clock: TickingClock, sleep: HeldSleep
@@ -105,6 +110,9 @@ async def make(
             clock=clock,
             typing_refresh=typing_refresh,
             sleep=sleep,
+            # These tests move a manual clock for the stream's pace; the flood windows count
+            # real time, so they are wide open here (tests/test_telegram_pacing.py covers them).
+            limits=OPEN_LIMITS,
         )
         await adapter.start(script)
         started.append(adapter)
@@ -780,7 +788,7 @@ async def test_token_never_appears_in_logs_or_messages(
 
     assert '/getUpdates "HTTP/1.1 200 OK"' in caplog.text  # httpx request lines captured
     assert "Calling Bot API endpoint `getMe`" in caplog.text  # and the SDK DEBUG lines
-    assert "Retrying after" in caplog.text  # so was the rate limiter's retry
+    assert "sendMessage answered 429; retrying" in caplog.text  # so was the scheduler's retry
     outgoing = str([c.params for c in server.calls])
     for canary in (TOKEN, TOKEN.partition(":")[2], wrong, wrong.partition(":")[2]):
         assert canary not in caplog.text
@@ -926,8 +934,16 @@ async def test_server_errors_are_wrapped_and_deletion_reports_false(
     with pytest.raises(TelegramUnavailable):
         await adapter.send(chat, Reply("hello"))
     server.fail("sendMessage", 429, "Too Many Requests", retry_after=0.05)
+    limited = REGISTRY.get_sample_value(
+        "byokbot_platform_rate_limited_total", {"platform": "telegram"}
+    )
     with pytest.raises(TelegramRateLimited):
         await adapter.send(chat, Reply("hello"))
+    # One 429 answer, counted once (by the scheduler, not again when it is wrapped).
+    assert (
+        REGISTRY.get_sample_value("byokbot_platform_rate_limited_total", {"platform": "telegram"})
+        == (limited or 0.0) + 1
+    )
     server.fail("deleteMessage", 502, "Bad Gateway")
     caplog.set_level(logging.INFO, logger="adapters.telegram.adapter")
     assert await adapter.delete(chat, "7") is False

@@ -227,7 +227,9 @@ async def test_agent_chat_streams_in_dm_and_answers_mentions_in_groups(chat: Cha
     shown = await chat.shows(42, 5)
     assert shown[-1] == "Hello Ada, how can I help?"
     drafts = chat.server.calls_to("sendMessageDraft")
-    assert [d["text"] for d in drafts] == ["Hello"]  # paced: the rest came within a second
+    # Paced: the rest came within a second. When the sign-up's messages still fill the chat's
+    # flood window, the reply ends before its first draft's turn and only the message goes.
+    assert [d["text"] for d in drafts] in ([], ["Hello"])
 
     chat.push(GROUP, ADA, "just chatting with the team")
     chat.push(GROUP, ADA, "@byok_test_bot summarise please")

@@ -41,7 +41,6 @@ from telegram.error import (
     TelegramError,
 )
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     ApplicationBuilder,
     ContextTypes,
@@ -51,6 +50,7 @@ from telegram.ext import (
 
 from adapters.telegram import translate
 from adapters.telegram.config import TelegramConfig, parse
+from adapters.telegram.pacing import FloodLimits, FloodScheduler, Priority, granted
 from core.chat import (
     ChatRef,
     Document,
@@ -68,7 +68,6 @@ from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.errors import ConfigError
 from core.inbox import InboxPort, MemoryInbox
 from core.logs import RedactingFilter, register_secret
-from core.metrics import PLATFORM_RATE_LIMITED
 from core.ports import EventHandler, FileTooLarge, FileUnavailable
 
 T = TypeVar("T")
@@ -193,6 +192,8 @@ class TelegramAdapter:
         typing_refresh: seconds between "typing..." actions while a reply is awaited
             (Telegram shows one for about five seconds).
         sleep: waits until a paced stream update is due (tests pass a controllable one).
+        limits: the flood windows of the outbound scheduler (Telegram's by default); they
+            count real time, not ``clock``.
     """
 
     platform = Platform.TELEGRAM
@@ -207,6 +208,7 @@ class TelegramAdapter:
         commands: Sequence[tuple[str, str]] = COMMANDS,
         typing_refresh: float = 4.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        limits: FloodLimits | None = None,
     ) -> None:
         if config.token is None:
             raise ValueError(f"{config.token_env} is not set")
@@ -221,6 +223,9 @@ class TelegramAdapter:
         self._bot_username = ""
         self._unreachable: set[str] = set()
         self._next_edit: dict[str, float] = {}
+        # One scheduler for every request of this bot: Telegram's limits are per bot.
+        self._scheduler = FloodScheduler(limits, retries=config.rate_limit_retries)
+        self._live: dict[str, int] = {}  # streams in progress, by chat
         self._typing_at: dict[str, float] = {}
         self._typing_refresh = typing_refresh
         self._sleep = sleep
@@ -267,7 +272,7 @@ class TelegramAdapter:
             .token(cfg.token.reveal())
             .base_url(cfg.api_base_url)
             .base_file_url(cfg.file_base_url)
-            .rate_limiter(AIORateLimiter(max_retries=cfg.rate_limit_retries))
+            .rate_limiter(self._scheduler)
             .concurrent_updates(True)
             .get_updates_read_timeout(cfg.poll_timeout + 10.0)
             .job_queue(None)
@@ -578,7 +583,7 @@ class TelegramAdapter:
                 return ChatUnreachable(chat_id, exc.message)
             return TelegramRequestRejected(f"{what}: {exc.message}")
         if isinstance(exc, RetryAfter):
-            PLATFORM_RATE_LIMITED.labels("telegram").inc()  # after AIORateLimiter's retries
+            # Already counted by the scheduler, which sees every 429 (retried or not).
             return TelegramRateLimited(f"{what}: flood control ({exc})")
         if isinstance(exc, BadRequest):
             return TelegramRequestRejected(f"{what}: {exc.message}")
@@ -858,6 +863,7 @@ class TelegramAdapter:
         chat = event.chat
         use_drafts = chat.is_direct and self._drafts_ok and chat.thread_id is None
         stream = _Stream(self, chat, use_drafts=use_drafts, quote=_quote(event))
+        self._live[chat.id] = self._live.get(chat.id, 0) + 1
         await self.typing(chat)
         keep_typing = asyncio.create_task(self._keep_typing(chat, stream.started))
         try:
@@ -872,6 +878,11 @@ class TelegramAdapter:
         finally:
             keep_typing.cancel()
             stream.abandon()  # if the turn itself was cancelled, no paced update fires later
+            left = self._live.get(chat.id, 1) - 1
+            if left > 0:
+                self._live[chat.id] = left
+            else:
+                self._live.pop(chat.id, None)
         return await stream.finish()
 
     async def _keep_typing(self, chat: ChatRef, started: asyncio.Event) -> None:
@@ -882,8 +893,22 @@ class TelegramAdapter:
             await self.typing(chat)
 
     def _interval(self, chat: ChatRef) -> float:
+        """Seconds until a stream's next intermediate update: longer when the bot is busy.
+
+        Edits share what the windows leave after their reserve for first answers; half of
+        that is planned for, so first answers and final texts rarely wait.
+        """
         cfg = self.config
-        return cfg.edit_interval if chat.is_direct else cfg.group_edit_interval
+        base = cfg.edit_interval if chat.is_direct else cfg.group_edit_interval
+        limits = self._scheduler.limits
+        bot = limits.bot
+        per_second = (bot.limit - bot.reserve) / bot.seconds / 2
+        interval = max(base, sum(self._live.values()) / per_second)
+        if not chat.is_direct:
+            group = limits.group
+            share = group.seconds / max(group.limit - group.reserve, 1)
+            interval = max(interval, (self._live.get(chat.id, 1) - 1) * share)
+        return interval
 
     def _new_draft_id(self) -> int:
         self._draft_seq += 1
@@ -928,6 +953,8 @@ class _Stream:
         self.started = asyncio.Event()
         self.lock = asyncio.Lock()
         self.flusher: asyncio.Task[None] | None = None
+        self.sending = False  # an update is on its way: not to be cancelled
+        self.failed: TelegramAdapterError | None = None  # a first message that failed
 
     def _part(self, text: str) -> translate.Outgoing:
         return translate.Outgoing(
@@ -935,46 +962,107 @@ class _Stream:
         )
 
     async def feed(self, delta: str) -> None:
-        async with self.lock:
-            self.buf += delta
-            while translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
-                head, self.buf = translate.split_once(self.buf)
-                await self._commit(head)
-            if not self.buf.strip() or self.buf == self.shown:
-                return
-            now = self.a._clock()
+        # An update whose slot is free now goes out at once; one that must wait for its slot
+        # goes from a background task that sends the latest text when its turn comes
+        # (coalesced), so the agent's stream is read at its own pace meanwhile, and a reply
+        # that ends before its first update's turn sends only its final text.
+        if self.failed is not None:
+            failed, self.failed = self.failed, None
+            raise failed
+        self.buf += delta
+        if translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
+            async with self.lock:
+                while translate.utf16_len(self.buf) > translate.MESSAGE_LIMIT:
+                    head, self.buf = translate.split_once(self.buf)
+                    await self._commit(head)
+        if not self.buf.strip() or self.buf == self.shown:
+            return
+        pending = self.flusher is not None and not self.flusher.done()
+        if pending and self.sending:
+            return  # the next update is due after this one anyway
+        if not self.started.is_set():
+            # The first visible text goes at once, ahead of other streams' edits.
+            delay, priority = 0.0, Priority.HIGH
+        else:
             due = self.a._next_edit.get(self.chat.id, 0.0)
-            if now >= due:
-                await self._show_paced(now)
-            elif self.flusher is None or self.flusher.done():
-                self.flusher = asyncio.create_task(self._flush_later(due - now))
+            delay, priority = max(due - self.a._clock(), 0.0), Priority.LOW
+        slot = self.a._scheduler.try_acquire(self.chat.id, priority) if delay <= 0 else None
+        if slot is None:
+            if not pending:  # else the pending update will carry this text too
+                self.flusher = asyncio.create_task(self._flush_later(delay, priority))
+            return
+        if pending and self.flusher is not None:
+            self.flusher.cancel()  # still waiting for its time: this update replaces it
+        with granted(slot):
+            async with self.lock:
+                await self._update(self.buf)
 
-    async def _show_paced(self, now: float) -> None:
-        await self._show(self.buf)
-        self.a._next_edit[self.chat.id] = now + self.a._interval(self.chat)
+    async def _update(self, text: str) -> None:
+        """Show an intermediate state; a failed draft or edit does not end the reply.
 
-    async def _flush_later(self, delay: float) -> None:
-        await self.a._sleep(delay)
-        async with self.lock:
-            if not self.buf.strip() or self.buf == self.shown:
-                return
-            try:
-                await self._show_paced(self.a._clock())
-            except TelegramAdapterError as exc:
-                # The next chunk or the final commit shows the text anyway.
-                log.info("telegram: a paced stream update failed: %s", exc)
+        The next update or the final text shows it (the scheduler has retried already). A first
+        message that failed does end it: its answer may be lost with the message already in the
+        chat, and another would show the text twice.
+        """
+        creating = not self.use_drafts and self.message is None
+        try:
+            await self._show(text)
+        except (TelegramUnavailable, TelegramRateLimited) as exc:
+            if creating:
+                raise
+            log.info("telegram: a stream update failed: %s", exc)
+        self._paced()
+
+    def _paced(self) -> None:
+        # The clock is read after the send: a send the scheduler held must not make every
+        # later chunk due at once.
+        self.a._next_edit[self.chat.id] = self.a._clock() + self.a._interval(self.chat)
+
+    async def _flush_later(self, delay: float, priority: Priority) -> None:
+        if delay > 0:
+            await self.a._sleep(delay)
+        slot = await self.a._scheduler.acquire(self.chat.id, priority)
+        with granted(slot):
+            async with self.lock:
+                # Whatever arrived while waiting for the slot goes in the same update.
+                text = self.buf
+                if (
+                    not text.strip()
+                    or text == self.shown
+                    or translate.utf16_len(text) > translate.MESSAGE_LIMIT
+                ):
+                    return
+                # From here the update is not cancelled: a message whose answer is cut off
+                # may be in the chat already.
+                self.sending = True
+                try:
+                    await self._update(text)
+                except TelegramAdapterError as exc:
+                    self.failed = exc  # raised by finish(): the flow explains it
+                finally:
+                    self.sending = False
+
+    async def _settle(self) -> None:
+        """Drop an update still waiting for its turn; let one being sent finish."""
+        flusher = self.flusher
+        if flusher is None or flusher.done():
+            return
+        if not self.sending:
+            flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
 
     def abandon(self) -> None:
         """Cancel a pending paced update: the stream ended, or its turn was cancelled."""
-        if self.flusher is not None and not self.flusher.done():
+        if self.flusher is not None and not self.flusher.done() and not self.sending:
             self.flusher.cancel()
 
     async def finish(self) -> MessageRef | None:
-        if self.flusher is not None:
-            self.flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.flusher
+        await self._settle()
         async with self.lock:
+            if self.failed is not None:
+                failed, self.failed = self.failed, None
+                raise failed
             if self.buf.strip():
                 await self._commit(self.buf)
             self.buf = ""

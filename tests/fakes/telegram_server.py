@@ -3,15 +3,21 @@
 Serves ``POST /bot<TOKEN>/<method>`` (form, multipart or JSON bodies) on 127.0.0.1, queues
 updates for ``getUpdates`` long polls, keeps the text of every message per chat (edits applied,
 deletions removed) and can be told to fail a method with a status (403, 400, 429 with
-``retry_after``) a number of times. A method it does not model answers 404, as the real server
-does, so an unexpected call fails loudly.
+``retry_after``, 502) a number of times, optionally after letting some calls through, or to
+stall a call past the client's timeout. A method it does not model answers 404, as the real
+server does, so an unexpected call fails loudly.
+
+Opt-in (``enforce_flood_limits``): Telegram's documented flood limits, answered with 429 and
+``parameters.retry_after`` as the real API does (see ``FloodRules``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +74,7 @@ class Call:
     params: dict[str, Any]
     status: int = 200
     message_id: int | None = None  # of the message a send created
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
@@ -92,6 +99,38 @@ class Failure:
     retry_after: float | None = None
     chat_id: str | None = None
     migrate_to: int | None = None
+    skip: int = 0  # matching calls answered normally before the failure starts
+    stall: float | None = None  # no answer for this long (a timeout), then the error
+
+
+# Methods Telegram counts against its message limits (chat actions, deletions and callback
+# answers are not).
+FLOODED_METHODS = frozenset(
+    {
+        "sendMessage",
+        "sendMessageDraft",
+        "sendPhoto",
+        "sendDocument",
+        "editMessageText",
+        "editMessageReplyMarkup",
+    }
+)
+
+
+@dataclass(frozen=True)
+class FloodRules:
+    """Telegram's documented flood limits, as sliding windows of accepted calls on arrival.
+
+    About one message a second in a chat with short bursts (``per_chat`` in ``chat_seconds``),
+    20 a minute in a group (negative chat ids), 30 a second for the whole bot.
+    """
+
+    per_chat: int = 3
+    chat_seconds: float = 3.0
+    per_group: int = 20
+    group_seconds: float = 60.0
+    per_bot: int = 30
+    bot_seconds: float = 1.0
 
 
 @dataclass
@@ -134,6 +173,11 @@ class FakeTelegramServer:
     downloads: list[str] = field(default_factory=list)
     # Every uploaded file with its bytes (``Call.params`` keeps only name and size).
     uploads: list[Upload] = field(default_factory=list)
+    # When each update was first handed to the bot by getUpdates (monotonic), by update_id.
+    served: dict[int, float] = field(default_factory=dict)
+    # Flood limits, when enforced, and the arrival times of the calls they accepted per window.
+    flood: FloodRules | None = None
+    _flooded: dict[tuple[str, str], collections.deque[float]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -198,7 +242,15 @@ class FakeTelegramServer:
         retry_after: float | None = None,
         chat_id: str | int | None = None,
         migrate_to: int | None = None,
+        skip: int = 0,
+        stall: float | None = None,
     ) -> None:
+        """The next ``times`` calls to ``method`` (in ``chat_id``) answer ``status``.
+
+        ``skip`` lets that many matching calls through first (fail the third draft of a
+        reply: ``skip=2``); ``stall`` holds the call unanswered that long first, so the client
+        times out (the call has no effect).
+        """
         self.failures.append(
             Failure(
                 method,
@@ -208,8 +260,57 @@ class FakeTelegramServer:
                 retry_after,
                 None if chat_id is None else str(chat_id),
                 migrate_to,
+                skip,
+                stall,
             )
         )
+
+    def time_out(
+        self,
+        method: str,
+        *,
+        seconds: float = 8.0,
+        times: int = 1,
+        chat_id: str | int | None = None,
+        skip: int = 0,
+    ) -> None:
+        """The next call to ``method`` gets no answer for ``seconds``: a timeout.
+
+        python-telegram-bot gives up after 5 s. The call has no effect.
+        """
+        self.fail(
+            method,
+            504,
+            "Gateway Timeout",
+            times=times,
+            chat_id=chat_id,
+            skip=skip,
+            stall=seconds,
+        )
+
+    def enforce_flood_limits(self, rules: FloodRules | None = None) -> None:
+        """From now on, answer 429 (with ``retry_after``) to what Telegram would refuse."""
+        self.flood = rules or FloodRules()
+
+    def flood_refusals(self) -> list[Call]:
+        """The calls answered 429 because of the flood limits (or a scripted 429)."""
+        return [c for c in self.calls if c.status == 429]
+
+    def most_in_window(self, chat_id: str | int, seconds: float) -> int:
+        """The most flood-counted calls accepted in ``chat_id`` within any ``seconds``."""
+        times = [
+            c.at
+            for c in self.calls
+            if c.status == 200
+            and c.method in FLOODED_METHODS
+            and str(c.params.get("chat_id")) == str(chat_id)
+        ]
+        best, lo = 0, 0
+        for hi, t in enumerate(times):
+            while times[lo] <= t - seconds:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
 
     def add_file(self, file_id: str, data: bytes) -> None:
         """Make ``file_id`` downloadable (getFile, then GET /file/bot<token>/<path>)."""
@@ -294,6 +395,8 @@ class FakeTelegramServer:
         if failure is not None:
             call.status = failure.status
             self._notify()
+            if failure.stall is not None:
+                await asyncio.sleep(failure.stall)
             return self._error(
                 failure.status, failure.description, failure.retry_after, failure.migrate_to
             )
@@ -302,6 +405,12 @@ class FakeTelegramServer:
             call.status = 404
             self._notify()
             return self._error(404, "Not Found")
+        wait = self._flood_wait(method, params, call.at)
+        if wait is not None:
+            call.status = 429
+            self._notify()
+            retry = max(1, math.ceil(wait))
+            return self._error(429, f"Too Many Requests: retry after {retry}", retry)
         gate = self._holds.get(method)
         if gate is not None:
             self._notify()
@@ -332,8 +441,35 @@ class FakeTelegramServer:
                 continue
             if failure.chat_id is not None and str(params.get("chat_id")) != failure.chat_id:
                 continue
+            if failure.skip > 0:
+                failure.skip -= 1
+                continue
             failure.times -= 1
             return failure
+        return None
+
+    def _flood_wait(self, method: str, params: dict[str, Any], now: float) -> float | None:
+        """None if the flood limits accept the call (then counted), else seconds to wait."""
+        rules = self.flood
+        if rules is None or method not in FLOODED_METHODS:
+            return None
+        chat = str(params.get("chat_id", ""))
+        windows = [(("bot", ""), rules.per_bot, rules.bot_seconds)]
+        if chat:
+            windows.append((("chat", chat), rules.per_chat, rules.chat_seconds))
+            if chat.startswith("-"):
+                windows.append((("group", chat), rules.per_group, rules.group_seconds))
+        wait = 0.0
+        for key, limit, seconds in windows:
+            seen = self._flooded.setdefault(key, collections.deque())
+            while seen and seen[0] <= now - seconds:
+                seen.popleft()
+            if len(seen) >= limit:
+                wait = max(wait, seen[len(seen) - limit] + seconds - now)
+        if wait > 0:
+            return wait
+        for key, _, _ in windows:
+            self._flooded[key].append(now)
         return None
 
     @staticmethod
@@ -361,7 +497,11 @@ class FakeTelegramServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
         forced, self._forced = self._forced, []
-        return forced + list(self._updates)
+        out = forced + list(self._updates)
+        now = time.monotonic()
+        for u in out:
+            self.served.setdefault(u["update_id"], now)
+        return out
 
     def _user(self) -> dict[str, Any]:
         return {

@@ -233,9 +233,11 @@ async def test_a_trial_runs_out_then_suspends_and_is_had_once(
     enable_proxy(tg_ws, llm, canaries, managed_trial=False)
     tg_ws.configure(
         {
-            # A four-second trial, reminded at once, with two seconds of grace.
+            # A ten-second trial (long enough for the sign-up's messages and a reply at
+            # Telegram's pace of about one message a second per chat), reminded at once,
+            # with two seconds of grace.
             "billing": {"check_interval_seconds": 0.2, "reminder_days": 1, "grace_days": 2 / 86400},
-            "billing.plans.managed": {"trial_days": 4 / 86400},
+            "billing.plans.managed": {"trial_days": 10 / 86400},
         }
     )
     bot = await start_bot(tg_ws, telegram)

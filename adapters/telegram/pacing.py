@@ -1,0 +1,360 @@
+"""The Telegram outbound scheduler: one per bot, owning Telegram's flood limits.
+
+Every Bot API request passes through ``FloodScheduler.process_request`` (python-telegram-bot's
+rate-limiter hook). Message-producing requests take a slot from sliding windows (the whole bot,
+the chat, and the group) before they go out, so nothing is sent that Telegram would answer
+with a 429. A slot is counted from the moment its request *finished* (and occupies its windows
+while in flight): Telegram counts a request when it arrives, which is somewhere between our
+send and its answer, so however late a request travels the windows Telegram sees are never
+fuller than ours. Waiters are served by priority, then in arrival order (fair across chats):
+
+* ``HIGH`` (the default): replies, notices, a stream's first visible text and its final text;
+* ``LOW``: a stream's intermediate drafts and edits, which must also leave a reserve of each
+  window free for HIGH requests, so a busy bot slows its edits rather than its first answers.
+
+Server errors (5xx) and timeouts are retried with back-off. A request that creates a message
+(``sendMessage``...) is retried only when it surely never reached Telegram: a lost answer
+would otherwise show the message twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+import httpx
+from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
+from telegram.ext import BaseRateLimiter
+
+from core.metrics import PLATFORM_RATE_LIMITED, PLATFORM_RETRIES
+
+log = logging.getLogger(__name__)
+
+
+class Priority(IntEnum):
+    HIGH = 0
+    LOW = 1
+
+
+# Requests Telegram counts against its message limits (chat actions, deletions, callback and
+# checkout answers are not throttled: they are small and often time-critical).
+MESSAGE_METHODS: Final = frozenset(
+    {
+        "sendMessage",
+        "sendMessageDraft",
+        "sendPhoto",
+        "sendDocument",
+        "sendMediaGroup",
+        "copyMessage",
+        "forwardMessage",
+        "editMessageText",
+        "editMessageCaption",
+        "editMessageReplyMarkup",
+    }
+)
+# Requests that create a message: never repeated after an answer that may have been lost.
+CREATING: Final = frozenset(
+    {"sendMessage", "sendPhoto", "sendDocument", "sendMediaGroup", "copyMessage", "forwardMessage"}
+)
+# getUpdates has its own retry loop in the adapter (its 409 means something else).
+_BYPASS: Final = frozenset({"getUpdates"})
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """At most ``limit`` requests in any ``seconds``; LOW ones leave ``reserve`` for HIGH."""
+
+    limit: int
+    seconds: float
+    reserve: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FloodLimits:
+    """Telegram's documented limits, with a margin: the windows are a little longer."""
+
+    bot: Window = Window(30, 1.05, reserve=8)
+    chat: Window = Window(3, 3.3, reserve=1)  # about 1 a second, small bursts
+    group: Window = Window(20, 61.0, reserve=6)  # 20 a minute in a group
+
+
+Key = tuple[str, str]
+
+
+class Slot:
+    """Room in every window of one chat, held from its grant until its request finished."""
+
+    __slots__ = ("_owner", "keys", "open")
+
+    def __init__(self, owner: FloodScheduler, keys: tuple[Key, ...]) -> None:
+        self._owner, self.keys, self.open = owner, keys, True
+
+    def release(self) -> None:
+        """The request is over (answered, failed or never made): the windows count it from now."""
+        if self.open:
+            self.open = False
+            self._owner._release(self)
+
+
+# A stream that took its slot itself (``try_acquire``) hands it to its next request.
+_GRANTED: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
+    "telegram_slot", default=None
+)
+
+
+@contextlib.contextmanager
+def granted(slot: Slot) -> Iterator[None]:
+    """The next message request made inside uses ``slot``; released on leaving if unused."""
+    token = _GRANTED.set(slot)
+    try:
+        yield
+    finally:
+        _GRANTED.reset(token)
+        slot.release()
+
+
+@dataclass(eq=False)
+class _Waiter:
+    priority: Priority
+    seq: int
+    keys: tuple[Key, ...]
+    future: asyncio.Future[Slot]
+
+
+class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
+    """Sliding-window flood control, priority queue and retries for one bot.
+
+    Args:
+        limits: the windows (tests pass small ones).
+        retries: how many times a 429, a 5xx or a timeout is retried.
+        clock: monotonic seconds (unit tests pass a manual clock and call ``dispatch``).
+        backoff: first back-off in seconds after a 5xx or timeout (doubles, at most 8 s).
+    """
+
+    def __init__(
+        self,
+        limits: FloodLimits | None = None,
+        *,
+        retries: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+        backoff: float = 0.25,
+    ) -> None:
+        self.limits = limits or FloodLimits()
+        self.retries = retries
+        self._clock = clock
+        self._backoff = backoff
+        # Per window: when each finished request ended (in order), and how many are in flight.
+        self._sent: dict[Key, collections.deque[float]] = {}
+        self._inflight: dict[Key, int] = {}
+        self._waiters: list[_Waiter] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.rate_limited = 0  # 429s met (should stay 0)
+        self.retried = 0  # 5xx/timeouts retried
+
+    async def initialize(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for w in self._waiters:
+            if not w.future.done():
+                w.future.cancel()
+        self._waiters.clear()
+
+    # ----- windows -------------------------------------------------------------------------
+
+    def _keys(self, chat_id: str | None) -> tuple[Key, ...]:
+        if chat_id is None or chat_id == "":
+            return (("bot", ""),)
+        # Telegram's groups and channels have negative ids.
+        if chat_id.startswith("-"):
+            return (("bot", ""), ("chat", chat_id), ("group", chat_id))
+        return (("bot", ""), ("chat", chat_id))
+
+    def _window(self, kind: str) -> Window:
+        limits = self.limits
+        return limits.bot if kind == "bot" else limits.chat if kind == "chat" else limits.group
+
+    def _wait_time(self, keys: tuple[Key, ...], priority: Priority, now: float) -> float:
+        """0 when every window has room now, else seconds until the tightest one may.
+
+        ``inf`` when only a request still in flight can make room: its end re-dispatches.
+        """
+        wait = 0.0
+        for key in keys:
+            w = self._window(key[0])
+            sent = self._sent.get(key)
+            while sent and sent[0] <= now - w.seconds:
+                sent.popleft()
+            done = len(sent) if sent else 0
+            count = done + self._inflight.get(key, 0)
+            room = w.limit - (w.reserve if priority is Priority.LOW else 0)
+            if count >= room:
+                # The finished one that must expire before one more fits, oldest first.
+                idx = count - room
+                if sent is None or idx >= done:
+                    return math.inf
+                wait = max(wait, sent[idx] + w.seconds - now)
+        return wait
+
+    def _occupy(self, keys: tuple[Key, ...]) -> Slot:
+        for key in keys:
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+        return Slot(self, keys)
+
+    def _release(self, slot: Slot) -> None:
+        now = self._clock()
+        for key in slot.keys:
+            left = self._inflight.get(key, 1) - 1
+            if left > 0:
+                self._inflight[key] = left
+            else:
+                self._inflight.pop(key, None)
+            self._sent.setdefault(key, collections.deque()).append(now)
+        if self._waiters:
+            self.dispatch()
+
+    def try_acquire(self, chat_id: str | None, priority: Priority = Priority.LOW) -> Slot | None:
+        """A slot now if one is free and nobody of the same or higher priority waits.
+
+        Hand it to the request with ``granted(slot)``.
+        """
+        keys = self._keys(chat_id)
+        if any(w.priority <= priority for w in self._waiters):
+            return None
+        if self._wait_time(keys, priority, self._clock()) > 0:
+            return None
+        return self._occupy(keys)
+
+    async def acquire(self, chat_id: str | None, priority: Priority = Priority.HIGH) -> Slot:
+        """Wait for a slot in every window of ``chat_id``; the caller releases it."""
+        self._seq += 1
+        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(priority, self._seq, self._keys(chat_id), future)
+        self._waiters.append(waiter)
+        self.dispatch()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if future.done() and not future.cancelled():
+                future.result().release()  # granted just before the cancel
+            raise
+
+    def dispatch(self) -> None:
+        """Grant every waiter that fits now, best priority and oldest first; re-arm the timer."""
+        now = self._clock()
+        self._waiters.sort(key=lambda w: (w.priority, w.seq))
+        next_wait: float | None = None
+        granted: list[_Waiter] = []
+        for w in self._waiters:
+            if w.future.done():
+                granted.append(w)
+                continue
+            wait = self._wait_time(w.keys, w.priority, now)
+            if wait <= 0:
+                w.future.set_result(self._occupy(w.keys))
+                granted.append(w)
+            elif wait < math.inf:
+                next_wait = wait if next_wait is None else min(next_wait, wait)
+        for w in granted:
+            self._waiters.remove(w)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if next_wait is not None:
+            self._timer = asyncio.get_running_loop().call_later(next_wait + 0.001, self.dispatch)
+
+    # ----- python-telegram-bot's hook -------------------------------------------------------
+
+    async def process_request(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, bool | dict[str, Any] | list[dict[str, Any]]]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: dict[str, Any] | None,
+    ) -> bool | dict[str, Any] | list[dict[str, Any]]:
+        if endpoint in _BYPASS:
+            try:
+                return await callback(*args, **kwargs)
+            except RetryAfter:
+                self._count_429()
+                raise
+        limited = endpoint in MESSAGE_METHODS
+        chat = data.get("chat_id")
+        chat_id = None if chat is None else str(chat)
+        slot: Slot | None = None
+        if limited:
+            slot = _GRANTED.get()
+            _GRANTED.set(None)  # for this request only
+        priority = Priority(int((rate_limit_args or {}).get("priority", Priority.HIGH)))
+        attempt = 0
+        while True:
+            if limited and slot is None:
+                slot = await self.acquire(chat_id, priority)
+            try:
+                try:
+                    return await callback(*args, **kwargs)
+                finally:
+                    # Counted from its end (answered or not), before any back-off below.
+                    if slot is not None:
+                        slot.release()
+                        slot = None
+            except RetryAfter as exc:
+                self._count_429()
+                if attempt >= self.retries:
+                    raise
+                PLATFORM_RETRIES.labels("telegram").inc()
+                delay = exc.retry_after
+                seconds = delay.total_seconds() if not isinstance(delay, int | float) else delay
+                log.warning("telegram: %s answered 429; retrying in %.1f s", endpoint, seconds)
+                await asyncio.sleep(float(seconds))
+            except BadRequest:
+                raise  # a refusal (python-telegram-bot files it under NetworkError)
+            except NetworkError as exc:
+                if attempt >= self.retries or not _may_repeat(endpoint, exc):
+                    raise
+                self.retried += 1
+                PLATFORM_RETRIES.labels("telegram").inc()
+                log.info(
+                    "telegram: %s failed (%s); retry %d", endpoint, type(exc).__name__, attempt + 1
+                )
+                await asyncio.sleep(min(self._backoff * 2**attempt, 8.0))
+            attempt += 1
+            priority = Priority.HIGH  # a retry must not queue behind fresh edits
+
+    def _count_429(self) -> None:
+        # The one place a Telegram 429 is counted: every request passes through here, and the
+        # adapter's error wrapping does not count again.
+        self.rate_limited += 1
+        PLATFORM_RATE_LIMITED.labels("telegram").inc()
+
+
+def _may_repeat(endpoint: str, exc: NetworkError) -> bool:
+    """Whether sending ``endpoint`` again cannot show something twice."""
+    if endpoint not in CREATING:
+        return True  # edits, drafts, deletions, chat actions: repeating is harmless
+    if not isinstance(exc, TimedOut):
+        # Telegram answered (a 5xx) or the connection failed: the message was not created.
+        return True
+    # A timeout before the request left (connecting, waiting for a pooled connection) is safe;
+    # after it left, the answer may have been lost with the message already in the chat.
+    cause = exc.__cause__
+    return isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout) or (
+        "Pool timeout" in str(exc)
+    )
