@@ -46,6 +46,7 @@ from core.runtime.ports import (
     NotesStore,
     ProfileSource,
     TaskSink,
+    TaskVerdict,
     ToolActivity,
     ToolObserver,
     Turn,
@@ -243,6 +244,10 @@ class AgentSupervisor:
             offered = tuple(t for t in offered if t not in NOTE_TOOLS)
         if self._tasks is None:
             offered = tuple(t for t in offered if t != "schedule_task")
+        system = profile.persona
+        if self._tasks is not None and "schedule_task" in offered:
+            now = await self._tasks.context(tenant_id)
+            system = f"{system}\n\n{now}" if system else now
         notes: tuple[protocol.Note, ...] = ()
         if self._notes is not None and NOTE_TOOLS & set(offered):
             notes = tuple(protocol.Note(n.id, n.text) for n in await self._notes.load(tenant_id))
@@ -267,7 +272,7 @@ class AgentSupervisor:
                 id=rid,
                 messages=tuple(ChatMessage(t.role, t.content) for t in turns),
                 model=profile.model,
-                system=profile.persona,
+                system=system,
                 max_tokens=profile.max_reply_tokens,
                 tools=offered,
                 notes=notes,
@@ -313,9 +318,15 @@ class AgentSupervisor:
                     elif isinstance(event, protocol.TaskEvent):
                         if self._tasks is None or "schedule_task" not in offered:
                             log.warning("agent %s scheduled a task unoffered", tenant_id)
+                            verdict = TaskVerdict(False, "scheduled tasks are not available")
                         else:
-                            await self._tasks.schedule(
+                            verdict = await self._tasks.schedule(
                                 tenant_id, conversation, event.when[:100], event.prompt[:2000]
+                            )
+                        # The tool waits for this; a dead pipe ends the reply below anyway.
+                        with contextlib.suppress(ConnectionError):
+                            await worker.send(
+                                protocol.TaskResult(rid, event.ref, verdict.ok, verdict.message)
                             )
                     elif isinstance(event, protocol.Done):
                         finished = True

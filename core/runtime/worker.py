@@ -51,6 +51,8 @@ EXIT_SANDBOX: Final = 70
 PR_SET_DUMPABLE: Final = 4
 PR_GET_DUMPABLE: Final = 3
 MIB: Final = 1024 * 1024
+TASK_ANSWER_TIMEOUT: Final = 20.0
+"""Seconds schedule_task waits for byokbot to say whether it kept the task."""
 
 
 @functools.cache
@@ -301,6 +303,7 @@ class Worker:
         self._tools: Mapping[str, Tool] = builtin()
         self._cache: dict[str, object] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._task_answers: dict[tuple[str, str], asyncio.Future[protocol.TaskResult]] = {}
 
     async def send(self, msg: protocol.FromAgent) -> None:
         self._writer.write(protocol.encode(msg))
@@ -325,14 +328,34 @@ class Worker:
                 task = self._tasks.get(msg.id)
                 if task is not None:
                     task.cancel()
+            elif isinstance(msg, protocol.TaskResult):
+                waiting = self._task_answers.pop((msg.id, msg.ref), None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(msg)
             else:
                 raise ProtocolError("unexpected message after configure")
         # End of input: the supervisor retired us. Finish what is in flight, then exit.
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
+    async def ask_task(self, event: protocol.TaskEvent) -> protocol.TaskResult | None:
+        """Send ``event`` and wait for byokbot's verdict on it (None after TASK_ANSWER_TIMEOUT)."""
+        key = (event.id, event.ref)
+        answer: asyncio.Future[protocol.TaskResult] = asyncio.get_running_loop().create_future()
+        self._task_answers[key] = answer
+        try:
+            await self.send(event)
+            async with asyncio.timeout(TASK_ANSWER_TIMEOUT):
+                return await answer
+        except TimeoutError:
+            return None
+        finally:
+            self._task_answers.pop(key, None)
+
     async def _answer(self, req: protocol.Request) -> None:
         cfg = self._tool_config
-        ctx = ToolContext(cfg, self._http, list(req.notes), self.send, req.id, self._cache)
+        ctx = ToolContext(
+            cfg, self._http, list(req.notes), self.send, req.id, self.ask_task, self._cache
+        )
         tools = offered(req.tools, self._tools, cfg)
         try:
             async with asyncio.timeout(self._timeout):
