@@ -133,10 +133,14 @@ async def main(quick: bool) -> None:
         app = App(config, env=env, agents=agents, platforms=False)
         await app.open()
         app.services.messengers[Platform.TELEGRAM] = NullMessenger()  # type: ignore[index]
+        billing = app.services.billing
         for c in range(chats):
-            await app.services.tenants.sign_up(
+            tenant = await app.services.tenants.sign_up(
                 UserRef(Platform.TELEGRAM, str(c), "bench"), "managed", dm_chat_id=str(c)
             )
+            if billing is not None:
+                # Managed is never free: an operator's grant, as `/admin comp` gives.
+                await billing.grant(tenant.id, "managed", 30, actor="bench")
 
         async def bare(event: Event) -> None:
             # The baseline: what any handler must do at least - look up and call the agent.

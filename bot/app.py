@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +25,7 @@ from bot.flows.billing import DirectMessageNotices
 from bot.recovery import Recovery
 from bot.router import Router
 from bot.tasks import BotTasks
+from core import changes, proxy_tokens
 from core.access import Access
 from core.agent_data import (
     DatabaseKeyHealth,
@@ -35,8 +37,10 @@ from core.agent_data import (
 from core.billing import Billing
 from core.bookkeeping import DeferredMemory, DeferredUsage, WriteBehind
 from core.budget import Budget
+from core.changes import ChangeFeed, JobLeases
 from core.chat import Platform
 from core.config import Config
+from core.conversations import DatabaseThreads
 from core.credentials import Credentials
 from core.db import Database, upgrade
 from core.db.instance import InstanceLock, wait_shared
@@ -208,6 +212,9 @@ class App:
     _instance: InstanceLock | None = field(init=False, default=None)
     _recovering: asyncio.Task[None] | None = field(init=False, default=None)
     health: HealthServer | None = field(init=False, default=None)
+    # PostgreSQL only: other replicas' changes (core.changes) and the jobs' leases.
+    changes: ChangeFeed | None = field(init=False, default=None)
+    leases: JobLeases | None = field(init=False, default=None)
     # Set once every adapter has started; cleared when one reports a failure.
     _serving: bool = field(init=False, default=False)
 
@@ -260,12 +267,14 @@ class App:
         self.tasks = BotTasks(
             DatabaseTasks(self.db, credentials, self.clock), tenants, plans, messengers
         )
+        memory = DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping)
+        threads = DatabaseThreads(self.db, memory, self.clock)
         if self.agents is None and self.agent_runtime:
             self.supervisor = AgentSupervisor(
                 DatabaseProfiles(
                     self.config, plans, tenants, credentials, managed=self.proxy_access
                 ),
-                DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping),
+                memory,
                 deferred_usage,
                 DatabaseKeyHealth(credentials, proxy=self.proxy_access),
                 self.config.agent,
@@ -273,6 +282,8 @@ class App:
                 tools=tool_config(self.config, self.env),
                 notes=notes,
                 tasks=self.tasks,
+                conversations=self.config.conversations,
+                threads=threads,
             )
             self.agents = self.supervisor
         self.services = Services(
@@ -291,6 +302,7 @@ class App:
             agents=self.agents or UnavailableAgents(),
             notes=notes,
             tasks=self.tasks.store,
+            conversations=threads,
             clock=self.clock,
             messengers=messengers,
             usage=usage,
@@ -474,7 +486,10 @@ class App:
             self.services.stars = stars  # type: ignore[assignment]
         if self.stripe is not None:
             await self.stripe.start()
-        self.scheduler = Scheduler(self.jobs())
+        if not self.db.is_sqlite:
+            await self._listen_for_changes()
+            self.leases = JobLeases(self.db.session, f"{socket.gethostname()}:{os.getpid()}")
+        self.scheduler = Scheduler(self.jobs(), leases=self.leases)
         self.scheduler.start()
         for adapter in self.adapters:
             await self._start_adapter(adapter)
@@ -482,6 +497,35 @@ class App:
         # Turns a previous process left unfinished (their leases may have run out already).
         self._recovering = asyncio.create_task(self._recover_safely())
         self._serving = True
+
+    async def _listen_for_changes(self) -> None:
+        """Other replicas' writes drop this one's caches and swap its agents within a second."""
+        services = self.services
+        feed = ChangeFeed(self.db.url)
+
+        def tenant_changed(tenant_id: str) -> Awaitable[None] | None:
+            services.tenants.changed()
+            proxy_tokens.forget_everywhere(tenant_id)
+            self.proxy_access.forget(tenant_id)
+            return self._swap_agent(tenant_id)
+
+        def everything_changed() -> None:
+            services.tenants.changed()
+            services.flow_states.changed()
+
+        feed.on(changes.TENANT, tenant_changed)
+        feed.on(changes.KEYS, self._swap_agent)
+        feed.on(changes.FLOW, services.flow_states.changed)
+        feed.on_gap(everything_changed)
+        await feed.start()
+        self.changes = feed
+
+    def _swap_agent(self, tenant_id: str) -> Awaitable[None] | None:
+        # A rotated, revoked or suspended tenant's agent here restarts on the new key or
+        # stops (a replica not hosting it has nothing to do).
+        if self.supervisor is None:
+            return None
+        return self.supervisor.reconfigure(tenant_id)
 
     async def _recover_safely(self) -> None:
         try:
@@ -563,13 +607,16 @@ class App:
         async def expire_intake() -> None:
             await expire_intake_sessions(services.intake, services.flow_states)
 
-        jobs = [Job("expire-intake", config.core.intake_sweep_interval_seconds, expire_intake)]
+        sweep = config.core.intake_sweep_interval_seconds
+        jobs = [Job("expire-intake", sweep, expire_intake, once=True)]
         lease = config.inbox.lease_seconds
         jobs.append(Job("inbox-renew", max(lease / 3, 0.3), self._renew_inbox))
         jobs.append(Job("inbox-recover", max(lease / 2, 0.5), self._recover_safely))
-        jobs.append(Job("inbox-sweep", 3600, self._sweep_inbox))
+        jobs.append(Job("inbox-sweep", 3600, self._sweep_inbox, once=True))
         # Trials and periods end, grace runs out, reminders fall due (issue 15).
-        jobs.append(Job("billing", config.billing.check_interval_seconds, self.billing.tick))
+        jobs.append(
+            Job("billing", config.billing.check_interval_seconds, self.billing.tick, once=True)
+        )
         if self.supervisor is not None:
             jobs.append(
                 Job(
@@ -580,12 +627,15 @@ class App:
             )
         if self.supervisor is not None:
             self.tasks.agents = self.services.agents
-            jobs.append(Job("run-tasks", config.tools.tasks.interval_seconds, self.tasks.run_due))
+            every_task = config.tools.tasks.interval_seconds
+            jobs.append(Job("run-tasks", every_task, self.tasks.run_due, once=True))
         if self.proxy_server is not None:
             # The same jobs ``byokbot proxy`` runs on its own (both are idempotent).
             every = config.proxy.sweep_interval_seconds
-            jobs.append(Job("sweep-reservations", every, self.budget.sweep_orphans))
-            jobs.append(Job("roll-budget-month", every, self.budget.reset_month))
+            jobs.append(Job("sweep-reservations", every, self.budget.sweep_orphans, once=True))
+            jobs.append(Job("roll-budget-month", every, self.budget.reset_month, once=True))
+        # inbox-renew/-recover and stop-idle-agents stay on every replica: each renews its own
+        # leases, takes over turns whose lease ran out, and stops its own idle agents.
         return jobs
 
     async def _sweep_inbox(self) -> None:
@@ -623,6 +673,9 @@ class App:
             await self.recovery.aclose()
         with contextlib.suppress(AttributeError):
             self.scheduler.stop()
+        if self.changes is not None:
+            await self.changes.stop()
+            self.changes = None
         if self.stripe is not None:
             await self.stripe.stop()
         if self.supervisor is not None:

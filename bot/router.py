@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot import texts
-from bot.flows import account, admin, agent, billing, cancel, keys, tasks, whoami
+from bot.flows import (
+    account,
+    admin,
+    agent,
+    billing,
+    cancel,
+    conversations,
+    keys,
+    media,
+    tasks,
+    whoami,
+)
 from bot.flows.base import EPHEMERAL_PLATFORMS, Refusal, Services, Turn
 from core.chat import Event, EventKind, Outcome, Reply, button_owner_tag
 from core.flowstate import FlowState
@@ -44,6 +55,9 @@ COMMANDS: dict[str, Handler] = {
     "stop": agent.handle_stop,
     "usage": agent.handle_usage,
     "memory": agent.handle_memory,
+    "compact": conversations.handle_compact,
+    "new": conversations.handle_new,
+    "history": conversations.handle_history,
     "tasks": tasks.handle_tasks,
     "timezone": tasks.handle_timezone,
     "admin": admin.handle_admin,
@@ -60,6 +74,7 @@ BUTTONS: dict[str, ButtonHandler] = {
     "model": agent.on_model_button,
     "mem": agent.on_memory_button,
     "task": tasks.on_task_button,
+    "conv": conversations.on_history_button,
     "cancel": cancel.on_cancel_button,
     "acc": billing.on_access_button,
 }
@@ -269,8 +284,9 @@ class Router:
             return await self._route_button(turn)
         limit = s.config.core.max_message_chars
         if event.kind is EventKind.MESSAGE:
-            if event.attachments and not event.text.strip():
-                # A photo, voice note, file or sticker alone: no text for the agent (or a key).
+            readable = bool(media.readable_files(turn))
+            if event.attachments and not event.text.strip() and not readable:
+                # A sticker or video alone: nothing the agent can read (nor a key).
                 raise Refusal(texts.MEDIA_ONLY.format(what=texts.media_names(event.attachments)))
             awaiting = None
             if event.chat.is_direct:
@@ -289,7 +305,7 @@ class Router:
                 return await keys.on_leak(turn)
             if len(event.text) > limit:
                 raise Refusal(texts.TOO_LONG.format(length=len(event.text), limit=limit))
-            if not event.text.strip():
+            if not event.text.strip() and not readable:
                 raise Refusal(texts.EMPTY_MESSAGE)
             if awaiting is not None:
                 await keys.note_still_open(turn, awaiting)

@@ -64,6 +64,60 @@ MEDIA_DROPPED = (
 )
 
 
+# Photos, voice notes and documents the agent reads (bot/flows/media.py).
+MEDIA_TOO_LARGE = (
+    "That {what} is too large for me ({size}; the limit is {limit}). Please send a smaller one."
+)
+MEDIA_UNAVAILABLE = (
+    "I couldn't download that file from the chat service. Please try sending it again."
+)
+MEDIA_TOO_MANY_IMAGES = "I can pass on at most {limit} photos at once. Please send fewer."
+MEDIA_NO_IMAGES = (
+    "The model {model} can't look at images. Choose another with /model, or describe the "
+    "picture in words."
+)
+MEDIA_TRANSCRIPT = "🎙️ I heard: “{text}”"
+MEDIA_VOICE_NEEDS_KEY = (
+    "To understand voice messages I need an OpenAI API key (for transcription). Add one with "
+    "/key add openai, or type your message instead."
+)
+MEDIA_VOICE_MANAGED = (
+    "Voice messages aren't supported on the managed plan yet. Please type your message instead."
+)
+MEDIA_TRANSCRIPTION_FAILED = {
+    "invalid_key": (
+        "Your OpenAI key was refused when transcribing the voice message. Check it with "
+        "/key list, or type your message instead."
+    ),
+    "rate_limited": "The transcription service is busy right now. Please try again in a minute.",
+    "network": "I couldn't reach the transcription service. Please try again in a minute.",
+    "empty": "I couldn't hear any words in that voice message. Please try again or type it.",
+    "failed": "Transcribing the voice message failed. Please try again or type your message.",
+}
+MEDIA_REFUSED = {
+    "image_type": "I can read JPEG, PNG, GIF and WebP images only. Please send it as one of those.",
+    "document_type": (
+        "I can read text, Markdown, code and PDF files only. Please send the file in one of "
+        "those formats, or paste the text."
+    ),
+    "document_empty": (
+        "I found no text in that file (a scanned PDF has only pictures of pages). Please send "
+        "a file with text in it."
+    ),
+    "pdf_unreadable": (
+        "I couldn't read that PDF (it is damaged or password-protected). Please send another "
+        "copy, or paste the text."
+    ),
+    "pdf_pages": (
+        "That PDF has {pages} pages; I read at most {limit}. Please send the part you need."
+    ),
+    "document_chars": (
+        "That file has {chars} characters of text; I pass on at most {limit}. Please send the "
+        "part you need."
+    ),
+}
+
+
 def media_names(kinds: Iterable[AttachmentKind]) -> str:
     """``photos``, ``photos or files``: the kinds of media in a message, for prose."""
     names = list(dict.fromkeys(MEDIA_NAMES[k] for k in kinds))
@@ -79,6 +133,8 @@ HELP = """Here's what I can do:
 /status — your plan, keys and agent
 /model — choose the model · /persona <text> — set how your agent behaves
 /reset — forget this conversation · /stop — stop a reply in progress
+/new — start a new conversation · /compact — summarise this one to free up room
+/history — recent conversations: switch back, or export this one as a file
 /memory — what your agent remembers about you (and erase it)
 /tasks — your scheduled reminders · /timezone <zone> — your time zone for them
 /usage — tokens used this month
@@ -639,3 +695,45 @@ TIMEZONE_SHOW = "Your time zone is {tz}. Change it with /timezone Area/City."
 TIMEZONE_USAGE = "Use /timezone Area/City, e.g. /timezone America/New_York."
 TIMEZONE_BAD = "“{tz}” is not a time zone I know. Use Area/City, e.g. /timezone Europe/Paris."
 TIMEZONE_SET = "Time zone set to {tz}. {scheduled} waiting task(s) scheduled."
+
+
+# -- conversations: /compact, /new, /history (issue 14) -------------------------------------
+
+COMPACTED = (
+    "Done — I summarised the {turns} earlier messages of this conversation "
+    "(about {before} tokens) into a summary of about {after} tokens. "
+    "Your agent continues from it; /history export saves it as a file."
+)
+COMPACT_NOTHING = "There's nothing to summarise yet — this conversation is empty."
+NEW_CONVERSATION = (
+    "Started a new conversation. The previous one is kept: send /history to see it or switch back."
+)
+NEW_ALREADY = "This conversation is already empty — just write to start it."
+HISTORY_OFF = "Past conversations aren't available on this bot."
+HISTORY_LIST = (
+    "Your recent conversations (newest first):\n{lines}\n\n"
+    "Press a button to switch, or send /history export to get the current one as a file."
+)
+HISTORY_LINE = "{n}. {when} — {words} ({turns} messages){current}"
+HISTORY_CURRENT = " · current"
+HISTORY_EMPTY_WORDS = "(empty)"
+HISTORY_NEW_WHEN = "just started"
+HISTORY_BUTTON = "Switch to {n}"
+HISTORY_SWITCHED = (
+    "Switched back to the conversation that began “{words}”. Carry on where you left off."
+)
+HISTORY_SAME = "That's the conversation you're in."
+HISTORY_NONE = "There's no conversation number {arg}. Send /history to see the list."
+HISTORY_USAGE = (
+    "Use /history to list your recent conversations, /history <number> to switch to one, "
+    "or /history export to get the current one as a file."
+)
+HISTORY_EXPORT_EMPTY = "This conversation is empty — there's nothing to export yet."
+HISTORY_EXPORT_NO_FILES = (
+    "Exporting a conversation as a file works on Telegram and Discord; it isn't available here yet."
+)
+HISTORY_EXPORTED = "Here's this conversation as a text file ({turns} messages)."
+EXPORT_TITLE = "Conversation exported by byokbot on {when}"
+EXPORT_SUMMARY = "Summary of the earlier messages (compacted):"
+EXPORT_PERSON = "You"
+EXPORT_AGENT = "Agent"

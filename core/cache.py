@@ -23,6 +23,9 @@ class TTLCache(Generic[K, V]):
         self._ttl = ttl
         self._max = max_items
         self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        # Bumped by every invalidation: a value read before one is not stored after it
+        # (another replica's change announced while this process was reading).
+        self.generation = 0
 
     def get(self, key: K) -> tuple[bool, V | None]:
         """(hit, value); a miss or an expired entry gives (False, None)."""
@@ -36,14 +39,19 @@ class TTLCache(Generic[K, V]):
         self._data.move_to_end(key)
         return True, value
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, *, since: int | None = None) -> None:
+        """Store ``value``; skipped when ``since`` (a ``generation``) is no longer current."""
+        if since is not None and since != self.generation:
+            return
         self._data[key] = (time.monotonic(), value)
         self._data.move_to_end(key)
         while len(self._data) > self._max:
             self._data.popitem(last=False)
 
     def invalidate(self, key: K) -> None:
+        self.generation += 1
         self._data.pop(key, None)
 
     def clear(self) -> None:
+        self.generation += 1
         self._data.clear()

@@ -92,8 +92,7 @@ class PaymentInfo:
 class AttachmentKind(StrEnum):
     """What a person attached to a message.
 
-    Only the kind crosses into the core, never the file, its name or its URL: the agent cannot
-    read attachments yet, so flows only say so.
+    ``Event.attachments`` lists the kinds; ``Event.files`` how to fetch each (``FileRef``).
     """
 
     PHOTO = "photo"
@@ -102,6 +101,23 @@ class AttachmentKind(StrEnum):
     VIDEO = "video"
     DOCUMENT = "document"
     STICKER = "sticker"
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """A file a person attached, as the adapter can fetch it again (``Messenger.download``).
+
+    ``ref`` is the platform's handle (a Telegram ``file_id``, a Discord attachment URL, a
+    Slack ``url_private``): never a credential, and the bytes are fetched by the control
+    plane with its own token, so no agent ever sees a platform URL or token. ``size`` is
+    what the platform says (None when it does not), checked before any download.
+    """
+
+    kind: AttachmentKind
+    ref: str = field(repr=False)
+    name: str = ""
+    mime: str = ""
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +133,7 @@ class Event:
     ``reply_to_message``), so a flow can tell an answer to its prompt from a new message.
     A SECRET_CANCELLED event carries the closed form's ``intake_token``.
     ``attachments`` lists the kinds of media the message carried (its ``text`` is then the
-    caption, possibly empty).
+    caption, possibly empty); ``files`` the ones the adapter can download, in order.
     ``links`` are link targets the message carries but does not show (Telegram ``text_link``
     entities): the leak guard reads them too.
     """
@@ -139,6 +155,7 @@ class Event:
     event_id: str = ""
     reply_to: str | None = None
     attachments: tuple[AttachmentKind, ...] = ()
+    files: tuple[FileRef, ...] = field(default=(), repr=False)
     links: tuple[str, ...] = field(default=(), repr=False)
     payment: PaymentInfo | None = None
 
@@ -194,12 +211,20 @@ class SecretRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Document:
+    """A file to send with a reply (``/history export``): its name and bytes."""
+
+    filename: str
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """Something to show a person.
 
     ``sensitive`` marks personal information: ephemeral where the platform has it, otherwise
     sent only to a DM by the flow. ``buttons`` are rows of buttons. ``image`` is a PNG the
-    adapter may attach where the platform shows images.
+    adapter may attach where the platform shows images; ``document`` a file it attaches.
     """
 
     text: str
@@ -207,6 +232,7 @@ class Reply:
     sensitive: bool = False
     format: TextFormat = TextFormat.PLAIN
     image: bytes | None = field(default=None, repr=False)
+    document: Document | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

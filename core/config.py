@@ -192,6 +192,23 @@ class AgentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationSettings:
+    """``[conversations]``: long conversations and the ones kept after ``/new``.
+
+    The context budget is ``[agent] context_tokens`` (estimated, ~4 characters a token) less
+    the reply and the persona; when a message would overflow it, the older turns are
+    summarised by the tenant's model and replaced by the summary, keeping the newest
+    ``keep_recent_tokens`` (0: half the budget) as they are.
+    """
+
+    compaction: bool = True
+    keep_recent_tokens: int = 0
+    summary_max_tokens: int = 512
+    history_listed: int = 5
+    """How many conversations ``/history`` lists."""
+
+
+@dataclass(frozen=True, slots=True)
 class InboxSettings:
     """``[inbox]``: the durable inbox of platform deliveries.
 
@@ -295,6 +312,24 @@ def _default_providers() -> dict[str, ProviderSettings]:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """``[media]``: what the bot accepts of photos, voice notes and documents people send.
+
+    Files are downloaded by the bot (with the platform token, which agents never see) up to
+    these sizes; an image goes to the model, a voice note is transcribed with the tenant's
+    OpenAI-compatible key (``transcription_model``), a document's text is given as context.
+    """
+
+    max_image_bytes: int = 5 * 1024 * 1024  # Anthropic's limit per image
+    max_audio_bytes: int = 20 * 1024 * 1024
+    max_document_bytes: int = 10 * 1024 * 1024
+    max_document_pages: int = 50
+    max_document_chars: int = 60_000
+    transcription_model: str = "whisper-1"
+    transcription_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``source`` is the file it came from (for error messages)."""
 
@@ -308,10 +343,12 @@ class Config:
     proxy: ProxySettings = field(default_factory=lambda: _default_proxy())
     tools: ToolsSettings = field(default_factory=ToolsSettings)
     inbox: InboxSettings = field(default_factory=InboxSettings)
+    conversations: ConversationSettings = field(default_factory=ConversationSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     billing: BillingSettings = field(default_factory=lambda: _default_billing())
     access: AccessSettings = field(default_factory=lambda: _default_access())
+    media: MediaSettings = field(default_factory=MediaSettings)
     source: str = "(defaults)"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -775,18 +812,33 @@ def _parse_platform(src: str, name: str, data: Mapping[str, Any]) -> PlatformSet
 
 _TOP_LEVEL: Final = (
     "core",
+    "media",
     "plans",
     "providers",
     "agent",
     "proxy",
     "tools",
     "inbox",
+    "conversations",
     "health",
     "logging",
     "billing",
     "access",
     *PLATFORM_SECTIONS,
 )
+
+
+def _parse_conversations(src: str, data: Mapping[str, Any]) -> ConversationSettings:
+    t = TableReader(src, "conversations", data)
+    d = ConversationSettings()
+    out = ConversationSettings(
+        compaction=t.boolean("compaction", d.compaction),
+        keep_recent_tokens=t.integer("keep_recent_tokens", d.keep_recent_tokens, minimum=0),
+        summary_max_tokens=t.positive_int("summary_max_tokens", d.summary_max_tokens),
+        history_listed=t.positive_int("history_listed", d.history_listed),
+    )
+    t.finish()
+    return out
 
 
 def _parse_inbox(src: str, data: Mapping[str, Any]) -> InboxSettings:
@@ -873,13 +925,43 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         proxy=_parse_proxy_table(data.get("proxy"), source=source, plans=plans),
         tools=_parse_tools(source, data.get("tools", {})),
         inbox=_parse_inbox(source, data.get("inbox", {})),
+        conversations=_parse_conversations(source, data.get("conversations", {})),
         health=_parse_health(source, data.get("health", {})),
         logging=_parse_logging(source, data.get("logging", {})),
         billing=_parse_billing_table(data.get("billing"), source=source, plans=plans),
         access=_parse_access_table(data.get("access"), source=source),
+        media=_parse_media(source, data.get("media", {})),
         source=source,
         base_dir=base_dir,
     )
+
+
+def _parse_media(src: str, data: Mapping[str, Any]) -> MediaSettings:
+    t, d = TableReader(src, "media", data), MediaSettings()
+    mib = 1024 * 1024
+    out = MediaSettings(
+        max_image_bytes=t.integer(
+            "max_image_bytes", d.max_image_bytes, minimum=1, maximum=20 * mib
+        ),
+        max_audio_bytes=t.integer(
+            "max_audio_bytes", d.max_audio_bytes, minimum=1, maximum=25 * mib
+        ),
+        max_document_bytes=t.integer(
+            "max_document_bytes", d.max_document_bytes, minimum=1, maximum=100 * mib
+        ),
+        max_document_pages=t.integer(
+            "max_document_pages", d.max_document_pages, minimum=1, maximum=2000
+        ),
+        max_document_chars=t.integer(
+            "max_document_chars", d.max_document_chars, minimum=100, maximum=2_000_000
+        ),
+        transcription_model=t.string("transcription_model", d.transcription_model),
+        transcription_timeout=t.number(
+            "transcription_timeout", d.transcription_timeout, above=0, maximum=600
+        ),
+    )
+    t.finish()
+    return out
 
 
 def _parse_proxy_table(

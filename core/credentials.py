@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
+from core.changes import KEYS, announce
 from core.db import Database
 from core.db.models import DataKeyRow, KekUsageRow, ProviderKeyRow
 from core.errors import KeyRetiredError, TenantDeleted, VaultError
@@ -172,6 +173,7 @@ class Credentials:
                 provider=provider,
                 fingerprint=row.fingerprint,
             )
+            await announce(s, KEYS, tenant_id)
         return _info(row, same=same)
 
     async def list(self, tenant_id: str) -> list[KeyInfo]:
@@ -206,6 +208,7 @@ class Credentials:
                 provider=provider,
                 fingerprint=row.fingerprint,
             )
+            await announce(s, KEYS, tenant_id)
             return info
 
     async def reveal(self, tenant_id: str, provider: str) -> tuple[KeyInfo, Secret] | None:
@@ -254,6 +257,7 @@ class Credentials:
                 key_id=key_id,
                 reason=reason,
             )
+            await announce(s, KEYS, tenant_id)
             return True
 
     async def kek_versions_in_use(self) -> dict[int, int]:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete
 
 from core.cache import TTLCache
+from core.changes import FLOW, announce
 from core.db import Database
 from core.db.models import FlowStateRow
 from core.ports import Clock
@@ -47,10 +48,11 @@ class FlowStates:
         hit, _ = self._none.get(identity)
         if hit:
             return None
+        since = self._none.generation
         async with self._db.session() as s:
             row = await s.get(FlowStateRow, identity)
         if row is None:
-            self._none.put(identity, True)
+            self._none.put(identity, True, since=since)
             return None
         expires = row.expires_at
         if expires is not None:
@@ -78,10 +80,19 @@ class FlowStates:
             row.flow, row.step, row.data = flow, step, dict(data or {})
             row.expires_at = now + ttl if ttl is not None else None
             row.updated_at = now
+            await announce(s, FLOW, identity)
 
     async def clear(self, identity: str) -> None:
         async with self._db.session() as s, s.begin():
             await s.execute(delete(FlowStateRow).where(FlowStateRow.identity == identity))
+            await announce(s, FLOW, identity)
+
+    def changed(self, identity: str | None = None) -> None:
+        """Another replica changed ``identity``'s flow (None: anyone's, after a gap)."""
+        if identity is None:
+            self._none.clear()
+        else:
+            self._none.invalidate(identity)
 
     async def expire_due(self, *, keep_seconds: float = EXPIRED_KEPT_SECONDS) -> int:
         """Delete flows expired more than ``keep_seconds`` ago."""

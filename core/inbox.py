@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import and_, delete, select, update
 
 from core.bookkeeping import WriteBehind
-from core.chat import AttachmentKind, ChatRef, Event, EventKind, Platform, UserRef
+from core.chat import AttachmentKind, ChatRef, Event, EventKind, FileRef, Platform, UserRef
 from core.db import Database
 from core.db.models import InboxRow
 from core.dedup import Deduplicator, InMemoryDeduplicator
@@ -125,6 +125,10 @@ def _body(event: Event) -> dict[str, Any]:
         "via_modal": event.via_modal,
         "reply_to": event.reply_to,
         "attachments": [a.value for a in event.attachments],
+        "files": [
+            {"kind": f.kind.value, "ref": f.ref, "name": f.name, "mime": f.mime, "size": f.size}
+            for f in event.files
+        ],
         "links": list(event.links),
     }
 
@@ -147,6 +151,16 @@ def event_from(key: str, meta: dict[str, Any], body: dict[str, Any] | None) -> E
         event_id=key,
         reply_to=b.get("reply_to"),
         attachments=tuple(AttachmentKind(a) for a in b.get("attachments", [])),
+        files=tuple(
+            FileRef(
+                AttachmentKind(f["kind"]),
+                str(f["ref"]),
+                str(f.get("name", "")),
+                str(f.get("mime", "")),
+                f.get("size") if isinstance(f.get("size"), int) else None,
+            )
+            for f in b.get("files", [])
+        ),
         links=tuple(str(x) for x in b.get("links", [])),
     )
 

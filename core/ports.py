@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-from core.chat import ChatRef, Event, MessageRef, Outcome, Platform, Reply, SecretRequest, UserRef
-from core.runtime.ports import ToolObserver
+from core.chat import (
+    ChatRef,
+    Event,
+    FileRef,
+    MessageRef,
+    Outcome,
+    Platform,
+    Reply,
+    SecretRequest,
+    UserRef,
+)
+from core.llm import ImageInput
+from core.runtime.ports import Compacted, ToolObserver
 
 EventHandler = Callable[[Event], Awaitable[Outcome]]
 """What an adapter calls for every translated event (the router's ``dispatch``)."""
+
+
+class FileTooLarge(Exception):
+    """The file is larger than the limit the caller gave (``size`` when it is known)."""
+
+    def __init__(self, size: int | None = None) -> None:
+        super().__init__("file too large")
+        self.size = size
+
+
+class FileUnavailable(Exception):
+    """The platform would not hand the file over (gone, refused, not reachable)."""
+
+
+@runtime_checkable
+class FileSource(Protocol):
+    """An adapter that can fetch a file a person attached (``Event.files``).
+
+    ``download`` returns at most ``limit`` bytes, authenticating with the adapter's own
+    token (which never leaves the adapter): raises ``FileTooLarge`` past ``limit`` (before
+    reading, when the platform says the size) and ``FileUnavailable`` otherwise.
+    """
+
+    async def download(self, file: FileRef, limit: int) -> bytes: ...
 
 
 @runtime_checkable
@@ -145,6 +180,7 @@ class Agents(Protocol):
         text: str,
         *,
         on_tool: ToolObserver | None = None,
+        images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[str]: ...
 
     async def cancel(self, tenant_id: str, conversation: str) -> bool:
@@ -153,6 +189,13 @@ class Agents(Protocol):
 
     async def reset(self, tenant_id: str, conversation: str) -> None:
         """Forget the conversation's memory."""
+        ...
+
+    async def compact(self, tenant_id: str, conversation: str) -> Compacted | None:
+        """Summarise the conversation so far (``/compact``); None when it is empty.
+
+        Raises ``AgentUnavailable`` like ``reply``.
+        """
         ...
 
     async def reconfigure(self, tenant_id: str) -> None:
@@ -174,6 +217,7 @@ class UnavailableAgents:
         text: str,
         *,
         on_tool: ToolObserver | None = None,
+        images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[str]:
         from core.errors import AgentUnavailable
 
@@ -186,6 +230,11 @@ class UnavailableAgents:
 
     async def reset(self, tenant_id: str, conversation: str) -> None:
         return None
+
+    async def compact(self, tenant_id: str, conversation: str) -> Compacted | None:
+        from core.errors import AgentUnavailable
+
+        raise AgentUnavailable("not_configured")
 
     async def reconfigure(self, tenant_id: str) -> None:
         return None

@@ -12,9 +12,10 @@ import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.flowstate import FlowStates
 from core.intake import Intake
@@ -39,6 +40,9 @@ class Job:
     name: str
     seconds: float
     run: Callable[[], Coroutine[Any, Any, object]]
+    # Once across replicas: with leases (PostgreSQL), only the replica taking the job's lease
+    # runs it in an interval; False for per-process work (this process's own leases, agents).
+    once: bool = False
 
     def __post_init__(self) -> None:
         if not inspect.iscoroutinefunction(self.run):
@@ -47,17 +51,42 @@ class Job:
             raise ValueError(f"job {self.name!r}: seconds must be positive")
 
 
+class Leases(Protocol):
+    """``core.changes.JobLeases``: whether this replica runs ``name`` now."""
+
+    async def take(self, name: str, seconds: float) -> bool: ...
+
+
 class Scheduler:
     """Runs ``Job``s on an APScheduler ``AsyncIOScheduler`` in the bot's event loop."""
 
-    def __init__(self, jobs: list[Job]) -> None:
+    def __init__(self, jobs: list[Job], *, leases: Leases | None = None) -> None:
         self.jobs = jobs
+        self._leases = leases
         self._scheduler = AsyncIOScheduler(timezone="UTC")
+
+    def _runner(self, job: Job) -> Callable[[], Coroutine[Any, Any, object]]:
+        run = counted_job(job.name, job.run)
+        leases = self._leases
+        if leases is None or not job.once:
+            return run
+        # A little under the interval, so the next tick (on any replica) finds it free.
+        seconds = job.seconds * 0.8
+
+        async def leased() -> object:
+            try:
+                taken = await leases.take(job.name, seconds)
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("job %s: its lease could not be taken (%s)", job.name, exc)
+                return None
+            return await run() if taken else None
+
+        return leased
 
     def start(self) -> None:
         for job in self.jobs:
             self._scheduler.add_job(
-                counted_job(job.name, job.run),
+                self._runner(job),
                 "interval",
                 seconds=job.seconds,
                 id=job.name,

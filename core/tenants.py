@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, proxy_tokens
 from core.cache import TTLCache
+from core.changes import TENANT, announce
 from core.chat import UserRef
 from core.credentials import Credentials
 from core.db import Database
@@ -31,6 +32,7 @@ from core.db.models import (
     ProviderKeyRow,
     TaskRow,
     TenantRow,
+    ThreadRow,
     TimezoneRow,
 )
 from core.errors import TenantDeleted, TenantNotFound
@@ -127,11 +129,16 @@ class Tenants:
         # (a tenant may have several identities).
         self._by_identity.clear()
 
+    def changed(self) -> None:
+        """Another replica changed a tenant (``core.changes``)."""
+        self._forget()
+
     async def find(self, identity: str) -> TenantView | None:
         """The live tenant an identity belongs to, if any."""
         hit, cached = self._by_identity.get(identity)
         if hit:
             return cached
+        since = self._by_identity.generation
         async with self._db.session() as s:
             row = await s.scalar(
                 select(TenantRow)
@@ -139,7 +146,7 @@ class Tenants:
                 .where(IdentityRow.identity == identity)
             )
             view = _view(row) if row is not None else None
-        self._by_identity.put(identity, view)
+        self._by_identity.put(identity, view, since=since)
         return view
 
     async def get(self, tenant_id: str) -> TenantView:
@@ -196,6 +203,7 @@ class Tenants:
                 tenant_id=tenant_id,
                 plan=plan.id,
             )
+            await announce(s, TENANT, tenant_id)
         return _view(row)
 
     async def attach_identity(
@@ -226,6 +234,7 @@ class Tenants:
                 tenant_id=tenant_id,
                 platform=user.platform.value,
             )
+            await announce(s, TENANT, tenant_id)
             return _view(row)
 
     async def note_dm(self, user: UserRef, chat_id: str) -> None:
@@ -276,6 +285,7 @@ class Tenants:
             )
             if revokes:
                 await proxy_tokens.record_revocation(s)
+            await announce(s, TENANT, tenant_id)
             return _view(row)
 
     async def set_plan(self, tenant_id: str, plan_id: str, *, actor: str) -> TenantView:
@@ -372,6 +382,7 @@ class Tenants:
             await s.execute(delete(ProviderKeyRow).where(ProviderKeyRow.tenant_id == tenant_id))
             await s.execute(delete(MemoryRow).where(MemoryRow.tenant_id == tenant_id))
             await s.execute(delete(NotesRow).where(NotesRow.tenant_id == tenant_id))
+            await s.execute(delete(ThreadRow).where(ThreadRow.tenant_id == tenant_id))
             await s.execute(delete(TaskRow).where(TaskRow.tenant_id == tenant_id))
             await s.execute(delete(TimezoneRow).where(TimezoneRow.tenant_id == tenant_id))
             await s.execute(delete(DataKeyRow).where(DataKeyRow.tenant_id == tenant_id))
@@ -383,6 +394,7 @@ class Tenants:
             row.paused = False
             row.updated_at = now
             audit.record(s, at=now, actor=actor, action="tenant.deleted", tenant_id=tenant_id)
+            await announce(s, TENANT, tenant_id)
         await self._db.purge_deleted()
         await self._revoke(tenant_id, actor)
 

@@ -186,7 +186,11 @@ async def start_world(
         settings, db, plans=plans, env=keys, clock=clock, budget=budget, tokens=tokens
     )
     await server.start("127.0.0.1", 0)
-    http = httpx.AsyncClient(trust_env=False, timeout=10.0)
+    # The race tests open 200 requests at once on a loaded machine: no pool cap to queue
+    # behind, and time enough for the slowest (a test failure should be about the cap).
+    http = httpx.AsyncClient(
+        trust_env=False, timeout=60.0, limits=httpx.Limits(max_connections=None)
+    )
     world = World(fake, db, server, clock, sink, http, tokens, keys)
     try:
         yield world

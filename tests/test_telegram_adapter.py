@@ -149,8 +149,10 @@ async def test_start_logs_in_publishes_commands_and_polls(
     assert probe["timeout"] == "0" and "offset" not in probe  # confirms no update
     commands = server.calls_to("setMyCommands")[0]["commands"]
     assert [c["command"] for c in commands][:3] == ["start", "help", "plan"]
-    assert len(commands) == 20  # /memory, /whoami, /tasks and /timezone joined the menu
-    assert {"cancel", "whoami", "memory", "tasks", "timezone"} <= {c["command"] for c in commands}
+    assert len(commands) == 23  # /new, /history and /compact joined the menu (issue 14)
+    assert {"cancel", "whoami", "memory", "tasks", "timezone", "new", "history", "compact"} <= {
+        c["command"] for c in commands
+    }
     assert adapter.bot_username == "byok_test_bot"
     assert adapter.deep_link("key") == "https://t.me/byok_test_bot?start=key"
 

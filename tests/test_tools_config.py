@@ -29,6 +29,7 @@ def test_defaults_offer_fetch_and_notes_but_no_search_without_a_backend() -> Non
         "remember",
         "recall",
         "forget",
+        "schedule_task",
     )
 
 
@@ -39,7 +40,11 @@ def test_plan_switches_and_a_search_backend() -> None:
             "tools": {"web_search": {"backend": "searxng", "url": "https://searx.example.org/"}},
         }
     )
-    assert offered_tools(config, config.plans["byok"]) == ("web_fetch", "web_search")
+    assert offered_tools(config, config.plans["byok"]) == (
+        "web_fetch",
+        "web_search",
+        "schedule_task",
+    )
     assert config.tools.web_search.url == "https://searx.example.org"
     assert offered_tools(parse({"agent": {"max_tool_steps": 0}}), config.plans["byok"]) == ()
 

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import discord
@@ -34,10 +35,12 @@ from discord.http import Route
 
 from adapters.discord import syntax, translate
 from adapters.discord.config import DiscordConfig
+from core import filefetch
 from core.chat import (
     ChatRef,
     Event,
     EventKind,
+    FileRef,
     MessageRef,
     Outcome,
     Platform,
@@ -50,7 +53,7 @@ from core.config import Config
 from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.inbox import InboxPort, MemoryInbox
 from core.logs import register_secret
-from core.ports import EventHandler
+from core.ports import EventHandler, FileTooLarge
 
 _log = logging.getLogger(__name__)
 
@@ -216,6 +219,9 @@ def _intents(cfg: DiscordConfig) -> discord.Intents:
     # leak guard cannot see keys pasted in channels.
     intents.message_content = cfg.message_content_intent
     return intents
+
+
+_CDN_HOSTS: Final = ("cdn.discordapp.com", "media.discordapp.net")
 
 
 class DiscordAdapter:
@@ -723,6 +729,13 @@ class DiscordAdapter:
             raise DiscordSendError(f"delete failed: HTTP {exc.status} code {exc.code}") from exc
         return True
 
+    async def download(self, file: FileRef, limit: int) -> bytes:
+        """An attachment from Discord's CDN (or the configured API host, for tests)."""
+        if file.size is not None and file.size > limit:
+            raise FileTooLarge(file.size)
+        api_host = urlsplit(self._cfg.api_base_url).hostname or ""
+        return await filefetch.fetch(file.ref, limit, hosts=(*_CDN_HOSTS, api_host))
+
     async def open_dm(self, user: UserRef) -> ChatRef | None:
         """The DM channel with a person; None when Discord will not open one."""
         try:
@@ -943,8 +956,18 @@ def message_payload(message: discord.Message) -> dict[str, Any]:
         },
         "mentions": [{"id": str(m.id)} for m in message.mentions],
         "flags": message.flags.value,
-        # Only what tells the kind of media apart: no file names, URLs or contents.
-        "attachments": [{"content_type": a.content_type or ""} for a in message.attachments],
+        # What tells the kind apart, and where the bot downloads it from (the CDN URL is
+        # signed, no token): an agent never sees the URL, only what the bot made of the file.
+        "attachments": [
+            {
+                "content_type": a.content_type or "",
+                "filename": a.filename,
+                "size": a.size,
+                "url": a.url,
+                **({"waveform": a.waveform} if a.waveform else {}),
+            }
+            for a in message.attachments
+        ],
         "sticker_items": [{"id": str(s.id)} for s in message.stickers],
     }
     if message.webhook_id is not None:
@@ -967,6 +990,8 @@ def _interaction_chat(interaction: discord.Interaction[Any]) -> ChatRef:
 
 
 def _file(reply: Reply) -> discord.File | None:
-    if reply.image is None:
-        return None
-    return discord.File(io.BytesIO(reply.image), filename="image.png")
+    if reply.image is not None:
+        return discord.File(io.BytesIO(reply.image), filename="image.png")
+    if reply.document is not None:
+        return discord.File(io.BytesIO(reply.document.content), filename=reply.document.filename)
+    return None

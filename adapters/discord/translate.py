@@ -26,6 +26,7 @@ from core.chat import (
     ChatRef,
     Event,
     EventKind,
+    FileRef,
     Platform,
     Reply,
     SecretRequest,
@@ -69,6 +70,8 @@ _SIMPLE_COMMANDS: Final = (
     ("resume", "Resume your agent"),
     ("memory", "What your agent remembers about you"),
     ("tasks", "Your scheduled reminders and tasks"),
+    ("new", "Start a new conversation (the old one stays in /history)"),
+    ("compact", "Summarise this conversation so far to free up context"),
     ("cancel", "Drop a pending key request or confirmation"),
     ("whoami", "Your id, as an operator's admin list names you"),
     ("delete", "Erase your account and everything stored for it"),
@@ -141,6 +144,11 @@ def command_definitions(providers: Sequence[str]) -> list[dict[str, Any]]:
         _command("link", "Link this account to another platform", [_opt("code", "Link code")]),
         _command(
             "timezone", "Your time zone for scheduled tasks", [_opt("zone", "e.g. Europe/Paris")]
+        ),
+        _command(
+            "history",
+            "Your recent conversations: switch back, or export this one",
+            [_opt("args", "export, or a conversation's number")],
         ),
         _command("admin", "Operator commands", [_opt("args", "e.g. tenants, suspend <id>")]),
     ]
@@ -313,6 +321,28 @@ def attachments(payload: Mapping[str, Any]) -> tuple[AttachmentKind, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def files(payload: Mapping[str, Any]) -> tuple[FileRef, ...]:
+    """The attachments the bot can download (their CDN ``url``), in order."""
+    found: list[FileRef] = []
+    voice = bool(int(payload.get("flags") or 0) & _VOICE_MESSAGE_FLAG)
+    for item in payload.get("attachments") or ():
+        url = item.get("url")
+        if not isinstance(url, str) or not url:
+            continue
+        (kind,) = attachments({"attachments": [item], "flags": _VOICE_MESSAGE_FLAG * voice})
+        size = item.get("size")
+        found.append(
+            FileRef(
+                kind,
+                url,
+                str(item.get("filename") or ""),
+                str(item.get("content_type") or ""),
+                size if isinstance(size, int) else None,
+            )
+        )
+    return tuple(found)
+
+
 def message_to_event(
     payload: Mapping[str, Any], *, bot_id: str, agent_channels: Iterable[str] = ()
 ) -> Event | None:
@@ -353,6 +383,7 @@ def message_to_event(
         addressed=addressed,
         event_id=f"discord:message:{payload['id']}",
         attachments=media,
+        files=files(payload),
     )
 
 

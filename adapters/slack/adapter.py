@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -44,10 +45,12 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from adapters.slack import translate
 from adapters.slack.config import SlackConfig, parse
 from adapters.slack.throttle import CountedRateLimitRetryHandler
+from core import filefetch
 from core.chat import (
     ChatRef,
     Event,
     EventKind,
+    FileRef,
     MessageRef,
     Outcome,
     Platform,
@@ -62,7 +65,7 @@ from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.errors import ConfigError
 from core.inbox import InboxPort, MemoryInbox
 from core.logs import register_secret
-from core.ports import ChatAdapter, EventHandler, Messenger
+from core.ports import ChatAdapter, EventHandler, FileTooLarge, Messenger
 
 _log = logging.getLogger("adapters.slack")
 _sdk_log = logging.getLogger("adapters.slack.sdk")
@@ -115,6 +118,9 @@ class _Stream:
     last_edit: float | None = None
     timer: asyncio.Future[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_FILE_HOST: Final = "files.slack.com"
 
 
 class SlackAdapter:
@@ -728,6 +734,20 @@ class SlackAdapter:
                 refusal = exc
         _log.info("Slack refused to delete a message in %s (%s)", chat.id, refusal.error)
         return False
+
+    async def download(self, file: FileRef, limit: int) -> bytes:
+        """``url_private`` with the bot token, only on Slack's file host (or the API's)."""
+        if file.size is not None and file.size > limit:
+            raise FileTooLarge(file.size)
+        token = self.config.bot_token
+        assert token is not None  # noqa: S101 - checked in __init__
+        api_host = urlsplit(self.config.api_base_url).hostname or ""
+        return await filefetch.fetch(
+            file.ref,
+            limit,
+            hosts=(_FILE_HOST, api_host),
+            headers={"Authorization": f"Bearer {token.reveal()}"},
+        )
 
     async def open_dm(self, user: UserRef) -> ChatRef | None:
         cached = self._dm_channels.get(user.id)

@@ -21,6 +21,7 @@ from core.chat import (
     ChatRef,
     Event,
     EventKind,
+    FileRef,
     Platform,
     Reply,
     SecretRequest,
@@ -151,6 +152,27 @@ def attachments(message: Mapping[str, Any]) -> tuple[AttachmentKind, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def files(message: Mapping[str, Any]) -> tuple[FileRef, ...]:
+    """The shared files the bot can download (``url_private``, fetched with the bot token)."""
+    found: list[FileRef] = []
+    for item in message.get("files") or ():
+        url = item.get("url_private")
+        if not isinstance(url, str) or not url:
+            continue
+        (kind,) = attachments({"files": [item]})
+        size = item.get("size")
+        found.append(
+            FileRef(
+                kind,
+                url,
+                str(item.get("name") or ""),
+                str(item.get("mimetype") or ""),
+                size if isinstance(size, int) else None,
+            )
+        )
+    return tuple(found)
+
+
 def message_event(event: Mapping[str, Any], *, bot_user_id: str, event_id: str) -> Event | None:
     """A ``message`` or ``app_mention`` event, or None when it is not a person speaking.
 
@@ -194,6 +216,7 @@ def message_event(event: Mapping[str, Any], *, bot_user_id: str, event_id: str) 
         addressed=addressed,
         event_id=event_id,
         attachments=attachments(inner),
+        files=files(inner),
     )
 
 

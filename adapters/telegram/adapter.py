@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, Final, TypeVar
 
 from aiohttp import web
-from telegram import BotCommand, LabeledPrice, Message, ReplyParameters, Update
+from telegram import BotCommand, InputFile, LabeledPrice, Message, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import (
     BadRequest,
@@ -51,14 +51,25 @@ from telegram.ext import (
 
 from adapters.telegram import translate
 from adapters.telegram.config import TelegramConfig, parse
-from core.chat import ChatRef, Event, EventKind, MessageRef, Platform, Reply, SecretRequest, UserRef
+from core.chat import (
+    ChatRef,
+    Document,
+    Event,
+    EventKind,
+    FileRef,
+    MessageRef,
+    Platform,
+    Reply,
+    SecretRequest,
+    UserRef,
+)
 from core.config import Config, PlatformSettings
 from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.errors import ConfigError
 from core.inbox import InboxPort, MemoryInbox
 from core.logs import RedactingFilter, register_secret
 from core.metrics import PLATFORM_RATE_LIMITED
-from core.ports import EventHandler
+from core.ports import EventHandler, FileTooLarge, FileUnavailable
 
 T = TypeVar("T")
 
@@ -76,6 +87,9 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("model", "Pick the model"),
     ("persona", "Set your agent's persona"),
     ("reset", "Forget this conversation"),
+    ("new", "Start a new conversation"),
+    ("history", "Recent conversations, switch or export"),
+    ("compact", "Summarise this conversation so far"),
     ("stop", "Stop the reply in progress"),
     ("memory", "What your agent remembers about you"),
     ("tasks", "Your scheduled reminders"),
@@ -659,6 +673,8 @@ class TelegramAdapter:
             for i, part in enumerate(parts):
                 extra = {"reply_parameters": quote} if quote is not None and i == 0 else {}
                 last = await self._send_text(chat, part, **extra)
+            if reply.document is not None:
+                last = await self._send_document(chat, reply.document)
         except ChatUnreachable as exc:
             log.info("telegram: %s; marked unreachable", exc)
             return None
@@ -675,6 +691,21 @@ class TelegramAdapter:
             kwargs["message_thread_id"] = int(chat.thread_id)
         msg = await self._call(
             "sendPhoto", chat.id, self._bot.send_photo(chat.id, photo=image, **kwargs)
+        )
+        return MessageRef(chat, str(msg.message_id))
+
+    async def _send_document(self, chat: ChatRef, document: Document) -> MessageRef:
+        kwargs: dict[str, Any] = {}
+        if chat.thread_id is not None:
+            kwargs["message_thread_id"] = int(chat.thread_id)
+        msg = await self._call(
+            "sendDocument",
+            chat.id,
+            self._bot.send_document(
+                chat.id,
+                document=InputFile(document.content, filename=document.filename),
+                **kwargs,
+            ),
         )
         return MessageRef(chat, str(msg.message_id))
 
@@ -706,6 +737,24 @@ class TelegramAdapter:
             )
             return False
         return True
+
+    async def download(self, file: FileRef, limit: int) -> bytes:
+        """getFile, then the file URL (which carries the token: it stays in this process)."""
+        if file.size is not None and file.size > limit:
+            raise FileTooLarge(file.size)
+        try:
+            found = await self._bot.get_file(file.ref)
+            if found.file_size is not None and found.file_size > limit:
+                raise FileTooLarge(found.file_size)
+            if not found.file_path:
+                raise FileUnavailable("no file path")  # over the Bot API's 20 MB
+            data = bytes(await found.download_as_bytearray())
+        except TelegramError as exc:
+            log.warning("telegram: download failed: %s", type(exc).__name__)
+            raise FileUnavailable(type(exc).__name__) from None
+        if len(data) > limit:
+            raise FileTooLarge(len(data))
+        return data
 
     async def open_dm(self, user: UserRef) -> ChatRef | None:
         """The person's DM, or None if they never started the bot or blocked it.

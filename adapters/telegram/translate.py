@@ -32,6 +32,7 @@ from core.chat import (
     ChatRef,
     Event,
     EventKind,
+    FileRef,
     PaymentInfo,
     Platform,
     Reply,
@@ -122,6 +123,30 @@ def attachments(message: Message) -> tuple[AttachmentKind, ...]:
     return tuple(found)
 
 
+def files(message: Message) -> tuple[FileRef, ...]:
+    """The downloadable media of a message: the largest photo size, a voice note, a file."""
+    found: list[FileRef] = []
+    if message.photo:
+        best = max(message.photo, key=lambda p: p.width * p.height)
+        found.append(FileRef(AttachmentKind.PHOTO, best.file_id, "", "", best.file_size))
+    if message.voice is not None:
+        v = message.voice
+        found.append(
+            FileRef(AttachmentKind.VOICE, v.file_id, "voice.ogg", v.mime_type or "", v.file_size)
+        )
+    if message.audio is not None:
+        a = message.audio
+        name = a.file_name or "audio"
+        found.append(FileRef(AttachmentKind.AUDIO, a.file_id, name, a.mime_type or "", a.file_size))
+    if message.document is not None and message.animation is None:
+        d = message.document
+        name = d.file_name or ""
+        found.append(
+            FileRef(AttachmentKind.DOCUMENT, d.file_id, name, d.mime_type or "", d.file_size)
+        )
+    return tuple(found)
+
+
 def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
     """Translate one update, or None for what the bot does not act on (joins, pins...).
 
@@ -197,6 +222,7 @@ def to_event(update: Update, *, bot_id: int, bot_username: str) -> Event | None:
         "message_id": str(message.message_id),
         "event_id": eid,
         "attachments": media,
+        "files": files(message) if media else (),
     }
     links = _hidden_links(message)
     if links:

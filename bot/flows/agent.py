@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from bot import texts
 from bot.alerts import cap_text
 from bot.charts import usage_chart
+from bot.flows import media
 from bot.flows.base import Refusal, Turn, button
 from bot.replytimer import ReplyTimer
 from core.agent_data import current_model
 from core.chat import Button, ButtonStyle, MessageRef, Outcome, Reply
 from core.errors import AgentUnavailable
+from core.llm import ImageInput
 from core.llm.models import chat_models
 from core.runtime.ports import NotesStore, StoredNote, ToolActivity
 from core.tenants import TenantStatus, TenantView
@@ -94,14 +96,17 @@ async def handle_message(turn: Turn) -> Outcome | None:
         if cap is not None and (await budget.summary(tenant.id, tenant.plan)).spent.tokens >= cap:
             raise Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap))
     managed = tenant.plan in plans and not plans.get(tenant.plan).byok
+    text, images = turn.event.text, tuple[ImageInput, ...]()
     if turn.event.attachments:
-        # Only the caption reaches the agent; the person must not think it saw the media.
-        what = texts.media_names(turn.event.attachments)
-        await turn.say(texts.MEDIA_DROPPED.format(what=what))
+        # Photos, voice notes and documents become images, a transcript, the document's text.
+        prepared = await media.prepare(turn, tenant, managed=managed)
+        text, images = prepared.text, prepared.images
     timer = ReplyTimer(turn.user.platform.value)
     await turn.messenger.typing(turn.chat)
     status = StatusLine(turn)
-    stream = agents.reply(tenant.id, conversation_of(turn), turn.event.text, on_tool=status.on_tool)
+    stream = agents.reply(
+        tenant.id, conversation_of(turn), text, on_tool=status.on_tool, images=images
+    )
     try:
         try:
             # The first chunk decides between a streamed reply and a clear refusal.

@@ -16,6 +16,7 @@ from core.chat import (
     Button,
     ButtonStyle,
     ChatRef,
+    Document,
     Event,
     MessageRef,
     Platform,
@@ -26,6 +27,7 @@ from core.chat import (
     is_link,
 )
 from core.config import Config
+from core.conversations import DatabaseThreads
 from core.credentials import Credentials
 from core.db import Database
 from core.flowstate import FlowStates
@@ -138,6 +140,7 @@ class Services:
     stars: StarsInvoices | None = None
     checkout: CheckoutLinks | None = None
     tasks: DatabaseTasks | None = None  # scheduled tasks and time zones (``/tasks``)
+    conversations: DatabaseThreads | None = None  # a chat's conversations (``/history``)
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
         """Write an audit row that is not part of a larger change."""
@@ -205,6 +208,7 @@ class Turn:
         sensitive: bool = False,
         markdown: bool = False,
         image: bytes | None = None,
+        document: Document | None = None,
     ) -> MessageRef | None:
         """Answer the event. Sensitive answers stay private: ephemeral, or moved to a DM."""
         reply = Reply(
@@ -213,6 +217,7 @@ class Turn:
             sensitive=sensitive,
             format=TextFormat.MARKDOWN if markdown else TextFormat.PLAIN,
             image=image,
+            document=document,
         )
         if sensitive and not self.chat.is_direct and self.user.platform not in EPHEMERAL_PLATFORMS:
             from bot import texts

@@ -166,6 +166,22 @@ class MemoryRow(Base):
     updated_at: Mapped[datetime]
 
 
+class ThreadRow(Base):
+    """Which stored conversation a chat continues; holds no conversation text.
+
+    ``active`` 0 is the chat's own memory key, n > 0 the key with ``#n`` (``/new`` takes
+    ``last + 1``).
+    """
+
+    __tablename__ = "agent_threads"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    conversation: Mapped[str] = mapped_column(String(400), primary_key=True)
+    active: Mapped[int] = mapped_column(Integer, default=0)
+    last: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]
+
+
 class NotesRow(Base):
     """A person's long-term notes (one JSON list per tenant), encrypted with the data key."""
 
@@ -403,3 +419,13 @@ class TaskRow(Base):
     prompt_blob: Mapped[bytes] = mapped_column(LargeBinary)
     next_run: Mapped[datetime | None] = mapped_column(index=True)
     created_at: Mapped[datetime]
+
+
+class JobLeaseRow(Base):
+    """Which replica last ran a background job, and until when no other may (PostgreSQL)."""
+
+    __tablename__ = "job_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime]

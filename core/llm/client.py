@@ -22,7 +22,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
@@ -50,11 +50,24 @@ KINDS: Final = ("anthropic", "openai-compatible")
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """An image the person sent: ``media_type`` (``image/png``...) and its bytes in base64."""
+
+    media_type: str
+    data: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One turn sent to the model: ``role`` is "user" or "assistant"."""
+    """One turn sent to the model: ``role`` is "user" or "assistant".
+
+    ``images`` go with the text as the model's image input (only on the newest user turn:
+    the conversation memory keeps the text alone).
+    """
 
     role: str
     content: str
+    images: tuple[ImageInput, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +466,18 @@ def _arguments(raw: str) -> dict[str, Any] | None:
 
 def _anthropic_turn(m: Turn) -> dict[str, Any]:
     if isinstance(m, ChatMessage):
-        return {"role": m.role, "content": m.content}
+        if not m.images:
+            return {"role": m.role, "content": m.content}
+        parts: list[dict[str, Any]] = [
+            {
+                "type": "image",
+                "source": {"type": "base64", "media_type": i.media_type, "data": i.data},
+            }
+            for i in m.images
+        ]
+        if m.content:
+            parts.append({"type": "text", "text": m.content})
+        return {"role": m.role, "content": parts}
     if isinstance(m, ToolTurn):
         blocks: list[dict[str, Any]] = [{"type": "text", "text": m.text}] if m.text else []
         blocks += [
@@ -473,7 +497,14 @@ def _anthropic_turn(m: Turn) -> dict[str, Any]:
 
 def _openai_turn(m: Turn) -> list[dict[str, Any]]:
     if isinstance(m, ChatMessage):
-        return [{"role": m.role, "content": m.content}]
+        if not m.images:
+            return [{"role": m.role, "content": m.content}]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
+        parts += [
+            {"type": "image_url", "image_url": {"url": f"data:{i.media_type};base64,{i.data}"}}
+            for i in m.images
+        ]
+        return [{"role": m.role, "content": parts}]
     if isinstance(m, ToolTurn):
         calls = [
             {

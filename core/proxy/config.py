@@ -37,6 +37,7 @@ class ModelRoute:
     output_usd_per_mtok: float
     upstream_model: str = ""
     tools: bool = True  # whether the model takes tool calls (the agent offers none otherwise)
+    images: bool = True  # whether it takes image input (a photo is refused with a clear answer)
     # Anthropic prompt caching: writes and reads of the cache, per million tokens. Unset, they
     # are priced as input (writes cost more at the provider: set them from its price list).
     cache_write_usd_per_mtok: float | None = None
@@ -245,6 +246,7 @@ def _parse_models(
             output_usd_per_mtok=prices[1],
             upstream_model=t.get("upstream_model", str, ""),
             tools=t.boolean("tools", True),
+            images=t.boolean("images", True),
             cache_write_usd_per_mtok=cache[0],
             cache_read_usd_per_mtok=cache[1],
         )

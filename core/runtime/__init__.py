@@ -16,6 +16,7 @@ Wiring (the composition root)::
 
 from __future__ import annotations
 
+from core.runtime.compaction import estimate_tokens
 from core.runtime.errors import ProtocolError, ReplyFailed
 from core.runtime.launch import CommandLauncher, ForkserverLauncher, Launcher, WorkerHandle
 from core.runtime.ports import (
@@ -31,7 +32,7 @@ from core.runtime.ports import (
     UsageRecord,
     UsageSink,
 )
-from core.runtime.supervisor import AgentStatus, AgentSupervisor, estimate_tokens, trim_turns
+from core.runtime.supervisor import AgentStatus, AgentSupervisor, trim_turns
 
 __all__ = [
     "AgentProfile",

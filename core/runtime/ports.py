@@ -73,6 +73,23 @@ class TaskVerdict:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """What ``/compact`` did: how many turns became a summary, and the estimated sizes."""
+
+    turns: int
+    before_tokens: int
+    after_tokens: int
+
+
+class ThreadPointer(Protocol):
+    """Which stored conversation a chat continues (``/new`` starts another)."""
+
+    async def active(self, tenant_id: str, conversation: str) -> str:
+        """The memory key of the chat's current conversation (``conversation`` itself first)."""
+        ...
+
+
 class TaskSink(Protocol):
     """Where the agent's ``schedule_task`` calls go (the bot stores them and answers the chat)."""
 

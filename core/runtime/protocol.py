@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from core.llm import ChatMessage
+from core.llm import ChatMessage, ImageInput
 from core.runtime.errors import ProtocolError
 from core.secret import Secret
 
@@ -221,7 +221,7 @@ def encode(msg: Message) -> bytes:
             obj = {
                 "type": "request",
                 "id": msg.id,
-                "messages": [{"role": m.role, "content": m.content} for m in msg.messages],
+                "messages": [_message(m) for m in msg.messages],
                 "model": msg.model,
                 "system": msg.system,
                 "max_tokens": msg.max_tokens,
@@ -277,6 +277,24 @@ def encode(msg: Message) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+def _message(m: ChatMessage) -> dict[str, Any]:
+    obj: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.images:  # only then: a version-1 agent never sees the field it would ignore anyway
+        obj["images"] = [{"media_type": i.media_type, "data": i.data} for i in m.images]
+    return obj
+
+
+def _parse_message(m: Any) -> ChatMessage:
+    images = m.get("images") or [] if isinstance(m, dict) else []
+    if not isinstance(images, list):
+        raise ProtocolError("request message images must be a list")
+    return ChatMessage(
+        _str(m, "role"),
+        _str(m, "content"),
+        tuple(ImageInput(_str(i, "media_type"), _str(i, "data")) for i in images),
+    )
+
+
 def decode(line: bytes | str) -> Message:
     """Parse one line; raises ``ProtocolError`` (whose text never quotes the line)."""
     try:
@@ -304,7 +322,7 @@ def decode(line: bytes | str) -> Message:
                 raw = obj["messages"]
                 if not isinstance(raw, list):
                     raise ProtocolError("request.messages must be a list")
-                messages = tuple(ChatMessage(_str(m, "role"), _str(m, "content")) for m in raw)
+                messages = tuple(_parse_message(m) for m in raw)
                 tools = obj.get("tools") or []
                 notes = obj.get("notes") or []
                 if not isinstance(tools, list) or not isinstance(notes, list):

@@ -32,21 +32,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from core.config import AgentSettings
+from core.config import AgentSettings, ConversationSettings
 from core.errors import AgentUnavailable
-from core.llm import ChatMessage
+from core.llm import ChatMessage, ImageInput
 from core.metrics import AGENT_CRASHES
-from core.runtime import protocol, sandbox
+from core.runtime import compaction, protocol, sandbox
+from core.runtime.compaction import estimate_tokens
 from core.runtime.errors import ProtocolError, ReplyFailed
 from core.runtime.launch import CommandLauncher, ForkserverLauncher, Launcher, WorkerHandle
 from core.runtime.ports import (
     AgentProfile,
+    Compacted,
     KeyHealth,
     MemoryStore,
     NotesStore,
     ProfileSource,
     TaskSink,
     TaskVerdict,
+    ThreadPointer,
     ToolActivity,
     ToolObserver,
     Turn,
@@ -82,11 +85,6 @@ class AgentStatus:
     draining: bool
     in_flight: int
     idle_seconds: float
-
-
-def estimate_tokens(text: str) -> int:
-    """A provider-neutral token estimate (~4 characters a token, plus framing)."""
-    return len(text) // 4 + 4
 
 
 def trim_turns(turns: Sequence[Turn], budget: int) -> list[Turn]:
@@ -186,6 +184,9 @@ class AgentSupervisor:
         tools: the built-in tools' settings sent in ``configure`` (protocol version 2).
         notes: the tenants' long-term notes; without it no note tool is offered.
         tasks: where scheduled tasks go; without it ``schedule_task`` is not offered.
+        conversations: the ``[conversations]`` table (compaction of long conversations).
+        threads: which stored conversation a chat continues (``/new``, ``/history``);
+            without it each chat has one.
     """
 
     def __init__(
@@ -202,7 +203,11 @@ class AgentSupervisor:
         tools: protocol.ToolConfig | None = None,
         notes: NotesStore | None = None,
         tasks: TaskSink | None = None,
+        conversations: ConversationSettings | None = None,
+        threads: ThreadPointer | None = None,
     ) -> None:
+        self._conversations = conversations or ConversationSettings()
+        self._threads = threads
         self._tool_config = tools or protocol.ToolConfig(max_steps=settings.max_tool_steps)
         self._notes = notes
         self._tasks = tasks
@@ -233,10 +238,12 @@ class AgentSupervisor:
         text: str,
         *,
         on_tool: ToolObserver | None = None,
+        images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[str]:
         """Stream the agent's answer to ``text``; raises ``AgentUnavailable`` (``ReplyFailed``).
 
-        ``on_tool`` hears of each tool the agent runs meanwhile (start and end).
+        ``on_tool`` hears of each tool the agent runs meanwhile (start and end). ``images``
+        go with this message only (memory keeps its text).
         """
         profile = await self._profiles.profile(tenant_id)
         offered = profile.tools if self._tool_config.max_steps > 0 else ()
@@ -253,11 +260,14 @@ class AgentSupervisor:
             notes = tuple(protocol.Note(n.id, n.text) for n in await self._notes.load(tenant_id))
         tenant = self._tenant(tenant_id)
         async with tenant.conversation(conversation):
-            history = await self._memory.load(tenant_id, conversation)
+            key = await self._thread(tenant_id, conversation)
+            summary, history = compaction.split_summary(await self._memory.load(tenant_id, key))
             budget = (
-                profile.context_tokens - profile.max_reply_tokens - estimate_tokens(profile.persona)
+                profile.context_tokens - profile.max_reply_tokens - estimate_tokens(system)
             )
-            turns = trim_turns([*history, Turn("user", text)], budget)
+            summary, history = await self._auto_compact(tenant, profile, summary, history, text)
+            room = budget - (estimate_tokens(summary) if summary else 0)
+            turns = trim_turns([*history, Turn("user", text)], room)
             worker = await self._acquire(tenant, profile)
             rid = str(next(self._ids))
             queue: asyncio.Queue[_Event] = asyncio.Queue()
@@ -270,9 +280,12 @@ class AgentSupervisor:
             finished = False
             request = protocol.Request(
                 id=rid,
-                messages=tuple(ChatMessage(t.role, t.content) for t in turns),
+                messages=(
+                    *(ChatMessage(t.role, t.content) for t in turns[:-1]),
+                    ChatMessage("user", text, tuple(images)),
+                ),
                 model=profile.model,
-                system=system,
+                system=compaction.system_with_summary(system, summary),
                 max_tokens=profile.max_reply_tokens,
                 tools=offered,
                 notes=notes,
@@ -351,10 +364,134 @@ class AgentSupervisor:
                 for report in reports:
                     await self._usage.record(tenant_id, profile.model, report.input, report.output)
             answer = "".join(parts)
-            saved = [*history, Turn("user", text)]
+            # Memory keeps text only: later turns know an image was sent, not its bytes.
+            said = f"[{len(images)} image(s)] {text}".strip() if images else text
+            saved = [*history, Turn("user", said)]
             if answer:
                 saved.append(Turn("assistant", answer))
-            await self._memory.save(tenant_id, conversation, saved)
+            await self._memory.save(tenant_id, key, compaction.join_summary(summary, saved))
+
+    async def _thread(self, tenant_id: str, conversation: str) -> str:
+        """The memory key of the conversation ``conversation``'s chat continues."""
+        if self._threads is None:
+            return conversation
+        return await self._threads.active(tenant_id, conversation)
+
+    async def _auto_compact(
+        self,
+        tenant: _Tenant,
+        profile: AgentProfile,
+        summary: str,
+        history: list[Turn],
+        text: str,
+    ) -> tuple[str, list[Turn]]:
+        """``(summary, history)`` after compacting, if the new message overflows the budget.
+
+        A failed summarisation keeps the turns as they were: the request is then trimmed to
+        the budget, as before compaction existed, and the reply says what the provider says.
+        """
+        cfg = self._conversations
+        if not cfg.compaction:
+            return summary, history
+        budget = profile.context_tokens - profile.max_reply_tokens
+        budget -= estimate_tokens(profile.persona)
+        keep = cfg.keep_recent_tokens or budget // 2
+        split = compaction.plan_compaction(summary, [*history, Turn("user", text)], budget, keep)
+        if split is None:
+            return summary, history
+        try:
+            made = await self._summarise(tenant, profile, summary, split.old)
+        except ReplyFailed as exc:
+            log.warning("agent %s: compaction failed (%s)", profile.tenant_id, exc.reason)
+            return summary, history
+        if not made:
+            log.warning("agent %s: compaction gave an empty summary", profile.tenant_id)
+            return summary, history
+        log.info("agent %s: compacted %d turns", profile.tenant_id, len(split.old))
+        return made, split.recent[:-1]
+
+    async def compact(self, tenant_id: str, conversation: str) -> Compacted | None:
+        """Summarise the whole conversation now (``/compact``); None when there is nothing.
+
+        Raises ``AgentUnavailable`` (``ReplyFailed``) when the model cannot be asked.
+        """
+        profile = await self._profiles.profile(tenant_id)
+        tenant = self._tenant(tenant_id)
+        async with tenant.conversation(conversation):
+            key = await self._thread(tenant_id, conversation)
+            summary, history = compaction.split_summary(await self._memory.load(tenant_id, key))
+            if not history:
+                return None
+            made = await self._summarise(tenant, profile, summary, history)
+            if not made:
+                raise ReplyFailed("empty_summary")
+            await self._memory.save(tenant_id, key, compaction.join_summary(made, []))
+            return Compacted(
+                turns=len(history),
+                before_tokens=compaction.cost(summary, history),
+                after_tokens=estimate_tokens(made),
+            )
+
+    async def _summarise(
+        self, tenant: _Tenant, profile: AgentProfile, summary: str, turns: Sequence[Turn]
+    ) -> str:
+        """One summarisation request through the tenant's agent (its key, or the proxy).
+
+        No tools are offered; the usage is booked like a reply's, so the managed cap counts it.
+        """
+        cfg = self._conversations
+        worker = await self._acquire(tenant, profile)
+        rid = str(next(self._ids))
+        queue: asyncio.Queue[_Event] = asyncio.Queue()
+        worker.pending[rid] = queue
+        limit = max(profile.context_tokens - cfg.summary_max_tokens, 256) * 4
+        request = protocol.Request(
+            id=rid,
+            messages=(ChatMessage("user", compaction.transcript(summary, turns, limit)),),
+            model=profile.model,
+            system=compaction.SUMMARY_SYSTEM,
+            max_tokens=cfg.summary_max_tokens,
+        )
+        parts: list[str] = []
+        size = 0
+        cap = cfg.summary_max_tokens * 8  # a summary far past its token bound is cut
+        reports: list[protocol.UsageReport] = []
+        finished = False
+        try:
+            try:
+                await worker.send(request)
+            except ConnectionError:
+                raise ReplyFailed("crashed") from None
+            while True:
+                event = await queue.get()
+                if isinstance(event, protocol.Chunk):
+                    piece = event.text[: cap - size]
+                    size += len(piece)
+                    parts.append(piece)
+                elif isinstance(event, protocol.UsageReport):
+                    reports.append(event)
+                elif isinstance(event, protocol.Done):
+                    finished = True
+                    break
+                elif isinstance(event, protocol.Error):
+                    finished = True
+                    await self._failed(tenant, worker, event)
+                elif isinstance(event, _Crashed):
+                    raise ReplyFailed("stopped" if worker.stopping else "crashed")
+                else:
+                    log.warning("agent %s: unexpected event in a summary", profile.tenant_id)
+        finally:
+            worker.last_used = self._clock()
+            worker.pending.pop(rid, None)
+            if not finished and not worker.dead.is_set():
+                with contextlib.suppress(ConnectionError):
+                    await worker.send(protocol.Cancel(rid))
+            self._maybe_drained(worker)
+            for report in reports:
+                await self._usage.record(
+                    profile.tenant_id, profile.model, report.input, report.output
+                )
+        return "".join(parts).strip()
 
     async def _note(
         self, tenant_id: str, offered: Sequence[str], event: protocol.NoteEvent

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.config import AgentSettings
+from core.config import AgentSettings, ConversationSettings
 from core.runtime.launch import Launcher
 from core.runtime.ports import (
     AgentProfile,
@@ -74,6 +74,7 @@ async def rig(
     settings: AgentSettings | None = None,
     launcher: Callable[[], Launcher] | None = None,
     fake: FakeLLMServer | None = None,
+    conversations: ConversationSettings | None = None,
 ) -> AsyncIterator[Rig]:
     now = [1000.0]
     async with fake or FakeLLMServer() as server:
@@ -88,6 +89,7 @@ async def rig(
             runtime_dir=runtime_dir,
             launcher=launcher() if launcher else None,
             clock=lambda: now[0],
+            conversations=conversations,
         )
         try:
             yield Rig(sup, server, profiles, memory, usage, health, now)

@@ -146,6 +146,34 @@ class FakeDiscord:
         self.port = 0
         self.dm_channels: dict[str, str] = {}
         self.send_ready = True  # False: a gateway that never says READY
+        # Attachments people "uploaded" (``add_attachment``), served like the CDN (no token),
+        # and the ids downloaded.
+        self.attachment_files: dict[str, bytes] = {}
+        self.downloads: list[str] = []
+
+    def add_attachment(
+        self, data: bytes, filename: str, content_type: str, **extra: Any
+    ) -> dict[str, Any]:
+        """An attachment object for a MESSAGE_CREATE whose ``url`` serves ``data``."""
+        aid = str(next(self._ids))
+        self.attachment_files[aid] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{aid}/{filename}"
+        return {
+            "id": aid,
+            "filename": filename,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": content_type,
+            **extra,
+        }
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        aid = request.match_info["id"]
+        if aid not in self.attachment_files:
+            return web.Response(status=404)
+        self.downloads.append(aid)
+        return web.Response(body=self.attachment_files[aid])
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -153,6 +181,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/gw", self._gateway)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        app.router.add_get("/attachments/{id}/{name}", self._attachment)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

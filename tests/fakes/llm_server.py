@@ -12,6 +12,7 @@ the real APIs answer; gates and scripted failures hold or break it the same way.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,7 +91,43 @@ def echo_reply(messages: list[dict[str, Any]]) -> str:
         ),
         "",
     )
+    for m in reversed(messages):
+        if m["role"] != "user":
+            continue
+        if isinstance(m["content"], str):
+            break
+        seen = image_count(m["content"])
+        if seen:  # a message with images: echo its text and say how many images came
+            return f"echo: {content_text(m['content'])} (saw {seen} image{'s' * (seen > 1)})"
     return f"echo: {last}"
+
+
+def image_count(content: Any) -> int:
+    """Image blocks in one message's content (Anthropic ``image``, OpenAI ``image_url``)."""
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for b in content if b.get("type") in ("image", "image_url"))
+
+
+def content_text(content: Any) -> str:
+    """The text parts of a message's content (a plain string as it is)."""
+    if isinstance(content, str):
+        return content
+    return " ".join(b.get("text", "") for b in content if b.get("type") == "text")
+
+
+def content_images(content: Any) -> list[tuple[str, bytes]]:
+    """``(media type, bytes)`` of each image block in a message's content, decoded."""
+    out: list[tuple[str, bytes]] = []
+    for block in content if isinstance(content, list) else ():
+        if block.get("type") == "image":
+            source = block["source"]
+            out.append((source["media_type"], base64.b64decode(source["data"])))
+        elif block.get("type") == "image_url":
+            url = block["image_url"]["url"]
+            head, _, data = url.partition(",")
+            out.append((head.removeprefix("data:").removesuffix(";base64"), base64.b64decode(data)))
+    return out
 
 
 @dataclass
@@ -137,6 +174,9 @@ class FakeLLMServer:
     # Anthropic prompt-cache usage added to every reply's usage (message_start when streamed),
     # e.g. {"cache_creation_input_tokens": 1000, "cache_read_input_tokens": 5000}.
     cache_usage: dict[str, int] = field(default_factory=dict)
+    # What POST /v1/audio/transcriptions answers, and the audio files it was sent (bytes).
+    transcript: str = "remind me to water the plants"
+    transcriptions: list[bytes] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int = 0
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -146,6 +186,7 @@ class FakeLLMServer:
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -200,6 +241,38 @@ class FakeLLMServer:
             }
             return web.json_response(body, status=401)
         return None
+
+    def images(self) -> list[tuple[str, str, bytes]]:
+        """``(API kind, media type, bytes)`` of every image block the chat requests carried."""
+        return [
+            (r.kind, media_type, data)
+            for r in self.requests
+            for m in r.body.get("messages", [])
+            for media_type, data in content_images(m.get("content"))
+        ]
+
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's transcription endpoint: multipart ``file`` and ``model``, JSON ``text``."""
+        key = _bearer(request)
+        form = await request.post()
+        upload = form.get("file")
+        audio = upload.file.read() if isinstance(upload, web.FileField) else b""
+        body = {
+            "model": str(form.get("model", "")),
+            "filename": upload.filename if isinstance(upload, web.FileField) else "",
+            "bytes": len(audio),
+        }
+        self.requests.append(Recorded("transcription", request.path, key, body))
+        refused = self._refuse(key)
+        if refused is not None:
+            return refused
+        failure = self._take_failure()
+        if failure is not None:
+            return _error_response(failure)
+        if not audio or not body["model"]:
+            return web.json_response({"error": {"message": "file and model required"}}, status=400)
+        self.transcriptions.append(audio)
+        return web.json_response({"text": self.transcript})
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         key = request.headers.get("x-api-key") or _bearer(request)

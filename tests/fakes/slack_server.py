@@ -63,11 +63,16 @@ class FakeSlack:
     _ws: web.WebSocketResponse | None = None
     _acks: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    # Shared files (``add_file``) served at their url_private with a valid token; each
+    # download's file id is recorded.
+    files: dict[str, bytes] = field(default_factory=dict)
+    downloads: list[str] = field(default_factory=list)
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/link", self._link)
+        app.router.add_get("/files-pri/{team_file}/{name}", self._file)
         app.router.add_post("/respond/{name}", self._respond)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -84,6 +89,22 @@ class FakeSlack:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/"
+
+    def add_file(self, file_id: str, name: str, data: bytes) -> str:
+        """Serve ``data`` as file ``file_id``; returns its ``url_private``."""
+        self.files[file_id] = data
+        return f"http://127.0.0.1:{self.port}/files-pri/T0001-{file_id}/{name}"
+
+    async def _file(self, request: web.Request) -> web.Response:
+        # Like Slack: url_private needs a token in the Authorization header.
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not token or (self.valid_tokens and token not in self.valid_tokens):
+            return web.Response(status=403)
+        file_id = request.match_info["team_file"].partition("-")[2]
+        if file_id not in self.files:
+            return web.Response(status=404)
+        self.downloads.append(file_id)
+        return web.Response(body=self.files[file_id])
 
     def response_url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/respond/{name}"

@@ -37,6 +37,7 @@ _KNOWN_METHODS = frozenset(
     {
         "getMe",
         "getUpdates",
+        "getFile",
         "setMyCommands",
         "deleteWebhook",
         "setWebhook",
@@ -46,6 +47,7 @@ _KNOWN_METHODS = frozenset(
         "sendMessageDraft",
         "sendMessage",
         "sendPhoto",
+        "sendDocument",
         "editMessageText",
         "editMessageReplyMarkup",
         "deleteMessage",
@@ -66,6 +68,17 @@ class Call:
     params: dict[str, Any]
     status: int = 200
     message_id: int | None = None  # of the message a send created
+
+
+@dataclass
+class Upload:
+    """A file a send carried (multipart): which method, chat and field, its name and bytes."""
+
+    method: str
+    chat_id: str
+    field: str
+    filename: str
+    content: bytes
 
 
 @dataclass
@@ -115,6 +128,12 @@ class FakeTelegramServer:
     invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: list[dict[str, Any]] = field(default_factory=list)
     _charges: int = 0
+    # Files people "uploaded", by file_id (``add_file``), served by getFile + the file URL;
+    # each download's file path is recorded.
+    files: dict[str, bytes] = field(default_factory=dict)
+    downloads: list[str] = field(default_factory=list)
+    # Every uploaded file with its bytes (``Call.params`` keeps only name and size).
+    uploads: list[Upload] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -128,6 +147,7 @@ class FakeTelegramServer:
         self._changed = asyncio.Condition()
         app = web.Application()
         app.router.add_post("/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -191,6 +211,20 @@ class FakeTelegramServer:
             )
         )
 
+    def add_file(self, file_id: str, data: bytes) -> None:
+        """Make ``file_id`` downloadable (getFile, then GET /file/bot<token>/<path>)."""
+        self.files[file_id] = data
+
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.Response(status=401)
+        path = request.match_info["path"]
+        file_id = path.removeprefix("media/")
+        if file_id not in self.files:
+            return web.Response(status=404)
+        self.downloads.append(path)
+        return web.Response(body=self.files[file_id])
+
     def next_message_id(self) -> int:
         self._next_message_id += 1
         return self._next_message_id
@@ -236,11 +270,17 @@ class FakeTelegramServer:
             return dict(raw) if isinstance(raw, dict) else {}
         form = await request.post()
         params: dict[str, Any] = {}
+        files: list[tuple[str, str, bytes]] = []
         for key, value in form.items():
             if isinstance(value, str):
                 params[key] = json.loads(value) if key in _JSON_FIELDS else value
             else:  # a file upload
-                params[key] = {"filename": value.filename, "size": len(value.file.read())}
+                content = value.file.read()
+                files.append((key, str(value.filename), content))
+                params[key] = {"filename": value.filename, "size": len(content)}
+        method = request.match_info.get("method", "")
+        for key, name, content in files:
+            self.uploads.append(Upload(method, str(params.get("chat_id", "")), key, name, content))
         return params
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -345,7 +385,18 @@ class FakeTelegramServer:
         chat_id = str(params.get("chat_id", ""))
         if method == "getMe":
             return self._user()
-        if method in ("sendMessage", "sendPhoto"):
+        if method == "getFile":
+            file_id = str(params.get("file_id", ""))
+            data = self.files.get(file_id)
+            if data is None:
+                return {"file_id": file_id, "file_unique_id": f"u{file_id}"}  # no file_path
+            return {
+                "file_id": file_id,
+                "file_unique_id": f"u{file_id}",
+                "file_size": len(data),
+                "file_path": f"media/{file_id}",
+            }
+        if method in ("sendMessage", "sendPhoto", "sendDocument"):
             mid = self.next_message_id()
             text = str(params.get("text", params.get("caption", "")))
             self.chats.setdefault(chat_id, {})[mid] = text

@@ -1,15 +1,18 @@
-"""Files shared with the app on Slack, through ``byokbot run`` in Socket Mode (defect 2.10).
+"""Files shared with the app on Slack, through ``byokbot run`` in Socket Mode (2.10, issue 14).
 
-A shared image or voice clip without text gets a line saying the agent reads text only; with
-text, the text reaches the agent and the person is told the file was not passed on.
+Before sign-up a shared image or voice clip gets a line saying to set up an agent first; after
+it, a shared image is downloaded with the bot token (from ``url_private``) and reaches the
+model as image input, with the text beside it; the token never reaches the provider.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.canaries import anthropic_key
 from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.media_files import png
 from tests.fakes.slack_server import event_callback, message
 from tests.system.harness import CanaryScan, Workspace, eventually
 from tests.system.slack_fixtures import SlackSide, slack_fixture  # noqa: F401 - fixture
@@ -59,10 +62,13 @@ async def test_shared_files_are_answered_on_slack(
     ada = slack.person()
 
     await share(ada, "", IMAGE)
-    await ada.wait_text("can't read photos yet, only text", within=30)
+    await ada.wait_text("You don't have an agent yet", within=30)
     await share(ada, "", VOICE_CLIP)
-    await ada.wait_text("can't read voice messages yet, only text", within=30)
+    await eventually(
+        lambda: sum("You don't have an agent yet" in t for t in ada.texts()) >= 2, within=30
+    )
     assert llm.requests == []
+    assert slack.fake.downloads == []
 
     await ada.command("start")
     await ada.wait_text("Pick a plan")
@@ -73,10 +79,14 @@ async def test_shared_files_are_answered_on_slack(
     await ada.submit(key)
     await ada.wait_text("sk-ant-…")
 
-    await share(ada, "what is in this picture?", IMAGE)
-    await ada.wait_text(r"echo: what is in this picture\?", within=30)
-    await ada.wait_text("passed on only the text")
-    await eventually(lambda: bool(llm.keys("anthropic")), within=30)
+    image = png(4, 4)
+    shared = IMAGE | {"url_private": slack.fake.add_file("F07IMAGE01", "image.png", image)}
+    shared["size"] = len(image)
+    await share(ada, "what is in this picture?", shared)
+    await ada.wait_text(r"echo: what is in this picture\? \(saw 1 image\)", within=30)
+    assert llm.images() == [("anthropic", "image/png", image)]
     last = llm.requests[-1]
     assert last.key == key
-    assert last.body["messages"][-1]["content"] == "what is in this picture?"
+    assert slack.fake.downloads == ["F07IMAGE01"]
+    sent = json.dumps([r.body for r in llm.requests])
+    assert "xoxb-" not in sent and "files-pri" not in sent
