@@ -368,9 +368,10 @@ def decode(line: bytes | str) -> Message:
                     _str(obj, "id"), _str(obj, "when"), _str(obj, "prompt"), str(obj.get("ref", ""))
                 )
             case "task_result":
-                return TaskResult(
-                    _str(obj, "id"), _str(obj, "ref"), bool(obj.get("ok")), _str(obj, "message")
-                )
+                ok = obj.get("ok")
+                if not isinstance(ok, bool):
+                    raise ProtocolError("task_result.ok must be true or false")
+                return TaskResult(_str(obj, "id"), _str(obj, "ref"), ok, _str(obj, "message"))
             case "error":
                 retry = obj.get("retry_after")
                 if retry is not None and (

@@ -262,9 +262,7 @@ class AgentSupervisor:
         async with tenant.conversation(conversation):
             key = await self._thread(tenant_id, conversation)
             summary, history = compaction.split_summary(await self._memory.load(tenant_id, key))
-            budget = (
-                profile.context_tokens - profile.max_reply_tokens - estimate_tokens(system)
-            )
+            budget = profile.context_tokens - profile.max_reply_tokens - estimate_tokens(system)
             summary, history = await self._auto_compact(tenant, profile, summary, history, text)
             room = budget - (estimate_tokens(summary) if summary else 0)
             turns = trim_turns([*history, Turn("user", text)], room)
@@ -336,11 +334,14 @@ class AgentSupervisor:
                             verdict = await self._tasks.schedule(
                                 tenant_id, conversation, event.when[:100], event.prompt[:2000]
                             )
-                        # The tool waits for this; a dead pipe ends the reply below anyway.
-                        with contextlib.suppress(ConnectionError):
-                            await worker.send(
-                                protocol.TaskResult(rid, event.ref, verdict.ok, verdict.message)
+                        # The tool waits for this (an agent that sent no ref does not: no
+                        # answer); a dead pipe ends the reply below anyway.
+                        if event.ref:
+                            answer = protocol.TaskResult(
+                                rid, event.ref, verdict.ok, verdict.message
                             )
+                            with contextlib.suppress(ConnectionError):
+                                await worker.send(answer)
                     elif isinstance(event, protocol.Done):
                         finished = True
                         break

@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tests.canaries import anthropic_key
-from tests.fakes.llm_server import FakeCall, FakeLLMServer, ToolStep, tool_rounds
+from tests.fakes.llm_server import FakeCall, FakeLLMServer, ToolStep, tool_results, tool_rounds
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.system.harness import BotProcess, CanaryScan, Workspace, eventually
 from tests.system.people import TelegramPerson
@@ -49,6 +49,10 @@ def script_reminders(llm: FakeLLMServer, prompts: dict[str, tuple[str, str]]) ->
         text = last_user_text(messages)
         if "Scheduled task" in text:
             return "Reminder: " + text.split(") ", 1)[-1]
+        # Like a real model, relay byokbot's verdict (the tool result) to the person.
+        results = tool_results({"messages": messages})
+        if results and results[-1][2]:
+            return "Sorry, I could not schedule that. " + results[-1][1]
         return "Okay, scheduled."
 
     llm.tool_script, llm.reply = script, answer
@@ -110,7 +114,8 @@ async def test_cancel_removes_a_task_and_the_plan_limit_is_answered(
     ada.send("first reminder please")
     await ada.wait_text("Okay, scheduled.", within=30)
     ada.send("second reminder please")
-    await ada.wait_text("the most your plan allows", within=30)
+    # The refusal reaches the model as the tool's error, and the model tells the person.
+    await ada.wait_text("Sorry, I could not schedule that.*the most their plan allows", within=30)
 
     ada.send("/tasks")
     await ada.wait_text(rf"1\. {at}")
