@@ -337,11 +337,11 @@ class AgentSupervisor:
                         # The tool waits for this (an agent that sent no ref does not: no
                         # answer); a dead pipe ends the reply below anyway.
                         if event.ref:
-                            answer = protocol.TaskResult(
+                            verdict_line = protocol.TaskResult(
                                 rid, event.ref, verdict.ok, verdict.message
                             )
                             with contextlib.suppress(ConnectionError):
-                                await worker.send(answer)
+                                await worker.send(verdict_line)
                     elif isinstance(event, protocol.Done):
                         finished = True
                         break
