@@ -154,6 +154,8 @@ class DatabaseTasks:
                 fire = next_run(when, tz, self._clock.now())
             except BadSchedule as exc:
                 return Added("bad", reason=str(exc))
+            if fire is None and len(when.split()) == 5:  # e.g. "0 0 30 2 *"
+                return Added("bad", reason="that cron expression never fires")
             if fire is None:
                 return Added("past", tz=tz_name or "")
         elif len(when.split()) == 5:
