@@ -652,18 +652,39 @@ ADMIN_REFUND_FAILED = "Telegram refused the refund: {reason}"
 
 
 # --- scheduled tasks (issue 14: schedule_task, /tasks, /timezone) ---
-TASK_OUTCOME = {
-    "needs_timezone": (
-        "⏰ I'll keep that task, but I need your time zone first. "
-        "Send /timezone followed by your zone, e.g. /timezone Europe/Paris."
-    ),
-    "limit": (
-        "⏰ You already have {limit} scheduled task(s), the most your plan allows. "
-        "Cancel one in /tasks first."
-    ),
-    "past": "⏰ That time has already passed, so I did not schedule it. Ask again with a later time.",
-    "bad": "⏰ I could not understand when to run that task. Ask again with a clear time.",
-}
+TASK_ASK_TIMEZONE = (
+    "⏰ I'll keep that task, but I need your time zone first. "
+    "Send /timezone followed by your zone, e.g. /timezone Europe/Paris."
+)
+# What the model learns from schedule_task (it words the answer to the person).
+TASK_TOLD_ADDED = (
+    "Scheduled. Next run: {local} in {tz} ({utc} UTC). The person can see and cancel it "
+    "with /tasks."
+)
+TASK_TOLD_NEEDS_TIMEZONE = (
+    "Stored, but it has no run time yet: the person's time zone is unknown. byokbot has asked "
+    "them to send /timezone Area/City (e.g. /timezone Europe/Paris); the task is scheduled as "
+    "soon as they do. Tell them so."
+)
+TASK_TOLD_LIMIT = (
+    "Not scheduled: the person already has {limit} scheduled task(s), the most their plan "
+    "allows. Tell them to cancel one with /tasks first."
+)
+TASK_TOLD_PAST = (
+    "Not scheduled: {when} in {tz} has already passed (it is now {now} there). Ask the person "
+    "for a later time."
+)
+TASK_TOLD_BAD = (
+    "Not scheduled: {reason}. Use an ISO local time like 2026-12-03T09:00 or five cron fields "
+    "like '0 8 * * mon-fri'."
+)
+TASK_CONTEXT = (
+    "Now it is {now} in the person's time zone, {tz}. Give schedule_task times in that zone."
+)
+TASK_CONTEXT_NO_TZ = (
+    "Now it is {now} UTC; the person's time zone is not known yet (byokbot asks for it when "
+    "a task is scheduled)."
+)
 TASK_PROMPT = "(Scheduled task, running now as the person asked earlier.) {}"
 TASK_HEADER = "⏰ "
 TASK_EMPTY = "(the agent had nothing to say)"

@@ -58,6 +58,21 @@ def next_run(when: str, tz: ZoneInfo, now: datetime) -> datetime | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Added:
+    """What ``add`` did: ``outcome`` is "added", "needs_timezone", "limit", "past" or "bad".
+
+    ``next_run`` (UTC) and ``tz`` are set when added; ``reason`` says why a schedule is bad.
+    """
+
+    outcome: str
+    next_run: datetime | None = None
+    tz: str = ""
+    reason: str = ""
+    waiting: int = 0
+    """How many tasks wait for a time zone (this one included), on "needs_timezone"."""
+
+
+@dataclass(frozen=True, slots=True)
 class TaskView:
     id: str
     conversation: str
@@ -80,6 +95,9 @@ class DatabaseTasks:
         self._db = db
         self._credentials = credentials
         self._clock = clock
+
+    def now(self) -> datetime:
+        return self._clock.now()
 
     async def timezone(self, tenant_id: str) -> str | None:
         async with self._db.session() as s:
@@ -126,20 +144,32 @@ class DatabaseTasks:
 
     async def add(
         self, tenant_id: str, conversation: str, when: str, prompt: str, *, limit: int
-    ) -> str:
-        """Store a task; returns "added", "needs_timezone", "limit" or "past"/"bad"."""
+    ) -> Added:
+        """Store a task, or say why not (see ``Added``)."""
         tz_name = await self.timezone(tenant_id)
         tz = zone(tz_name) if tz_name else None
         fire: datetime | None = None
         if tz is not None:
             try:
                 fire = next_run(when, tz, self._clock.now())
-            except BadSchedule:
-                return "bad"
+            except BadSchedule as exc:
+                return Added("bad", reason=str(exc))
+            if fire is None and len(when.split()) == 5:  # e.g. "0 0 30 2 *"
+                return Added("bad", reason="that cron expression never fires")
             if fire is None:
-                return "past"
+                return Added("past", tz=tz_name or "")
+        elif len(when.split()) == 5:
+            try:  # the shape is checked now; the time once the zone is known
+                CronTrigger.from_crontab(when, timezone=UTC)
+            except ValueError as exc:
+                return Added("bad", reason=f"not a valid cron expression: {exc}")
+        else:
+            try:
+                datetime.fromisoformat(when)
+            except ValueError:
+                return Added("bad", reason="not an ISO date-time or 5-field cron")
         if await self.count(tenant_id) >= limit:
-            return "limit"
+            return Added("limit")
         task_id = secrets.token_hex(8)
         async with self._db.session() as s, s.begin():
             dek = await self._credentials.data_key(s, tenant_id)
@@ -155,7 +185,15 @@ class DatabaseTasks:
                     created_at=self._clock.now(),
                 )
             )
-        return "added" if tz is not None else "needs_timezone"
+        if tz is not None:
+            return Added("added", next_run=fire, tz=tz_name or "")
+        async with self._db.session() as s:
+            waiting = await s.scalar(
+                select(func.count())
+                .select_from(TaskRow)
+                .where(TaskRow.tenant_id == tenant_id, TaskRow.next_run.is_(None))
+            )
+        return Added("needs_timezone", waiting=int(waiting or 0))
 
     async def of(self, tenant_id: str) -> list[TaskView]:
         async with self._db.session() as s:
@@ -208,7 +246,7 @@ class DatabaseTasks:
                 prompt = decrypt_blob(
                     dek, row.prompt_blob, purpose="task", object_id=task_id
                 ).decode()
-                if not recurring:
+                if following is None:  # a one-off, or a cron with no later time
                     await s.delete(row)
             claimed.append(DueTask(task_id, tenant_id, conversation, prompt))
         return claimed

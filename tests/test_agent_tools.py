@@ -340,3 +340,29 @@ def test_public_addresses(address: str, public: bool) -> None:
     # The allow-list (tests only) admits exactly its networks; a mapped address is its IPv4.
     judged = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
     assert is_public(ip, (str(ipaddress.ip_network(judged)),))
+
+
+@pytest.mark.parametrize(("ok", "message"), [(True, "Scheduled. Next run: 09:00"), (False, "over")])
+async def test_schedule_task_waits_for_the_verdict_and_the_model_sees_it(
+    ok: bool, message: str
+) -> None:
+    async with FakeLLMServer() as llm:
+        when = "2026-12-03T09:00"
+        llm.tool_script = once(
+            lambda: ToolStep([FakeCall("schedule_task", {"when": when, "prompt": "tea"})])
+        )
+        llm.reply = lambda m: "told"
+        async with agent("anthropic", llm.anthropic_url, protocol.ToolConfig()) as a:
+            rid = a.request("remind me", tools=("schedule_task",))
+            async with asyncio.timeout(20):
+                event = protocol.decode(await a.from_agent.readline())
+                while not isinstance(event, protocol.TaskEvent):
+                    event = protocol.decode(await a.from_agent.readline())
+            assert (event.id, event.when, event.prompt) == (rid, when, "tea") and event.ref
+            # An answer to another ref is not this task's verdict; the right one is.
+            a.to_agent.write(protocol.encode(protocol.TaskResult(rid, "other", True, "no")))
+            a.to_agent.write(protocol.encode(protocol.TaskResult(rid, event.ref, ok, message)))
+            events = await a.until_end(rid)
+    assert text_of(events) == "told"
+    ((_, text, err),) = tool_results(llm.requests[1].body)
+    assert (text, err) == (message, not ok)

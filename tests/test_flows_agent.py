@@ -80,7 +80,9 @@ async def test_a_whole_conversation(world: World, fake: FakeLLMServer) -> None:
     await ada.say("and now?")
     body = fake.requests[-1].body
     assert body["model"] == "model-small"
-    assert body["system"] == "You answer like a pirate."
+    # The persona comes first; the person's clock follows while schedule_task is offered.
+    assert body["system"].split("\n\n")[0] == "You answer like a pirate."
+    assert "Now it is 2026-01-01T00:00 (Thursday) UTC" in body["system"]
     assert [m["content"] for m in body["messages"]] == ["hello", "echo: hello", "and now?"]
 
     # Memory is stored encrypted under the tenant's data key: no plaintext in the row.

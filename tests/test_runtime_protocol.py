@@ -25,6 +25,9 @@ MESSAGES: list[protocol.Message] = [
     protocol.Error("1", "rate_limited", "slow", 2.5),
     protocol.Error("1", "overloaded", "busy", None),
     protocol.Done("1"),
+    protocol.TaskEvent("1", "2026-12-03T09:00", "water the cactus", "a1b2c3"),
+    protocol.TaskResult("1", "a1b2c3", True, "Scheduled. Next run: …"),
+    protocol.TaskResult("1", "a1b2c3", False, "Not scheduled: limit"),
 ]
 
 
@@ -45,9 +48,19 @@ def test_external_agent_lines_with_extra_fields_are_accepted() -> None:
     assert protocol.decode(line) == protocol.Chunk("7", "a")
 
 
+def test_a_task_event_without_ref_still_decodes() -> None:
+    # Agents written before task_result send no ref; byokbot then sends them no answer.
+    line = b'{"type":"task","id":"3","when":"0 8 * * *","prompt":"news"}'
+    assert protocol.decode(line) == protocol.TaskEvent("3", "0 8 * * *", "news", "")
+
+
 @pytest.mark.parametrize(
     ("line", "why"),
     [
+        (
+            b'{"type":"task_result","id":"1","ref":"r","ok":"false","message":"m"}',
+            "task_result.ok must be true or false",
+        ),
         (b"not json sk-secret", "line is not JSON"),
         (b"[1,2]", "line is not a JSON object"),
         (b'{"type":"launch"}', "unknown message type"),

@@ -68,6 +68,14 @@ class StoredNote:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskVerdict:
+    """Whether a ``schedule_task`` call was kept, and what the model should tell the person."""
+
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Compacted:
     """What ``/compact`` did: how many turns became a summary, and the estimated sizes."""
 
@@ -87,7 +95,16 @@ class ThreadPointer(Protocol):
 class TaskSink(Protocol):
     """Where the agent's ``schedule_task`` calls go (the bot stores them and answers the chat)."""
 
-    async def schedule(self, tenant_id: str, conversation: str, when: str, prompt: str) -> None: ...
+    async def schedule(
+        self, tenant_id: str, conversation: str, when: str, prompt: str
+    ) -> TaskVerdict: ...
+
+    async def context(self, tenant_id: str) -> str:
+        """A line for the system prompt: the person's local time and zone, or that it is unknown.
+
+        With it the model can turn "tomorrow at 9" into an ISO local time.
+        """
+        ...
 
 
 class NotesStore(Protocol):

@@ -1,10 +1,11 @@
 """The agent line protocol: one JSON object per line between the supervisor and an agent.
 
 Documented for operators in ``docs/agent-protocol.md``. Supervisor -> agent: ``configure``
-(exactly once, first), ``request``, ``cancel``, ``confirmed``; end of input means "finish
-what is in flight, then exit". Agent -> supervisor: ``ready`` (once, after ``configure``),
-``chunk``, ``usage``, ``tool``, ``note``, ``task`` and ``confirm`` (version 2), ``error``,
-``done``. Every reply ends with exactly one ``error`` or ``done`` for its id.
+(exactly once, first), ``request``, ``cancel``, ``confirmed``, ``task_result`` (version 2:
+the answer to a ``task``); end of input means "finish what is in flight, then exit".
+Agent -> supervisor: ``ready`` (once, after ``configure``), ``chunk``, ``usage``, ``tool``,
+``note``, ``task`` and ``confirm`` (version 2), ``error``, ``done``. Every reply ends with
+exactly one ``error`` or ``done`` for its id.
 
 Version 2 adds tools: ``configure.tools`` (their settings), ``request.tools`` (the names
 offered for this request) and ``request.notes`` (the person's long-term notes), and the
@@ -178,12 +179,28 @@ class NoteEvent:
 class TaskEvent:
     """Request ``id`` scheduled ``prompt`` at ``when`` (an ISO local time or a 5-field cron).
 
-    byokbot validates and stores it, and at the time runs the prompt in the same chat.
+    byokbot validates and stores it, answers with a ``task_result`` carrying the same ``ref``
+    (so the model learns whether it was kept, and why not), and at the time runs the prompt in
+    the same chat.
     """
 
     id: str
     when: str
     prompt: str
+    ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """byokbot's answer to request ``id``'s ``task`` event ``ref``: kept (``ok``) or not.
+
+    ``message`` is what the model should know: the next run, or why the task was refused.
+    """
+
+    id: str
+    ref: str
+    ok: bool
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +237,7 @@ class Done:
     id: str
 
 
-ToAgent = Configure | Request | Cancel | Confirmed
+ToAgent = Configure | Request | Cancel | Confirmed | TaskResult
 FromAgent = Ready | Chunk | UsageReport | ToolEvent | NoteEvent | TaskEvent | Confirm | Error | Done
 Message = ToAgent | FromAgent
 
@@ -287,7 +304,21 @@ def encode(msg: Message) -> bytes:
         case NoteEvent():
             obj = {"type": "note", "id": msg.id, "op": msg.op, "note": msg.note, "text": msg.text}
         case TaskEvent():
-            obj = {"type": "task", "id": msg.id, "when": msg.when, "prompt": msg.prompt}
+            obj = {
+                "type": "task",
+                "id": msg.id,
+                "when": msg.when,
+                "prompt": msg.prompt,
+                "ref": msg.ref,
+            }
+        case TaskResult():
+            obj = {
+                "type": "task_result",
+                "id": msg.id,
+                "ref": msg.ref,
+                "ok": msg.ok,
+                "message": msg.message,
+            }
         case Error():
             obj = {
                 "type": "error",
@@ -403,7 +434,14 @@ def decode(line: bytes | str) -> Message:
                     raise ProtocolError("note.op must be add or forget")
                 return NoteEvent(_str(obj, "id"), op, _str(obj, "note"), str(obj.get("text", "")))
             case "task":
-                return TaskEvent(_str(obj, "id"), _str(obj, "when"), _str(obj, "prompt"))
+                return TaskEvent(
+                    _str(obj, "id"), _str(obj, "when"), _str(obj, "prompt"), str(obj.get("ref", ""))
+                )
+            case "task_result":
+                ok = obj.get("ok")
+                if not isinstance(ok, bool):
+                    raise ProtocolError("task_result.ok must be true or false")
+                return TaskResult(_str(obj, "id"), _str(obj, "ref"), ok, _str(obj, "message"))
             case "error":
                 retry = obj.get("retry_after")
                 if retry is not None and (

@@ -49,6 +49,7 @@ from core.runtime.ports import (
     NotesStore,
     ProfileSource,
     TaskSink,
+    TaskVerdict,
     ThreadPointer,
     ToolActivity,
     ToolConfirmer,
@@ -259,6 +260,10 @@ class AgentSupervisor:
             offered = tuple(t for t in offered if t not in NOTE_TOOLS)
         if self._tasks is None:
             offered = tuple(t for t in offered if t != "schedule_task")
+        system = profile.persona
+        if self._tasks is not None and "schedule_task" in offered:
+            now = await self._tasks.context(tenant_id)
+            system = f"{system}\n\n{now}" if system else now
         notes: tuple[protocol.Note, ...] = ()
         if self._notes is not None and NOTE_TOOLS & set(offered):
             notes = tuple(protocol.Note(n.id, n.text) for n in await self._notes.load(tenant_id))
@@ -266,9 +271,7 @@ class AgentSupervisor:
         async with tenant.conversation(conversation):
             key = await self._thread(tenant_id, conversation)
             summary, history = compaction.split_summary(await self._memory.load(tenant_id, key))
-            budget = (
-                profile.context_tokens - profile.max_reply_tokens - estimate_tokens(profile.persona)
-            )
+            budget = profile.context_tokens - profile.max_reply_tokens - estimate_tokens(system)
             summary, history = await self._auto_compact(tenant, profile, summary, history, text)
             room = budget - (estimate_tokens(summary) if summary else 0)
             turns = trim_turns([*history, Turn("user", text)], room)
@@ -290,7 +293,7 @@ class AgentSupervisor:
                     ChatMessage("user", text, tuple(images)),
                 ),
                 model=profile.model,
-                system=compaction.system_with_summary(profile.persona, summary),
+                system=compaction.system_with_summary(system, summary),
                 max_tokens=profile.max_reply_tokens,
                 tools=offered,
                 notes=notes,
@@ -336,10 +339,19 @@ class AgentSupervisor:
                     elif isinstance(event, protocol.TaskEvent):
                         if self._tasks is None or "schedule_task" not in offered:
                             log.warning("agent %s scheduled a task unoffered", tenant_id)
+                            verdict = TaskVerdict(False, "scheduled tasks are not available")
                         else:
-                            await self._tasks.schedule(
+                            verdict = await self._tasks.schedule(
                                 tenant_id, conversation, event.when[:100], event.prompt[:2000]
                             )
+                        # The tool waits for this (an agent that sent no ref does not: no
+                        # answer); a dead pipe ends the reply below anyway.
+                        if event.ref:
+                            verdict_line = protocol.TaskResult(
+                                rid, event.ref, verdict.ok, verdict.message
+                            )
+                            with contextlib.suppress(ConnectionError):
+                                await worker.send(verdict_line)
                     elif isinstance(event, protocol.Confirm):
                         allow = await self._confirm(tenant_id, offered, event, on_confirm)
                         with contextlib.suppress(ConnectionError):

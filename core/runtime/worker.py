@@ -52,6 +52,8 @@ EXIT_SANDBOX: Final = 70
 PR_SET_DUMPABLE: Final = 4
 PR_GET_DUMPABLE: Final = 3
 MIB: Final = 1024 * 1024
+TASK_ANSWER_TIMEOUT: Final = 20.0
+"""Seconds schedule_task waits for byokbot to say whether it kept the task."""
 
 
 @functools.cache
@@ -326,6 +328,7 @@ class Worker:
         self._tools: Mapping[str, Tool] = builtin()
         self._cache: dict[str, object] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._task_answers: dict[tuple[str, str], asyncio.Future[protocol.TaskResult]] = {}
 
     async def send(self, msg: protocol.FromAgent) -> None:
         self._writer.write(protocol.encode(msg))
@@ -354,6 +357,10 @@ class Worker:
                 waiting = self._confirms.get((msg.id, msg.call))
                 if waiting is not None and not waiting.done():
                     waiting.set_result(msg.allow)
+            elif isinstance(msg, protocol.TaskResult):
+                answer = self._task_answers.pop((msg.id, msg.ref), None)
+                if answer is not None and not answer.done():
+                    answer.set_result(msg)
             else:
                 raise ProtocolError("unexpected message after configure")
         # End of input: the supervisor retired us. Finish what is in flight, then exit.
@@ -373,6 +380,20 @@ class Worker:
         finally:
             self._confirms.pop((rid, call), None)
 
+    async def ask_task(self, event: protocol.TaskEvent) -> protocol.TaskResult | None:
+        """Send ``event`` and wait for byokbot's verdict on it (None after TASK_ANSWER_TIMEOUT)."""
+        key = (event.id, event.ref)
+        answer: asyncio.Future[protocol.TaskResult] = asyncio.get_running_loop().create_future()
+        self._task_answers[key] = answer
+        try:
+            await self.send(event)
+            async with asyncio.timeout(TASK_ANSWER_TIMEOUT):
+                return await answer
+        except TimeoutError:
+            return None
+        finally:
+            self._task_answers.pop(key, None)
+
     async def _answer(self, req: protocol.Request) -> None:
         cfg = self._tool_config
         ctx = ToolContext(
@@ -381,6 +402,7 @@ class Worker:
             list(req.notes),
             self.send,
             req.id,
+            self.ask_task,
             self._cache,
             confirm=functools.partial(self._confirm, req.id),
         )

@@ -39,6 +39,8 @@ class ToolContext:
     notes: list[protocol.Note]
     emit: Callable[[protocol.FromAgent], Awaitable[None]]
     request_id: str
+    # Sends a ``task`` event and waits for byokbot's ``task_result`` (None: no answer in time).
+    ask_task: Callable[[protocol.TaskEvent], Awaitable[protocol.TaskResult | None]] | None = None
     # Lazily built client for web_fetch (its own limits, no pooling to other tools' hosts).
     cache: dict[str, Any] = field(default_factory=dict)
     # Asks the person before an MCP tool that is not read-only runs: (offered name, tool,

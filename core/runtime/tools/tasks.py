@@ -1,12 +1,14 @@
 """Scheduled tasks: ``schedule_task``.
 
 The agent checks the shape of ``when`` and sends a ``task`` event; the control plane knows the
-person's time zone and plan limits, stores the task and runs its prompt at the time.
+person's time zone and plan limits, stores the task (or refuses it) and answers with a
+``task_result``, which becomes the tool's result, so the model can tell the person why.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -65,11 +67,18 @@ class ScheduleTask:
             raise ToolFailed(
                 "'when' must be an ISO local time like 2026-12-03T09:00 or five cron fields"
             )
-        await ctx.emit(protocol.TaskEvent(ctx.request_id, when, prompt))
-        return (
-            f"Task submitted for {when}. The person sees it in /tasks; if their time zone is "
-            "not set yet, byokbot asks them for it."
-        )
+        event = protocol.TaskEvent(ctx.request_id, when, prompt, secrets.token_hex(6))
+        if ctx.ask_task is None:
+            await ctx.emit(event)
+            return f"Task submitted for {when}. The person sees it in /tasks."
+        answer = await ctx.ask_task(event)
+        if answer is None:
+            raise ToolFailed(
+                "byokbot did not confirm the task in time; ask the person to check /tasks"
+            )
+        if not answer.ok:
+            raise ToolFailed(answer.message)
+        return answer.message
 
 
 SCHEDULE_TASK: Final = ScheduleTask()
