@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 from bot import texts
 from bot.flows.base import Refusal, Turn, button
 from core.chat import Button, Outcome
@@ -44,12 +47,9 @@ async def handle_tasks(turn: Turn) -> Outcome | None:
     if not tasks:
         await turn.say(texts.TASKS_NONE)
         return None
+    tz = await store.timezone(tenant.id)
     lines = "\n".join(
-        texts.TASK_LINE.format(
-            n=i,
-            when=t.when,
-            next=t.next_run.strftime("%Y-%m-%d %H:%M UTC") if t.next_run else texts.TASK_NO_TZ,
-        )
+        texts.TASK_LINE.format(n=i, when=t.when, next=_next(t.next_run, tz))
         for i, t in enumerate(tasks, 1)
     )
     rows: list[list[Button]] = [
@@ -58,6 +58,15 @@ async def handle_tasks(turn: Turn) -> Outcome | None:
     ]
     await turn.say(texts.TASKS_LIST.format(lines=lines), buttons=rows)
     return None
+
+
+def _next(when: datetime | None, tz: str | None) -> str:
+    """The next run in the person's own zone (the one their tasks are read in)."""
+    if when is None:
+        return texts.TASK_NO_TZ
+    tz = tz or "UTC"
+    local = when.astimezone(ZoneInfo(tz))
+    return f"{local:%Y-%m-%d %H:%M} ({local:%A}) {tz}"
 
 
 async def on_task_button(turn: Turn, args: list[str]) -> Outcome | None:

@@ -151,6 +151,9 @@ async def test_a_kept_task_tells_the_model_its_next_run_in_the_persons_zone(
     ada.send("/tasks")
     listed = await ada.wait_text("Your scheduled tasks")
     assert f"1. {at}" in listed and "2. 0 8 * * mon-fri" in listed
+    # Next runs are shown in the person's zone, as they were told when the tasks were kept.
+    assert f"next: {minute(eight)} ({eight:%A}) {ZONE}" in listed, listed
+    assert "UTC" not in listed, listed
     await bot.terminate()
 
 
