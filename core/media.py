@@ -4,7 +4,8 @@ The control plane downloads a file (``FileSource``), then: an image is checked b
 bytes and goes to the agent as base64 (``core.llm.ImageInput``); a document's text is
 extracted here (PDF with pypdf, in a thread: parsing is CPU work on untrusted input) and given
 to the agent as context; a voice note is transcribed with an OpenAI-compatible
-``/audio/transcriptions`` endpoint. Limits come from ``[media]``; anything beyond them is a
+``/audio/transcriptions`` endpoint (the tenant's provider, or the metering proxy for a managed
+tenant). Limits come from ``[media]``; anything beyond them is a
 ``MediaRefused`` whose ``reason`` ``bot/texts.py`` turns into words.
 """
 
@@ -144,6 +145,9 @@ async def transcribe(
         raise TranscriptionFailed("network") from None
     if response.status_code in (401, 403):
         raise TranscriptionFailed("invalid_key")
+    if response.status_code == 402:
+        # The metering proxy: the managed plan's allowance has no room for this voice note.
+        raise TranscriptionFailed("cap_reached")
     if response.status_code == 429:
         raise TranscriptionFailed("rate_limited")
     if response.status_code >= 400:
