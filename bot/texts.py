@@ -437,6 +437,7 @@ USAGE_ALERT_FULL = (
     "to BYOK with /plan byok."
 )
 USAGE_MANAGED = "Plan allowance this month: {used} ({pct}%). Resets on {resets}."
+USAGE_VOICE = "Voice notes this month: {notes} ({seconds:,} s of audio, ${usd})"
 ADMIN_MODELS = "Curated models by plan:\n{lines}"
 ADMIN_MODEL_LINE = (
     "• {plan}: {model} via {upstream} — ${input:g}/${output:g} per million tokens in/out"

@@ -134,12 +134,42 @@ async def transcribe(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> str:
     """POST ``{base_url}/audio/transcriptions`` (multipart, OpenAI's shape): the text."""
+    text, _ = await transcribe_timed(
+        base_url,
+        key,
+        audio,
+        filename=filename,
+        mime=mime,
+        model=model,
+        seconds=seconds,
+        transport=transport,
+        verbose=False,
+    )
+    return text
+
+
+async def transcribe_timed(
+    base_url: str,
+    key: Secret,
+    audio: bytes,
+    *,
+    filename: str,
+    mime: str,
+    model: str,
+    seconds: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+    verbose: bool = True,
+) -> tuple[str, float | None]:
+    """As ``transcribe``; with ``verbose`` (``verbose_json``) also the audio's duration."""
     url = base_url.rstrip("/") + "/audio/transcriptions"
     files = {"file": (filename or "voice.ogg", audio, mime or "application/octet-stream")}
     headers = {"authorization": f"Bearer {key.reveal()}"}
+    form = {"model": model}
+    if verbose:
+        form["response_format"] = "verbose_json"
     try:
         async with httpx.AsyncClient(timeout=seconds, transport=transport) as http:
-            response = await http.post(url, headers=headers, files=files, data={"model": model})
+            response = await http.post(url, headers=headers, files=files, data=form)
     except httpx.HTTPError as exc:
         log.warning("transcription: %s", type(exc).__name__)
         raise TranscriptionFailed("network") from None
@@ -155,11 +185,15 @@ async def transcribe(
         log.warning("transcription: HTTP %s", response.status_code)
         raise TranscriptionFailed("failed")
     try:
-        text = response.json().get("text")
-    except (ValueError, AttributeError):
-        text = None
+        reply = response.json()
+    except ValueError:
+        reply = None
+    text = reply.get("text") if isinstance(reply, dict) else None
     if not isinstance(text, str):
         raise TranscriptionFailed("failed")
     if not text.strip():
         raise TranscriptionFailed("empty")
-    return text.strip()
+    duration = reply.get("duration") if isinstance(reply, dict) else None
+    if not isinstance(duration, int | float) or isinstance(duration, bool) or duration < 0:
+        duration = None
+    return text.strip(), duration

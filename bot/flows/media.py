@@ -24,6 +24,7 @@ from core.media import (
     document_text,
     image_input,
     transcribe,
+    transcribe_timed,
 )
 from core.ports import FileSource, FileTooLarge, FileUnavailable
 from core.secret import Secret
@@ -187,7 +188,7 @@ async def _transcribe_managed(
     data = await _download(source, audio, limits.max_audio_bytes)
     await turn.messenger.typing(turn.chat)
     try:
-        return await transcribe(
+        text, duration = await transcribe_timed(
             base_url,
             token,
             data,
@@ -206,3 +207,8 @@ async def _transcribe_managed(
                 raise Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap)) from None
             raise Refusal(texts.AGENT_UNAVAILABLE["cap_reached"]) from None
         raise Refusal(texts.MEDIA_TRANSCRIPTION_FAILED_MANAGED[exc.reason]) from None
+    route = s.config.proxy.transcription
+    if route is not None and duration is not None:
+        # For /usage's voice line; the proxy's budget is what meters and caps it.
+        await s.usage.record_voice(tenant.id, route.model, route.cost_of(duration)[0])
+    return text
