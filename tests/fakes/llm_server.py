@@ -274,6 +274,8 @@ class FakeLLMServer:
             return _error_response(failure)
         if not audio or not body["model"]:
             return web.json_response({"error": {"message": "file and model required"}}, status=400)
+        if self.gate is not None and (self.gate_keys is None or key in self.gate_keys):
+            await self.gate.wait()
         self.transcriptions.append(audio)
         if body["response_format"] == "verbose_json":
             return web.json_response(
