@@ -135,7 +135,9 @@ class ProxySettings:
     )
 
     # Voice notes of managed tenants (``POST /v1/audio/transcriptions``); None: not offered.
-    transcription: TranscriptionRoute | None = None
+    transcription: TranscriptionRoute | None = field(
+        default_factory=lambda: TranscriptionRoute("openai")
+    )
     # The largest audio file the transcription route takes ([media] max_audio_bytes).
     max_audio_bytes: int = 20 * 1024 * 1024
 
