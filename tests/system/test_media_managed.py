@@ -3,7 +3,8 @@
 A photo goes through the proxy to the curated model's upstream with the platform's key and
 counts against the plan's allowance (its image tokens are in the upstream's usage); a model
 the catalog marks ``images = false`` gets no photo, a clear answer instead, and nothing reaches
-the upstream. A voice note is transcribed through the proxy's ``/v1/audio/transcriptions`` with
+the upstream (nor does a voice note where the operator turned transcription off). A voice note
+is transcribed through the proxy's ``/v1/audio/transcriptions`` with
 the platform's OpenAI key, shown, answered and counted in ``/usage``; over the cap it is refused
 in words before the upstream hears it.
 """
@@ -36,7 +37,13 @@ async def test_a_managed_photo_is_metered_and_a_model_without_images_says_so(
     canaries: CanaryScan,
 ) -> None:
     keys = enable_proxy(tg_ws, llm, canaries)
-    tg_ws.configure({'proxy.models."model-small"': {"images": False}})
+    tg_ws.configure(
+        {
+            'proxy.models."model-small"': {"images": False},
+            # The operator may turn managed voice notes off: they get a line asking to type.
+            "proxy.transcription": {"enabled": False},
+        }
+    )
     await start_bot(tg_ws, telegram)
     await sign_up_managed(ada)
     ada.send("/usage")
@@ -61,7 +68,9 @@ async def test_a_managed_photo_is_metered_and_a_model_without_images_says_so(
     asked = len(llm.requests)
     ada.send_update(media_message(ada, photo, caption="and this one?"))
     await ada.wait_text("The model model-small can't look at images", within=30)
-    assert len(llm.requests) == asked, "a refused photo reached the upstream"
+    ada.send_update(media_message(ada, _voice(telegram)))
+    await ada.wait_text("Voice messages aren't available on the managed plan", within=30)
+    assert len(llm.requests) == asked, "a refused photo or voice note reached the upstream"
     provider_saw_no_platform_secret(llm, telegram)
 
 
@@ -80,7 +89,7 @@ async def test_a_managed_voice_note_is_transcribed_through_the_proxy_and_metered
     canaries: CanaryScan,
 ) -> None:
     keys = enable_proxy(tg_ws, llm, canaries)
-    # 7.2 minutes of audio per dollar-cent makes the voice note's share of /usage visible.
+    # The defaults, spelled out: what the /usage line below is priced at.
     tg_ws.configure({"proxy.transcription": {"usd_per_minute": 0.006, "tokens_per_minute": 600}})
     llm.transcript_seconds = 2.4  # billed as 3 s: 30 tokens, $0.0003
     await start_bot(tg_ws, telegram)
