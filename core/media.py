@@ -159,11 +159,18 @@ async def transcribe_timed(
     seconds: float,
     transport: httpx.AsyncBaseTransport | None = None,
     verbose: bool = True,
+    claimed_seconds: float | None = None,
 ) -> tuple[str, float | None]:
-    """As ``transcribe``; with ``verbose`` (``verbose_json``) also the audio's duration."""
+    """As ``transcribe``; with ``verbose`` (``verbose_json``) also the audio's duration.
+
+    ``claimed_seconds`` (the chat platform's figure) goes to the metering proxy as
+    ``x-audio-seconds``: it can raise the proxy's reservation, never lower it.
+    """
     url = base_url.rstrip("/") + "/audio/transcriptions"
     files = {"file": (filename or "voice.ogg", audio, mime or "application/octet-stream")}
     headers = {"authorization": f"Bearer {key.reveal()}"}
+    if claimed_seconds is not None:
+        headers["x-audio-seconds"] = f"{claimed_seconds:g}"
     form = {"model": model}
     if verbose:
         form["response_format"] = "verbose_json"

@@ -196,6 +196,7 @@ async def _transcribe_managed(
             mime=audio.mime,
             model=limits.transcription_model,
             seconds=limits.transcription_timeout,
+            claimed_seconds=audio.seconds,
         )
     except TranscriptionFailed as exc:
         if exc.reason == "invalid_key":

@@ -74,10 +74,14 @@ async def test_a_managed_photo_is_metered_and_a_model_without_images_says_so(
     provider_saw_no_platform_secret(llm, telegram)
 
 
-def _voice(telegram: FakeTelegramServer) -> dict[str, object]:
+def _voice(telegram: FakeTelegramServer, seconds: int = 2) -> dict[str, object]:
     telegram.add_file("AwADvoice", OGG_VOICE)
     return {
-        "voice": {**_file("AwADvoice", len(OGG_VOICE)), "duration": 2, "mime_type": "audio/ogg"}
+        "voice": {
+            **_file("AwADvoice", len(OGG_VOICE)),
+            "duration": seconds,
+            "mime_type": "audio/ogg",
+        }
     }
 
 
@@ -120,11 +124,12 @@ async def test_a_managed_voice_note_over_the_cap_is_refused_before_the_upstream(
     ada: TelegramPerson,
     canaries: CanaryScan,
 ) -> None:
-    # The 2 kB voice note may last up to 5 s (500 B/s): 50 tokens reserved, over a 40 cap.
-    enable_proxy(tg_ws, llm, canaries, token_cap=40)
+    # The 2 kB file alone bounds the note at 5 s (500 B/s, 50 tokens), within a 100 cap; but
+    # Telegram says it lasts 30 s: 300 tokens are reserved, and that does not fit.
+    enable_proxy(tg_ws, llm, canaries, token_cap=100)
     await start_bot(tg_ws, telegram)
     await sign_up_managed(ada)
-    ada.send_update(media_message(ada, _voice(telegram)))
+    ada.send_update(media_message(ada, _voice(telegram, seconds=30)))
     refusal = await ada.wait_text("(?i)you've used this month's allowance", within=30)
     assert "provider" not in refusal.lower()
     assert not [r for r in llm.requests if r.kind == "transcription"], "reached the upstream"
