@@ -260,3 +260,11 @@ def test_telegram_voice_and_audio_carry_their_duration() -> None:
     assert voice is not None and song is not None
     assert [f.seconds for f in voice.files] == [2.0]
     assert [f.seconds for f in song.files] == [200.0]
+
+
+def test_a_discord_voice_message_carries_its_duration() -> None:
+    voice = discord_t.message_to_event(discord_dm(attachments=[VOICE_CLIP], flags=8192), bot_id=BOT)
+    photo = discord_t.message_to_event(discord_dm(attachments=[PNG]), bot_id=BOT)
+    assert voice is not None and photo is not None
+    assert [f.seconds for f in voice.files] == [3.2]
+    assert [f.seconds for f in photo.files] == [None]
