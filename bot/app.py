@@ -312,6 +312,7 @@ class App:
             tasks=self.tasks.store,
             mcp=mcp_servers,
             conversations=threads,
+            proxy_access=self.proxy_access,
             clock=self.clock,
             messengers=messengers,
             usage=usage,

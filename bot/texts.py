@@ -82,7 +82,8 @@ MEDIA_VOICE_NEEDS_KEY = (
     "/key add openai, or type your message instead."
 )
 MEDIA_VOICE_MANAGED = (
-    "Voice messages aren't supported on the managed plan yet. Please type your message instead."
+    "Voice messages aren't available on the managed plan on this server. Please type your "
+    "message instead."
 )
 MEDIA_TRANSCRIPTION_FAILED = {
     "invalid_key": (
@@ -93,6 +94,26 @@ MEDIA_TRANSCRIPTION_FAILED = {
     "network": "I couldn't reach the transcription service. Please try again in a minute.",
     "empty": "I couldn't hear any words in that voice message. Please try again or type it.",
     "failed": "Transcribing the voice message failed. Please try again or type your message.",
+}
+# A managed tenant's voice note goes through our metering proxy: a failure there is ours.
+MEDIA_TRANSCRIPTION_FAILED_MANAGED = {
+    "invalid_key": (
+        "Sorry — our managed service couldn't authorise that voice message. The problem is on "
+        "our side, not with your account; please send it again."
+    ),
+    "rate_limited": (
+        "You're sending requests faster than your plan allows. Please try the voice message "
+        "again in a minute."
+    ),
+    "network": (
+        "Sorry — our transcription service can't be reached right now. The problem is on our "
+        "side, not yours; please try again in a minute, or type your message."
+    ),
+    "empty": MEDIA_TRANSCRIPTION_FAILED["empty"],
+    "failed": (
+        "Sorry — our transcription service failed on that voice message. The problem is on our "
+        "side, not yours; please try again, or type your message."
+    ),
 }
 MEDIA_REFUSED = {
     "image_type": "I can read JPEG, PNG, GIF and WebP images only. Please send it as one of those.",
@@ -416,6 +437,7 @@ USAGE_ALERT_FULL = (
     "to BYOK with /plan byok."
 )
 USAGE_MANAGED = "Plan allowance this month: {used} ({pct}%). Resets on {resets}."
+USAGE_VOICE = "Voice notes this month: {notes} ({seconds:,} s of audio, ${usd})"
 ADMIN_MODELS = "Curated models by plan:\n{lines}"
 ADMIN_MODEL_LINE = (
     "• {plan}: {model} via {upstream} — ${input:g}/${output:g} per million tokens in/out"

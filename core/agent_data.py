@@ -110,12 +110,27 @@ class ProxyAccess:
             raise AgentUnavailable("model_not_in_plan")
         kind = self._settings.upstreams[route.upstream].kind
         base = self._settings.url if kind == "anthropic" else self._settings.url + "/v1"
+        issued = await self._token(tenant_id)
+        return kind, base, f"managed:{issued[0]}", issued[1]
+
+    async def transcription(self, tenant_id: str) -> tuple[str, Secret]:
+        """(OpenAI-compatible base URL, token) for a managed tenant's voice notes.
+
+        The same scoped token as the tenant's agent: the bot never holds a provider key for a
+        managed tenant. Raises ``AgentUnavailable("proxy_off")`` when the proxy is off or
+        offers no transcription.
+        """
+        if not self._settings.enabled or self._settings.transcription is None:
+            raise AgentUnavailable("proxy_off")
+        return self._settings.url + "/v1", (await self._token(tenant_id))[1]
+
+    async def _token(self, tenant_id: str) -> tuple[int, Secret]:
         issued = self._issued.get(tenant_id)
         if issued is None:
             self._generation += 1
             issued = (self._generation, await self._tokens.issue(tenant_id))
             self._issued[tenant_id] = issued
-        return kind, base, f"managed:{issued[0]}", issued[1]
+        return issued
 
     def forget(self, tenant_id: str) -> None:
         self._issued.pop(tenant_id, None)

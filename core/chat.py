@@ -110,7 +110,8 @@ class FileRef:
     ``ref`` is the platform's handle (a Telegram ``file_id``, a Discord attachment URL, a
     Slack ``url_private``): never a credential, and the bytes are fetched by the control
     plane with its own token, so no agent ever sees a platform URL or token. ``size`` is
-    what the platform says (None when it does not), checked before any download.
+    what the platform says (None when it does not), checked before any download; ``seconds``
+    likewise a voice note's or audio file's duration (the metering proxy reserves by it).
     """
 
     kind: AttachmentKind
@@ -118,6 +119,7 @@ class FileRef:
     name: str = ""
     mime: str = ""
     size: int | None = None
+    seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ in each adapter's ``config.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -937,6 +938,10 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
                 f"{source}: [plans.{plan.id}] a managed plan needs monthly_token_cap "
                 "or monthly_usd_cap"
             )
+    media = _parse_media(source, data.get("media", {}))
+    proxy = _parse_proxy_table(data.get("proxy"), source=source, plans=plans)
+    # The transcription route takes the same largest audio file as the bot downloads.
+    proxy = dataclasses.replace(proxy, max_audio_bytes=media.max_audio_bytes)
     return Config(
         core=_parse_core(source, data.get("core", {})),
         plans=MappingProxyType(plans),
@@ -945,7 +950,7 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         platforms=MappingProxyType(
             {n: _parse_platform(source, n, data.get(n, {})) for n in PLATFORM_SECTIONS}
         ),
-        proxy=_parse_proxy_table(data.get("proxy"), source=source, plans=plans),
+        proxy=proxy,
         tools=_parse_tools(source, data.get("tools", {})),
         inbox=_parse_inbox(source, data.get("inbox", {})),
         conversations=_parse_conversations(source, data.get("conversations", {})),
@@ -953,7 +958,7 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         logging=_parse_logging(source, data.get("logging", {})),
         billing=_parse_billing_table(data.get("billing"), source=source, plans=plans),
         access=_parse_access_table(data.get("access"), source=source),
-        media=_parse_media(source, data.get("media", {})),
+        media=media,
         mcp=_parse_mcp(source, data.get("mcp", {})),
         source=source,
         base_dir=base_dir,

@@ -4,7 +4,8 @@ The control plane downloads a file (``FileSource``), then: an image is checked b
 bytes and goes to the agent as base64 (``core.llm.ImageInput``); a document's text is
 extracted here (PDF with pypdf, in a thread: parsing is CPU work on untrusted input) and given
 to the agent as context; a voice note is transcribed with an OpenAI-compatible
-``/audio/transcriptions`` endpoint. Limits come from ``[media]``; anything beyond them is a
+``/audio/transcriptions`` endpoint (the tenant's provider, or the metering proxy for a managed
+tenant). Limits come from ``[media]``; anything beyond them is a
 ``MediaRefused`` whose ``reason`` ``bot/texts.py`` turns into words.
 """
 
@@ -133,17 +134,57 @@ async def transcribe(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> str:
     """POST ``{base_url}/audio/transcriptions`` (multipart, OpenAI's shape): the text."""
+    text, _ = await transcribe_timed(
+        base_url,
+        key,
+        audio,
+        filename=filename,
+        mime=mime,
+        model=model,
+        seconds=seconds,
+        transport=transport,
+        verbose=False,
+    )
+    return text
+
+
+async def transcribe_timed(
+    base_url: str,
+    key: Secret,
+    audio: bytes,
+    *,
+    filename: str,
+    mime: str,
+    model: str,
+    seconds: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+    verbose: bool = True,
+    claimed_seconds: float | None = None,
+) -> tuple[str, float | None]:
+    """As ``transcribe``; with ``verbose`` (``verbose_json``) also the audio's duration.
+
+    ``claimed_seconds`` (the chat platform's figure) goes to the metering proxy as
+    ``x-audio-seconds``: it can raise the proxy's reservation, never lower it.
+    """
     url = base_url.rstrip("/") + "/audio/transcriptions"
     files = {"file": (filename or "voice.ogg", audio, mime or "application/octet-stream")}
     headers = {"authorization": f"Bearer {key.reveal()}"}
+    if claimed_seconds is not None:
+        headers["x-audio-seconds"] = f"{claimed_seconds:g}"
+    form = {"model": model}
+    if verbose:
+        form["response_format"] = "verbose_json"
     try:
         async with httpx.AsyncClient(timeout=seconds, transport=transport) as http:
-            response = await http.post(url, headers=headers, files=files, data={"model": model})
+            response = await http.post(url, headers=headers, files=files, data=form)
     except httpx.HTTPError as exc:
         log.warning("transcription: %s", type(exc).__name__)
         raise TranscriptionFailed("network") from None
     if response.status_code in (401, 403):
         raise TranscriptionFailed("invalid_key")
+    if response.status_code == 402:
+        # The metering proxy: the managed plan's allowance has no room for this voice note.
+        raise TranscriptionFailed("cap_reached")
     if response.status_code == 429:
         raise TranscriptionFailed("rate_limited")
     if response.status_code >= 400:
@@ -151,11 +192,15 @@ async def transcribe(
         log.warning("transcription: HTTP %s", response.status_code)
         raise TranscriptionFailed("failed")
     try:
-        text = response.json().get("text")
-    except (ValueError, AttributeError):
-        text = None
+        reply = response.json()
+    except ValueError:
+        reply = None
+    text = reply.get("text") if isinstance(reply, dict) else None
     if not isinstance(text, str):
         raise TranscriptionFailed("failed")
     if not text.strip():
         raise TranscriptionFailed("empty")
-    return text.strip()
+    duration = reply.get("duration") if isinstance(reply, dict) else None
+    if not isinstance(duration, int | float) or isinstance(duration, bool) or duration < 0:
+        duration = None
+    return text.strip(), duration

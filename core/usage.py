@@ -1,4 +1,8 @@
-"""Token usage per tenant, day and model: recorded after each reply, summarised for ``usage``."""
+"""Token usage per tenant, day and model: recorded after each reply, summarised for ``usage``.
+
+A managed tenant's voice notes are rows of their own, model ``voice:<transcription model>``,
+whose ``input_tokens`` count seconds of audio: kept out of the token sums, shown as a line.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from core.db import Database
 from core.db.models import UsageRow
 from core.ports import Clock
+
+VOICE_PREFIX = "voice:"
+_NOT_VOICE = UsageRow.model.not_like(VOICE_PREFIX + "%")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,25 @@ class UsageLedger:
         async with self._db.session() as s, s.begin():
             await s.execute(stmt)
 
+    async def record_voice(self, tenant_id: str, model: str, seconds: int) -> None:
+        """One transcribed voice note of ``seconds`` (as billed) with ``model``."""
+        await self.record(tenant_id, VOICE_PREFIX + model, seconds, 0)
+
+    async def voice_month(self, tenant_id: str) -> tuple[int, int]:
+        """``(voice notes, seconds of audio)`` transcribed this calendar month."""
+        start = self._clock.now().date().replace(day=1)
+        async with self._db.session() as s:
+            row = (
+                await s.execute(
+                    select(func.sum(UsageRow.requests), func.sum(UsageRow.input_tokens)).where(
+                        UsageRow.tenant_id == tenant_id,
+                        UsageRow.day >= start,
+                        UsageRow.model.like(VOICE_PREFIX + "%"),
+                    )
+                )
+            ).first()
+        return (int(row[0] or 0), int(row[1] or 0)) if row is not None else (0, 0)
+
     async def month(self, tenant_id: str) -> list[DayUsage]:
         """Per-day totals for the current calendar month, oldest first."""
         today = self._clock.now().date()
@@ -93,7 +119,12 @@ async def model_days(ledger: UsageLedger, tenant_id: str, start: date, end: date
                 func.sum(UsageRow.input_tokens),
                 func.sum(UsageRow.output_tokens),
             )
-            .where(UsageRow.tenant_id == tenant_id, UsageRow.day >= start, UsageRow.day < end)
+            .where(
+                UsageRow.tenant_id == tenant_id,
+                UsageRow.day >= start,
+                UsageRow.day < end,
+                _NOT_VOICE,
+            )
             .group_by(UsageRow.day, UsageRow.model)
             .order_by(UsageRow.day)
         )

@@ -248,3 +248,23 @@ def test_telegram_service_messages_are_still_not_events() -> None:
     assert telegram_t.to_event(joined, bot_id=1, bot_username="b") is None
     text = telegram_t.to_event(telegram_update(text="hi"), bot_id=1, bot_username="b")
     assert text is not None and text.attachments == ()
+
+
+def test_telegram_voice_and_audio_carry_their_duration() -> None:
+    voice = telegram_t.to_event(
+        telegram_update(voice=_file(duration=2)), bot_id=1, bot_username="b"
+    )
+    song = telegram_t.to_event(
+        telegram_update(audio=_file(duration=200)), bot_id=1, bot_username="b"
+    )
+    assert voice is not None and song is not None
+    assert [f.seconds for f in voice.files] == [2.0]
+    assert [f.seconds for f in song.files] == [200.0]
+
+
+def test_a_discord_voice_message_carries_its_duration() -> None:
+    voice = discord_t.message_to_event(discord_dm(attachments=[VOICE_CLIP], flags=8192), bot_id=BOT)
+    photo = discord_t.message_to_event(discord_dm(attachments=[PNG]), bot_id=BOT)
+    assert voice is not None and photo is not None
+    assert [f.seconds for f in voice.files] == [3.2]
+    assert [f.seconds for f in photo.files] == [None]

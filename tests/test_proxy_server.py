@@ -137,6 +137,7 @@ def proxy_table(fake: FakeLLMServer, **extra: Any) -> dict[str, Any]:
                 "output_usd_per_mtok": 1.6,
             },
         },
+        "transcription": {"upstream": "up-openai"},
         **extra,
     }
 

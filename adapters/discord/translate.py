@@ -359,6 +359,8 @@ def files(payload: Mapping[str, Any]) -> tuple[FileRef, ...]:
             continue
         (kind,) = attachments({"attachments": [item], "flags": _VOICE_MESSAGE_FLAG * voice})
         size = item.get("size")
+        # A voice message's length, as the client recorded it (Discord's duration_secs).
+        secs = item.get("duration_secs")
         found.append(
             FileRef(
                 kind,
@@ -366,6 +368,9 @@ def files(payload: Mapping[str, Any]) -> tuple[FileRef, ...]:
                 str(item.get("filename") or ""),
                 str(item.get("content_type") or ""),
                 size if isinstance(size, int) else None,
+                float(secs)
+                if isinstance(secs, int | float) and not isinstance(secs, bool) and secs >= 0
+                else None,
             )
         )
     return tuple(found)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -123,6 +124,15 @@ def attachments(message: Message) -> tuple[AttachmentKind, ...]:
     return tuple(found)
 
 
+def _seconds(duration: object) -> float | None:
+    """A Bot API duration (a timedelta under PTB's opt-in, else whole seconds) in seconds."""
+    if isinstance(duration, timedelta):
+        return duration.total_seconds()
+    if isinstance(duration, int | float) and not isinstance(duration, bool) and duration >= 0:
+        return float(duration)
+    return None
+
+
 def files(message: Message) -> tuple[FileRef, ...]:
     """The downloadable media of a message: the largest photo size, a voice note, a file."""
     found: list[FileRef] = []
@@ -132,12 +142,28 @@ def files(message: Message) -> tuple[FileRef, ...]:
     if message.voice is not None:
         v = message.voice
         found.append(
-            FileRef(AttachmentKind.VOICE, v.file_id, "voice.ogg", v.mime_type or "", v.file_size)
+            FileRef(
+                AttachmentKind.VOICE,
+                v.file_id,
+                "voice.ogg",
+                v.mime_type or "",
+                v.file_size,
+                _seconds(v.duration),
+            )
         )
     if message.audio is not None:
         a = message.audio
         name = a.file_name or "audio"
-        found.append(FileRef(AttachmentKind.AUDIO, a.file_id, name, a.mime_type or "", a.file_size))
+        found.append(
+            FileRef(
+                AttachmentKind.AUDIO,
+                a.file_id,
+                name,
+                a.mime_type or "",
+                a.file_size,
+                _seconds(a.duration),
+            )
+        )
     if message.document is not None and message.animation is None:
         d = message.document
         name = d.file_name or ""

@@ -272,6 +272,7 @@ async def handle_usage(turn: Turn) -> Outcome | None:
             resets=summary.spent.resets_on.isoformat(),
         )
         caps = summary.caps
+        allowance += await _voice_line(turn, tenant.id)
     if not days:
         text = f"{allowance}\n{texts.USAGE_NONE}" if allowance else texts.USAGE_NONE
         await turn.say(text, sensitive=True)
@@ -292,6 +293,18 @@ async def handle_usage(turn: Turn) -> Outcome | None:
         image=await usage_chart(s, tenant.id, byok=plan.byok, caps=caps),
     )
     return None
+
+
+async def _voice_line(turn: Turn, tenant_id: str) -> str:
+    """The managed plan's voice notes this month, priced at the proxy's per-minute price."""
+    s = turn.services
+    route = s.config.proxy.transcription
+    notes, seconds = await s.usage.voice_month(tenant_id)
+    if route is None or not notes:
+        return ""
+    usd = f"{seconds * route.usd_per_minute / 60:.4f}".rstrip("0")
+    usd = usd + "0" * max(0, 2 - len(usd.partition(".")[2]))
+    return "\n" + texts.USAGE_VOICE.format(notes=notes, seconds=seconds, usd=usd)
 
 
 MEMORY_BUTTONS = 10

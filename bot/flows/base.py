@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from core import audit
 from core.access import Access
+from core.agent_data import ProxyAccess
 from core.billing import Billing, CheckoutLinks, StarsInvoices
 from core.budget import Budget
 from core.chat import (
@@ -170,6 +171,8 @@ class Services:
     mcp: McpServers | None = None  # the tenants' MCP servers (``/mcp``)
     confirmations: Confirmations = field(default_factory=lambda: Confirmations())
     conversations: DatabaseThreads | None = None  # a chat's conversations (``/history``)
+    # Managed tenants' scoped proxy tokens (voice notes go through the metering proxy).
+    proxy_access: ProxyAccess | None = None
 
     async def audit(self, action: str, *, actor: str, tenant_id: str | None, **detail: Any) -> None:
         """Write an audit row that is not part of a larger change."""

@@ -15,6 +15,7 @@ from bot.flows.base import Refusal, Turn
 from core.agent_data import managed_model
 from core.chat import AttachmentKind, FileRef
 from core.credentials import KeyStatus
+from core.errors import AgentUnavailable
 from core.llm import ImageInput
 from core.media import (
     MediaRefused,
@@ -23,6 +24,7 @@ from core.media import (
     document_text,
     image_input,
     transcribe,
+    transcribe_timed,
 )
 from core.ports import FileSource, FileTooLarge, FileUnavailable
 from core.secret import Secret
@@ -145,8 +147,7 @@ async def _transcribe(
     turn: Turn, tenant: TenantView, source: FileSource, audio: FileRef, *, managed: bool
 ) -> str:
     if managed:
-        # The metering proxy has no transcription route yet.
-        raise Refusal(texts.MEDIA_VOICE_MANAGED)
+        return await _transcribe_managed(turn, tenant, source, audio)
     found = await _transcriber(turn, tenant)
     if found is None:
         raise Refusal(texts.MEDIA_VOICE_NEEDS_KEY)
@@ -166,3 +167,49 @@ async def _transcribe(
         )
     except TranscriptionFailed as exc:
         raise Refusal(texts.MEDIA_TRANSCRIPTION_FAILED[exc.reason]) from None
+
+
+async def _transcribe_managed(
+    turn: Turn, tenant: TenantView, source: FileSource, audio: FileRef
+) -> str:
+    """Through the metering proxy, with the tenant's scoped token: metered and capped there.
+
+    The proxy reserves the voice note's cost before the upstream hears it; over the cap it
+    answers 402 and nothing reaches the upstream. Its other failures are the platform's.
+    """
+    s = turn.services
+    if s.proxy_access is None:
+        raise Refusal(texts.MEDIA_VOICE_MANAGED)
+    try:
+        base_url, token = await s.proxy_access.transcription(tenant.id)
+    except AgentUnavailable:
+        raise Refusal(texts.MEDIA_VOICE_MANAGED) from None
+    limits = s.config.media
+    data = await _download(source, audio, limits.max_audio_bytes)
+    await turn.messenger.typing(turn.chat)
+    try:
+        text, duration = await transcribe_timed(
+            base_url,
+            token,
+            data,
+            filename=audio.name or "voice.ogg",
+            mime=audio.mime,
+            model=limits.transcription_model,
+            seconds=limits.transcription_timeout,
+            claimed_seconds=audio.seconds,
+        )
+    except TranscriptionFailed as exc:
+        if exc.reason == "invalid_key":
+            # A revoked or stale token: the next message gets a fresh one.
+            s.proxy_access.forget(tenant.id)
+        if exc.reason == "cap_reached":
+            cap = await s.billing.trial_cap(tenant) if s.billing is not None else None
+            if cap is not None:
+                raise Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap)) from None
+            raise Refusal(texts.AGENT_UNAVAILABLE["cap_reached"]) from None
+        raise Refusal(texts.MEDIA_TRANSCRIPTION_FAILED_MANAGED[exc.reason]) from None
+    route = s.config.proxy.transcription
+    if route is not None and duration is not None:
+        # For /usage's voice line; the proxy's budget is what meters and caps it.
+        await s.usage.record_voice(tenant.id, route.model, route.cost_of(duration)[0])
+    return text

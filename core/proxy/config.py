@@ -7,6 +7,7 @@ Errors use the same wording as ``core.config``: ``config.toml: [proxy] port must
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -64,6 +65,33 @@ class ModelRoute:
         return max(self.input_usd_per_mtok, self.cache_write_price, self.cache_read_price)
 
 
+@dataclass(frozen=True, slots=True)
+class TranscriptionRoute:
+    """``[proxy.transcription]``: where managed voice notes are transcribed, and their price.
+
+    Billed by the audio's duration, rounded up to the whole second (as OpenAI bills
+    ``whisper-1``): ``usd_per_minute`` in dollars, and ``tokens_per_minute`` against a plan's
+    token cap (a minute of audio is about 600 tokens to OpenAI's audio models: 10 per second),
+    so a plan capped in tokens only still bounds its voice notes. A reservation covers
+    ``max(the client's x-audio-seconds, bytes / min_bytes_per_second)``; the settlement is the
+    upstream's ``duration``, never more than was reserved.
+    """
+
+    upstream: str
+    model: str = "whisper-1"
+    usd_per_minute: float = 0.006
+    tokens_per_minute: int = 600
+    # Opus voice notes run at 16-32 kbit/s (2-4 kB/s); 500 B/s bounds anything above 4 kbit/s.
+    min_bytes_per_second: int = 500
+
+    def cost_of(self, seconds: float) -> tuple[int, int, int]:
+        """``(seconds billed, tokens, micro-dollars)`` of ``seconds`` of audio, rounded up."""
+        billed = max(0, math.ceil(round(seconds, 6)))
+        tokens = math.ceil(billed * self.tokens_per_minute / 60)
+        micros = math.ceil(round(billed * self.usd_per_minute * 1_000_000 / 60, 6))
+        return billed, tokens, micros
+
+
 def _default_upstreams() -> dict[str, UpstreamSettings]:
     return {
         "anthropic": UpstreamSettings(
@@ -106,6 +134,13 @@ class ProxySettings:
         default_factory=lambda: MappingProxyType(_default_models())
     )
 
+    # Voice notes of managed tenants (``POST /v1/audio/transcriptions``); None: not offered.
+    transcription: TranscriptionRoute | None = field(
+        default_factory=lambda: TranscriptionRoute("openai")
+    )
+    # The largest audio file the transcription route takes ([media] max_audio_bytes).
+    max_audio_bytes: int = 20 * 1024 * 1024
+
     @property
     def url(self) -> str:
         """Where agents reach the proxy: ``public_url``, else ``http://host:port``."""
@@ -141,7 +176,10 @@ def parse_proxy(
         if "models" in data
         else _default_models()
     )
+    transcription = _parse_transcription(source, data.get("transcription"), upstreams, models)
+    t.used.add("transcription")
     out = ProxySettings(
+        transcription=transcription,
         enabled=t.get("enabled", bool, d.enabled),
         host=t.get("host", str, d.host),
         port=port,
@@ -186,6 +224,48 @@ def parse_proxy(
                     f'[proxy.models."{model}"] entry (upstream and prices)'
                 )
     return out
+
+
+def _parse_transcription(
+    source: str,
+    data: Any,
+    upstreams: Mapping[str, UpstreamSettings],
+    models: Mapping[str, ModelRoute],
+) -> TranscriptionRoute | None:
+    """The table, or by default the ``openai`` upstream when a curated model already uses it."""
+    if data is None:
+        up = upstreams.get("openai")
+        used = any(r.upstream == "openai" for r in models.values())
+        if up is None or up.kind != "openai-compatible" or not used:
+            return None
+        return TranscriptionRoute("openai")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: [proxy.transcription] must be a table")
+    t = TableReader(source, "proxy.transcription", data)
+    d = TranscriptionRoute("openai")
+    enabled = t.boolean("enabled", True)
+    route = TranscriptionRoute(
+        upstream=t.string("upstream", d.upstream, non_empty=True),
+        model=t.string("model", d.model, non_empty=True),
+        usd_per_minute=t.number("usd_per_minute", d.usd_per_minute, minimum=0),
+        tokens_per_minute=t.integer("tokens_per_minute", d.tokens_per_minute, minimum=0),
+        min_bytes_per_second=t.positive_int("min_bytes_per_second", d.min_bytes_per_second),
+    )
+    t.finish()
+    if not enabled:
+        return None
+    up = upstreams.get(route.upstream)
+    if up is None:
+        raise t.fail("upstream", f"must name a [proxy.upstreams] entry (got {route.upstream!r})")
+    if up.kind != "openai-compatible":
+        raise t.fail(
+            "upstream", "must be an openai-compatible upstream (it serves /audio/transcriptions)"
+        )
+    if route.usd_per_minute == 0 and route.tokens_per_minute == 0:
+        raise t.fail(
+            "usd_per_minute", "and tokens_per_minute must not both be 0 (voice would be unmetered)"
+        )
+    return route
 
 
 def _parse_upstreams(source: str, data: Mapping[str, Any]) -> dict[str, UpstreamSettings]:
@@ -261,7 +341,10 @@ def load_upstream_keys(
 ) -> dict[str, Secret]:
     """The platform keys of every upstream a model uses, from the environment, as ``Secret``."""
     keys: dict[str, Secret] = {}
-    for uid in sorted({r.upstream for r in settings.models.values()}):
+    used = {r.upstream for r in settings.models.values()}
+    if settings.transcription is not None:
+        used.add(settings.transcription.upstream)
+    for uid in sorted(used):
         up = settings.upstreams[uid]
         value = env.get(up.key_env, "").strip()
         if not value:

@@ -42,7 +42,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from core.budget import (
     AlertSink,
@@ -58,7 +58,13 @@ from core.db import Database
 from core.metrics import BUDGET_REFUSALS, PROXY_REQUESTS, PROXY_SPEND, PROXY_TOKENS
 from core.ports import Clock, SystemClock
 from core.proxy import policy
-from core.proxy.config import ModelRoute, ProxySettings, UpstreamSettings, load_upstream_keys
+from core.proxy.config import (
+    ModelRoute,
+    ProxySettings,
+    TranscriptionRoute,
+    UpstreamSettings,
+    load_upstream_keys,
+)
 from core.proxy.wire import (
     ANTHROPIC,
     MODEL_NOT_IN_PLAN,
@@ -70,7 +76,7 @@ from core.proxy.wire import (
     sanitized_error,
     status_of_stream_error,
 )
-from core.proxy_tokens import ProxyTokens
+from core.proxy_tokens import ProxyTokens, TokenOwner
 from core.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -152,6 +158,25 @@ class _Admitted:
     client_wants_usage: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    """A transcription request's form: the file, the fields passed on, what was asked for."""
+
+    data: bytes
+    filename: str
+    mime: str
+    fields: dict[str, str]
+    verbose: bool
+    claimed_seconds: float
+
+
+# The form fields passed on besides the file (model and response_format are the proxy's).
+_AUDIO_FIELDS: Final = frozenset({"model", "language", "prompt", "temperature", "response_format"})
+_FIELD_BYTES: Final = 4096
+_FORM_SLACK: Final = 64 * 1024  # multipart framing and the small fields around the file
+_MAX_AUDIO_SECONDS: Final = 24 * 3600
+
+
 class ProxyServer:
     """The aiohttp application, its upstream connection pool and the budget it enforces.
 
@@ -201,6 +226,15 @@ class ProxyServer:
         self.tokens = tokens or ProxyTokens(
             db, self._clock, keep=settings.tokens_kept, cache_seconds=settings.token_cache_seconds
         )
+        # The transcription route's URL and headers (platform key), when it is offered.
+        self._transcription_target: tuple[str, dict[str, str]] = ("", {})
+        if settings.transcription is not None:
+            up = settings.upstreams[settings.transcription.upstream]
+            key = self._keys[up.id]
+            self._transcription_target = (
+                f"{up.base_url}/audio/transcriptions",
+                {"Authorization": f"Bearer {key.reveal()}", "accept-encoding": "identity"},
+            )
         self._http: aiohttp.ClientSession | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -212,6 +246,7 @@ class ProxyServer:
         )
         self.app.router.add_post("/v1/messages", self._anthropic)
         self.app.router.add_post("/v1/chat/completions", self._openai)
+        self.app.router.add_post("/v1/audio/transcriptions", self._transcription)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -336,7 +371,7 @@ class ProxyServer:
             upstream = await (early if early is not None else self._open(api, a, request))
             async with upstream:
                 if upstream.status != 200:
-                    return await self._upstream_failed(api, a, upstream)
+                    return await self._upstream_failed(api, a.upstream, upstream)
                 if a.stream:
                     return await self._relay(request, api, a, upstream, meter)
                 return await self._forward(api, a, upstream, meter)
@@ -350,10 +385,13 @@ class ProxyServer:
             task.add_done_callback(self._settling.discard)
 
     async def _reserve(self, a: _Admitted) -> Reservation:
+        return await self._reserve_cost(a.tenant_id, a.plan_id, a.estimate, a.token_cap)
+
+    async def _reserve_cost(
+        self, tenant_id: str, plan_id: str, estimate: Cost, token_cap: int | None
+    ) -> Reservation:
         try:
-            return await self.budget.reserve(
-                a.tenant_id, a.plan_id, a.estimate, token_cap=a.token_cap
-            )
+            return await self.budget.reserve(tenant_id, plan_id, estimate, token_cap=token_cap)
         except CapReached as exc:
             BUDGET_REFUSALS.labels("cap").inc()
             raise _Refusal(
@@ -377,7 +415,8 @@ class ProxyServer:
                 403, "permission_error", "your plan does not include managed models"
             ) from None
 
-    async def _admit(self, request: web.Request, api: str) -> _Admitted:
+    async def _tenant(self, request: web.Request) -> tuple[TokenOwner, PlanSettings]:
+        """The live managed tenant the request's scoped token belongs to (401 / 403)."""
         token = request.headers.get("x-api-key") or _bearer(request)
         owner = await self.tokens.owner(token) if token else None
         if owner is None or owner.status not in _LIVE_STATUSES or owner.paused:
@@ -385,6 +424,10 @@ class ProxyServer:
         plan = self._plans.get(owner.plan)
         if plan is None or plan.byok:
             raise _Refusal(403, "permission_error", "your plan does not include managed models")
+        return owner, plan
+
+    async def _admit(self, request: web.Request, api: str) -> _Admitted:
+        owner, plan = await self._tenant(request)
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -465,7 +508,7 @@ class ProxyServer:
             raise _Refusal(502, "api_error", "upstream provider unreachable") from None
 
     async def _upstream_failed(
-        self, api: str, a: _Admitted, upstream: aiohttp.ClientResponse
+        self, api: str, up: UpstreamSettings, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         try:
             body: Any = json.loads(await upstream.read())
@@ -475,15 +518,15 @@ class ProxyServer:
             # The platform's key was refused: the operator's problem, not the tenant's key.
             log.error(
                 "upstream %s refused the platform key (HTTP %s); check %s",
-                a.upstream.id,
+                up.id,
                 upstream.status,
-                a.upstream.key_env,
+                up.key_env,
             )
             return _error(api, 502, "api_error", "upstream provider refused the platform's key")
         if 300 <= upstream.status < 400:
             log.error(
                 "upstream %s answered a redirect (HTTP %s); not followed, check its base_url",
-                a.upstream.id,
+                up.id,
                 upstream.status,
             )
             return _error(
@@ -583,6 +626,179 @@ class ProxyServer:
             log.error(
                 "settling reservation for tenant %s failed (%s); the sweeper will release it",
                 a.tenant_id,
+                type(exc).__name__,
+            )
+
+    # --- voice notes: POST /v1/audio/transcriptions ----------------------------------------
+
+    async def _transcription(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's transcription endpoint, metered by the audio's duration.
+
+        Admission as for chat (token, plan, then the body), a reservation of the most the
+        file can last, the upstream asked for ``verbose_json`` (its ``duration`` is what is
+        billed), settlement to that duration, never above the reservation.
+        """
+        try:
+            owner, plan = await self._tenant(request)
+            route = self.settings.transcription
+            if route is None:
+                raise _Refusal(
+                    404, "not_found_error", "voice transcription is not offered by this proxy"
+                )
+            audio = await self._audio_form(request, route)
+        except _Refusal as r:
+            if r.status in (401, 403):
+                log.warning("proxy: refused %d %s: %s", r.status, r.error_type, r.message)
+            return _error(OPENAI, r.status, r.error_type, r.message, headers=r.headers)
+        seconds = max(audio.claimed_seconds, len(audio.data) / route.min_bytes_per_second)
+        billed, tokens, micros = route.cost_of(seconds)
+        estimate = Cost(tokens, micros)
+        token_cap = self._trial_caps.get(plan.id) if owner.trial else None
+        try:
+            reservation = await self._reserve_cost(owner.tenant_id, plan.id, estimate, token_cap)
+        except _Refusal as r:
+            return _error(OPENAI, r.status, r.error_type, r.message, headers=r.headers)
+        cost: Cost | None = None  # None: nothing was billed upstream, the reservation goes back
+        try:
+            data = await self._transcribe_upstream(route, audio)
+            if isinstance(data, web.StreamResponse):
+                return data  # the upstream's refusal, sanitised: nothing was billed
+            reply: Any = None
+            with contextlib.suppress(ValueError):
+                reply = json.loads(data)
+            text = reply.get("text") if isinstance(reply, dict) else None
+            duration = reply.get("duration") if isinstance(reply, dict) else None
+            if not isinstance(duration, int | float) or isinstance(duration, bool):
+                log.warning("upstream %s sent a transcript without duration", route.upstream)
+                cost = estimate  # the provider may have billed it all: charge the bound
+            elif duration > billed:
+                # Audio below min_bytes_per_second: the tenant is held to what was reserved.
+                log.warning(
+                    "transcription lasted %.1f s, over the %d s reserved; charged the reservation",
+                    duration,
+                    billed,
+                )
+                cost = estimate
+            else:
+                _, used_tokens, used_micros = route.cost_of(float(duration))
+                cost = Cost(used_tokens, used_micros)
+            if not isinstance(text, str):
+                cost = estimate
+                raise _Refusal(502, "api_error", "upstream provider sent a malformed reply")
+            if audio.verbose:
+                return web.Response(body=data, content_type="application/json")
+            return web.Response(body=as_json({"text": text}), content_type="application/json")
+        except _Refusal as r:
+            return _error(OPENAI, r.status, r.error_type, r.message, headers=r.headers)
+        finally:
+            task = asyncio.create_task(
+                self._settle_audio(owner.tenant_id, plan.id, route, reservation, cost)
+            )
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _audio_form(self, request: web.Request, route: TranscriptionRoute) -> _Audio:
+        """The multipart form, read within ``max_audio_bytes``; 400 / 413 for what is wrong."""
+        limit = self.settings.max_audio_bytes
+        if request.content_length is not None and request.content_length > limit + _FORM_SLACK:
+            raise _Refusal(413, "request_too_large", f"audio file larger than {limit} bytes")
+        if request.content_type != "multipart/form-data":
+            raise _Refusal(
+                400, "invalid_request_error", "body: must be multipart/form-data with a file"
+            )
+        claimed = 0.0
+        hint = request.headers.get("x-audio-seconds")
+        if hint is not None:
+            try:
+                claimed = float(hint)
+            except ValueError:
+                claimed = -1.0
+            if not 0 <= claimed <= _MAX_AUDIO_SECONDS:
+                raise _Refusal(
+                    400, "invalid_request_error", "x-audio-seconds: must be a number of seconds"
+                )
+        audio: bytes | None = None
+        filename, mime = "audio", "application/octet-stream"
+        fields: dict[str, str] = {}
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise _Refusal(400, "invalid_request_error", "body: nested multipart")
+                name = part.name or ""
+                if name == "file":
+                    audio = await _read_part(part, limit, "file")
+                    filename = (part.filename or filename)[:200]
+                    mime = part.headers.get("Content-Type", mime)[:100]
+                elif name in _AUDIO_FIELDS:
+                    fields[name] = (await _read_part(part, _FIELD_BYTES, name)).decode("utf-8")
+                else:
+                    shown = name[:60] if name.isprintable() else repr(name[:60])
+                    raise _Refusal(
+                        400,
+                        "invalid_request_error",
+                        f"{shown}: not supported by the managed plan's proxy",
+                    )
+        except (ValueError, UnicodeDecodeError, AssertionError):
+            # aiohttp's multipart reader asserts on some malformed framing.
+            raise _Refusal(400, "invalid_request_error", "body: malformed multipart form") from None
+        if not audio:
+            raise _Refusal(400, "invalid_request_error", "file: field required (the audio)")
+        wanted = fields.pop("response_format", "json")
+        if wanted not in ("json", "verbose_json"):
+            raise _Refusal(
+                400, "invalid_request_error", "response_format: must be json or verbose_json"
+            )
+        # The catalog's model is what is priced, so it is what is sent, whatever was asked.
+        fields.pop("model", None)
+        return _Audio(audio, filename, mime, fields, wanted == "verbose_json", claimed)
+
+    async def _transcribe_upstream(
+        self, route: TranscriptionRoute, audio: _Audio
+    ) -> bytes | web.StreamResponse:
+        """The upstream's reply body (HTTP 200), or the error to send the client."""
+        assert self._http is not None, "ProxyServer.start() was not called"  # noqa: S101
+        up = self.settings.upstreams[route.upstream]
+        url, headers = self._transcription_target
+        form = aiohttp.FormData()
+        form.add_field("file", audio.data, filename=audio.filename, content_type=audio.mime)
+        form.add_field("model", route.model)
+        form.add_field("response_format", "verbose_json")
+        for name, value in audio.fields.items():
+            form.add_field(name, value)
+        try:
+            async with asyncio.timeout(self.settings.upstream_timeout_seconds):
+                # Never follow a redirect: it would carry the platform's key to another origin.
+                async with self._http.post(
+                    url, data=form, headers=headers, allow_redirects=False
+                ) as upstream:
+                    if upstream.status != 200:
+                        return await self._upstream_failed(OPENAI, up, upstream)
+                    return await upstream.read()
+        except TimeoutError:
+            raise _Refusal(504, "api_error", "upstream provider did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            log.warning("upstream %s unreachable (%s)", up.id, type(exc).__name__)
+            raise _Refusal(502, "api_error", "upstream provider unreachable") from None
+
+    async def _settle_audio(
+        self,
+        tenant_id: str,
+        plan_id: str,
+        route: TranscriptionRoute,
+        reservation: Reservation,
+        cost: Cost | None,
+    ) -> None:
+        try:
+            if cost is None or (cost.tokens == 0 and cost.usd_micros == 0):
+                await self.budget.release(reservation)
+                return
+            await self.budget.settle(reservation, cost, plan_id=plan_id)
+            PROXY_SPEND.labels(route.model).inc(cost.usd_micros / 1_000_000)
+        except Exception as exc:  # noqa: BLE001 - the sweeper releases it; the reply is sent
+            log.error(
+                "settling reservation for tenant %s failed (%s); the sweeper will release it",
+                tenant_id,
                 type(exc).__name__,
             )
 
@@ -761,6 +977,20 @@ def _sse_error(api: str, data: Any) -> bytes:
     if api == ANTHROPIC:
         return b"event: error\ndata: " + as_json(body) + b"\n\n"
     return b"data: " + as_json(body) + b"\n\n"
+
+
+async def _read_part(part: BodyPartReader, limit: int, name: str) -> bytes:
+    """A form part's bytes, refused with a 413 (the file) or a 400 once over ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(65536):
+        size += len(chunk)
+        if size > limit:
+            if name == "file":
+                raise _Refusal(413, "request_too_large", f"audio file larger than {limit} bytes")
+            raise _Refusal(400, "invalid_request_error", f"{name}: longer than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _bearer(request: web.Request) -> str:

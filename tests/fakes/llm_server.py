@@ -176,6 +176,8 @@ class FakeLLMServer:
     cache_usage: dict[str, int] = field(default_factory=dict)
     # What POST /v1/audio/transcriptions answers, and the audio files it was sent (bytes).
     transcript: str = "remind me to water the plants"
+    # How long the audio "lasted": in the reply when response_format is verbose_json.
+    transcript_seconds: float = 2.4
     transcriptions: list[bytes] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -261,6 +263,7 @@ class FakeLLMServer:
             "model": str(form.get("model", "")),
             "filename": upload.filename if isinstance(upload, web.FileField) else "",
             "bytes": len(audio),
+            "response_format": str(form.get("response_format", "")),
         }
         self.requests.append(Recorded("transcription", request.path, key, body))
         refused = self._refuse(key)
@@ -271,7 +274,19 @@ class FakeLLMServer:
             return _error_response(failure)
         if not audio or not body["model"]:
             return web.json_response({"error": {"message": "file and model required"}}, status=400)
+        if self.gate is not None and (self.gate_keys is None or key in self.gate_keys):
+            await self.gate.wait()
         self.transcriptions.append(audio)
+        if body["response_format"] == "verbose_json":
+            return web.json_response(
+                {
+                    "task": "transcribe",
+                    "language": "english",
+                    "duration": self.transcript_seconds,
+                    "text": self.transcript,
+                    "segments": [],
+                }
+            )
         return web.json_response({"text": self.transcript})
 
     async def _models(self, request: web.Request) -> web.StreamResponse:

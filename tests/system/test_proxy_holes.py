@@ -28,6 +28,7 @@ from tests.system.harness import BotProcess, CanaryScan, Workspace
 
 SCRIPT = Path(__file__).with_name("scripts") / "managed_tenant.py"
 TOKEN_CAP = 20_000
+AUDIO_LIMIT = 4096
 
 
 def free_port() -> int:
@@ -54,6 +55,20 @@ class Proxy:
             content=content,
             headers={"x-api-key": self.token, **(headers or {})},
         )
+
+    async def transcribe(
+        self,
+        files: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
+        *,
+        token: str | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token if token is None else token}"}
+        url = f"{self.url}/v1/audio/transcriptions"
+        if content is not None:
+            return await self.http.post(url, content=content, headers=headers)
+        return await self.http.post(url, files=files, data=data, headers=headers)
 
     async def openai(self, body: dict[str, Any] | bytes) -> httpx.Response:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -152,6 +167,8 @@ async def proxy(
                 "input_usd_per_mtok": 3.0,
                 "output_usd_per_mtok": 15.0,
             },
+            "proxy.transcription": {"upstream": "up-o"},
+            "media": {"max_audio_bytes": AUDIO_LIMIT},
         }
     )
     migrated = await ws.cli("db", "upgrade")
@@ -266,3 +283,48 @@ async def test_a_suspension_from_the_cli_stops_the_token_within_a_second(proxy: 
         assert time.monotonic() - committed < 1.0, "a suspended tenant's token still works"
         await asyncio.sleep(0.05)
     assert error_of(r)[:2] == (401, "authentication_error")
+
+
+async def test_the_transcription_route_admits_a_voice_note_and_refuses_bad_ones_clearly(
+    proxy: Proxy, llm: FakeLLMServer
+) -> None:
+    voice = {"file": ("voice.ogg", b"OggS" + bytes(2000), "audio/ogg")}
+    r = await proxy.transcribe(voice, {"model": "whisper-1"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"text": llm.transcript}
+    heard = [x for x in llm.requests if x.kind == "transcription"]
+    assert [x.key for x in heard] == [proxy.ws.env["PX_OPENAI"]]  # the platform's key
+    assert heard[0].body["response_format"] == "verbose_json"
+    r = await proxy.transcribe(voice, {"response_format": "verbose_json"})
+    assert r.json()["duration"] == llm.transcript_seconds
+
+    refusals = [
+        (await proxy.transcribe(voice, token="byok-not-a-token"), 401, "invalid_request_error"),
+        (
+            await proxy.transcribe({"file": ("big.ogg", bytes(AUDIO_LIMIT + 1), "audio/ogg")}),
+            413,
+            "invalid_request_error",
+        ),
+        (
+            await proxy.transcribe({"model": (None, "whisper-1")}),  # a form without the file
+            400,
+            "invalid_request_error",
+        ),
+        (await proxy.transcribe(content=b'{"file": "x"}'), 400, "invalid_request_error"),
+        (await proxy.transcribe(voice, {"stream": "true"}), 400, "invalid_request_error"),
+        (await proxy.transcribe(voice, {"response_format": "srt"}), 400, "invalid_request_error"),
+    ]
+    messages = []
+    for r, status, kind in refusals:
+        assert r.headers["content-type"].startswith("application/json")
+        assert error_of(r)[:2] == (status, kind), r.text
+        messages.append(error_of(r)[2])
+    assert messages == [
+        "invalid or revoked proxy token",
+        f"audio file larger than {AUDIO_LIMIT} bytes",
+        "file: field required (the audio)",
+        "body: must be multipart/form-data with a file",
+        "stream: not supported by the managed plan's proxy",
+        "response_format: must be json or verbose_json",
+    ]
+    assert len([x for x in llm.requests if x.kind == "transcription"]) == 2
