@@ -530,6 +530,7 @@ class SlackAdapter:
                     self._web.chat_postMessage(
                         channel=dm.id, **translate.secret_open_message(again)
                     ),
+                    pace=dm.id,
                 )
 
     async def _on_view_closed(self, ack: Any, body: dict[str, Any]) -> None:
@@ -635,8 +636,25 @@ class SlackAdapter:
             raise SlackAdapterError("the Slack adapter is not started")
         return self._client
 
-    async def _call(self, method: str, call: Coroutine[Any, Any, Any]) -> Mapping[str, Any]:
-        """Await one SDK call, turning its errors into ``SlackDeliveryError`` (code only)."""
+    async def _call(
+        self, method: str, call: Coroutine[Any, Any, Any], *, pace: str | None = None
+    ) -> Mapping[str, Any]:
+        """Await one SDK call, turning its errors into ``SlackDeliveryError`` (code only).
+
+        ``pace``: the channel of a chat.postMessage or chat.update that takes a HIGH slot of
+        the scheduler first (streams take their own slots and pass none).
+        """
+        keys = self._paced_keys(method, pace) if pace is not None else ()
+        if keys:
+            try:
+                slot = await self.scheduler.acquire(keys, Priority.HIGH)
+            except BaseException:
+                call.close()  # never sent
+                raise
+            try:
+                return await self._call(method, call)
+            finally:
+                slot.release()
         try:
             response = await call
         except SlackApiError as exc:
@@ -648,23 +666,34 @@ class SlackAdapter:
         data = response.data
         return data if isinstance(data, dict) else {}
 
+    def _paced_keys(self, method: str, channel: str) -> tuple[Key, ...]:
+        if method == "chat.postMessage":
+            return (("post", channel),)
+        if method == "chat.update":
+            return self._update_keys(channel)
+        return ()
+
     async def _with_fallback(
         self,
         method: str,
         reply: Reply,
         send: Callable[[dict[str, Any]], Coroutine[Any, Any, Any]],
+        *,
+        channel: str | None = None,
     ) -> Mapping[str, Any]:
         """Send rendered blocks; if Slack refuses the formatting, send the text literally."""
         try:
             return await self._call(
-                method, send(translate.message_kwargs(reply, dm_url=self._dm_url))
+                method, send(translate.message_kwargs(reply, dm_url=self._dm_url)), pace=channel
             )
         except SlackDeliveryError as exc:
             if exc.error not in _BLOCK_ERRORS or reply.format is not TextFormat.MARKDOWN:
                 raise
             _log.info("Slack refused a formatted reply (%s); sending plain text", exc.error)
         return await self._call(
-            method, send(translate.message_kwargs(reply, plain=True, dm_url=self._dm_url))
+            method,
+            send(translate.message_kwargs(reply, plain=True, dm_url=self._dm_url)),
+            pace=channel,
         )
 
     def _commands(self, text: str) -> str:
@@ -737,6 +766,7 @@ class SlackAdapter:
             "chat.postMessage",
             self._in_slack_syntax(reply),
             lambda kw: self._web.chat_postMessage(channel=chat.id, thread_ts=chat.thread_id, **kw),
+            channel=chat.id,
         )
         return MessageRef(chat=chat, id=str(data.get("ts", "")))
 
@@ -745,6 +775,7 @@ class SlackAdapter:
             "chat.update",
             self._in_slack_syntax(reply),
             lambda kw: self._web.chat_update(channel=message.chat.id, ts=message.id, **kw),
+            channel=message.chat.id,
         )
 
     async def delete(self, chat: ChatRef, message_id: str) -> bool:
@@ -819,6 +850,7 @@ class SlackAdapter:
         await self._call(
             "chat.postMessage",
             self._web.chat_postMessage(channel=dm.id, **translate.secret_open_message(request)),
+            pace=dm.id,
         )
         return True
 
