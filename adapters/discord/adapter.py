@@ -303,7 +303,7 @@ class DiscordAdapter:
         self._webhook_messages: OrderedDict[str, _WebhookMessage] = OrderedDict()
         self._pending_secrets: OrderedDict[str, SecretRequest] = OrderedDict()
         # One scheduler for every streamed message of this bot: Discord's limits are per bot.
-        self.scheduler = OutboundScheduler(DISCORD_WINDOWS, clock=clock)
+        self.scheduler = OutboundScheduler(DISCORD_WINDOWS)  # real time: its timers are the loop's
         self._live_streams: dict[str, int] = {}  # streams being shown, by channel
         self.edit_timeout = EDIT_TIMEOUT
         self.messenger = self

@@ -77,11 +77,11 @@ _RETRY_LIMIT: Final = 3
 _CONNECT_TIMEOUT: Final = 30.0
 _ACK_BUDGET: Final = 2.5
 # Slack's limits for a streamed reply, with a margin (the windows are a little longer):
-# chat.postMessage about 1 a second per channel with short bursts, chat.update the same per
-# channel and 50 a minute in the workspace (Tier 3). Edits leave room for final texts.
+# chat.postMessage about 1 a second per channel with short bursts (5 in 5 s), chat.update the
+# same per channel and 50 a minute in the workspace (Tier 3). Edits leave room for final texts.
 SLACK_WINDOWS: Final = {
-    "post": Window(3, 3.3),
-    "edit": Window(3, 3.3, reserve=1),
+    "post": Window(5, 5.3),
+    "edit": Window(5, 5.3, reserve=1),
     "update": Window(50, 61.0, reserve=12),
 }
 # An update without an answer this long is tried again (repeating one is harmless).
@@ -179,7 +179,7 @@ class SlackAdapter:
         self.app_id = ""
         self.http_port: int | None = None
         # One scheduler for every streamed message: Slack's limits are per workspace app.
-        self.scheduler = OutboundScheduler(SLACK_WINDOWS, clock=monotonic)
+        self.scheduler = OutboundScheduler(SLACK_WINDOWS)  # real time: its timers are the loop's
         self._live_streams: dict[str, int] = {}  # streams being shown, by channel
         self.update_timeout = UPDATE_TIMEOUT
 

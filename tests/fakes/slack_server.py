@@ -50,11 +50,11 @@ class Call:
 
 
 # Slack's limits as ``enforce_rate_limits`` applies them: (method, scope, limit, seconds).
-# chat.postMessage: about 1 a second per channel with short bursts; chat.update the same per
-# channel, and Tier 3 (50 a minute) in the workspace.
+# chat.postMessage: about 1 a second per channel with short bursts (5 in any 5 s);
+# chat.update the same per channel, and Tier 3 (50 a minute) in the workspace.
 SLACK_LIMITS: tuple[tuple[str, str, int, float], ...] = (
-    ("chat.postMessage", "channel", 3, 3.0),
-    ("chat.update", "channel", 3, 3.0),
+    ("chat.postMessage", "channel", 5, 5.0),
+    ("chat.update", "channel", 5, 5.0),
     ("chat.update", "workspace", 50, 60.0),
 )
 
