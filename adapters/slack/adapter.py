@@ -1025,8 +1025,11 @@ class SlackAdapter:
 
         async def paced() -> None:
             if held:
-                held.pop()
-                await once()
+                first = held.pop()
+                try:
+                    await once()
+                finally:
+                    first.release()  # counted from now; a retry takes a slot of its own
                 return
             async with self.scheduler.slot(self._update_keys(message.chat.id), priority):
                 await once()
