@@ -10,7 +10,7 @@ from discord.http import Route
 
 from adapters.discord.adapter import DiscordAdapter
 from core.chat import Event, MessageRef
-from tests.fakes.discord_harness import make_config, running
+from tests.fakes.discord_harness import running
 from tests.fakes.discord_server import BOT_ID, GUILD_CHANNEL_ID, FakeDiscord
 
 ALICE_ID = "700000000000000001"
@@ -172,35 +172,6 @@ async def test_empty_stream_posts_nothing(fake: FakeDiscord) -> None:
     ]
 
 
-class FakeTime:
-    """A clock that only moves when the adapter sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 3))
-        self.now += seconds
-
-
-async def test_pacing_keeps_edits_an_interval_apart_per_channel() -> None:
-    async with FakeDiscord() as fake:
-        time = FakeTime()
-        adapter = DiscordAdapter(make_config(fake, edit_interval=1.0), clock=time, sleep=time.sleep)
-        await adapter.pace("chan-a")  # first edit in a channel: no wait
-        time.now += 0.3
-        await adapter.pace("chan-a")  # 0.3 s later: wait the remaining 0.7 s
-        await adapter.pace("chan-b")  # another channel has its own budget
-        time.now += 2.0
-        await adapter.pace("chan-a")  # long after: no wait
-        await adapter.pace("chan-a")  # back to back: a full interval
-    assert time.sleeps == [0.7, 1.0]
-
-
 async def test_typing_is_refreshed_while_the_first_chunk_is_awaited(fake: FakeDiscord) -> None:
     alice = fake.user(ALICE_ID, "alice")
     done: list[bool] = []
@@ -251,15 +222,3 @@ async def test_stream_answering_a_slash_command_edits_through_the_interaction(
     assert [(c.path.rsplit("/", 1)[1], c.body["content"]) for c in edits] == [
         ("@original", "Thinking done.")
     ]
-
-
-async def test_pacing_memory_forgets_idle_channels() -> None:
-    async with FakeDiscord() as fake:
-        time = FakeTime()
-        adapter = DiscordAdapter(make_config(fake, edit_interval=1.0), clock=time, sleep=time.sleep)
-        for n in range(2001):
-            await adapter.pace(f"chan-{n}")
-        time.now += 5
-        await adapter.pace("chan-new")
-    assert adapter._last_op == {"chan-new": 105.0}
-    assert list(adapter._pace_locks) == ["chan-new"]

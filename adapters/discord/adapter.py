@@ -53,6 +53,8 @@ from core.config import Config
 from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.inbox import InboxPort, MemoryInbox
 from core.logs import register_secret
+from core.metrics import PLATFORM_RETRIES
+from core.pacing import Key, OutboundScheduler, Priority, Window, with_retries
 from core.ports import EventHandler, FileTooLarge
 
 _log = logging.getLogger(__name__)
@@ -62,6 +64,19 @@ INTERACTION_TOKEN_LIFETIME: Final = 14.5 * 60
 # A typing indicator lasts 10 seconds; refresh it while the first chunk is awaited.
 TYPING_REFRESH: Final = 8.0
 _REMEMBERED: Final = 2000
+
+# Discord's limits for the bot's messages, with a margin (the windows are a little longer).
+# Creating and editing messages are separate per-channel buckets of 5 per 5 s; all requests
+# share the global 50 per second. Edits leave one slot of their window to final texts.
+DISCORD_WINDOWS: Final = {
+    "global": Window(45, 1.05, reserve=10),
+    "post": Window(5, 5.3, reserve=0),
+    "edit": Window(5, 5.3, reserve=1),
+}
+# discord.py sets no request timeout: an edit without an answer this long is tried again.
+EDIT_TIMEOUT: Final = 5.0
+_RETRIES: Final = 3
+_RETRIED_STATUSES: Final = frozenset({500, 502, 503, 504, 524})
 
 
 class DiscordError(Exception):
@@ -287,8 +302,10 @@ class DiscordAdapter:
         self._live: dict[str, _Live] = {}
         self._webhook_messages: OrderedDict[str, _WebhookMessage] = OrderedDict()
         self._pending_secrets: OrderedDict[str, SecretRequest] = OrderedDict()
-        self._last_op: dict[str, float] = {}
-        self._pace_locks: dict[str, asyncio.Lock] = {}
+        # One scheduler for every streamed message of this bot: Discord's limits are per bot.
+        self.scheduler = OutboundScheduler(DISCORD_WINDOWS)  # real time: its timers are the loop's
+        self._live_streams: dict[str, int] = {}  # streams being shown, by channel
+        self.edit_timeout = EDIT_TIMEOUT
         self.messenger = self
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -403,6 +420,7 @@ class DiscordAdapter:
     async def _close(self) -> None:
         client, task = self._client, self._task
         self._client, self._task = None, None
+        self.scheduler.close()
         if client is not None:
             await client.close()
         if task is not None:
@@ -853,32 +871,66 @@ class DiscordAdapter:
 
     # -- pacing ------------------------------------------------------------------------------
 
-    async def pace(self, channel_id: str) -> None:
-        """Wait until this channel may take another streamed edit (``edit_interval`` apart)."""
-        if len(self._last_op) > _REMEMBERED:
-            # Forget channels whose last edit is older than the interval: they owe no wait.
-            horizon = self._clock() - self._cfg.edit_interval
-            for stale in [c for c, at in self._last_op.items() if at < horizon]:
-                del self._last_op[stale]
-                lock = self._pace_locks.get(stale)
-                if lock is not None and not lock.locked():
-                    del self._pace_locks[stale]
-        lock = self._pace_locks.setdefault(channel_id, asyncio.Lock())
-        async with lock:
-            last = self._last_op.get(channel_id)
-            if last is not None:
-                wait = self._cfg.edit_interval - (self._clock() - last)
-                if wait > 0:
-                    await self._sleep(wait)
-            self._last_op[channel_id] = self._clock()
+    @staticmethod
+    def _keys(channel_id: str, kind: str) -> tuple[Key, ...]:
+        return (("global", ""), (kind, channel_id))
+
+    def _stream_interval(self, channel_id: str) -> float:
+        """Seconds between two intermediate edits of one stream.
+
+        Longer when the channel or the bot is busy, so every live stream gets its share of
+        the edit budget.
+        """
+        edit, bot = DISCORD_WINDOWS["edit"], DISCORD_WINDOWS["global"]
+        in_channel = self._live_streams.get(channel_id, 1)
+        everywhere = sum(self._live_streams.values())
+        return max(
+            self._cfg.edit_interval,
+            in_channel * edit.low_share,
+            everywhere * bot.low_share * 2,
+        )
+
+    async def _edit_retried(self, message: MessageRef, reply: Reply) -> None:
+        """An edit, tried again after a timeout or a server error.
+
+        Repeating an edit is harmless; discord.py itself waits out 429s and retries some 5xx.
+        """
+
+        async def once() -> None:
+            async with asyncio.timeout(self.edit_timeout):
+                await self.edit(message, reply)
+
+        def retryable(exc: BaseException) -> bool:
+            if isinstance(exc, TimeoutError | aiohttp.ClientError | ConnectionError):
+                return True
+            cause = exc.__cause__
+            return (
+                isinstance(exc, DiscordSendError)
+                and isinstance(cause, discord.HTTPException)
+                and cause.status in _RETRIED_STATUSES
+            )
+
+        def counted(exc: BaseException, attempt: int) -> None:
+            PLATFORM_RETRIES.labels("discord").inc()
+            _log.info("discord: an edit failed (%s); retry %d", type(exc).__name__, attempt)
+
+        await with_retries(once, retryable=retryable, retries=_RETRIES, on_retry=counted)
 
 
 class _Stream:
-    """One streamed reply: accumulates chunks, shows them paced, splits at the limit."""
+    """One streamed reply: accumulates chunks, shows them paced, splits at the limit.
+
+    Every message call takes a slot from the bot's scheduler first: a new message (the
+    reply's first visible text) at HIGH priority, an intermediate edit at LOW and no sooner
+    than the stream's interval after its last one, the final text at HIGH. The text is read
+    once the slot is granted, so whatever arrived while waiting goes in one edit (coalesced).
+    A failed intermediate edit does not end the reply: the next one or the final text shows it.
+    """
 
     def __init__(self, adapter: DiscordAdapter, event: Event) -> None:
         self.adapter = adapter
         self.event = event
+        self.channel = event.chat.thread_id or event.chat.id
         self.full = ""
         self.start = 0  # where the current message's text begins in ``full``
         self.shown = ""  # what the current message shows
@@ -886,35 +938,56 @@ class _Stream:
         self.first: MessageRef | None = None
         self.last: MessageRef | None = None
         self.changed = asyncio.Event()
+        self.last_edit: float | None = None
 
     async def run(self, chunks: AsyncIterator[str]) -> MessageRef | None:
-        await self.adapter.typing(self.event.chat)
+        adapter = self.adapter
+        await adapter.typing(self.event.chat)
+        live = adapter._live_streams
+        live[self.channel] = live.get(self.channel, 0) + 1
         reader = asyncio.create_task(self._read(chunks))
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self.adapter.typing_refresh):
+                    async with asyncio.timeout(adapter.typing_refresh):
                         await self.changed.wait()
                 except TimeoutError:
                     if self.current is None and not reader.done():
-                        await self.adapter.typing(self.event.chat)
+                        await adapter.typing(self.event.chat)
                     continue
                 self.changed.clear()
                 if self.full[self.start :] != self.shown:
-                    await self.adapter.pace(self.event.chat.id)
-                    await self._show()
+                    if self.current is not None and not reader.done():
+                        await self._wait_turn(reader)
+                    await self._show(final=reader.done())
                 if reader.done() and not self.changed.is_set():
                     break
             # Whatever arrived during the last edit is shown before an error propagates.
             if self.full[self.start :] != self.shown:
-                await self.adapter.pace(self.event.chat.id)
-                await self._show()
+                await self._show(final=True)
             reader.result()
         finally:
+            left = live.get(self.channel, 1) - 1
+            if left > 0:
+                live[self.channel] = left
+            else:
+                live.pop(self.channel, None)
             if not reader.done():
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
         return self.last
+
+    async def _wait_turn(self, reader: asyncio.Task[None]) -> None:
+        """Sleep until this stream's next edit is due; the reader keeps reading meanwhile.
+
+        The end of the stream cuts the wait short: the final text goes at once.
+        """
+        if self.last_edit is None:
+            return
+        adapter = self.adapter
+        due = self.last_edit + adapter._stream_interval(self.channel) - adapter._clock()
+        if due > 0:
+            await asyncio.wait([reader], timeout=due)
 
     async def _read(self, chunks: AsyncIterator[str]) -> None:
         try:
@@ -924,34 +997,59 @@ class _Stream:
         finally:
             self.changed.set()
 
-    async def _show(self) -> None:
+    async def _show(self, *, final: bool) -> None:
         """Bring the messages up to date with ``full`` (one call per message touched)."""
-        segment = self.full[self.start :]
-        while len(segment) > translate.MESSAGE_LIMIT:
+        while len(self.full[self.start :]) > translate.MESSAGE_LIMIT:
+            segment = self.full[self.start :]
             head = translate.split_text(segment)[0]
-            await self._put(head)
+            await self._put(head, final=True)
             consumed = len(segment) - len(segment[len(head) :].lstrip())
             self.start += consumed
             self.current, self.shown = None, ""
-            segment = self.full[self.start :]
-        if segment.strip() and segment != self.shown:
-            await self._put(segment)
-
-    async def _put(self, text: str) -> None:
-        reply = Reply(text=text, format=TextFormat.MARKDOWN)
         if self.current is None:
-            if self.first is None:
-                ref = await self.adapter.respond(self.event, reply)
+            await self._put(None, final=final)
+            return
+        if self.full[self.start :].strip() and self.full[self.start :] != self.shown:
+            await self._put(None, final=final)
+
+    async def _put(self, text: str | None, *, final: bool) -> None:
+        """Create or edit the current message with ``text``.
+
+        None: the latest text, read once the scheduler lets the call go.
+        """
+        adapter = self.adapter
+        creating = self.current is None
+        kind = "post" if creating else "edit"
+        priority = Priority.HIGH if creating or final else Priority.LOW
+        async with adapter.scheduler.slot(adapter._keys(self.channel, kind), priority):
+            if text is None:
+                text = self.full[self.start :]
+                if len(text) > translate.MESSAGE_LIMIT:
+                    text = translate.split_text(text)[0]
+            if not text.strip() or text == self.shown:
+                return
+            reply = Reply(text=text, format=TextFormat.MARKDOWN)
+            if self.current is None:
+                if self.first is None:
+                    ref = await adapter.respond(self.event, reply)
+                else:
+                    ref = await adapter.send(
+                        self.last.chat if self.last else self.event.chat, reply
+                    )
+                self.first = self.first or ref
+                self.current = ref
             else:
-                ref = await self.adapter.send(
-                    self.last.chat if self.last else self.event.chat, reply
-                )
-            self.first = self.first or ref
-            self.current = ref
-        else:
-            await self.adapter.edit(self.current, reply)
-        self.shown = text
-        self.last = self.current or self.last
+                try:
+                    await adapter._edit_retried(self.current, reply)
+                except (DiscordSendError, TimeoutError, aiohttp.ClientError) as exc:
+                    if final:
+                        raise
+                    _log.info("discord: a stream edit failed (%s); the next one shows it", exc)
+                    self.last_edit = adapter._clock()
+                    return
+            self.shown = text
+            self.last = self.current or self.last
+            self.last_edit = adapter._clock()
 
 
 # -- SDK objects as Discord payloads (what translate.py reads) ------------------------------

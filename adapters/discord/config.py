@@ -17,8 +17,9 @@ DEFAULT_GATEWAY: Final = "wss://gateway.discord.gg"
 class DiscordConfig:
     """Everything the Discord adapter needs; the token comes from the environment.
 
-    ``edit_interval`` is the pause between two edits of a streamed reply in one channel
-    (Discord allows about 5 message edits per 5 seconds per channel). ``defer_after`` is how
+    ``edit_interval`` is the least pause between two edits of one streamed reply (the
+    adapter's scheduler keeps under Discord's 5 edits per 5 seconds per channel whatever it
+    is). ``defer_after`` is how
     long an interaction may wait for its first answer before the adapter defers it (Discord
     drops interactions not answered within 3 seconds). ``shard_ids`` of ``shard_count`` are
     the gateway shards this process serves (replicas split them; empty: unsharded).

@@ -65,6 +65,8 @@ from core.dedup import Deduplicator, InMemoryDeduplicator
 from core.errors import ConfigError
 from core.inbox import InboxPort, MemoryInbox
 from core.logs import register_secret
+from core.metrics import PLATFORM_RETRIES
+from core.pacing import Key, OutboundScheduler, Priority, Slot, Window, with_retries
 from core.ports import ChatAdapter, EventHandler, FileTooLarge, Messenger
 
 _log = logging.getLogger("adapters.slack")
@@ -74,6 +76,16 @@ _BLOCK_ERRORS: Final = frozenset({"invalid_blocks", "invalid_blocks_format", "in
 _RETRY_LIMIT: Final = 3
 _CONNECT_TIMEOUT: Final = 30.0
 _ACK_BUDGET: Final = 2.5
+# Slack's limits for a streamed reply, with a margin (the windows are a little longer):
+# chat.postMessage about 1 a second per channel with short bursts (5 in 5 s), chat.update the
+# same per channel and 50 a minute in the workspace (Tier 3). Edits leave room for final texts.
+SLACK_WINDOWS: Final = {
+    "post": Window(5, 5.3),
+    "edit": Window(5, 5.3, reserve=1),
+    "update": Window(50, 61.0, reserve=12),
+}
+# An update without an answer this long is tried again (repeating one is harmless).
+UPDATE_TIMEOUT: Final = 5.0
 """Seconds the key check may take before the modal is acknowledged with a "checking" view."""
 
 
@@ -88,10 +100,11 @@ class SlackStartError(SlackAdapterError):
 class SlackDeliveryError(SlackAdapterError):
     """Slack refused a Web API call; ``error`` is Slack's code (``channel_not_found``...)."""
 
-    def __init__(self, method: str, error: str) -> None:
+    def __init__(self, method: str, error: str, *, transient: bool = False) -> None:
         super().__init__(f"Slack {method} failed: {error}")
         self.method = method
         self.error = error
+        self.transient = transient  # a 5xx or a lost answer: trying again may work
 
 
 @dataclass(slots=True)
@@ -117,6 +130,7 @@ class _Stream:
     shown: str = ""
     last_edit: float | None = None
     timer: asyncio.Future[None] | None = None
+    flushing: bool = False  # an intermediate update is on its way
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -164,6 +178,10 @@ class SlackAdapter:
         self.team_id = ""
         self.app_id = ""
         self.http_port: int | None = None
+        # One scheduler for every streamed message: Slack's limits are per workspace app.
+        self.scheduler = OutboundScheduler(SLACK_WINDOWS)  # real time: its timers are the loop's
+        self._live_streams: dict[str, int] = {}  # streams being shown, by channel
+        self.update_timeout = UPDATE_TIMEOUT
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -512,6 +530,7 @@ class SlackAdapter:
                     self._web.chat_postMessage(
                         channel=dm.id, **translate.secret_open_message(again)
                     ),
+                    pace=dm.id,
                 )
 
     async def _on_view_closed(self, ack: Any, body: dict[str, Any]) -> None:
@@ -617,34 +636,64 @@ class SlackAdapter:
             raise SlackAdapterError("the Slack adapter is not started")
         return self._client
 
-    async def _call(self, method: str, call: Coroutine[Any, Any, Any]) -> Mapping[str, Any]:
-        """Await one SDK call, turning its errors into ``SlackDeliveryError`` (code only)."""
+    async def _call(
+        self, method: str, call: Coroutine[Any, Any, Any], *, pace: str | None = None
+    ) -> Mapping[str, Any]:
+        """Await one SDK call, turning its errors into ``SlackDeliveryError`` (code only).
+
+        ``pace``: the channel of a chat.postMessage or chat.update that takes a HIGH slot of
+        the scheduler first (streams take their own slots and pass none).
+        """
+        keys = self._paced_keys(method, pace) if pace is not None else ()
+        if keys:
+            try:
+                slot = await self.scheduler.acquire(keys, Priority.HIGH)
+            except BaseException:
+                call.close()  # never sent
+                raise
+            try:
+                return await self._call(method, call)
+            finally:
+                slot.release()
         try:
             response = await call
         except SlackApiError as exc:
-            raise SlackDeliveryError(method, _code(exc)) from None
+            status = getattr(exc.response, "status_code", 200)
+            raise SlackDeliveryError(method, _code(exc), transient=status >= 500) from None
         except (aiohttp.ClientError, TimeoutError, SlackRequestError) as exc:
-            raise SlackDeliveryError(method, type(exc).__name__) from None
+            transient = not isinstance(exc, SlackRequestError)
+            raise SlackDeliveryError(method, type(exc).__name__, transient=transient) from None
         data = response.data
         return data if isinstance(data, dict) else {}
+
+    def _paced_keys(self, method: str, channel: str) -> tuple[Key, ...]:
+        if method == "chat.postMessage":
+            return (("post", channel),)
+        if method == "chat.update":
+            return self._update_keys(channel)
+        return ()
 
     async def _with_fallback(
         self,
         method: str,
         reply: Reply,
         send: Callable[[dict[str, Any]], Coroutine[Any, Any, Any]],
+        *,
+        channel: str | None = None,
     ) -> Mapping[str, Any]:
         """Send rendered blocks; if Slack refuses the formatting, send the text literally."""
         try:
             return await self._call(
-                method, send(translate.message_kwargs(reply, dm_url=self._dm_url))
+                method, send(translate.message_kwargs(reply, dm_url=self._dm_url)), pace=channel
             )
         except SlackDeliveryError as exc:
             if exc.error not in _BLOCK_ERRORS or reply.format is not TextFormat.MARKDOWN:
                 raise
             _log.info("Slack refused a formatted reply (%s); sending plain text", exc.error)
         return await self._call(
-            method, send(translate.message_kwargs(reply, plain=True, dm_url=self._dm_url))
+            method,
+            send(translate.message_kwargs(reply, plain=True, dm_url=self._dm_url)),
+            pace=channel,
         )
 
     def _commands(self, text: str) -> str:
@@ -717,6 +766,7 @@ class SlackAdapter:
             "chat.postMessage",
             self._in_slack_syntax(reply),
             lambda kw: self._web.chat_postMessage(channel=chat.id, thread_ts=chat.thread_id, **kw),
+            channel=chat.id,
         )
         return MessageRef(chat=chat, id=str(data.get("ts", "")))
 
@@ -725,6 +775,7 @@ class SlackAdapter:
             "chat.update",
             self._in_slack_syntax(reply),
             lambda kw: self._web.chat_update(channel=message.chat.id, ts=message.id, **kw),
+            channel=message.chat.id,
         )
 
     async def delete(self, chat: ChatRef, message_id: str) -> bool:
@@ -799,19 +850,34 @@ class SlackAdapter:
         await self._call(
             "chat.postMessage",
             self._web.chat_postMessage(channel=dm.id, **translate.secret_open_message(request)),
+            pace=dm.id,
         )
         return True
 
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
-        """Post a "thinking" placeholder, then edit it at most once per ``edit_interval``.
+        """Post a "thinking" placeholder, then edit it as the scheduler allows.
 
-        The first text is shown at once. Text that arrives before the interval is up is shown
-        when it is (a timer flushes it even if the agent pauses); a message that reaches
+        The placeholder and the final text go first (HIGH priority); intermediate updates at
+        most once per ``edit_interval``, longer when the channel or the workspace is busy, each
+        with the latest text (a timer flushes it even if the agent pauses). A failed
+        intermediate update does not end the reply. A message that reaches
         ``max_message_chars`` is closed and the text continues in a new one.
         """
         chat = event.chat if event.chat.id else await self.open_dm(event.user)
         if chat is None:
             raise SlackDeliveryError("conversations.open", "cannot_open_dm")
+        live = self._live_streams
+        live[chat.id] = live.get(chat.id, 0) + 1
+        try:
+            return await self._stream(chat, chunks)
+        finally:
+            left = live.get(chat.id, 1) - 1
+            if left > 0:
+                live[chat.id] = left
+            else:
+                live.pop(chat.id, None)
+
+    async def _stream(self, chat: ChatRef, chunks: AsyncIterator[str]) -> MessageRef | None:
         s = _Stream(chat=chat, current=await self._post_stream(chat, ""))
         limit = self.config.max_message_chars
         try:
@@ -821,7 +887,7 @@ class SlackAdapter:
                 if len(parts) > 1:
                     await self._stop_timer(s)
                     async with s.lock:
-                        await self._update_stream(s.current, parts[0])
+                        await self._update_stream(s.current, parts[0], Priority.HIGH)
                         for middle in parts[1:-1]:
                             await self._post_stream(chat, middle)
                         s.previous = s.current
@@ -838,35 +904,71 @@ class SlackAdapter:
         await self._close_stream(s)
         return s.current if s.pending else s.previous
 
-    async def _flush_if_due(self, s: _Stream) -> None:
-        if s.pending == s.shown:
-            return
-        now = self._monotonic()
-        waited = None if s.last_edit is None else now - s.last_edit
-        if waited is None or waited >= self.config.edit_interval:
-            await self._flush(s)
-        elif s.timer is None:
-            s.timer = asyncio.ensure_future(
-                self._flush_later(s, self.config.edit_interval - waited)
-            )
+    def _stream_interval(self, channel: str) -> float:
+        """Seconds between two intermediate updates of one stream.
 
-    async def _flush(self, s: _Stream) -> None:
-        """Show the newest text; the lock keeps an older edit from landing after a newer one."""
-        async with s.lock:
-            if s.pending == s.shown:
-                return
-            text = s.pending
-            await self._update_stream(s.current, text)
-            s.shown, s.last_edit = text, self._monotonic()
+        Longer when the channel or the workspace is busy, so every live stream gets its share
+        of the update budget.
+        """
+        edit, update = SLACK_WINDOWS["edit"], SLACK_WINDOWS["update"]
+        return max(
+            self.config.edit_interval,
+            (self._live_streams.get(channel, 1) - 1) * edit.low_share,
+            (sum(self._live_streams.values()) - 1) * update.low_share,
+        )
+
+    async def _flush_if_due(self, s: _Stream) -> None:
+        """Show the latest text now if its turn and a slot are free, else schedule it.
+
+        A scheduled update sends whatever text there is when its turn comes (coalesced),
+        while the chunks keep being read.
+        """
+        if s.pending == s.shown or s.flushing:
+            return
+        delay = 0.0
+        if s.last_edit is not None:
+            waited = self._monotonic() - s.last_edit
+            delay = max(self._stream_interval(s.chat.id) - waited, 0.0)
+        keys = self._update_keys(s.current.chat.id)
+        slot = self.scheduler.try_acquire(keys, Priority.LOW) if delay <= 0 else None
+        if slot is None:
+            if s.timer is None:  # else the pending update will carry this text too
+                s.timer = asyncio.ensure_future(self._flush_later(s, delay))
+            return
+        try:
+            await self._stop_timer(s)  # still waiting for its turn: this update replaces it
+            async with s.lock:
+                await self._flush(s, slot)
+        finally:
+            slot.release()
 
     async def _flush_later(self, s: _Stream, delay: float) -> None:
-        await self._sleep(delay)
-        s.timer = None  # from here on the edit runs to completion; _stop_timer leaves it be
+        if delay > 0:
+            await self._sleep(delay)
+        async with s.lock:
+            keys = self._update_keys(s.current.chat.id)
+            async with self.scheduler.slot(keys, Priority.LOW) as slot:
+                # From here on the update runs to completion; _stop_timer leaves it be.
+                s.timer = None
+                await self._flush(s, slot)
+
+    async def _flush(self, s: _Stream, slot: Slot) -> None:
+        """One intermediate update with the latest text; caller holds ``s.lock`` and ``slot``.
+
+        A failure does not end the reply: the next update or the final one shows the text.
+        """
+        s.flushing = True
         try:
-            await self._flush(s)
+            text = s.pending  # whatever arrived while waiting goes in this update
+            if text == s.shown:
+                return
+            await self._update_stream(s.current, text, slot=slot)
+            s.shown = text
         except SlackAdapterError as exc:
-            # The next chunk or the final edit shows the text; nothing is lost.
-            _log.info("Slack refused a paced stream edit (%s)", exc)
+            _log.info("Slack refused a paced stream update (%s)", exc)
+        finally:
+            s.flushing = False
+            s.last_edit = self._monotonic()
 
     async def _stop_timer(self, s: _Stream) -> None:
         timer, s.timer = s.timer, None
@@ -879,24 +981,70 @@ class SlackAdapter:
             if not s.pending:
                 await self.delete(s.current.chat, s.current.id)  # nothing to show: no "thinking"
             elif s.pending != s.shown:
-                await self._update_stream(s.current, s.pending)
+                await self._update_stream(s.current, s.pending, Priority.HIGH)
                 s.shown = s.pending
 
+    @staticmethod
+    def _update_keys(channel: str) -> tuple[Key, ...]:
+        return (("edit", channel), ("update", ""))
+
     async def _post_stream(self, chat: ChatRef, text: str) -> MessageRef:
-        data = await self._call(
-            "chat.postMessage",
-            self._web.chat_postMessage(
-                channel=chat.id, thread_ts=chat.thread_id, **translate.stream_kwargs(text)
-            ),
-        )
+        # A new message: never repeated after an error (a lost answer would show it twice).
+        async with self.scheduler.slot((("post", chat.id),), Priority.HIGH):
+            data = await self._call(
+                "chat.postMessage",
+                self._web.chat_postMessage(
+                    channel=chat.id, thread_ts=chat.thread_id, **translate.stream_kwargs(text)
+                ),
+            )
         return MessageRef(chat=chat, id=str(data.get("ts", "")))
 
-    async def _update_stream(self, message: MessageRef, text: str) -> None:
-        await self._call(
-            "chat.update",
-            self._web.chat_update(
-                channel=message.chat.id, ts=message.id, **translate.stream_kwargs(text)
+    async def _update_stream(
+        self,
+        message: MessageRef,
+        text: str,
+        priority: Priority = Priority.HIGH,
+        *,
+        slot: Slot | None = None,
+    ) -> None:
+        """One chat.update in a slot of the scheduler, tried again after a 5xx or a timeout.
+
+        ``slot``: one the caller holds, for the first attempt. Slack's 429s are waited out by
+        the SDK's handler.
+        """
+        held = [slot] if slot is not None else []
+
+        async def once() -> None:
+            async with asyncio.timeout(self.update_timeout):
+                await self._call(
+                    "chat.update",
+                    self._web.chat_update(
+                        channel=message.chat.id, ts=message.id, **translate.stream_kwargs(text)
+                    ),
+                )
+
+        async def paced() -> None:
+            if held:
+                first = held.pop()
+                try:
+                    await once()
+                finally:
+                    first.release()  # counted from now; a retry takes a slot of its own
+                return
+            async with self.scheduler.slot(self._update_keys(message.chat.id), priority):
+                await once()
+
+        def counted(exc: BaseException, attempt: int) -> None:
+            PLATFORM_RETRIES.labels("slack").inc()
+            _log.info("Slack chat.update failed (%s); retry %d", exc, attempt)
+
+        await with_retries(
+            paced,
+            retryable=lambda e: (
+                isinstance(e, TimeoutError) or (isinstance(e, SlackDeliveryError) and e.transient)
             ),
+            retries=_RETRY_LIMIT,
+            on_retry=counted,
         )
 
     async def typing(self, chat: ChatRef) -> None:

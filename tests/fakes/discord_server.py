@@ -44,6 +44,46 @@ class Call:
     headers: dict[str, str] = field(repr=False, default_factory=dict)
     result: Any = None
     status: int = 200
+    at: float = field(default_factory=time.monotonic)  # when it arrived
+
+
+@dataclass
+class _Bucket:
+    """One of Discord's rate-limit buckets: ``limit`` requests per fixed window."""
+
+    name: str
+    limit: int
+    seconds: float
+    reset_at: float = 0.0
+    used: int = 0
+
+    def take(self, now: float) -> bool:
+        if now >= self.reset_at:
+            self.reset_at, self.used = now + self.seconds, 0
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def headers(self, now: float) -> dict[str, str]:
+        after = max(self.reset_at - now, 0.0)
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(self.limit - self.used, 0)),
+            "X-RateLimit-Reset": f"{time.time() + after:.3f}",
+            "X-RateLimit-Reset-After": f"{after:.3f}",
+            "X-RateLimit-Bucket": self.name,
+        }
+
+
+# Message routes and their bucket kind: creating and editing are separate buckets per channel
+# (or per interaction webhook).
+_BUCKETED: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("POST", re.compile(r"^/channels/(\d+)/messages$"), "post"),
+    ("PATCH", re.compile(r"^/channels/(\d+)/messages/\d+$"), "edit"),
+    ("POST", re.compile(r"^/webhooks/\d+/([^/]+)$"), "post"),
+    ("PATCH", re.compile(r"^/webhooks/\d+/([^/]+)/messages/[^/]+$"), "edit"),
+)
 
 
 @dataclass
@@ -137,6 +177,12 @@ class FakeDiscord:
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id -> list
         self.forbidden_deletes: set[str] = set()
         self.failures: list[tuple[str, re.Pattern[str], int, dict[str, Any]]] = []
+        # Requests held ``seconds`` and then answered ``status`` (an answer that never came
+        # in time), and Discord's rate limits (``enforce_rate_limits``).
+        self.stalls: list[tuple[str, re.Pattern[str], float, int]] = []
+        self.rate_limits: tuple[int, float, int] | None = None
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._global = _Bucket("global", 50, 1.0)
         self.identified = asyncio.Event()
         self.resumed = asyncio.Event()
         self._ids = itertools.count(1_000_000_000_000_000_001)
@@ -220,6 +266,86 @@ class FakeDiscord:
     def fail_next(self, method: str, path_regex: str, status: int, body: dict[str, Any]) -> None:
         """Answer the next matching request with ``status``/``body`` instead of succeeding."""
         self.failures.append((method, re.compile(path_regex), status, body))
+
+    def stall(self, method: str, path_regex: str, seconds: float, status: int = 504) -> None:
+        """Hold the next matching request ``seconds``, then answer ``status`` (not applied)."""
+        self.stalls.append((method, re.compile(path_regex), seconds, status))
+
+    def enforce_rate_limits(
+        self, per_channel: int = 5, seconds: float = 5.0, global_per_second: int = 50
+    ) -> None:
+        """Refuse, as Discord does, what goes over its limits: message creates and edits are
+        separate buckets of ``per_channel`` per ``seconds`` per channel (or interaction
+        webhook), every request counts against ``global_per_second``. Answers carry the
+        bucket headers; a refusal is a 429 with ``retry_after``."""
+        self.rate_limits = (per_channel, seconds, global_per_second)
+        self._global = _Bucket("global", global_per_second, 1.0)
+
+    def rate_limited(self) -> list[Call]:
+        """Every request answered 429."""
+        return [c for c in self.calls if c.status == 429]
+
+    def message_calls(self, channel_id: str) -> list[Call]:
+        """The accepted message creates and edits in a channel, in order."""
+        prefix = f"/channels/{channel_id}/messages"
+        return [
+            c
+            for c in self.calls
+            if c.status < 300 and c.method in ("POST", "PATCH") and c.path.startswith(prefix)
+        ]
+
+    def most_in_window(self, channel_id: str, method: str, seconds: float) -> int:
+        """The most accepted ``method`` message calls in a channel in any ``seconds``."""
+        times = [c.at for c in self.message_calls(channel_id) if c.method == method]
+        most, lo = 0, 0
+        for hi, t in enumerate(times):
+            while times[lo] <= t - seconds:
+                lo += 1
+            most = max(most, hi - lo + 1)
+        return most
+
+    def _limit(self, method: str, path: str) -> web.Response | None:
+        """Take from the request's buckets; the 429 Discord would answer when one is empty."""
+        if self.rate_limits is None:
+            return None
+        per_channel, seconds, _ = self.rate_limits
+        now = time.monotonic()
+        bucket: _Bucket | None = None
+        for m, rx, kind in _BUCKETED:
+            found = rx.match(path) if m == method else None
+            if found:
+                key = (kind, found.group(1))
+                bucket = self._buckets.get(key)
+                if bucket is None:
+                    bucket = _Bucket(f"{kind}-bucket", per_channel, seconds)
+                    self._buckets[key] = bucket
+                break
+        exempt = path.startswith("/interactions/")  # callbacks are not globally limited
+        if not exempt and not self._global.take(now):
+            after = max(self._global.reset_at - now, 0.001)
+            return self._too_many(after, {"X-RateLimit-Global": "true"}, scope="global")
+        if bucket is None:
+            return None
+        if not bucket.take(now):
+            after = max(bucket.reset_at - now, 0.001)
+            return self._too_many(after, bucket.headers(now), scope="user")
+        self._bucket_headers = bucket.headers(now)
+        return None
+
+    def _too_many(self, after: float, headers: dict[str, str], *, scope: str) -> web.Response:
+        body = {"message": "You are being rate limited.", "retry_after": round(after, 3)}
+        body["global"] = scope == "global"
+        return web.Response(
+            status=429,
+            body=json.dumps(body).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Retry-After": f"{after:.3f}",
+                "X-RateLimit-Scope": scope,
+                "Via": "1.1 google",  # discord.py takes a 429 without it for a Cloudflare ban
+                **headers,
+            },
+        )
 
     def find(self, method: str, pattern: str) -> list[Call]:
         """Every recorded call with that method whose path matches ``pattern`` (a regex)."""
@@ -477,9 +603,19 @@ class FakeDiscord:
                     }
                 call.status = status
                 return web.Response(status=status, body=json.dumps(fbody).encode(), headers=headers)
-        response = self._enforce(request.method, path, body) if self.strict else None
+        for i, (method, rx, seconds, status) in enumerate(self.stalls):
+            if method == request.method and rx.search(path):
+                del self.stalls[i]
+                await asyncio.sleep(seconds)
+                call.status = status
+                return self._json({"message": "Gateway Timeout", "code": 0}, status)
+        self._bucket_headers: dict[str, str] = {}
+        response = self._limit(request.method, path)
+        if response is None and self.strict:
+            response = self._enforce(request.method, path, body)
         if response is None:
             response = self._route(request.method, path, body)
+            response.headers.update(self._bucket_headers)
         call.status = response.status
         if response.content_type == "application/json" and isinstance(response.body, bytes):
             call.result = json.loads(response.body)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import re
 import time
 import uuid
@@ -42,6 +43,20 @@ class Call:
     method: str
     args: dict[str, Any]
     token: str
+    status: int = 200
+    at: float = field(default_factory=time.monotonic)  # when it arrived
+    error: str = ""  # Slack's error code when it refused the call
+    result: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+# Slack's limits as ``enforce_rate_limits`` applies them: (method, scope, limit, seconds).
+# chat.postMessage: about 1 a second per channel with short bursts (5 in any 5 s);
+# chat.update the same per channel, and Tier 3 (50 a minute) in the workspace.
+SLACK_LIMITS: tuple[tuple[str, str, int, float], ...] = (
+    ("chat.postMessage", "channel", 5, 5.0),
+    ("chat.update", "channel", 5, 5.0),
+    ("chat.update", "workspace", 50, 60.0),
+)
 
 
 @dataclass
@@ -69,6 +84,11 @@ class FakeSlack:
     downloads: list[str] = field(default_factory=list)
     # An outage (``drop_link``): the Socket Mode link is closed and new ones refused.
     link_refused: bool = False
+    # Rate limits (``enforce_rate_limits``): the arrival times of accepted calls per window.
+    limits: tuple[tuple[str, str, int, float], ...] = ()
+    _windows: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    # Calls held ``seconds`` and then answered ``status`` (``stall``), by method.
+    _stalls: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
     async def start(self) -> None:
         app = web.Application()
@@ -126,6 +146,66 @@ class FakeSlack:
         entry = (status, {"ok": False, "error": error}, headers or {})
         self._failures.setdefault(method, []).extend([entry] * times)
 
+    def enforce_rate_limits(
+        self, limits: tuple[tuple[str, str, int, float], ...] = SLACK_LIMITS
+    ) -> None:
+        """Refuse, as Slack does, calls over its limits: HTTP 429, ``Retry-After`` seconds."""
+        self.limits = limits
+
+    def stall(self, method: str, seconds: float, *, status: int = 504) -> None:
+        """Hold the next ``method`` call ``seconds``, then answer ``status`` (not applied)."""
+        self._stalls.setdefault(method, []).append((seconds, status))
+
+    def rate_limited(self) -> list[Call]:
+        """Every call answered 429."""
+        return [c for c in self.calls if c.status == 429]
+
+    def accepted(self, method: str, channel: str) -> list[Call]:
+        """The calls of ``method`` in ``channel`` that Slack carried out, in order."""
+        return [
+            c
+            for c in self.calls
+            if c.method == method and c.status == 200 and not c.error and _channel(c) == channel
+        ]
+
+    def most_in_window(self, method: str, seconds: float, channel: str | None = None) -> int:
+        """The most accepted ``method`` calls (in ``channel``, or anywhere) in any ``seconds``."""
+        times = [
+            c.at
+            for c in self.calls
+            if c.method == method
+            and c.status == 200
+            and not c.error
+            and (channel is None or _channel(c) == channel)
+        ]
+        most, lo = 0, 0
+        for hi, t in enumerate(times):
+            while times[lo] <= t - seconds:
+                lo += 1
+            most = max(most, hi - lo + 1)
+        return most
+
+    def _limited(self, method: str, args: dict[str, Any]) -> web.Response | None:
+        now = time.monotonic()
+        hit: list[list[float]] = []
+        for m, scope, limit, seconds in self.limits:
+            if m != method:
+                continue
+            key = (m, scope, str(args.get("channel", "")) if scope == "channel" else "")
+            arrivals = self._windows.setdefault(key, [])
+            arrivals[:] = [t for t in arrivals if t > now - seconds]
+            if len(arrivals) >= limit:
+                retry = max(math.ceil(arrivals[0] + seconds - now), 1)
+                return _json(
+                    {"ok": False, "error": "ratelimited"},
+                    status=429,
+                    headers={"Retry-After": str(retry)},
+                )
+            hit.append(arrivals)
+        for arrivals in hit:
+            arrivals.append(now)
+        return None
+
     def calls_to(self, method: str) -> list[dict[str, Any]]:
         return [c.args for c in self.calls if c.method == method]
 
@@ -150,14 +230,31 @@ class FakeSlack:
                 args[key] = json.loads(args[key])
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") or str(args.pop("token", ""))
-        self.calls.append(Call(method, args, token))
+        call = Call(method, args, token)
+        self.calls.append(call)
         queued = self._failures.get(method)
         if queued:
             status, body, headers = queued.pop(0)
+            call.status, call.error = status, str(body.get("error", ""))
             return _json(body, status=status, headers=headers)
+        stalls = self._stalls.get(method)
+        if stalls:
+            seconds, status = stalls.pop(0)
+            await asyncio.sleep(seconds)
+            call.status, call.error = status, "gateway_timeout"
+            return _json({"ok": False, "error": "gateway_timeout"}, status=status)
+        limited = self._limited(method, args)
+        if limited is not None:
+            call.status, call.error = 429, "ratelimited"
+            return limited
         if self.valid_tokens and token not in self.valid_tokens:
+            call.error = "invalid_auth"
             return _json({"ok": False, "error": "invalid_auth"})
-        return _json(self._result(method, args))
+        result = self._result(method, args)
+        call.result = result
+        if not result.get("ok", True):
+            call.error = str(result.get("error", ""))
+        return _json(result)
 
     def _result(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         channel = str(args.get("channel", ""))
@@ -244,6 +341,10 @@ class FakeSlack:
         }
         await self._ws.send_str(json.dumps(envelope))
         return await asyncio.wait_for(future, 5)
+
+
+def _channel(call: Call) -> str:
+    return str(call.args.get("channel", ""))
 
 
 def _json(
