@@ -778,13 +778,29 @@ RETURNING tokens_spent, usd_micros_spent, alerted_pct, period_start
 
 
 def _batch(conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
-    """Group commit: each ``fn`` in a savepoint of one transaction; results or exceptions.
+    """Group commit: each ``fn`` in one transaction, in order; results or exceptions.
 
     Each keeps its own conditional statements, run one after another under the one write
     lock, so a cap is checked against every reservation before it exactly as with separate
     transactions; one failing ``fn`` is rolled back alone. A busy database aborts them all.
+
+    They run first without a savepoint each (two statements fewer per operation); if one
+    fails, the batch is rolled back and run again with a savepoint per operation.
     """
-    out: list[Any] = []
+    conn.execute("SAVEPOINT batch")
+    try:
+        out = [fn(conn) for fn in fns]
+    except sqlite3.OperationalError as exc:
+        if _busy(exc):
+            raise
+        conn.execute("ROLLBACK TO batch")
+    except Exception:  # noqa: BLE001 - run again, one savepoint each, to tell whose it was
+        conn.execute("ROLLBACK TO batch")
+    else:
+        conn.execute("RELEASE batch")
+        return out
+    conn.execute("RELEASE batch")
+    out = []
     for fn in fns:
         conn.execute("SAVEPOINT op")
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from core.chat import (
     ChatRef,
@@ -17,8 +17,10 @@ from core.chat import (
     SecretRequest,
     UserRef,
 )
-from core.llm import ImageInput
-from core.runtime.ports import Compacted, ToolConfirmer, ToolObserver
+
+if TYPE_CHECKING:  # annotations only: ``byokbot proxy`` needs the clock, not the LLM client
+    from core.llm import ImageInput
+    from core.runtime.ports import Compacted, ToolConfirmer, ToolObserver
 
 EventHandler = Callable[[Event], Awaitable[Outcome]]
 """What an adapter calls for every translated event (the router's ``dispatch``)."""

@@ -48,6 +48,7 @@ import asyncio
 import hashlib
 import hmac
 import math
+import re
 import secrets
 import sqlite3
 import time
@@ -68,6 +69,8 @@ PREFIX: Final = "byok-"
 _TOKEN_CHARS: Final = 43
 _CACHE_MAX: Final = 100_000
 REVOCATION_CHECK_SECONDS: Final = 0.5
+# One C-level match per request (a per-character generator cost ~5 us).
+_TOKEN_SHAPE: Final = re.compile(f"{re.escape(PREFIX)}[A-Za-z0-9_-]{{{_TOKEN_CHARS}}}")
 
 _LIVE: weakref.WeakSet[ProxyTokens] = weakref.WeakSet()
 
@@ -117,12 +120,7 @@ def _digest(token: str) -> str:
 
 def looks_like_token(value: str) -> bool:
     """Whether ``value`` has the token's shape (checked before any database work)."""
-    return (
-        len(value) == len(PREFIX) + _TOKEN_CHARS
-        and value.startswith(PREFIX)
-        and all(c.isalnum() or c in "-_" for c in value[len(PREFIX) :])
-        and value[len(PREFIX) :].isascii()
-    )
+    return _TOKEN_SHAPE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

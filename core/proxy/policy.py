@@ -26,14 +26,13 @@ reserved. Per API:
 
 from __future__ import annotations
 
-import json
 from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Final
 
-from core.proxy.wire import ANTHROPIC, OPENAI
+from core.proxy.wire import ANTHROPIC, OPENAI, loads
 
 MAX_JSON_DEPTH: Final = 64
 MAX_OUTPUT_TOKENS: Final = 1_000_000
@@ -233,7 +232,7 @@ def parse(raw: bytes) -> dict[str, Any]:
     if too_deep(raw):
         raise BadRequest(f"body: nested more than {MAX_JSON_DEPTH} levels deep")
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = loads(raw.decode("utf-8") if not raw.isascii() else raw)
     except UnicodeDecodeError:
         raise BadRequest("body: not valid UTF-8") from None
     except (ValueError, RecursionError):

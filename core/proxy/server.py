@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -73,6 +72,7 @@ from core.proxy.wire import (
     Meter,
     as_json,
     error_body,
+    loads,
     sanitized_error,
     status_of_stream_error,
 )
@@ -511,7 +511,7 @@ class ProxyServer:
         self, api: str, up: UpstreamSettings, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         try:
-            body: Any = json.loads(await upstream.read())
+            body: Any = loads(await upstream.read())
         except (ValueError, aiohttp.ClientError):
             body = None
         if upstream.status in (401, 403):
@@ -593,7 +593,7 @@ class ProxyServer:
         finally:
             idle.cancel()
         try:
-            data = json.loads(raw)
+            data = loads(raw)
         except ValueError:
             data = None
         if not isinstance(data, dict) or not meter.feed_reply(api, data):
@@ -803,18 +803,34 @@ class ProxyServer:
             )
 
 
+# Labelled children, looked up once: ``labels()`` takes a lock and builds a key per call.
+_REQUEST_COUNTERS: dict[tuple[str, int], Any] = {}
+_USAGE_COUNTERS: dict[str, tuple[Any, Any, Any]] = {}
+
+
 @web.middleware
 async def _count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
     response: web.StreamResponse = await handler(request)
     api = "anthropic" if request.path.endswith("/messages") else "openai"
-    PROXY_REQUESTS.labels(api, str(response.status)).inc()
+    key = (api, response.status)
+    counter = _REQUEST_COUNTERS.get(key)
+    if counter is None:
+        counter = _REQUEST_COUNTERS[key] = PROXY_REQUESTS.labels(api, str(response.status))
+    counter.inc()
     return response
 
 
 def _count_usage(model: str, input_tokens: int, output_tokens: int, usd_micros: int) -> None:
-    PROXY_TOKENS.labels(model, "input").inc(input_tokens)
-    PROXY_TOKENS.labels(model, "output").inc(output_tokens)
-    PROXY_SPEND.labels(model).inc(usd_micros / 1_000_000)
+    counters = _USAGE_COUNTERS.get(model)
+    if counters is None:
+        counters = _USAGE_COUNTERS[model] = (
+            PROXY_TOKENS.labels(model, "input"),
+            PROXY_TOKENS.labels(model, "output"),
+            PROXY_SPEND.labels(model),
+        )
+    counters[0].inc(input_tokens)
+    counters[1].inc(output_tokens)
+    counters[2].inc(usd_micros / 1_000_000)
 
 
 def _target(up: UpstreamSettings, key: Secret) -> tuple[str, dict[str, str]]:
@@ -888,14 +904,30 @@ def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> by
     anthropic = api == ANTHROPIC
     n_events = events.count(b"\n\n")
     if anthropic:
+        if n_events == 1 and events.startswith(_DELTA):  # a stream read at its pace: one delta
+            meter.deltas += 1
+            return events
         # Most reads are only text deltas: count them at event starts, send them untouched.
         framed = b"\n\n" + events
-        deltas = framed.count(b"\n\nevent: content_block_delta\n")
-        opaque = deltas + sum(framed.count(b"\n\n" + p + b"\n") for p in _ANTHROPIC_OPAQUE[1:])
+        deltas = framed.count(b"\n\n" + _DELTA)
+        # content_block_start/_delta/_stop and ping (two scans, not four).
+        opaque = framed.count(b"\n\nevent: content_block_") + framed.count(b"\n\nevent: ping\n")
         if opaque == n_events:
             meter.deltas += deltas
             return events
-    elif not any(marker in events for marker in _OPENAI_MARKERS):
+        # The rest are as a rule the few events with usage: found by name, only they parsed.
+        usage = _usage_events(framed, n_events - opaque)
+        if usage is not None:
+            for data in usage:
+                meter.feed(api, data)
+            meter.deltas += deltas
+            return events
+    elif not (
+        b'"usage":{' in events
+        or b'"usage": {' in events
+        or b'"error"' in events
+        or b"[DONE]" in events
+    ):
         meter.deltas += n_events
         return events
     kept: list[bytes] = []
@@ -926,7 +958,31 @@ def _relay_events(events: bytes, api: str, meter: Meter, keep_usage: bool) -> by
     return b"".join(event + b"\n\n" for event in kept)
 
 
-_OPENAI_MARKERS: Final = (b'"usage":{', b'"usage": {', b'"error"', b"[DONE]")
+_DELTA: Final = b"event: content_block_delta\n"
+_USAGE_MARKERS: Final = tuple(
+    (name, b"\n\nevent: " + name.encode() + b"\n")
+    for name in ("message_start", "message_delta", "message_stop")
+)
+
+
+def _usage_events(framed: bytes, expected: int) -> list[Any] | None:
+    """The data of the Anthropic events that carry usage or the end, in ``framed``.
+
+    One of each is looked for, from the end it is usually at (a stream starts with
+    ``message_start`` and ends with ``message_delta``, ``message_stop``), so the search stops
+    early. None unless that makes exactly ``expected`` events, each of the type its name says:
+    anything else (an error, an event of a new kind, two of a kind) takes the careful path.
+    """
+    found: list[Any] = []
+    for name, marker in _USAGE_MARKERS:
+        at = framed.find(marker) if name == "message_start" else framed.rfind(marker)
+        if at < 0:
+            continue
+        data = _data_of(framed[at + 2 : framed.find(b"\n\n", at + 2)])
+        if not isinstance(data, dict) or data.get("type") != name:
+            return None
+        found.append(data)
+    return found if len(found) == expected else None
 
 
 def _worth_parsing(api: str, event: bytes) -> bool:
@@ -959,7 +1015,7 @@ def _data_of(event: bytes) -> Any:
     if text == b"[DONE]":
         return "[DONE]"
     try:
-        return json.loads(text)
+        return loads(text)
     except ValueError:
         return None
 
