@@ -89,7 +89,11 @@ async def run(
         profiles = InMemoryProfiles()
         launcher = ForkserverLauncher()
         await launcher.warm()
-        settings = AgentSettings(max_live_agents=n + 10, sandbox=mode)
+        # The rows up to "recycled" measure agents before the reply-timed recycle (5 s by
+        # default) replaces them; the "recycled" row then drives it explicitly.
+        settings = AgentSettings(
+            max_live_agents=n + 10, sandbox=mode, recycle_after_idle_seconds=3600
+        )
         report = sandbox.report_for(settings)
         sup = AgentSupervisor(
             profiles,

@@ -8,6 +8,7 @@ processes (pids), the fake LLM's requests and the chat.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, date, datetime
 
 import psutil
@@ -174,6 +175,53 @@ async def test_an_idle_agent_is_recycled_into_a_fresh_one_that_goes_on(
     assert llm.keys()[-1] == key
     assert "heron" in str(llm.requests[-1].body)  # the conversation went on
     assert "recycled 1 idle agents" in bot.stderr()
+    assert NEVER_AWAITED not in bot.stderr()
+
+
+async def test_an_agent_is_recycled_from_its_reply_not_from_the_idle_check(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    key = anthropic_key()
+    canaries.add(key)
+    tg_ws.configure(
+        {
+            "agent": {
+                "idle_timeout_seconds": 600,
+                "idle_check_interval_seconds": 3600,  # the idle job never runs in this test
+                "recycle_after_idle_seconds": 1,
+            }
+        }
+    )
+    bot = await start_bot(tg_ws, telegram)
+    await sign_up_byok(ada, key)
+
+    def started() -> list[int]:
+        """Agent pids in start order, from the bot's log (a recycle may beat our look)."""
+        return [int(m) for m in re.findall(r"started \(pid (\d+)", bot.stderr())]
+
+    ada.send("remember the word egret")
+    await ada.wait_text("echo: remember the word egret", within=30)
+    # One second after the reply a fresh fork replaces the agent that answered it.
+    await eventually(
+        lambda: len(started()) == 2 and _agent_pids(bot) == {started()[1]},
+        within=10,
+        message=lambda: f"agents {_agent_pids(bot)}, started {started()}\n{bot.stderr()}",
+    )
+    ada.send("what was the word")
+    await ada.wait_text("echo: what was the word", within=30)
+    assert llm.keys()[-1] == key
+    assert "egret" in str(llm.requests[-1].body)  # the conversation went on
+    # The fresh one answered, so it is recycled in turn, again without the idle job.
+    await eventually(
+        lambda: len(started()) == 3 and _agent_pids(bot) == {started()[2]},
+        within=10,
+        message=lambda: f"agents {_agent_pids(bot)}, started {started()}\n{bot.stderr()}",
+    )
+    assert bot.stderr().count("recycled 1 idle agents") == 2
     assert NEVER_AWAITED not in bot.stderr()
 
 
