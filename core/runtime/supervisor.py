@@ -237,6 +237,10 @@ class AgentSupervisor:
         self._ids = itertools.count(1)
         self._closed = False
         self._recycling: set[asyncio.Task[bool]] = set()
+        # One reply-timed recycle at a time: the launcher starts processes one by one, and a
+        # burst of replies ending together must not queue its recycles ahead of the next
+        # message's own start.
+        self._recycle_gate = asyncio.Semaphore(1)
 
     # --- the Agents port --------------------------------------------------------------------
 
@@ -686,9 +690,13 @@ class AgentSupervisor:
             worker.recycle_timer.cancel()
         used = worker.last_used
 
+        async def recycle() -> bool:
+            async with self._recycle_gate:
+                return await self._recycle_one(tenant_id, worker, used)
+
         def due() -> None:
             worker.recycle_timer = None
-            task = asyncio.ensure_future(self._recycle_one(tenant_id, worker, used))
+            task = asyncio.ensure_future(recycle())
             self._recycling.add(task)
             task.add_done_callback(self._recycled)
 
