@@ -669,6 +669,15 @@ class AgentSupervisor:
             except ReplyFailed as exc:
                 log.warning("agent for %s not recycled (%s)", tenant_id, exc.reason)
                 return False
+            if (
+                self._closed
+                or self._tenants.get(tenant_id) is not tenant
+                or tenant.current is not old
+            ):
+                # Forgotten (or shut down) while the fork started: the fresh one must not
+                # outlive it.
+                await self._stop(fresh, kill=True)
+                return False
             fresh.last_used = old.last_used  # still stopped at the same idle timeout
             tenant.current = fresh
             self._retire(old)
@@ -735,8 +744,7 @@ class AgentSupervisor:
         for worker in workers:
             if worker.recycle_timer is not None:
                 worker.recycle_timer.cancel()
-        for task in list(self._recycling):
-            task.cancel()
+        # A recycle under way sees the supervisor closed and stops the fork it started.
         await asyncio.gather(*self._recycling, return_exceptions=True)
         self._tenants.clear()
         await asyncio.gather(*(self._stop(w) for w in workers))
