@@ -205,9 +205,11 @@ class AgentSettings:
     max_processes: int = 64
     max_reply_chars: int = 32000
     """A reply longer than this is cut (with a note) and its agent recycled: a flood guard."""
-    recycle_after_idle_seconds: int = 60
+    recycle_after_idle_seconds: int = 5
     """An agent idle this long since a reply is replaced by a fresh fork of the template,
-    which gives back the memory the reply touched (0: never). See README "Agents"."""
+    which gives back the memory the reply touched (0: never). Timed from the reply; 5 s is the
+    HTTP client's keep-alive expiry, so no pooled provider connection is lost. See README
+    "Agents"."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,7 +207,9 @@ async def test_cancel_stops_a_reply_in_progress(tmp_path: Path) -> None:
 
 
 async def test_idle_agents_stop_and_restart_on_demand(tmp_path: Path) -> None:
-    async with rig(tmp_path, settings=AgentSettings(idle_timeout_seconds=60)) as r:
+    # Recycling off: the clock jumps past its 5 s, and a recycled agent drains beside its fork.
+    settings = AgentSettings(idle_timeout_seconds=60, recycle_after_idle_seconds=0)
+    async with rig(tmp_path, settings=settings) as r:
         r.tenant("t1", "sk-one")
         r.tenant("t2", "sk-two")
         await r.say("t1", "hi")
@@ -410,6 +412,25 @@ async def test_an_agent_idle_after_a_reply_is_recycled_into_a_fresh_fork(tmp_pat
         r.now[0] += 601
         await r.sup.idle_job()
         assert r.sup.status() == []
+
+
+async def test_an_agent_is_recycled_from_its_reply_without_waiting_for_the_idle_job(
+    tmp_path: Path,
+) -> None:
+    settings = AgentSettings(idle_timeout_seconds=600, recycle_after_idle_seconds=1)
+    async with rig(tmp_path, settings=settings) as r:
+        r.tenant("t1", "sk-one")
+        assert await r.say("t1", "first") == "echo: first"
+        [used] = r.pids("t1")
+        # No idle_job call: the reply itself timed the swap.
+        await eventually(lambda: len(r.pids("t1")) == 1 and r.pids("t1") != [used], tries=1000)
+        assert await _gone(used)
+        [fresh] = r.pids("t1")
+        assert await r.say("t1", "second") == "echo: second"
+        assert r.fake.requests[-1].key == "sk-one"
+        assert "first" in str(r.fake.requests[-1].body)
+        # The fresh one answered, so it is recycled after its own reply in turn.
+        await eventually(lambda: len(r.pids("t1")) == 1 and r.pids("t1") != [fresh], tries=1000)
 
 
 async def test_recycling_off_keeps_the_agent(tmp_path: Path) -> None:

@@ -126,6 +126,7 @@ class _Worker:
         self.draining = False
         self.broken = False  # killed for breaking the protocol
         self.served = 0  # requests sent to it (a fresh one is not recycled again)
+        self.recycle_timer: asyncio.TimerHandle | None = None
         self.dead = asyncio.Event()
         self.reader_task: asyncio.Task[None] | None = None
 
@@ -235,6 +236,11 @@ class AgentSupervisor:
         self._draining: set[_Worker] = set()
         self._ids = itertools.count(1)
         self._closed = False
+        self._recycling: set[asyncio.Task[bool]] = set()
+        # One reply-timed recycle at a time: the launcher starts processes one by one, and a
+        # burst of replies ending together must not queue its recycles ahead of the next
+        # message's own start.
+        self._recycle_gate = asyncio.Semaphore(1)
 
     # --- the Agents port --------------------------------------------------------------------
 
@@ -376,6 +382,7 @@ class AgentSupervisor:
                     with contextlib.suppress(ConnectionError):
                         await worker.send(protocol.Cancel(rid))
                 self._maybe_drained(worker)
+                self._recycle_when_idle(tenant_id, worker)
                 for report in reports:
                     await self._usage.record(tenant_id, profile.model, report.input, report.output)
             answer = "".join(parts)
@@ -502,6 +509,7 @@ class AgentSupervisor:
                 with contextlib.suppress(ConnectionError):
                     await worker.send(protocol.Cancel(rid))
             self._maybe_drained(worker)
+            self._recycle_when_idle(profile.tenant_id, worker)
             for report in reports:
                 await self._usage.record(
                     profile.tenant_id, profile.model, report.input, report.output
@@ -639,19 +647,74 @@ class AgentSupervisor:
             old = tenant.current
             if old is None or old.pending or not old.served or now - old.last_used < after:
                 continue
-            async with tenant.lock:
-                if tenant.current is not old or old.pending or old.dead.is_set():
-                    continue  # a message took it meanwhile, or it is gone
-                try:
-                    fresh = await self._start(tenant_id, old.profile)
-                except ReplyFailed as exc:
-                    log.warning("agent for %s not recycled (%s)", tenant_id, exc.reason)
-                    continue
-                fresh.last_used = old.last_used  # still stopped at the same idle timeout
-                tenant.current = fresh
-                self._retire(old)
-                done += 1
+            done += await self._recycle_one(tenant_id, old, old.last_used)
         return done
+
+    async def _recycle_one(self, tenant_id: str, old: _Worker, used: float) -> bool:
+        """Swap ``old`` for a fresh fork if it is still the tenant's, idle since ``used``."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None or self._closed:
+            return False
+        async with tenant.lock:
+            if (
+                tenant.current is not old
+                or old.pending
+                or old.dead.is_set()
+                or old.last_used != used
+                or self._closed
+            ):
+                return False  # a message took it meanwhile, or it is gone
+            try:
+                fresh = await self._start(tenant_id, old.profile)
+            except ReplyFailed as exc:
+                log.warning("agent for %s not recycled (%s)", tenant_id, exc.reason)
+                return False
+            if (
+                self._closed
+                or self._tenants.get(tenant_id) is not tenant
+                or tenant.current is not old
+            ):
+                # Forgotten (or shut down) while the fork started: the fresh one must not
+                # outlive it.
+                await self._stop(fresh, kill=True)
+                return False
+            fresh.last_used = old.last_used  # still stopped at the same idle timeout
+            tenant.current = fresh
+            self._retire(old)
+            return True
+
+    def _recycle_when_idle(self, tenant_id: str, worker: _Worker) -> None:
+        """Recycle ``worker`` ``recycle_after_idle_seconds`` after this reply if nothing uses it.
+
+        Timed from the reply, not from the idle job's tick (every
+        ``idle_check_interval_seconds``), so an agent carries a reply's copied pages for
+        seconds, not minutes. The default (5 s) is the HTTP client's keep-alive expiry: by
+        then the agent's pooled provider connection has closed anyway, so the fresh one
+        loses nothing the old one still had.
+        """
+        after = self._settings.recycle_after_idle_seconds
+        if after <= 0 or self._closed or worker.pending or worker.draining or not worker.served:
+            return
+        if worker.recycle_timer is not None:
+            worker.recycle_timer.cancel()
+        used = worker.last_used
+
+        async def recycle() -> bool:
+            async with self._recycle_gate:
+                return await self._recycle_one(tenant_id, worker, used)
+
+        def due() -> None:
+            worker.recycle_timer = None
+            task = asyncio.ensure_future(recycle())
+            self._recycling.add(task)
+            task.add_done_callback(self._recycled)
+
+        worker.recycle_timer = asyncio.get_running_loop().call_later(after, due)
+
+    def _recycled(self, task: asyncio.Task[bool]) -> None:
+        self._recycling.discard(task)
+        if not task.cancelled() and task.exception() is None and task.result():
+            log.info("recycled 1 idle agents")
 
     async def idle_job(self) -> None:
         """The APScheduler job (every ``[agent] idle_check_interval_seconds``; see ``App.jobs``)."""
@@ -678,6 +741,11 @@ class AgentSupervisor:
         self._closed = True
         workers = [t.current for t in self._tenants.values() if t.current is not None]
         workers += list(self._draining)
+        for worker in workers:
+            if worker.recycle_timer is not None:
+                worker.recycle_timer.cancel()
+        # A recycle under way sees the supervisor closed and stops the fork it started.
+        await asyncio.gather(*self._recycling, return_exceptions=True)
         self._tenants.clear()
         await asyncio.gather(*(self._stop(w) for w in workers))
         self._launcher.close()

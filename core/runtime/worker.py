@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import functools
 import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -106,6 +107,13 @@ _LAZY_IMPORTS: Final = (
 )
 
 
+# Optional modules that code on the reply path imports inside functions, and that are not
+# installed: httpcore runs ``import sniffio`` on every lock and event it sets up (207 times in
+# one reply), and each failed import searched the finders and every ``sys.path`` entry again.
+# ``None`` in ``sys.modules`` makes such an import fail at once, with the same ImportError.
+_ABSENT_IMPORTS: Final = ("sniffio",)
+
+
 REHEARSED_TOOLS: Final = ("web_fetch", "remember", "recall", "forget")
 # Rehearsals (one request per provider kind each) that warm the packed code (see ``warm``).
 _WARM_ROUNDS: Final = 10
@@ -131,6 +139,9 @@ def warm() -> None:
     """
     for name in _LAZY_IMPORTS:
         importlib.import_module(name)
+    for name in _ABSENT_IMPORTS:
+        if importlib.util.find_spec(name) is None:
+            sys.modules[name] = None  # type: ignore[assignment]
     ssl_context()
     _libc()
     try:
@@ -444,6 +455,20 @@ class Worker:
             await self.send(protocol.Error(req.id, "agent_failed", type(exc).__name__, None))
         finally:
             self._tasks.pop(req.id, None)
+            if not self._tasks:
+                _settle()
+
+
+def _settle() -> None:
+    """With no request in flight: give the heap's free pages back to the kernel.
+
+    A reply's buffers (bodies, tool results, fetched pages) are freed into malloc's free lists
+    but stay resident, and unique to the agent; ``malloc_trim`` returns them (measured: -0.17
+    MiB after a tool step, -0.38 after a web_fetch). glibc only; elsewhere a no-op.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -8,6 +8,7 @@ processes (pids), the fake LLM's requests and the chat.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, date, datetime
 
 import psutil
@@ -28,6 +29,11 @@ from tests.system.managed_support import (
 from tests.system.people import TelegramPerson
 
 NEVER_AWAITED = "was never awaited"
+
+
+def _started(bot: BotProcess) -> list[int]:
+    """Agent pids in start order, from the bot's log."""
+    return [int(m) for m in re.findall(r"started \(pid (\d+)", bot.stderr())]
 
 
 def _agent_pids(bot: BotProcess) -> set[int]:
@@ -155,14 +161,13 @@ async def test_an_idle_agent_is_recycled_into_a_fresh_one_that_goes_on(
     await sign_up_byok(ada, key)
     ada.send("remember the word heron")
     await ada.wait_text("echo: remember the word heron", within=30)
-    used = _agent_pids(bot)
-    assert len(used) == 1, used
 
-    # Idle for the recycle time: a new agent process replaces it, the used one exits.
+    # Idle for the recycle time: a new agent process replaces it, the used one exits (read
+    # from the log: the swap may come before this test first looks at the processes).
     await eventually(
-        lambda: len(_agent_pids(bot)) == 1 and not (_agent_pids(bot) & used),
+        lambda: len(_started(bot)) == 2 and _agent_pids(bot) == {_started(bot)[1]},
         within=10,
-        message=lambda: f"agents {_agent_pids(bot)} (used: {used})\n{bot.stderr()}",
+        message=lambda: f"agents {_agent_pids(bot)}, started {_started(bot)}\n{bot.stderr()}",
     )
     fresh = _agent_pids(bot)
     await asyncio.sleep(3)  # more ticks: a fresh agent that answered nothing stays
@@ -174,6 +179,49 @@ async def test_an_idle_agent_is_recycled_into_a_fresh_one_that_goes_on(
     assert llm.keys()[-1] == key
     assert "heron" in str(llm.requests[-1].body)  # the conversation went on
     assert "recycled 1 idle agents" in bot.stderr()
+    assert NEVER_AWAITED not in bot.stderr()
+
+
+async def test_an_agent_is_recycled_from_its_reply_not_from_the_idle_check(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    key = anthropic_key()
+    canaries.add(key)
+    tg_ws.configure(
+        {
+            "agent": {
+                "idle_timeout_seconds": 600,
+                "idle_check_interval_seconds": 3600,  # the idle job never runs in this test
+                "recycle_after_idle_seconds": 1,
+            }
+        }
+    )
+    bot = await start_bot(tg_ws, telegram)
+    await sign_up_byok(ada, key)
+
+    ada.send("remember the word egret")
+    await ada.wait_text("echo: remember the word egret", within=30)
+    # One second after the reply a fresh fork replaces the agent that answered it.
+    await eventually(
+        lambda: len(_started(bot)) == 2 and _agent_pids(bot) == {_started(bot)[1]},
+        within=10,
+        message=lambda: f"agents {_agent_pids(bot)}, started {_started(bot)}\n{bot.stderr()}",
+    )
+    ada.send("what was the word")
+    await ada.wait_text("echo: what was the word", within=30)
+    assert llm.keys()[-1] == key
+    assert "egret" in str(llm.requests[-1].body)  # the conversation went on
+    # The fresh one answered, so it is recycled in turn, again without the idle job.
+    await eventually(
+        lambda: len(_started(bot)) == 3 and _agent_pids(bot) == {_started(bot)[2]},
+        within=10,
+        message=lambda: f"agents {_agent_pids(bot)}, started {_started(bot)}\n{bot.stderr()}",
+    )
+    assert bot.stderr().count("recycled 1 idle agents") == 2
     assert NEVER_AWAITED not in bot.stderr()
 
 

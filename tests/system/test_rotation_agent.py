@@ -37,6 +37,9 @@ async def test_agent_after_rotation_stays_alive(
 ) -> None:
     first, second = anthropic_key(), anthropic_key()
     canaries.add(first, second)
+    # Recycling off: it would swap the agent 5 s after its reply on purpose, and this test
+    # watches that nothing else does.
+    tg_ws.configure({"agent": {"recycle_after_idle_seconds": 0}})
     bot = await tg_ws.start("run")
     await bot.wait_output(r"telegram: serving @\w+ by polling", within=30)
 

@@ -170,6 +170,8 @@ async def sws(
     workspace = SandboxWorkspace(root, user=as_user)
     workspace.configure(base_tables(root, llm))
     workspace.configure(telegram_tables(telegram))
+    # The hostile agent is inspected after its reply: no reply-timed recycle replaces it.
+    workspace.configure({"agent": {"recycle_after_idle_seconds": 0}})
     workspace.env[TELEGRAM_TOKEN_ENV] = telegram.token
     canaries.watch_workspace(workspace)
     try:
