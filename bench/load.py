@@ -47,6 +47,7 @@ from tests.system.pacing_support import Delivered, direct_reply, group_reply, lo
 SERVING = r"telegram: serving @\w+ by polling"
 BOT = "@byok_test_bot"
 GROUP_SIZE = 4
+PG_ENV = "BYOKBOT_TEST_PG_URL"
 QUIET = 3.5  # seconds: longer than the per-chat flood window (3 in 3 s)
 
 
@@ -69,10 +70,12 @@ class Sample:
     dispatch: float  # update handed to the bot -> the provider got the request
 
 
-def tables(root: Path, llm: FakeLLMServer, telegram: FakeTelegramServer) -> dict[str, Any]:
+def tables(
+    root: Path, llm: FakeLLMServer, telegram: FakeTelegramServer, database_url: str
+) -> dict[str, Any]:
     return {
         "core": {
-            "database_url": f"sqlite+aiosqlite:///{root / 'data' / 'byokbot.db'}",
+            "database_url": database_url or f"sqlite+aiosqlite:///{root / 'data' / 'byokbot.db'}",
             "verify_keys_live": False,
             "log_level": "INFO",
         },
@@ -237,7 +240,34 @@ def row(name: str, samples: list[Sample], provider: float) -> list[str]:
     ]
 
 
-async def main(tenants: int, words: int, delay: float, group_share: float) -> None:
+async def fresh_postgres() -> tuple[str, str]:
+    """A throwaway database beside the one ``BYOKBOT_TEST_PG_URL`` names: (URL, name)."""
+    import asyncpg
+
+    base = os.environ.get(PG_ENV, "")
+    if not base:
+        raise SystemExit(f"error: --database postgres needs {PG_ENV} (a PostgreSQL URL)")
+    name = f"loadbench_{os.getpid()}"
+    conn = await asyncpg.connect(base.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"{base.rpartition('/')[0]}/{name}", name
+
+
+async def drop_postgres(name: str) -> None:
+    import asyncpg
+
+    base = os.environ[PG_ENV].replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def main(tenants: int, words: int, delay: float, group_share: float, database: str) -> None:
     groups = round(tenants * group_share / GROUP_SIZE)
     people = [
         Person(8_000_000 + i, -1_000_000 - i // GROUP_SIZE if i < groups * GROUP_SIZE else 0)
@@ -256,6 +286,7 @@ async def main(tenants: int, words: int, delay: float, group_share: float) -> No
         asked.setdefault(str(last), time.monotonic())
         return f"{last} {long_reply(words - 1)}"
 
+    database_url, pg_name = await fresh_postgres() if database == "postgres" else ("", "")
     with tempfile.TemporaryDirectory() as tmp:
         async with FakeLLMServer(chunk_delay=delay, reply=reply) as llm:
             telegram = FakeTelegramServer(
@@ -268,7 +299,7 @@ async def main(tenants: int, words: int, delay: float, group_share: float) -> No
             root = Path(tmp) / "work"
             root.mkdir()
             ws = Workspace(root)
-            ws.configure(tables(root, llm, telegram))
+            ws.configure(tables(root, llm, telegram, database_url))
             master = base64.b64encode(os.urandom(32)).decode()
             ws.env |= {"TELEGRAM_BOT_TOKEN": telegram.token, "BYOKBOT_MASTER_KEY": master}
             try:
@@ -295,13 +326,16 @@ async def main(tenants: int, words: int, delay: float, group_share: float) -> No
             finally:
                 await ws.close()
                 await telegram.stop()
+                if pg_name:
+                    await drop_postgres(pg_name)
 
     load = os.getloadavg()
     print(f"machine: {machine()} | load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(
         f"{tenants} tenants at once ({len(people) - groups * GROUP_SIZE} in private chats, "
         f"{groups * GROUP_SIZE} in {groups} groups of {GROUP_SIZE}); replies of {words} chunks "
-        f"x {delay * 1000:.0f} ms; SQLite; fake Telegram enforcing its flood limits\n"
+        f"x {delay * 1000:.0f} ms; {'PostgreSQL' if pg_name else 'SQLite'}; "
+        "fake Telegram enforcing its flood limits\n"
     )
     print(
         f"provider time for one reply: {baseline_provider:.2f} s alone, "
@@ -356,6 +390,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--in-groups", type=float, default=0.2, help="share of tenants talking in groups of 4"
     )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help=f"postgres: a fresh database beside the one {PG_ENV} names",
+    )
     args = parser.parse_args()
     n = 20 if args.quick else args.tenants
-    asyncio.run(main(n, args.chunks, args.chunk_ms / 1000, args.in_groups))
+    asyncio.run(main(n, args.chunks, args.chunk_ms / 1000, args.in_groups, args.database))

@@ -113,6 +113,8 @@ class Tenants:
         # Every message looks its sender up; changes made here invalidate at once, changes
         # made by another replica are seen within cache_seconds.
         self._by_identity: TTLCache[str, TenantView | None] = TTLCache(ttl=cache_seconds)
+        # The agent's profile reads its tenant by id on every message, under the same rule.
+        self._by_id: TTLCache[str, TenantView] = TTLCache(ttl=cache_seconds)
         # Set by the composition root when the managed plan's proxy is in use: revokes the
         # tenant's scoped proxy tokens (plan change, suspension, deletion).
         self.revoke_access: Callable[[str, str], Awaitable[None]] | None = None
@@ -129,6 +131,7 @@ class Tenants:
         # Tenant changes are rare next to messages: dropping the whole cache keeps it simple
         # (a tenant may have several identities).
         self._by_identity.clear()
+        self._by_id.clear()
 
     def changed(self) -> None:
         """Another replica changed a tenant (``core.changes``)."""
@@ -151,11 +154,17 @@ class Tenants:
         return view
 
     async def get(self, tenant_id: str) -> TenantView:
+        hit, cached = self._by_id.get(tenant_id)
+        if hit and cached is not None:
+            return cached
+        since = self._by_id.generation
         async with self._db.session() as s:
             row = await s.get(TenantRow, tenant_id)
             if row is None:
                 raise TenantNotFound(tenant_id)
-            return _view(row)
+            view = _view(row)
+        self._by_id.put(tenant_id, view, since=since)
+        return view
 
     async def resolve(self, ref: str) -> TenantView:
         """A tenant by id or by ``platform:user_id`` (what operators type)."""
@@ -205,6 +214,7 @@ class Tenants:
                 plan=plan.id,
             )
             await announce(s, TENANT, tenant_id)
+        self._forget()
         return _view(row)
 
     async def attach_identity(
@@ -236,7 +246,9 @@ class Tenants:
                 platform=user.platform.value,
             )
             await announce(s, TENANT, tenant_id)
-            return _view(row)
+            view = _view(row)
+        self._forget()
+        return view
 
     async def note_dm(self, user: UserRef, chat_id: str) -> None:
         """Remember the DM chat of a known identity, for alerts and broadcasts."""
@@ -287,7 +299,10 @@ class Tenants:
             if revokes:
                 await proxy_tokens.record_revocation(s)
             await announce(s, TENANT, tenant_id)
-            return _view(row)
+            view = _view(row)
+        # Again after the commit: a read that ran beside the write saw the old row.
+        self._forget()
+        return view
 
     async def set_plan(self, tenant_id: str, plan_id: str, *, actor: str) -> TenantView:
         """Change plan; keys, memory, persona and model stay (SPEC: nothing is lost)."""
@@ -397,6 +412,7 @@ class Tenants:
             row.updated_at = now
             audit.record(s, at=now, actor=actor, action="tenant.deleted", tenant_id=tenant_id)
             await announce(s, TENANT, tenant_id)
+        self._forget()
         await self._db.purge_deleted()
         await self._revoke(tenant_id, actor)
 

@@ -133,3 +133,25 @@ def _fresh() -> str:
     import os
 
     return base64.b64encode(os.urandom(32)).decode()
+
+
+async def test_a_tenant_read_by_id_is_cached_and_every_change_is_seen_at_once(
+    db: Database,
+) -> None:
+    tenants, _ = _services(db, MasterKeyRing.parse(_fresh(), source="t"))
+    other, _ = _services(db, MasterKeyRing.parse(_fresh(), source="t"))
+    t = await tenants.sign_up(UserRef(Platform.TELEGRAM, "77"), "byok", dm_chat_id="77")
+    assert (await tenants.get(t.id)).model is None
+
+    # Another process's write is not seen until its announcement (or the cache's seconds):
+    # the read is served from memory, not the database.
+    await other.set_model(t.id, "anthropic", "model-large", actor="test")
+    assert (await tenants.get(t.id)).model is None
+    tenants.changed()  # what the change feed calls on its notification
+    assert (await tenants.get(t.id)).model == "model-large"
+
+    # This process's own writes are seen at once.
+    await tenants.set_paused(t.id, True, actor="test")
+    assert (await tenants.get(t.id)).paused
+    await tenants.suspend(t.id, actor="test", reason="abuse")
+    assert (await tenants.get(t.id)).status.value == "suspended"

@@ -864,7 +864,8 @@ class TelegramAdapter:
         use_drafts = chat.is_direct and self._drafts_ok and chat.thread_id is None
         stream = _Stream(self, chat, use_drafts=use_drafts, quote=_quote(event))
         self._live[chat.id] = self._live.get(chat.id, 0) + 1
-        await self.typing(chat)
+        # Typing goes beside the text, never ahead of it: the first chunk must not wait for a
+        # chat action's answer.
         keep_typing = asyncio.create_task(self._keep_typing(chat, stream.started))
         try:
             async for delta in chunks:
@@ -887,10 +888,10 @@ class TelegramAdapter:
 
     async def _keep_typing(self, chat: ChatRef, started: asyncio.Event) -> None:
         while not started.is_set():
+            await self.typing(chat)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(started.wait(), self._typing_refresh)
                 return
-            await self.typing(chat)
 
     def _interval(self, chat: ChatRef) -> float:
         """Seconds until a stream's next intermediate update: longer when the bot is busy.

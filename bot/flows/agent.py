@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 
@@ -104,7 +106,9 @@ async def handle_message(turn: Turn) -> Outcome | None:
         prepared = await media.prepare(turn, tenant, managed=managed)
         text, images = prepared.text, prepared.images
     timer = ReplyTimer(turn.user.platform.value)
-    await turn.messenger.typing(turn.chat)
+    # Beside the agent's request, not before it: under load a chat action can take seconds
+    # to come back, and the provider need not wait for it.
+    typing = asyncio.create_task(turn.messenger.typing(turn.chat))
     status = StatusLine(turn)
     stream = agents.reply(
         tenant.id,
@@ -143,8 +147,16 @@ async def handle_message(turn: Turn) -> Outcome | None:
         else:
             timer.done("ok")
     finally:
+        await _settle_typing(typing)
         await status.clear()
     return None
+
+
+async def _settle_typing(typing: asyncio.Task[None]) -> None:
+    # A chat action still on its way when the reply is over would show "typing..." after it.
+    typing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await typing
 
 
 MODEL_BUTTONS = 25  # Discord's limit of buttons on one message, and a readable list anywhere

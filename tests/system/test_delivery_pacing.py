@@ -143,3 +143,40 @@ async def test_a_502_on_a_draft_and_a_timeout_on_an_edit_are_retried_and_the_rep
     methods = [c.method for c in group.calls]
     assert methods.count("sendMessage") == 1 and methods.count("editMessageText") >= 2
     assert len([t for t in telegram.texts(GROUP) if "tell us a story" in t]) == 1
+
+
+async def test_the_agent_is_asked_without_waiting_for_the_typing_action(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    canaries: CanaryScan,
+) -> None:
+    ada = TelegramPerson(telegram, 4545, "Ada", "ada")
+    key = anthropic_key()
+    canaries.add(key)
+    await start_bot(tg_ws)
+    await sign_up_all([ada], [key])
+
+    # Telegram is slow to answer chat actions (as under load): the one for this message gets
+    # no answer until the reply is in the chat. Waiting for it first would have the client
+    # give up and try again before the provider is even asked.
+    actions_when_asked: list[int] = []
+
+    def reply(messages: list[dict[str, Any]]) -> str:
+        actions_when_asked.append(len(telegram.calls_to("sendChatAction", ok_only=False)))
+        last = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        return f"echo: {last}"
+
+    llm.reply = reply
+    before = len(telegram.calls_to("sendChatAction", ok_only=False))
+    telegram.hold("sendChatAction")
+    try:
+        ada.send("are you there")
+        await ada.wait_text("^echo: are you there$", within=60)
+    finally:
+        telegram.release("sendChatAction")
+
+    # The provider got the request while the first chat action was still unanswered (no
+    # retry of it yet), and the reply came whole.
+    assert actions_when_asked == [before + 1]
+    assert ada.texts()[-1] == "echo: are you there"
