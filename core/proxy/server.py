@@ -665,7 +665,7 @@ class ProxyServer:
                 return data  # the upstream's refusal, sanitised: nothing was billed
             reply: Any = None
             with contextlib.suppress(ValueError):
-                reply = json.loads(data)
+                reply = loads(data)
             text = reply.get("text") if isinstance(reply, dict) else None
             duration = reply.get("duration") if isinstance(reply, dict) else None
             if not isinstance(duration, int | float) or isinstance(duration, bool):
