@@ -255,9 +255,10 @@ def test_the_dockerfile_is_multi_stage_non_root_and_copies_what_exists() -> None
     assert "MPLCONFIGDIR=/tmp/" in env  # matplotlib's cache on the tmpfs, not the image
     assert ("ENTRYPOINT", '["byokbot"]') in runtime
     assert any(w == "HEALTHCHECK" and "/healthz" in r for w, r in runtime)
-    # The sandbox's needs are written down, and marked as not yet confirmed.
+    # The sandbox's needs are written down for both ways byokbot can run in the container.
     notes = (DEPLOY / "Dockerfile").read_text()
-    assert "TO BE CONFIRMED" in notes and "CAP_SYS_ADMIN" in notes and "SETUID" in notes
+    assert "TO BE CONFIRMED" not in notes and "not yet merged" not in notes
+    assert "CAP_SETUID" in notes and "unshare(CLONE_NEWUSER)" in notes and "landlock" in notes
 
 
 def test_the_caddyfile_forwards_only_the_webhook_paths() -> None:
