@@ -156,6 +156,9 @@ async def test_the_agent_is_asked_without_waiting_for_the_typing_action(
     canaries.add(key)
     await start_bot(tg_ws)
     await sign_up_all([ada], [key])
+    # The agent started first: a cold start under a loaded machine is not what is measured.
+    ada.send("hello")
+    await ada.wait_text("^echo: hello$", within=60)
 
     # Telegram is slow to answer chat actions (as under load): the one for this message gets
     # no answer until the reply is in the chat. Waiting for it first would have the client
@@ -177,6 +180,6 @@ async def test_the_agent_is_asked_without_waiting_for_the_typing_action(
         telegram.release("sendChatAction")
 
     # The provider got the request while the first chat action was still unanswered (no
-    # retry of it yet), and the reply came whole.
-    assert actions_when_asked == [before + 1]
+    # retry of it yet, perhaps not even sent), and the reply came whole.
+    assert len(actions_when_asked) == 1 and actions_when_asked[0] <= before + 1
     assert ada.texts()[-1] == "echo: are you there"
