@@ -13,6 +13,7 @@ from typing import Any
 from tests.canaries import anthropic_key
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegramServer
+from tests.system.conftest import TELEGRAMS_PACE
 from tests.system.harness import CanaryScan, Workspace, eventually
 from tests.system.pacing_support import (
     WRONG,
@@ -28,7 +29,7 @@ from tests.system.telegram_steps import start_bot
 GROUP = -100424242
 BOT = "@byok_test_bot"
 # Telegram's own pace (the defaults): the suite's usual config edits faster than that.
-DEFAULT_PACE = {"telegram": {"edit_interval": 1.0, "group_edit_interval": 3.0}}
+DEFAULT_PACE = {"telegram": {"edit_interval": 1.0, "group_edit_interval": 3.0, **TELEGRAMS_PACE}}
 
 
 def streamed(llm: FakeLLMServer, words: int, delay: float) -> None:
