@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes import FAKE_SHUTDOWN
+
 ARTICLE = """<!doctype html><html><head><title>Heliotrope facts</title>
 <script>var tracking = "do not show this";</script><style>body{color:red}</style></head>
 <body><nav><a href="/">Home</a> | <a href="/about">About</a></nav>
@@ -49,7 +51,7 @@ class FakeWebSite:
         app.router.add_get("/redirect", self._redirect)
         app.router.add_get("/search", self._search)
         app.router.add_get("/res/v1/web/search", self._brave)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=FAKE_SHUTDOWN)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
