@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from aiohttp import BodyPartReader, web
@@ -53,7 +53,6 @@ from core.budget import (
     Reservation,
 )
 from core.config import PlanSettings
-from core.db import Database
 from core.metrics import BUDGET_REFUSALS, PROXY_REQUESTS, PROXY_SPEND, PROXY_TOKENS
 from core.ports import Clock, SystemClock
 from core.proxy import policy
@@ -78,6 +77,10 @@ from core.proxy.wire import (
 )
 from core.proxy_tokens import ProxyTokens, TokenOwner
 from core.secret import Secret
+
+if TYPE_CHECKING:
+    from core.db import Database
+    from core.rawdb import RawDatabase
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +185,8 @@ class ProxyServer:
 
     Args:
         settings: the ``[proxy]`` table.
-        db: the same database the bot uses (tokens, tenants, budgets).
+        db: the same database the bot uses (tokens, tenants, budgets): the bot's ``Database``,
+            or for ``byokbot proxy`` a ``core.rawdb`` one (no SQLAlchemy in that process).
         plans: the plan catalog (``Config.plans``).
         env: where the platform keys are read from (``os.environ`` in production).
         clock: time for budgets; ``SystemClock`` by default.
@@ -197,7 +201,7 @@ class ProxyServer:
     def __init__(
         self,
         settings: ProxySettings,
-        db: Database,
+        db: Database | RawDatabase,
         *,
         plans: Mapping[str, PlanSettings],
         env: Mapping[str, str],
