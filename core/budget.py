@@ -317,6 +317,7 @@ class Budget:
         self._hints: dict[str, tuple[int, int, int, int]] = {}
         # tenant -> (tokens, micros, count) of reservations this process has in flight.
         self._pending: dict[str, tuple[int, int, int]] = {}
+        self._alerting: set[asyncio.Future[None]] = set()
         raw = db.raw()
         self._fast: _Writer
         self._store: _Store
@@ -452,16 +453,70 @@ class Budget:
         """Replace the reservation by the real usage; fires any threshold alert it crosses."""
         tokens, micros = _cost(actual)
         row = await self._fast.settle(reservation, tokens, micros, self._clock.now())
+        alert = self._crossed(row, tokens, micros, plan_id)
+        if alert is not None:
+            await self._maybe_alert(reservation.tenant_id, *alert)
+
+    def settle_soon(
+        self, reservation: Reservation, actual: Cost, *, plan_id: str
+    ) -> asyncio.Future[None]:
+        """``settle`` in the background: a future done once the settlement committed.
+
+        On SQLite the settle joins the writer's next group commit directly, with no task of
+        its own per request (the proxy settles every request this way); an alert it crosses
+        is claimed in a task then (``drain`` waits for those). Elsewhere it is ``settle`` in a
+        task.
+        """
+        if not isinstance(self._fast, _SQLiteWriter):
+            return asyncio.ensure_future(self.settle(reservation, actual, plan_id=plan_id))
+        tokens, micros = _cost(actual)
+        queued = self._fast.submit_settle(reservation, tokens, micros, self._clock.now())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settled(f: asyncio.Future[tuple[int, int, int, date] | None]) -> None:
+            if f.cancelled():
+                done.cancel()
+                return
+            error = f.exception()
+            if error is not None:
+                done.set_exception(error)
+                return
+            alert = self._crossed(f.result(), tokens, micros, plan_id)
+            if alert is not None:
+                task = asyncio.ensure_future(self._maybe_alert(reservation.tenant_id, *alert))
+                self._alerting.add(task)
+                task.add_done_callback(self._alert_done)
+            done.set_result(None)
+
+        queued.add_done_callback(settled)
+        return done
+
+    def _alert_done(self, task: asyncio.Future[None]) -> None:
+        self._alerting.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("claiming a usage alert failed (%s)", type(error).__name__)
+
+    async def drain(self) -> None:
+        """Wait for the alerts that background settlements started (``settle_soon``)."""
+        while self._alerting:
+            await asyncio.gather(*self._alerting, return_exceptions=True)
+
+    def _crossed(
+        self, row: tuple[int, int, int, date] | None, tokens: int, micros: int, plan_id: str
+    ) -> tuple[PlanSettings, int, int, int, date] | None:
+        """The threshold alert a settlement's result newly crosses, if any."""
         if row is None or (tokens == 0 and micros == 0):
-            return
+            return None
         plan = self._plans.get(plan_id)
         if plan is None:
-            return
+            return None
         spent_t, spent_u, alerted, period = row
         pct = _percent(spent_t, spent_u, plan.monthly_token_cap, plan.monthly_usd_cap)
         crossed = max((t for t in THRESHOLDS if pct >= t), default=0)
-        if crossed > alerted:
-            await self._maybe_alert(reservation.tenant_id, plan, crossed, spent_t, spent_u, period)
+        if crossed <= alerted:
+            return None
+        return plan, crossed, spent_t, spent_u, period
 
     async def release(self, reservation: Reservation) -> None:
         """Give a reservation back untouched (the upstream call never happened or used nothing)."""
@@ -801,6 +856,12 @@ class _SQLiteWriter:
         self._conn = self._inline_conn = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = True) -> T:
+        return await self._submit(fn, urgent=urgent)
+
+    def _submit(
+        self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = True
+    ) -> asyncio.Future[T]:
+        """Queue ``fn`` for the next group commit; its future is done once it committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.append((fn, future))
@@ -810,7 +871,7 @@ class _SQLiteWriter:
                 loop.call_soon(self._flush)
         elif not self._flushing and self._later is None:
             self._later = loop.call_later(_SETTLE_DELAY, self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._flushing = False
@@ -923,6 +984,11 @@ class _SQLiteWriter:
     async def settle(
         self, r: Reservation, tokens: int, micros: int, now: datetime
     ) -> tuple[int, int, int, date] | None:
+        return await self.submit_settle(r, tokens, micros, now)
+
+    def submit_settle(
+        self, r: Reservation, tokens: int, micros: int, now: datetime
+    ) -> asyncio.Future[tuple[int, int, int, date] | None]:
         def work(conn: sqlite3.Connection) -> tuple[int, int, int, date] | None:
             gone = conn.execute("DELETE FROM budget_reservations WHERE id = ?", (r.id,)).rowcount
             if not gone and tokens == 0 and micros == 0:
@@ -943,7 +1009,7 @@ class _SQLiteWriter:
             spent_t, spent_u, alerted, period = rows[0]
             return int(spent_t), int(spent_u), int(alerted), date.fromisoformat(str(period))
 
-        return await self._run(work, urgent=False)
+        return self._submit(work, urgent=False)
 
 
 def _deliver(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:

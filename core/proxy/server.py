@@ -240,7 +240,7 @@ class ProxyServer:
                 {"Authorization": f"Bearer {key.reveal()}", "accept-encoding": "identity"},
             )
         self._http: aiohttp.ClientSession | None = None
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -304,7 +304,9 @@ class ProxyServer:
                 await self._watcher
             self._watcher = None
         if self._settling:
-            await asyncio.gather(*self._settling)
+            # Failures were logged by each one's callback.
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self.budget.drain()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -384,9 +386,7 @@ class ProxyServer:
         finally:
             # In the background: the connection is free for the client's next request at once,
             # and a cancelled handler (server stopping) still settles. ``stop`` waits for these.
-            task = asyncio.create_task(self._settle(a, reservation, meter))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            self._settle(a, reservation, meter)
 
     async def _reserve(self, a: _Admitted) -> Reservation:
         return await self._reserve_cost(a.tenant_id, a.plan_id, a.estimate, a.token_cap)
@@ -613,25 +613,40 @@ class ProxyServer:
             )
         return web.Response(body=raw, content_type="application/json")
 
-    async def _settle(self, a: _Admitted, reservation: Reservation, meter: Meter) -> None:
+    def _settle(self, a: _Admitted, reservation: Reservation, meter: Meter) -> None:
+        """Settle in the background (no task per request on SQLite: ``Budget.settle_soon``)."""
+        if meter.unknown:
+            # A reply whose usage we could not read: the reservation's bound, in full.
+            cost = a.estimate
+        else:
+            cost = _priced(meter, a)
+            if cost.tokens == 0:
+                cost = Cost(0, 0)  # nothing used: the reservation goes back untouched
+        inp, out = meter.billed(a.input_estimate)
         try:
-            if meter.unknown:
-                # A reply whose usage we could not read: the reservation's bound, in full.
-                cost = a.estimate
-            else:
-                cost = _priced(meter, a)
-                if cost.tokens == 0:
-                    await self.budget.release(reservation)
-                    return
-            await self.budget.settle(reservation, cost, plan_id=a.plan_id)
-            inp, out = meter.billed(a.input_estimate)
-            _count_usage(a.route.wire_model, inp, out, cost.usd_micros)
+            settling = self.budget.settle_soon(reservation, cost, plan_id=a.plan_id)
         except Exception as exc:  # noqa: BLE001 - the sweeper releases it; the reply is sent
-            log.error(
-                "settling reservation for tenant %s failed (%s); the sweeper will release it",
-                a.tenant_id,
-                type(exc).__name__,
-            )
+            self._settle_failed(a.tenant_id, exc)
+            return
+        self._settling.add(settling)
+
+        def settled(f: asyncio.Future[None]) -> None:
+            self._settling.discard(f)
+            error = asyncio.CancelledError() if f.cancelled() else f.exception()
+            if error is not None:
+                self._settle_failed(a.tenant_id, error)
+            elif cost.tokens:
+                _count_usage(a.route.wire_model, inp, out, cost.usd_micros)
+
+        settling.add_done_callback(settled)
+
+    @staticmethod
+    def _settle_failed(tenant_id: str, exc: BaseException) -> None:
+        log.error(
+            "settling reservation for tenant %s failed (%s); the sweeper will release it",
+            tenant_id,
+            type(exc).__name__,
+        )
 
     # --- voice notes: POST /v1/audio/transcriptions ----------------------------------------
 
