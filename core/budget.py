@@ -14,8 +14,9 @@ released exactly once. A process that dies between reserve and settle leaves the
 The request path (reserve, settle) has a fast form per database, because the ORM's round trips
 cost milliseconds per request: on SQLite one ``BEGIN IMMEDIATE … COMMIT`` on a dedicated
 sqlite3 connection and thread; on PostgreSQL one data-modifying CTE statement each. The same
-conditions apply; the tests run every case on both databases. Refusals, alerts and the jobs use
-the ORM.
+conditions apply; the tests run every case on both databases. Refusals, alerts and the jobs are
+plain SQL text on the same drivers (``core.rawdb``), so ``byokbot proxy`` never loads
+SQLAlchemy; only an in-memory SQLite goes through the ORM (``core.budget_orm``).
 
 Money is kept in integer micro-dollars. Periods are calendar months in UTC; a row from an
 older month is rolled over lazily by the first request of the new month and in bulk by

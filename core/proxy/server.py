@@ -156,7 +156,9 @@ class _Admitted:
     estimate: Cost
     token_cap: int | None  # a trial's cap, below the plan's monthly one
     input_estimate: int
-    body: dict[str, Any]
+    # The body as sent upstream, serialised once at admission: the parsed dict (many small
+    # objects) is not kept alive for the length of a stream.
+    payload: bytes
     stream: bool
     client_wants_usage: bool
 
@@ -481,7 +483,7 @@ class ProxyServer:
             estimate=estimate,
             token_cap=self._trial_caps.get(plan.id) if owner.trial else None,
             input_estimate=input_estimate,
-            body=body,
+            payload=as_json(body),
             stream=stream,
             client_wants_usage=client_wants_usage,
         )
@@ -502,7 +504,7 @@ class ProxyServer:
             # Never follow a redirect: it would carry the platform's key to another origin.
             async with asyncio.timeout(self.settings.upstream_timeout_seconds):
                 return await self._http.post(
-                    url, data=as_json(a.body), headers=headers, allow_redirects=False
+                    url, data=a.payload, headers=headers, allow_redirects=False
                 )
         except TimeoutError:
             raise _Refusal(504, "api_error", "upstream provider did not answer in time") from None
