@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 from core.config import PlanSettings
 from core.errors import CoreError
 from core.ports import Clock
-from core.rawdb import TS_FORMAT, RawDatabase, SQLiteRaw, as_date
+from core.rawdb import RawDatabase, SQLiteRaw, as_date
 
 if TYPE_CHECKING:  # ``byokbot proxy`` runs without SQLAlchemy: see core.rawdb
     from core.db import Database
@@ -700,7 +700,12 @@ class _RawStore:
 # database is busy (see ``_SQLiteWriter``). Rare paths (refusals, alerts, jobs) stay on
 # SQLAlchemy.
 
-_TS: Final = TS_FORMAT
+
+def _ts(at: datetime) -> str:
+    """``at`` as SQLAlchemy stores it on SQLite (``TS_FORMAT``); isoformat is 3x strftime."""
+    return at.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 _CHECKPOINT_EVERY: Final = 500  # inline commits; a few pages each, so a WAL of a few MB at most
 _SETTLE_DELAY: Final = 0.005  # seconds a settle may wait to share a commit
 _BUSY_RETRY: Final = 0.001  # up to this long (random) between tries while another process writes
@@ -954,7 +959,7 @@ class _SQLiteWriter:
             "t": r.tokens,
             "u": r.usd_micros,
             "minute": minute,
-            "now": now.strftime(_TS),
+            "now": _ts(now),
             "tenant": r.tenant_id,
             "period": period.isoformat(),
             "rpm": plan.requests_per_minute,
@@ -974,7 +979,7 @@ class _SQLiteWriter:
                     "t": r.tokens,
                     "u": r.usd_micros,
                     "now": args["now"],
-                    "expires": (now + ttl).strftime(_TS),
+                    "expires": _ts(now + ttl),
                 },
             )
             used_t, used_u, requests = rows[0]
@@ -1001,7 +1006,7 @@ class _SQLiteWriter:
                     "hu": r.usd_micros if gone else 0,
                     "t": tokens,
                     "u": micros,
-                    "now": now.strftime(_TS),
+                    "now": _ts(now),
                     "tenant": r.tenant_id,
                 },
             ).fetchall()

@@ -83,7 +83,8 @@ def open_raw(url: str) -> RawDatabase | None:
 
 def _sqlite_arg(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.strftime(TS_FORMAT)
+        # TS_FORMAT, written by isoformat (a third of strftime's cost).
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
     if isinstance(value, date):
         return value.isoformat()
     return value

@@ -247,9 +247,7 @@ class ProxyServer:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.listening = asyncio.Event()  # set by start(); what ``byokbot proxy`` waits on
-        self.app = web.Application(
-            client_max_size=settings.max_body_bytes, middlewares=[_count_requests]
-        )
+        self.app = web.Application(client_max_size=settings.max_body_bytes)
         self.app.router.add_post("/v1/messages", self._anthropic)
         self.app.router.add_post("/v1/chat/completions", self._openai)
         self.app.router.add_post("/v1/audio/transcriptions", self._transcription)
@@ -345,11 +343,16 @@ class ProxyServer:
 
     # --- handlers ---------------------------------------------------------------------------
 
+    # Each handler counts its answer itself: a middleware is one more coroutine per request.
+
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, ANTHROPIC)
+        return _counted("anthropic", await self._handle(request, ANTHROPIC))
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, OPENAI)
+        return _counted("openai", await self._handle(request, OPENAI))
+
+    async def _transcription(self, request: web.Request) -> web.StreamResponse:
+        return _counted("openai", await self._transcribe(request))
 
     async def _handle(self, request: web.Request, api: str) -> web.StreamResponse:
         try:
@@ -652,7 +655,7 @@ class ProxyServer:
 
     # --- voice notes: POST /v1/audio/transcriptions ----------------------------------------
 
-    async def _transcription(self, request: web.Request) -> web.StreamResponse:
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's transcription endpoint, metered by the audio's duration.
 
         Admission as for chat (token, plan, then the body), a reservation of the most the
@@ -829,10 +832,7 @@ _REQUEST_COUNTERS: dict[tuple[str, int], Any] = {}
 _USAGE_COUNTERS: dict[str, tuple[Any, Any, Any]] = {}
 
 
-@web.middleware
-async def _count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
-    response: web.StreamResponse = await handler(request)
-    api = "anthropic" if request.path.endswith("/messages") else "openai"
+def _counted(api: str, response: web.StreamResponse) -> web.StreamResponse:
     key = (api, response.status)
     counter = _REQUEST_COUNTERS.get(key)
     if counter is None:
