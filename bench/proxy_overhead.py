@@ -124,8 +124,14 @@ def bench_plans() -> dict[str, Any]:
 
 
 async def run_proxy(port_file: str, port: int, db_url: str, upstream: str) -> None:
-    from core.db import Database
     from core.proxy import ProxyServer, parse_proxy
+
+    try:  # as ``byokbot proxy`` opens it: by the driver, without SQLAlchemy
+        from core.rawdb import open_raw
+    except ImportError:  # a proxy from before core.rawdb
+
+        def open_raw(url: str) -> Any:
+            return None
 
     plans = bench_plans()
     settings = parse_proxy(
@@ -145,7 +151,11 @@ async def run_proxy(port_file: str, port: int, db_url: str, upstream: str) -> No
         source="bench",
         plans=plans,
     )
-    db = Database(db_url)
+    db = open_raw(db_url)
+    if db is None:
+        from core.db import Database
+
+        db = Database(db_url)
     server = ProxyServer(settings, db, plans=plans, env={"BENCH_UPSTREAM_KEY": PLATFORM_KEY})
     try:
         await server.start("127.0.0.1", port, reuse_port=True)  # type: ignore[call-arg]

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bot import texts
 from core.chat import (
@@ -206,17 +206,25 @@ async def _proxy_workers(args: argparse.Namespace, config: Config, env: Mapping[
 
 
 async def _proxy(config: Config, env: Mapping[str, str], worker: int | None = None) -> int:
-    # Only what the proxy needs is imported: no agents, adapters, ORM flows or Alembic, so the
+    # Only what the proxy needs is imported: no agents, adapters, ORM flows or Alembic, and on
+    # a file SQLite or PostgreSQL database not SQLAlchemy either (core.rawdb), so the
     # standalone proxy stays small. Its database must already be migrated (byokbot db upgrade).
     from core.budget import LoggingAlertSink
-    from core.db import Database
     from core.hardening import secure_config_storage
     from core.ports import SystemClock
     from core.proxy import ProxyServer
     from core.proxy_tokens import ProxyTokens
+    from core.rawdb import RawDatabase, open_raw
 
     secure_config_storage(config, key_from_file=False)
-    db = Database(config.database_url)
+    raw = open_raw(config.database_url)
+    db: Database | RawDatabase
+    if raw is not None:
+        db = raw
+    else:
+        from core.db import Database
+
+        db = Database(config.database_url)
     tokens = ProxyTokens(
         db,
         SystemClock(),
@@ -246,22 +254,30 @@ async def _proxy(config: Config, env: Mapping[str, str], worker: int | None = No
         where = "" if worker is None else f" worker {worker}"
         print(f"metering proxy{where} on {config.proxy.url}", flush=True)
     # Workers share one port for requests, not for health: worker 0 answers it.
-    health = (
-        await _proxy_health(config, db, serving) if config.health.enabled and not worker else None
-    )
+    health = await _proxy_health(config, serving) if config.health.enabled and not worker else None
     try:
         with contextlib.suppress(asyncio.CancelledError):  # SIGINT/SIGTERM: a normal stop
             await serving
     finally:
         if health is not None:
             await health.stop()
-        await db.dispose()
+        if raw is not None:
+            await raw.close()
+        else:
+            await cast("Database", db).dispose()
     return 0
 
 
-async def _proxy_health(config: Config, db: Database, serving: asyncio.Task[None]) -> HealthServer:
-    """``[health]`` for the standalone proxy: its database, migrations and listener."""
+async def _proxy_health(config: Config, serving: asyncio.Task[None]) -> HealthServer:
+    """``[health]`` for the standalone proxy: its database, migrations and listener.
+
+    The migration check reads Alembic's chain, so ``[health]`` brings SQLAlchemy into the
+    proxy's process after all (an engine of its own, used by these checks only).
+    """
+    from core.db import Database
     from core.db.status import migration_problem, ping
+
+    db = Database(config.database_url)
     from core.health import HealthServer, Readiness
 
     async def database() -> str | None:

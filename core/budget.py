@@ -14,8 +14,9 @@ released exactly once. A process that dies between reserve and settle leaves the
 The request path (reserve, settle) has a fast form per database, because the ORM's round trips
 cost milliseconds per request: on SQLite one ``BEGIN IMMEDIATE … COMMIT`` on a dedicated
 sqlite3 connection and thread; on PostgreSQL one data-modifying CTE statement each. The same
-conditions apply; the tests run every case on both databases. Refusals, alerts and the jobs use
-the ORM.
+conditions apply; the tests run every case on both databases. Refusals, alerts and the jobs are
+plain SQL text on the same drivers (``core.rawdb``), so ``byokbot proxy`` never loads
+SQLAlchemy; only an in-memory SQLite goes through the ORM (``core.budget_orm``).
 
 Money is kept in integer micro-dollars. Periods are calendar months in UTC; a row from an
 older month is rolled over lazily by the first request of the new month and in bulk by
@@ -34,7 +35,6 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -43,29 +43,25 @@ import random
 import secrets
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Final, Protocol, TypeVar
-
-from sqlalchemy import case, delete, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
 from core.config import PlanSettings
-from core.db import Database
-from core.db.models import BudgetRow, ReservationRow, TenantRow
 from core.errors import CoreError
 from core.ports import Clock
+from core.rawdb import RawDatabase, SQLiteRaw, as_date
+
+if TYPE_CHECKING:  # ``byokbot proxy`` runs without SQLAlchemy: see core.rawdb
+    from core.db import Database
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 THRESHOLDS: Final = (50, 80, 100)
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Database, asyncio.Lock] = weakref.WeakKeyDictionary()
 MICROS: Final = 1_000_000
 
 
@@ -246,23 +242,73 @@ def _micros(usd: float) -> int:
     return round(usd * MICROS)
 
 
-def _rowcount(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """A tenant's ``budgets`` row, as the refusal and the summary read it."""
+
+    tenant_id: str
+    period_start: date
+    tokens_spent: int
+    usd_micros_spent: int
+    tokens_reserved: int
+    usd_micros_reserved: int
+    window_minute: int
+    window_requests: int
+
+
+class _Writer(Protocol):
+    """The request path's two transactions (reserve, settle) for one kind of database."""
+
+    async def reserve(
+        self,
+        plan: PlanSettings,
+        r: Reservation,
+        period: date,
+        minute: int,
+        now: datetime,
+        ttl: timedelta,
+    ) -> tuple[int, int, int] | None: ...
+
+    async def settle(
+        self, r: Reservation, tokens: int, micros: int, now: datetime
+    ) -> tuple[int, int, int, date] | None: ...
+
+
+class _Store(Protocol):
+    """The rare statements: refusals, new periods, alerts, the jobs, the summaries."""
+
+    async def row(self, tenant_id: str) -> BudgetState | None: ...
+
+    async def plan_of(self, tenant_id: str) -> str | None: ...
+
+    async def prepare(self, tenant_id: str, period: date, now: datetime) -> None: ...
+
+    async def claim_alert(self, tenant_id: str, threshold: int, period: date) -> bool: ...
+
+    async def expired(self, at: datetime, limit: int) -> list[tuple[str, str, int, int]]: ...
+
+    async def roll(self, period: date, now: datetime) -> int: ...
+
+    async def totals(self, period: date) -> tuple[int, int, int, int, int]: ...
 
 
 class Budget:
-    """Reserve, settle, release, sweep, reset, summarise; alerts go to ``sink``."""
+    """Reserve, settle, release, sweep, reset, summarise; alerts go to ``sink``.
+
+    ``db`` is the bot's ``Database`` or, in ``byokbot proxy``, a ``core.rawdb`` database
+    (no SQLAlchemy). Either way a file-backed SQLite or an asyncpg database is driven by its
+    raw driver; only an in-memory SQLite goes through the ORM (``core.budget_orm``).
+    """
 
     def __init__(
         self,
-        db: Database,
+        db: Database | RawDatabase,
         plans: Mapping[str, PlanSettings],
         clock: Clock,
         *,
         sink: AlertSink | None = None,
         reservation_ttl: timedelta = timedelta(minutes=15),
     ) -> None:
-        self._db = db
         self._plans = plans
         self._clock = clock
         self._sink = sink
@@ -272,28 +318,18 @@ class Budget:
         self._hints: dict[str, tuple[int, int, int, int]] = {}
         # tenant -> (tokens, micros, count) of reservations this process has in flight.
         self._pending: dict[str, tuple[int, int, int]] = {}
-        self._lock: asyncio.Lock | None = None
-        self._fast: _SQLiteWriter | _PostgresWriter | None = None
-        if db.is_sqlite:
-            self._lock = _SQLITE_WRITERS.setdefault(db, asyncio.Lock())
-            self._fast = _sqlite_writer(db)
-        elif db.url.startswith("postgresql+asyncpg://"):
-            self._fast = _PostgresWriter(db)
+        self._alerting: set[asyncio.Future[None]] = set()
+        raw = db.raw()
+        self._fast: _Writer
+        self._store: _Store
+        if raw is None:
+            from core.budget_orm import OrmStore
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction. On SQLite, writers of this process take turns first.
-
-        SQLite admits one writer at a time anyway; a writer that finds the lock held sleeps in
-        the busy handler (up to ~100 ms a round), which at concurrency costs far more than
-        queueing here. Other processes are still handled by ``busy_timeout``.
-        """
-        if self._lock is None:
-            async with self._db.engine.begin() as conn:
-                yield conn
-            return
-        async with self._lock, self._db.engine.begin() as conn:
-            yield conn
+            orm = OrmStore(cast("Database", db))  # every RawDatabase is its own raw()
+            self._fast, self._store = orm, orm
+        else:
+            self._store = _RawStore(raw)
+            self._fast = _sqlite_writer(raw) if isinstance(raw, SQLiteRaw) else _PostgresWriter(raw)
 
     def caps(self, plan_id: str) -> Caps:
         plan = self._plans[plan_id]
@@ -338,81 +374,17 @@ class Budget:
             now = self._clock.now()
             period, minute = period_of(now), int(now.timestamp() // 60)
             reservation = Reservation(_next_id(), tenant_id, *_cost(estimate))
-            if self._fast is not None:
-                got = await self._fast.reserve(plan, reservation, period, minute, now, self._ttl)
-            else:
-                got = await self._reserve_row(plan, reservation, period, minute, now)
+            got = await self._fast.reserve(plan, reservation, period, minute, now, self._ttl)
             if got is not None:
                 self._hints[tenant_id] = (got[0], got[1], minute, got[2])
                 return reservation
-            async with self._db.session() as s:
-                row = await s.get(BudgetRow, tenant_id)
+            row = await self._store.row(tenant_id)
             if row is None or row.period_start < period:
-                await self._prepare(tenant_id, period, now)
+                await self._store.prepare(tenant_id, period, now)
                 continue
             # The row exists and is current: the refusal is real unless room appeared since.
             await self._refuse(row, plan, estimate, period, minute, now, alert=alert)
         raise BudgetError(f"tenant {tenant_id}: reservation did not settle after retries")
-
-    async def _reserve_row(
-        self, plan: PlanSettings, r: Reservation, period: date, minute: int, now: datetime
-    ) -> tuple[int, int, int] | None:
-        async with self._write() as s:
-            got = (await s.execute(self._reserve_stmt(plan, r, period, minute, now))).first()
-            if got is None:
-                return None
-            await s.execute(
-                insert(ReservationRow).values(
-                    id=r.id,
-                    tenant_id=r.tenant_id,
-                    tokens=r.tokens,
-                    usd_micros=r.usd_micros,
-                    created_at=now,
-                    expires_at=now + self._ttl,
-                )
-            )
-            return int(got[0]), int(got[1]), int(got[2])
-
-    def _reserve_stmt(
-        self, plan: PlanSettings, r: Reservation, period: date, minute: int, now: datetime
-    ) -> Any:
-        conds = [
-            BudgetRow.tenant_id == r.tenant_id,
-            BudgetRow.period_start == period,
-            or_(
-                BudgetRow.window_minute != minute,
-                BudgetRow.window_requests < plan.requests_per_minute,
-            ),
-        ]
-        if plan.monthly_token_cap is not None:
-            conds.append(
-                BudgetRow.tokens_spent + BudgetRow.tokens_reserved + r.tokens
-                <= plan.monthly_token_cap
-            )
-        if plan.monthly_usd_cap is not None:
-            conds.append(
-                BudgetRow.usd_micros_spent + BudgetRow.usd_micros_reserved + r.usd_micros
-                <= _micros(plan.monthly_usd_cap)
-            )
-        return (
-            update(BudgetRow)
-            .where(*conds)
-            .values(
-                tokens_reserved=BudgetRow.tokens_reserved + r.tokens,
-                usd_micros_reserved=BudgetRow.usd_micros_reserved + r.usd_micros,
-                # SET expressions read the row's old values on both databases.
-                window_requests=case(
-                    (BudgetRow.window_minute == minute, BudgetRow.window_requests + 1), else_=1
-                ),
-                window_minute=minute,
-                updated_at=now,
-            )
-            .returning(
-                BudgetRow.tokens_spent + BudgetRow.tokens_reserved,
-                BudgetRow.usd_micros_spent + BudgetRow.usd_micros_reserved,
-                BudgetRow.window_requests,
-            )
-        )
 
     def likely_admits(
         self, tenant_id: str, plan_id: str, estimate: Cost, *, token_cap: int | None = None
@@ -444,32 +416,9 @@ class Budget:
             used_u + 4 * estimate.usd_micros <= _micros(plan.monthly_usd_cap)
         )
 
-    async def _prepare(self, tenant_id: str, period: date, now: datetime) -> None:
-        """Create a missing row, or roll a stale one into the current period."""
-        insert = sqlite_insert if self._db.is_sqlite else pg_insert
-        async with self._write() as s:
-            created = await s.execute(
-                insert(BudgetRow)
-                .values(
-                    tenant_id=tenant_id,
-                    period_start=period,
-                    tokens_spent=0,
-                    usd_micros_spent=0,
-                    tokens_reserved=0,
-                    usd_micros_reserved=0,
-                    alerted_pct=0,
-                    window_minute=0,
-                    window_requests=0,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["tenant_id"])
-            )
-            if _rowcount(created) == 0:
-                await s.execute(self._roll_stmt(period, now, tenant_id=tenant_id))
-
     async def _refuse(
         self,
-        row: BudgetRow,
+        row: BudgetState,
         plan: PlanSettings,
         estimate: Cost,
         period: date,
@@ -504,79 +453,75 @@ class Budget:
     async def settle(self, reservation: Reservation, actual: Cost, *, plan_id: str) -> None:
         """Replace the reservation by the real usage; fires any threshold alert it crosses."""
         tokens, micros = _cost(actual)
-        if self._fast is not None:
-            row = await self._fast.settle(reservation, tokens, micros, self._clock.now())
-        else:
-            row = await self._settle_row(reservation, tokens, micros)
+        row = await self._fast.settle(reservation, tokens, micros, self._clock.now())
+        alert = self._crossed(row, tokens, micros, plan_id)
+        if alert is not None:
+            await self._maybe_alert(reservation.tenant_id, *alert)
+
+    def settle_soon(
+        self, reservation: Reservation, actual: Cost, *, plan_id: str
+    ) -> asyncio.Future[None]:
+        """``settle`` in the background: a future done once the settlement committed.
+
+        On SQLite the settle joins the writer's next group commit directly, with no task of
+        its own per request (the proxy settles every request this way); an alert it crosses
+        is claimed in a task then (``drain`` waits for those). Elsewhere it is ``settle`` in a
+        task.
+        """
+        if not isinstance(self._fast, _SQLiteWriter):
+            return asyncio.ensure_future(self.settle(reservation, actual, plan_id=plan_id))
+        tokens, micros = _cost(actual)
+        queued = self._fast.submit_settle(reservation, tokens, micros, self._clock.now())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settled(f: asyncio.Future[tuple[int, int, int, date] | None]) -> None:
+            if f.cancelled():
+                done.cancel()
+                return
+            error = f.exception()
+            if error is not None:
+                done.set_exception(error)
+                return
+            alert = self._crossed(f.result(), tokens, micros, plan_id)
+            if alert is not None:
+                task = asyncio.ensure_future(self._maybe_alert(reservation.tenant_id, *alert))
+                self._alerting.add(task)
+                task.add_done_callback(self._alert_done)
+            done.set_result(None)
+
+        queued.add_done_callback(settled)
+        return done
+
+    def _alert_done(self, task: asyncio.Future[None]) -> None:
+        self._alerting.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("claiming a usage alert failed (%s)", type(error).__name__)
+
+    async def drain(self) -> None:
+        """Wait for the alerts that background settlements started (``settle_soon``)."""
+        while self._alerting:
+            await asyncio.gather(*self._alerting, return_exceptions=True)
+
+    def _crossed(
+        self, row: tuple[int, int, int, date] | None, tokens: int, micros: int, plan_id: str
+    ) -> tuple[PlanSettings, int, int, int, date] | None:
+        """The threshold alert a settlement's result newly crosses, if any."""
         if row is None or (tokens == 0 and micros == 0):
-            return
+            return None
         plan = self._plans.get(plan_id)
         if plan is None:
-            return
+            return None
         spent_t, spent_u, alerted, period = row
         pct = _percent(spent_t, spent_u, plan.monthly_token_cap, plan.monthly_usd_cap)
         crossed = max((t for t in THRESHOLDS if pct >= t), default=0)
-        if crossed > alerted:
-            await self._maybe_alert(reservation.tenant_id, plan, crossed, spent_t, spent_u, period)
-
-    async def _settle_row(
-        self, reservation: Reservation, tokens: int, micros: int
-    ) -> tuple[int, int, int, date] | None:
-        now = self._clock.now()
-        async with self._write() as s:
-            gone = await s.execute(
-                delete(ReservationRow).where(ReservationRow.id == reservation.id)
-            )
-            # Only the one who deleted the row gives the reservation back (the sweeper may have).
-            held_t, held_u = (
-                (reservation.tokens, reservation.usd_micros) if _rowcount(gone) else (0, 0)
-            )
-            row = (
-                await s.execute(
-                    update(BudgetRow)
-                    .where(BudgetRow.tenant_id == reservation.tenant_id)
-                    .values(
-                        tokens_reserved=BudgetRow.tokens_reserved - held_t,
-                        usd_micros_reserved=BudgetRow.usd_micros_reserved - held_u,
-                        tokens_spent=BudgetRow.tokens_spent + tokens,
-                        usd_micros_spent=BudgetRow.usd_micros_spent + micros,
-                        updated_at=now,
-                    )
-                    .returning(
-                        BudgetRow.tokens_spent,
-                        BudgetRow.usd_micros_spent,
-                        BudgetRow.alerted_pct,
-                        BudgetRow.period_start,
-                    )
-                )
-            ).first()
-        if row is None:
+        if crossed <= alerted:
             return None
-        return int(row[0]), int(row[1]), int(row[2]), row[3]
+        return plan, crossed, spent_t, spent_u, period
 
     async def release(self, reservation: Reservation) -> None:
         """Give a reservation back untouched (the upstream call never happened or used nothing)."""
-        if self._fast is not None:
-            await self._fast.settle(reservation, 0, 0, self._clock.now())
-            return
-        await self._release(
-            reservation.id, reservation.tenant_id, reservation.tokens, reservation.usd_micros
-        )
-
-    async def _release(self, rid: str, tenant_id: str, tokens: int, micros: int) -> bool:
-        async with self._write() as s:
-            gone = await s.execute(delete(ReservationRow).where(ReservationRow.id == rid))
-            if not _rowcount(gone):
-                return False
-            await s.execute(
-                update(BudgetRow)
-                .where(BudgetRow.tenant_id == tenant_id)
-                .values(
-                    tokens_reserved=BudgetRow.tokens_reserved - tokens,
-                    usd_micros_reserved=BudgetRow.usd_micros_reserved - micros,
-                )
-            )
-            return True
+        await self._fast.settle(reservation, 0, 0, self._clock.now())
 
     async def _maybe_alert(
         self,
@@ -587,17 +532,7 @@ class Budget:
         micros: int,
         period: date,
     ) -> None:
-        async with self._write() as s:
-            claimed = await s.execute(
-                update(BudgetRow)
-                .where(
-                    BudgetRow.tenant_id == tenant_id,
-                    BudgetRow.alerted_pct < threshold,
-                    BudgetRow.period_start == period,
-                )
-                .values(alerted_pct=threshold)
-            )
-        if not _rowcount(claimed) or self._sink is None:
+        if not await self._store.claim_alert(tenant_id, threshold, period) or self._sink is None:
             return
         spent = Spend(tokens, micros / MICROS, period, next_period(period))
         caps = Caps(plan.monthly_token_cap, plan.monthly_usd_cap)
@@ -614,52 +549,26 @@ class Budget:
     # --- jobs -------------------------------------------------------------------------------
 
     async def sweep_orphans(self, now: datetime | None = None) -> int:
-        """Release reservations past their expiry (their process died); returns how many."""
+        """Release reservations past their expiry (their process died); returns how many.
+
+        A release is a settle of nothing: whoever deletes the row gives the amount back, so a
+        late settle of the same reservation cannot give it back twice. They go together, so
+        on SQLite they share one commit.
+        """
         at = now or self._clock.now()
-        async with self._db.session() as s:
-            rows = (
-                await s.execute(
-                    select(
-                        ReservationRow.id,
-                        ReservationRow.tenant_id,
-                        ReservationRow.tokens,
-                        ReservationRow.usd_micros,
-                    )
-                    .where(ReservationRow.expires_at < at)
-                    .limit(5000)
-                )
-            ).all()
-        released = 0
-        for rid, tenant_id, tokens, micros in rows:
-            if await self._release(rid, tenant_id, tokens, micros):
-                released += 1
+        rows = await self._store.expired(at, 5000)
+        done = await asyncio.gather(
+            *(self._fast.settle(Reservation(*row), 0, 0, at) for row in rows)
+        )
+        released = sum(1 for d in done if d is not None)
         if released:
             log.info("released %d orphaned budget reservation(s)", released)
         return released
 
-    def _roll_stmt(self, period: date, now: datetime, *, tenant_id: str | None = None) -> Any:
-        conds = [BudgetRow.period_start < period]
-        if tenant_id is not None:
-            conds.append(BudgetRow.tenant_id == tenant_id)
-        # Reservations in flight stay reserved; they settle into the new period.
-        return (
-            update(BudgetRow)
-            .where(*conds)
-            .values(
-                period_start=period,
-                tokens_spent=0,
-                usd_micros_spent=0,
-                alerted_pct=0,
-                updated_at=now,
-            )
-        )
-
     async def reset_month(self, now: datetime | None = None) -> int:
         """The monthly job: every budget from an older month starts the new one at zero."""
         at = now or self._clock.now()
-        async with self._write() as s:
-            result = await s.execute(self._roll_stmt(period_of(at), at))
-        return _rowcount(result)
+        return await self._store.roll(period_of(at), at)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -669,10 +578,9 @@ class Budget:
         ``plan_id`` defaults to the tenant's current plan.
         """
         period = period_of(self._clock.now())
-        async with self._db.session() as s:
-            row = await s.get(BudgetRow, tenant_id)
-            if plan_id is None:
-                plan_id = await s.scalar(select(TenantRow.plan).where(TenantRow.id == tenant_id))
+        row = await self._store.row(tenant_id)
+        if plan_id is None:
+            plan_id = await self._store.plan_of(tenant_id)
         plan_id = plan_id or ""
         caps = self.caps(plan_id) if plan_id in self._plans else Caps(None, None)
         tokens = micros = reserved_t = reserved_u = 0
@@ -691,30 +599,96 @@ class Budget:
     async def totals(self) -> BudgetTotals:
         """This period's spend across every metered tenant, for ``admin stats``."""
         period = period_of(self._clock.now())
-        async with self._db.session() as s:
-            n, tokens, micros, reserved = (
-                await s.execute(
-                    select(
-                        func.count(),
-                        func.coalesce(func.sum(BudgetRow.tokens_spent), 0),
-                        func.coalesce(func.sum(BudgetRow.usd_micros_spent), 0),
-                        func.coalesce(func.sum(BudgetRow.tokens_reserved), 0),
-                    ).where(BudgetRow.period_start == period)
-                )
-            ).one()
-            open_count = await s.scalar(select(func.count()).select_from(ReservationRow))
+        n, tokens, micros, reserved, open_count = await self._store.totals(period)
         return BudgetTotals(
             period_start=period,
-            tenants=int(n),
-            tokens=int(tokens),
-            usd=int(micros) / MICROS,
-            tokens_reserved=int(reserved),
-            open_reservations=int(open_count or 0),
+            tenants=n,
+            tokens=tokens,
+            usd=micros / MICROS,
+            tokens_reserved=reserved,
+            open_reservations=open_count,
         )
 
 
 def _cost(c: Cost) -> tuple[int, int]:
     return max(0, int(c.tokens)), max(0, int(c.usd_micros))
+
+
+# --- the rare statements, on the raw drivers ----------------------------------------------------
+#
+# One text for both databases ($n; SQLite reads it as ?n). Dates and times are passed as
+# objects (core.rawdb turns them into SQLite's text); no date function runs in SQL.
+
+_ROW_SQL: Final = """
+SELECT tenant_id, period_start, tokens_spent, usd_micros_spent, tokens_reserved,
+       usd_micros_reserved, window_minute, window_requests
+FROM budgets WHERE tenant_id = $1
+"""
+_PLAN_SQL: Final = "SELECT plan FROM tenants WHERE id = $1"
+_CREATE_SQL: Final = """
+INSERT INTO budgets (tenant_id, period_start, tokens_spent, usd_micros_spent, tokens_reserved,
+                     usd_micros_reserved, alerted_pct, window_minute, window_requests, updated_at)
+VALUES ($1, $2, 0, 0, 0, 0, 0, 0, 0, $3)
+ON CONFLICT (tenant_id) DO NOTHING
+"""
+# Reservations in flight stay reserved; they settle into the new period.
+_ROLL_SQL: Final = """
+UPDATE budgets SET period_start = $1, tokens_spent = 0, usd_micros_spent = 0, alerted_pct = 0,
+                   updated_at = $2
+WHERE period_start < $1
+"""
+_ROLL_ONE_SQL: Final = _ROLL_SQL + " AND tenant_id = $3"
+_CLAIM_ALERT_SQL: Final = """
+UPDATE budgets SET alerted_pct = $2
+WHERE tenant_id = $1 AND alerted_pct < $2 AND period_start = $3
+"""
+_EXPIRED_SQL: Final = """
+SELECT id, tenant_id, tokens, usd_micros FROM budget_reservations
+WHERE expires_at < $1 LIMIT $2
+"""
+_TOTALS_SQL: Final = """
+SELECT count(*), COALESCE(SUM(tokens_spent), 0), COALESCE(SUM(usd_micros_spent), 0),
+       COALESCE(SUM(tokens_reserved), 0)
+FROM budgets WHERE period_start = $1
+"""
+_OPEN_SQL: Final = "SELECT count(*) FROM budget_reservations"
+
+
+class _RawStore:
+    def __init__(self, db: RawDatabase) -> None:
+        self._db = db
+
+    async def row(self, tenant_id: str) -> BudgetState | None:
+        got = await self._db.fetchrow(_ROW_SQL, tenant_id)
+        if got is None:
+            return None
+        return BudgetState(str(got[0]), as_date(got[1]), *(int(v) for v in got[2:]))
+
+    async def plan_of(self, tenant_id: str) -> str | None:
+        got = await self._db.fetchrow(_PLAN_SQL, tenant_id)
+        return None if got is None else str(got[0])
+
+    async def prepare(self, tenant_id: str, period: date, now: datetime) -> None:
+        """Create a missing row, or roll a stale one into the current period."""
+        async with self._db.transaction() as tx:
+            if not await tx.execute(_CREATE_SQL, tenant_id, period, now):
+                await tx.execute(_ROLL_ONE_SQL, period, now, tenant_id)
+
+    async def claim_alert(self, tenant_id: str, threshold: int, period: date) -> bool:
+        return bool(await self._db.execute(_CLAIM_ALERT_SQL, tenant_id, threshold, period))
+
+    async def expired(self, at: datetime, limit: int) -> list[tuple[str, str, int, int]]:
+        rows = await self._db.fetch(_EXPIRED_SQL, at, limit)
+        return [(str(a), str(b), int(c), int(d)) for a, b, c, d in rows]
+
+    async def roll(self, period: date, now: datetime) -> int:
+        return await self._db.execute(_ROLL_SQL, period, now)
+
+    async def totals(self, period: date) -> tuple[int, int, int, int, int]:
+        got = await self._db.fetchrow(_TOTALS_SQL, period)
+        n, tokens, micros, reserved = (int(v) for v in got or (0, 0, 0, 0))
+        opened = await self._db.fetchrow(_OPEN_SQL)
+        return n, tokens, micros, reserved, int(opened[0]) if opened else 0
 
 
 # --- SQLite: the request path on one plain sqlite3 connection -----------------------------------
@@ -726,7 +700,12 @@ def _cost(c: Cost) -> tuple[int, int]:
 # database is busy (see ``_SQLiteWriter``). Rare paths (refusals, alerts, jobs) stay on
 # SQLAlchemy.
 
-_TS: Final = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime on SQLite
+
+def _ts(at: datetime) -> str:
+    """``at`` as SQLAlchemy stores it on SQLite (``TS_FORMAT``); isoformat is 3x strftime."""
+    return at.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 _CHECKPOINT_EVERY: Final = 500  # inline commits; a few pages each, so a WAL of a few MB at most
 _SETTLE_DELAY: Final = 0.005  # seconds a settle may wait to share a commit
 _BUSY_RETRY: Final = 0.001  # up to this long (random) between tries while another process writes
@@ -845,9 +824,9 @@ class _SQLiteWriter:
     the worker thread runs a passive checkpoint every ``_CHECKPOINT_EVERY`` inline commits.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, pool: ThreadPoolExecutor) -> None:
         self._path = path
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-sqlite")
+        self._pool = pool  # the database's worker thread (``core.rawdb.SQLiteRaw``)
         self._conn: sqlite3.Connection | None = None
         self._inline_conn: sqlite3.Connection | None = None
         self._commits = 0
@@ -877,13 +856,18 @@ class _SQLiteWriter:
         return conn
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
         for conn in (self._conn, self._inline_conn):
             if conn is not None:
                 conn.close()
         self._conn = self._inline_conn = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = True) -> T:
+        return await self._submit(fn, urgent=urgent)
+
+    def _submit(
+        self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = True
+    ) -> asyncio.Future[T]:
+        """Queue ``fn`` for the next group commit; its future is done once it committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.append((fn, future))
@@ -893,7 +877,7 @@ class _SQLiteWriter:
                 loop.call_soon(self._flush)
         elif not self._flushing and self._later is None:
             self._later = loop.call_later(_SETTLE_DELAY, self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._flushing = False
@@ -975,7 +959,7 @@ class _SQLiteWriter:
             "t": r.tokens,
             "u": r.usd_micros,
             "minute": minute,
-            "now": now.strftime(_TS),
+            "now": _ts(now),
             "tenant": r.tenant_id,
             "period": period.isoformat(),
             "rpm": plan.requests_per_minute,
@@ -995,7 +979,7 @@ class _SQLiteWriter:
                     "t": r.tokens,
                     "u": r.usd_micros,
                     "now": args["now"],
-                    "expires": (now + ttl).strftime(_TS),
+                    "expires": _ts(now + ttl),
                 },
             )
             used_t, used_u, requests = rows[0]
@@ -1006,6 +990,11 @@ class _SQLiteWriter:
     async def settle(
         self, r: Reservation, tokens: int, micros: int, now: datetime
     ) -> tuple[int, int, int, date] | None:
+        return await self.submit_settle(r, tokens, micros, now)
+
+    def submit_settle(
+        self, r: Reservation, tokens: int, micros: int, now: datetime
+    ) -> asyncio.Future[tuple[int, int, int, date] | None]:
         def work(conn: sqlite3.Connection) -> tuple[int, int, int, date] | None:
             gone = conn.execute("DELETE FROM budget_reservations WHERE id = ?", (r.id,)).rowcount
             if not gone and tokens == 0 and micros == 0:
@@ -1017,7 +1006,7 @@ class _SQLiteWriter:
                     "hu": r.usd_micros if gone else 0,
                     "t": tokens,
                     "u": micros,
-                    "now": now.strftime(_TS),
+                    "now": _ts(now),
                     "tenant": r.tenant_id,
                 },
             ).fetchall()
@@ -1026,7 +1015,7 @@ class _SQLiteWriter:
             spent_t, spent_u, alerted, period = rows[0]
             return int(spent_t), int(spent_u), int(alerted), date.fromisoformat(str(period))
 
-        return await self._run(work, urgent=False)
+        return self._submit(work, urgent=False)
 
 
 def _deliver(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
@@ -1039,18 +1028,14 @@ def _deliver(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
             future.set_result(result)
 
 
-_FAST_WRITERS: weakref.WeakKeyDictionary[Database, _SQLiteWriter] = weakref.WeakKeyDictionary()
+_FAST_WRITERS: weakref.WeakKeyDictionary[SQLiteRaw, _SQLiteWriter] = weakref.WeakKeyDictionary()
 
 
-def _sqlite_writer(db: Database) -> _SQLiteWriter | None:
-    """The shared writer for a file-backed SQLite database (None for :memory: and URIs)."""
-    prefix = "sqlite+aiosqlite:///"
-    path = db.url[len(prefix) :] if db.url.startswith(prefix) else ""
-    if not path or ":memory:" in path or "?" in path or path.startswith("file:"):
-        return None
+def _sqlite_writer(db: SQLiteRaw) -> _SQLiteWriter:
+    """The shared writer of a file-backed SQLite database (its thread is the database's)."""
     writer = _FAST_WRITERS.get(db)
     if writer is None:
-        writer = _FAST_WRITERS[db] = _SQLiteWriter(path)
+        writer = _FAST_WRITERS[db] = _SQLiteWriter(db.path, db.pool)
         weakref.finalize(db, writer.close)
     return writer
 
@@ -1101,16 +1086,10 @@ RETURNING tokens_spent, usd_micros_spent, alerted_pct, period_start
 
 
 class _PostgresWriter:
-    """Runs the two request-path statements on the engine's pooled asyncpg connections."""
+    """Runs the two request-path statements as one round trip each, in autocommit."""
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def _fetchrow(self, sql: str, *args: Any) -> Any:
-        async with self._db.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            return await driver.fetchrow(sql, *args)
+    def __init__(self, db: RawDatabase) -> None:
+        self._fetchrow = db.fetchrow
 
     async def reserve(
         self,

@@ -29,7 +29,9 @@ share one query. An entry is never served older than ``cache_seconds``.
 On a file-backed SQLite database both reads (a token, the revocation counter) run on a plain
 sqlite3 connection on the event loop's thread (~20 us; a WAL reader does not wait for
 writers), not through SQLAlchemy and aiosqlite's thread (~1 ms of CPU); if SQLite ever answers
-busy, the read goes the ORM way.
+busy, the read goes to the database's worker thread (``core.rawdb``). On PostgreSQL they are
+one asyncpg query. Only an in-memory SQLite reads through the ORM; issuing and revoking (the
+bot's, never ``byokbot proxy``'s) stay on it.
 
 A lookup that raced a revocation is not cached (an epoch counter bumped by every forget),
 so a stale answer read just before the revocation cannot outlive it. Rotation (``issue``
@@ -54,16 +56,16 @@ import sqlite3
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from sqlalchemy import and_, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from core import audit
-from core.db import Database
-from core.db.models import ProxyRevocationRow, ProxyTokenRow, SubscriptionRow, TenantRow
 from core.ports import Clock
+from core.rawdb import RawDatabase, SQLiteRaw
 from core.secret import Secret
+
+if TYPE_CHECKING:  # ``byokbot proxy`` resolves tokens without SQLAlchemy (core.rawdb)
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from core.db import Database
 
 PREFIX: Final = "byok-"
 _TOKEN_CHARS: Final = 43
@@ -79,22 +81,17 @@ SELECT t.token_hash, n.id, n.plan, n.status, n.paused,
        s.state = 'trial' AND s.plan = n.plan
 FROM proxy_tokens AS t JOIN tenants AS n ON n.id = t.tenant_id
 LEFT JOIN subscriptions AS s ON s.tenant_id = n.id
-WHERE t.token_hash = ?
+WHERE t.token_hash = $1
 """
 _GENERATION_SQL: Final = "SELECT generation FROM proxy_revocations WHERE id = 1"
 
 
-def _sqlite_path(db: Database) -> str:
-    """The file of a file-backed SQLite database, else "" (memory, URIs, PostgreSQL)."""
-    prefix = "sqlite+aiosqlite:///"
-    path = db.url[len(prefix) :] if db.url.startswith(prefix) else ""
-    if not path or ":memory:" in path or "?" in path or path.startswith("file:"):
-        return ""
-    return path
-
-
 async def record_revocation(session: AsyncSession) -> None:
     """In the caller's transaction: every proxy process drops its cached tokens (< 1 s)."""
+    from sqlalchemy import update
+
+    from core.db.models import ProxyRevocationRow
+
     await session.execute(
         update(ProxyRevocationRow)
         .where(ProxyRevocationRow.id == 1)
@@ -140,7 +137,7 @@ class ProxyTokens:
 
     def __init__(
         self,
-        db: Database,
+        db: Database | RawDatabase,
         clock: Clock,
         *,
         keep: int = 3,
@@ -163,7 +160,9 @@ class ProxyTokens:
         self._generation: int | None = None  # proxy_revocations as last read
         self._checked = -math.inf  # monotonic time that read started
         self._checking: asyncio.Future[None] | None = None
-        self._path = _sqlite_path(db)
+        # The raw driver (None for an in-memory SQLite: the ORM's one connection is it).
+        self._rawdb = db.raw()
+        self._path = self._rawdb.path if isinstance(self._rawdb, SQLiteRaw) else ""
         self._raw: sqlite3.Connection | None = None
         _LIVE.add(self)
         weakref.finalize(self, _close, self.__dict__)
@@ -181,7 +180,7 @@ class ProxyTokens:
             # fetchall, not fetchone: the statement must run to its end, or its read
             # transaction stays open, pinning an old snapshot (stale answers, a WAL that
             # cannot be checkpointed).
-            rows = self._raw.execute(sql, args).fetchall()
+            rows = self._raw.execute(sql.replace("$1", "?"), args).fetchall()
         except sqlite3.OperationalError:
             return False  # busy, or a schema this path does not know: the ORM decides
         return tuple(rows[0]) if rows else None
@@ -210,10 +209,7 @@ class ProxyTokens:
         started = time.monotonic()
         raw = self._read(_GENERATION_SQL)
         if raw is False:
-            async with self._db.session() as s:
-                generation = await s.scalar(
-                    select(ProxyRevocationRow.generation).where(ProxyRevocationRow.id == 1)
-                )
+            generation = await self._slow_generation()
         else:
             generation = raw[0] if isinstance(raw, tuple) else 0
         generation = int(generation or 0)
@@ -223,10 +219,33 @@ class ProxyTokens:
         self._generation = generation
         self._checked = max(self._checked, started)
 
+    async def _slow_generation(self) -> Any:
+        if self._rawdb is not None:
+            row = await self._rawdb.fetchrow(_GENERATION_SQL)
+            return row[0] if row else 0
+        from sqlalchemy import select
+
+        from core.db.models import ProxyRevocationRow
+
+        async with self._orm().session() as s:
+            return await s.scalar(
+                select(ProxyRevocationRow.generation).where(ProxyRevocationRow.id == 1)
+            )
+
+    def _orm(self) -> Database:
+        """The bot's database: issuing and revoking are the bot's, never ``byokbot proxy``'s."""
+        if not hasattr(self._db, "session"):
+            raise TypeError("issuing and revoking proxy tokens needs the bot's Database")
+        return cast("Database", self._db)
+
     async def issue(self, tenant_id: str) -> Secret:
         """A new token for the agent; tokens older than the newest ``keep`` stop working."""
+        from sqlalchemy import delete, select
+
+        from core.db.models import ProxyTokenRow
+
         token = PREFIX + secrets.token_urlsafe(32)
-        async with self._db.session() as s, s.begin():
+        async with self._orm().session() as s, s.begin():
             s.add(
                 ProxyTokenRow(
                     token_hash=_digest(token), tenant_id=tenant_id, created_at=self._clock.now()
@@ -293,7 +312,7 @@ class ProxyTokens:
         epoch = self._epoch
         row: Any = self._read(_LOOKUP_SQL, (digest,))
         if row is False:
-            row = await self._orm_lookup(digest)
+            row = await self._slow_lookup(digest)
         if row is None or not hmac.compare_digest(str(row[0]), digest):
             if epoch == self._epoch:
                 self._cache.pop(digest, None)  # a refresh found it retired
@@ -311,8 +330,14 @@ class ProxyTokens:
             self._cache[digest] = (time.monotonic() + self._cache_seconds, owner)
         return owner
 
-    async def _orm_lookup(self, digest: str) -> Any:
-        async with self._db.session() as s:
+    async def _slow_lookup(self, digest: str) -> Any:
+        if self._rawdb is not None:
+            return await self._rawdb.fetchrow(_LOOKUP_SQL, digest)
+        from sqlalchemy import and_, select
+
+        from core.db.models import ProxyTokenRow, SubscriptionRow, TenantRow
+
+        async with self._orm().session() as s:
             return (
                 await s.execute(
                     select(
@@ -338,7 +363,12 @@ class ProxyTokens:
 
     async def revoke_all(self, tenant_id: str, *, actor: str = "system") -> int:
         """Revoke every token of a tenant at once (plan change, suspension, deletion)."""
-        async with self._db.session() as s, s.begin():
+        from sqlalchemy import delete
+
+        from core import audit
+        from core.db.models import ProxyTokenRow
+
+        async with self._orm().session() as s, s.begin():
             result = await s.execute(
                 delete(ProxyTokenRow).where(ProxyTokenRow.tenant_id == tenant_id)
             )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import event
@@ -12,6 +15,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from core.rawdb import PG_PREFIX, PgStatements, RawDatabase, SQLiteRaw, Statements, sqlite_path
 
 CONNECT_TIMEOUT = 10.0
 """Seconds to wait for PostgreSQL to accept a connection."""
@@ -48,6 +53,24 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession)
+        self._raw: RawDatabase | None = None
+
+    def raw(self) -> RawDatabase | None:
+        """The same database by its driver (``core.rawdb``), for the budget and the proxy.
+
+        SQLite: its own connection and thread on the file. PostgreSQL (asyncpg): this
+        engine's pool, so the bot opens no second one. None for an in-memory SQLite, whose
+        one connection is the database.
+        """
+        if self._raw is None:
+            path = sqlite_path(self.url)
+            if path:
+                sqlite = SQLiteRaw(self.url, path)
+                weakref.finalize(self, sqlite.pool.shutdown, wait=False)
+                self._raw = sqlite
+            elif self.url.startswith(PG_PREFIX):
+                self._raw = _EngineRaw(self)
+        return self._raw
 
     async def purge_deleted(self) -> None:
         """After a shredding delete: make sure no copy of the deleted rows stays on disk.
@@ -68,3 +91,43 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class _EngineRaw:
+    """A ``RawDatabase`` on the engine's pooled asyncpg connections."""
+
+    is_sqlite = False
+
+    def __init__(self, db: Database) -> None:
+        self.url = db.url
+        self._engine = db.engine
+
+    @contextlib.asynccontextmanager
+    async def _driver(self) -> AsyncIterator[Any]:
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            yield raw.driver_connection
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self._driver() as conn:
+            return await PgStatements(conn).fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        async with self._driver() as conn:
+            row = await conn.fetchrow(sql, *args)
+            return None if row is None else tuple(row)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self._driver() as conn:
+            return await PgStatements(conn).execute(sql, *args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Statements]:
+        async with self._driver() as conn, conn.transaction():
+            yield PgStatements(conn)
+
+    def raw(self) -> RawDatabase:
+        return self
+
+    async def close(self) -> None:
+        return None  # the engine's pool is the bot's, disposed with it

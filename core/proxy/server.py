@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from aiohttp import BodyPartReader, web
@@ -53,7 +53,6 @@ from core.budget import (
     Reservation,
 )
 from core.config import PlanSettings
-from core.db import Database
 from core.metrics import BUDGET_REFUSALS, PROXY_REQUESTS, PROXY_SPEND, PROXY_TOKENS
 from core.ports import Clock, SystemClock
 from core.proxy import policy
@@ -78,6 +77,10 @@ from core.proxy.wire import (
 )
 from core.proxy_tokens import ProxyTokens, TokenOwner
 from core.secret import Secret
+
+if TYPE_CHECKING:
+    from core.db import Database
+    from core.rawdb import RawDatabase
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +156,9 @@ class _Admitted:
     estimate: Cost
     token_cap: int | None  # a trial's cap, below the plan's monthly one
     input_estimate: int
-    body: dict[str, Any]
+    # The body as sent upstream, serialised once at admission: the parsed dict (many small
+    # objects) is not kept alive for the length of a stream.
+    payload: bytes
     stream: bool
     client_wants_usage: bool
 
@@ -182,7 +187,8 @@ class ProxyServer:
 
     Args:
         settings: the ``[proxy]`` table.
-        db: the same database the bot uses (tokens, tenants, budgets).
+        db: the same database the bot uses (tokens, tenants, budgets): the bot's ``Database``,
+            or for ``byokbot proxy`` a ``core.rawdb`` one (no SQLAlchemy in that process).
         plans: the plan catalog (``Config.plans``).
         env: where the platform keys are read from (``os.environ`` in production).
         clock: time for budgets; ``SystemClock`` by default.
@@ -197,7 +203,7 @@ class ProxyServer:
     def __init__(
         self,
         settings: ProxySettings,
-        db: Database,
+        db: Database | RawDatabase,
         *,
         plans: Mapping[str, PlanSettings],
         env: Mapping[str, str],
@@ -236,14 +242,12 @@ class ProxyServer:
                 {"Authorization": f"Bearer {key.reveal()}", "accept-encoding": "identity"},
             )
         self._http: aiohttp.ClientSession | None = None
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.listening = asyncio.Event()  # set by start(); what ``byokbot proxy`` waits on
-        self.app = web.Application(
-            client_max_size=settings.max_body_bytes, middlewares=[_count_requests]
-        )
+        self.app = web.Application(client_max_size=settings.max_body_bytes)
         self.app.router.add_post("/v1/messages", self._anthropic)
         self.app.router.add_post("/v1/chat/completions", self._openai)
         self.app.router.add_post("/v1/audio/transcriptions", self._transcription)
@@ -300,7 +304,9 @@ class ProxyServer:
                 await self._watcher
             self._watcher = None
         if self._settling:
-            await asyncio.gather(*self._settling)
+            # Failures were logged by each one's callback.
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self.budget.drain()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -337,11 +343,16 @@ class ProxyServer:
 
     # --- handlers ---------------------------------------------------------------------------
 
+    # Each handler counts its answer itself: a middleware is one more coroutine per request.
+
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, ANTHROPIC)
+        return _counted("anthropic", await self._handle(request, ANTHROPIC))
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, OPENAI)
+        return _counted("openai", await self._handle(request, OPENAI))
+
+    async def _transcription(self, request: web.Request) -> web.StreamResponse:
+        return _counted("openai", await self._transcribe(request))
 
     async def _handle(self, request: web.Request, api: str) -> web.StreamResponse:
         try:
@@ -380,9 +391,7 @@ class ProxyServer:
         finally:
             # In the background: the connection is free for the client's next request at once,
             # and a cancelled handler (server stopping) still settles. ``stop`` waits for these.
-            task = asyncio.create_task(self._settle(a, reservation, meter))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            self._settle(a, reservation, meter)
 
     async def _reserve(self, a: _Admitted) -> Reservation:
         return await self._reserve_cost(a.tenant_id, a.plan_id, a.estimate, a.token_cap)
@@ -477,7 +486,7 @@ class ProxyServer:
             estimate=estimate,
             token_cap=self._trial_caps.get(plan.id) if owner.trial else None,
             input_estimate=input_estimate,
-            body=body,
+            payload=as_json(body),
             stream=stream,
             client_wants_usage=client_wants_usage,
         )
@@ -498,7 +507,7 @@ class ProxyServer:
             # Never follow a redirect: it would carry the platform's key to another origin.
             async with asyncio.timeout(self.settings.upstream_timeout_seconds):
                 return await self._http.post(
-                    url, data=as_json(a.body), headers=headers, allow_redirects=False
+                    url, data=a.payload, headers=headers, allow_redirects=False
                 )
         except TimeoutError:
             raise _Refusal(504, "api_error", "upstream provider did not answer in time") from None
@@ -609,29 +618,44 @@ class ProxyServer:
             )
         return web.Response(body=raw, content_type="application/json")
 
-    async def _settle(self, a: _Admitted, reservation: Reservation, meter: Meter) -> None:
+    def _settle(self, a: _Admitted, reservation: Reservation, meter: Meter) -> None:
+        """Settle in the background (no task per request on SQLite: ``Budget.settle_soon``)."""
+        if meter.unknown:
+            # A reply whose usage we could not read: the reservation's bound, in full.
+            cost = a.estimate
+        else:
+            cost = _priced(meter, a)
+            if cost.tokens == 0:
+                cost = Cost(0, 0)  # nothing used: the reservation goes back untouched
+        inp, out = meter.billed(a.input_estimate)
         try:
-            if meter.unknown:
-                # A reply whose usage we could not read: the reservation's bound, in full.
-                cost = a.estimate
-            else:
-                cost = _priced(meter, a)
-                if cost.tokens == 0:
-                    await self.budget.release(reservation)
-                    return
-            await self.budget.settle(reservation, cost, plan_id=a.plan_id)
-            inp, out = meter.billed(a.input_estimate)
-            _count_usage(a.route.wire_model, inp, out, cost.usd_micros)
+            settling = self.budget.settle_soon(reservation, cost, plan_id=a.plan_id)
         except Exception as exc:  # noqa: BLE001 - the sweeper releases it; the reply is sent
-            log.error(
-                "settling reservation for tenant %s failed (%s); the sweeper will release it",
-                a.tenant_id,
-                type(exc).__name__,
-            )
+            self._settle_failed(a.tenant_id, exc)
+            return
+        self._settling.add(settling)
+
+        def settled(f: asyncio.Future[None]) -> None:
+            self._settling.discard(f)
+            error = asyncio.CancelledError() if f.cancelled() else f.exception()
+            if error is not None:
+                self._settle_failed(a.tenant_id, error)
+            elif cost.tokens:
+                _count_usage(a.route.wire_model, inp, out, cost.usd_micros)
+
+        settling.add_done_callback(settled)
+
+    @staticmethod
+    def _settle_failed(tenant_id: str, exc: BaseException) -> None:
+        log.error(
+            "settling reservation for tenant %s failed (%s); the sweeper will release it",
+            tenant_id,
+            type(exc).__name__,
+        )
 
     # --- voice notes: POST /v1/audio/transcriptions ----------------------------------------
 
-    async def _transcription(self, request: web.Request) -> web.StreamResponse:
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's transcription endpoint, metered by the audio's duration.
 
         Admission as for chat (token, plan, then the body), a reservation of the most the
@@ -808,10 +832,7 @@ _REQUEST_COUNTERS: dict[tuple[str, int], Any] = {}
 _USAGE_COUNTERS: dict[str, tuple[Any, Any, Any]] = {}
 
 
-@web.middleware
-async def _count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
-    response: web.StreamResponse = await handler(request)
-    api = "anthropic" if request.path.endswith("/messages") else "openai"
+def _counted(api: str, response: web.StreamResponse) -> web.StreamResponse:
     key = (api, response.status)
     counter = _REQUEST_COUNTERS.get(key)
     if counter is None:

@@ -161,7 +161,17 @@ async def test_prompt_cache_tokens_are_metered_through_the_proxy(
     output = 2  # "echo: hello", one token per word
     assert spent == reply_words + output + 5_000
     assert micros == math.ceil(reply_words * 3.0 + output * 15.0 + 1_000 * 3.75 + 4_000 * 0.3)
+    # It served and metered all that through the database driver alone: SQLAlchemy (whose
+    # compiled modules would be mapped once imported) never loaded into `byokbot proxy`.
+    assert _mapped(process.pid, "/sqlalchemy/") == []
+    assert _mapped(process.pid, "_sqlite3")  # the driver it does use
     assert await process.terminate() == 0
+
+
+def _mapped(pid: int, part: str) -> list[str]:
+    """The files mapped into process ``pid`` whose path contains ``part``."""
+    with open(f"/proc/{pid}/maps") as f:
+        return sorted({line.split()[-1] for line in f if part in line})
 
 
 async def test_a_worker_that_dies_stops_the_proxy_with_an_error(
