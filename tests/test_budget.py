@@ -473,6 +473,7 @@ async def test_budget_race_across_processes(db: Database, db_url: str) -> None:
             db_url,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             cwd=root,
             env={**os.environ, "PYTHONPATH": str(root)},
         )
@@ -483,6 +484,7 @@ async def test_budget_race_across_processes(db: Database, db_url: str) -> None:
         p.stdin.write(b"go\n")
         await p.stdin.drain()
     outputs = [await asyncio.wait_for(p.communicate(), 90) for p in procs]
+    assert all(out.strip() for out, _ in outputs), [err.decode()[-3000:] for _, err in outputs]
     admitted = [int(out.strip()) for out, _ in outputs]
     assert [p.returncode for p in procs] == [0, 0, 0]
     assert sum(admitted) == 10
