@@ -14,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -48,7 +48,6 @@ from core.dedup import DatabaseDeduplicator, LateDeduplicator
 from core.errors import ConfigError, KeyRetiredError, MasterKeyError, StartupError
 from core.flowstate import FlowStates
 from core.hardening import secure_config_storage
-from core.health import HealthServer
 from core.inbox import DatabaseInbox, LateInbox
 from core.intake import Intake
 from core.livechecks import LiveChecks
@@ -64,7 +63,6 @@ from core.ports import (
     SystemClock,
     UnavailableAgents,
 )
-from core.proxy import ProxyServer
 from core.proxy_tokens import ProxyTokens
 from core.runtime import AgentSupervisor
 from core.runtime.protocol import ToolConfig
@@ -74,6 +72,11 @@ from core.tasks import DatabaseTasks
 from core.tenants import Tenants
 from core.usage import UsageLedger
 from core.vault import MasterKeyRing, Vault
+
+if TYPE_CHECKING:
+    # Loaded when enabled (both bring aiohttp's server): a bot without them starts lighter.
+    from core.health import HealthServer
+    from core.proxy.server import ProxyServer
 
 log = logging.getLogger("byokbot.app")
 
@@ -360,6 +363,8 @@ class App:
 
     async def start_proxy(self) -> None:
         """The managed plan's metering proxy, in this process, sharing budget and tokens."""
+        from core.proxy.server import ProxyServer
+
         self.proxy_server = ProxyServer(
             self.config.proxy,
             self.db,
@@ -556,6 +561,7 @@ class App:
 
     async def _start_health(self) -> None:
         from bot.readiness import readiness_checks
+        from core.health import HealthServer
 
         settings = self.config.health
         self.health = HealthServer(settings.host, settings.port, readiness_checks(self))

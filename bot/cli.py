@@ -412,6 +412,12 @@ async def _main(args: argparse.Namespace) -> int:
         # The terminal is the chat, or shows one command's outcome: no routine log lines.
         level = "WARNING"
     configure_logging(level, json_lines=config.logging.format == "json")
+    if args.command in ("run", "chat") and not config.agent.command:
+        # Now, secrets gone from the environment it inherits: the template loads on another
+        # core while this process imports and migrates, instead of after, at the first message.
+        from core.runtime.prestart import start_template
+
+        start_template()
     if args.command == "run":
         return await _serve(config, env, console_only=False)
     if args.command == "chat":
