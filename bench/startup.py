@@ -12,7 +12,8 @@ the loopback fake) and times, from just before the exec:
 Then the same work dir is started again (a restart on an existing database: nothing to migrate,
 the tenant already has a key), timing ready and the first reply to one message. Baselines in
 the same run: ``python -c pass`` and a bare interpreter importing SQLAlchemy and
-python-telegram-bot.
+python-telegram-bot. ``--against OTHER/bin/byokbot`` runs another install's console script
+(an earlier commit, say) in alternate rounds, so both see the same machine load.
 """
 
 from __future__ import annotations
@@ -86,10 +87,10 @@ class Run:
         self._mark = 0
 
     @classmethod
-    async def start(cls, root: Path) -> Run:
+    async def start(cls, root: Path, program: str) -> Run:
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
-            script(),
+            program,
             "run",
             cwd=root,
             env=environment(root),
@@ -131,9 +132,9 @@ class Run:
             raise RuntimeError(f"byokbot exited with {code}:\n{self.out}")
 
 
-async def fresh(root: Path) -> tuple[float, float, float]:
+async def fresh(root: Path, program: str) -> tuple[float, float, float]:
     """A new install: (exec -> ready, exec -> first reply, message -> first reply)."""
-    run = await Run.start(root)
+    run = await Run.start(root, program)
     ready = 0.0
     sent = 0.0
     key = anthropic_key()
@@ -148,9 +149,9 @@ async def fresh(root: Path) -> tuple[float, float, float]:
     return ready, replied, replied - sent
 
 
-async def restart(root: Path) -> tuple[float, float, float]:
+async def restart(root: Path, program: str) -> tuple[float, float, float]:
     """The same install started again: no migration to run, the tenant has its key."""
-    run = await Run.start(root)
+    run = await Run.start(root, program)
     ready, _ = await run.expect(READY)
     sent = await run.say("hello again")
     replied, _ = await run.expect(REPLY)
@@ -158,18 +159,19 @@ async def restart(root: Path) -> tuple[float, float, float]:
     return ready, replied, replied - sent
 
 
-async def rounds(n: int, tmp: Path) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
+async def rounds(n: int, tmp: Path, scripts: dict[str, str]) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {label: {} for label in scripts}
     async with FakeLLMServer() as fake:
         for i in range(n):
-            root = tmp / f"w{i}"
-            root.mkdir()
-            (root / "config.toml").write_text(config(root, fake))
-            first = await fresh(root)
-            again = await restart(root)
-            for name, xs in (("fresh", first), ("restart", again)):
-                for what, x in zip(("ready", "reply", "message"), xs, strict=True):
-                    out.setdefault(f"{name} {what}", []).append(x)
+            for label, path in scripts.items():
+                root = tmp / f"{label}-{i}"
+                root.mkdir()
+                (root / "config.toml").write_text(config(root, fake))
+                first = await fresh(root, path)
+                again = await restart(root, path)
+                for name, xs in (("fresh", first), ("restart", again)):
+                    for what, x in zip(("ready", "reply", "message"), xs, strict=True):
+                        out[label].setdefault(f"{name} {what}", []).append(x)
     return out
 
 
@@ -186,36 +188,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few rounds (CI)")
     parser.add_argument("--rounds", type=int, default=None, help="start-ups of each kind")
+    parser.add_argument(
+        "--against", default=None, help="another install's byokbot script, in alternate rounds"
+    )
     args = parser.parse_args()
     n = args.rounds or (3 if args.quick else 15)
+    scripts = {"this": script()}
+    if args.against:
+        scripts["other"] = str(Path(args.against).resolve())
     print(f"machine: {machine()}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     base = interpreter(n, "pass")
     imports = interpreter(n, "import sqlalchemy.ext.asyncio, telegram")
     with tempfile.TemporaryDirectory() as tmp:
-        runs = asyncio.run(rounds(n, Path(tmp)))
+        runs = asyncio.run(rounds(n, Path(tmp), scripts))
     b50 = median(base)
-    rows = []
-    for name, xs in (
+    rows = [
         ("python -c pass [baseline]", base),
         ("python -c 'import sqlalchemy.ext.asyncio, telegram'", imports),
-        ("empty work dir: exec -> ready (banner)", runs["fresh ready"]),
-        ("empty work dir: exec -> first agent reply (journey)", runs["fresh reply"]),
-        ("empty work dir: first message -> its reply", runs["fresh message"]),
-        ("restart: exec -> ready (banner)", runs["restart ready"]),
-        ("restart: exec -> first agent reply", runs["restart reply"]),
-        ("restart: first message -> its reply", runs["restart message"]),
-    ):
-        rows.append(
-            (
-                name,
-                len(xs),
-                f"{median(xs) * 1e3:.0f}",
-                f"{pct(xs, 90) * 1e3:.0f}",
-                f"{median(xs) / b50:.1f}",
-            )
+    ]
+    for label, path in scripts.items():
+        got = runs[label]
+        where = f" [{label}: {path}]" if len(scripts) > 1 else ""
+        rows += [
+            (f"empty work dir: exec -> ready (banner){where}", got["fresh ready"]),
+            (f"empty work dir: exec -> first agent reply{where}", got["fresh reply"]),
+            (f"empty work dir: first message -> its reply{where}", got["fresh message"]),
+            (f"restart: exec -> ready (banner){where}", got["restart ready"]),
+            (f"restart: exec -> first agent reply{where}", got["restart reply"]),
+            (f"restart: first message -> its reply{where}", got["restart message"]),
+        ]
+    cells = [
+        (
+            name,
+            len(xs),
+            f"{median(xs) * 1e3:.0f}",
+            f"{pct(xs, 90) * 1e3:.0f}",
+            f"{median(xs) / b50:.1f}",
         )
-    print(table(("what", "n", "p50 ms", "p90 ms", "p50 / baseline"), rows))
+        for name, xs in rows
+    ]
+    print(table(("what", "n", "p50 ms", "p90 ms", "p50 / baseline"), cells))
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

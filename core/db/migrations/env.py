@@ -19,7 +19,7 @@ target_metadata = Base.metadata
 MIGRATION_LOCK_ID = 0x6279_6F6B_6D69_67  # "byokmig"
 
 
-def _run(connection: Connection) -> None:
+def _run(connection: Connection, *, transactional_ddl: bool | None = None) -> None:
     if connection.dialect.name == "postgresql":
         # Held to the end of the transaction the migrations run in (alembic joins it), so the
         # second process reads alembic_version only after the first committed.
@@ -29,6 +29,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        transactional_ddl=transactional_ddl,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -52,7 +53,8 @@ def _main_sqlite(url: str) -> None:
     event.listen(engine, "begin", _sqlite_begin)
     try:
         with engine.connect() as conn:
-            _run(conn)
+            # Alembic assumes sqlite3's implicit commits and would commit after each revision.
+            _run(conn, transactional_ddl=True)
             conn.commit()
     finally:
         engine.dispose()
