@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -190,6 +190,9 @@ class App:
     extra_adapters: list[ChatAdapter] = field(default_factory=list)
     platforms: bool = True
     agent_runtime: bool = True
+    # Called at the first sign-up (``byokbot run`` on a new database starts the agent template
+    # then, while the person picks a plan and pastes a key, rather than at the first message).
+    on_first_tenant: Callable[[], None] | None = None
 
     db: Database = field(init=False)
     vault: Vault = field(init=False)
@@ -265,6 +268,10 @@ class App:
         )
         self.proxy_access = ProxyAccess(proxy, self.proxy_tokens)
         tenants.revoke_access = self._revoke_proxy_access
+        if self.on_first_tenant is not None:
+            first = self.on_first_tenant
+            self.on_first_tenant = None
+            tenants.signed_up = first
         notes = DatabaseNotes(
             self.db, credentials, self.clock, limit=self.config.tools.notes.max_notes
         )

@@ -95,13 +95,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: Config, env: Mapping[str, str], *, console_only: bool) -> int:
+async def _serve(
+    config: Config,
+    env: Mapping[str, str],
+    *,
+    console_only: bool,
+    on_first_tenant: Callable[[], None] | None = None,
+) -> int:
     from adapters.console import ConsoleAdapter
     from bot.app import App
 
     any_platform = any(p.enabled for p in config.platforms.values())
     console = ConsoleAdapter() if console_only or not any_platform else None
-    app = App(config, env=env, console=console, platforms=not console_only)
+    app = App(
+        config,
+        env=env,
+        console=console,
+        platforms=not console_only,
+        on_first_tenant=on_first_tenant,
+    )
     stop = asyncio.Event()
     signals: list[int] = []
 
@@ -412,16 +424,24 @@ async def _main(args: argparse.Namespace) -> int:
         # The terminal is the chat, or shows one command's outcome: no routine log lines.
         level = "WARNING"
     configure_logging(level, json_lines=config.logging.format == "json")
-    if args.command in ("run", "chat") and not config.agent.command:
-        # Now, secrets gone from the environment it inherits: the template loads on another
-        # core while this process imports and migrates, instead of after, at the first message.
-        from core.runtime.prestart import start_template
+    if args.command in ("run", "chat"):
+        from core.runtime.prestart import agents_may_be_asked, start_template, stop_template
 
-        start_template()
-    if args.command == "run":
-        return await _serve(config, env, console_only=False)
-    if args.command == "chat":
-        return await _serve(config, env, console_only=True)
+        first_tenant = None
+        if not config.agent.command:  # else agents are the operator's program, exec'd each time
+            if agents_may_be_asked(config.database_url):
+                # Now, secrets gone from the environment it inherits: the template loads on
+                # another core while this process imports, migrates and logs in, instead of
+                # after that, at the first message.
+                start_template()
+            else:
+                first_tenant = start_template
+        try:
+            return await _serve(
+                config, env, console_only=args.command == "chat", on_first_tenant=first_tenant
+            )
+        finally:
+            stop_template()  # one still loading after a failed start would linger a second
     if args.command == "proxy":
         if args.workers < 1:
             print("byokbot: error: --workers must be at least 1", file=sys.stderr)
