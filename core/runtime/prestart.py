@@ -1,16 +1,18 @@
 """Start the agent template early, while the bot imports, opens its database and logs in.
 
 The template is a fresh interpreter importing the worker (about a second of CPU). Started as
-soon as the configuration is read and the secrets have left the environment, it loads on
-another core while the bot finishes starting, and the first agent forks from a ready template
-instead of waiting for it (it used to start at the first message). Only the standard library
-is imported here; the caller pays a few milliseconds (two ``spawn`` calls: the template and
-``multiprocessing``'s resource tracker). ``ForkserverLauncher`` then finds it running.
+soon as the configuration is read and the secrets have left the environment (on a new install:
+at the first sign-up), it loads on another core while the bot finishes starting, and the first
+agent forks from a ready template instead of waiting for it (it used to start at the first
+message). Only the standard library is imported here; the caller pays a few milliseconds (two
+``spawn`` calls: the template and ``multiprocessing``'s resource tracker).
+``ForkserverLauncher`` then finds it running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Final
 
 TEMPLATE_MODULES: Final = ["core.runtime.template"]
+
+log = logging.getLogger(__name__)
 
 
 def configure_template() -> None:
@@ -33,7 +37,10 @@ def start_template() -> None:
     Call it only once secrets have left the environment: the template is exec'd with it.
     """
     configure_template()
-    forkserver.ensure_running()
+    try:
+        forkserver.ensure_running()
+    except OSError as exc:  # out of processes or memory: the first agent's start tries again
+        log.warning("agent template could not be started early (%s)", exc)
 
 
 def agents_may_be_asked(database_url: str) -> bool:
