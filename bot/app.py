@@ -190,8 +190,10 @@ class App:
     extra_adapters: list[ChatAdapter] = field(default_factory=list)
     platforms: bool = True
     agent_runtime: bool = True
-    # Called at the first sign-up (``byokbot run`` on a new database starts the agent template
-    # then, while the person picks a plan and pastes a key, rather than at the first message).
+    # ``byokbot run`` starts the agent template with these: once serving (a database with
+    # tenants), or at the first sign-up (a new one, while the person picks a plan and pastes a
+    # key), rather than at the first message.
+    on_serving: Callable[[], None] | None = None
     on_first_tenant: Callable[[], None] | None = None
 
     db: Database = field(init=False)
@@ -521,6 +523,8 @@ class App:
         # Turns a previous process left unfinished (their leases may have run out already).
         self._recovering = asyncio.create_task(self._recover_safely())
         self._serving = True
+        if self.on_serving is not None:
+            self.on_serving()
 
     async def _listen_for_changes(self) -> None:
         """Other replicas' writes drop this one's caches and swap its agents within a second."""

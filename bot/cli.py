@@ -100,6 +100,7 @@ async def _serve(
     env: Mapping[str, str],
     *,
     console_only: bool,
+    on_serving: Callable[[], None] | None = None,
     on_first_tenant: Callable[[], None] | None = None,
 ) -> int:
     from adapters.console import ConsoleAdapter
@@ -112,6 +113,7 @@ async def _serve(
         env=env,
         console=console,
         platforms=not console_only,
+        on_serving=on_serving,
         on_first_tenant=on_first_tenant,
     )
     stop = asyncio.Event()
@@ -427,18 +429,21 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command in ("run", "chat"):
         from core.runtime.prestart import agents_may_be_asked, start_template, stop_template
 
-        first_tenant = None
+        serving = first_tenant = None
         if not config.agent.command:  # else agents are the operator's program, exec'd each time
+            # Not before: on a busy machine it would slow this process's own start (the time
+            # nothing is served); once serving, it loads while the first message is awaited.
             if agents_may_be_asked(config.database_url):
-                # Now, secrets gone from the environment it inherits: the template loads on
-                # another core while this process imports, migrates and logs in, instead of
-                # after that, at the first message.
-                start_template()
+                serving = start_template
             else:
                 first_tenant = start_template
         try:
             return await _serve(
-                config, env, console_only=args.command == "chat", on_first_tenant=first_tenant
+                config,
+                env,
+                console_only=args.command == "chat",
+                on_serving=serving,
+                on_first_tenant=first_tenant,
             )
         finally:
             stop_template()  # one still loading after a failed start would linger a second

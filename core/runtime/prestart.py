@@ -1,12 +1,12 @@
-"""Start the agent template early, while the bot imports, opens its database and logs in.
+"""Start the agent template before the first message needs it, at a time chosen by the caller.
 
-The template is a fresh interpreter importing the worker (about a second of CPU). Started as
-soon as the configuration is read and the secrets have left the environment (on a new install:
-at the first sign-up), it loads on another core while the bot finishes starting, and the first
-agent forks from a ready template instead of waiting for it (it used to start at the first
-message). Only the standard library is imported here; the caller pays a few milliseconds (two
-``spawn`` calls: the template and ``multiprocessing``'s resource tracker).
-``ForkserverLauncher`` then finds it running.
+The template is a fresh interpreter importing the worker (about a second of CPU). ``byokbot
+run`` starts it once it is serving (on a new install: at the first sign-up), so it loads while
+the first message is awaited, and that message's agent forks from a ready template instead of
+waiting for it (it used to start at the first message). Not earlier: on a machine with no idle
+core, loading it beside the bot's own start made the bot serve later. Only the standard library
+is imported here; the caller pays a few milliseconds (two ``spawn`` calls: the template and
+``multiprocessing``'s resource tracker). ``ForkserverLauncher`` then finds it running.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def start_template() -> None:
     """Start the template now, without waiting for it to load (its first fork waits).
 
     Call it only once secrets have left the environment: the template is exec'd with it.
+    Calling it again while it runs costs a ``waitpid``.
     """
     configure_template()
     try:

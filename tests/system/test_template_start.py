@@ -1,8 +1,8 @@
 """When ``byokbot run`` starts its agent template (the process every agent is forked from).
 
 A new install starts it at the first sign-up (no agent can be asked for before), so the bot is
-serving without it; a restart of an install that has tenants starts it at once, before any
-message. Seen from outside: the fork server among the bot's processes, and the replies.
+serving without it; a restart of an install that has tenants starts it once serving, before
+any message. Seen from outside: the fork server among the bot's processes, and the replies.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def templates(bot: BotProcess) -> list[int]:
     return found
 
 
-async def test_a_new_install_starts_the_template_at_sign_up_and_a_restart_at_once(
+async def test_a_new_install_starts_the_template_at_sign_up_and_a_restart_once_serving(
     ws: Workspace, llm: FakeLLMServer, canaries: CanaryScan
 ) -> None:
     key = anthropic_key()
@@ -53,8 +53,8 @@ async def test_a_new_install_starts_the_template_at_sign_up_and_a_restart_at_onc
     assert await bot.wait(10) == 0
 
     again = await ws.start("run", stdin=asyncio.subprocess.PIPE)
-    await eventually(lambda: len(templates(again)) == 1)  # before anything was said
     await again.wait_output(r"type /start to begin")
+    await eventually(lambda: len(templates(again)) == 1)  # before anything was said
     person = PipedPerson(again)
     await person.say("after the restart")
     await person.expect(r"echo: after the restart\n")
