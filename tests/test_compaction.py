@@ -17,6 +17,7 @@ from core.runtime.compaction import (
     cost,
     estimate_tokens,
     join_summary,
+    passes,
     plan_compaction,
     recent_start,
     split_summary,
@@ -77,6 +78,40 @@ def test_transcript_carries_the_old_summary_and_drops_the_oldest_text_when_too_l
     assert text.startswith(SUMMARY_REQUEST_HEAD)
     assert "the word is heliotrope" in text
     assert text.endswith("Person: new") and len(text) <= 300
+
+
+def test_turns_too_long_for_one_request_are_split_into_parts_that_each_fit() -> None:
+    turns = [
+        Turn("user" if i % 2 == 0 else "assistant", f"turn {i} " + "x" * 90) for i in range(30)
+    ]
+    groups = passes(turns, limit_chars=1600, summary_chars=400)
+    assert len(groups) > 1
+    assert [t for g in groups for t in g] == turns  # every turn once, oldest first
+    for group in groups:
+        text = transcript("s" * 400, group, 1600)
+        assert all(t.content in text for t in group), "a part was cut"
+    assert passes(turns[:3], 1600, 400) == [turns[:3]]  # what fits stays one request
+    huge = [Turn("user", "y" * 5000), Turn("assistant", "ok")]
+    assert passes(huge, 1600, 400) == [[huge[0]], [huge[1]]]
+
+
+async def test_a_long_first_turn_is_summarised_not_dropped_when_the_old_part_is_long(
+    tmp_path: Path,
+) -> None:
+    # Turns of ~270 characters fill the 500-token budget in a few turns; the part to
+    # summarise is longer than one request may be, and the first turn must still be read.
+    fake = FakeLLMServer(reply=summariser)
+    filler = "about nothing in particular, just filling the context with words; " * 4
+    async with rig(tmp_path, fake=fake) as r:
+        profile = r.tenant("t1", "sk-one")
+        r.profiles.set(replace(profile, context_tokens=500, max_reply_tokens=60))
+        await r.say("t1", "remember: my cat is called Miso")
+        for i in range(10):
+            await r.say("t1", f"turn {i} {filler}")
+        summaries = [q for q in fake.requests if _system(q.body) == SUMMARY_SYSTEM]
+        assert len(summaries) > 1
+        stored = r.memory.turns[("t1", "chat")]
+        assert stored[0].role == SUMMARY_ROLE and "Miso" in stored[0].content
 
 
 def test_system_prompt_gains_the_summary() -> None:

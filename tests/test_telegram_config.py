@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from adapters.telegram import TelegramAdapter, TelegramConfig, build, parse
+from adapters.telegram.pacing import FloodLimits
 from core.config import PlatformSettings, parse_config
 from core.errors import ConfigError
 from core.ports import Messenger
@@ -49,6 +50,10 @@ def test_bad_mode_names_file_table_setting_and_value() -> None:
         ),
         ({"edit_interval": True}, "config.toml: [telegram] edit_interval must be a number"),
         (
+            {"chat_burst": 0},
+            "config.toml: [telegram] chat_burst must be between 1 and 1000 (got 0)",
+        ),
+        (
             {"api_base_url": "ftp://x"},
             "config.toml: [telegram] api_base_url must be an http or https URL",
         ),
@@ -75,6 +80,27 @@ def test_bad_settings(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse(settings(**options), {})
     assert str(info.value) == message
+
+
+def test_flood_limits_default_to_telegrams_and_can_be_set() -> None:
+    d = TelegramConfig()
+    assert (
+        FloodLimits.of(
+            chat_burst=d.chat_burst,
+            chat_seconds=d.chat_seconds,
+            group_per_minute=d.group_per_minute,
+            bot_per_second=d.bot_per_second,
+        )
+        == FloodLimits()
+    )
+    parsed = parse(settings(chat_burst=10, chat_seconds=1, bot_per_second=100), {})
+    limits = FloodLimits.of(
+        chat_burst=parsed.chat_burst,
+        chat_seconds=parsed.chat_seconds,
+        group_per_minute=parsed.group_per_minute,
+        bot_per_second=parsed.bot_per_second,
+    )
+    assert (limits.chat.limit, limits.chat.seconds, limits.bot.limit) == (10, 1.0, 100)
 
 
 def test_webhook_needs_its_secret_from_the_environment() -> None:

@@ -224,7 +224,16 @@ class TelegramAdapter:
         self._unreachable: set[str] = set()
         self._next_edit: dict[str, float] = {}
         # One scheduler for every request of this bot: Telegram's limits are per bot.
-        self._scheduler = FloodScheduler(limits, retries=config.rate_limit_retries)
+        self._scheduler = FloodScheduler(
+            limits
+            or FloodLimits.of(
+                chat_burst=config.chat_burst,
+                chat_seconds=config.chat_seconds,
+                group_per_minute=config.group_per_minute,
+                bot_per_second=config.bot_per_second,
+            ),
+            retries=config.rate_limit_retries,
+        )
         self._live: dict[str, int] = {}  # streams in progress, by chat
         self._typing_at: dict[str, float] = {}
         self._typing_refresh = typing_refresh

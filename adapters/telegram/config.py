@@ -45,6 +45,12 @@ class TelegramConfig:
     stream_drafts: bool = True
     rate_limit_retries: int = 3
     sync_commands: bool = True
+    # The flood limits the bot keeps itself (adapters/telegram/pacing.py): Telegram's
+    # documented ones by default, with a margin.
+    chat_burst: int = 3
+    chat_seconds: float = 3.3
+    group_per_minute: int = 20
+    bot_per_second: int = 30
 
 
 def _url(
@@ -102,6 +108,12 @@ def parse(
             "rate_limit_retries", d.rate_limit_retries, minimum=0, maximum=20
         ),
         sync_commands=t.boolean("sync_commands", d.sync_commands),
+        chat_burst=t.integer("chat_burst", d.chat_burst, minimum=1, maximum=1000),
+        chat_seconds=t.number("chat_seconds", d.chat_seconds, minimum=0.01, maximum=60),
+        group_per_minute=t.integer(
+            "group_per_minute", d.group_per_minute, minimum=1, maximum=60_000
+        ),
+        bot_per_second=t.integer("bot_per_second", d.bot_per_second, minimum=1, maximum=1000),
     )
     t.finish()
     if mode == "webhook":

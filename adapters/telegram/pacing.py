@@ -86,6 +86,20 @@ class FloodLimits:
     chat: Window = Window(3, 3.3, reserve=1)  # about 1 a second, small bursts
     group: Window = Window(20, 61.0, reserve=6)  # 20 a minute in a group
 
+    @classmethod
+    def of(
+        cls, *, chat_burst: int, chat_seconds: float, group_per_minute: int, bot_per_second: int
+    ) -> FloodLimits:
+        """Limits from ``[telegram]``; the defaults there give exactly the class defaults.
+
+        Each window keeps the same share for first and final texts as Telegram's does.
+        """
+        return cls(
+            bot=Window(bot_per_second, 1.05, reserve=round(bot_per_second * 8 / 30)),
+            chat=Window(chat_burst, chat_seconds, reserve=1 if chat_burst > 1 else 0),
+            group=Window(group_per_minute, 61.0, reserve=round(group_per_minute * 0.3)),
+        )
+
 
 Key = tuple[str, str]
 

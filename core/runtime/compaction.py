@@ -99,12 +99,39 @@ def plan_compaction(
     return Split(old=list(turns[:start]), recent=list(turns[start:]))
 
 
+def _line(turn: Turn) -> str:
+    return f"{'Person' if turn.role == 'user' else 'Assistant'}: {turn.content}"
+
+
+def passes(turns: Sequence[Turn], limit_chars: int, summary_chars: int) -> list[list[Turn]]:
+    """``turns`` in consecutive groups whose transcripts each fit ``limit_chars``.
+
+    Each group is summarised with the summary of the groups before it (at most
+    ``summary_chars`` long), so the oldest turns are read by the model rather than cut from
+    one overlong request. A turn too long for any request is a group of its own (its start is
+    cut, as ``transcript`` does).
+    """
+    head = len(SUMMARY_REQUEST_HEAD) + len(SUMMARY_CONTEXT_HEAD) + summary_chars + 60
+    room = max(limit_chars - head, 1)
+    groups: list[list[Turn]] = []
+    size = 0
+    for turn in turns:
+        n = len(_line(turn)) + 1
+        if groups and size + n <= room:
+            groups[-1].append(turn)
+            size += n
+        else:
+            groups.append([turn])
+            size = n
+    return groups
+
+
 def transcript(summary: str, turns: Sequence[Turn], limit_chars: int) -> str:
     """The summarisation request's user message: the old summary and the turns, bounded.
 
     Over ``limit_chars`` the oldest turns go first (the old summary already covers the gist).
     """
-    lines = [f"{'Person' if t.role == 'user' else 'Assistant'}: {t.content}" for t in turns]
+    lines = [_line(t) for t in turns]
     head = SUMMARY_REQUEST_HEAD
     if summary:
         head += f"\n\n{SUMMARY_CONTEXT_HEAD}:\n{summary}"

@@ -457,6 +457,28 @@ class AgentSupervisor:
     async def _summarise(
         self, tenant: _Tenant, profile: AgentProfile, summary: str, turns: Sequence[Turn]
     ) -> str:
+        """The summary of ``summary`` and ``turns``: one request, or one per part that fits.
+
+        Turns too many for one request are summarised oldest part first, each part with the
+        summary so far, so no turn is dropped unread.
+        """
+        cfg = self._conversations
+        limit = max(profile.context_tokens - cfg.summary_max_tokens, 256) * 4
+        made = summary
+        for part in compaction.passes(turns, limit, cfg.summary_max_tokens * 4):
+            made = await self._summarise_once(tenant, profile, made, part, limit)
+            if not made:
+                return ""
+        return made
+
+    async def _summarise_once(
+        self,
+        tenant: _Tenant,
+        profile: AgentProfile,
+        summary: str,
+        turns: Sequence[Turn],
+        limit: int,
+    ) -> str:
         """One summarisation request through the tenant's agent (its key, or the proxy).
 
         No tools are offered; the usage is booked like a reply's, so the managed cap counts it.
@@ -466,7 +488,6 @@ class AgentSupervisor:
         rid = str(next(self._ids))
         queue: asyncio.Queue[_Event] = asyncio.Queue()
         worker.pending[rid] = queue
-        limit = max(profile.context_tokens - cfg.summary_max_tokens, 256) * 4
         request = protocol.Request(
             id=rid,
             messages=(ChatMessage("user", compaction.transcript(summary, turns, limit)),),

@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes import FAKE_SHUTDOWN
+
 APP_ID = "900000000000000001"
 BOT_ID = "900000000000000002"
 GUILD_ID = "900000000000000003"
@@ -235,7 +237,7 @@ class FakeDiscord:
         app.router.add_get("/gw", self._gateway_gate)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
         app.router.add_get("/attachments/{id}/{name}", self._attachment)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=FAKE_SHUTDOWN)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

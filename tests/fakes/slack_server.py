@@ -25,6 +25,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from core.chat import Button, ButtonStyle, Event, EventKind, Outcome, Reply, SecretRequest
 from core.ports import Messenger
+from tests.fakes import FAKE_SHUTDOWN
 
 BOT_USER = "UBOT"
 TEAM = "T0TEST"
@@ -96,7 +97,7 @@ class FakeSlack:
         app.router.add_get("/link", self._link_gate)
         app.router.add_get("/files-pri/{team_file}/{name}", self._file)
         app.router.add_post("/respond/{name}", self._respond)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=FAKE_SHUTDOWN)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -22,6 +22,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.fakes import FAKE_SHUTDOWN
+
 
 def sign(payload: bytes, secret: str, timestamp: int) -> str:
     """The ``Stripe-Signature`` header for ``payload`` at ``timestamp``."""
@@ -81,7 +83,7 @@ class FakeStripe:
         app.router.add_delete("/v1/subscriptions/{sub}", self._cancel_now)
         app.router.add_get("/v1/subscriptions/{sub}", self._retrieve)
         app.router.add_post("/v1/subscriptions/{sub}", self._update)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=FAKE_SHUTDOWN)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes import FAKE_SHUTDOWN
+
 # Parameters the SDK sends as JSON strings inside a form body.
 _JSON_FIELDS = frozenset(
     {
@@ -192,7 +194,7 @@ class FakeTelegramServer:
         app = web.Application()
         app.router.add_post("/bot{token}/{method}", self._handle)
         app.router.add_get("/file/bot{token}/{path:.+}", self._download)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=FAKE_SHUTDOWN)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -8,10 +8,13 @@ and to the metadata address ``169.254.169.254`` must still be refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes import FAKE_SHUTDOWN
 
 ARTICLE = """<!doctype html><html><head><title>Heliotrope facts</title>
 <script>var tracking = "do not show this";</script><style>body{color:red}</style></head>
@@ -37,6 +40,7 @@ class FakeWebSite:
     # Extra text in /page's article (a test puts a canary there: it must reach the model only).
     page_extra: str = ""
     _runner: web.AppRunner | None = None
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __aenter__(self) -> FakeWebSite:
         app = web.Application()
@@ -47,7 +51,7 @@ class FakeWebSite:
         app.router.add_get("/redirect", self._redirect)
         app.router.add_get("/search", self._search)
         app.router.add_get("/res/v1/web/search", self._brave)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=FAKE_SHUTDOWN)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
@@ -58,6 +62,7 @@ class FakeWebSite:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None
+        self._closing.set()  # a /slow still held answers now, not 30 s into the teardown
         await self._runner.cleanup()
 
     @property
@@ -86,7 +91,8 @@ class FakeWebSite:
 
     async def _slow(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
-        await asyncio.sleep(30)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), 30)
         return web.Response(text="late", content_type="text/plain")
 
     async def _redirect(self, request: web.Request) -> web.Response:

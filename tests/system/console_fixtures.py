@@ -5,8 +5,8 @@ terminal (stdin, stdout and stderr), types on the master side as a keyboard does
 everything the terminal was sent (the master side) into a transcript under the work dir's
 output folder, so the canary scan covers the screen too. ``text()`` is that output as a person
 reads it, through a VT100 emulator (pyte): the console redraws its input row and writes a
-streaming reply above it, so only an emulated screen shows what a person sees. Nothing here
-imports the program.
+streaming reply above it, so only an emulated screen shows what a person sees. ``PipedPerson``
+feeds lines through a pipe instead. Nothing here imports the program.
 """
 
 from __future__ import annotations
@@ -182,3 +182,41 @@ class TerminalPerson:
             asyncio.get_running_loop().remove_reader(self.master)
         with contextlib.suppress(OSError):
             os.close(self.master)
+
+
+class PipedPerson:
+    """Someone feeding ``byokbot`` lines through its standard input, reading its stdout."""
+
+    def __init__(self, bot: BotProcess) -> None:
+        self.bot = bot
+        self._mark = 0
+
+    async def say(self, line: str) -> None:
+        stdin = self.bot.proc.stdin
+        assert stdin is not None
+        self._mark = len(self.bot.stdout())
+        stdin.write(line.encode() + b"\n")
+        await stdin.drain()
+
+    async def expect(self, pattern: str, within: float = 20.0) -> str:
+        """Wait for ``pattern`` in what was printed since the last line said."""
+        rx = re.compile(pattern)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            shown = self.bot.stdout()[self._mark :]
+            if rx.search(shown):
+                return shown
+            if self.bot.returncode is not None or loop.time() > deadline:
+                raise AssertionError(f"no {pattern!r} after the last line:\n{self.bot.output()}")
+            await asyncio.sleep(0.05)
+
+    async def choose(self, label: str) -> None:
+        shown = await self.expect(rf"\[\d+\] {re.escape(label)}")
+        number = re.findall(rf"\[(\d+)\] {re.escape(label)}", shown)[-1]
+        await self.say(number)
+
+    async def end_of_input(self) -> None:
+        stdin = self.bot.proc.stdin
+        assert stdin is not None
+        stdin.close()

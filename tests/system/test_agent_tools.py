@@ -108,7 +108,7 @@ async def test_web_fetch_shows_a_status_line_replaced_by_the_answer(
     key = await signed_up(tg_ws, ada, canaries)
 
     ada.send(f"what is the secret word on {page} ?")
-    await eventually(lambda: status_messages(telegram, r"🔎 reading 127\.0\.0\.2…"))
+    await eventually(lambda: status_messages(telegram, r"🔎 reading 127\.0\.0\.2…"), within=30)
     (status,) = status_messages(telegram, r"🔎 reading 127\.0\.0\.2…")
     await ada.wait_text("The secret word is marzipan-lighthouse.", within=30)
     await eventually(lambda: deleted(telegram, status))

@@ -127,6 +127,14 @@ async def test_a_managed_trial_cap_is_hard_under_a_race_and_a_grant_lifts_it(
         assert statuses.count(200) * (BODY["max_tokens"] + 1) <= TRIAL_CAP
         # Refused at the reservation: no upstream call was made for them.
         assert len(llm.requests) == statuses.count(200)
+        # Settled, a reservation gives back what its reply did not spend: the room left may
+        # take another reply (more of the race's reservations were held at once under load),
+        # never one past the cap, and then the trial refuses for good.
+        for _ in range(TRIAL_CAP // (BODY["max_tokens"] + 1)):
+            if (await ask()).status_code == 402:
+                break
+        await eventually(lambda: spent(ws) >= 0, message="reservations still held")
+        assert spent(ws) <= TRIAL_CAP
         assert (await ask()).status_code == 402
 
         # An operator's grant ends the trial: the monthly cap applies again at once.

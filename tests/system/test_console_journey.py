@@ -7,49 +7,11 @@ that carried that key, rotation, the leak guard, delete; end of input ends the p
 from __future__ import annotations
 
 import asyncio
-import re
 
 from tests.canaries import anthropic_key
 from tests.fakes.llm_server import FakeLLMServer
-from tests.system.harness import BotProcess, CanaryScan, Workspace
-
-
-class PipedPerson:
-    """Someone feeding ``byokbot`` lines through its standard input, reading its stdout."""
-
-    def __init__(self, bot: BotProcess) -> None:
-        self.bot = bot
-        self._mark = 0
-
-    async def say(self, line: str) -> None:
-        stdin = self.bot.proc.stdin
-        assert stdin is not None
-        self._mark = len(self.bot.stdout())
-        stdin.write(line.encode() + b"\n")
-        await stdin.drain()
-
-    async def expect(self, pattern: str, within: float = 20.0) -> str:
-        """Wait for ``pattern`` in what was printed since the last line said."""
-        rx = re.compile(pattern)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            shown = self.bot.stdout()[self._mark :]
-            if rx.search(shown):
-                return shown
-            if self.bot.returncode is not None or loop.time() > deadline:
-                raise AssertionError(f"no {pattern!r} after the last line:\n{self.bot.output()}")
-            await asyncio.sleep(0.05)
-
-    async def choose(self, label: str) -> None:
-        shown = await self.expect(rf"\[\d+\] {re.escape(label)}")
-        number = re.findall(rf"\[(\d+)\] {re.escape(label)}", shown)[-1]
-        await self.say(number)
-
-    async def end_of_input(self) -> None:
-        stdin = self.bot.proc.stdin
-        assert stdin is not None
-        stdin.close()
+from tests.system.console_fixtures import PipedPerson
+from tests.system.harness import CanaryScan, Workspace
 
 
 async def test_byok_journey_in_the_console(

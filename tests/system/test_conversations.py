@@ -1,8 +1,8 @@
-"""Long conversations through ``byokbot run`` on Telegram: compaction, /compact, /new, /history.
+"""Conversations through ``byokbot run`` on Telegram: compaction, /compact, /new, /history.
 
-The fake provider echoes; a summarisation request (recognised by the first line the bot puts in
-it) is answered with the lines that mention "remember", so a fact survives only if every
-compaction carries it on.
+The 200-turn conversation runs in the console (tests/system/test_conversations_console.py):
+Telegram's pace of about one message a second per chat would make it a four-minute test of the
+pacing, not of compaction.
 """
 
 from __future__ import annotations
@@ -12,62 +12,24 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.canaries import anthropic_key
-from tests.fakes.llm_server import FakeLLMServer, Recorded, echo_reply
+from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegramServer
+from tests.system.conversation_support import (
+    FACT,
+    small_budget,
+    summaries,
+    summariser,
+    system_of,
+    user_texts,
+)
 from tests.system.harness import CanaryScan, Workspace, eventually
 from tests.system.people import TelegramPerson
 from tests.system.telegram_steps import sign_up_with_key, start_bot
 
-SUMMARY_HEAD = "Summarise this conversation between a person and their assistant."
-FACT = "remember: my cat is called Miso"
-
-
-def summariser(messages: list[dict[str, Any]]) -> str:
-    last = str(messages[-1]["content"]) if messages else ""
-    if not last.startswith(SUMMARY_HEAD):
-        return echo_reply(messages)
-    kept = [
-        re.sub(r"^(Person|Assistant): ", "", line)
-        for line in last.splitlines()
-        if "remember" in line.lower() and not line.startswith("Assistant:")
-    ]
-    return " ".join(dict.fromkeys(kept)) or "Nothing to remember."
-
-
-def system_of(request: Recorded) -> str:
-    system = request.body.get("system", "")
-    if isinstance(system, list):
-        system = " ".join(str(b.get("text", "")) for b in system)
-    extra = [str(m["content"]) for m in request.body.get("messages", []) if m["role"] == "system"]
-    return " ".join([str(system), *extra]).strip()
-
-
-def summaries(llm: FakeLLMServer) -> list[Recorded]:
-    return [
-        r
-        for r in llm.requests
-        if any(
-            str(m.get("content", "")).startswith(SUMMARY_HEAD) for m in r.body.get("messages", [])
-        )
-    ]
-
-
-def user_texts(request: Recorded) -> list[str]:
-    return [str(m["content"]) for m in request.body.get("messages", []) if m["role"] == "user"]
-
-
-def small_budget(ws: Workspace) -> None:
-    ws.configure(
-        {
-            "core": {"messages_per_minute": 100_000},
-            # ~1600 characters of conversation before the budget fills.
-            "agent": {"context_tokens": 500, "max_reply_tokens": 60},
-            "conversations": {"summary_max_tokens": 100},
-        }
-    )
+# Long turns fill the small budget in a few turns: at Telegram's pace (about a message a second
+# per chat) every turn costs seconds.
+FILLER = "about nothing in particular, just filling the context with words; " * 4
 
 
 async def talk(person: TelegramPerson, texts: list[str], *, batch: int = 25) -> None:
@@ -79,10 +41,7 @@ async def talk(person: TelegramPerson, texts: list[str], *, batch: int = 25) -> 
         await person.wait_text(f"^echo: {re.escape(chunk[-1])}$", within=120)
 
 
-# 200 turns through the real program, in one private chat at Telegram's pace (about one
-# message a second per chat): about four minutes.
-@pytest.mark.timeout(600)
-async def test_two_hundred_turns_keep_an_early_fact_and_conversations_can_be_switched(
+async def test_an_early_fact_survives_compaction_and_conversations_can_be_switched(
     tg_ws: Workspace,
     telegram: FakeTelegramServer,
     llm: FakeLLMServer,
@@ -94,21 +53,20 @@ async def test_two_hundred_turns_keep_an_early_fact_and_conversations_can_be_swi
     canaries.watch(lambda: [(f"upload {u.filename}", u.content) for u in telegram.uploads])
     small_budget(tg_ws)
     llm.reply = summariser
+    llm.chunk_delay = 0.0  # about compaction, not how a reply streams
     await start_bot(tg_ws)
     await sign_up_with_key(ada, key)
 
     ada.send(FACT)
     await ada.wait_text(f"^echo: {FACT}$", within=30)
-    fillers = [
-        f"turn {i} about nothing in particular, just filling the context" for i in range(200)
-    ]
+    fillers = [f"turn {i} {FILLER}" for i in range(10)]
     await talk(ada, fillers)
     for text in fillers:
         assert f"echo: {text}" in ada.texts(), f"no answer to {text!r}"
 
-    # The budget filled many times; each time the model itself summarised, with the same key.
+    # The budget filled more than once; each time the model itself summarised, with the key.
     made = summaries(llm)
-    assert len(made) >= 5
+    assert len(made) >= 2
     assert {r.key for r in made} == {key}
     assert all("tools" not in r.body for r in made)
     ada.send("what is my cat called?")
@@ -124,7 +82,7 @@ async def test_two_hundred_turns_keep_an_early_fact_and_conversations_can_be_swi
     ada.send("/compact")
     answer = await ada.wait_text(r"(?i)summarised the \d+ earlier messages", within=30)
     assert re.search(r"about \d+ tokens\) into a summary of about \d+ tokens", answer)
-    assert len(summaries(llm)) == before + 1
+    assert len(summaries(llm)) > before  # one request, or one per part that fits
 
     # /new starts afresh; the old conversation is listed and can be switched back to.
     ada.send("/new")
@@ -235,11 +193,12 @@ async def test_managed_compaction_goes_through_the_proxy_and_is_metered(
     small_budget(tg_ws)
     tg_ws.configure({"agent": {"max_reply_tokens": 40}})
     llm.reply = summariser
+    llm.chunk_delay = 0.0
     await start_bot(tg_ws)
     await sign_up_managed(ada)
     ada.send(FACT)
     await ada.wait_text(f"^echo: {FACT}$", within=30)
-    await talk(ada, [f"managed turn {i} with some words to fill the budget" for i in range(30)])
+    await talk(ada, [f"managed turn {i} {FILLER}" for i in range(8)])
     made = summaries(llm)
     assert made, "the budget never filled"
     # Upstream, the proxy's own key: the summary went through the metering proxy.

@@ -13,6 +13,7 @@ from typing import Any
 from tests.canaries import anthropic_key
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegramServer
+from tests.system.conftest import TELEGRAMS_PACE
 from tests.system.harness import CanaryScan, Workspace, eventually
 from tests.system.pacing_support import (
     WRONG,
@@ -28,7 +29,7 @@ from tests.system.telegram_steps import start_bot
 GROUP = -100424242
 BOT = "@byok_test_bot"
 # Telegram's own pace (the defaults): the suite's usual config edits faster than that.
-DEFAULT_PACE = {"telegram": {"edit_interval": 1.0, "group_edit_interval": 3.0}}
+DEFAULT_PACE = {"telegram": {"edit_interval": 1.0, "group_edit_interval": 3.0, **TELEGRAMS_PACE}}
 
 
 def streamed(llm: FakeLLMServer, words: int, delay: float) -> None:
@@ -156,6 +157,9 @@ async def test_the_agent_is_asked_without_waiting_for_the_typing_action(
     canaries.add(key)
     await start_bot(tg_ws)
     await sign_up_all([ada], [key])
+    # The agent started first: a cold start under a loaded machine is not what is measured.
+    ada.send("hello")
+    await ada.wait_text("^echo: hello$", within=60)
 
     # Telegram is slow to answer chat actions (as under load): the one for this message gets
     # no answer until the reply is in the chat. Waiting for it first would have the client
@@ -177,6 +181,6 @@ async def test_the_agent_is_asked_without_waiting_for_the_typing_action(
         telegram.release("sendChatAction")
 
     # The provider got the request while the first chat action was still unanswered (no
-    # retry of it yet), and the reply came whole.
-    assert actions_when_asked == [before + 1]
+    # retry of it yet, perhaps not even sent), and the reply came whole.
+    assert len(actions_when_asked) == 1 and actions_when_asked[0] <= before + 1
     assert ada.texts()[-1] == "echo: are you there"
