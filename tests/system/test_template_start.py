@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tests.canaries import anthropic_key
 from tests.fakes.llm_server import FakeLLMServer
+from tests.system.console_fixtures import PipedPerson
 from tests.system.harness import BotProcess, CanaryScan, Workspace, eventually
-from tests.system.test_console_journey import PipedPerson
 
 
 def templates(bot: BotProcess) -> list[int]:
