@@ -11,10 +11,10 @@ import importlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -48,7 +48,6 @@ from core.dedup import DatabaseDeduplicator, LateDeduplicator
 from core.errors import ConfigError, KeyRetiredError, MasterKeyError, StartupError
 from core.flowstate import FlowStates
 from core.hardening import secure_config_storage
-from core.health import HealthServer
 from core.inbox import DatabaseInbox, LateInbox
 from core.intake import Intake
 from core.livechecks import LiveChecks
@@ -64,7 +63,6 @@ from core.ports import (
     SystemClock,
     UnavailableAgents,
 )
-from core.proxy import ProxyServer
 from core.proxy_tokens import ProxyTokens
 from core.runtime import AgentSupervisor
 from core.runtime.protocol import ToolConfig
@@ -74,6 +72,11 @@ from core.tasks import DatabaseTasks
 from core.tenants import Tenants
 from core.usage import UsageLedger
 from core.vault import MasterKeyRing, Vault
+
+if TYPE_CHECKING:
+    # Loaded when enabled (both bring aiohttp's server): a bot without them starts lighter.
+    from core.health import HealthServer
+    from core.proxy.server import ProxyServer
 
 log = logging.getLogger("byokbot.app")
 
@@ -187,6 +190,11 @@ class App:
     extra_adapters: list[ChatAdapter] = field(default_factory=list)
     platforms: bool = True
     agent_runtime: bool = True
+    # ``byokbot run`` starts the agent template with these: once serving (a database with
+    # tenants), or at the first sign-up (a new one, while the person picks a plan and pastes a
+    # key), rather than at the first message.
+    on_serving: Callable[[], None] | None = None
+    on_first_tenant: Callable[[], None] | None = None
 
     db: Database = field(init=False)
     vault: Vault = field(init=False)
@@ -262,6 +270,10 @@ class App:
         )
         self.proxy_access = ProxyAccess(proxy, self.proxy_tokens)
         tenants.revoke_access = self._revoke_proxy_access
+        if self.on_first_tenant is not None:
+            first = self.on_first_tenant
+            self.on_first_tenant = None
+            tenants.signed_up = first
         notes = DatabaseNotes(
             self.db, credentials, self.clock, limit=self.config.tools.notes.max_notes
         )
@@ -360,6 +372,8 @@ class App:
 
     async def start_proxy(self) -> None:
         """The managed plan's metering proxy, in this process, sharing budget and tokens."""
+        from core.proxy.server import ProxyServer
+
         self.proxy_server = ProxyServer(
             self.config.proxy,
             self.db,
@@ -509,6 +523,8 @@ class App:
         # Turns a previous process left unfinished (their leases may have run out already).
         self._recovering = asyncio.create_task(self._recover_safely())
         self._serving = True
+        if self.on_serving is not None:
+            self.on_serving()
 
     async def _listen_for_changes(self) -> None:
         """Other replicas' writes drop this one's caches and swap its agents within a second."""
@@ -556,6 +572,7 @@ class App:
 
     async def _start_health(self) -> None:
         from bot.readiness import readiness_checks
+        from core.health import HealthServer
 
         settings = self.config.health
         self.health = HealthServer(settings.host, settings.port, readiness_checks(self))

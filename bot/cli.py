@@ -95,13 +95,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: Config, env: Mapping[str, str], *, console_only: bool) -> int:
+async def _serve(
+    config: Config,
+    env: Mapping[str, str],
+    *,
+    console_only: bool,
+    on_serving: Callable[[], None] | None = None,
+    on_first_tenant: Callable[[], None] | None = None,
+) -> int:
     from adapters.console import ConsoleAdapter
     from bot.app import App
 
     any_platform = any(p.enabled for p in config.platforms.values())
     console = ConsoleAdapter() if console_only or not any_platform else None
-    app = App(config, env=env, console=console, platforms=not console_only)
+    app = App(
+        config,
+        env=env,
+        console=console,
+        platforms=not console_only,
+        on_serving=on_serving,
+        on_first_tenant=on_first_tenant,
+    )
     stop = asyncio.Event()
     signals: list[int] = []
 
@@ -428,10 +442,27 @@ async def _main(args: argparse.Namespace) -> int:
         # The terminal is the chat, or shows one command's outcome: no routine log lines.
         level = "WARNING"
     configure_logging(level, json_lines=config.logging.format == "json")
-    if args.command == "run":
-        return await _serve(config, env, console_only=False)
-    if args.command == "chat":
-        return await _serve(config, env, console_only=True)
+    if args.command in ("run", "chat"):
+        from core.runtime.prestart import agents_may_be_asked, start_template, stop_template
+
+        serving = first_tenant = None
+        if not config.agent.command:  # else agents are the operator's program, exec'd each time
+            # Not before: on a busy machine it would slow this process's own start (the time
+            # nothing is served); once serving, it loads while the first message is awaited.
+            if agents_may_be_asked(config.database_url):
+                serving = start_template
+            else:
+                first_tenant = start_template
+        try:
+            return await _serve(
+                config,
+                env,
+                console_only=args.command == "chat",
+                on_serving=serving,
+                on_first_tenant=first_tenant,
+            )
+        finally:
+            stop_template()  # one still loading after a failed start would linger a second
     if args.command == "proxy":
         if args.workers < 1:
             print("byokbot: error: --workers must be at least 1", file=sys.stderr)

@@ -118,6 +118,8 @@ class Tenants:
         # Set by the composition root when the managed plan's proxy is in use: revokes the
         # tenant's scoped proxy tokens (plan change, suspension, deletion).
         self.revoke_access: Callable[[str, str], Awaitable[None]] | None = None
+        # Set by the composition root: told of each new tenant (its agent may be asked soon).
+        self.signed_up: Callable[[], None] | None = None
 
     async def _revoke(self, tenant_id: str, actor: str) -> None:
         if self.revoke_access is not None:
@@ -215,6 +217,8 @@ class Tenants:
             )
             await announce(s, TENANT, tenant_id)
         self._forget()
+        if self.signed_up is not None:
+            self.signed_up()
         return _view(row)
 
     async def attach_identity(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
 import fcntl
+import functools
 import os
+import re
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +21,7 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+_FIELD = re.compile(r"^(revision|down_revision)\s*(?::[^=\n]+)?=\s*(.+?)\s*$", re.MULTILINE)
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -33,6 +39,7 @@ def alembic_config(url: str) -> AlembicConfig:
 
 def _upgrade(url: str, revision: str) -> None:
     lock: int | None = None
+    db_file: Path | None = None
     if url.startswith("sqlite+aiosqlite:///"):
         path = url.removeprefix("sqlite+aiosqlite:///")
         if path and ":memory:" not in path:
@@ -40,11 +47,53 @@ def _upgrade(url: str, revision: str) -> None:
             # One process migrates, the others wait here (PostgreSQL: an advisory lock in env.py).
             lock = os.open(f"{path}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(lock, fcntl.LOCK_EX)
+            db_file = Path(path.split("?", 1)[0])
     try:
-        _run_alembic(url, revision)
+        # A restart finds its database at the head: read that with the standard library
+        # rather than load Alembic and the whole chain (the lock above still orders it after
+        # a process that is migrating).
+        if not (db_file is not None and revision == "head" and _at_head(db_file)):
+            _run_alembic(url, revision)
     finally:
         if lock is not None:
             os.close(lock)  # releases the flock
+
+
+@functools.cache
+def shipped_heads() -> frozenset[str] | None:
+    """The heads of the shipped chain, read from the revision files' ``revision`` lines.
+
+    None when a file does not say its revisions plainly: then only Alembic can tell.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for file in sorted((MIGRATIONS / "versions").glob("*.py")):
+        fields = dict(_FIELD.findall(file.read_text(encoding="utf-8")))
+        try:
+            rev = ast.literal_eval(fields["revision"])
+            down = ast.literal_eval(fields.get("down_revision", "None"))
+        except (KeyError, ValueError, SyntaxError):
+            return None
+        if not isinstance(rev, str):
+            return None
+        revisions.add(rev)
+        downs = down if isinstance(down, tuple | list) else (down,)
+        parents.update(d for d in downs if isinstance(d, str))
+    heads = frozenset(revisions - parents)
+    return heads or None
+
+
+def _at_head(path: Path) -> bool:
+    """Whether the SQLite file at ``path`` records exactly the shipped heads."""
+    heads = shipped_heads()
+    if heads is None or not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+            rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.Error:
+        return False  # no version table yet, or not readable: Alembic says what is wrong
+    return frozenset(str(r[0]) for r in rows) == heads
 
 
 def _run_alembic(url: str, revision: str) -> None:

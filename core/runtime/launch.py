@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from core.runtime import protocol
+from core.runtime.prestart import TEMPLATE_MODULES, configure_template
 from core.runtime.sandbox import SandboxError, Spec
 
-TEMPLATE_MODULES: Final = ["core.runtime.template"]
 SANDBOX_TIMEOUT: Final = 10.0
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class ForkserverLauncher:
 
     def __init__(self) -> None:
         self._ctx: ForkServerContext = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(TEMPLATE_MODULES)
+        configure_template()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-launch")
 
     async def warm(self) -> None:

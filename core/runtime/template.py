@@ -29,7 +29,13 @@ import socket
 from multiprocessing import forkserver, reduction, spawn
 from typing import Final
 
+import core.runtime
 from core.runtime import sandbox, worker
+
+# The package loads its modules on first use; a confined agent may not be able to read the code
+# by then, so the template loads all of them, as an eager package did.
+for _name in core.runtime.__all__:
+    getattr(core.runtime, _name)
 
 REQUEST_TIMEOUT: Final = 5.0
 _recvfds = reduction.recvfds

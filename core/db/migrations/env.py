@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -18,7 +19,7 @@ target_metadata = Base.metadata
 MIGRATION_LOCK_ID = 0x6279_6F6B_6D69_67  # "byokmig"
 
 
-def _run(connection: Connection) -> None:
+def _run(connection: Connection, *, transactional_ddl: bool | None = None) -> None:
     if connection.dialect.name == "postgresql":
         # Held to the end of the transaction the migrations run in (alembic joins it), so the
         # second process reads alembic_version only after the first committed.
@@ -28,14 +29,38 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        transactional_ddl=transactional_ddl,
     )
     with context.begin_transaction():
         context.run_migrations()
 
 
-async def _main() -> None:
-    url = context.config.get_main_option("sqlalchemy.url")
-    assert url is not None  # noqa: S101 - set by core.db.migrate
+def _sqlite_manual_transactions(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # no implicit commits: BEGIN below opens the transaction
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def _main_sqlite(url: str) -> None:
+    # The standard library's driver, in this thread (aiosqlite would hand every statement to
+    # its own thread and back). And one real transaction: sqlite3 by itself commits around
+    # each DDL statement, a disk sync per statement, most of an empty database's migration
+    # time; here the whole chain commits once, or not at all.
+    engine = create_engine(url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1))
+    event.listen(engine, "connect", _sqlite_manual_transactions)
+    event.listen(engine, "begin", _sqlite_begin)
+    try:
+        with engine.connect() as conn:
+            # Alembic assumes sqlite3's implicit commits and would commit after each revision.
+            _run(conn, transactional_ddl=True)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+async def _main(url: str) -> None:
     # A database that does not answer fails start-up within seconds, not asyncpg's minute.
     connect_args = {"timeout": CONNECT_TIMEOUT} if url.startswith("postgresql+asyncpg") else {}
     engine = create_async_engine(url, connect_args=connect_args)
@@ -56,4 +81,9 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    asyncio.run(_main())
+    _url = context.config.get_main_option("sqlalchemy.url")
+    assert _url is not None  # noqa: S101 - set by core.db.migrate
+    if _url.startswith("sqlite+aiosqlite:"):
+        _main_sqlite(_url)
+    else:
+        asyncio.run(_main(_url))
