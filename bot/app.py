@@ -263,6 +263,7 @@ class App:
         messengers: dict[Platform, Messenger] = {}
         tenants = Tenants(self.db, credentials, plans, self.clock)
         usage = UsageLedger(self.db, self.clock)
+        usage.pending_writes = self.bookkeeping.drained
         deferred_usage = DeferredUsage(usage, self.bookkeeping)
         proxy = self.config.proxy
         self.proxy_tokens = ProxyTokens(

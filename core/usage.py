@@ -6,6 +6,8 @@ whose ``input_tokens`` count seconds of audio: kept out of the token sums, shown
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -34,9 +36,22 @@ class DayUsage:
 class UsageLedger:
     """Upserts one row per (tenant, day, model); one statement per reply."""
 
+    # A reply's usage is written after the reply (core.bookkeeping): a read waits this long
+    # for writes still queued, so /usage right after a reply counts it.
+    SETTLE_SECONDS = 2.0
+
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
+        self.pending_writes: Callable[[], Awaitable[None]] | None = None
+
+    async def settled(self) -> None:
+        """Wait (boundedly) for this process's queued usage writes; reads call it first."""
+        if self.pending_writes is not None:
+            try:
+                await asyncio.wait_for(self.pending_writes(), self.SETTLE_SECONDS)
+            except TimeoutError:
+                return  # a slow database: show what is stored, the rest comes later
 
     async def record(
         self, tenant_id: str, model: str, input_tokens: int, output_tokens: int
@@ -68,6 +83,7 @@ class UsageLedger:
     async def voice_month(self, tenant_id: str) -> tuple[int, int]:
         """``(voice notes, seconds of audio)`` transcribed this calendar month."""
         start = self._clock.now().date().replace(day=1)
+        await self.settled()
         async with self._db.session() as s:
             row = (
                 await s.execute(
@@ -84,6 +100,7 @@ class UsageLedger:
         """Per-day totals for the current calendar month, oldest first."""
         today = self._clock.now().date()
         start = today.replace(day=1)
+        await self.settled()
         async with self._db.session() as s:
             rows = await s.execute(
                 select(
@@ -111,6 +128,7 @@ class ModelDay:
 
 async def model_days(ledger: UsageLedger, tenant_id: str, start: date, end: date) -> list[ModelDay]:
     """Per-day, per-model totals with ``start <= day < end``, oldest first."""
+    await ledger.settled()
     async with ledger._db.session() as s:
         rows = await s.execute(
             select(
