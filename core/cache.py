@@ -27,13 +27,16 @@ class TTLCache(Generic[K, V]):
         # (another replica's change announced while this process was reading).
         self.generation = 0
 
-    def get(self, key: K) -> tuple[bool, V | None]:
-        """(hit, value); a miss or an expired entry gives (False, None)."""
+    def get(self, key: K, *, ttl: float | None = None) -> tuple[bool, V | None]:
+        """(hit, value); a miss, or an entry older than ``ttl`` (the cache's own by default).
+
+        A miss gives (False, None).
+        """
         item = self._data.get(key)
         if item is None:
             return False, None
         at, value = item
-        if time.monotonic() - at > self._ttl:
+        if time.monotonic() - at > (self._ttl if ttl is None else ttl):
             del self._data[key]
             return False, None
         self._data.move_to_end(key)

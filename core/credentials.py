@@ -65,6 +65,13 @@ class Credentials:
         self._clock = clock
         # Re-reads the master key file into the vault; True when the ring changed.
         self.reload_ring: Callable[[], bool] | None = None
+        # Called with the tenant id after a key of theirs was stored, removed or marked dead
+        # (committed): caches of what the agent uses drop it.
+        self.listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, tenant_id: str) -> None:
+        for listener in self.listeners:
+            listener(tenant_id)
 
     async def load_wrap_counts(self) -> dict[int, int]:
         """Persisted wraps per master key version, to seed the vault at start."""
@@ -174,6 +181,7 @@ class Credentials:
                 fingerprint=row.fingerprint,
             )
             await announce(s, KEYS, tenant_id)
+        self._changed(tenant_id)
         return _info(row, same=same)
 
     async def list(self, tenant_id: str) -> list[KeyInfo]:
@@ -188,6 +196,12 @@ class Credentials:
             return [_info(r) for r in rows]
 
     async def remove(self, tenant_id: str, provider: str, *, actor: str) -> KeyInfo | None:
+        try:
+            return await self._remove(tenant_id, provider, actor=actor)
+        finally:
+            self._changed(tenant_id)
+
+    async def _remove(self, tenant_id: str, provider: str, *, actor: str) -> KeyInfo | None:
         now = self._clock.now()
         async with self._db.session() as s, s.begin():
             row = await s.scalar(
@@ -235,6 +249,12 @@ class Credentials:
 
     async def mark_dead(self, tenant_id: str, key_id: str, *, reason: str) -> bool:
         """The provider refused the key (revoked or invalid); returns False if already marked."""
+        try:
+            return await self._mark_dead(tenant_id, key_id, reason=reason)
+        finally:
+            self._changed(tenant_id)
+
+    async def _mark_dead(self, tenant_id: str, key_id: str, *, reason: str) -> bool:
         now = self._clock.now()
         async with self._db.session() as s, s.begin():
             res = await s.execute(

@@ -118,6 +118,9 @@ class Tenants:
         # Set by the composition root when the managed plan's proxy is in use: revokes the
         # tenant's scoped proxy tokens (plan change, suspension, deletion).
         self.revoke_access: Callable[[str, str], Awaitable[None]] | None = None
+        # Called on every change made here and every one announced by another replica: caches
+        # built on tenants (the agents' profiles) drop everything too.
+        self.listeners: list[Callable[[], None]] = []
 
     async def _revoke(self, tenant_id: str, actor: str) -> None:
         if self.revoke_access is not None:
@@ -132,6 +135,8 @@ class Tenants:
         # (a tenant may have several identities).
         self._by_identity.clear()
         self._by_id.clear()
+        for listener in self.listeners:
+            listener()
 
     def changed(self) -> None:
         """Another replica changed a tenant (``core.changes``)."""
