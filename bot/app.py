@@ -538,8 +538,10 @@ class App:
         feed.on(changes.FLOW, services.flow_states.changed)
         feed.on(changes.BILLING, billing_changed)
         feed.on_gap(everything_changed)
-        # Profiles are kept longer while every change is heard (core.agent_data).
+        # Caches are kept longer while every change is heard (core.cache.LISTENING_SECONDS).
         self.profiles.listening = feed.connected.is_set
+        services.tenants.listening = feed.connected.is_set
+        services.flow_states.listening = feed.connected.is_set
         await feed.start()
         self.changes = feed
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.cache import TTLCache
+from core.cache import LISTENING_SECONDS, TTLCache
 from core.config import Config, PlanSettings
 from core.credentials import Credentials, KeyInfo, KeyStatus
 from core.db import Database
@@ -167,7 +167,7 @@ class DatabaseProfiles:
         managed: ProxyAccess | None = None,
         mcp: McpServers | None = None,
         cache_seconds: float = 5.0,
-        listening_seconds: float = 60.0,
+        listening_seconds: float = LISTENING_SECONDS,
     ) -> None:
         self._mcp = mcp
         self._config = config

@@ -10,6 +10,11 @@ import time
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+LISTENING_SECONDS = 60.0
+"""How long the per-process caches of what the change feed announces (tenants, flows, agent
+profiles) keep an entry while that feed is listening: every change is heard then, and every
+reconnection drops everything. Without it they keep the short TTL they were made with."""
+
 K = TypeVar("K")
 V = TypeVar("V")
 

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, proxy_tokens
-from core.cache import TTLCache
+from core.cache import LISTENING_SECONDS, TTLCache
 from core.changes import TENANT, announce
 from core.chat import UserRef
 from core.credentials import Credentials
@@ -121,6 +121,9 @@ class Tenants:
         # Called on every change made here and every one announced by another replica: caches
         # built on tenants (the agents' profiles) drop everything too.
         self.listeners: list[Callable[[], None]] = []
+        # While the change feed listens every tenant change is heard: entries kept longer then.
+        self.listening: Callable[[], bool] = lambda: False
+        self.listening_seconds = LISTENING_SECONDS
 
     async def _revoke(self, tenant_id: str, actor: str) -> None:
         if self.revoke_access is not None:
@@ -138,13 +141,16 @@ class Tenants:
         for listener in self.listeners:
             listener()
 
+    def _ttl(self) -> float | None:
+        return self.listening_seconds if self.listening() else None
+
     def changed(self) -> None:
         """Another replica changed a tenant (``core.changes``)."""
         self._forget()
 
     async def find(self, identity: str) -> TenantView | None:
         """The live tenant an identity belongs to, if any."""
-        hit, cached = self._by_identity.get(identity)
+        hit, cached = self._by_identity.get(identity, ttl=self._ttl())
         if hit:
             return cached
         since = self._by_identity.generation
@@ -159,7 +165,7 @@ class Tenants:
         return view
 
     async def get(self, tenant_id: str) -> TenantView:
-        hit, cached = self._by_id.get(tenant_id)
+        hit, cached = self._by_id.get(tenant_id, ttl=self._ttl())
         if hit and cached is not None:
             return cached
         since = self._by_id.generation
