@@ -518,6 +518,18 @@ async def main(
         "busiest second (the bot's limit: 30/s)"
     )
     print(f"bot RSS {rss:.0f} MiB; agents' USS {uss:.0f} MiB in total")
+    if sc.arrivals == "steady":
+        # What the arrivals ask of Telegram's limits, before any queueing: each person's turn
+        # lasts a think plus a reply as fast as when alone.
+        cycle = (sc.think[0] + sc.think[1]) / 2 + median([s.whole for s in base])
+        rate = tenants / cycle
+        group_rate = GROUP_SIZE * 60 / cycle
+        print(
+            f"offered load: {tenants} tenants / {cycle:.1f} s a turn = {rate:.1f} replies/s; at "
+            f"{per_reply:.1f} calls/reply that is {rate * per_reply:.1f} calls/s of the bot's 30/s"
+            f"; a group of {GROUP_SIZE} asks for {group_rate:.0f} replies/min of its 20 "
+            "messages/min"
+        )
     if sc.arrivals == "burst":
         print(
             f"arithmetic floor of a burst under 30 calls/s for the whole bot: {tenants} x "
