@@ -179,8 +179,12 @@ async def wait_until(predicate: Any, within: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
+TURNS = [0]  # every turn written, warm-ups and unmeasured ones too
+
+
 async def turn(telegram: FakeTelegramServer, p: Person, text: str, words: int) -> Sent:
     """``p`` writes ``text`` (one word: one chunk of the reply) and waits for the whole reply."""
+    TURNS[0] += 1
     since = len(telegram.calls)
     uid, mid = say(telegram, p, text)
     await wait_until(lambda: done(telegram, p, text, words), 600, f"the reply to {text!r}")
@@ -279,6 +283,12 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (not its children: the agents)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def uss_mib(pids: list[int]) -> float:
@@ -423,6 +433,7 @@ async def main(
                     await asyncio.sleep(QUIET)
                     alone_sent.append(await turn(telegram, alone, f"alone{i}", words))
                 base = [sample(telegram, s, asked) for s in alone_sent]
+                cpu_before, turns_before = cpu_seconds(bot.pid), TURNS[0]
                 if sc.arrivals == "burst":
                     await burst(telegram, people, "warmup", words)
                     concurrency = tenants
@@ -431,6 +442,8 @@ async def main(
                     opened = min(telegram.served[s.update_id] for s in measured)
                 else:
                     measured, opened = await steady(telegram, people, words, sc)
+                cpu = cpu_seconds(bot.pid) - cpu_before
+                turns = TURNS[0] - turns_before
                 samples = [sample(telegram, s, asked) for s in measured]
                 closed = max(
                     telegram.served[s.update_id] + x.whole
@@ -518,6 +531,11 @@ async def main(
         "busiest second (the bot's limit: 30/s)"
     )
     print(f"bot RSS {rss:.0f} MiB; agents' USS {uss:.0f} MiB in total")
+    # Robust to a shared machine's noise, unlike the latencies: the bot's own CPU per reply.
+    print(
+        f"bot process CPU: {cpu:.1f} s for {turns} replies (warm-ups included) = "
+        f"{cpu / max(turns, 1) * 1000:.1f} ms per reply"
+    )
     if sc.arrivals == "steady":
         # What the arrivals ask of Telegram's limits, before any queueing: each person's turn
         # lasts a think plus a reply as fast as when alone.

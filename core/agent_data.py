@@ -203,7 +203,12 @@ class DatabaseProfiles:
         return resolved
 
     async def _resolve(self, tenant_id: str) -> AgentProfile:
-        profile = await self._profile(tenant_id)
+        # The keys and the MCP servers are read in one session.
+        async with self._credentials.reading() as s:
+            return await self._resolve_in(s, tenant_id)
+
+    async def _resolve_in(self, s: AsyncSession, tenant_id: str) -> AgentProfile:
+        profile = await self._profile(s, tenant_id)
         if self._mcp is None or self._config.agent.max_tool_steps == 0:
             return profile
         if profile.key_id.startswith("managed:") and not profile.tools:
@@ -211,11 +216,11 @@ class DatabaseProfiles:
         plan = self._plans.get((await self._tenants.get(tenant_id)).plan)
         if not plan.tools.mcp:
             return profile
-        servers = await self._mcp.reveal(tenant_id)
+        servers = await self._mcp.reveal(tenant_id, session=s)
         names = tuple(f"mcp:{m.name}" for m in servers)
         return dataclasses.replace(profile, tools=profile.tools + names, mcp=servers)
 
-    async def _profile(self, tenant_id: str) -> AgentProfile:
+    async def _profile(self, s: AsyncSession, tenant_id: str) -> AgentProfile:
         try:
             tenant = await self._tenants.get(tenant_id)
         except TenantNotFound:
@@ -248,7 +253,7 @@ class DatabaseProfiles:
                 # The curated catalog says which models take tool calls.
                 tools=offered_tools(self._config, plan) if route is None or route.tools else (),
             )
-        keys = list(await self._credentials.list(tenant_id))
+        keys = list(await self._credentials.list(tenant_id, session=s))
         if not keys:
             raise AgentUnavailable("no_key")
         chosen = pick_key(self._config, tenant, keys)
@@ -259,7 +264,7 @@ class DatabaseProfiles:
         provider = self._config.providers.get(choice[0]) if choice is not None else None
         if choice is None or provider is None:
             raise AgentUnavailable("no_key")
-        revealed = await self._credentials.reveal(tenant_id, provider.id)
+        revealed = await self._credentials.reveal(tenant_id, provider.id, session=s)
         if revealed is None:
             raise AgentUnavailable("no_key")
         info, key = revealed

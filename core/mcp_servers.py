@@ -18,6 +18,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
 from core.changes import KEYS, announce
@@ -207,27 +208,37 @@ class McpServers:
         self._changed(tenant_id)
         return True
 
-    async def reveal(self, tenant_id: str) -> tuple[McpServer, ...]:
-        """Every server with a token, decrypted for the tenant's own agent (fails closed)."""
+    async def reveal(
+        self, tenant_id: str, *, session: AsyncSession | None = None
+    ) -> tuple[McpServer, ...]:
+        """Every server with a token, decrypted for the tenant's own agent (fails closed).
+
+        In ``session`` when given (one session for a message's reads).
+        """
+        if session is not None:
+            return await self._reveal(session, tenant_id)
         async with self._db.session() as s:
-            rows = (
-                await s.scalars(
-                    select(McpServerRow)
-                    .where(McpServerRow.tenant_id == tenant_id, McpServerRow.version > 0)
-                    .order_by(McpServerRow.name)
-                )
-            ).all()
-            if not rows:
-                return ()
-            dek = await self._credentials.data_key(s, tenant_id)
-            out: list[McpServer] = []
-            for row in rows:
-                plain = self._credentials.vault.decrypt(
-                    dek,
-                    row.ciphertext,
-                    secret_id=row.id,
-                    provider=f"mcp:{row.name}",
-                    secret_version=row.version,
-                )
-                out.append(McpServer(row.name, row.url, Secret(plain.decode())))
-            return tuple(out)
+            return await self._reveal(s, tenant_id)
+
+    async def _reveal(self, s: AsyncSession, tenant_id: str) -> tuple[McpServer, ...]:
+        rows = (
+            await s.scalars(
+                select(McpServerRow)
+                .where(McpServerRow.tenant_id == tenant_id, McpServerRow.version > 0)
+                .order_by(McpServerRow.name)
+            )
+        ).all()
+        if not rows:
+            return ()
+        dek = await self._credentials.data_key(s, tenant_id)
+        out: list[McpServer] = []
+        for row in rows:
+            plain = self._credentials.vault.decrypt(
+                dek,
+                row.ciphertext,
+                secret_id=row.id,
+                provider=f"mcp:{row.name}",
+                secret_version=row.version,
+            )
+            out.append(McpServer(row.name, row.url, Secret(plain.decode())))
+        return tuple(out)
