@@ -203,28 +203,31 @@ class DatabaseProfiles:
         return resolved
 
     async def _resolve(self, tenant_id: str) -> AgentProfile:
-        # The keys and the MCP servers are read in one session.
+        try:
+            tenant = await self._tenants.get(tenant_id)
+        except TenantNotFound:
+            raise AgentUnavailable("no_key") from None
+        # The keys and the MCP servers are read in one session, and nothing else is read while
+        # it holds its connection (a second one per message could drain the pool under load).
         async with self._credentials.reading() as s:
-            return await self._resolve_in(s, tenant_id)
+            return await self._resolve_in(s, tenant)
 
-    async def _resolve_in(self, s: AsyncSession, tenant_id: str) -> AgentProfile:
-        profile = await self._profile(s, tenant_id)
+    async def _resolve_in(self, s: AsyncSession, tenant: TenantView) -> AgentProfile:
+        tenant_id = tenant.id
+        profile = await self._profile(s, tenant)
         if self._mcp is None or self._config.agent.max_tool_steps == 0:
             return profile
         if profile.key_id.startswith("managed:") and not profile.tools:
             return profile  # the curated model takes no tool calls
-        plan = self._plans.get((await self._tenants.get(tenant_id)).plan)
+        plan = self._plans.get(tenant.plan)
         if not plan.tools.mcp:
             return profile
         servers = await self._mcp.reveal(tenant_id, session=s)
         names = tuple(f"mcp:{m.name}" for m in servers)
         return dataclasses.replace(profile, tools=profile.tools + names, mcp=servers)
 
-    async def _profile(self, s: AsyncSession, tenant_id: str) -> AgentProfile:
-        try:
-            tenant = await self._tenants.get(tenant_id)
-        except TenantNotFound:
-            raise AgentUnavailable("no_key") from None
+    async def _profile(self, s: AsyncSession, tenant: TenantView) -> AgentProfile:
+        tenant_id = tenant.id
         if tenant.status is TenantStatus.SUSPENDED:
             raise AgentUnavailable("suspended")
         if tenant.status is TenantStatus.DELETED:
