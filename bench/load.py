@@ -187,7 +187,7 @@ async def turn(telegram: FakeTelegramServer, p: Person, text: str, words: int) -
     TURNS[0] += 1
     since = len(telegram.calls)
     uid, mid = say(telegram, p, text)
-    await wait_until(lambda: done(telegram, p, text, words), 600, f"the reply to {text!r}")
+    await wait_until(lambda: done(telegram, p, text, words), 180, f"the reply to {text!r}")
     return Sent(p, uid, mid, text, since, len(telegram.calls))
 
 
