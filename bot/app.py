@@ -224,6 +224,8 @@ class App:
     # PostgreSQL only: other replicas' changes (core.changes) and the jobs' leases.
     changes: ChangeFeed | None = field(init=False, default=None)
     leases: JobLeases | None = field(init=False, default=None)
+    # The agents' profiles, cached per tenant (dropped by every change, here or announced).
+    profiles: DatabaseProfiles = field(init=False)
     # Set once every adapter has started; cleared when one reports a failure.
     _serving: bool = field(init=False, default=False)
 
@@ -284,16 +286,12 @@ class App:
         mcp_servers = McpServers(self.db, credentials, self.clock)
         memory = DeferredMemory(DatabaseMemory(self.db, credentials, self.clock), self.bookkeeping)
         threads = DatabaseThreads(self.db, memory, self.clock)
+        self.profiles = DatabaseProfiles(
+            self.config, plans, tenants, credentials, managed=self.proxy_access, mcp=mcp_servers
+        )
         if self.agents is None and self.agent_runtime:
             self.supervisor = AgentSupervisor(
-                DatabaseProfiles(
-                    self.config,
-                    plans,
-                    tenants,
-                    credentials,
-                    managed=self.proxy_access,
-                    mcp=mcp_servers,
-                ),
+                self.profiles,
                 memory,
                 deferred_usage,
                 DatabaseKeyHealth(credentials, proxy=self.proxy_access),
@@ -548,11 +546,19 @@ class App:
             if services.billing is not None:
                 services.billing.changed(tenant_id)
 
+        def keys_changed(tenant_id: str) -> Awaitable[None] | None:
+            self.profiles.forget(tenant_id)  # before the swap re-reads it
+            return self._swap_agent(tenant_id)
+
         feed.on(changes.TENANT, tenant_changed)
-        feed.on(changes.KEYS, self._swap_agent)
+        feed.on(changes.KEYS, keys_changed)
         feed.on(changes.FLOW, services.flow_states.changed)
         feed.on(changes.BILLING, billing_changed)
         feed.on_gap(everything_changed)
+        # Caches are kept longer while every change is heard (core.cache.LISTENING_SECONDS).
+        self.profiles.listening = feed.connected.is_set
+        services.tenants.listening = feed.connected.is_set
+        services.flow_states.listening = feed.connected.is_set
         await feed.start()
         self.changes = feed
 

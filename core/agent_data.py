@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.cache import LISTENING_SECONDS, TTLCache
 from core.config import Config, PlanSettings
 from core.credentials import Credentials, KeyInfo, KeyStatus
 from core.db import Database
@@ -100,6 +101,8 @@ class ProxyAccess:
         self._tokens = tokens
         self._issued: dict[str, tuple[int, Secret]] = {}
         self._generation = 0
+        # Called with the tenant id when its token is dropped (the cached profile carries it).
+        self.listeners: list[Callable[[str], None]] = []
 
     async def __call__(self, tenant_id: str, model: str) -> tuple[str, str, str, Secret]:
         """(provider kind, base URL, key id, token) for ``model`` of a managed plan."""
@@ -134,6 +137,8 @@ class ProxyAccess:
 
     def forget(self, tenant_id: str) -> None:
         self._issued.pop(tenant_id, None)
+        for listener in self.listeners:
+            listener(tenant_id)
 
     async def revoke(self, tenant_id: str, *, actor: str) -> None:
         """Plan change, suspension or deletion: every token of the tenant stops working."""
@@ -142,7 +147,15 @@ class ProxyAccess:
 
 
 class DatabaseProfiles:
-    """Resolves a tenant's agent profile from its plan, chosen model, keys and persona."""
+    """Resolves a tenant's agent profile from its plan, chosen model, keys and persona.
+
+    Every message needs its tenant's profile: a resolved one is kept per tenant and dropped by
+    every change that touches it, made here (tenant, keys, MCP servers, proxy token) or
+    announced by another replica (``core.changes``: the composition root calls ``forget``).
+    Entries live ``cache_seconds`` (what another process's unannounced change may lag), or
+    ``listening_seconds`` while ``listening()`` says the change feed is connected, since then
+    every change is heard (and every reconnection drops everything).
+    """
 
     def __init__(
         self,
@@ -153,6 +166,8 @@ class DatabaseProfiles:
         *,
         managed: ProxyAccess | None = None,
         mcp: McpServers | None = None,
+        cache_seconds: float = 5.0,
+        listening_seconds: float = LISTENING_SECONDS,
     ) -> None:
         self._mcp = mcp
         self._config = config
@@ -160,25 +175,59 @@ class DatabaseProfiles:
         self._tenants = tenants
         self._credentials = credentials
         self._managed = managed
+        self._cache: TTLCache[str, AgentProfile] = TTLCache(ttl=cache_seconds)
+        self._listening_seconds = listening_seconds
+        self.listening: Callable[[], bool] = lambda: False
+        tenants.listeners.append(self.forget)
+        credentials.listeners.append(self.forget)
+        if mcp is not None:
+            mcp.listeners.append(self.forget)
+        if managed is not None:
+            managed.listeners.append(self.forget)
+
+    def forget(self, tenant_id: str | None = None) -> None:
+        """Drop the cached profile of ``tenant_id`` (of every tenant when None)."""
+        if tenant_id is None:
+            self._cache.clear()
+        else:
+            self._cache.invalidate(tenant_id)
 
     async def profile(self, tenant_id: str) -> AgentProfile:
-        profile = await self._profile(tenant_id)
-        if self._mcp is None or self._config.agent.max_tool_steps == 0:
-            return profile
-        if profile.key_id.startswith("managed:") and not profile.tools:
-            return profile  # the curated model takes no tool calls
-        plan = self._plans.get((await self._tenants.get(tenant_id)).plan)
-        if not plan.tools.mcp:
-            return profile
-        servers = await self._mcp.reveal(tenant_id)
-        names = tuple(f"mcp:{m.name}" for m in servers)
-        return dataclasses.replace(profile, tools=profile.tools + names, mcp=servers)
+        ttl = self._listening_seconds if self.listening() else None
+        hit, cached = self._cache.get(tenant_id, ttl=ttl)
+        if hit and cached is not None:
+            return cached
+        since = self._cache.generation
+        resolved = await self._resolve(tenant_id)  # a refusal is not kept: it is re-read
+        self._cache.put(tenant_id, resolved, since=since)
+        return resolved
 
-    async def _profile(self, tenant_id: str) -> AgentProfile:
+    async def _resolve(self, tenant_id: str) -> AgentProfile:
         try:
             tenant = await self._tenants.get(tenant_id)
         except TenantNotFound:
             raise AgentUnavailable("no_key") from None
+        # The keys and the MCP servers are read in one session, and nothing else is read while
+        # it holds its connection (a second one per message could drain the pool under load).
+        async with self._credentials.reading() as s:
+            return await self._resolve_in(s, tenant)
+
+    async def _resolve_in(self, s: AsyncSession, tenant: TenantView) -> AgentProfile:
+        tenant_id = tenant.id
+        profile = await self._profile(s, tenant)
+        if self._mcp is None or self._config.agent.max_tool_steps == 0:
+            return profile
+        if profile.key_id.startswith("managed:") and not profile.tools:
+            return profile  # the curated model takes no tool calls
+        plan = self._plans.get(tenant.plan)
+        if not plan.tools.mcp:
+            return profile
+        servers = await self._mcp.reveal(tenant_id, session=s)
+        names = tuple(f"mcp:{m.name}" for m in servers)
+        return dataclasses.replace(profile, tools=profile.tools + names, mcp=servers)
+
+    async def _profile(self, s: AsyncSession, tenant: TenantView) -> AgentProfile:
+        tenant_id = tenant.id
         if tenant.status is TenantStatus.SUSPENDED:
             raise AgentUnavailable("suspended")
         if tenant.status is TenantStatus.DELETED:
@@ -207,7 +256,7 @@ class DatabaseProfiles:
                 # The curated catalog says which models take tool calls.
                 tools=offered_tools(self._config, plan) if route is None or route.tools else (),
             )
-        keys = list(await self._credentials.list(tenant_id))
+        keys = list(await self._credentials.list(tenant_id, session=s))
         if not keys:
             raise AgentUnavailable("no_key")
         chosen = pick_key(self._config, tenant, keys)
@@ -218,7 +267,7 @@ class DatabaseProfiles:
         provider = self._config.providers.get(choice[0]) if choice is not None else None
         if choice is None or provider is None:
             raise AgentUnavailable("no_key")
-        revealed = await self._credentials.reveal(tenant_id, provider.id)
+        revealed = await self._credentials.reveal(tenant_id, provider.id, session=s)
         if revealed is None:
             raise AgentUnavailable("no_key")
         info, key = revealed

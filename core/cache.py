@@ -10,6 +10,11 @@ import time
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+LISTENING_SECONDS = 60.0
+"""How long the per-process caches of what the change feed announces (tenants, flows, agent
+profiles) keep an entry while that feed is listening: every change is heard then, and every
+reconnection drops everything. Without it they keep the short TTL they were made with."""
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -27,13 +32,16 @@ class TTLCache(Generic[K, V]):
         # (another replica's change announced while this process was reading).
         self.generation = 0
 
-    def get(self, key: K) -> tuple[bool, V | None]:
-        """(hit, value); a miss or an expired entry gives (False, None)."""
+    def get(self, key: K, *, ttl: float | None = None) -> tuple[bool, V | None]:
+        """(hit, value); a miss, or an entry older than ``ttl`` (the cache's own by default).
+
+        A miss gives (False, None).
+        """
         item = self._data.get(key)
         if item is None:
             return False, None
         at, value = item
-        if time.monotonic() - at > self._ttl:
+        if time.monotonic() - at > (self._ttl if ttl is None else ttl):
             del self._data[key]
             return False, None
         self._data.move_to_end(key)

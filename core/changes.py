@@ -29,7 +29,7 @@ log = logging.getLogger("byokbot.changes")
 
 CHANNEL: Final = "byokbot_changes"
 TENANT: Final = "tenant"  # key: tenant id (status, plan, pause, model, persona, identities)
-KEYS: Final = "keys"  # key: tenant id (a provider key stored, removed or marked dead)
+KEYS: Final = "keys"  # key: tenant id (a provider key or MCP server stored, removed, dead)
 FLOW: Final = "flow"  # key: identity (a flow step set or cleared)
 BILLING: Final = "billing"  # key: tenant id (a subscription created or moved on)
 

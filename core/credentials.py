@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,13 @@ class Credentials:
         self._clock = clock
         # Re-reads the master key file into the vault; True when the ring changed.
         self.reload_ring: Callable[[], bool] | None = None
+        # Called with the tenant id after a key of theirs was stored, removed or marked dead
+        # (committed): caches of what the agent uses drop it.
+        self.listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, tenant_id: str) -> None:
+        for listener in self.listeners:
+            listener(tenant_id)
 
     async def load_wrap_counts(self) -> dict[int, int]:
         """Persisted wraps per master key version, to seed the vault at start."""
@@ -174,20 +182,34 @@ class Credentials:
                 fingerprint=row.fingerprint,
             )
             await announce(s, KEYS, tenant_id)
+        self._changed(tenant_id)
         return _info(row, same=same)
 
-    async def list(self, tenant_id: str) -> list[KeyInfo]:
+    async def list(self, tenant_id: str, *, session: AsyncSession | None = None) -> list[KeyInfo]:
+        """The tenant's keys; in ``session`` when given (one session for a message's reads)."""
+        if session is not None:
+            return await self._list(session, tenant_id)
         async with self._db.session() as s:
-            rows = (
-                await s.scalars(
-                    select(ProviderKeyRow)
-                    .where(ProviderKeyRow.tenant_id == tenant_id)
-                    .order_by(ProviderKeyRow.provider)
-                )
-            ).all()
-            return [_info(r) for r in rows]
+            return await self._list(s, tenant_id)
+
+    @staticmethod
+    async def _list(s: AsyncSession, tenant_id: str) -> builtins.list[KeyInfo]:
+        rows = (
+            await s.scalars(
+                select(ProviderKeyRow)
+                .where(ProviderKeyRow.tenant_id == tenant_id)
+                .order_by(ProviderKeyRow.provider)
+            )
+        ).all()
+        return [_info(r) for r in rows]
 
     async def remove(self, tenant_id: str, provider: str, *, actor: str) -> KeyInfo | None:
+        try:
+            return await self._remove(tenant_id, provider, actor=actor)
+        finally:
+            self._changed(tenant_id)
+
+    async def _remove(self, tenant_id: str, provider: str, *, actor: str) -> KeyInfo | None:
         now = self._clock.now()
         async with self._db.session() as s, s.begin():
             row = await s.scalar(
@@ -211,30 +233,52 @@ class Credentials:
             await announce(s, KEYS, tenant_id)
             return info
 
-    async def reveal(self, tenant_id: str, provider: str) -> tuple[KeyInfo, Secret] | None:
-        """Decrypt a tenant's active key for its own agent. Fails closed on any tampering."""
+    async def reveal(
+        self, tenant_id: str, provider: str, *, session: AsyncSession | None = None
+    ) -> tuple[KeyInfo, Secret] | None:
+        """Decrypt a tenant's active key for its own agent. Fails closed on any tampering.
+
+        In ``session`` when given (one session for a message's reads).
+        """
+        if session is not None:
+            return await self._reveal(session, tenant_id, provider)
         async with self._db.session() as s:
-            row = await s.scalar(
-                select(ProviderKeyRow).where(
-                    ProviderKeyRow.tenant_id == tenant_id,
-                    ProviderKeyRow.provider == provider,
-                    ProviderKeyRow.status == KeyStatus.ACTIVE.value,
-                )
+            return await self._reveal(s, tenant_id, provider)
+
+    async def _reveal(
+        self, s: AsyncSession, tenant_id: str, provider: str
+    ) -> tuple[KeyInfo, Secret] | None:
+        row = await s.scalar(
+            select(ProviderKeyRow).where(
+                ProviderKeyRow.tenant_id == tenant_id,
+                ProviderKeyRow.provider == provider,
+                ProviderKeyRow.status == KeyStatus.ACTIVE.value,
             )
-            if row is None:
-                return None
-            dek = await self.data_key(s, tenant_id)
-            plain = self.vault.decrypt(
-                dek,
-                row.ciphertext,
-                secret_id=row.id,
-                provider=row.provider,
-                secret_version=row.version,
-            )
-            return _info(row), Secret(plain.decode())
+        )
+        if row is None:
+            return None
+        dek = await self.data_key(s, tenant_id)
+        plain = self.vault.decrypt(
+            dek,
+            row.ciphertext,
+            secret_id=row.id,
+            provider=row.provider,
+            secret_version=row.version,
+        )
+        return _info(row), Secret(plain.decode())
+
+    def reading(self) -> AsyncSession:
+        """A session for several reads in a row (``async with``)."""
+        return self._db.session()
 
     async def mark_dead(self, tenant_id: str, key_id: str, *, reason: str) -> bool:
         """The provider refused the key (revoked or invalid); returns False if already marked."""
+        try:
+            return await self._mark_dead(tenant_id, key_id, reason=reason)
+        finally:
+            self._changed(tenant_id)
+
+    async def _mark_dead(self, tenant_id: str, key_id: str, *, reason: str) -> bool:
         now = self._clock.now()
         async with self._db.session() as s, s.begin():
             res = await s.execute(

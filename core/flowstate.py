@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
 
-from core.cache import TTLCache
+from core.cache import LISTENING_SECONDS, TTLCache
 from core.changes import FLOW, announce
 from core.db import Database
 from core.db.models import FlowStateRow
@@ -38,6 +38,9 @@ class FlowStates:
         # Most messages come from people in no flow at all; remember that for a few seconds
         # (this process's own writes invalidate at once).
         self._none: TTLCache[str, bool] = TTLCache(ttl=cache_seconds)
+        # While the change feed listens every flow change is heard: kept longer then.
+        self.listening: Callable[[], bool] = lambda: False
+        self.listening_seconds = LISTENING_SECONDS
 
     async def get(self, identity: str, *, expired: bool = False) -> FlowState | None:
         """The person's flow; an expired one too when ``expired`` is true.
@@ -45,7 +48,7 @@ class FlowStates:
         Expired flows are kept a day, so an answer that comes too late is told so rather than
         taken for something else (a key after its request expired is not a leak).
         """
-        hit, _ = self._none.get(identity)
+        hit, _ = self._none.get(identity, ttl=self.listening_seconds if self.listening() else None)
         if hit:
             return None
         since = self._none.generation

@@ -11,14 +11,17 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
+from core.changes import KEYS, announce
 from core.credentials import Credentials
 from core.db import Database
 from core.db.models import McpServerRow
@@ -88,6 +91,13 @@ class McpServers:
         self._db = db
         self._credentials = credentials
         self._clock = clock
+        # Called with the tenant id after a change here (committed): the agent's cached
+        # profile carries the servers. Other replicas hear it as a KEYS change.
+        self.listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, tenant_id: str) -> None:
+        for listener in self.listeners:
+            listener(tenant_id)
 
     async def list(self, tenant_id: str) -> list[McpServerInfo]:
         async with self._db.session() as s:
@@ -129,6 +139,8 @@ class McpServers:
             audit.record(
                 s, at=now, actor=actor, tenant_id=tenant_id, action="mcp.added", server=name
             )
+            await announce(s, KEYS, tenant_id)
+        self._changed(tenant_id)
 
     async def exists(self, tenant_id: str, name: str) -> bool:
         async with self._db.session() as s:
@@ -173,7 +185,10 @@ class McpServers:
                 server=name,
                 fingerprint=row.fingerprint,
             )
-            return row.fingerprint
+            await announce(s, KEYS, tenant_id)
+            sealed = row.fingerprint
+        self._changed(tenant_id)
+        return sealed
 
     async def remove(self, tenant_id: str, name: str, *, actor: str) -> bool:
         now = self._clock.now()
@@ -189,29 +204,41 @@ class McpServers:
             audit.record(
                 s, at=now, actor=actor, tenant_id=tenant_id, action="mcp.removed", server=name
             )
-            return True
+            await announce(s, KEYS, tenant_id)
+        self._changed(tenant_id)
+        return True
 
-    async def reveal(self, tenant_id: str) -> tuple[McpServer, ...]:
-        """Every server with a token, decrypted for the tenant's own agent (fails closed)."""
+    async def reveal(
+        self, tenant_id: str, *, session: AsyncSession | None = None
+    ) -> tuple[McpServer, ...]:
+        """Every server with a token, decrypted for the tenant's own agent (fails closed).
+
+        In ``session`` when given (one session for a message's reads).
+        """
+        if session is not None:
+            return await self._reveal(session, tenant_id)
         async with self._db.session() as s:
-            rows = (
-                await s.scalars(
-                    select(McpServerRow)
-                    .where(McpServerRow.tenant_id == tenant_id, McpServerRow.version > 0)
-                    .order_by(McpServerRow.name)
-                )
-            ).all()
-            if not rows:
-                return ()
-            dek = await self._credentials.data_key(s, tenant_id)
-            out: list[McpServer] = []
-            for row in rows:
-                plain = self._credentials.vault.decrypt(
-                    dek,
-                    row.ciphertext,
-                    secret_id=row.id,
-                    provider=f"mcp:{row.name}",
-                    secret_version=row.version,
-                )
-                out.append(McpServer(row.name, row.url, Secret(plain.decode())))
-            return tuple(out)
+            return await self._reveal(s, tenant_id)
+
+    async def _reveal(self, s: AsyncSession, tenant_id: str) -> tuple[McpServer, ...]:
+        rows = (
+            await s.scalars(
+                select(McpServerRow)
+                .where(McpServerRow.tenant_id == tenant_id, McpServerRow.version > 0)
+                .order_by(McpServerRow.name)
+            )
+        ).all()
+        if not rows:
+            return ()
+        dek = await self._credentials.data_key(s, tenant_id)
+        out: list[McpServer] = []
+        for row in rows:
+            plain = self._credentials.vault.decrypt(
+                dek,
+                row.ciphertext,
+                secret_id=row.id,
+                provider=f"mcp:{row.name}",
+                secret_version=row.version,
+            )
+            out.append(McpServer(row.name, row.url, Secret(plain.decode())))
+        return tuple(out)

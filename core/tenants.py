@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, proxy_tokens
-from core.cache import TTLCache
+from core.cache import LISTENING_SECONDS, TTLCache
 from core.changes import TENANT, announce
 from core.chat import UserRef
 from core.credentials import Credentials
@@ -120,6 +120,12 @@ class Tenants:
         self.revoke_access: Callable[[str, str], Awaitable[None]] | None = None
         # Set by the composition root: told of each new tenant (its agent may be asked soon).
         self.signed_up: Callable[[], None] | None = None
+        # Called on every change made here and every one announced by another replica: caches
+        # built on tenants (the agents' profiles) drop everything too.
+        self.listeners: list[Callable[[], None]] = []
+        # While the change feed listens every tenant change is heard: entries kept longer then.
+        self.listening: Callable[[], bool] = lambda: False
+        self.listening_seconds = LISTENING_SECONDS
 
     async def _revoke(self, tenant_id: str, actor: str) -> None:
         if self.revoke_access is not None:
@@ -134,6 +140,11 @@ class Tenants:
         # (a tenant may have several identities).
         self._by_identity.clear()
         self._by_id.clear()
+        for listener in self.listeners:
+            listener()
+
+    def _ttl(self) -> float | None:
+        return self.listening_seconds if self.listening() else None
 
     def changed(self) -> None:
         """Another replica changed a tenant (``core.changes``)."""
@@ -141,7 +152,7 @@ class Tenants:
 
     async def find(self, identity: str) -> TenantView | None:
         """The live tenant an identity belongs to, if any."""
-        hit, cached = self._by_identity.get(identity)
+        hit, cached = self._by_identity.get(identity, ttl=self._ttl())
         if hit:
             return cached
         since = self._by_identity.generation
@@ -156,7 +167,7 @@ class Tenants:
         return view
 
     async def get(self, tenant_id: str) -> TenantView:
-        hit, cached = self._by_id.get(tenant_id)
+        hit, cached = self._by_id.get(tenant_id, ttl=self._ttl())
         if hit and cached is not None:
             return cached
         since = self._by_id.generation

@@ -20,15 +20,12 @@ would otherwise show the message twice.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
 import logging
-import math
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, Final
 
 import httpx
@@ -36,13 +33,11 @@ from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
 from telegram.ext import BaseRateLimiter
 
 from core.metrics import PLATFORM_RATE_LIMITED, PLATFORM_RETRIES
+from core.pacing import Key, OutboundScheduler, Priority, Slot, Window
+
+__all__ = ["FloodLimits", "FloodScheduler", "Priority", "Slot", "Window", "granted"]
 
 log = logging.getLogger(__name__)
-
-
-class Priority(IntEnum):
-    HIGH = 0
-    LOW = 1
 
 
 # Requests Telegram counts against its message limits (chat actions, deletions, callback and
@@ -69,22 +64,18 @@ CREATING: Final = frozenset(
 _BYPASS: Final = frozenset({"getUpdates"})
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
-    """At most ``limit`` requests in any ``seconds``; LOW ones leave ``reserve`` for HIGH."""
-
-    limit: int
-    seconds: float
-    reserve: int = 0
+BOT: Final = Window(30, 1.05, reserve=8)
+CHAT: Final = Window(3, 3.3, reserve=1)  # about 1 a second, small bursts
+GROUP: Final = Window(20, 61.0, reserve=6)  # 20 a minute in a group
 
 
 @dataclass(frozen=True, slots=True)
 class FloodLimits:
     """Telegram's documented limits, with a margin: the windows are a little longer."""
 
-    bot: Window = Window(30, 1.05, reserve=8)
-    chat: Window = Window(3, 3.3, reserve=1)  # about 1 a second, small bursts
-    group: Window = Window(20, 61.0, reserve=6)  # 20 a minute in a group
+    bot: Window = BOT
+    chat: Window = CHAT
+    group: Window = GROUP
 
     @classmethod
     def of(
@@ -99,24 +90,6 @@ class FloodLimits:
             chat=Window(chat_burst, chat_seconds, reserve=1 if chat_burst > 1 else 0),
             group=Window(group_per_minute, 61.0, reserve=round(group_per_minute * 0.3)),
         )
-
-
-Key = tuple[str, str]
-
-
-class Slot:
-    """Room in every window of one chat, held from its grant until its request finished."""
-
-    __slots__ = ("_owner", "keys", "open")
-
-    def __init__(self, owner: FloodScheduler, keys: tuple[Key, ...]) -> None:
-        self._owner, self.keys, self.open = owner, keys, True
-
-    def release(self) -> None:
-        """The request is over (answered, failed or never made): the windows count it from now."""
-        if self.open:
-            self.open = False
-            self._owner._release(self)
 
 
 # A stream that took its slot itself (``try_acquire``) hands it to its next request.
@@ -136,16 +109,10 @@ def granted(slot: Slot) -> Iterator[None]:
         slot.release()
 
 
-@dataclass(eq=False)
-class _Waiter:
-    priority: Priority
-    seq: int
-    keys: tuple[Key, ...]
-    future: asyncio.Future[Slot]
-
-
 class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
-    """Sliding-window flood control, priority queue and retries for one bot.
+    """Telegram's windows on the platform-neutral scheduler, its priority queue and retries.
+
+    A request counts against the whole bot, its chat, and its group (negative chat ids).
 
     Args:
         limits: the windows (tests pass small ones).
@@ -164,32 +131,30 @@ class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
     ) -> None:
         self.limits = limits or FloodLimits()
         self.retries = retries
-        self._clock = clock
         self._backoff = backoff
-        # Per window: when each finished request ended (in order), and how many are in flight.
-        self._sent: dict[Key, collections.deque[float]] = {}
-        self._inflight: dict[Key, int] = {}
-        self._waiters: list[_Waiter] = []
-        self._seq = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._windows = OutboundScheduler(
+            {"bot": self.limits.bot, "chat": self.limits.chat, "group": self.limits.group},
+            clock=clock,
+        )
         self.rate_limited = 0  # 429s met (should stay 0)
         self.retried = 0  # 5xx/timeouts retried
+
+    @property
+    def _clock(self) -> Callable[[], float]:
+        return self._windows._clock
+
+    @_clock.setter
+    def _clock(self, clock: Callable[[], float]) -> None:
+        self._windows._clock = clock
 
     async def initialize(self) -> None:
         return None
 
     async def shutdown(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for w in self._waiters:
-            if not w.future.done():
-                w.future.cancel()
-        self._waiters.clear()
+        self._windows.close()
 
-    # ----- windows -------------------------------------------------------------------------
-
-    def _keys(self, chat_id: str | None) -> tuple[Key, ...]:
+    @staticmethod
+    def _keys(chat_id: str | None) -> tuple[Key, ...]:
         if chat_id is None or chat_id == "":
             return (("bot", ""),)
         # Telegram's groups and channels have negative ids.
@@ -197,100 +162,20 @@ class FloodScheduler(BaseRateLimiter[dict[str, Any]]):
             return (("bot", ""), ("chat", chat_id), ("group", chat_id))
         return (("bot", ""), ("chat", chat_id))
 
-    def _window(self, kind: str) -> Window:
-        limits = self.limits
-        return limits.bot if kind == "bot" else limits.chat if kind == "chat" else limits.group
-
-    def _wait_time(self, keys: tuple[Key, ...], priority: Priority, now: float) -> float:
-        """0 when every window has room now, else seconds until the tightest one may.
-
-        ``inf`` when only a request still in flight can make room: its end re-dispatches.
-        """
-        wait = 0.0
-        for key in keys:
-            w = self._window(key[0])
-            sent = self._sent.get(key)
-            while sent and sent[0] <= now - w.seconds:
-                sent.popleft()
-            done = len(sent) if sent else 0
-            count = done + self._inflight.get(key, 0)
-            room = w.limit - (w.reserve if priority is Priority.LOW else 0)
-            if count >= room:
-                # The finished one that must expire before one more fits, oldest first.
-                idx = count - room
-                if sent is None or idx >= done:
-                    return math.inf
-                wait = max(wait, sent[idx] + w.seconds - now)
-        return wait
-
-    def _occupy(self, keys: tuple[Key, ...]) -> Slot:
-        for key in keys:
-            self._inflight[key] = self._inflight.get(key, 0) + 1
-        return Slot(self, keys)
-
-    def _release(self, slot: Slot) -> None:
-        now = self._clock()
-        for key in slot.keys:
-            left = self._inflight.get(key, 1) - 1
-            if left > 0:
-                self._inflight[key] = left
-            else:
-                self._inflight.pop(key, None)
-            self._sent.setdefault(key, collections.deque()).append(now)
-        if self._waiters:
-            self.dispatch()
-
     def try_acquire(self, chat_id: str | None, priority: Priority = Priority.LOW) -> Slot | None:
         """A slot now if one is free and nobody of the same or higher priority waits.
 
         Hand it to the request with ``granted(slot)``.
         """
-        keys = self._keys(chat_id)
-        if any(w.priority <= priority for w in self._waiters):
-            return None
-        if self._wait_time(keys, priority, self._clock()) > 0:
-            return None
-        return self._occupy(keys)
+        return self._windows.try_acquire(self._keys(chat_id), priority)
 
     async def acquire(self, chat_id: str | None, priority: Priority = Priority.HIGH) -> Slot:
         """Wait for a slot in every window of ``chat_id``; the caller releases it."""
-        self._seq += 1
-        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(priority, self._seq, self._keys(chat_id), future)
-        self._waiters.append(waiter)
-        self.dispatch()
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            if future.done() and not future.cancelled():
-                future.result().release()  # granted just before the cancel
-            raise
+        return await self._windows.acquire(self._keys(chat_id), priority)
 
     def dispatch(self) -> None:
         """Grant every waiter that fits now, best priority and oldest first; re-arm the timer."""
-        now = self._clock()
-        self._waiters.sort(key=lambda w: (w.priority, w.seq))
-        next_wait: float | None = None
-        granted: list[_Waiter] = []
-        for w in self._waiters:
-            if w.future.done():
-                granted.append(w)
-                continue
-            wait = self._wait_time(w.keys, w.priority, now)
-            if wait <= 0:
-                w.future.set_result(self._occupy(w.keys))
-                granted.append(w)
-            elif wait < math.inf:
-                next_wait = wait if next_wait is None else min(next_wait, wait)
-        for w in granted:
-            self._waiters.remove(w)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if next_wait is not None:
-            self._timer = asyncio.get_running_loop().call_later(next_wait + 0.001, self.dispatch)
+        self._windows.dispatch()
 
     # ----- python-telegram-bot's hook -------------------------------------------------------
 

@@ -63,12 +63,14 @@ class Delivered:
         return len(self.calls) <= math.ceil(self.streaming) + 1
 
 
-def direct_reply(telegram: FakeTelegramServer, chat_id: int, since: int) -> Delivered:
-    """The reply in a private chat: every flood-counted call there from ``since`` on."""
+def direct_reply(
+    telegram: FakeTelegramServer, chat_id: int, since: int, *, until: int | None = None
+) -> Delivered:
+    """The reply in a private chat: every flood-counted call there from ``since`` (to ``until``)."""
     return Delivered(
         [
             c
-            for c in telegram.calls[since:]
+            for c in telegram.calls[since:until]
             if c.status == 200
             and c.method in FLOODED_METHODS
             and str(c.params.get("chat_id")) == str(chat_id)
@@ -76,11 +78,21 @@ def direct_reply(telegram: FakeTelegramServer, chat_id: int, since: int) -> Deli
     )
 
 
-def group_reply(telegram: FakeTelegramServer, chat_id: int, quoted: int) -> Delivered:
-    """The reply in a group to the message ``quoted``: the message quoting it, and its edits."""
+def group_reply(
+    telegram: FakeTelegramServer,
+    chat_id: int,
+    quoted: int,
+    *,
+    since: int = 0,
+    until: int | None = None,
+) -> Delivered:
+    """The reply in a group to the message ``quoted``: the message quoting it, and its edits.
+
+    ``since`` and ``until`` bound the calls searched (indexes into ``telegram.calls``).
+    """
     calls: list[Call] = []
     mid: int | None = None
-    for c in telegram.calls:
+    for c in telegram.calls[since:until]:
         if c.status != 200 or str(c.params.get("chat_id")) != str(chat_id):
             continue
         if c.method == "sendMessage" and mid is None:

@@ -268,6 +268,33 @@ async def test_a_rotation_or_removal_on_one_replica_reaches_the_agents_of_both(
         assert "Traceback" not in bot.stderr(), bot.stderr()
 
 
+async def test_a_persona_set_on_one_replica_is_in_the_other_s_next_request(
+    cluster: Cluster,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    """Each replica keeps her agent's profile in memory; the change feed drops it at once."""
+    key = anthropic_key()
+    canaries.add(key)
+    await _sign_up_across(cluster, telegram, ada, key)
+    for line in ("warm one", "warm two"):
+        ada.send(line)
+        await ada.wait_text(f"echo: {line}", within=60)
+    assert {cluster.replica_of(u) for u in list(telegram.pushed)[-2:]} == {0, 1}
+
+    ada.send("/persona You are a ship's cat named Biscuit.")
+    await ada.wait_text("(?i)persona", within=30)
+    set_on = cluster.replica_of(_last_update(telegram))
+    before = len(llm.requests)
+    ada.send("who are you")  # nginx alternates: the replica that did not take the persona
+    await ada.wait_text("echo: who are you", within=60)
+    assert cluster.replica_of(_last_update(telegram)) != set_on
+    asked = [r for r in llm.requests[before:] if r.path != "/v1/models"]
+    assert asked and all("Biscuit" in str(r.body.get("system", "")) for r in asked), asked
+
+
 def _job_runs(text: str, job: str) -> float:
     m = re.search(rf'^byokbot_job_runs_total\{{job="{job}"\}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
