@@ -319,6 +319,9 @@ class Budget:
         # tenant -> (tokens, micros, count) of reservations this process has in flight.
         self._pending: dict[str, tuple[int, int, int]] = {}
         self._alerting: set[asyncio.Future[None]] = set()
+        # tenant -> settlements queued by ``settle_soon`` and not yet committed: ``summary``
+        # waits for them, so /usage right after a reply counts that reply.
+        self._settling: dict[str, set[asyncio.Future[None]]] = {}
         raw = db.raw()
         self._fast: _Writer
         self._store: _Store
@@ -469,7 +472,10 @@ class Budget:
         task.
         """
         if not isinstance(self._fast, _SQLiteWriter):
-            return asyncio.ensure_future(self.settle(reservation, actual, plan_id=plan_id))
+            return self._track(
+                reservation.tenant_id,
+                asyncio.ensure_future(self.settle(reservation, actual, plan_id=plan_id)),
+            )
         tokens, micros = _cost(actual)
         queued = self._fast.submit_settle(reservation, tokens, micros, self._clock.now())
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -490,7 +496,25 @@ class Budget:
             done.set_result(None)
 
         queued.add_done_callback(settled)
-        return done
+        return self._track(reservation.tenant_id, done)
+
+    def _track(self, tenant_id: str, settling: asyncio.Future[None]) -> asyncio.Future[None]:
+        waiting = self._settling.setdefault(tenant_id, set())
+        waiting.add(settling)
+
+        def done(f: asyncio.Future[None]) -> None:
+            waiting.discard(f)
+            if not waiting and self._settling.get(tenant_id) is waiting:
+                del self._settling[tenant_id]
+
+        settling.add_done_callback(done)
+        return settling
+
+    async def settled(self, tenant_id: str, within: float = 2.0) -> None:
+        """Wait (at most ``within`` seconds) for this tenant's queued settlements."""
+        waiting = self._settling.get(tenant_id)
+        if waiting:
+            await asyncio.wait(set(waiting), timeout=within)
 
     def _alert_done(self, task: asyncio.Future[None]) -> None:
         self._alerting.discard(task)
@@ -577,6 +601,7 @@ class Budget:
 
         ``plan_id`` defaults to the tenant's current plan.
         """
+        await self.settled(tenant_id)
         period = period_of(self._clock.now())
         row = await self._store.row(tenant_id)
         if plan_id is None:

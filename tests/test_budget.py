@@ -521,3 +521,12 @@ async def test_sqlite_reserve_behind_another_writer_waits_then_goes_through(
     s = await budget.summary("t1", "managed")
     assert (s.spent.tokens, s.tokens_reserved) == (250, 0)
     await db.dispose()
+
+
+async def test_a_summary_right_after_a_background_settle_counts_it(db: Database) -> None:
+    """/usage right after a reply: the settlement queued by the proxy is in the summary."""
+    budget = Budget(db, plans(tokens=100_000), ManualClock(START))
+    r = await budget.reserve("t1", "managed", Cost(500, 0))
+    budget.settle_soon(r, Cost(120, 0), plan_id="managed")
+    s = await budget.summary("t1", "managed")  # no wait for the commit in between
+    assert (s.spent.tokens, s.tokens_reserved) == (120, 0)

@@ -22,6 +22,8 @@ from core.runtime.ports import NotesStore, StoredNote, ToolActivity
 from core.tenants import TenantStatus, TenantView
 
 PERSONA_LIMIT = 2000
+# /usage waits up to 40 x 50 ms for a reply still being settled (its tokens reserved).
+USAGE_SETTLE_POLLS = 40
 
 
 def conversation_of(turn: Turn) -> str:
@@ -278,6 +280,13 @@ async def handle_usage(turn: Turn) -> Outcome | None:
     caps = None
     if not plan.byok and s.budget is not None:
         summary = await s.budget.summary(tenant.id, plan.id)
+        # A reply that just ended may not be settled yet (its reservation still held): give it
+        # a moment, so /usage right after a reply counts that reply.
+        for _ in range(USAGE_SETTLE_POLLS):
+            if not summary.tokens_reserved:
+                break
+            await asyncio.sleep(0.05)
+            summary = await s.budget.summary(tenant.id, plan.id)
         allowance = texts.USAGE_MANAGED.format(
             used=cap_text(summary.spent, summary.caps),
             pct=summary.percent,
