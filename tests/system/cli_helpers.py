@@ -11,7 +11,9 @@ from tests.system.harness import Result, Workspace
 
 # A routine log record (what ``byokbot run`` prints at log_level INFO); anything else on
 # stderr is something the operator has to read.
-_ROUTINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO) ")
+# Routine records, and the agent template's sandbox status as it loads (a start that got as
+# far as serving before it failed may have begun loading it).
+_ROUTINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO) |agent sandbox: )")
 ERROR_LINE = re.compile(r"^byokbot: error: \S.*$")
 
 
