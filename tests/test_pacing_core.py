@@ -66,3 +66,51 @@ async def test_retries_stop_at_an_error_that_is_not_retryable() -> None:
 
     with pytest.raises(ValueError, match="no"):
         await with_retries(refused, retryable=lambda e: isinstance(e, TimeoutError), backoff=0)
+
+
+async def test_final_texts_go_first_then_first_texts_newest_first_until_their_patience() -> None:
+    now = [100.0]
+    s = OutboundScheduler({"global": Window(1, 0.3)}, clock=lambda: now[0])
+    keys = (("global", ""),)
+    held = await s.acquire(keys)
+    held.release()  # the window is full until 100.3
+    order: list[str] = []
+
+    async def take(name: str, priority: Priority) -> None:
+        slot = await s.acquire(keys, priority)
+        order.append(name)
+        slot.release()
+
+    tasks = []
+
+    async def arrive(name: str, priority: Priority) -> None:
+        tasks.append(asyncio.create_task(take(name, priority)))
+        await asyncio.sleep(0)
+
+    for name, priority in [
+        ("first-old", Priority.FIRST),
+        ("first-mid", Priority.FIRST),
+        ("edit", Priority.LOW),
+        ("final", Priority.HIGH),
+        ("first-new", Priority.FIRST),
+    ]:
+        await arrive(name, priority)
+    now[0] = 100.1
+    assert s.try_acquire(keys, Priority.FIRST) is None  # a newer first text cannot jump a final
+
+    async def step(to: float) -> None:
+        now[0] = to  # one slot every 0.3 s
+        s.dispatch()
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    await step(100.3)  # the final text
+    await step(100.6)  # the newest first text
+    await step(100.9)  # of the two older ones (0.9 s waiting), the newer
+    await arrive("first-late", Priority.FIRST)
+    await step(101.2)  # first-old has waited past FIRST_PATIENCE: ahead of first-late
+    await step(101.5)
+    await step(101.8)
+    await asyncio.gather(*tasks)
+    assert order == ["final", "first-new", "first-mid", "first-old", "first-late", "edit"]
+    s.close()
