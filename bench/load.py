@@ -608,8 +608,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="20 tenants; steady: a 10 s window, 1 turn each at least, think 2-5 s "
-        "(in a group 4-10 s) (CI)",
+        help="20 tenants; steady: a 10 s window, 1 turn each at least, think 5-10 s "
+        "(in a group 20-40 s) (CI)",
     )
     parser.add_argument("--tenants", type=int, default=200, help="tenants chatting")
     parser.add_argument(
@@ -624,13 +624,13 @@ if __name__ == "__main__":
         type=think_range,
         default=None,
         help="steady: seconds between a whole reply and the next message, uniform "
-        "(default 10-30; --quick 2-5)",
+        "(default 10-30; --quick 5-10)",
     )
     parser.add_argument(
         "--group-think",
         type=think_range,
         default=None,
-        help="steady: the same for a person in a group (default 4 x --think's; --quick 4-10)",
+        help="steady: the same for a person in a group (default 4 x --think's)",
     )
     parser.add_argument(
         "--window", type=float, default=None, help="steady: seconds measured (default 60)"
@@ -652,12 +652,11 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     n = 20 if args.quick else args.tenants
-    think = args.think or ((2.0, 5.0) if args.quick else (10.0, 30.0))
+    think = args.think or ((5.0, 10.0) if args.quick else (10.0, 30.0))
     scenario = Scenario(
         arrivals=args.arrivals,
         think=think,
-        group_think=args.group_think
-        or ((4.0, 10.0) if args.quick and args.think is None else (think[0] * 4, think[1] * 4)),
+        group_think=args.group_think or (think[0] * 4, think[1] * 4),
         window=args.window if args.window is not None else 10.0 if args.quick else 60.0,
         turns=args.turns if args.turns is not None else 1,
         seed=args.seed,
