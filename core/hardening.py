@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from core.errors import StartupError
+
 if TYPE_CHECKING:
     from core.config import Config
 
@@ -187,7 +189,22 @@ def secure_config_storage(config: Config, *, key_from_file: bool) -> None:
     A missing SQLite file is created empty with mode 0600 here (SQLite takes an empty file as
     a new database), so it is private whatever the umask, and the ``-wal``/``-shm`` files
     SQLite creates beside it copy that mode.
+
+    Raises:
+        StartupError: a folder or file it names cannot be created (a file in the way, no
+            permission, a read-only disk); the message names the path and the reason.
     """
+    try:
+        _secure_config_storage(config, key_from_file=key_from_file)
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else "a data folder"
+        raise StartupError(
+            f"cannot create {where}: {exc.strerror or exc} (check [core] database_url and "
+            f"the data folder's path and permissions in {config.source})"
+        ) from None
+
+
+def _secure_config_storage(config: Config, *, key_from_file: bool) -> None:
     dirs = [config.resolve_path("data")]
     files: list[Path] = []
     database = sqlite_path(config.database_url)

@@ -62,6 +62,22 @@ async def test_unreachable_postgresql_stops_startup(ws: Workspace) -> None:
     assert took < 30, took
 
 
+async def test_a_database_folder_that_cannot_be_created_is_one_clear_error(
+    ws: Workspace,
+) -> None:
+    # A file where the database's folder should be: no permission bits help here, so the
+    # case is the same whether the bot runs as root or not.
+    blocker = ws.root / "not-a-folder"
+    blocker.write_text("")
+    database = blocker / "data" / "byokbot.db"
+    ws.configure({"core": {"database_url": f"sqlite+aiosqlite:///{database}"}})
+    for command in ("run", "db"):
+        args = ("db", "upgrade") if command == "db" else ("run",)
+        result, _ = await run_to_exit(ws, *args, within=40)
+        line = assert_one_error(result, r"cannot create .*not-a-folder.*: Not a directory", code=1)
+        assert "database_url" in line
+
+
 async def test_second_poller_of_the_same_bot_refuses_to_start(
     tg_ws: Workspace, telegram: FakeTelegramServer, ada: TelegramPerson
 ) -> None:
