@@ -6,18 +6,11 @@ against as keys (``("channel", "C123")``) and takes a slot before it goes out, s
 sent that the platform would refuse. A slot occupies its windows while in flight and is
 counted from the moment its request finished: the platform counts a request when it arrives,
 somewhere between our send and its answer, so the windows the platform sees are never fuller
-than ours. Waiters are served by priority:
+than ours. Waiters are served by priority, then in arrival order (fair across chats):
 
-* ``HIGH``: replies, notices, retries and a stream's final text, in arrival order (fair
-  across chats): a whole answer never waits behind another stream's partial one;
-* ``FIRST``: a stream's first visible text, newest first. When first texts arrive faster than
-  the windows allow, serving the oldest first would make every one of them wait the same
-  growing time; newest first shows most replies at once, and the ones that waited longest are
-  the ones whose final text is about to replace them (a stream's final text supersedes its
-  first one still waiting). One that has waited ``FIRST_PATIENCE`` seconds is served as HIGH,
-  so none waits much longer than a final text would;
+* ``HIGH``: replies, notices, a stream's first visible text and its final text;
 * ``LOW``: a stream's intermediate edits, which also leave each window's ``reserve`` free for
-  the others, so a busy bot slows its edits rather than its first answers.
+  HIGH requests, so a busy bot slows its edits rather than its first answers.
 
 Coalescing is the streams' part: a stream waits for its slot and then sends its latest text.
 """
@@ -39,17 +32,12 @@ T = TypeVar("T")
 
 class Priority(IntEnum):
     HIGH = 0
-    FIRST = 1
-    LOW = 2
-
-
-# Seconds a first text waits newest-first before it queues in arrival order with final texts.
-FIRST_PATIENCE = 1.0
+    LOW = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """At most ``limit`` requests in any ``seconds``; LOW ones leave ``reserve`` for the rest."""
+    """At most ``limit`` requests in any ``seconds``; LOW ones leave ``reserve`` for HIGH."""
 
     limit: int
     seconds: float
@@ -85,15 +73,6 @@ class _Waiter:
     seq: int
     keys: tuple[Key, ...]
     future: asyncio.Future[Slot]
-    since: float
-
-    def rank(self, now: float) -> tuple[int, int]:
-        """Sort key: HIGH (and patient-enough FIRST) by arrival, then FIRST newest first, LOW."""
-        if self.priority is Priority.FIRST:
-            if now - self.since >= FIRST_PATIENCE:
-                return (Priority.HIGH, self.seq)
-            return (Priority.FIRST, -self.seq)
-        return (self.priority, self.seq)
 
 
 class OutboundScheduler:
@@ -166,16 +145,10 @@ class OutboundScheduler:
             self.dispatch()
 
     def try_acquire(self, keys: tuple[Key, ...], priority: Priority = Priority.LOW) -> Slot | None:
-        """A slot now if one is free and nobody who would be served first waits.
-
-        A first text goes ahead of the first texts already waiting (newest first), not ahead
-        of final texts or of first texts waiting past their patience.
-        """
-        now = self._clock()
-        ahead = Priority.HIGH if priority is Priority.FIRST else priority
-        if any(w.rank(now)[0] <= ahead for w in self._waiters):
+        """A slot now if one is free and nobody of the same or higher priority waits."""
+        if any(w.priority <= priority for w in self._waiters):
             return None
-        if self._wait_time(keys, priority, now) > 0:
+        if self._wait_time(keys, priority, self._clock()) > 0:
             return None
         return self._occupy(keys)
 
@@ -183,7 +156,7 @@ class OutboundScheduler:
         """Wait for a slot in every window of ``keys``; the caller releases it."""
         self._seq += 1
         future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(priority, self._seq, keys, future, self._clock())
+        waiter = _Waiter(priority, self._seq, keys, future)
         self._waiters.append(waiter)
         self.dispatch()
         try:
@@ -207,9 +180,9 @@ class OutboundScheduler:
             granted.release()
 
     def dispatch(self) -> None:
-        """Grant every waiter that fits now, in the order ``rank`` gives; re-arm the timer."""
+        """Grant every waiter that fits now, best priority and oldest first; re-arm the timer."""
         now = self._clock()
-        self._waiters.sort(key=lambda w: w.rank(now))
+        self._waiters.sort(key=lambda w: (w.priority, w.seq))
         next_wait: float | None = None
         served: list[_Waiter] = []
         for w in self._waiters:

@@ -991,9 +991,8 @@ class _Stream:
         if pending and self.sending:
             return  # the next update is due after this one anyway
         if not self.started.is_set():
-            # The first visible text goes at once, ahead of other streams' edits (and, when
-            # first texts queue, ahead of older ones that their final text will soon replace).
-            delay, priority = 0.0, Priority.FIRST
+            # The first visible text goes at once, ahead of other streams' edits.
+            delay, priority = 0.0, Priority.HIGH
         else:
             due = self.a._next_edit.get(self.chat.id, 0.0)
             delay, priority = max(due - self.a._clock(), 0.0), Priority.LOW

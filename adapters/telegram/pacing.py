@@ -6,13 +6,11 @@ the chat, and the group) before they go out, so nothing is sent that Telegram wo
 with a 429. A slot is counted from the moment its request *finished* (and occupies its windows
 while in flight): Telegram counts a request when it arrives, which is somewhere between our
 send and its answer, so however late a request travels the windows Telegram sees are never
-fuller than ours. Waiters are served by priority (``core.pacing`` has the whole rule):
+fuller than ours. Waiters are served by priority, then in arrival order (fair across chats):
 
-* ``HIGH`` (the default): replies, notices, retries and a stream's final text, in arrival order;
-* ``FIRST``: a stream's first visible text (draft or message), newest first for a second, so
-  a busy bot shows most replies at once and lets a final text replace a first one that waited;
+* ``HIGH`` (the default): replies, notices, a stream's first visible text and its final text;
 * ``LOW``: a stream's intermediate drafts and edits, which must also leave a reserve of each
-  window free for the others, so a busy bot slows its edits rather than its first answers.
+  window free for HIGH requests, so a busy bot slows its edits rather than its first answers.
 
 Server errors (5xx) and timeouts are retried with back-off. A request that creates a message
 (``sendMessage``...) is retried only when it surely never reached Telegram: a lost answer
