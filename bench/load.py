@@ -10,7 +10,7 @@ of four (edits of one message).
 Two ways of arriving (``--arrivals``):
 
 * ``steady`` (the default, checked against the targets): people chatting. Each tenant writes
-  for the first time at a random moment within the longest think time (a warm-up turn, not
+  for the first time at a random moment within its longest think time (a warm-up turn, not
   measured), then, again and again, waits for the whole reply, thinks for a random time
   (``--think``, uniform 10-30 s: reading the reply and typing the next message) and writes
   again; in a group each of the four thinks four times as long (``--group-think``, 40-120 s:

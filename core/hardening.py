@@ -199,8 +199,8 @@ def secure_config_storage(config: Config, *, key_from_file: bool) -> None:
     except OSError as exc:
         where = exc.filename if exc.filename is not None else "a data folder"
         raise StartupError(
-            f"cannot create {where}: {exc.strerror or exc} (check [core] database_url and "
-            f"the data folder's path and permissions in {config.source})"
+            f"cannot create {where}: {exc.strerror or exc} (check the database, data and "
+            f"master key paths in {config.source}, and their folders' permissions)"
         ) from None
 
 

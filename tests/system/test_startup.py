@@ -71,11 +71,9 @@ async def test_a_database_folder_that_cannot_be_created_is_one_clear_error(
     blocker.write_text("")
     database = blocker / "data" / "byokbot.db"
     ws.configure({"core": {"database_url": f"sqlite+aiosqlite:///{database}"}})
-    for command in ("run", "db"):
-        args = ("db", "upgrade") if command == "db" else ("run",)
+    for args in (("run",), ("db", "upgrade")):
         result, _ = await run_to_exit(ws, *args, within=40)
-        line = assert_one_error(result, r"cannot create .*not-a-folder.*: Not a directory", code=1)
-        assert "database_url" in line
+        assert_one_error(result, r"cannot create .*not-a-folder.*: Not a directory", code=1)
 
 
 async def test_second_poller_of_the_same_bot_refuses_to_start(
