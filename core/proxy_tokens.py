@@ -252,16 +252,18 @@ class ProxyTokens:
                 )
             )
             await s.flush()
-            keep_ids = (
+            newest = (
                 select(ProxyTokenRow.id)
                 .where(ProxyTokenRow.tenant_id == tenant_id)
                 .order_by(ProxyTokenRow.id.desc())
                 .limit(self._keep)
             )
-            ids = list((await s.scalars(keep_ids)).all())
+            # One statement, one snapshot: with the newest ids read first, another replica's
+            # token committed in between was deleted by the second statement as "not newest".
             await s.execute(
                 delete(ProxyTokenRow).where(
-                    ProxyTokenRow.tenant_id == tenant_id, ProxyTokenRow.id.not_in(ids)
+                    ProxyTokenRow.tenant_id == tenant_id,
+                    ProxyTokenRow.id.not_in(newest.scalar_subquery()),
                 )
             )
         forget_everywhere(tenant_id)

@@ -70,6 +70,20 @@ async def test_each_issue_keeps_the_newest_three(db: Database) -> None:
     assert await tokens.resolve(other) == "t2"
 
 
+async def test_two_processes_issuing_at_once_keep_both_new_tokens(
+    db: Database, db_url: str
+) -> None:
+    # Two replicas start the tenant's agent at the same moment, each on its own connection.
+    other = await open_db(db_url)
+    try:
+        mine, theirs = ProxyTokens(db, ManualClock(), keep=3), ProxyTokens(other, ManualClock())
+        for _ in range(20):
+            issued = await asyncio.gather(mine.issue("t1"), theirs.issue("t1"))
+            assert [await mine.resolve(t.reveal()) for t in issued] == ["t1", "t1"]
+    finally:
+        await other.dispose()
+
+
 async def test_revoke_all_is_immediate_scoped_to_the_tenant_and_audited(db: Database) -> None:
     tokens = ProxyTokens(db, ManualClock())
     mine = [(await tokens.issue("t1")).reveal() for _ in range(2)]
