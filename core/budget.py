@@ -373,7 +373,8 @@ class Budget:
     async def _reserve(
         self, tenant_id: str, plan: PlanSettings, estimate: Cost, *, alert: bool = True
     ) -> Reservation:
-        for _ in range(3):
+        waited = False
+        for _ in range(4):
             now = self._clock.now()
             period, minute = period_of(now), int(now.timestamp() // 60)
             reservation = Reservation(_next_id(), tenant_id, *_cost(estimate))
@@ -381,6 +382,12 @@ class Budget:
             if got is not None:
                 self._hints[tenant_id] = (got[0], got[1], minute, got[2])
                 return reservation
+            if not waited and self._settling.get(tenant_id):
+                # The tenant's last reply is still settling here: its reservation, sized for
+                # the worst case, holds room the reply did not use. Judge on the settled figures.
+                waited = True
+                await self.settled(tenant_id)
+                continue
             row = await self._store.row(tenant_id)
             if row is None or row.period_start < period:
                 await self._store.prepare(tenant_id, period, now)

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -378,20 +378,28 @@ class ProxyServer:
                 return _error(api, exc.status, exc.error_type, exc.message, headers=exc.headers)
             raise
         meter = Meter()
+        settled = False
+
+        def settle() -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                self._settle(a, reservation, meter)
+
         try:
             upstream = await (early if early is not None else self._open(api, a, request))
             async with upstream:
                 if upstream.status != 200:
                     return await self._upstream_failed(api, a.upstream, upstream)
                 if a.stream:
-                    return await self._relay(request, api, a, upstream, meter)
+                    return await self._relay(request, api, a, upstream, meter, settle)
                 return await self._forward(api, a, upstream, meter)
         except _Refusal as r:
             return _error(api, r.status, r.error_type, r.message, headers=r.headers)
         finally:
             # In the background: the connection is free for the client's next request at once,
             # and a cancelled handler (server stopping) still settles. ``stop`` waits for these.
-            self._settle(a, reservation, meter)
+            settle()
 
     async def _reserve(self, a: _Admitted) -> Reservation:
         return await self._reserve_cost(a.tenant_id, a.plan_id, a.estimate, a.token_cap)
@@ -560,6 +568,7 @@ class ProxyServer:
         a: _Admitted,
         upstream: aiohttp.ClientResponse,
         meter: Meter,
+        settle: Callable[[], None],
     ) -> web.StreamResponse:
         response = _SSEResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
@@ -572,6 +581,10 @@ class ProxyServer:
             async for out in _relayed(upstream, api, meter, a.client_wants_usage, idle):
                 if out:
                     await response.write(out)
+                if meter.final:
+                    # The client has the whole reply and may send its next request before the
+                    # upstream closes: that request is judged on this one's real usage.
+                    settle()
             if idle.fired:
                 raise TimeoutError
             await response.write_eof()

@@ -270,6 +270,30 @@ async def test_malformed_bodies_get_a_json_400_and_the_proxy_lives_on(
     assert (await proxy.anthropic(claude())).status_code == 200  # still serving
 
 
+async def test_the_next_request_after_a_streamed_reply_is_judged_on_that_replys_real_usage(
+    proxy: Proxy, llm: FakeLLMServer
+) -> None:
+    # The upstream keeps the connection open a while after its last event, as a provider may.
+    llm.chunk_delay = 0.5
+    big = claude(max_tokens=TOKEN_CAP * 3 // 5, stream=True)  # reserves 60 % of the month
+    async with proxy.http.stream(
+        "POST",
+        f"{proxy.url}/v1/messages",
+        content=json.dumps(big).encode(),
+        headers={"x-api-key": proxy.token},
+    ) as first:
+        assert first.status_code == 200
+        async for line in first.aiter_lines():
+            if "message_stop" in line:
+                break
+        else:
+            raise AssertionError("the reply never ended")
+        # The client has the whole reply (a few tokens): its 60 % reservation is over, so a
+        # second such request fits while the first connection is still open.
+        second = await proxy.anthropic(claude(max_tokens=TOKEN_CAP * 3 // 5))
+        assert second.status_code == 200, second.text[:300]
+
+
 async def test_a_suspension_from_the_cli_stops_the_token_within_a_second(proxy: Proxy) -> None:
     assert (await proxy.anthropic(claude())).status_code == 200  # now cached for 30 s
     done = await proxy.ws.cli("admin", "suspend", proxy.tenant, "abuse")
