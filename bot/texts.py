@@ -625,6 +625,11 @@ BILLING_TRIAL_CAP = (
     "You've used your free trial's allowance ({cap:,} tokens). Send /plan to subscribe and "
     "keep talking to your agent."
 )
+BILLING_TRIAL_CAP_LEFT = (
+    "You've nearly used your free trial's allowance ({cap:,} tokens): {left:,} are left, not "
+    "enough for a reply in this long a conversation. Send /new to start a fresh one, or /plan "
+    "to subscribe and keep talking to your agent."
+)
 BILLING_STATUS = "\nSubscription: {state}{until}{provider}"
 BILLING_STATE_NAMES: dict[str, str] = {
     "trial": "free trial",

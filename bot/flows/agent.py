@@ -11,7 +11,7 @@ from bot import texts
 from bot.alerts import cap_text
 from bot.charts import usage_chart
 from bot.flows import mcp, media
-from bot.flows.base import Refusal, Turn, button
+from bot.flows.base import Refusal, Turn, button, trial_cap_refusal
 from bot.replytimer import ReplyTimer
 from core.agent_data import current_model
 from core.chat import Button, ButtonStyle, MessageRef, Outcome, Reply
@@ -130,7 +130,7 @@ async def handle_message(turn: Turn) -> Outcome | None:
             timer.done("unavailable")
             if exc.reason == "cap_reached" and cap is not None:
                 # The proxy held the trial to its smaller cap: word it as the trial's.
-                raise Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap)) from None
+                raise await trial_cap_refusal(budget, tenant, cap) from None
             raise Refusal(unavailable_text(exc, model=tenant.model, managed=managed)) from None
 
         async def chunks() -> AsyncIterator[str]:

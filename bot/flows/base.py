@@ -117,6 +117,21 @@ class Refusal(Exception):
         self.secret_retry = secret_retry
 
 
+async def trial_cap_refusal(budget: Budget | None, tenant: TenantView, cap: int) -> Refusal:
+    """The trial's cap in the person's words: used up, or too little left for this request.
+
+    The proxy refuses a request whose worst case (prompt + longest reply) does not fit, so a
+    long conversation can be refused with part of the allowance left; a fresh one may fit.
+    """
+    from bot import texts
+
+    spent = (await budget.summary(tenant.id, tenant.plan)).spent.tokens if budget else cap
+    left = cap - spent
+    if left * 20 > cap:  # more than 5 % left: worth saying, and /new may fit
+        return Refusal(texts.BILLING_TRIAL_CAP_LEFT.format(cap=cap, left=left))
+    return Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap))
+
+
 class Confirmations:
     """The open Allow / Deny questions of this process, by a random id."""
 

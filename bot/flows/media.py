@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot import texts
-from bot.flows.base import Refusal, Turn
+from bot.flows.base import Refusal, Turn, trial_cap_refusal
 from core.agent_data import managed_model
 from core.chat import AttachmentKind, FileRef
 from core.credentials import KeyStatus
@@ -205,7 +205,7 @@ async def _transcribe_managed(
         if exc.reason == "cap_reached":
             cap = await s.billing.trial_cap(tenant) if s.billing is not None else None
             if cap is not None:
-                raise Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap)) from None
+                raise await trial_cap_refusal(s.budget, tenant, cap) from None
             raise Refusal(texts.AGENT_UNAVAILABLE["cap_reached"]) from None
         raise Refusal(texts.MEDIA_TRANSCRIPTION_FAILED_MANAGED[exc.reason]) from None
     route = s.config.proxy.transcription

@@ -219,8 +219,17 @@ async def test_a_chat_trial_is_told_its_cap_and_paying_by_stripe_brings_the_mont
         raise AssertionError(f"{answered} replies and the trial cap was never reached")
     assert answered >= 2, "the trial cap refused before any reply fitted under it"
     assert chat_spent(tg_ws) <= CHAT_TRIAL_CAP
+    # A long conversation's next request no longer fits, though part of the trial is left:
+    # the refusal says how much, and that a fresh conversation may fit.
+    left = CHAT_TRIAL_CAP - chat_spent(tg_ws)
+    assert f"nearly used your free trial's allowance (500 tokens): {left} are left" in said
+    assert "/new" in said
     ada.send("still there?")
     await eventually(lambda: sum(bool(re.search(cap_text, t)) for t in ada.texts()) == 2)
+    ada.send("/new")
+    await ada.wait_text("(?i)new conversation")
+    ada.send("hi")
+    await ada.wait_text("^echo: hi$", within=30)
     assert subscription(tg_ws) == ("trial", "managed", "trial")
     # Only the trial's words: not the month's "allowance used up … switch to BYOK" alert.
     assert not [t for t in ada.texts() if "allowance for this month" in t]
