@@ -130,7 +130,9 @@ async def handle_message(turn: Turn) -> Outcome | None:
             timer.done("unavailable")
             if exc.reason == "cap_reached" and cap is not None:
                 # The proxy held the trial to its smaller cap: word it as the trial's.
-                raise await trial_cap_refusal(budget, tenant, cap) from None
+                raise await trial_cap_refusal(
+                    budget, tenant, cap, longest_reply=turn.services.config.agent.max_reply_tokens
+                ) from None
             raise Refusal(unavailable_text(exc, model=tenant.model, managed=managed)) from None
 
         async def chunks() -> AsyncIterator[str]:

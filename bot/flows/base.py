@@ -117,7 +117,9 @@ class Refusal(Exception):
         self.secret_retry = secret_retry
 
 
-async def trial_cap_refusal(budget: Budget | None, tenant: TenantView, cap: int) -> Refusal:
+async def trial_cap_refusal(
+    budget: Budget | None, tenant: TenantView, cap: int, *, longest_reply: int
+) -> Refusal:
     """The trial's cap in the person's words: used up, or too little left for this request.
 
     The proxy refuses a request whose worst case (prompt + longest reply) does not fit, so a
@@ -127,7 +129,8 @@ async def trial_cap_refusal(budget: Budget | None, tenant: TenantView, cap: int)
 
     spent = (await budget.summary(tenant.id, tenant.plan)).spent.tokens if budget else cap
     left = cap - spent
-    if left * 20 > cap:  # more than 5 % left: worth saying, and /new may fit
+    # Worth saying when more than 5 % is left and a fresh conversation's reply could fit.
+    if left * 20 > cap and left > longest_reply:
         return Refusal(texts.BILLING_TRIAL_CAP_LEFT.format(cap=cap, left=left))
     return Refusal(texts.BILLING_TRIAL_CAP.format(cap=cap))
 

@@ -205,7 +205,9 @@ async def _transcribe_managed(
         if exc.reason == "cap_reached":
             cap = await s.billing.trial_cap(tenant) if s.billing is not None else None
             if cap is not None:
-                raise await trial_cap_refusal(s.budget, tenant, cap) from None
+                raise await trial_cap_refusal(
+                    s.budget, tenant, cap, longest_reply=s.config.agent.max_reply_tokens
+                ) from None
             raise Refusal(texts.AGENT_UNAVAILABLE["cap_reached"]) from None
         raise Refusal(texts.MEDIA_TRANSCRIPTION_FAILED_MANAGED[exc.reason]) from None
     route = s.config.proxy.transcription

@@ -285,6 +285,7 @@ async def test_a_managed_trial_has_a_smaller_allowance(
     # The cap is hard, held at the proxy's reservation: a reply that might pass five tokens
     # is refused before it reaches the model (it used to get through and overshoot).
     ada.send("hello agent")
-    await ada.wait_text("used your free trial's allowance \\(5 tokens\\)", within=30)
+    # Nothing can fit in five tokens, not even a fresh conversation: "used", not "nearly".
+    await ada.wait_text("^You've used your free trial's allowance \\(5 tokens\\)", within=30)
     assert not llm.requests
     assert query(tg_ws, "SELECT tokens_spent FROM budgets")[0][0] == 0
