@@ -548,6 +548,13 @@ async def main(args: argparse.Namespace) -> None:
                 f"{rss_idle['relay']:.1f}, proxy {rss_idle['proxy']:.1f}; "
                 f"{args.workers} process(es) each)"
             )
+            # Once the load has stopped: what each keeps while idle (the proxy gives a burst's
+            # freed heap back after a second without requests).
+            await asyncio.sleep(2.0)
+            print(
+                f"RSS 2 s after the last request: relay {rss_mib(relay.ps):.1f} MiB, "
+                f"proxy {rss_mib(proxy.ps):.1f} MiB"
+            )
             if args.scaling:
                 relay2, proxy2 = await start_pair(2)
                 relay2.name, proxy2.name = "relay2", "proxy2"

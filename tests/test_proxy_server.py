@@ -797,3 +797,26 @@ async def test_jobs_release_orphans_and_serve_forever_stops_cleanly(tmp_path: Pa
         with pytest.raises(asyncio.CancelledError):
             await task
         assert (standalone._runner, standalone._http) == (None, None)
+
+
+async def test_the_heap_is_given_back_once_after_a_quiet_second_never_mid_request(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import heap
+
+    released: list[float] = []
+    monkeypatch.setattr(heap, "release", lambda: released.append(asyncio.get_running_loop().time()))
+    await asyncio.sleep(1.5)
+    assert released == [], "an idle proxy that served nothing has nothing to give back"
+    token = await world.token()
+    world.fake.chunk_delay = 0.6  # one reply streams for about three seconds
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await collect(world, "anthropic", token, "claude-curated")
+    ended = loop.time()
+    assert ended - started > 2.0
+    assert released == [], "the heap was trimmed while a request was in flight"
+    await asyncio.sleep(2.0)
+    assert len(released) == 1 and released[0] >= ended + 0.9
+    await asyncio.sleep(1.5)
+    assert len(released) == 1, "nothing was served since: no second trim"

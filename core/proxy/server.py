@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 import aiohttp
 from aiohttp import BodyPartReader, web
 
+from core import heap
 from core.budget import (
     AlertSink,
     Budget,
@@ -86,6 +87,7 @@ log = logging.getLogger(__name__)
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
 _LIVE_STATUSES: Final = ("trial", "active")
+IDLE_RELEASE_SECONDS: Final = 1.0
 _SSE_HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _ANTHROPIC_OPAQUE: Final = (
     b"event: content_block_delta",
@@ -216,6 +218,10 @@ class ProxyServer:
         self.settings = settings
         self._plans = plans
         self._trial_caps = dict(trial_caps or {})
+        # Requests in flight, and whether any finished since the heap was last given back.
+        self._active = 0
+        self._served = False
+        self._last_done = 0.0
         self._clock = clock or SystemClock()
         self._keys: dict[str, Secret] = load_upstream_keys(settings, env)
         # Per upstream, built once: the URL and headers (with the platform key) of every call.
@@ -244,6 +250,7 @@ class ProxyServer:
         self._http: aiohttp.ClientSession | None = None
         self._settling: set[asyncio.Future[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._releaser: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.listening = asyncio.Event()  # set by start(); what ``byokbot proxy`` waits on
@@ -286,6 +293,7 @@ class ProxyServer:
             raise
         if self.tokens.caching:
             self._watcher = asyncio.create_task(self._watch_revocations())
+        self._releaser = asyncio.create_task(self._release_when_idle())
         server = site._server
         sockets = getattr(server, "sockets", None) or ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else None
@@ -298,11 +306,12 @@ class ProxyServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for task in (self._watcher, self._releaser):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._releaser = None
         if self._settling:
             # Failures were logged by each one's callback.
             await asyncio.gather(*self._settling, return_exceptions=True)
@@ -336,6 +345,19 @@ class ProxyServer:
                 log.warning("reading proxy revocations failed (%s)", type(exc).__name__)
             await asyncio.sleep(self.tokens.check_seconds / 2)
 
+    async def _release_when_idle(self) -> None:
+        """Give the heap back once the proxy has served and then been idle for a second.
+
+        A burst's buffers would otherwise stay resident (free in malloc, not to the kernel)
+        until the next burst reuses them.
+        """
+        while True:
+            await asyncio.sleep(IDLE_RELEASE_SECONDS / 2)
+            quiet = time.monotonic() - self._last_done >= IDLE_RELEASE_SECONDS
+            if self._served and not self._active and quiet:
+                self._served = False
+                heap.release()
+
     async def run_jobs(self) -> None:
         """One round of the periodic jobs (also what an APScheduler job can call)."""
         await self.budget.sweep_orphans(self._clock.now())
@@ -355,6 +377,14 @@ class ProxyServer:
         return _counted("openai", await self._transcribe(request))
 
     async def _handle(self, request: web.Request, api: str) -> web.StreamResponse:
+        self._active += 1
+        try:
+            return await self._serve(request, api)
+        finally:
+            self._active -= 1
+            self._served, self._last_done = True, time.monotonic()
+
+    async def _serve(self, request: web.Request, api: str) -> web.StreamResponse:
         try:
             a = await self._admit(request, api)
         except _Refusal as r:
