@@ -582,10 +582,14 @@ class SlackAdapter:
         self, event: Event, ctx: _Context, dedup_keys: Iterable[str]
     ) -> Outcome | None:
         """Hand one event to the handler, once per delivery; refresh the App Home after."""
-        fresh = [await self._dedup.first_time(key) for key in dedup_keys]
-        if not all(fresh):
-            _log.debug("Slack delivery %s seen before; skipped", event.event_id)
-            return None
+        # In order, stopping at the first key seen: every copy of a delivery claims its keys
+        # in the same order, so whoever claims the last (shared) one has claimed the rest.
+        # Claiming them all would let a retry racing its original take the message key
+        # while the original held the event key, and both would skip it.
+        for key in dedup_keys:
+            if not await self._dedup.first_time(key):
+                _log.debug("Slack delivery %s seen before; skipped", event.event_id)
+                return None
         handler = self._handler
         if handler is None:
             return None
