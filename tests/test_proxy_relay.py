@@ -125,3 +125,29 @@ async def test_a_stream_without_a_final_blank_line_is_still_metered_and_sent() -
     out, meter = await relay([OPENAI_STREAM[0], OPENAI_STREAM[2][:-2]], OPENAI, keep_usage=True)
     assert out == [OPENAI_STREAM[0], OPENAI_STREAM[2]]
     assert (meter.input_tokens, meter.output_tokens, meter.final) == (7, 2, True)
+
+
+async def test_the_stream_has_ended_only_at_its_last_event_even_with_running_usage() -> None:
+    # Some OpenAI-compatible servers send running usage in every chunk: the settlement must
+    # wait for [DONE], or it would bill the first chunk's figures.
+    running = [
+        sse(
+            {
+                "choices": [{"index": 0, "delta": {"content": f"w{i}"}}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": i + 1},
+            }
+        )
+        for i in range(4)
+    ]
+    meter = Meter()
+    upstream = cast(aiohttp.ClientResponse, _Upstream([*running, sse("[DONE]")]))
+    seen: list[tuple[bool, int]] = []
+    async for _ in _relayed(upstream, OPENAI, meter, True):
+        seen.append((meter.ended, meter.output_tokens))
+    assert seen == [(False, 1), (False, 2), (False, 3), (False, 4), (True, 4)]
+    _, anthropic = await relay(pieces(ANTHROPIC_STREAM, 7), ANTHROPIC)
+    assert anthropic.ended
+    _, cut = await relay(
+        [ANTHROPIC_STREAM[: ANTHROPIC_STREAM.index(b"event: message_stop")]], ANTHROPIC
+    )
+    assert cut.final is False and cut.ended is False

@@ -611,7 +611,7 @@ class ProxyServer:
             async for out in _relayed(upstream, api, meter, a.client_wants_usage, idle):
                 if out:
                     await response.write(out)
-                if meter.final:
+                if meter.ended:
                     # The client has the whole reply and may send its next request before the
                     # upstream closes: that request is judged on this one's real usage.
                     settle()

@@ -140,6 +140,10 @@ class Meter:
     cache_read_tokens: int = 0
     # The reply's usage could not be read although the provider may have billed it.
     unknown: bool = False
+    # The stream's last event went by (Anthropic's message_stop, OpenAI's [DONE]): nothing
+    # can change the figures any more. ``final`` alone is not that: some OpenAI-compatible
+    # servers put running usage in every chunk.
+    ended: bool = False
 
     def _cache(self, usage: dict[str, Any]) -> None:
         self.cache_write_tokens = _int(
@@ -164,6 +168,8 @@ class Meter:
 
     def feed(self, api: str, data: Any) -> None:
         if not isinstance(data, dict):
+            if data == "[DONE]":
+                self.ended = True
             return
         if api == ANTHROPIC:
             kind = data.get("type")
@@ -181,7 +187,7 @@ class Meter:
                 self.output_tokens = _int(usage.get("output_tokens"), self.output_tokens)
                 self._cache(usage)
             elif kind == "message_stop":
-                self.final = True
+                self.final = self.ended = True
             return
         for choice in data.get("choices") or ():
             if (choice.get("delta") or {}).get("content") or (choice.get("delta") or {}).get(

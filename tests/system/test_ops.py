@@ -118,6 +118,9 @@ async def test_readyz_and_metrics_while_people_chat(
         lambda m: (
             sample(m, "byokbot_job_runs_total", job="expire-intake") >= 1
             and sample(m, "byokbot_proxy_spend_usd_total") > 0
+            # Counted when its handler returns, after the upstream closed; the spend is
+            # settled as soon as the last event went by, so it can come first.
+            and sample(m, "byokbot_proxy_requests_total", api="anthropic", status="200") >= 1
         ),
     )
     msgs = dict(platform="telegram", kind="message")
