@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import audit
 from core.changes import KEYS, announce
 from core.db import Database
-from core.db.models import DataKeyRow, KekUsageRow, ProviderKeyRow
+from core.db.models import DataKeyRow, KekUsageRow, ProviderKeyRow, TenantRow
 from core.errors import KeyRetiredError, TenantDeleted, VaultError
 from core.keys import fingerprint
 from core.ports import Clock
@@ -138,6 +138,12 @@ class Credentials:
         now = self._clock.now()
         key_id = secrets.token_hex(16)
         async with self._db.session() as s, s.begin():
+            # First, a write to the tenant's row: two stores of one tenant (a corrected key
+            # landing on another replica) take turns, or both would read the old key and the
+            # second delete would miss it (SQLite) or leave two current keys (PostgreSQL).
+            await s.execute(
+                update(TenantRow).where(TenantRow.id == tenant_id).values(id=TenantRow.id)
+            )
             dek = await self.data_key(s, tenant_id)
             tag = dek.equality_tag(key.reveal())
             old = (

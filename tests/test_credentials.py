@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -155,3 +156,25 @@ async def test_a_tenant_read_by_id_is_cached_and_every_change_is_seen_at_once(
     assert (await tenants.get(t.id)).paused
     await tenants.suspend(t.id, actor="test", reason="abuse")
     assert (await tenants.get(t.id)).status.value == "suspended"
+
+
+async def test_two_replicas_storing_a_key_at_once_leave_one_key(db: Database, db_url: str) -> None:
+    # The person pastes a key, then a corrected one, and the two land on different replicas.
+    ring = MasterKeyRing.parse(_fresh(), source="t")
+    tenants, mine = _services(db, ring)
+    other = Database(db_url)
+    try:
+        theirs = Credentials(other, Vault(ring), ManualClock())
+        t = await tenants.sign_up(UserRef(Platform.SLACK, "URACE"), "byok", dm_chat_id=None)
+        for _ in range(10):
+            await asyncio.gather(
+                mine.store(t.id, "anthropic", Secret(anthropic_key()), actor="test"),
+                theirs.store(t.id, "anthropic", Secret(anthropic_key()), actor="test"),
+            )
+            async with db.session() as s:
+                rows = (
+                    await s.scalars(select(ProviderKeyRow).where(ProviderKeyRow.tenant_id == t.id))
+                ).all()
+            assert len(rows) == 1, [(r.version, r.status) for r in rows]
+    finally:
+        await other.dispose()
