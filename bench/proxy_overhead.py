@@ -156,7 +156,13 @@ async def run_proxy(port_file: str, port: int, db_url: str, upstream: str) -> No
         from core.db import Database
 
         db = Database(db_url)
-    server = ProxyServer(settings, db, plans=plans, env={"BENCH_UPSTREAM_KEY": PLATFORM_KEY})
+    server = ProxyServer(
+        settings,
+        db,
+        plans=plans,
+        env={"BENCH_UPSTREAM_KEY": PLATFORM_KEY},
+        release_heap_when_idle=True,  # as ``byokbot proxy`` runs it
+    )
     try:
         await server.start("127.0.0.1", port, reuse_port=True)  # type: ignore[call-arg]
     except TypeError:  # a proxy from before --workers: one process only

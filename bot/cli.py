@@ -253,6 +253,7 @@ async def _proxy(config: Config, env: Mapping[str, str], worker: int | None = No
         tokens=tokens,
         sink=LoggingAlertSink(),
         trial_caps=config.billing.trial_caps,
+        release_heap_when_idle=True,
     )
     # A worker of --workers shares the port with its siblings; only worker 0 runs the jobs.
     serving = asyncio.create_task(

@@ -156,6 +156,7 @@ async def start_world(
     *,
     token_cache_seconds: float = 0,
     upstream_url: str | None = None,
+    release_heap_when_idle: bool = False,
     **caps: Any,
 ) -> AsyncIterator[World]:
     """A proxy on loopback in front of the fake providers, with one tenant per plan.
@@ -184,7 +185,14 @@ async def start_world(
     budget = Budget(db, plans, clock, sink=sink)
     tokens = ProxyTokens(db, clock, cache_seconds=token_cache_seconds)
     server = ProxyServer(
-        settings, db, plans=plans, env=keys, clock=clock, budget=budget, tokens=tokens
+        settings,
+        db,
+        plans=plans,
+        env=keys,
+        clock=clock,
+        budget=budget,
+        tokens=tokens,
+        release_heap_when_idle=release_heap_when_idle,
     )
     await server.start("127.0.0.1", 0)
     # The race tests open 200 requests at once on a loaded machine: no pool cap to queue
@@ -799,11 +807,19 @@ async def test_jobs_release_orphans_and_serve_forever_stops_cleanly(tmp_path: Pa
         assert (standalone._runner, standalone._http) == (None, None)
 
 
+@pytest.fixture
+async def own_process(tmp_path: Path, db_url: str) -> AsyncIterator[World]:
+    """The proxy as ``byokbot proxy`` runs it, owning its process: it gives back its heap."""
+    async with start_world(tmp_path, db_url, release_heap_when_idle=True) as w:
+        yield w
+
+
 async def test_the_heap_is_given_back_once_after_a_quiet_second_never_mid_request(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    own_process: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core import heap
 
+    world = own_process
     released: list[float] = []
     monkeypatch.setattr(heap, "release", lambda: released.append(asyncio.get_running_loop().time()))
     await asyncio.sleep(1.5)
@@ -825,3 +841,15 @@ async def test_the_heap_is_given_back_once_after_a_quiet_second_never_mid_reques
     assert len(released) == 1 and released[0] >= ended + 0.9
     await asyncio.sleep(1.5)
     assert len(released) == 1, "nothing was served since: no second trim"
+
+
+async def test_the_proxy_inside_the_bot_leaves_the_heap_to_the_bot(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import heap
+
+    released: list[str] = []
+    monkeypatch.setattr(heap, "release", lambda: released.append("trim"))
+    await collect(world, "anthropic", await world.token(), "claude-curated")
+    await asyncio.sleep(2.0)
+    assert released == []

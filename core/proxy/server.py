@@ -214,10 +214,14 @@ class ProxyServer:
         tokens: ProxyTokens | None = None,
         sink: AlertSink | None = None,
         trial_caps: Mapping[str, int] | None = None,
+        release_heap_when_idle: bool = False,
     ) -> None:
         self.settings = settings
         self._plans = plans
         self._trial_caps = dict(trial_caps or {})
+        # Only where the proxy owns its process (``byokbot proxy``): a trim walks the whole heap
+        # (~10 ms on a bot-sized one), a stall the bot's own loop should not take.
+        self._release_heap = release_heap_when_idle
         # Requests in flight, and whether any finished since the heap was last given back.
         self._active = 0
         self._served = False
@@ -293,7 +297,8 @@ class ProxyServer:
             raise
         if self.tokens.caching:
             self._watcher = asyncio.create_task(self._watch_revocations())
-        self._releaser = asyncio.create_task(self._release_when_idle())
+        if self._release_heap:
+            self._releaser = asyncio.create_task(self._release_when_idle())
         server = site._server
         sockets = getattr(server, "sockets", None) or ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else None
