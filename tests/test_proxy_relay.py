@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
-import aiohttp
-
 from core.proxy.server import _relayed
+from core.proxy.upstream import Reply
 from core.proxy.wire import ANTHROPIC, OPENAI, Meter
 
 
@@ -45,18 +43,14 @@ ANTHROPIC_STREAM = b"".join(
 )
 
 
-class _Content:
-    def __init__(self, reads: list[bytes]) -> None:
-        self._reads = reads
-
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        for read in self._reads:
-            yield read
-
-
 class _Upstream:
+    """An upstream reply whose body arrives in the given reads."""
+
     def __init__(self, reads: list[bytes]) -> None:
-        self.content = _Content(reads)
+        self._reads = list(reads)
+
+    async def readany(self) -> bytes:
+        return self._reads.pop(0) if self._reads else b""
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:
@@ -67,7 +61,7 @@ async def relay(
     reads: list[bytes], api: str, *, keep_usage: bool = False
 ) -> tuple[list[bytes], Meter]:
     meter = Meter()
-    upstream = cast(aiohttp.ClientResponse, _Upstream(reads))
+    upstream = cast(Reply, _Upstream(reads))
     return [item async for item in _relayed(upstream, api, meter, keep_usage)], meter
 
 
@@ -140,7 +134,7 @@ async def test_the_stream_has_ended_only_at_its_last_event_even_with_running_usa
         for i in range(4)
     ]
     meter = Meter()
-    upstream = cast(aiohttp.ClientResponse, _Upstream([*running, sse("[DONE]")]))
+    upstream = cast(Reply, _Upstream([*running, sse("[DONE]")]))
     seen: list[tuple[bool, int]] = []
     async for _ in _relayed(upstream, OPENAI, meter, True):
         seen.append((meter.ended, meter.output_tokens))

@@ -804,7 +804,7 @@ async def test_jobs_release_orphans_and_serve_forever_stops_cleanly(tmp_path: Pa
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert (standalone._runner, standalone._http) == (None, None)
+        assert (standalone._runner, standalone._http, standalone._upstream) == (None, None, None)
 
 
 @pytest.fixture

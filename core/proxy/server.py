@@ -64,6 +64,7 @@ from core.proxy.config import (
     UpstreamSettings,
     load_upstream_keys,
 )
+from core.proxy.upstream import Reply, Target, UpstreamError, UpstreamPool
 from core.proxy.wire import (
     ANTHROPIC,
     MODEL_NOT_IN_PLAN,
@@ -117,7 +118,7 @@ class _Idle:
 
     __slots__ = ("_handle", "_loop", "_upstream", "clock", "fired", "last", "seconds")
 
-    def __init__(self, upstream: aiohttp.ClientResponse, seconds: float) -> None:
+    def __init__(self, upstream: Reply, seconds: float) -> None:
         self._loop = asyncio.get_running_loop()
         self.clock = self._loop.time
         self._upstream = upstream
@@ -228,9 +229,12 @@ class ProxyServer:
         self._last_done = 0.0
         self._clock = clock or SystemClock()
         self._keys: dict[str, Secret] = load_upstream_keys(settings, env)
-        # Per upstream, built once: the URL and headers (with the platform key) of every call.
-        self._targets: dict[str, tuple[str, dict[str, str]]] = {
+        # Per upstream, built once: the request head (with the platform key) of every call.
+        self._calls: dict[str, tuple[str, dict[str, str]]] = {
             uid: _target(settings.upstreams[uid], key) for uid, key in self._keys.items()
+        }
+        self._targets: dict[tuple[str, str | None], Target] = {
+            (uid, None): Target.of(url, headers) for uid, (url, headers) in self._calls.items()
         }
         self.budget = budget or Budget(
             db,
@@ -251,7 +255,8 @@ class ProxyServer:
                 f"{up.base_url}/audio/transcriptions",
                 {"Authorization": f"Bearer {key.reveal()}", "accept-encoding": "identity"},
             )
-        self._http: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
+        self._http: aiohttp.ClientSession | None = None  # transcription's multipart form only
         self._settling: set[asyncio.Future[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._releaser: asyncio.Task[None] | None = None
@@ -273,6 +278,7 @@ class ProxyServer:
         ``reuse_port`` (SO_REUSEPORT) lets several processes listen on one port, the kernel
         spreading connections among them (``byokbot proxy --workers N``).
         """
+        self._upstream = UpstreamPool(limit=self.settings.max_connections, connect_timeout=10)
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
             # No sock_read: a timer per read; the waits are bounded in _open and by _Idle.
@@ -321,6 +327,9 @@ class ProxyServer:
             # Failures were logged by each one's callback.
             await asyncio.gather(*self._settling, return_exceptions=True)
         await self.budget.drain()
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -398,7 +407,7 @@ class ProxyServer:
                 # key" is the platform's problem, and the operator needs to know which.
                 log.warning("proxy: refused %d %s: %s", r.status, r.error_type, r.message)
             return _error(api, r.status, r.error_type, r.message, headers=r.headers)
-        early: asyncio.Task[aiohttp.ClientResponse] | None = None
+        early: asyncio.Task[Reply] | None = None
         if self.budget.likely_admits(a.tenant_id, a.plan_id, a.estimate, token_cap=a.token_cap):
             # Ample room last time: open the upstream call while the reservation commits, so
             # its cost hides behind the provider's time to first token. Nothing is relayed
@@ -534,37 +543,43 @@ class ProxyServer:
             client_wants_usage=client_wants_usage,
         )
 
-    async def _open(self, api: str, a: _Admitted, request: web.Request) -> aiohttp.ClientResponse:
+    async def _open(self, api: str, a: _Admitted, request: web.Request) -> Reply:
         """Send the request upstream; returns once the response headers are in.
 
         Bounded by ``upstream_timeout_seconds`` (a non-streaming reply's headers come when
-        the whole reply is ready).
+        the whole reply is ready). Redirects are never followed (the client does not): one
+        would carry the platform's key to another origin.
         """
-        assert self._http is not None, "ProxyServer.start() was not called"  # noqa: S101
-        url, headers = self._targets[a.upstream.id]
+        assert self._upstream is not None, "ProxyServer.start() was not called"  # noqa: S101
+        target = self._targets[a.upstream.id, None]
         version = request.headers.get("anthropic-version")
         if api == ANTHROPIC and version is not None and version != ANTHROPIC_VERSION:
             # The only client header forwarded (policy allows listed versions only).
-            headers = {**headers, "anthropic-version": version}
+            target = self._versioned(a.upstream.id, version)
         try:
-            # Never follow a redirect: it would carry the platform's key to another origin.
             async with asyncio.timeout(self.settings.upstream_timeout_seconds):
-                return await self._http.post(
-                    url, data=a.payload, headers=headers, allow_redirects=False
-                )
+                return await self._upstream.post(target, a.payload)
         except TimeoutError:
             raise _Refusal(504, "api_error", "upstream provider did not answer in time") from None
-        except aiohttp.ClientError as exc:
-            # The exception's text can carry the URL; only its class name is logged.
-            log.warning("upstream %s unreachable (%s)", a.upstream.id, type(exc).__name__)
+        except UpstreamError as exc:
+            # Its text names the kind of failure only (never the URL or a header).
+            log.warning("upstream %s unreachable (%s)", a.upstream.id, exc)
             raise _Refusal(502, "api_error", "upstream provider unreachable") from None
 
+    def _versioned(self, upstream_id: str, version: str) -> Target:
+        target = self._targets.get((upstream_id, version))
+        if target is None:
+            url, headers = self._calls[upstream_id]
+            target = Target.of(url, {**headers, "anthropic-version": version})
+            self._targets[upstream_id, version] = target
+        return target
+
     async def _upstream_failed(
-        self, api: str, up: UpstreamSettings, upstream: aiohttp.ClientResponse
+        self, api: str, up: UpstreamSettings, upstream: Reply | aiohttp.ClientResponse
     ) -> web.StreamResponse:
         try:
             body: Any = loads(await upstream.read())
-        except (ValueError, aiohttp.ClientError):
+        except (ValueError, UpstreamError, aiohttp.ClientError):
             body = None
         if upstream.status in (401, 403):
             # The platform's key was refused: the operator's problem, not the tenant's key.
@@ -601,7 +616,7 @@ class ProxyServer:
         request: web.Request,
         api: str,
         a: _Admitted,
-        upstream: aiohttp.ClientResponse,
+        upstream: Reply,
         meter: Meter,
         settle: Callable[[], None],
     ) -> web.StreamResponse:
@@ -614,18 +629,24 @@ class ProxyServer:
             # that saw the end sends its next request on this connection, which would wait
             # behind this handler while it drained the upstream.
             async for out in _relayed(upstream, api, meter, a.client_wants_usage, idle):
+                if meter.ended:
+                    # The client is about to have the whole reply and may send its next
+                    # request before the upstream closes: that request is judged on this
+                    # one's real usage.
+                    settle()
+                    if upstream.at_eof():
+                        # The upstream's end came with its last events: they leave with the
+                        # end of the body, in one write.
+                        await response.write_eof(out)
+                        return response
                 if out:
                     await response.write(out)
-                if meter.ended:
-                    # The client has the whole reply and may send its next request before the
-                    # upstream closes: that request is judged on this one's real usage.
-                    settle()
             if idle.fired:
                 raise TimeoutError
             await response.write_eof()
         except ConnectionResetError:
             log.debug("client left mid-stream (tenant %s)", a.tenant_id)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             kind = "TimeoutError" if idle.fired else type(exc).__name__
             log.warning("upstream stream broke (%s)", kind)
             with contextlib.suppress(ConnectionResetError):
@@ -636,13 +657,13 @@ class ProxyServer:
         return response
 
     async def _forward(
-        self, api: str, a: _Admitted, upstream: aiohttp.ClientResponse, meter: Meter
+        self, api: str, a: _Admitted, upstream: Reply, meter: Meter
     ) -> web.StreamResponse:
         """A non-streaming reply: metered from its ``usage``, its bytes passed on as they are."""
         idle = _Idle(upstream, self.settings.upstream_timeout_seconds)
         try:
             raw = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             kind = "TimeoutError" if idle.fired else type(exc).__name__
             log.warning("upstream reply broke (%s)", kind)
             meter.unknown = True  # the provider may have billed it all: charge the estimate
@@ -933,7 +954,7 @@ def _priced(meter: Meter, a: _Admitted) -> Cost:
 
 
 async def _relayed(
-    upstream: aiohttp.ClientResponse,
+    upstream: Reply,
     api: str,
     meter: Meter,
     keep_usage: bool,
@@ -946,7 +967,7 @@ async def _relayed(
     """
     rest = b""
     clock = time.monotonic if idle is None else idle.clock
-    async for chunk in upstream.content.iter_any():
+    while chunk := await upstream.readany():
         if idle is not None:
             idle.last = clock()
         if rest:
@@ -1063,10 +1084,10 @@ def _worth_parsing(api: str, event: bytes) -> bool:
     )
 
 
-def _drop(task: asyncio.Task[aiohttp.ClientResponse]) -> None:
+def _drop(task: asyncio.Task[Reply]) -> None:
     """Abandon an upstream call started early: close its connection whenever it completes."""
 
-    def close(t: asyncio.Task[aiohttp.ClientResponse]) -> None:
+    def close(t: asyncio.Task[Reply]) -> None:
         if not t.cancelled() and t.exception() is None:
             t.result().close()
 
