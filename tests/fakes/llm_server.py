@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,6 +182,8 @@ class FakeLLMServer:
     # How long the audio "lasted": in the reply when response_format is verbose_json.
     transcript_seconds: float = 2.4
     transcriptions: list[bytes] = field(default_factory=list)
+    # Serve over TLS with this context (the URLs then say https).
+    ssl_context: ssl.SSLContext | None = None
     _runner: web.AppRunner | None = None
     port: int = 0
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -193,7 +196,7 @@ class FakeLLMServer:
         app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=FAKE_SHUTDOWN)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         server = site._server
         assert server is not None
@@ -209,11 +212,15 @@ class FakeLLMServer:
 
     @property
     def anthropic_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     @property
     def openai_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self._scheme}://127.0.0.1:{self.port}/v1"
+
+    @property
+    def _scheme(self) -> str:
+        return "http" if self.ssl_context is None else "https"
 
     def fail(self, status: int = 500, **kwargs: Any) -> None:
         """Script a failure for the next request (or ``times`` requests)."""

@@ -12,12 +12,14 @@ import json
 import math
 import os
 import signal
+import ssl
 import sys
 
 import httpx
 import pytest
 
 from tests.canaries import anthropic_key
+from tests.certs import self_signed
 from tests.fakes.llm_server import FakeLLMServer
 from tests.system.harness import BotProcess, CanaryScan, Workspace, eventually
 from tests.system.managed_support import query
@@ -204,3 +206,54 @@ async def test_workers_below_one_is_one_line_and_exit_2(ws: Workspace) -> None:
     result = await ws.cli("proxy", "--workers", "0")
     assert result.returncode == 2
     assert result.stderr.strip() == "byokbot: error: --workers must be at least 1"
+
+
+async def test_an_https_upstream_is_verified_against_ssl_cert_file(
+    ws: Workspace, canaries: CanaryScan, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The README's word for an upstream behind a private CA, through ``byokbot proxy``."""
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    async with FakeLLMServer(ssl_context=tls) as llm:
+        assert llm.anthropic_url.startswith("https://")
+        ws.env["SSL_CERT_FILE"] = str(cert)
+        process, url, _tenant, token = await start_proxy(ws, llm, canaries)
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+            for stream in (True, False, True):
+                r = await http.post(
+                    f"{url}/v1/messages",
+                    json={
+                        "model": "claude-sys",
+                        "max_tokens": 50,
+                        "stream": stream,
+                        "messages": [{"role": "user", "content": "over tls"}],
+                    },
+                    headers={"x-api-key": token},
+                )
+                assert r.status_code == 200, r.text
+                if stream:  # the reply's words, streamed one per delta, to its end
+                    assert "tls" in r.text and r.text.endswith('message_stop"}\n\n')
+                else:
+                    assert r.json()["content"][0]["text"] == "echo: over tls"
+        assert await process.terminate() == 0
+
+        # Without the CA the upstream's certificate is refused: a 502, and the log says why.
+        del ws.env["SSL_CERT_FILE"]
+        process = await ws.start("proxy")
+        await process.wait_output(r"metering proxy on", within=60)
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+            r = await http.post(
+                f"{url}/v1/messages",
+                json={
+                    "model": "claude-sys",
+                    "max_tokens": 50,
+                    "messages": [{"role": "user", "content": "no ca"}],
+                },
+                headers={"x-api-key": token},
+            )
+        assert r.status_code == 502
+        assert r.json()["error"]["message"] == "upstream provider unreachable"
+        await process.wait_output(r"unreachable \(SSLCertVerificationError\)")
+        assert len(llm.requests) == 3
+        assert await process.terminate() == 0
