@@ -64,7 +64,7 @@ from core.proxy.config import (
     UpstreamSettings,
     load_upstream_keys,
 )
-from core.proxy.upstream import Reply, Target, UpstreamError, UpstreamPool
+from core.proxy.upstream import Call, Reply, Target, UpstreamError, UpstreamPool
 from core.proxy.wire import (
     ANTHROPIC,
     MODEL_NOT_IN_PLAN,
@@ -407,17 +407,19 @@ class ProxyServer:
                 # key" is the platform's problem, and the operator needs to know which.
                 log.warning("proxy: refused %d %s: %s", r.status, r.error_type, r.message)
             return _error(api, r.status, r.error_type, r.message, headers=r.headers)
-        early: asyncio.Task[Reply] | None = None
+        early: Call | None = None
         if self.budget.likely_admits(a.tenant_id, a.plan_id, a.estimate, token_cap=a.token_cap):
-            # Ample room last time: open the upstream call while the reservation commits, so
-            # its cost hides behind the provider's time to first token. Nothing is relayed
-            # before the reservation succeeds; if it fails, the call is dropped.
-            early = asyncio.create_task(self._open(api, a, request))
+            # Ample room last time: the upstream call goes out now, while the reservation
+            # commits, so the reservation hides behind the provider's time to first token.
+            # Nothing is relayed before the reservation succeeds; if it fails, the call is
+            # dropped.
+            early = self._start(api, a, request)
+            early.run_ahead()
         try:
             reservation = await self._reserve(a)
         except BaseException as exc:
             if early is not None:
-                _drop(early)
+                early.cancel()
             if isinstance(exc, _Refusal):
                 return _error(api, exc.status, exc.error_type, exc.message, headers=exc.headers)
             raise
@@ -431,7 +433,7 @@ class ProxyServer:
                 self._settle(a, reservation, meter)
 
         try:
-            upstream = await (early if early is not None else self._open(api, a, request))
+            upstream = await self._open(early or self._start(api, a, request), a)
             async with upstream:
                 if upstream.status != 200:
                     return await self._upstream_failed(api, a.upstream, upstream)
@@ -543,12 +545,11 @@ class ProxyServer:
             client_wants_usage=client_wants_usage,
         )
 
-    async def _open(self, api: str, a: _Admitted, request: web.Request) -> Reply:
-        """Send the request upstream; returns once the response headers are in.
+    def _start(self, api: str, a: _Admitted, request: web.Request) -> Call:
+        """Start the call upstream (on a kept connection, its request leaves at once).
 
-        Bounded by ``upstream_timeout_seconds`` (a non-streaming reply's headers come when
-        the whole reply is ready). Redirects are never followed (the client does not): one
-        would carry the platform's key to another origin.
+        Redirects are never followed (the client has no such thing): one would carry the
+        platform's key to another origin.
         """
         assert self._upstream is not None, "ProxyServer.start() was not called"  # noqa: S101
         target = self._targets[a.upstream.id, None]
@@ -556,9 +557,17 @@ class ProxyServer:
         if api == ANTHROPIC and version is not None and version != ANTHROPIC_VERSION:
             # The only client header forwarded (policy allows listed versions only).
             target = self._versioned(a.upstream.id, version)
+        return self._upstream.start(target, a.payload)
+
+    async def _open(self, call: Call, a: _Admitted) -> Reply:
+        """The call's reply once its headers are in.
+
+        Bounded by ``upstream_timeout_seconds`` (a non-streaming reply's headers come when
+        the whole reply is ready).
+        """
         try:
             async with asyncio.timeout(self.settings.upstream_timeout_seconds):
-                return await self._upstream.post(target, a.payload)
+                return await call.reply()
         except TimeoutError:
             raise _Refusal(504, "api_error", "upstream provider did not answer in time") from None
         except UpstreamError as exc:
@@ -1082,17 +1091,6 @@ def _worth_parsing(api: str, event: bytes) -> bool:
     return (
         b'"usage":{' in event or b'"usage": {' in event or b'"error"' in event or b"[DONE]" in event
     )
-
-
-def _drop(task: asyncio.Task[Reply]) -> None:
-    """Abandon an upstream call started early: close its connection whenever it completes."""
-
-    def close(t: asyncio.Task[Reply]) -> None:
-        if not t.cancelled() and t.exception() is None:
-            t.result().close()
-
-    task.add_done_callback(close)
-    task.cancel()
 
 
 def _data_of(event: bytes) -> Any:

@@ -214,11 +214,17 @@ class _Connection(asyncio.Protocol):
 
     async def call(self, target: Target, body: bytes) -> Reply:
         """Send the request; returns once the reply's headers are in."""
+        self.send(target, body)
+        return await self.reply()
+
+    def send(self, target: Target, body: bytes) -> None:
         assert self._transport is not None  # noqa: S101 - connected by the pool
         self._reset()
         self.busy = True
         self._parser = httptools.HttpResponseParser(self)
         self._transport.write(b"%s%d\r\n\r\n%s" % (target.head, len(body), body))
+
+    async def reply(self) -> Reply:
         while not self.headers_done:
             if self.error is not None:
                 raise self.error
@@ -265,6 +271,45 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()  # connection_lost follows, and tells the pool
 
 
+class Call:
+    """A POST under way (``UpstreamPool.start``): ``reply()`` once, or ``cancel()``."""
+
+    __slots__ = ("_body", "_conn", "_pool", "_target", "_task")
+
+    def __init__(
+        self, pool: UpstreamPool, target: Target, body: bytes, conn: _Connection | None
+    ) -> None:
+        self._pool, self._target, self._body, self._conn = pool, target, body, conn
+        self._task: asyncio.Task[Reply] | None = None
+
+    async def reply(self) -> Reply:
+        """The reply once its headers are in; ``UpstreamError`` if it cannot be had."""
+        if self._task is not None:
+            return await self._task
+        return await self._pool._call(self._target, self._body, self._conn)
+
+    def cancel(self) -> None:
+        """Abandon the call: its connection is closed, whenever it is open (never reused)."""
+        if self._conn is not None:
+            self._conn.abort(None)
+        if self._task is not None:
+            _drop(self._task)
+
+    def run_ahead(self) -> None:
+        """Without a kept connection, open one now, in a task, rather than at ``reply()``."""
+        if self._conn is None and self._task is None:
+            self._task = asyncio.ensure_future(self._pool._call(self._target, self._body, None))
+
+
+def _drop(task: asyncio.Task[Reply]) -> None:
+    def close(t: asyncio.Task[Reply]) -> None:
+        if not t.cancelled() and t.exception() is None:
+            t.result().close()
+
+    task.add_done_callback(close)
+    task.cancel()
+
+
 class UpstreamPool:
     """Keep-alive connections to the upstreams, at most ``limit`` open at once.
 
@@ -295,37 +340,58 @@ class UpstreamPool:
 
         Raises ``UpstreamError`` when the upstream cannot be reached or drops the call.
         """
-        conn, reused = await self._acquire(target, reuse=True)
-        try:
-            return await conn.call(target, body)
-        except UpstreamError:
-            conn.abort(None)
-            if not reused or conn.received:
+        return await self.start(target, body).reply()
+
+    def start(self, target: Target, body: bytes) -> Call:
+        """Start a POST: on a kept connection its request goes out before this returns."""
+        conn = self._take_idle((target.host, target.port, target.tls))
+        if conn is not None:
+            conn.send(target, body)
+        return Call(self, target, body, conn)
+
+    async def _call(self, target: Target, body: bytes, sent: _Connection | None) -> Reply:
+        if sent is not None:
+            try:
+                return await sent.reply()
+            except UpstreamError:
+                sent.abort(None)
+                if sent.received:
+                    raise
+            except BaseException:
+                sent.abort(None)
                 raise
-        except BaseException:
-            conn.abort(None)
-            raise
-        # A kept connection the upstream closed as the call went out (its idle timeout): it
-        # read nothing of it, so the call goes again, once, on a new connection.
-        conn, _ = await self._acquire(target, reuse=False)
+            # A kept connection the upstream closed as the call went out (its idle timeout):
+            # it read nothing of it, so the call goes again, once, on a new connection.
+        conn = await self._acquire(target)
         try:
             return await conn.call(target, body)
         except BaseException:
             conn.abort(None)
             raise
 
-    async def _acquire(self, target: Target, *, reuse: bool) -> tuple[_Connection, bool]:
+    def _take_idle(self, key: tuple[str, int, bool]) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and now - conn.idle_since < self._keepalive:
+                return conn
+            self._forget(conn)
+        return None
+
+    async def _acquire(self, target: Target) -> _Connection:
+        """A new connection to ``target``, or a kept one freed while waiting at the limit."""
         key = (target.host, target.port, target.tls)
         loop = asyncio.get_running_loop()
+        first = True
         while True:
             if self._closed:
                 raise UpstreamError("pool closed")
-            idle = self._idle.get(key)
-            while reuse and idle:
-                conn = idle.pop()
-                if not conn.lost and loop.time() - conn.idle_since < self._keepalive:
-                    return conn, True
-                self._forget(conn)
+            if not first and (conn := self._take_idle(key)) is not None:
+                return conn
+            first = False
             if not self._limit or self._open < self._limit:
                 break
             if self._close_an_idle_one():
@@ -339,7 +405,7 @@ class UpstreamPool:
                     self._waiters.remove(waiter)
         self._open += 1
         try:
-            return await self._connect(target, key), False
+            return await self._connect(target, key)
         except BaseException:
             self._open -= 1
             self._wake_one()

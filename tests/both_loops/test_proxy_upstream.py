@@ -398,3 +398,57 @@ class socket_closed:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+async def test_a_call_started_on_a_kept_connection_is_sent_at_once_and_cancel_closes_it(
+    pool: UpstreamPool,
+) -> None:
+    arrived = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        w.write(OK)
+        await w.drain()
+        if n == 1:
+            await read_request(r)
+            arrived.set()
+            if not await r.read(1):
+                closed.set()
+            return
+        await read_request(r)
+        w.write(OK)
+        await w.drain()
+
+    async with Raw(handler) as raw:
+        async with await pool.post(raw.target(), b"{}") as reply:
+            assert await reply.read() == b"ok"
+        call = pool.start(raw.target(), b"{}")  # the kept connection: written before this returns
+        await asyncio.wait_for(arrived.wait(), 2)
+        call.cancel()  # e.g. its reservation was refused
+        await asyncio.wait_for(closed.wait(), 2)
+        async with await pool.post(raw.target(), b"{}") as reply:  # on a new connection
+            assert await reply.read() == b"ok"
+    assert raw.connections == 2
+
+
+async def test_a_call_run_ahead_without_a_kept_connection_connects_in_the_background(
+    upstream: Upstream, pool: UpstreamPool
+) -> None:
+    upstream.gate.clear()
+    call = pool.start(upstream.target("json"), b"{}")
+    call.run_ahead()
+    for _ in range(100):
+        if upstream.active:
+            break
+        await asyncio.sleep(0.01)
+    assert upstream.active == 1  # it went out without anyone awaiting its reply
+    upstream.gate.set()
+    async with await call.reply() as reply:
+        assert await reply.read() == b'{"echo": 2}'
+    dropped = pool.start(upstream.target("json"), b"{}")
+    dropped.run_ahead()
+    dropped.cancel()
+    await asyncio.sleep(0.1)
+    async with await pool.post(upstream.target("json"), b"{}") as reply:
+        assert reply.status == 200
