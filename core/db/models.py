@@ -254,12 +254,13 @@ class ReservationRow(Base):
 
     __tablename__ = "budget_reservations"
 
+    # No secondary indexes: only reservations in flight are here (migration 0016).
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     tokens: Mapped[int] = mapped_column(BigInteger)
     usd_micros: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
-    expires_at: Mapped[datetime] = mapped_column(index=True)
+    expires_at: Mapped[datetime]
 
 
 class DeliveryRow(Base):
