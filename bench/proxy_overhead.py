@@ -511,9 +511,12 @@ async def main(args: argparse.Namespace) -> None:
                 f"{'stage':<14} {'side':<6} {'CPU us/req':>8} {'TTFT+p50':>9} {'TTFT+p99':>9} "
                 f"{'req/s':>8} {'err':>4}   (TTFT added over direct, ms; json: total time)"
             )
-            for label, stream, concurrency, n in stages:
-                if args.only and args.only not in label:
-                    continue
+            # --only: the stage of that exact label ("stream c=1" is also in "stream c=16"),
+            # else every stage whose label contains it.
+            chosen = [s for s in stages if s[0] == args.only] or [
+                s for s in stages if args.only in s[0]
+            ]
+            for label, stream, concurrency, n in chosen:
                 res = await run_stage(
                     session, sides, stream=stream, concurrency=concurrency, n=n, rounds=rounds
                 )
