@@ -739,6 +739,7 @@ def _ts(at: datetime) -> str:
 
 
 _CHECKPOINT_EVERY: Final = 500  # inline commits; a few pages each, so a WAL of a few MB at most
+_WAL_SIZE_LIMIT: Final = 16 * 2**20  # bytes a started-again log is cut back to
 _SETTLE_DELAY: Final = 0.005  # seconds a settle may wait to share a commit
 _BUSY_RETRY: Final = 0.001  # up to this long (random) between tries while another process writes
 _BUSY_SPIN_SECONDS: Final = 2.0  # then the batch waits on the worker thread (busy_timeout)
@@ -853,7 +854,8 @@ class _SQLiteWriter:
     database, the transaction is rolled back and runs again on the worker thread's own
     connection, which waits there (``busy_timeout``) as before. The inline connection does not
     checkpoint the WAL on commit (that is file I/O and an fsync, milliseconds on the loop);
-    the worker thread runs a passive checkpoint every ``_CHECKPOINT_EVERY`` inline commits.
+    the worker thread runs a passive checkpoint every ``_CHECKPOINT_EVERY`` inline commits,
+    and the commits queued meanwhile wait for it, so it catches up and the log starts again.
     """
 
     def __init__(self, path: str, pool: ThreadPoolExecutor) -> None:
@@ -877,6 +879,8 @@ class _SQLiteWriter:
         if self._inline_conn is None:
             conn = self._open(busy_timeout_ms=0)
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            # A log that grew (a burst, an old version) shrinks back when started again.
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT:d}")
             self._inline_conn = conn
         return self._inline_conn
 
@@ -916,6 +920,11 @@ class _SQLiteWriter:
         if self._later is not None:
             self._later.cancel()
             self._later = None
+        if self._checkpointing is not None:
+            # Commits wait for the checkpoint (a few ms every _CHECKPOINT_EVERY commits): one
+            # that ran beside them never caught up, so the log was never started again and
+            # grew by megabytes a second under steady load. ``_checkpointed`` flushes them.
+            return
         # A caller cancelled while queued (its request was dropped) is not run at all.
         batch, self._queue = [op for op in self._queue if not op[1].done()], []
         if not batch:
@@ -973,6 +982,9 @@ class _SQLiteWriter:
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
         self._checkpointing = None
+        if self._queue and not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
         exc = None if done.cancelled() else done.exception()
         if exc is not None:
             # The next checkpoint (or another connection's) catches up; nothing is lost.
