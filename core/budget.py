@@ -39,6 +39,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
 import random
 import secrets
 import sqlite3
@@ -740,6 +741,7 @@ def _ts(at: datetime) -> str:
 
 _CHECKPOINT_EVERY: Final = 500  # inline commits; a few pages each, so a WAL of a few MB at most
 _WAL_SIZE_LIMIT: Final = 16 * 2**20  # bytes a started-again log is cut back to
+_WAL_HOLD_BYTES: Final = 8 * 2**20  # a log this long: commits wait for the next checkpoint
 _SETTLE_DELAY: Final = 0.005  # seconds a settle may wait to share a commit
 _BUSY_RETRY: Final = 0.001  # up to this long (random) between tries while another process writes
 _BUSY_SPIN_SECONDS: Final = 2.0  # then the batch waits on the worker thread (busy_timeout)
@@ -854,8 +856,9 @@ class _SQLiteWriter:
     database, the transaction is rolled back and runs again on the worker thread's own
     connection, which waits there (``busy_timeout``) as before. The inline connection does not
     checkpoint the WAL on commit (that is file I/O and an fsync, milliseconds on the loop);
-    the worker thread runs a passive checkpoint every ``_CHECKPOINT_EVERY`` inline commits,
-    and the commits queued meanwhile wait for it, so it catches up and the log starts again.
+    the worker thread runs a passive checkpoint every ``_CHECKPOINT_EVERY`` inline commits;
+    once the log has grown past ``_WAL_HOLD_BYTES`` the commits queued meanwhile wait for it,
+    so it catches up and the log starts again.
     """
 
     def __init__(self, path: str, pool: ThreadPoolExecutor) -> None:
@@ -865,6 +868,7 @@ class _SQLiteWriter:
         self._inline_conn: sqlite3.Connection | None = None
         self._commits = 0
         self._checkpointing: asyncio.Future[None] | None = None
+        self._holding = False  # commits wait for the checkpoint running (the log has grown)
         self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._flushing = False  # a flush is due on the next turn of the loop
         self._later: asyncio.TimerHandle | None = None  # or after _SETTLE_DELAY
@@ -920,10 +924,10 @@ class _SQLiteWriter:
         if self._later is not None:
             self._later.cancel()
             self._later = None
-        if self._checkpointing is not None:
-            # Commits wait for the checkpoint (a few ms every _CHECKPOINT_EVERY commits): one
-            # that ran beside them never caught up, so the log was never started again and
-            # grew by megabytes a second under steady load. ``_checkpointed`` flushes them.
+        if self._checkpointing is not None and self._holding:
+            # The log has grown: commits wait for this checkpoint (a few ms). One that runs
+            # beside a steady stream of commits never catches up, so the log is never
+            # started again and grows by megabytes a second. ``_checkpointed`` flushes them.
             return
         # A caller cancelled while queued (its request was dropped) is not run at all.
         batch, self._queue = [op for op in self._queue if not op[1].done()], []
@@ -972,6 +976,7 @@ class _SQLiteWriter:
         self._commits += 1
         if self._commits >= _CHECKPOINT_EVERY and self._checkpointing is None:
             self._commits = 0
+            self._holding = self._wal_bytes() > _WAL_HOLD_BYTES
             self._checkpointing = asyncio.get_running_loop().run_in_executor(
                 self._pool, self._checkpoint
             )
@@ -979,6 +984,12 @@ class _SQLiteWriter:
 
     def _checkpoint(self) -> None:
         self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(self._path + "-wal").st_size
+        except OSError:
+            return 0
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
         self._checkpointing = None
