@@ -90,6 +90,14 @@ def test_a_full_table() -> None:
             {"upstreams": {"a": {"base_url": "https://u:p@x", "key_env": "K"}}},
             "config.toml: [proxy.upstreams.a] base_url must not carry credentials; name an environment variable",
         ),
+        *(
+            (
+                {"upstreams": {"a": {"base_url": url, "key_env": "K"}}},
+                "config.toml: [proxy.upstreams.a] base_url must name a host (and a port from 1 to"
+                " 65535, if any)",
+            )
+            for url in ("https://", "https://:8080/v1", "http://host:port/v1", "http://h:70000")
+        ),
         (
             {"upstreams": {"a": {"base_url": "https://x", "key_env": "sk-abc def"}}},
             "config.toml: [proxy.upstreams.a] key_env must be an environment variable name",

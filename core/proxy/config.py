@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.config import PROVIDER_KINDS, PlanSettings, TableReader
 from core.errors import ConfigError
@@ -281,10 +282,19 @@ def _parse_upstreams(source: str, data: Mapping[str, Any]) -> dict[str, Upstream
         key_env = t.get("key_env", str, "")
         if not key_env or not key_env.replace("_", "").isalnum():
             raise t.fail("key_env", "must be an environment variable name")
+        base_url = t.url("base_url", "", hint="; name an environment variable")
+        try:
+            parts = urlsplit(base_url)
+            has_host = bool(parts.hostname)
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError:
+            has_host = False
+        if not has_host:
+            raise t.fail("base_url", "must name a host (and a port from 1 to 65535, if any)")
         out[uid] = UpstreamSettings(
             id=uid,
             kind=t.choice("kind", PROVIDER_KINDS, "openai-compatible"),
-            base_url=t.url("base_url", "", hint="; name an environment variable"),
+            base_url=base_url,
             key_env=key_env,
         )
         t.finish()
