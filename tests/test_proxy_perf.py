@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import math
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -243,3 +245,30 @@ async def test_the_token_cache_refreshes_ahead_in_one_flight(
     await tokens.revoke_all("t1")
     assert (await tokens.owner(token)) is None
     await db.dispose()
+
+
+async def test_a_streamed_reply_leaves_no_generator_for_the_loop_to_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay closes its event reader itself: one left to the garbage collector is closed
+    by a task the loop is woken for from "another thread" (an eventfd write), per request."""
+    left: list[str] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def finalizer(agen: Any) -> None:
+        if agen.ag_code.co_filename.endswith(str(Path("core", "proxy", "server.py"))):
+            left.append(agen.ag_code.co_name)
+        assert hooks.finalizer is not None
+        hooks.finalizer(agen)
+
+    sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
+    try:
+        async with start_world(tmp_path, sqlite(tmp_path, "g.db")) as w:
+            token = await w.token()
+            for _ in range(5):
+                r = await post_anthropic(w, token, anthropic_body(stream=True))
+                assert r.status_code == 200 and b"event: message_stop" in r.content
+            gc.collect()
+    finally:
+        sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=hooks.finalizer)
+    assert left == []

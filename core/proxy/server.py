@@ -35,7 +35,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -637,19 +637,24 @@ class ProxyServer:
             # of the body waits for the upstream's end (not just its last event): a client
             # that saw the end sends its next request on this connection, which would wait
             # behind this handler while it drained the upstream.
-            async for out in _relayed(upstream, api, meter, a.client_wants_usage, idle):
-                if meter.ended:
-                    # The client is about to have the whole reply and may send its next
-                    # request before the upstream closes: that request is judged on this
-                    # one's real usage.
-                    settle()
-                    if upstream.at_eof():
-                        # The upstream's end came with its last events: they leave with the
-                        # end of the body, in one write.
-                        await response.write_eof(out)
-                        return response
-                if out:
-                    await response.write(out)
+            # Closed here when left early: an async generator left to the garbage collector
+            # is closed by a task the loop is woken for (``call_soon_threadsafe``), per request.
+            async with contextlib.aclosing(
+                _relayed(upstream, api, meter, a.client_wants_usage, idle)
+            ) as relayed:
+                async for out in relayed:
+                    if meter.ended:
+                        # The client is about to have the whole reply and may send its next
+                        # request before the upstream closes: that request is judged on this
+                        # one's real usage.
+                        settle()
+                        if upstream.at_eof():
+                            # The upstream's end came with its last events: they leave with the
+                            # end of the body, in one write.
+                            await response.write_eof(out)
+                            return response
+                    if out:
+                        await response.write(out)
             if idle.fired:
                 raise TimeoutError
             await response.write_eof()
@@ -968,7 +973,7 @@ async def _relayed(
     meter: Meter,
     keep_usage: bool,
     idle: _Idle | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Per upstream read: the complete events in it, as they are to be sent on.
 
     Events are metered on the way; an incomplete one waits for the next read. A read takes
