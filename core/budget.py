@@ -798,23 +798,24 @@ def _batch(conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], An
     lock, so a cap is checked against every reservation before it exactly as with separate
     transactions; one failing ``fn`` is rolled back alone. A busy database aborts them all.
 
-    They run first without a savepoint each (two statements fewer per operation); if one
-    fails, the batch is rolled back and run again with a savepoint per operation.
+    They run first as one plain transaction (no savepoint: two statements fewer per commit);
+    if one fails, that is rolled back and they run again with a savepoint each.
     """
-    conn.execute("SAVEPOINT batch")
     try:
-        out = [fn(conn) for fn in fns]
+        return _transaction(conn, lambda c: [fn(c) for fn in fns])
     except sqlite3.OperationalError as exc:
         if _busy(exc):
             raise
-        conn.execute("ROLLBACK TO batch")
-    except Exception:  # noqa: BLE001 - run again, one savepoint each, to tell whose it was
-        conn.execute("ROLLBACK TO batch")
-    else:
-        conn.execute("RELEASE batch")
-        return out
-    conn.execute("RELEASE batch")
-    out = []
+        failed: Exception = exc
+    except Exception as exc:  # noqa: BLE001 - found again below and handed to its caller
+        failed = exc
+    if len(fns) == 1:
+        return [_Failed(failed)]
+    return _transaction(conn, lambda c: _each(c, fns))
+
+
+def _each(conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+    out: list[Any] = []
     for fn in fns:
         conn.execute("SAVEPOINT op")
         try:
@@ -937,7 +938,7 @@ class _SQLiteWriter:
         futures = [f for _, f in batch]
         loop = asyncio.get_running_loop()
         try:
-            results = _transaction(self._inline(), lambda c: _batch(c, fns))
+            results = _batch(self._inline(), fns)
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
                 _deliver(futures, [_Failed(exc)] * len(futures))
@@ -956,7 +957,7 @@ class _SQLiteWriter:
             self._busy_since = None
             # Held for long: wait for it on the worker thread, not here.
             waited = asyncio.get_running_loop().run_in_executor(
-                self._pool, _transaction, self._connection(), lambda c: _batch(c, fns)
+                self._pool, _batch, self._connection(), fns
             )
 
             def landed(done: asyncio.Future[list[Any]]) -> None:
