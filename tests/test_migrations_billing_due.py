@@ -23,7 +23,7 @@ AT = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 def test_the_chain_has_one_head_and_0015_follows_0011(sqlite_url: str) -> None:
     script = ScriptDirectory.from_config(alembic_config(sqlite_url))
-    assert script.get_heads() == ["0016"]  # mcp_servers came after, then 0016
+    assert script.get_heads() == ["0017"]  # mcp_servers came after, then 0016, 0017
     revision = script.get_revision("0015")
     assert revision is not None and revision.down_revision == "0011"
     after = script.get_revision("0010")

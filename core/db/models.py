@@ -253,6 +253,8 @@ class ReservationRow(Base):
     """An open budget reservation; whoever deletes the row (settle or sweeper) releases it."""
 
     __tablename__ = "budget_reservations"
+    # One b-tree on SQLite: the proxy writes a row and deletes it per request (0017).
+    __table_args__ = {"sqlite_with_rowid": False}
 
     # No secondary indexes: only reservations in flight are here (migration 0016).
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
