@@ -354,7 +354,10 @@ def report(label: str, res: dict[str, dict[str, list[float]]], stream: bool) -> 
         return med([a - b for a, b in zip(side[key], d[key], strict=True)])
 
     lines = []
-    for name, side in (("relay", rel), ("proxy", pro)):
+    named = [("relay", rel), ("proxy", pro)]
+    if "before" in res:
+        named.append(("before", res["before"]))
+    for name, side in named:
         lines.append(
             f"{label:<14} {name:<6} {med(side['cpu']):>8.0f} {added(side, t):>+9.2f} "
             f"{added(side, t99):>+9.2f} {med(side['rps']):>8.0f} {int(sum(side['err'])):>4}"
@@ -368,6 +371,13 @@ def report(label: str, res: dict[str, dict[str, list[float]]], stream: bool) -> 
         f"{ratio(added(pro, t), added(rel, t)):>9} {ratio(added(pro, t99), added(rel, t99)):>9} "
         f"{ratio(med(pro['rps']), med(rel['rps'])):>8}"
     )
+    if "before" in res:
+        b = res["before"]
+        lines.append(
+            f"{label:<14} p/bef  {ratio(med(pro['cpu']), med(b['cpu'])):>8} "
+            f"{ratio(added(pro, t), added(b, t)):>9} {ratio(added(pro, t99), added(b, t99)):>9} "
+            f"{ratio(med(pro['rps']), med(b['rps'])):>8}   (this proxy / the --against one)"
+        )
     return lines
 
 
@@ -476,6 +486,27 @@ async def main(args: argparse.Namespace) -> None:
         relay, proxy = await start_pair(args.workers)
         direct = Side("direct", f"{upstream}/v1/messages", direct_headers, upstream_bodies)
         sides = [direct, relay, proxy]
+        if args.against:
+            # Another checkout's proxy on the same database, in the same rounds: an A/B of
+            # two versions that the machine's drift between runs cannot blur.
+            other = Path(args.against)  # made absolute when parsed
+            bport, bprocs = await spawn(
+                str(other / "bench" / "proxy_overhead.py"),
+                "proxy",
+                tmp,
+                args.workers,
+                {**env, "PYTHONPATH": str(other)},
+                "--db",
+                db_url,
+                "--upstream",
+                upstream,
+            )
+            children.extend(bprocs)
+            before = Side(
+                "before", f"http://127.0.0.1:{bport}/v1/messages", proxy_headers, proxy_bodies
+            )
+            before.procs, before.ps = bprocs, [psutil.Process(p.pid) for p in bprocs]
+            sides.append(before)
         rss_idle = {s.name: rss_mib(s.ps) for s in (relay, proxy)}
         quick = args.quick
         rounds = 2 if quick else 5
@@ -618,6 +649,12 @@ if __name__ == "__main__":
         " every stage throughput-bound; 5: a 40-word reply streams over ~0.25 s)",
     )
     parser.add_argument("--workers", type=int, default=1, help="processes per server")
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="also run the proxy of another checkout (e.g. a git worktree of the last "
+        "commit) in the same rounds, and print this one's ratios to it",
+    )
     parser.add_argument("--scaling", action="store_true", help="also 1 vs 2 workers")
     parser.add_argument(
         "--only",
@@ -630,6 +667,8 @@ if __name__ == "__main__":
     parser.add_argument("--db", default="")
     parser.add_argument("--upstream", default="")
     a = parser.parse_args()
+    if a.against:
+        a.against = str(Path(a.against).resolve())
     run = _loop_runner() if a.role in ("proxy", "relay") else asyncio.run
     if a.role == "fake":
         asyncio.run(run_fake(a.port_file, a.chunk_ms))
