@@ -268,6 +268,8 @@ class _Writer(Protocol):
         minute: int,
         now: datetime,
         ttl: timedelta,
+        *,
+        alone: bool = False,
     ) -> tuple[int, int, int] | None: ...
 
     async def settle(
@@ -348,13 +350,20 @@ class Budget:
     # --- the request path -------------------------------------------------------------------
 
     async def reserve(
-        self, tenant_id: str, plan_id: str, estimate: Cost, *, token_cap: int | None = None
+        self,
+        tenant_id: str,
+        plan_id: str,
+        estimate: Cost,
+        *,
+        token_cap: int | None = None,
+        alone: bool = False,
     ) -> Reservation:
         """Reserve ``estimate`` against the tenant's caps and count one request this minute.
 
         ``token_cap`` (a trial's smaller allowance) replaces the plan's monthly token cap when
-        it is smaller, in the same atomic statement. Raises ``CapReached``,
-        ``RateLimitExceeded`` or ``NotMetered``.
+        it is smaller, in the same atomic statement. ``alone``: no other reservation is
+        likely in this turn of the loop, so there is nothing to wait for to commit together.
+        Raises ``CapReached``, ``RateLimitExceeded`` or ``NotMetered``.
         """
         monthly = self._plan(plan_id)
         plan = _capped(monthly, token_cap)
@@ -363,7 +372,9 @@ class Budget:
         t, u, n = self._pending.get(tenant_id, (0, 0, 0))
         self._pending[tenant_id] = (t + tokens, u + micros, n + 1)
         try:
-            return await self._reserve(tenant_id, plan, estimate, alert=plan is monthly)
+            return await self._reserve(
+                tenant_id, plan, estimate, alert=plan is monthly, alone=alone
+            )
         finally:
             t, u, n = self._pending[tenant_id]
             if n == 1:
@@ -372,14 +383,22 @@ class Budget:
                 self._pending[tenant_id] = (t - tokens, u - micros, n - 1)
 
     async def _reserve(
-        self, tenant_id: str, plan: PlanSettings, estimate: Cost, *, alert: bool = True
+        self,
+        tenant_id: str,
+        plan: PlanSettings,
+        estimate: Cost,
+        *,
+        alert: bool = True,
+        alone: bool = False,
     ) -> Reservation:
         waited = False
         for _ in range(4):
             now = self._clock.now()
             period, minute = period_of(now), int(now.timestamp() // 60)
             reservation = Reservation(_next_id(), tenant_id, *_cost(estimate))
-            got = await self._fast.reserve(plan, reservation, period, minute, now, self._ttl)
+            got = await self._fast.reserve(
+                plan, reservation, period, minute, now, self._ttl, alone=alone
+            )
             if got is not None:
                 self._hints[tenant_id] = (got[0], got[1], minute, got[2])
                 return reservation
@@ -902,18 +921,22 @@ class _SQLiteWriter:
                 conn.close()
         self._conn = self._inline_conn = None
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = True) -> T:
-        return await self._submit(fn, urgent=urgent)
-
     def _submit(
-        self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = True
+        self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = True, alone: bool = False
     ) -> asyncio.Future[T]:
-        """Queue ``fn`` for the next group commit; its future is done once it committed."""
+        """Queue ``fn`` for the next group commit; its future is done once it committed.
+
+        ``alone``: the caller expects no company in this turn of the loop (the proxy's only
+        request in flight), so when nothing else urgent is queued the commit runs now, with any
+        settles waiting: two turns of the loop fewer before the caller goes on.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.append((fn, future))
         if urgent:
-            if not self._flushing:
+            if alone and not self._flushing:
+                self._flush()
+            elif not self._flushing:
                 self._flushing = True
                 loop.call_soon(self._flush)
         elif not self._flushing and self._later is None:
@@ -1010,6 +1033,8 @@ class _SQLiteWriter:
         minute: int,
         now: datetime,
         ttl: timedelta,
+        *,
+        alone: bool = False,
     ) -> tuple[int, int, int] | None:
         args = {
             "t": r.tokens,
@@ -1041,7 +1066,7 @@ class _SQLiteWriter:
             used_t, used_u, requests = rows[0]
             return int(used_t), int(used_u), int(requests)
 
-        return await self._run(work)
+        return await self._submit(work, alone=alone)
 
     async def settle(
         self, r: Reservation, tokens: int, micros: int, now: datetime
@@ -1155,6 +1180,8 @@ class _PostgresWriter:
         minute: int,
         now: datetime,
         ttl: timedelta,
+        *,
+        alone: bool = False,
     ) -> tuple[int, int, int] | None:
         ucap = None if plan.monthly_usd_cap is None else _micros(plan.monthly_usd_cap)
         row = await self._fetchrow(

@@ -69,6 +69,8 @@ class OrmStore:
         minute: int,
         now: datetime,
         ttl: timedelta,
+        *,
+        alone: bool = False,
     ) -> tuple[int, int, int] | None:
         conds = [
             BudgetRow.tenant_id == r.tenant_id,

@@ -113,6 +113,46 @@ async def test_concurrent_reserves_of_one_loop_turn_share_a_transaction(tmp_path
     await db.dispose()
 
 
+async def test_a_reserve_alone_commits_at_once_and_one_with_company_waits_for_the_turn(
+    tmp_path: Path,
+) -> None:
+    """``alone`` (the proxy's only request in flight) commits in the caller's own step; a
+    reserve queued beside another one this turn still shares that one's commit."""
+    db = await open_db(sqlite(tmp_path, "a.db"))
+    await add_tenant(db, "t1")
+    plans = {
+        "managed": PlanSettings(
+            id="managed",
+            name="Managed",
+            price_usd=39.0,
+            byok=False,
+            models=("m",),
+            requests_per_minute=10_000,
+            monthly_token_cap=1_000,
+        )
+    }
+    budget = Budget(db, plans, SystemClock())
+    first = await budget.reserve("t1", "managed", Cost(100, 0))  # creates the row
+    settling = budget.settle_soon(first, Cost(50, 0), plan_id="managed")  # waits for company
+
+    alone = asyncio.ensure_future(budget.reserve("t1", "managed", Cost(100, 0), alone=True))
+    await asyncio.sleep(0)  # one turn: its first step ran, and committed
+    assert alone.done()
+    await asyncio.sleep(0)  # its callback's turn, long before the settle's own 5 ms wait
+    assert settling.done()  # the waiting settle went with it
+
+    queued = asyncio.ensure_future(budget.reserve("t1", "managed", Cost(100, 0)))
+    joined = asyncio.ensure_future(budget.reserve("t1", "managed", Cost(100, 0), alone=True))
+    await asyncio.sleep(0)
+    assert not queued.done() and not joined.done()  # one commit, on the next turn
+    both = await asyncio.gather(queued, joined)
+    summary = await budget.summary("t1", "managed")
+    assert (summary.spent.tokens, summary.tokens_reserved) == (50, 300)
+    for r in (alone.result(), *both):
+        await budget.settle(r, Cost(0, 0), plan_id="managed")
+    await db.dispose()
+
+
 CACHE = {"cache_creation_input_tokens": 1_000, "cache_read_input_tokens": 5_000}
 
 

@@ -454,7 +454,14 @@ class ProxyServer:
         self, tenant_id: str, plan_id: str, estimate: Cost, token_cap: int | None
     ) -> Reservation:
         try:
-            return await self.budget.reserve(tenant_id, plan_id, estimate, token_cap=token_cap)
+            return await self.budget.reserve(
+                # The only request in flight: no other reservation to commit with.
+                tenant_id,
+                plan_id,
+                estimate,
+                token_cap=token_cap,
+                alone=self._active == 1,
+            )
         except CapReached as exc:
             BUDGET_REFUSALS.labels("cap").inc()
             raise _Refusal(
