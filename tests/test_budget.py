@@ -530,3 +530,29 @@ async def test_a_summary_right_after_a_background_settle_counts_it(db: Database)
     budget.settle_soon(r, Cost(120, 0), plan_id="managed")
     s = await budget.summary("t1", "managed")  # no wait for the commit in between
     assert (s.spent.tokens, s.tokens_reserved) == (120, 0)
+
+
+async def test_settles_of_one_turn_land_together_and_each_sees_its_own_figures(
+    db: Database,
+) -> None:
+    """Settles queued together (one statement on PostgreSQL, one commit on SQLite) alert as if
+    they had run one after another: each crossing is seen by the settle that made it."""
+    sink = RecordingAlertSink()
+    budget = Budget(db, plans(tokens=1_000), ManualClock(START), sink=sink)
+    order = ("t1", "t1", "t2", "t1", "t2", "t1")
+    actual = (300, 200, 100, 0, 450, 350)  # t1: 300, 500 (50 %), 500, 850 (80 %); t2: 550
+    held = [await budget.reserve(t, "managed", Cost(100, 0)) for t in order]
+    settling = [
+        budget.settle_soon(r, Cost(n, 0), plan_id="managed")
+        for r, n in zip(held, actual, strict=True)
+    ]
+    await asyncio.gather(*settling)
+    await budget.drain()
+    assert sorted((t, pct) for t, pct, _, _ in sink.alerts) == [
+        ("t1", 50),
+        ("t1", 80),
+        ("t2", 50),
+    ]
+    one, two = await budget.summary("t1", "managed"), await budget.summary("t2", "managed")
+    assert (one.spent.tokens, one.tokens_reserved) == (850, 0)
+    assert (two.spent.tokens, two.tokens_reserved) == (550, 0)
