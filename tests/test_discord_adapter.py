@@ -782,3 +782,39 @@ async def test_refused_command_sync_is_logged_and_the_bot_still_serves(
         assert adapter.client.is_ready()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == ["discord: slash command sync refused: HTTP 400 code 50035"]
+
+
+async def test_the_defer_window_counts_from_the_interactions_arrival(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow duplicate check (a database write waiting its turn) eats into Discord's 3 s: the
+    adapter defers ``defer_after`` after the interaction arrived, not after the check."""
+    monkeypatch.setattr(Route, "BASE", Route.BASE)
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", DiscordWebSocket.DEFAULT_GATEWAY)
+    release = asyncio.Event()
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await release.wait()
+        await adapter.respond(event, Reply(text="Status: all good", sensitive=True))
+
+    async with FakeDiscord(strict=True, interaction_window=2.0) as fake:
+        alice = fake.user(ALICE_ID, "alice")
+        async with running(fake, defer_after=1.0) as (adapter, script):
+            checked = adapter._dedup
+
+            class SlowCheck:
+                async def first_time(self, key: str) -> bool:
+                    await asyncio.sleep(1.6)
+                    return await checked.first_time(key)
+
+            adapter._dedup = SlowCheck()  # type: ignore[assignment]
+            script.behaviour = behaviour
+            await fake.dispatch(
+                "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
+            )
+            await fake.wait_for(lambda: len(callbacks(fake)) == 1, limit=10)
+            release.set()
+            await fake.wait_for(lambda: len(fake.find("POST", r"^/webhooks/")) == 1, limit=10)
+        # Deferred at 1.6 s, inside the 2 s window (at 1.6 + 1.0 s it would have been refused).
+        assert [c.status for c in fake.find("POST", CALLBACK)] == [200]
+        assert callbacks(fake) == [{"type": 5, "data": {"flags": EPHEMERAL}}]

@@ -502,6 +502,9 @@ class DiscordAdapter:
     async def _on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         if self._handler is None:
             return
+        # Discord's 3 s run from here at the latest: the window to defer in is counted from
+        # now, not from after the duplicate check (a database write that may wait its turn).
+        received = self._clock()
         # A gateway resume can replay an interaction: it is answered once only.
         if not await self._dedup.first_time(f"discord:interaction:{interaction.id}"):
             _log.info("discord: interaction %s seen again, ignored", interaction.id)
@@ -522,7 +525,7 @@ class DiscordAdapter:
             if not interaction.response.is_done():
                 await self._guard(interaction.response.defer(), "acknowledge")
             return
-        live = _Live(interaction=interaction, created=self._clock())
+        live = _Live(interaction=interaction, created=received)
         self._live[event.event_id] = live
         try:
             outcome = await self._run_within_window(event, live)
@@ -545,7 +548,8 @@ class DiscordAdapter:
 
     async def _run_within_window(self, event: Event, live: _Live) -> Outcome | None:
         task = asyncio.create_task(self._dispatch(event))
-        done, _ = await asyncio.wait({task}, timeout=self._cfg.defer_after)
+        left = self._cfg.defer_after - (self._clock() - live.created)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, left))
         if not done:
             async with live.lock:
                 if not live.answered and not live.gone:
