@@ -13,7 +13,8 @@ from sqlalchemy import text
 
 from core.db import Database, upgrade
 from core.db.migrate import alembic_config
-from core.db.models import ReservationRow, TenantRow
+from core.db.models import ReservationRow
+from tests.test_budget import add_tenant
 
 
 def test_0017_is_the_head_after_0016_after_0010(sqlite_url: str) -> None:
@@ -78,19 +79,7 @@ async def test_0017_keeps_reservations_in_flight_both_ways(db_url: str) -> None:
     await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0016")
     db = Database(db_url)
     try:
-        async with db.session() as s, s.begin():
-            s.add(
-                TenantRow(
-                    id="t1",
-                    plan="managed",
-                    status="active",
-                    status_reason="",
-                    paused=False,
-                    persona="",
-                    created_at=AT,
-                    updated_at=AT,
-                )
-            )
+        await add_tenant(db, "t1")
         async with db.session() as s, s.begin():
             for i in range(3):
                 s.add(

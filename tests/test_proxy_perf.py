@@ -82,11 +82,9 @@ async def test_200_racing_requests_never_pass_a_small_cap(
         assert after.spent.tokens <= 100_000
 
 
-async def test_concurrent_reserves_of_one_loop_turn_share_a_transaction(tmp_path: Path) -> None:
-    """What group commit must keep: of 50 reserves batched together, only those that fit win."""
-    db = await open_db(sqlite(tmp_path, "g.db"))
-    await add_tenant(db, "t1")
-    plans = {
+def _small_cap() -> dict[str, PlanSettings]:
+    """A managed plan of 1,000 tokens a month."""
+    return {
         "managed": PlanSettings(
             id="managed",
             name="Managed",
@@ -97,7 +95,13 @@ async def test_concurrent_reserves_of_one_loop_turn_share_a_transaction(tmp_path
             monthly_token_cap=1_000,
         )
     }
-    budget = Budget(db, plans, SystemClock())
+
+
+async def test_concurrent_reserves_of_one_loop_turn_share_a_transaction(tmp_path: Path) -> None:
+    """What group commit must keep: of 50 reserves batched together, only those that fit win."""
+    db = await open_db(sqlite(tmp_path, "g.db"))
+    await add_tenant(db, "t1")
+    budget = Budget(db, _small_cap(), SystemClock())
     first = await budget.reserve("t1", "managed", Cost(100, 0))  # creates the row
     results = await asyncio.gather(
         *(budget.reserve("t1", "managed", Cost(100, 0)) for _ in range(50)),
@@ -120,18 +124,7 @@ async def test_a_reserve_alone_commits_at_once_and_one_with_company_waits_for_th
     reserve queued beside another one this turn still shares that one's commit."""
     db = await open_db(sqlite(tmp_path, "a.db"))
     await add_tenant(db, "t1")
-    plans = {
-        "managed": PlanSettings(
-            id="managed",
-            name="Managed",
-            price_usd=39.0,
-            byok=False,
-            models=("m",),
-            requests_per_minute=10_000,
-            monthly_token_cap=1_000,
-        )
-    }
-    budget = Budget(db, plans, SystemClock())
+    budget = Budget(db, _small_cap(), SystemClock())
     first = await budget.reserve("t1", "managed", Cost(100, 0))  # creates the row
     settling = budget.settle_soon(first, Cost(50, 0), plan_id="managed")  # waits for company
 

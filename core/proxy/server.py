@@ -454,8 +454,8 @@ class ProxyServer:
         self, tenant_id: str, plan_id: str, estimate: Cost, token_cap: int | None
     ) -> Reservation:
         try:
+            # The only request in flight has no other reservation to commit with.
             return await self.budget.reserve(
-                # The only request in flight: no other reservation to commit with.
                 tenant_id,
                 plan_id,
                 estimate,
