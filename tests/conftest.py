@@ -111,6 +111,21 @@ def proxy_on() -> tuple[dict[str, object], dict[str, str]]:
 
 
 @pytest.fixture(autouse=True)
+def _restore_process_state() -> Iterator[None]:
+    """The CLI's ``main`` hardens the process it runs in (``protect_process``: umask 077, not
+    dumpable); a test calling it in-process must not leave the worker so for the next tests,
+    whose files a bot of another user could then not read."""
+    from core.hardening import is_dumpable, set_dumpable
+
+    umask, dumpable = os.umask(0o022), is_dumpable()
+    os.umask(umask)
+    yield
+    os.umask(umask)
+    if dumpable != is_dumpable():
+        set_dumpable(dumpable)
+
+
+@pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     """``configure_logging`` (called by the CLI) changes process-wide state; undo it per test."""
     import logging

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import discord
 import pytest
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
@@ -239,7 +240,8 @@ async def test_key_add_modal_round_trip_never_posts_the_key(
         await fake.wait_for(lambda: len(callbacks(fake)) == 2)
     confirm = callbacks(fake)[1]
     assert (confirm["type"], confirm["data"]["flags"]) == (4, EPHEMERAL)
-    assert confirm["data"]["content"] == "Saved sk-ant-…" + key[-4:]
+    # Plain text reaches Discord Markdown-escaped (a key's tail may hold a "_").
+    assert confirm["data"]["content"] == discord.utils.escape_markdown("Saved sk-ant-…" + key[-4:])
     assert received == [key]
     secret_event = script.events[1]
     assert (secret_event.kind, secret_event.intake_token, secret_event.via_modal) == (

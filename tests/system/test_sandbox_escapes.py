@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
@@ -88,6 +89,11 @@ class SandboxWorkspace(Workspace):
     """A ``Workspace`` whose ``byokbot`` runs as ``user`` (uid, gid) when set."""
 
     user: tuple[int, int] | None = None
+
+    def configure(self, tables: Mapping[str, Mapping[str, Any]]) -> None:
+        super().configure(tables)
+        if self.user is not None:  # readable by the bot's user whatever this process's umask
+            os.chown(self.config_path, *self.user)
 
     def _command(self) -> tuple[list[str], dict[str, str]]:
         if self.user is None:
