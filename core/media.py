@@ -20,7 +20,7 @@ from typing import Final
 import httpx
 
 from core.config import MediaSettings
-from core.llm import ImageInput
+from core.llm import ImageInput, tls_context
 from core.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,9 @@ async def transcribe_timed(
     form = {"model": model}
     if verbose:
         form["response_format"] = "verbose_json"
+    verify = await asyncio.to_thread(tls_context)  # built once, off the bot's loop
     try:
-        async with httpx.AsyncClient(timeout=seconds, transport=transport) as http:
+        async with httpx.AsyncClient(timeout=seconds, transport=transport, verify=verify) as http:
             response = await http.post(url, headers=headers, files=files, data=form)
     except httpx.HTTPError as exc:
         log.warning("transcription: %s", type(exc).__name__)

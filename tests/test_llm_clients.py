@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 
 import httpx
@@ -25,6 +26,7 @@ from core.llm import (
     Usage,
     make_client,
     new_http_client,
+    tls_context,
     verify_key,
 )
 from core.secret import Secret
@@ -215,6 +217,32 @@ async def test_verify_key_refuses_a_dead_key(fake: FakeLLMServer, kind: str) -> 
     fake.valid_keys = {"sk-good"}
     with pytest.raises(InvalidKey):
         await verify_key(kind, _url(fake, kind), Secret("sk-dead"), timeout=5)
+
+
+async def test_key_checks_build_the_ca_context_once_and_off_the_loop(
+    fake: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loading the CA bundle takes 20-30 ms of CPU: on the bot's loop, per key, it stalled every
+    # chat (twelve people saving keys at once held Discord's deferrals past their 3 s).
+    built: list[str] = []
+    real = httpx.create_ssl_context
+
+    def counting(*args: object, **kwargs: object) -> object:
+        built.append(threading.current_thread().name)
+        return real()
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    tls_context.cache_clear()
+    try:
+        await asyncio.gather(
+            *(verify_key("anthropic", fake.anthropic_url, Secret("sk-x"), timeout=5) for _ in "ab")
+        )
+        await verify_key("anthropic", fake.anthropic_url, Secret("sk-y"), timeout=5)
+    finally:
+        tls_context.cache_clear()
+    assert len(fake.requests) == 3
+    assert built and len(built) <= 2  # two first checks racing may each build one
+    assert threading.main_thread().name not in built
 
 
 async def test_verify_key_reports_provider_trouble_as_such(fake: FakeLLMServer) -> None:

@@ -20,6 +20,7 @@ from core.llm.client import (
     classify,
     make_client,
     new_http_client,
+    tls_context,
     verify_key,
 )
 from core.llm.errors import (
@@ -67,5 +68,6 @@ __all__ = [
     "classify",
     "make_client",
     "new_http_client",
+    "tls_context",
     "verify_key",
 ]

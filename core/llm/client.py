@@ -17,9 +17,12 @@ closing the async iterator (or cancelling its task): the response stream is clos
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import math
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,6 +139,16 @@ StreamItem = TextDelta | Usage | ToolCall
 def default_timeout(seconds: float) -> httpx.Timeout:
     """Connect/write/pool bounded at 10 s; ``seconds`` bounds each read, i.e. a stalled stream."""
     return httpx.Timeout(connect=min(10.0, seconds), read=seconds, write=10.0, pool=10.0)
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The CA-verifying context, built once per process.
+
+    Loading the CA bundle costs 20-30 ms of CPU: on the bot's loop, once per key check, it
+    stalled every chat for that long.
+    """
+    return httpx.create_ssl_context()
 
 
 def new_http_client(*, timeout: float, verify: Any = True) -> httpx.AsyncClient:
@@ -446,7 +459,9 @@ async def verify_key(
     """
     if http is not None:
         return await make_client(kind, base_url, key, http=http).list_models()
-    async with new_http_client(timeout=timeout) as own:
+    # The first check builds the context off the loop; later ones find it cached.
+    verify = await asyncio.to_thread(tls_context)
+    async with new_http_client(timeout=timeout, verify=verify) as own:
         return await make_client(kind, base_url, key, http=own).list_models()
 
 

@@ -42,6 +42,7 @@ from core.llm import (
     LLMError,
     make_client,
     new_http_client,
+    tls_context,
 )
 from core.runtime import codepack, protocol, sandbox
 from core.runtime.errors import ProtocolError
@@ -57,10 +58,9 @@ TASK_ANSWER_TIMEOUT: Final = 20.0
 """Seconds schedule_task waits for byokbot to say whether it kept the task."""
 
 
-@functools.cache
 def ssl_context() -> ssl.SSLContext:
     """The CA-verifying context, built once (in the template, before any fork)."""
-    return httpx.create_ssl_context()
+    return tls_context()
 
 
 # httpx imports its transport stack lazily, on the first client and the first request.
