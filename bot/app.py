@@ -51,6 +51,7 @@ from core.hardening import secure_config_storage
 from core.inbox import DatabaseInbox, LateInbox
 from core.intake import Intake
 from core.livechecks import LiveChecks
+from core.llm import warm_http
 from core.mcp_servers import McpServers
 from core.plans import PlanCatalog
 from core.ports import (
@@ -479,6 +480,8 @@ class App:
             raise ConfigError(
                 f"{self.config.source}: no platform is enabled and configured, and no console"
             )
+        # Off the loop while the database opens; awaited before any chat is served.
+        warming = asyncio.create_task(asyncio.to_thread(warm_http))
         await self.open()
         from core import metrics
 
@@ -516,6 +519,7 @@ class App:
             self.leases = JobLeases(self.db.session, f"{socket.gethostname()}:{os.getpid()}")
         self.scheduler = Scheduler(self.jobs(), leases=self.leases)
         self.scheduler.start()
+        await warming
         for adapter in self.adapters:
             await self._start_adapter(adapter)
             log.info("%s adapter started", adapter.platform.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from core.llm.client import (
+    HTTP_STACK,
     KINDS,
     AnthropicClient,
     ChatMessage,
@@ -22,6 +23,7 @@ from core.llm.client import (
     new_http_client,
     tls_context,
     verify_key,
+    warm_http,
 )
 from core.llm.errors import (
     ERRORS_BY_CODE,
@@ -40,6 +42,7 @@ from core.llm.errors import (
 
 __all__ = [
     "ERRORS_BY_CODE",
+    "HTTP_STACK",
     "KINDS",
     "AnthropicClient",
     "BadResponse",
@@ -70,4 +73,5 @@ __all__ = [
     "new_http_client",
     "tls_context",
     "verify_key",
+    "warm_http",
 ]

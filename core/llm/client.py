@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import math
@@ -139,6 +140,30 @@ StreamItem = TextDelta | Usage | ToolCall
 def default_timeout(seconds: float) -> httpx.Timeout:
     """Connect/write/pool bounded at 10 s; ``seconds`` bounds each read, i.e. a stalled stream."""
     return httpx.Timeout(connect=min(10.0, seconds), read=seconds, write=10.0, pool=10.0)
+
+
+# What httpx imports only at its first client or its first request, on the caller's thread.
+HTTP_STACK: Final = (
+    "httpcore",
+    "httpcore._backends.anyio",
+    "h11",
+    "anyio",
+    "anyio._backends._asyncio",
+    "anyio.streams.tls",
+    "anyio.streams.memory",
+    "anyio.streams.stapled",
+    "anyio.to_thread",
+)
+
+
+def warm_http() -> None:
+    """Import httpx's transport stack and build the CA context before the first request.
+
+    Otherwise the bot's first key check paid both on its event loop, with every chat waiting.
+    """
+    for name in HTTP_STACK:
+        importlib.import_module(name)
+    tls_context()
 
 
 @functools.cache

@@ -37,6 +37,7 @@ from typing import Final
 import httpx
 
 from core.llm import (
+    HTTP_STACK,
     ChatMessage,
     LLMClient,
     LLMError,
@@ -63,17 +64,9 @@ def ssl_context() -> ssl.SSLContext:
     return tls_context()
 
 
-# httpx imports its transport stack lazily, on the first client and the first request.
+# Modules imported lazily, at first use: httpx's transport stack, and:
 _LAZY_IMPORTS: Final = (
-    "httpcore",
-    "httpcore._backends.anyio",
-    "h11",
-    "anyio",
-    "anyio._backends._asyncio",
-    "anyio.streams.tls",
-    "anyio.streams.memory",
-    "anyio.streams.stapled",
-    "anyio.to_thread",
+    *HTTP_STACK,
     "importlib.resources",
     # getaddrinfo encodes a host name with this codec on first use; a sandboxed agent's uid
     # may not be able to read the standard library to import it then.
