@@ -820,3 +820,82 @@ async def test_the_defer_window_counts_from_the_interactions_arrival(
         # Deferred at 1.6 s, inside the 2 s window (at 1.6 + 1.0 s it would have been refused).
         assert [c.status for c in fake.find("POST", CALLBACK)] == [200]
         assert callbacks(fake) == [{"type": 5, "data": {"flags": EPHEMERAL}}]
+
+
+async def test_an_interaction_past_discords_window_is_answered_by_message_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deferral came too late (Discord says "Unknown interaction"): the answer goes
+    straight to the person's DM, without a follow-up Discord would refuse as well."""
+    monkeypatch.setattr(Route, "BASE", Route.BASE)
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", DiscordWebSocket.DEFAULT_GATEWAY)
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> None:
+        await asyncio.sleep(0.3)  # the adapter has deferred meanwhile
+        await adapter.respond(event, Reply(text="Status: all good", sensitive=True))
+
+    async with FakeDiscord(strict=True, interaction_window=1.0) as fake:
+        alice = fake.user(ALICE_ID, "alice")
+        async with running(fake, defer_after=0.5) as (adapter, script):
+            checked = adapter._dedup
+
+            class SlowCheck:
+                async def first_time(self, key: str) -> bool:
+                    await asyncio.sleep(1.3)  # past the fake's 1 s window
+                    return await checked.first_time(key)
+
+            adapter._dedup = SlowCheck()  # type: ignore[assignment]
+            script.behaviour = behaviour
+            await fake.dispatch(
+                "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
+            )
+            dm = fake.dm_channel(ALICE_ID)
+            await fake.wait_for(
+                lambda: bool(fake.find("POST", rf"^/channels/{dm}/messages$")), limit=10
+            )
+        assert [c.status for c in fake.find("POST", CALLBACK)] == [404]
+        assert fake.find("POST", r"^/webhooks/") == []
+        [sent] = fake.find("POST", rf"^/channels/{dm}/messages$")
+        assert sent.body["content"] == "Status: all good"
+
+
+async def test_a_refused_key_past_discords_window_is_explained_in_the_dm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The form's interaction is gone when the key is refused: the reason still reaches the
+    person (their DM, privately), not a follow-up Discord would refuse."""
+    monkeypatch.setattr(Route, "BASE", Route.BASE)
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", DiscordWebSocket.DEFAULT_GATEWAY)
+
+    async def behaviour(adapter: DiscordAdapter, event: Event) -> Outcome:
+        await asyncio.sleep(0.3)  # the adapter has tried to defer meanwhile
+        return Outcome(secret_error="That key was refused by Anthropic.")
+
+    async with FakeDiscord(strict=True, interaction_window=1.0) as fake:
+        alice = fake.user(ALICE_ID, "alice")
+        async with running(fake, defer_after=0.5) as (adapter, script):
+            checked = adapter._dedup
+
+            class SlowCheck:
+                async def first_time(self, key: str) -> bool:
+                    await asyncio.sleep(1.3)  # past the fake's 1 s window
+                    return await checked.first_time(key)
+
+            adapter._dedup = SlowCheck()  # type: ignore[assignment]
+            script.behaviour = behaviour
+            await fake.dispatch(
+                "INTERACTION_CREATE",
+                fake.modal_submit(
+                    alice, "k:tok-late", {"secret": "sk-whatever"}, channel_id=GUILD_CHANNEL_ID
+                ),
+            )
+            dm = fake.dm_channel(ALICE_ID)
+            await fake.wait_for(
+                lambda: bool(fake.find("POST", rf"^/channels/{dm}/messages$")), limit=10
+            )
+        assert [c.status for c in fake.find("POST", CALLBACK)] == [404]
+        assert fake.find("POST", r"^/webhooks/") == []
+        [sent] = fake.find("POST", rf"^/channels/{dm}/messages$")
+        assert sent.body["content"] == discord.utils.escape_markdown(
+            "That key was refused by Anthropic."
+        )

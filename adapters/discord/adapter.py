@@ -96,7 +96,8 @@ class _InteractionGone(DiscordSendError):
 
 
 # Unknown interaction, unknown webhook, invalid webhook token, already acknowledged.
-_GONE_CODES: Final = frozenset({10062, 10015, 50027, 40060})
+_UNKNOWN_INTERACTION: Final = 10062
+_GONE_CODES: Final = frozenset({_UNKNOWN_INTERACTION, 10015, 50027, 40060})
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,7 +537,7 @@ class DiscordAdapter:
                     request = self._pending_secrets.get(event.intake_token)
                     label = request.title if request else "API key"
                     reopen = translate.form_button(event.intake_token, label)
-                await self._answer_ephemeral(live, outcome.secret_error, reopen)
+                await self._answer_ephemeral(live, event, outcome.secret_error, reopen)
             async with live.lock:
                 if not live.answered and not live.gone:
                     # Nothing was said: acknowledge so Discord shows no failure.
@@ -561,13 +562,17 @@ class DiscordAdapter:
         interaction = live.interaction
         if interaction.type is discord.InteractionType.component:
             # A deferred update shows nothing; answers come as follow-ups with their own flags.
-            await self._guard(interaction.response.defer(), "defer")
+            deferral = interaction.response.defer()
         else:
             # The deferred answer's visibility is fixed now: private outside DMs.
-            await self._guard(
-                interaction.response.defer(ephemeral=not event.chat.is_direct, thinking=True),
-                "defer",
-            )
+            deferral = interaction.response.defer(ephemeral=not event.chat.is_direct, thinking=True)
+        try:
+            await deferral
+        except discord.HTTPException as exc:
+            _log.warning("discord: defer failed: HTTP %s code %s", exc.status, exc.code)
+            if exc.code == _UNKNOWN_INTERACTION:
+                # Past Discord's 3 s: it would refuse the follow-ups too; answers go by message.
+                live.gone = True
         live.answered = True
 
     async def _guard(self, call: Awaitable[Any], what: str) -> bool:
@@ -579,14 +584,30 @@ class DiscordAdapter:
         return True
 
     async def _answer_ephemeral(
-        self, live: _Live, text: str, view: discord.ui.View | None = None
+        self, live: _Live, event: Event, text: str, view: discord.ui.View | None = None
     ) -> None:
+        """A refused secret's reason: privately through the interaction, else in the DM."""
         reply = Reply(text=text, sensitive=True)
+        piece = self._render(reply)
         async with live.lock:
-            try:
-                await self._via_interaction(live, reply, self._render(reply), view, None)
-            except DiscordSendError as exc:
-                _log.warning("discord: could not show a refused secret's reason: %s", exc)
+            if self._alive(live):
+                try:
+                    await self._via_interaction(live, reply, piece, view, None)
+                    return
+                except _InteractionGone as exc:
+                    _log.info("discord: interaction unusable (%s); answering in the DM", exc)
+                    live.gone = True
+                except DiscordSendError as exc:
+                    _log.warning("discord: could not show a refused secret's reason: %s", exc)
+                    return
+        dm = await self.open_dm(event.user)
+        if dm is None:
+            _log.info("discord: no DM with %s for a refused secret's reason", event.user.id)
+            return
+        try:
+            await self._post(dm, piece, view, None)
+        except DiscordSendError as exc:
+            _log.warning("discord: could not show a refused secret's reason: %s", exc)
 
     async def _autocomplete(self, interaction: discord.Interaction[Any], data: Any) -> None:
         focused = translate.focused_option(data)
