@@ -112,9 +112,9 @@ def proxy_on() -> tuple[dict[str, object], dict[str, str]]:
 
 @pytest.fixture(autouse=True)
 def _restore_process_state() -> Iterator[None]:
-    """The CLI's ``main`` hardens the process it runs in (``protect_process``: umask 077, not
-    dumpable); a test calling it in-process must not leave the worker so for the next tests,
-    whose files a bot of another user could then not read."""
+    """A test that hardens its own process (``protect_process``: umask 077, not dumpable) must
+    not leave the worker so for the next tests, whose files a bot of another user could then
+    not read. (Its RLIMIT_CORE 0 cannot be undone: such tests patch it out.)"""
     from core.hardening import is_dumpable, set_dumpable
 
     umask, dumpable = os.umask(0o022), is_dumpable()

@@ -131,7 +131,14 @@ async def test_master_key_rotation_and_retire(tmp_path: Path, fake: FakeLLMServe
     assert fingerprint(Secret(key)) in after
 
 
-def test_one_line_errors_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_line_errors_and_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # main() hardens the process it runs in, here the pytest worker, for good: RLIMIT_CORE's
+    # hard limit cannot be raised again without CAP_SYS_RESOURCE, which root lacks on these
+    # machines, and a later test's ``prlimit --core=unlimited`` failed. The bot's processes in
+    # the system tests run the real one.
+    monkeypatch.setattr("bot.cli.protect_process", lambda: None)
     bad = tmp_path / "bad.toml"
     bad.write_text("[core]\nintake_ttl_seconds = -5\n")
     assert main(["--config", str(bad), "config", "check"]) == 2
