@@ -115,6 +115,7 @@ async def _serve(
         platforms=not console_only,
         on_serving=on_serving,
         on_first_tenant=on_first_tenant,
+        freeze_heap=True,
     )
     stop = asyncio.Event()
     signals: list[int] = []
