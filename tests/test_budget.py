@@ -535,8 +535,10 @@ async def test_a_summary_right_after_a_background_settle_counts_it(db: Database)
 async def test_settles_of_one_turn_land_together_and_each_sees_its_own_figures(
     db: Database,
 ) -> None:
-    """Settles queued together (one statement on PostgreSQL, one commit on SQLite) alert as if
-    they had run one after another: each crossing is seen by the settle that made it."""
+    """Settles queued together each see their own figures: on SQLite (one commit, each
+    operation its own result) every crossing alerts, in order; on PostgreSQL (a round trip
+    each, concurrently) the highest crossing always alerts and no alert comes twice or after a
+    higher one."""
     sink = RecordingAlertSink()
     budget = Budget(db, plans(tokens=1_000), ManualClock(START), sink=sink)
     order = ("t1", "t1", "t2", "t1", "t2", "t1")
@@ -548,11 +550,14 @@ async def test_settles_of_one_turn_land_together_and_each_sees_its_own_figures(
     ]
     await asyncio.gather(*settling)
     await budget.drain()
-    assert sorted((t, pct) for t, pct, _, _ in sink.alerts) == [
-        ("t1", 50),
-        ("t1", 80),
-        ("t2", 50),
-    ]
+    t1 = [pct for t, pct, _, _ in sink.alerts if t == "t1"]
+    assert [pct for t, pct, _, _ in sink.alerts if t == "t2"] == [50]
+    if db.is_sqlite:
+        assert t1 == [50, 80]
+    else:
+        # The settle that reached 80 % may claim its alert before the one that reached 50 %:
+        # a 50 % alert after the 80 % one would be stale, so it is not sent.
+        assert t1 in ([50, 80], [80])
     one, two = await budget.summary("t1", "managed"), await budget.summary("t2", "managed")
     assert (one.spent.tokens, one.tokens_reserved) == (850, 0)
     assert (two.spent.tokens, two.tokens_reserved) == (550, 0)
