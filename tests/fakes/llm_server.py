@@ -163,6 +163,8 @@ class FakeLLMServer:
     models: tuple[str, ...] = ("model-large", "model-small")
     valid_keys: set[str] | None = None
     chunk_delay: float = 0.0
+    # Seconds GET /v1/models (the key check) takes: a provider slow to answer.
+    models_delay: float = 0.0
     requests: list[Recorded] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     gate: asyncio.Event | None = None
@@ -302,6 +304,8 @@ class FakeLLMServer:
         key = request.headers.get("x-api-key") or _bearer(request)
         kind = "anthropic" if "x-api-key" in request.headers else "openai-compatible"
         self.requests.append(Recorded(kind, request.path, key, {}))
+        if self.models_delay:
+            await asyncio.sleep(self.models_delay)
         refused = self._refuse(key)
         if refused is not None:
             return refused
