@@ -899,3 +899,31 @@ async def test_a_refused_key_past_discords_window_is_explained_in_the_dm(
         assert sent.body["content"] == discord.utils.escape_markdown(
             "That key was refused by Anthropic."
         )
+
+
+async def test_a_silent_command_past_discords_window_clears_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flow that says nothing gets its interaction acknowledged and the "thinking…" cleared;
+    once Discord has forgotten the interaction there is nothing to clear, so nothing is tried."""
+    monkeypatch.setattr(Route, "BASE", Route.BASE)
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", DiscordWebSocket.DEFAULT_GATEWAY)
+    async with FakeDiscord(strict=True, interaction_window=1.0) as fake:
+        alice = fake.user(ALICE_ID, "alice")
+        async with running(fake, defer_after=0.5) as (adapter, script):
+            checked = adapter._dedup
+
+            class SlowCheck:
+                async def first_time(self, key: str) -> bool:
+                    await asyncio.sleep(1.3)  # past the fake's 1 s window
+                    return await checked.first_time(key)
+
+            adapter._dedup = SlowCheck()  # type: ignore[assignment]
+            await fake.dispatch(
+                "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
+            )
+            await fake.wait_for(lambda: len(fake.find("POST", CALLBACK)) == 1, limit=10)
+            await asyncio.sleep(0.3)
+        assert [c.status for c in fake.find("POST", CALLBACK)] == [404]
+        assert fake.find("DELETE", r"^/webhooks/") == []
+        assert len(script.events) == 1

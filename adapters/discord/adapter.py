@@ -542,7 +542,8 @@ class DiscordAdapter:
                 if not live.answered and not live.gone:
                     # Nothing was said: acknowledge so Discord shows no failure.
                     await self._defer(live, event)
-                    if interaction.type is discord.InteractionType.application_command:
+                    command = interaction.type is discord.InteractionType.application_command
+                    if command and not live.gone:
                         await self._guard(interaction.delete_original_response(), "clear thinking")
         finally:
             self._live.pop(event.event_id, None)
