@@ -786,6 +786,18 @@ async def test_refused_command_sync_is_logged_and_the_bot_still_serves(
     assert errors == ["discord: slash command sync refused: HTTP 400 code 50035"]
 
 
+def _slow_duplicate_check(adapter: DiscordAdapter, seconds: float) -> None:
+    """The adapter's duplicate check (a database write waiting its turn) takes ``seconds``."""
+    checked = adapter._dedup
+
+    class SlowCheck:
+        async def first_time(self, key: str) -> bool:
+            await asyncio.sleep(seconds)
+            return await checked.first_time(key)
+
+    adapter._dedup = SlowCheck()  # type: ignore[assignment]
+
+
 async def test_the_defer_window_counts_from_the_interactions_arrival(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -802,14 +814,7 @@ async def test_the_defer_window_counts_from_the_interactions_arrival(
     async with FakeDiscord(strict=True, interaction_window=2.0) as fake:
         alice = fake.user(ALICE_ID, "alice")
         async with running(fake, defer_after=1.0) as (adapter, script):
-            checked = adapter._dedup
-
-            class SlowCheck:
-                async def first_time(self, key: str) -> bool:
-                    await asyncio.sleep(1.6)
-                    return await checked.first_time(key)
-
-            adapter._dedup = SlowCheck()  # type: ignore[assignment]
+            _slow_duplicate_check(adapter, 1.6)
             script.behaviour = behaviour
             await fake.dispatch(
                 "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
@@ -837,14 +842,7 @@ async def test_an_interaction_past_discords_window_is_answered_by_message_at_onc
     async with FakeDiscord(strict=True, interaction_window=1.0) as fake:
         alice = fake.user(ALICE_ID, "alice")
         async with running(fake, defer_after=0.5) as (adapter, script):
-            checked = adapter._dedup
-
-            class SlowCheck:
-                async def first_time(self, key: str) -> bool:
-                    await asyncio.sleep(1.3)  # past the fake's 1 s window
-                    return await checked.first_time(key)
-
-            adapter._dedup = SlowCheck()  # type: ignore[assignment]
+            _slow_duplicate_check(adapter, 1.3)  # past the fake's 1 s window
             script.behaviour = behaviour
             await fake.dispatch(
                 "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
@@ -874,14 +872,7 @@ async def test_a_refused_key_past_discords_window_is_explained_in_the_dm(
     async with FakeDiscord(strict=True, interaction_window=1.0) as fake:
         alice = fake.user(ALICE_ID, "alice")
         async with running(fake, defer_after=0.5) as (adapter, script):
-            checked = adapter._dedup
-
-            class SlowCheck:
-                async def first_time(self, key: str) -> bool:
-                    await asyncio.sleep(1.3)  # past the fake's 1 s window
-                    return await checked.first_time(key)
-
-            adapter._dedup = SlowCheck()  # type: ignore[assignment]
+            _slow_duplicate_check(adapter, 1.3)  # past the fake's 1 s window
             script.behaviour = behaviour
             await fake.dispatch(
                 "INTERACTION_CREATE",
@@ -911,14 +902,7 @@ async def test_a_silent_command_past_discords_window_clears_nothing(
     async with FakeDiscord(strict=True, interaction_window=1.0) as fake:
         alice = fake.user(ALICE_ID, "alice")
         async with running(fake, defer_after=0.5) as (adapter, script):
-            checked = adapter._dedup
-
-            class SlowCheck:
-                async def first_time(self, key: str) -> bool:
-                    await asyncio.sleep(1.3)  # past the fake's 1 s window
-                    return await checked.first_time(key)
-
-            adapter._dedup = SlowCheck()  # type: ignore[assignment]
+            _slow_duplicate_check(adapter, 1.3)  # past the fake's 1 s window
             await fake.dispatch(
                 "INTERACTION_CREATE", fake.slash(alice, "status", channel_id=GUILD_CHANNEL_ID)
             )
