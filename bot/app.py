@@ -347,6 +347,7 @@ class App:
             self.clock,
             sink=DirectMessageAlerts(self.services),
             reservation_ttl=timedelta(seconds=proxy.reservation_ttl_seconds),
+            lease_requests=proxy.lease_requests,
         )
         self.services.budget = self.budget
         self.billing = Billing(

@@ -65,6 +65,13 @@ T = TypeVar("T")
 THRESHOLDS: Final = (50, 80, 100)
 MICROS: Final = 1_000_000
 
+_LEASE_MIN: Final = 4  # a lease for fewer requests than this is not worth its bookkeeping
+_LEASE_SHARE: Final = 8  # a lease takes at most 1/8 of the room left (cost and requests)
+_LEASE_TICK: Final = 0.1  # seconds between looks at the open leases
+_LEASE_COMMIT: Final = 1.0  # seconds within which a lease's settled usage is committed
+_LEASE_IDLE: Final = 0.5  # seconds unused after which a lease is given back
+_DRAIN_SECONDS: Final = 5.0  # at stop, how long leases may take to be given back
+
 
 class BudgetError(CoreError):
     """A request the budget does not admit."""
@@ -117,12 +124,53 @@ class Cost:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """An open reservation, to settle or release."""
+    """An open reservation, to settle or release (``lease``: admitted from this process's lease)."""
 
     id: str
     tenant_id: str
     tokens: int
     usd_micros: int
+    lease: _Lease | None = dataclasses.field(default=None, compare=False, repr=False)
+
+
+@dataclass(eq=False, slots=True)
+class _Lease:
+    """Room this process reserved for a tenant's next requests: one ``budget_reservations`` row.
+
+    ``tokens``/``micros`` are what the row holds (and ``budgets`` counts as reserved). Of that,
+    ``busy_*`` is held by the requests it admitted that are still in flight and ``spent_*`` is
+    what settled requests used and this process has not committed yet; the rest is free.
+    """
+
+    id: str
+    tenant_id: str
+    plan_id: str
+    terms: tuple[int | None, int | None, int]  # the caps it was taken under: tokens, usd, rpm
+    period: date
+    minute: int
+    tokens: int
+    micros: int
+    slots: int  # requests it may still admit (counted in this minute's window already)
+    expires: datetime
+    used_at: float  # loop time it last admitted a request
+    busy_t: int = 0
+    busy_u: int = 0
+    busy_n: int = 0
+    spent_t: int = 0
+    spent_u: int = 0
+    unsaved: int = 0  # settlements counted in spent_* and not committed yet
+    spent_at: float = 0.0  # loop time of the oldest of them
+    closed: bool = False  # admits no more; given back once its requests have settled
+    writing: bool = False  # a draw or the final give-back is being committed
+    waiting: list[asyncio.Future[None]] = dataclasses.field(default_factory=list)
+    released: asyncio.Future[None] | None = None  # once closed: its free room is given back
+
+    def admits(self, tokens: int, micros: int) -> bool:
+        return (
+            self.slots > 0
+            and self.tokens - self.busy_t - self.spent_t >= tokens
+            and self.micros - self.busy_u - self.spent_u >= micros
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +325,46 @@ class _Writer(Protocol):
     ) -> tuple[int, int, int, date] | None: ...
 
 
+class _LeaseWriter(Protocol):
+    """What a writer needs for leases (SQLite and PostgreSQL; not the in-memory ORM path)."""
+
+    async def reserve(
+        self,
+        plan: PlanSettings,
+        r: Reservation,
+        period: date,
+        minute: int,
+        now: datetime,
+        ttl: timedelta,
+        *,
+        alone: bool = False,
+        slots: int = 1,
+    ) -> tuple[int, int, int] | None: ...
+
+    def submit_settle(
+        self,
+        r: Reservation,
+        tokens: int,
+        micros: int,
+        now: datetime,
+        *,
+        back: int = 0,
+        minute: int = -1,
+    ) -> asyncio.Future[tuple[int, int, int, date] | None]: ...
+
+    def submit_draw(
+        self,
+        lease: Reservation,
+        held: tuple[int, int],
+        spent: tuple[int, int],
+        now: datetime,
+        expires: datetime,
+        *,
+        back: int = 0,
+        minute: int = -1,
+    ) -> asyncio.Future[tuple[bool, tuple[int, int, int, date] | None]]: ...
+
+
 class _Store(Protocol):
     """The rare statements: refusals, new periods, alerts, the jobs, the summaries."""
 
@@ -311,6 +399,7 @@ class Budget:
         *,
         sink: AlertSink | None = None,
         reservation_ttl: timedelta = timedelta(minutes=15),
+        lease_requests: int = 0,
     ) -> None:
         self._plans = plans
         self._clock = clock
@@ -328,6 +417,7 @@ class Budget:
         raw = db.raw()
         self._fast: _Writer
         self._store: _Store
+        self._leaser: _LeaseWriter | None = None
         if raw is None:
             from core.budget_orm import OrmStore
 
@@ -335,7 +425,19 @@ class Budget:
             self._fast, self._store = orm, orm
         else:
             self._store = _RawStore(raw)
-            self._fast = _sqlite_writer(raw) if isinstance(raw, SQLiteRaw) else _PostgresWriter(raw)
+            writer = _sqlite_writer(raw) if isinstance(raw, SQLiteRaw) else _PostgresWriter(raw)
+            self._fast = writer
+            if lease_requests >= _LEASE_MIN:
+                self._leaser = writer
+        # Leases (``lease_requests`` > 1, on the raw drivers): tenant -> its open lease; the
+        # closed ones wait here until their requests have settled and the room is given back.
+        self._lease_max = lease_requests
+        self._leases: dict[str, _Lease] = {}
+        self._closing: set[_Lease] = set()
+        self._acquiring: set[str] = set()
+        self._lease_timer: asyncio.Handle | None = None
+        self._lease_due = 0.0
+        self._ticking = False
 
     def caps(self, plan_id: str) -> Caps:
         plan = self._plans[plan_id]
@@ -367,8 +469,13 @@ class Budget:
         """
         monthly = self._plan(plan_id)
         plan = _capped(monthly, token_cap)
-        # Counted before the first await, so ``likely_admits`` sees every reservation in flight.
         tokens, micros = _cost(estimate)
+        lease = self._leases.get(tenant_id)
+        if lease is not None:
+            leased = self._from_lease(lease, plan, tokens, micros)
+            if leased is not None:
+                return leased
+        # Counted before the first await, so ``likely_admits`` sees every reservation in flight.
         t, u, n = self._pending.get(tenant_id, (0, 0, 0))
         self._pending[tenant_id] = (t + tokens, u + micros, n + 1)
         try:
@@ -396,12 +503,23 @@ class Budget:
             now = self._clock.now()
             period, minute = period_of(now), int(now.timestamp() // 60)
             reservation = Reservation(_next_id(), tenant_id, *_cost(estimate))
+            slots = self._lease_size(tenant_id, plan, reservation, minute)
+            if slots:
+                leased = await self._take_lease(
+                    plan, reservation, slots, period, minute, now, alone=alone
+                )
+                if leased is not None:
+                    return leased
             got = await self._fast.reserve(
                 plan, reservation, period, minute, now, self._ttl, alone=alone
             )
             if got is not None:
                 self._hints[tenant_id] = (got[0], got[1], minute, got[2])
                 return reservation
+            lease = self._leases.get(tenant_id)
+            if lease is not None:
+                # This process's own lease may hold the room this request needs: give it back.
+                self._close(lease)
             if not waited and self._settling.get(tenant_id):
                 # The tenant's last reply is still settling here: its reservation, sized for
                 # the worst case, holds room the reply did not use. Judge on the settled figures.
@@ -482,6 +600,9 @@ class Budget:
 
     async def settle(self, reservation: Reservation, actual: Cost, *, plan_id: str) -> None:
         """Replace the reservation by the real usage; fires any threshold alert it crosses."""
+        if reservation.lease is not None:
+            await self._settle_leased(reservation, reservation.lease, actual, now=True)
+            return
         tokens, micros = _cost(actual)
         row = await self._fast.settle(reservation, tokens, micros, self._clock.now())
         alert = self._crossed(row, tokens, micros, plan_id)
@@ -498,6 +619,10 @@ class Budget:
         is claimed in a task then (``drain`` waits for those). Elsewhere it is ``settle`` in a
         task.
         """
+        if reservation.lease is not None:
+            # Done at once: the lease holds the usage until its next write (within
+            # ``_LEASE_COMMIT``), which retries a failure; ``summary`` closes the lease first.
+            return self._settle_leased(reservation, reservation.lease, actual)
         if not isinstance(self._fast, _SQLiteWriter):
             return self._track(
                 reservation.tenant_id,
@@ -515,15 +640,26 @@ class Budget:
             if error is not None:
                 done.set_exception(error)
                 return
-            alert = self._crossed(f.result(), tokens, micros, plan_id)
-            if alert is not None:
-                task = asyncio.ensure_future(self._maybe_alert(reservation.tenant_id, *alert))
-                self._alerting.add(task)
-                task.add_done_callback(self._alert_done)
+            self._alert_soon(reservation.tenant_id, f.result(), tokens, micros, plan_id)
             done.set_result(None)
 
         queued.add_done_callback(settled)
         return self._track(reservation.tenant_id, done)
+
+    def _alert_soon(
+        self,
+        tenant_id: str,
+        row: tuple[int, int, int, date] | None,
+        tokens: int,
+        micros: int,
+        plan_id: str,
+    ) -> None:
+        """Claim the alert a committed settlement crosses, in a task (``drain`` waits)."""
+        alert = self._crossed(row, tokens, micros, plan_id)
+        if alert is not None:
+            task = asyncio.ensure_future(self._maybe_alert(tenant_id, *alert))
+            self._alerting.add(task)
+            task.add_done_callback(self._alert_done)
 
     def _track(self, tenant_id: str, settling: asyncio.Future[None]) -> asyncio.Future[None]:
         waiting = self._settling.setdefault(tenant_id, set())
@@ -549,8 +685,24 @@ class Budget:
         if error is not None:
             log.error("claiming a usage alert failed (%s)", type(error).__name__)
 
+    def close_leases(self) -> None:
+        """Admit nothing more from leases; what they hold is committed and given back now."""
+        for lease in list(self._leases.values()):
+            self._close(lease)
+
     async def drain(self) -> None:
-        """Wait for the alerts that background settlements started (``settle_soon``)."""
+        """Give every lease back; wait for the alerts background settlements started."""
+        self.close_leases()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DRAIN_SECONDS
+        while self._closing and loop.time() < deadline:
+            self._arm(0.0)
+            await asyncio.sleep(_LEASE_TICK / 5)
+        if self._closing:
+            log.warning(
+                "%d budget lease(s) not given back at stop; the sweeper releases them",
+                len(self._closing),
+            )
         while self._alerting:
             await asyncio.gather(*self._alerting, return_exceptions=True)
 
@@ -572,6 +724,9 @@ class Budget:
 
     async def release(self, reservation: Reservation) -> None:
         """Give a reservation back untouched (the upstream call never happened or used nothing)."""
+        if reservation.lease is not None:
+            await self._settle_leased(reservation, reservation.lease, Cost(0, 0), now=True)
+            return
         await self._fast.settle(reservation, 0, 0, self._clock.now())
 
     async def _maybe_alert(
@@ -596,6 +751,259 @@ class Budget:
                 tenant_id,
                 type(exc).__name__,
             )
+
+    # --- leases -----------------------------------------------------------------------------
+
+    def _lease_writer(self) -> _LeaseWriter:
+        if self._leaser is None:
+            raise BudgetError("budget leases are off")  # only a lease's own paths come here
+        return self._leaser
+
+    def _from_lease(
+        self, lease: _Lease, plan: PlanSettings, tokens: int, micros: int
+    ) -> Reservation | None:
+        """Admit a request from the tenant's lease, or close the lease if it cannot."""
+        now = self._clock.now()
+        if (
+            lease.minute != int(now.timestamp() // 60)
+            or lease.terms != _terms(plan)
+            or lease.period != period_of(now)
+            or not lease.admits(tokens, micros)
+        ):
+            self._close(lease)
+            return None
+        lease.slots -= 1
+        lease.busy_t += tokens
+        lease.busy_u += micros
+        lease.busy_n += 1
+        lease.used_at = asyncio.get_running_loop().time()
+        return Reservation(_next_id(), lease.tenant_id, tokens, micros, lease)
+
+    def _lease_size(
+        self, tenant_id: str, plan: PlanSettings, request: Reservation, minute: int
+    ) -> int:
+        """How many requests like this one a new lease should cover (0: reserve it alone).
+
+        Judged on this process's last reservation for the tenant (none yet: no lease), so a
+        lease takes at most 1/8 of the room and of the minute's requests left then; near a
+        cap or the rate limit every request is reserved on its own.
+        """
+        if self._leaser is None or tenant_id in self._acquiring:
+            return 0
+        hint = self._hints.get(tenant_id)
+        if hint is None:
+            return 0
+        used_t, used_u, hint_minute, requests = hint
+        pending_t, pending_u, pending_n = self._pending.get(tenant_id, (0, 0, 0))
+        requests = (requests if hint_minute == minute else 0) + pending_n
+        n = min(self._lease_max, (plan.requests_per_minute - requests) // _LEASE_SHARE)
+        if plan.monthly_token_cap is not None and request.tokens:
+            room = plan.monthly_token_cap - used_t - pending_t
+            n = min(n, room // (_LEASE_SHARE * request.tokens))
+        if plan.monthly_usd_cap is not None and request.usd_micros:
+            room = _micros(plan.monthly_usd_cap) - used_u - pending_u
+            n = min(n, room // (_LEASE_SHARE * request.usd_micros))
+        return n if n >= _LEASE_MIN else 0
+
+    async def _take_lease(
+        self,
+        plan: PlanSettings,
+        request: Reservation,
+        slots: int,
+        period: date,
+        minute: int,
+        now: datetime,
+        *,
+        alone: bool = False,
+    ) -> Reservation | None:
+        """Reserve room for ``slots`` requests like ``request`` in one row; admit it from there."""
+        leaser = self._lease_writer()
+        tenant_id = request.tenant_id
+        row = Reservation(_next_id(), tenant_id, request.tokens * slots, request.usd_micros * slots)
+        self._acquiring.add(tenant_id)
+        try:
+            got = await leaser.reserve(
+                plan, row, period, minute, now, self._ttl, alone=alone, slots=slots
+            )
+        finally:
+            self._acquiring.discard(tenant_id)
+        if got is None:
+            return None  # no room for that many: this request alone decides
+        self._hints[tenant_id] = (got[0], got[1], minute, got[2])
+        lease = _Lease(
+            id=row.id,
+            tenant_id=tenant_id,
+            plan_id=plan.id,
+            terms=_terms(plan),
+            period=period,
+            minute=minute,
+            tokens=row.tokens,
+            micros=row.usd_micros,
+            slots=slots - 1,
+            expires=now + self._ttl,
+            used_at=asyncio.get_running_loop().time(),
+            busy_t=request.tokens,
+            busy_u=request.usd_micros,
+            busy_n=1,
+        )
+        old = self._leases.get(tenant_id)
+        if old is not None:
+            self._close(old)
+        self._leases[tenant_id] = lease
+        self._arm()
+        return dataclasses.replace(request, lease=lease)
+
+    def _settle_leased(
+        self, r: Reservation, lease: _Lease, actual: Cost, *, now: bool = False
+    ) -> asyncio.Future[None]:
+        """Count a leased request's usage in its lease, committed within ``_LEASE_COMMIT``.
+
+        ``now``: the future is done once the lease's write (due at once) committed it; else
+        it is done already.
+        """
+        tokens, micros = _cost(actual)
+        lease.busy_t -= r.tokens
+        lease.busy_u -= r.usd_micros
+        lease.busy_n -= 1
+        loop = asyncio.get_running_loop()
+        if not lease.unsaved:
+            lease.spent_at = loop.time()
+        lease.unsaved += 1
+        lease.spent_t += tokens
+        lease.spent_u += micros
+        done: asyncio.Future[None] = loop.create_future()
+        if now:
+            lease.spent_at = -math.inf
+            lease.waiting.append(done)
+            self._arm(0.0)
+        else:
+            done.set_result(None)
+            self._arm()
+        return done
+
+    def _close(self, lease: _Lease) -> None:
+        """Admit nothing more from ``lease``; its free room goes back at once (``_lease_tick``)."""
+        if lease.closed:
+            return
+        lease.closed = True
+        if self._leases.get(lease.tenant_id) is lease:
+            del self._leases[lease.tenant_id]
+        self._closing.add(lease)
+        lease.released = asyncio.get_running_loop().create_future()
+        self._track(lease.tenant_id, lease.released)
+        self._arm(0.0)
+
+    def _arm(self, delay: float = _LEASE_TICK) -> None:
+        """Run ``_lease_tick`` within ``delay`` seconds."""
+        if self._ticking:
+            return  # the tick running now sees the change, and arms the next one
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        if self._lease_timer is not None:
+            if due >= self._lease_due:
+                return
+            self._lease_timer.cancel()
+        self._lease_due = due
+        self._lease_timer = loop.call_at(due, self._lease_tick)
+
+    def _lease_tick(self) -> None:
+        """Commit what leases' requests used, renew them, give back the closed and idle ones."""
+        self._lease_timer = None
+        self._ticking = True
+        try:
+            self._tick_leases()
+        finally:
+            self._ticking = False
+        if self._leases or self._closing:
+            self._arm()
+
+    def _tick_leases(self) -> None:
+        now = self._clock.now()
+        at = asyncio.get_running_loop().time()
+        idle_since, due_since = at - _LEASE_IDLE, at - _LEASE_COMMIT
+        minute = int(now.timestamp() // 60)
+        for lease in list(self._leases.values()):
+            if lease.minute != minute or (not lease.busy_n and lease.used_at <= idle_since):
+                self._close(lease)
+        for lease in (*self._leases.values(), *self._closing):
+            if lease.writing:
+                continue
+            if lease.closed and not lease.busy_n:
+                self._give_back(lease, now)
+            elif (
+                (lease.unsaved and (lease.spent_at <= due_since or lease.closed))
+                or (lease.closed and lease.released is not None and not lease.released.done())
+                or lease.expires - now < self._ttl / 2
+            ):
+                self._draw(lease, now)
+
+    def _draw(self, lease: _Lease, now: datetime) -> None:
+        """Commit a lease's settled usage (a closed one also gives its free room back)."""
+        leaser = self._lease_writer()
+        free_t, free_u = lease.tokens - lease.busy_t, lease.micros - lease.busy_u
+        if lease.closed:
+            held = (max(0, free_t), max(0, free_u))
+        else:  # an overrun beyond the estimate is spent, but releases no more than was held
+            held = (max(0, min(lease.spent_t, free_t)), max(0, min(lease.spent_u, free_u)))
+        spent, back = (lease.spent_t, lease.spent_u), lease.slots if lease.closed else 0
+        waiting, lease.waiting, unsaved = lease.waiting, [], lease.unsaved
+        expires = now + self._ttl
+        lease.writing = True
+        row = Reservation(lease.id, lease.tenant_id, lease.tokens, lease.micros)
+        drawn = leaser.submit_draw(row, held, spent, now, expires, back=back, minute=lease.minute)
+
+        def committed(f: asyncio.Future[tuple[bool, tuple[int, int, int, date] | None]]) -> None:
+            lease.writing = False
+            error = asyncio.CancelledError() if f.cancelled() else f.exception()
+            if error is not None:
+                # Still counted in the lease: the next tick commits it again.
+                log.warning("committing a budget lease failed (%s)", type(error).__name__)
+                _fail(waiting, error)
+                return
+            kept, result = f.result()
+            lease.spent_t -= spent[0]
+            lease.spent_u -= spent[1]
+            lease.unsaved -= unsaved
+            if lease.unsaved:
+                lease.spent_at = asyncio.get_running_loop().time()
+            lease.slots -= back
+            if kept:
+                lease.tokens -= held[0]
+                lease.micros -= held[1]
+                lease.expires = expires
+            else:  # swept (it outlived its ttl): nothing is reserved for it any more
+                lease.tokens = lease.micros = 0
+                self._close(lease)
+            if lease.closed and lease.released is not None and not lease.released.done():
+                lease.released.set_result(None)
+            self._alert_soon(lease.tenant_id, result, *spent, lease.plan_id)
+            _succeed(waiting)
+
+        drawn.add_done_callback(committed)
+
+    def _give_back(self, lease: _Lease, now: datetime) -> None:
+        """The last write of a closed lease with nothing in flight: delete its row."""
+        leaser = self._lease_writer()
+        spent, waiting, lease.waiting = (lease.spent_t, lease.spent_u), lease.waiting, []
+        lease.writing = True
+        row = Reservation(lease.id, lease.tenant_id, lease.tokens, lease.micros)
+        settled = leaser.submit_settle(row, *spent, now, back=lease.slots, minute=lease.minute)
+
+        def committed(f: asyncio.Future[tuple[int, int, int, date] | None]) -> None:
+            lease.writing = False
+            error = asyncio.CancelledError() if f.cancelled() else f.exception()
+            if error is not None:
+                log.warning("giving a budget lease back failed (%s)", type(error).__name__)
+                _fail(waiting, error)
+                return
+            self._closing.discard(lease)
+            lease.spent_t = lease.spent_u = lease.slots = lease.unsaved = 0
+            if lease.released is not None and not lease.released.done():
+                lease.released.set_result(None)
+            self._alert_soon(lease.tenant_id, f.result(), *spent, lease.plan_id)
+            _succeed(waiting)
+
+        settled.add_done_callback(committed)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -628,6 +1036,9 @@ class Budget:
 
         ``plan_id`` defaults to the tenant's current plan.
         """
+        lease = self._leases.get(tenant_id)
+        if lease is not None and not lease.busy_n:
+            self._close(lease)  # so the figures hold no room only a lease was holding
         await self.settled(tenant_id)
         period = period_of(self._clock.now())
         row = await self._store.row(tenant_id)
@@ -660,6 +1071,23 @@ class Budget:
             tokens_reserved=reserved,
             open_reservations=open_count,
         )
+
+
+def _terms(plan: PlanSettings) -> tuple[int | None, int | None, int]:
+    cap = plan.monthly_usd_cap
+    return plan.monthly_token_cap, None if cap is None else _micros(cap), plan.requests_per_minute
+
+
+def _succeed(futures: list[asyncio.Future[None]]) -> None:
+    for f in futures:
+        if not f.done():
+            f.set_result(None)
+
+
+def _fail(futures: list[asyncio.Future[None]], error: BaseException) -> None:
+    for f in futures:
+        if not f.done():
+            f.set_exception(error)
 
 
 def _cost(c: Cost) -> tuple[int, int]:
@@ -783,11 +1211,11 @@ _RESERVE_SQL: Final = """
 UPDATE budgets SET
   tokens_reserved = tokens_reserved + :t,
   usd_micros_reserved = usd_micros_reserved + :u,
-  window_requests = CASE WHEN window_minute = :minute THEN window_requests + 1 ELSE 1 END,
+  window_requests = CASE WHEN window_minute = :minute THEN window_requests + :n ELSE :n END,
   window_minute = :minute,
   updated_at = :now
-WHERE tenant_id = :tenant AND period_start = :period
-  AND (window_minute != :minute OR window_requests < :rpm)
+WHERE tenant_id = :tenant AND period_start = :period AND :n <= :rpm
+  AND (window_minute != :minute OR window_requests + :n <= :rpm)
   AND (:tcap IS NULL OR tokens_spent + tokens_reserved + :t <= :tcap)
   AND (:ucap IS NULL OR usd_micros_spent + usd_micros_reserved + :u <= :ucap)
 RETURNING tokens_spent + tokens_reserved, usd_micros_spent + usd_micros_reserved, window_requests
@@ -804,9 +1232,18 @@ UPDATE budgets SET
   usd_micros_reserved = usd_micros_reserved - :hu,
   tokens_spent = tokens_spent + :t,
   usd_micros_spent = usd_micros_spent + :u,
+  window_requests = CASE WHEN window_minute = :wm AND window_requests >= :back
+                         THEN window_requests - :back ELSE window_requests END,
   updated_at = :now
 WHERE tenant_id = :tenant
 RETURNING tokens_spent, usd_micros_spent, alerted_pct, period_start
+"""
+
+# A lease hands settled usage over: its row holds that much less, and it is spent.
+_DRAW_SQL: Final = """
+UPDATE budget_reservations SET tokens = tokens - :ht, usd_micros = usd_micros - :hu,
+                               expires_at = :expires
+WHERE id = :id
 """
 
 
@@ -1035,8 +1472,10 @@ class _SQLiteWriter:
         ttl: timedelta,
         *,
         alone: bool = False,
+        slots: int = 1,
     ) -> tuple[int, int, int] | None:
         args = {
+            "n": slots,
             "t": r.tokens,
             "u": r.usd_micros,
             "minute": minute,
@@ -1069,34 +1508,101 @@ class _SQLiteWriter:
         return await self._submit(work, alone=alone)
 
     async def settle(
-        self, r: Reservation, tokens: int, micros: int, now: datetime
+        self,
+        r: Reservation,
+        tokens: int,
+        micros: int,
+        now: datetime,
+        *,
+        back: int = 0,
+        minute: int = -1,
     ) -> tuple[int, int, int, date] | None:
-        return await self.submit_settle(r, tokens, micros, now)
+        return await self.submit_settle(r, tokens, micros, now, back=back, minute=minute)
 
     def submit_settle(
-        self, r: Reservation, tokens: int, micros: int, now: datetime
+        self,
+        r: Reservation,
+        tokens: int,
+        micros: int,
+        now: datetime,
+        *,
+        back: int = 0,
+        minute: int = -1,
     ) -> asyncio.Future[tuple[int, int, int, date] | None]:
         def work(conn: sqlite3.Connection) -> tuple[int, int, int, date] | None:
             gone = conn.execute("DELETE FROM budget_reservations WHERE id = ?", (r.id,)).rowcount
-            if not gone and tokens == 0 and micros == 0:
+            if not gone and tokens == 0 and micros == 0 and not back:
                 return None  # already released by the sweeper: nothing to do
-            rows = conn.execute(
-                _SETTLE_SQL,
-                {
-                    "ht": r.tokens if gone else 0,
-                    "hu": r.usd_micros if gone else 0,
-                    "t": tokens,
-                    "u": micros,
-                    "now": _ts(now),
-                    "tenant": r.tenant_id,
-                },
-            ).fetchall()
-            if not rows:
-                return None
-            spent_t, spent_u, alerted, period = rows[0]
-            return int(spent_t), int(spent_u), int(alerted), date.fromisoformat(str(period))
+            return _settled(
+                conn,
+                r.tenant_id,
+                r.tokens if gone else 0,
+                r.usd_micros if gone else 0,
+                tokens,
+                micros,
+                now,
+                back,
+                minute,
+            )
 
         return self._submit(work, urgent=False)
+
+    def submit_draw(
+        self,
+        lease: Reservation,
+        held: tuple[int, int],
+        spent: tuple[int, int],
+        now: datetime,
+        expires: datetime,
+        *,
+        back: int = 0,
+        minute: int = -1,
+    ) -> asyncio.Future[tuple[bool, tuple[int, int, int, date] | None]]:
+        """A lease gives ``held`` of its row back and spends ``spent``; False: it was swept."""
+
+        def work(conn: sqlite3.Connection) -> tuple[bool, tuple[int, int, int, date] | None]:
+            ht, hu = held
+            kept = conn.execute(
+                _DRAW_SQL, {"ht": ht, "hu": hu, "expires": _ts(expires), "id": lease.id}
+            ).rowcount
+            if not kept:
+                ht = hu = 0  # the sweeper gave the whole row back already
+            if not (ht or hu or spent[0] or spent[1] or back):
+                return bool(kept), None
+            row = _settled(conn, lease.tenant_id, ht, hu, *spent, now, back, minute)
+            return bool(kept), row
+
+        return self._submit(work)
+
+
+def _settled(
+    conn: sqlite3.Connection,
+    tenant_id: str,
+    held_t: int,
+    held_u: int,
+    tokens: int,
+    micros: int,
+    now: datetime,
+    back: int,
+    minute: int,
+) -> tuple[int, int, int, date] | None:
+    rows = conn.execute(
+        _SETTLE_SQL,
+        {
+            "ht": held_t,
+            "hu": held_u,
+            "t": tokens,
+            "u": micros,
+            "now": _ts(now),
+            "tenant": tenant_id,
+            "back": back,
+            "wm": minute,
+        },
+    ).fetchall()
+    if not rows:
+        return None
+    spent_t, spent_u, alerted, period = rows[0]
+    return int(spent_t), int(spent_u), int(alerted), date.fromisoformat(str(period))
 
 
 def _deliver(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
@@ -1134,11 +1640,12 @@ WITH u AS (
   UPDATE budgets SET
     tokens_reserved = tokens_reserved + $1,
     usd_micros_reserved = usd_micros_reserved + $2,
-    window_requests = CASE WHEN window_minute = $3 THEN window_requests + 1 ELSE 1 END,
+    window_requests = CASE WHEN window_minute = $3 THEN window_requests + $12::int
+                           ELSE $12::int END,
     window_minute = $3,
     updated_at = $4
-  WHERE tenant_id = $5 AND period_start = $6
-    AND (window_minute != $3 OR window_requests < $7)
+  WHERE tenant_id = $5 AND period_start = $6 AND $12::int <= $7
+    AND (window_minute != $3 OR window_requests + $12::int <= $7)
     AND ($8::bigint IS NULL OR tokens_spent + tokens_reserved + $1 <= $8::bigint)
     AND ($9::bigint IS NULL OR usd_micros_spent + usd_micros_reserved + $2 <= $9::bigint)
   RETURNING tokens_spent + tokens_reserved AS used_t,
@@ -1160,9 +1667,30 @@ UPDATE budgets SET
   usd_micros_reserved = usd_micros_reserved - COALESCE((SELECT usd_micros FROM d), 0),
   tokens_spent = tokens_spent + $3,
   usd_micros_spent = usd_micros_spent + $4,
+  window_requests = CASE WHEN window_minute = $7::bigint AND window_requests >= $6::int
+                         THEN window_requests - $6::int ELSE window_requests END,
   updated_at = $5
-WHERE tenant_id = $2 AND (EXISTS (SELECT 1 FROM d) OR $3 > 0 OR $4 > 0)
+WHERE tenant_id = $2 AND (EXISTS (SELECT 1 FROM d) OR $3 > 0 OR $4 > 0 OR $6::int > 0)
 RETURNING tokens_spent, usd_micros_spent, alerted_pct, period_start
+"""
+
+_PG_DRAW_SQL: Final = """
+WITH d AS (
+  UPDATE budget_reservations SET tokens = tokens - $3, usd_micros = usd_micros - $4,
+                                 expires_at = $8
+  WHERE id = $1 RETURNING id
+)
+UPDATE budgets SET
+  tokens_reserved = tokens_reserved - CASE WHEN EXISTS (SELECT 1 FROM d) THEN $3 ELSE 0 END,
+  usd_micros_reserved = usd_micros_reserved
+                        - CASE WHEN EXISTS (SELECT 1 FROM d) THEN $4 ELSE 0 END,
+  tokens_spent = tokens_spent + $5,
+  usd_micros_spent = usd_micros_spent + $6,
+  window_requests = CASE WHEN window_minute = $10::bigint AND window_requests >= $9::int
+                         THEN window_requests - $9::int ELSE window_requests END,
+  updated_at = $7
+WHERE tenant_id = $2
+RETURNING tokens_spent, usd_micros_spent, alerted_pct, period_start, EXISTS (SELECT 1 FROM d)
 """
 
 
@@ -1182,6 +1710,7 @@ class _PostgresWriter:
         ttl: timedelta,
         *,
         alone: bool = False,
+        slots: int = 1,
     ) -> tuple[int, int, int] | None:
         ucap = None if plan.monthly_usd_cap is None else _micros(plan.monthly_usd_cap)
         row = await self._fetchrow(
@@ -1197,15 +1726,70 @@ class _PostgresWriter:
             ucap,
             r.id,
             now + ttl,
+            slots,
         )
         if row is None:
             return None
         return int(row[0]), int(row[1]), int(row[2])
 
     async def settle(
-        self, r: Reservation, tokens: int, micros: int, now: datetime
+        self,
+        r: Reservation,
+        tokens: int,
+        micros: int,
+        now: datetime,
+        *,
+        back: int = 0,
+        minute: int = -1,
     ) -> tuple[int, int, int, date] | None:
-        row = await self._fetchrow(_PG_SETTLE_SQL, r.id, r.tenant_id, tokens, micros, now)
+        row = await self._fetchrow(
+            _PG_SETTLE_SQL, r.id, r.tenant_id, tokens, micros, now, back, minute
+        )
         if row is None:
             return None
         return int(row[0]), int(row[1]), int(row[2]), row[3]
+
+    def submit_settle(
+        self,
+        r: Reservation,
+        tokens: int,
+        micros: int,
+        now: datetime,
+        *,
+        back: int = 0,
+        minute: int = -1,
+    ) -> asyncio.Future[tuple[int, int, int, date] | None]:
+        return asyncio.ensure_future(self.settle(r, tokens, micros, now, back=back, minute=minute))
+
+    def submit_draw(
+        self,
+        lease: Reservation,
+        held: tuple[int, int],
+        spent: tuple[int, int],
+        now: datetime,
+        expires: datetime,
+        *,
+        back: int = 0,
+        minute: int = -1,
+    ) -> asyncio.Future[tuple[bool, tuple[int, int, int, date] | None]]:
+        return asyncio.ensure_future(
+            self._draw(lease, held, spent, now, expires, back=back, minute=minute)
+        )
+
+    async def _draw(
+        self,
+        lease: Reservation,
+        held: tuple[int, int],
+        spent: tuple[int, int],
+        now: datetime,
+        expires: datetime,
+        *,
+        back: int,
+        minute: int,
+    ) -> tuple[bool, tuple[int, int, int, date] | None]:
+        row = await self._fetchrow(
+            _PG_DRAW_SQL, lease.id, lease.tenant_id, *held, *spent, now, expires, back, minute
+        )
+        if row is None:
+            return False, None
+        return bool(row[4]), (int(row[0]), int(row[1]), int(row[2]), row[3])

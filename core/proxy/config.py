@@ -122,6 +122,7 @@ class ProxySettings:
     default_max_tokens: int = 4096
     estimate_bytes_per_token: int = 2
     reservation_ttl_seconds: int = 900
+    lease_requests: int = 32
     sweep_interval_seconds: int = 60
     tokens_kept: int = 3
     token_cache_seconds: int = 5
@@ -192,6 +193,7 @@ def parse_proxy(
         reservation_ttl_seconds=t.positive_int(
             "reservation_ttl_seconds", d.reservation_ttl_seconds
         ),
+        lease_requests=t.get("lease_requests", int, d.lease_requests),
         sweep_interval_seconds=t.positive_int("sweep_interval_seconds", d.sweep_interval_seconds),
         tokens_kept=t.positive_int("tokens_kept", d.tokens_kept),
         token_cache_seconds=t.get("token_cache_seconds", int, d.token_cache_seconds),
@@ -204,6 +206,8 @@ def parse_proxy(
         models=MappingProxyType(models),
     )
     t.finish()
+    if out.lease_requests < 0:
+        raise t.fail("lease_requests", "must not be negative (0 reserves every request alone)")
     if out.token_cache_seconds < 0:
         raise t.fail("token_cache_seconds", "must not be negative (0 turns the cache off)")
     if out.reservation_ttl_seconds <= out.upstream_timeout_seconds:

@@ -242,6 +242,7 @@ class ProxyServer:
             self._clock,
             sink=sink,
             reservation_ttl=timedelta(seconds=settings.reservation_ttl_seconds),
+            lease_requests=settings.lease_requests,
         )
         self.tokens = tokens or ProxyTokens(
             db, self._clock, keep=settings.tokens_kept, cache_seconds=settings.token_cache_seconds
@@ -323,6 +324,7 @@ class ProxyServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._watcher = self._releaser = None
+        self.budget.close_leases()  # their requests' settlements commit now, not in a second
         if self._settling:
             # Failures were logged by each one's callback.
             await asyncio.gather(*self._settling, return_exceptions=True)
