@@ -32,7 +32,12 @@ MAX_TOKENS = 400
 
 
 async def start_proxy(
-    ws: Workspace, llm: FakeLLMServer, canaries: CanaryScan, *args: str, cap: int = CAP
+    ws: Workspace,
+    llm: FakeLLMServer,
+    canaries: CanaryScan,
+    *args: str,
+    cap: int = CAP,
+    rpm: int = 100_000,
 ) -> tuple[BotProcess, str, str, str]:
     """(process, url, tenant, token) of ``byokbot proxy <args>`` in front of the fake."""
     key = anthropic_key()
@@ -47,7 +52,7 @@ async def start_proxy(
                 "price_usd": 39,
                 "byok": False,
                 "models": ["claude-sys"],
-                "requests_per_minute": 100_000,
+                "requests_per_minute": rpm,
                 "monthly_token_cap": cap,
             },
             "proxy": {"enabled": True, "host": "127.0.0.1", "port": port},
