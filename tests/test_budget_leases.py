@@ -172,7 +172,7 @@ async def test_the_rate_limit_holds_with_leases_and_unused_requests_come_back(
 
 
 async def test_a_lease_outliving_its_ttl_is_swept_and_a_late_settle_counts_once(
-    db: Database,
+    db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = ManualClock(START)
     budget = Budget(
@@ -184,11 +184,14 @@ async def test_a_lease_outliving_its_ttl_is_swept_and_a_late_settle_counts_once(
     )
     first = await budget.reserve("t1", "managed", Cost(100, 0))
     await budget.settle(first, Cost(100, 0), plan_id="managed")
+    arm = Budget._arm
+    monkeypatch.setattr(Budget, "_arm", lambda self, delay=0.0: None)  # as if stuck: no renewal
     slow = await budget.reserve("t1", "managed", Cost(1_000, 0))
     assert slow.lease is not None
     clock.advance(61)
     assert await budget.sweep_orphans() == 1
     assert (await budget_row(db, "t1")).tokens_reserved == 0
+    monkeypatch.setattr(Budget, "_arm", arm)
     await budget.settle(slow, Cost(700, 0), plan_id="managed")
     s = await budget.summary("t1", "managed")
     assert (s.spent.tokens, s.tokens_reserved) == (800, 0)
