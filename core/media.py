@@ -175,8 +175,13 @@ async def transcribe_timed(
     if verbose:
         form["response_format"] = "verbose_json"
     verify = await asyncio.to_thread(tls_context)  # built once, off the bot's loop
+    # As every client that carries a key: no proxy from the environment (it would see the key,
+    # and route the loopback metering proxy away), no redirects.
+    client = httpx.AsyncClient(
+        timeout=seconds, transport=transport, verify=verify, trust_env=False, follow_redirects=False
+    )
     try:
-        async with httpx.AsyncClient(timeout=seconds, transport=transport, verify=verify) as http:
+        async with client as http:
             response = await http.post(url, headers=headers, files=files, data=form)
     except httpx.HTTPError as exc:
         log.warning("transcription: %s", type(exc).__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -114,6 +115,38 @@ async def test_transcription_posts_multipart_with_the_key(fake: FakeLLMServer) -
         "voice.ogg",
     )
     assert fake.transcriptions == [OGG_VOICE]
+
+
+async def test_transcription_ignores_proxy_variables_in_the_environment(
+    fake: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy named in the environment would see the key (and take the loopback metering
+    proxy's traffic away): the voice note goes straight to its URL, as key checks do."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.read(4096))
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    key = openai_key()
+    async with server:
+        text = await transcribe(
+            fake.openai_url,
+            Secret(key),
+            OGG_VOICE,
+            filename="voice.ogg",
+            mime="audio/ogg",
+            model="whisper-1",
+            seconds=10,
+        )
+    assert text == fake.transcript
+    assert seen == []
 
 
 async def test_transcription_failures_are_classified(fake: FakeLLMServer) -> None:
