@@ -172,6 +172,22 @@ async def test_a_failing_stream_keeps_what_was_shown_and_reraises(
     assert fake.calls_to("chat.delete") == []
 
 
+async def test_a_stream_whose_message_was_deleted_goes_on_in_a_new_one(
+    fake: FakeSlack, slack: SlackAdapter, clock: Clock
+) -> None:
+    async def chunks() -> AsyncIterator[str]:
+        clock.t += 0.1
+        yield "partial"
+        fake.fail("chat.update", "message_not_found", times=5)  # deleted meanwhile
+        clock.t += 1.5
+        yield " answer"
+
+    ref = await slack.stream(message_event(), chunks())
+    posts = [p["text"] for p in fake.calls_to("chat.postMessage")]
+    assert posts[-1] == "partial answer"  # the whole answer, in a new message
+    assert ref is not None
+
+
 async def test_a_stream_that_yields_nothing_removes_the_placeholder(
     fake: FakeSlack, slack: SlackAdapter
 ) -> None:

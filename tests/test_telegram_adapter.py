@@ -532,6 +532,30 @@ async def test_group_stream_edits_one_message_paced(
     }
 
 
+async def test_a_stream_whose_message_the_person_deletes_goes_on_in_a_new_one(
+    make: Factory, server: FakeTelegramServer, script: Script, clock: TickingClock
+) -> None:
+    async def on(event: Event) -> None:
+        async def chunks() -> AsyncIterator[str]:
+            for chunk in ["Hel", "lo ", "wor", "ld", "!"]:
+                yield chunk
+                if chunk == "Hel":
+                    (first,) = [c.message_id for c in server.calls if c.method == "sendMessage"]
+                    assert first is not None
+                    server.user_deletes(GROUP_ID, first)
+                clock.now += 0.4
+
+        await adapter.stream(event, chunks())
+
+    script.on = on
+    adapter = await make(group_edit_interval=1.0)
+    server.push_update(message(GROUP_ID, ADA, "@byok_test_bot hi", message_id=3))
+    await script.handled(1)
+    assert script.errors == []  # no "something went wrong": the answer is all there
+    assert server.texts(GROUP_ID) == ["Hello world!"]
+    assert next(c.status for c in server.calls if c.method == "editMessageText") == 400
+
+
 async def test_dm_stream_uses_drafts_then_sends_the_final_message(
     make: Factory, server: FakeTelegramServer, script: Script, clock: TickingClock
 ) -> None:

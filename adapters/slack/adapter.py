@@ -89,6 +89,10 @@ UPDATE_TIMEOUT: Final = 5.0
 """Seconds the key check may take before the modal is acknowledged with a "checking" view."""
 
 
+# chat.update's answers for a message that is not there to update any more.
+_GONE: Final = frozenset({"message_not_found", "cant_update_message"})
+
+
 class SlackAdapterError(Exception):
     """Root of the Slack adapter's errors. Messages carry method names and codes, no content."""
 
@@ -891,7 +895,7 @@ class SlackAdapter:
                 if len(parts) > 1:
                     await self._stop_timer(s)
                     async with s.lock:
-                        await self._update_stream(s.current, parts[0], Priority.HIGH)
+                        await self._show_stream(s, parts[0], Priority.HIGH)
                         for middle in parts[1:-1]:
                             await self._post_stream(chat, middle)
                         s.previous = s.current
@@ -966,7 +970,7 @@ class SlackAdapter:
             text = s.pending  # whatever arrived while waiting goes in this update
             if text == s.shown:
                 return
-            await self._update_stream(s.current, text, slot=slot)
+            await self._show_stream(s, text, slot=slot)
             s.shown = text
         except SlackAdapterError as exc:
             _log.info("Slack refused a paced stream update (%s)", exc)
@@ -985,8 +989,21 @@ class SlackAdapter:
             if not s.pending:
                 await self.delete(s.current.chat, s.current.id)  # nothing to show: no "thinking"
             elif s.pending != s.shown:
-                await self._update_stream(s.current, s.pending, Priority.HIGH)
+                await self._show_stream(s, s.pending, Priority.HIGH)
                 s.shown = s.pending
+
+    async def _show_stream(
+        self, s: _Stream, text: str, priority: Priority = Priority.HIGH, *, slot: Slot | None = None
+    ) -> None:
+        """Show ``text`` in the stream's message; in a new one if that message was deleted."""
+        try:
+            await self._update_stream(s.current, text, priority, slot=slot)
+        except SlackDeliveryError as exc:
+            if exc.error not in _GONE:
+                raise
+            # Someone deleted the message the answer was growing in: it goes on in a new one.
+            _log.info("Slack: a streamed message is gone (%s); continuing in a new one", exc.error)
+            s.current = await self._post_stream(s.chat, text)
 
     @staticmethod
     def _update_keys(channel: str) -> tuple[Key, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from adapters.telegram.adapter import (
     ChatUnreachable,
+    MessageGone,
     TelegramAdapter,
     TelegramAdapterError,
     TelegramLoginError,
@@ -17,6 +18,7 @@ from adapters.telegram.config import TelegramConfig, parse
 
 __all__ = [
     "ChatUnreachable",
+    "MessageGone",
     "TelegramAdapter",
     "TelegramAdapterError",
     "TelegramConfig",

@@ -8,6 +8,7 @@ It translates and delivers; it decides nothing. Errors from the SDK are wrapped:
     ├── TelegramPollingConflict   another process polls this bot (409 Conflict at start)
     ├── TelegramRateLimited       429 still answered after the configured retries
     ├── TelegramRequestRejected   400: Telegram refused the request (bad chat, bad markup...)
+    │   └── MessageGone           the message to edit was deleted (or is too old to edit)
     └── ChatUnreachable           403: the person blocked the bot or never started it
 
 ``send``/``respond`` do not raise ``ChatUnreachable``: they mark the chat unreachable, log it
@@ -145,6 +146,14 @@ class TelegramRateLimited(TelegramAdapterError):
 
 class TelegramRequestRejected(TelegramAdapterError):
     """Telegram answered 400 Bad Request."""
+
+
+class MessageGone(TelegramRequestRejected):
+    """The message to edit is no longer there to edit: deleted, or too old."""
+
+
+# Telegram's wording (400) for an edit of a message that cannot be edited any more.
+_GONE: Final = ("message to edit not found", "message can't be edited", "message_id_invalid")
 
 
 class ChatUnreachable(TelegramAdapterError):
@@ -650,6 +659,8 @@ class TelegramAdapter:
             text = exc.message.lower()
             if "not modified" in text:
                 return
+            if any(gone in text for gone in _GONE):
+                raise MessageGone(f"editMessageText: {exc.message}") from None
             if "parse_mode" not in kwargs or "entities" not in text:
                 raise self._wrap(exc, "editMessageText", chat_id) from None
             log.info("telegram: formatting refused (%s); editing in plain text", exc.message)
@@ -1090,10 +1101,16 @@ class _Stream:
                 log.info("telegram: drafts unavailable (%s); streaming by edits", exc)
                 self.a._drafts_ok = False
                 self.use_drafts = False
+        if self.message is not None:
+            try:
+                await self.a._edit_text(self.message, self._part(text))
+            except MessageGone:
+                # The person deleted the message the answer was growing in: it goes on in a
+                # new one rather than being lost.
+                log.info("telegram: a streamed message was deleted; continuing in a new one")
+                self.message = None
         if self.message is None:
             self.message = await self._send(text)
-        else:
-            await self.a._edit_text(self.message, self._part(text))
         self.shown = text
 
     async def _send(self, text: str) -> MessageRef:
@@ -1122,12 +1139,16 @@ class _Stream:
     async def _commit(self, text: str) -> None:
         """Show ``text`` as the final state of the current part and start a new part."""
         self.started.set()
+        if not self.use_drafts and self.message is not None:
+            try:
+                if text != self.shown:
+                    await self.a._edit_text(self.message, self._part(text))
+                self.last = self.message
+            except MessageGone:
+                log.info("telegram: a streamed message was deleted; sending its text anew")
+                self.message = None
         if self.use_drafts or self.message is None:
             self.last = await self._send(text)
-        else:
-            if text != self.shown:
-                await self.a._edit_text(self.message, self._part(text))
-            self.last = self.message
         self.message, self.shown = None, ""
         self.draft_id = self.a._new_draft_id()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator
 
 from bot import texts
@@ -20,6 +21,8 @@ from core.llm import ImageInput
 from core.llm.models import chat_models
 from core.runtime.ports import NotesStore, StoredNote, ToolActivity
 from core.tenants import TenantStatus, TenantView
+
+log = logging.getLogger("byokbot.flows.agent")
 
 PERSONA_LIMIT = 2000
 # /usage waits up to 40 x 50 ms for a reply still being settled (its tokens reserved).
@@ -74,10 +77,15 @@ class StatusLine:
         if text == self._shown:
             return
         messenger = self._turn.messenger
+        if self._ref is not None:
+            try:
+                await messenger.edit(self._ref, Reply(text))
+            except Exception as exc:  # noqa: BLE001 - a status line must not end the reply
+                # Deleted by the person, or too old to edit: the next one is posted anew.
+                log.info("tool status line not edited (%s); posting it anew", type(exc).__name__)
+                self._ref = None
         if self._ref is None:
             self._ref = await messenger.respond(self._turn.event, Reply(text))
-        else:
-            await messenger.edit(self._ref, Reply(text))
         self._shown = text
 
     async def clear(self) -> None:

@@ -19,7 +19,7 @@ import logging
 from bot import texts
 from bot.flows.base import Refusal, Turn, button
 from bot.flows.keys import IntakeWords, _account, _failed, open_intake
-from core.chat import Outcome, Reply
+from core.chat import MessageRef, Outcome, Reply
 from core.intake import IntakePurpose, IntakeTicket
 from core.keys import normalize
 from core.mcp_servers import MAX_TOKEN_CHARS, BadMcpServer, McpServers, check_name, check_url
@@ -164,14 +164,22 @@ async def ask(turn: Turn, request: ConfirmRequest) -> bool:
     except asyncio.CancelledError:
         # No answer in time (or the reply was stopped): the question closes as a refusal.
         if ref is not None:
-            await turn.messenger.edit(ref, Reply(f"{text}\n{texts.MCP_CONFIRM_EXPIRED}"))
+            await _mark(turn, ref, f"{text}\n{texts.MCP_CONFIRM_EXPIRED}")
         raise
     finally:
         confirms.close(cid)
     if ref is not None:
         outcome = texts.MCP_CONFIRM_ALLOWED if allowed else texts.MCP_CONFIRM_DENIED
-        await turn.messenger.edit(ref, Reply(f"{text}\n{outcome}"))
+        await _mark(turn, ref, f"{text}\n{outcome}")
     return allowed
+
+
+async def _mark(turn: Turn, ref: MessageRef, text: str) -> None:
+    """Show the question's outcome on it; a question the person deleted ends nothing."""
+    try:
+        await turn.messenger.edit(ref, Reply(text))
+    except Exception as exc:  # noqa: BLE001 - the decision stands; only its mark is missing
+        log.info("tool confirmation not marked (%s)", type(exc).__name__)
 
 
 async def on_confirm_button(turn: Turn, args: list[str]) -> Outcome | None:

@@ -90,6 +90,14 @@ class Upload:
     content: bytes
 
 
+class _Refused(Exception):
+    """A call the server refuses for the state it is in (a 400 with Telegram's wording)."""
+
+    def __init__(self, status: int, description: str) -> None:
+        super().__init__(description)
+        self.status, self.description = status, description
+
+
 @dataclass
 class Failure:
     """A scripted error answer for ``method`` (optionally only for one ``chat_id``)."""
@@ -144,6 +152,8 @@ class FakeTelegramServer:
     bot_username: str = "byok_test_bot"
     calls: list[Call] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    # Messages the person deleted (``user_deletes``): (chat id, message id).
+    deleted: set[tuple[str, int]] = field(default_factory=set)
     chats: dict[str, dict[int, str]] = field(default_factory=dict)
     _updates: list[dict[str, Any]] = field(default_factory=list)
     _forced: list[dict[str, Any]] = field(default_factory=list)
@@ -342,6 +352,14 @@ class FakeTelegramServer:
     def methods(self, *, ok_only: bool = True) -> list[str]:
         return [c.method for c in self.calls if c.status == 200 or not ok_only]
 
+    def user_deletes(self, chat_id: str | int, message_id: int) -> None:
+        """The person deletes the bot's message (allowed in a private chat, and by admins).
+
+        Editing it afterwards is refused as Telegram refuses it.
+        """
+        self.chats.get(str(chat_id), {}).pop(message_id, None)
+        self.deleted.add((str(chat_id), message_id))
+
     def texts(self, chat_id: str | int) -> list[str]:
         """What the chat shows now: the bot's live messages in order (edits applied)."""
         msgs = self.chats.get(str(chat_id), {})
@@ -431,7 +449,12 @@ class FakeTelegramServer:
             finally:
                 self._polls -= 1
         else:
-            result = self._result(method, params)
+            try:
+                result = self._result(method, params)
+            except _Refused as refused:
+                call.status = refused.status
+                self._notify()
+                return self._error(refused.status, refused.description)
             if method.startswith("send") and isinstance(result, dict):
                 call.message_id = result.get("message_id")
         self._notify()
@@ -545,6 +568,8 @@ class FakeTelegramServer:
             return self._message(chat_id, text, mid)
         if method == "editMessageText":
             mid = int(params["message_id"])
+            if (chat_id, mid) in self.deleted:
+                raise _Refused(400, "Bad Request: message to edit not found")
             self.chats.setdefault(chat_id, {})[mid] = str(params["text"])
             return self._message(chat_id, str(params["text"]), mid)
         if method == "editMessageReplyMarkup":

@@ -261,6 +261,39 @@ async def test_stop_mid_loop_cancels_the_tool_and_clears_the_status(
     await ada.wait_text("echo: still there?", within=30)
 
 
+async def test_a_status_line_the_person_deleted_does_not_cost_the_answer(
+    tg_ws: Workspace,
+    telegram: FakeTelegramServer,
+    llm: FakeLLMServer,
+    ada: TelegramPerson,
+    canaries: CanaryScan,
+) -> None:
+    """Ada deletes the "looking through my notes" line; the next tool's line and the answer
+    still come (the edit Telegram refuses is not the end of the reply)."""
+
+    def script(kind: str, messages: list[dict[str, Any]]) -> ToolStep | None:
+        if "tidy" not in last_user_text(messages):
+            return None
+        rounds = tool_rounds(messages)
+        if rounds == 0:
+            return ToolStep([FakeCall("recall", {})])
+        if rounds == 1:
+            return ToolStep([FakeCall("remember", {"fact": "Ada tidies up"})])
+        return None
+
+    llm.tool_script = script
+    llm.reply = lambda _m: "All tidy."
+    llm.chunk_delay = 0.3  # the second tool starts well after the first one's line is shown
+    await signed_up(tg_ws, ada, canaries)
+    ada.send("tidy up my notes")
+    await eventually(lambda: status_messages(telegram, "looking through my notes"), within=30)
+    (status,) = status_messages(telegram, "looking through my notes")
+    telegram.user_deletes(ada.user_id, status)
+    await ada.wait_text("All tidy.", within=30)
+    assert status_messages(telegram, "noting that down")  # posted anew, not edited
+    assert not any("went wrong" in t for t in ada.texts())
+
+
 async def test_max_tool_steps_bounds_a_reply(
     tg_ws: Workspace,
     telegram: FakeTelegramServer,
