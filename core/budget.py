@@ -152,7 +152,7 @@ class _Lease:
     micros: int
     slots: int  # requests it may still admit (counted in this minute's window already)
     expires: datetime
-    used_at: float  # loop time it last admitted a request
+    used_at: float  # loop time it last admitted or settled a request
     busy_t: int = 0
     busy_u: int = 0
     busy_n: int = 0
@@ -866,6 +866,7 @@ class Budget:
         lease.busy_u -= r.usd_micros
         lease.busy_n -= 1
         loop = asyncio.get_running_loop()
+        lease.used_at = loop.time()  # idle is counted from the last request's end
         if not lease.unsaved:
             lease.spent_at = loop.time()
         lease.unsaved += 1
