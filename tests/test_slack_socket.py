@@ -183,6 +183,23 @@ async def test_key_modal_round_trip(
     assert canary not in fake.outgoing_text()
 
 
+async def test_a_saved_key_the_dm_cannot_confirm_is_confirmed_in_the_form(
+    fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter
+) -> None:
+    canary = anthropic_key("Q")
+    await fake.envelope("slash_commands", slash("key add anthropic", trigger="trig.key1"))
+    await adapter.drain()
+    [opened] = fake.calls_to("views.open")
+    fake.fail("chat.postMessage", "channel_not_found")  # the DM will not take the answer
+    ack = await fake.envelope(
+        "interactive", view_submission(opened["view"], canary), accepts_response_payload=True
+    )
+    await adapter.drain()
+    assert ack["response_action"] == "update"
+    assert ack["view"]["blocks"][0]["text"]["text"] == "Key saved: sk-ant-…QQQQ"
+    assert canary not in fake.outgoing_text()
+
+
 async def test_a_slow_key_check_updates_the_modal_instead_of_timing_out(
     fake: FakeSlack, bot: ScriptedBot
 ) -> None:
@@ -276,6 +293,38 @@ async def test_without_a_trigger_the_key_form_is_offered_by_a_dm_button(
     assert opened["trigger_id"] == "trig.open"
     assert '"t":"intake-token-123"' in opened["view"]["private_metadata"]
     assert [e.kind for e in bot.events] == [EventKind.COMMAND]
+
+
+async def test_a_key_form_asked_for_in_a_channel_that_goes_to_the_dm_says_so_there(
+    fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter
+) -> None:
+    fake.fail("views.open", "expired_trigger_id")
+    await fake.envelope(
+        "slash_commands",
+        slash("key add anthropic", channel="C0GENERAL", response_url=fake.response_url("k")),
+    )
+    await adapter.drain()
+    dm = fake.calls_to("chat.postMessage")[-1]
+    assert dm["channel"] == "DUALICE"
+    assert dm["blocks"][1]["elements"][0]["action_id"] == "byok_secret_open"
+    assert any("sent you a button in our DM" in str(r) for r in fake.responses)
+
+
+async def test_a_key_button_whose_form_cannot_open_says_to_press_again(
+    fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter
+) -> None:
+    fake.fail("views.open", "expired_trigger_id", times=2)
+    await fake.envelope("slash_commands", slash("key add anthropic"))
+    await adapter.drain()
+    button = fake.calls_to("chat.postMessage")[-1]["blocks"][1]["elements"][0]
+    await fake.envelope(
+        "interactive",
+        block_action(button["value"], action_id="byok_secret_open", trigger="trig.late"),
+    )
+    await adapter.drain()
+    told = fake.calls_to("chat.postMessage")[-1]
+    assert told["channel"] == "DUALICE"
+    assert "Press *Enter key privately* again" in told["text"]
 
 
 async def test_app_home_is_published_and_refreshed_after_a_change(
@@ -480,16 +529,30 @@ async def test_every_request_is_acknowledged_before_the_work_is_done(
         await slack.stop()
 
 
-async def test_a_refused_response_url_is_reported_not_swallowed(
+async def test_a_refused_response_url_falls_back_to_an_ephemeral_message(
     fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.respond_status = 404  # response URLs expire after 30 minutes
-    caplog.set_level(logging.ERROR, logger="adapters.slack")
+    caplog.set_level(logging.INFO, logger="adapters.slack")
     await fake.envelope(
         "slash_commands", slash("help", channel="C0GENERAL", response_url=fake.response_url("x"))
     )
     await adapter.drain()
-    assert len(fake.responses) == 1
-    [record] = caplog.records
-    assert record.getMessage() == "Slack event handling failed: SlackDeliveryError"
-    assert "Slack response_url failed: http_404" in caplog.text  # the traceback's last line
+    assert len(fake.responses) == 1  # tried once, then not again in this turn
+    (posted,) = fake.calls_to("chat.postEphemeral")
+    assert posted["channel"] == "C0GENERAL"
+    assert "Slack response_url failed: http_404" in caplog.text
+    assert "Slack event handling failed" not in caplog.text
+
+
+async def test_an_ephemeral_answer_the_channel_refuses_goes_to_the_dm(
+    fake: FakeSlack, bot: ScriptedBot, adapter: SlackAdapter
+) -> None:
+    fake.respond_status = 404
+    fake.fail("chat.postEphemeral", "not_in_channel")
+    await fake.envelope(
+        "slash_commands", slash("help", channel="C0GENERAL", response_url=fake.response_url("x"))
+    )
+    await adapter.drain()
+    dms = [p for p in fake.calls_to("chat.postMessage") if str(p["channel"]).startswith("D")]
+    assert len(dms) == 1

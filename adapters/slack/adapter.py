@@ -89,6 +89,10 @@ UPDATE_TIMEOUT: Final = 5.0
 """Seconds the key check may take before the modal is acknowledged with a "checking" view."""
 
 
+# chat.postEphemeral's answers when the person cannot be reached in that channel.
+_NOT_THERE: Final = frozenset(
+    {"user_not_in_channel", "channel_not_found", "not_in_channel", "is_archived"}
+)
 # chat.update's answers for a message that is not there to update any more.
 _GONE: Final = frozenset({"message_not_found", "cant_update_message"})
 
@@ -121,6 +125,8 @@ class _Context:
     ephemeral: bool = False
     home: bool = False
     home_replies: list[Reply] = field(default_factory=list)
+    # A key form's answers the DM did not take: the form shows them instead.
+    undelivered: list[Reply] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -454,12 +460,22 @@ class SlackAdapter:
             prompt=data.get("pr", ""),
             expires_at=datetime.now(UTC),
         )
-        await self._call(
-            "views.open",
-            self._web.views_open(
-                trigger_id=str(body.get("trigger_id", "")), view=translate.secret_modal(request)
-            ),
-        )
+        try:
+            await self._call(
+                "views.open",
+                self._web.views_open(
+                    trigger_id=str(body.get("trigger_id", "")), view=translate.secret_modal(request)
+                ),
+            )
+        except SlackDeliveryError as exc:
+            # The press's trigger lasts 3 s: a press answered later opens nothing, and the
+            # person would be left pressing a button that does nothing. A new press works.
+            channel = str((body.get("channel") or {}).get("id", ""))
+            _log.info("Slack: the key form did not open (%s)", exc.error)
+            if not channel:
+                raise
+            chat = ChatRef(platform=Platform.SLACK, id=channel, is_direct=channel.startswith("D"))
+            await self.send(chat, Reply(translate.MODAL_OPEN_FAILED))
 
     async def _on_view_submission(self, ack: Any, body: dict[str, Any]) -> None:
         user = UserRef(platform=Platform.SLACK, id=str((body.get("user") or {}).get("id", "")))
@@ -468,28 +484,35 @@ class SlackAdapter:
         if event is None:
             await ack()
             return
-        task = self._spawn(self._deliver(event, _Context(origin="view"), ()))
+        ctx = _Context(origin="view")
+        task = self._spawn(self._deliver(event, ctx, ()))
+        view = body.get("view") or {}
+        title = str((view.get("title") or {}).get("text", ""))
         try:
             outcome = await asyncio.wait_for(asyncio.shield(task), self._ack_budget)
         except TimeoutError:
-            view = body.get("view") or {}
-            title = str((view.get("title") or {}).get("text", ""))
             await ack(
                 response_action="update",
                 view=translate.notice_modal(title, translate.MODAL_CHECKING),
             )
-            self._spawn(self._finish_slow_secret(task, view, user))
+            self._spawn(self._finish_slow_secret(task, view, user, ctx))
             return
         except Exception:
             await ack()  # the failure is logged by the task's callback; close the modal
             raise
         if outcome is not None and outcome.secret_error:
             await ack(**translate.modal_errors(self._commands(outcome.secret_error)))
+        elif ctx.undelivered:
+            await ack(response_action="update", view=translate.notice_modal(title, _text(ctx)))
         else:
             await ack()
 
     async def _finish_slow_secret(
-        self, task: asyncio.Task[Outcome | None], view: Mapping[str, Any], user: UserRef
+        self,
+        task: asyncio.Task[Outcome | None],
+        view: Mapping[str, Any],
+        user: UserRef,
+        ctx: _Context,
     ) -> None:
         outcome = await task
         title = str((view.get("title") or {}).get("text", ""))
@@ -508,7 +531,7 @@ class SlackAdapter:
             )
             new_view = translate.secret_modal(request, error=error)
         else:
-            new_view = translate.notice_modal(title, translate.MODAL_DONE)
+            new_view = translate.notice_modal(title, _text(ctx) or translate.MODAL_DONE)
         try:
             await self._call(
                 "views.update",
@@ -516,7 +539,9 @@ class SlackAdapter:
             )
         except SlackDeliveryError as exc:
             if request is None or error is None:
-                return  # the key was taken; the flow already said so in the DM
+                if ctx.undelivered:
+                    _log.warning("Slack: a key form's answer reached neither the DM nor the form")
+                return  # the key was taken; the flow said so in the DM
             # The person closed the "checking" window: the refusal goes to the DM, with a
             # button that reopens the form (never an invitation to paste the key there).
             _log.info("Slack views.update failed (%s); the refusal goes to the DM", exc.error)
@@ -724,6 +749,8 @@ class SlackAdapter:
             ctx.home_replies.append(reply)  # published as one view once every answer is in
             return None
         chat = event.chat
+        if ctx is not None and ctx.origin == "view":
+            return await self._answer_form(event, reply, ctx)
         if not chat.id:
             found = await self.open_dm(event.user)
             if found is None:
@@ -741,33 +768,61 @@ class SlackAdapter:
             return None
         return await self.send(chat, reply)
 
+    async def _answer_form(self, event: Event, reply: Reply, ctx: _Context) -> MessageRef | None:
+        """An answer to a key form goes to the DM; if the DM will not take it, to the form."""
+        chat = event.chat if event.chat.id else await self.open_dm(event.user)
+        try:
+            if chat is None:
+                raise SlackDeliveryError("conversations.open", "cannot_open_dm")
+            return await self.send(chat, reply)
+        except SlackDeliveryError as exc:
+            _log.info("Slack: a key form's answer missed the DM (%s); the form shows it", exc)
+            ctx.undelivered.append(reply)
+            return None
+
     async def _ephemeral(
         self, event: Event, chat: ChatRef, reply: Reply, ctx: _Context | None
     ) -> None:
+        """A private answer in ``chat``: by the response URL, else ephemeral, else by DM.
+
+        Each path can fail on its own (a response URL expires after 30 minutes or 5 uses; an
+        ephemeral message needs the bot in the channel): the answer then takes the next.
+        """
         if ctx is not None and ctx.response_url:
-            # The response URL works even in channels the bot is not a member of.
-            hook = AsyncWebhookClient(ctx.response_url, logger=_sdk_log)
-
-            async def via_hook(kwargs: dict[str, Any]) -> Any:
-                response = await hook.send(
-                    response_type="ephemeral", replace_original=False, **kwargs
-                )
-                if response.status_code != 200:
-                    raise SlackDeliveryError("response_url", f"http_{response.status_code}")
-                return response
-
             try:
-                await via_hook(translate.message_kwargs(reply, dm_url=self._dm_url))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise SlackDeliveryError("response_url", type(exc).__name__) from None
+                await self._via_response_url(ctx.response_url, reply)
+                return
+            except SlackDeliveryError as exc:
+                _log.info("Slack: private answer by response URL failed (%s); posting it", exc)
+                ctx.response_url = ""  # the turn's later answers skip it
+        try:
+            await self._with_fallback(
+                "chat.postEphemeral",
+                reply,
+                lambda kw: self._web.chat_postEphemeral(
+                    channel=chat.id, user=event.user.id, thread_ts=chat.thread_id, **kw
+                ),
+            )
             return
-        await self._with_fallback(
-            "chat.postEphemeral",
-            reply,
-            lambda kw: self._web.chat_postEphemeral(
-                channel=chat.id, user=event.user.id, thread_ts=chat.thread_id, **kw
-            ),
-        )
+        except SlackDeliveryError as exc:
+            if exc.transient or exc.error not in _NOT_THERE:
+                raise
+            _log.info("Slack: ephemeral answer refused (%s); sending it by DM", exc.error)
+        dm = await self.open_dm(event.user)
+        if dm is None:
+            raise SlackDeliveryError("conversations.open", "cannot_open_dm")
+        await self.send(dm, reply)
+
+    async def _via_response_url(self, url: str, reply: Reply) -> None:
+        # The response URL works even in channels the bot is not a member of.
+        hook = AsyncWebhookClient(url, logger=_sdk_log)
+        kwargs = translate.message_kwargs(reply, dm_url=self._dm_url)
+        try:
+            response = await hook.send(response_type="ephemeral", replace_original=False, **kwargs)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackDeliveryError("response_url", type(exc).__name__) from None
+        if response.status_code != 200:
+            raise SlackDeliveryError("response_url", f"http_{response.status_code}")
 
     async def send(self, chat: ChatRef, reply: Reply) -> MessageRef | None:
         data = await self._with_fallback(
@@ -860,6 +915,9 @@ class SlackAdapter:
             self._web.chat_postMessage(channel=dm.id, **translate.secret_open_message(request)),
             pace=dm.id,
         )
+        if event.chat.id and event.chat.id != dm.id:
+            # Asked in a channel, where a form was expected: say where it went instead.
+            await self._ephemeral(event, event.chat, Reply(translate.FORM_IN_DM), ctx)
         return True
 
     async def stream(self, event: Event, chunks: AsyncIterator[str]) -> MessageRef | None:
@@ -1113,3 +1171,8 @@ def build(
         if secret is not None:
             register_secret(secret.reveal(), label=label)
     return SlackAdapter(slack, dedup=dedup, inbox=inbox)
+
+
+def _text(ctx: _Context) -> str:
+    """The key form's undelivered answers, as the form shows them."""
+    return "\n\n".join(r.text for r in ctx.undelivered)

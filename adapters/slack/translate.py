@@ -51,6 +51,8 @@ MODAL_LABEL: Final = "API key"
 MODAL_CHECKING: Final = "Checking your key…"
 MODAL_DONE: Final = "Done. You can close this window."
 OPEN_MODAL_LABEL: Final = "Enter key privately"
+FORM_IN_DM: Final = "I've sent you a button in our DM: press it to enter your key privately."
+MODAL_OPEN_FAILED: Final = "The form didn't open in time. Press *Enter key privately* again."
 HOME_COMMANDS: Final = ("status", "usage")
 """Asked on the person's behalf when they open the Home tab; the answers are the tab."""
 HOME_SHORTCUTS: Final = (
