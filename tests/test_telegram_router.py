@@ -257,6 +257,14 @@ async def test_private_details_asked_in_a_group_go_to_the_dm(chat: Chat) -> None
     assert chat.server.calls_to("sendChatAction")[-1] == {"chat_id": "42", "action": "typing"}
 
 
+async def test_private_details_the_dm_refuses_are_not_said_to_be_sent(chat: Chat) -> None:
+    await sign_up(chat, ADA, "managed", where=42)
+    chat.server.fail("sendMessage", 403, "Forbidden: bot was blocked by the user", chat_id=42)
+    chat.push(GROUP, ADA, "/status")
+    assert await chat.shows(GROUP, 1) == [texts.DM_NEEDED]
+    assert not any(t.startswith("Plan: Managed") for t in chat.server.texts(GROUP))
+
+
 async def test_webhook_journey_with_a_redelivered_update(
     monkeypatch: pytest.MonkeyPatch,
     sqlite_url: str,

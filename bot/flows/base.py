@@ -273,7 +273,9 @@ class Turn:
             from bot import texts
 
             dm = await self.messenger.open_dm(self.user)
-            if dm is None:
+            # The DM may also refuse the message itself (the person blocked the bot meanwhile).
+            sent = None if dm is None else await self.messenger.send(dm, reply)
+            if sent is None:
                 # Personal details never fall back to the group.
                 return await self.messenger.respond(
                     self.event,
@@ -282,7 +284,6 @@ class Turn:
                         buttons=((Button(texts.OPEN_DM_BUTTON, OPEN_DM_PAYLOAD),),),
                     ),
                 )
-            sent = await self.messenger.send(dm, reply)
             await self.messenger.respond(self.event, Reply(text=texts.SENT_TO_DM))
             return sent
         return await self.messenger.respond(self.event, reply)
